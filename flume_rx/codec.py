@@ -1,0 +1,114 @@
+"""msgpack encoding of jobs, with a format version and strict validation on the way back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from flume_rx.errors import DecodeError, EncodeError
+from flume_rx.job import Job, JobError
+
+FORMAT_VERSION = 1
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+_FIELDS = 10  # version, id, queue, worker, args, attempt, created_at, enqueued_at, cost, error
+
+
+def encode(job: Job, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
+    """Encode a job as a msgpack array.
+
+    Raises:
+        EncodeError: the args hold a value msgpack cannot encode, or the payload exceeds ``max_bytes``.
+    """
+    error = None if job.error is None else [job.error.kind, job.error.message, job.error.traceback]
+    record = [
+        FORMAT_VERSION,
+        job.id,
+        job.queue,
+        job.worker,
+        list(job.args),
+        job.attempt,
+        job.created_at,
+        job.enqueued_at,
+        job.cost,
+        error,
+    ]
+    try:
+        payload: bytes = msgpack.packb(record, use_bin_type=True, datetime=False)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EncodeError(
+            f"the args of job for worker {job.worker!r} cannot be encoded as msgpack ({exc}); "
+            "pass only None, bool, int, float, str, bytes, lists and dicts"
+        ) from exc
+    if len(payload) > max_bytes:
+        raise EncodeError(
+            f"the job for worker {job.worker!r} encodes to {len(payload)} bytes, over the limit of "
+            f"{max_bytes} (max_payload_bytes); store large data elsewhere and pass a reference"
+        )
+    return payload
+
+
+def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Job:
+    """Decode and validate a payload read from Redis.
+
+    Raises:
+        DecodeError: the payload is too large, not msgpack, of an unknown format version, or of the wrong shape.
+    """
+    if not isinstance(payload, bytes | bytearray):
+        raise DecodeError(f"payload is {type(payload).__name__}, not bytes")
+    if len(payload) > max_bytes:
+        raise DecodeError(f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
+    try:
+        record = msgpack.unpackb(
+            payload, raw=False, strict_map_key=False, max_buffer_size=max_bytes, use_list=True
+        )
+    except Exception as exc:  # msgpack raises several unrelated types for corrupt input
+        raise DecodeError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(record, list) or not record:
+        raise DecodeError(f"payload is a {type(record).__name__}, not a flume_rx job record")
+    if record[0] != FORMAT_VERSION:
+        raise DecodeError(f"payload has format version {record[0]!r}; this flume_rx reads {FORMAT_VERSION}")
+    if len(record) != _FIELDS:
+        raise DecodeError(f"job record has {len(record)} fields, expected {_FIELDS}")
+    _, job_id, queue, worker, args, attempt, created_at, enqueued_at, cost, error = record
+    _expect(job_id, str, "id")
+    _expect(queue, str, "queue")
+    _expect(worker, str, "worker")
+    _expect(args, list, "args")
+    _expect_int(attempt, "attempt")
+    _expect_number(created_at, "created_at")
+    _expect_number(enqueued_at, "enqueued_at")
+    _expect_int(cost, "cost")
+    if attempt < 0 or cost < 0:
+        raise DecodeError(f"job record has a negative attempt ({attempt}) or cost ({cost})")
+    job_error = None
+    if error is not None:
+        if not (isinstance(error, list) and len(error) == 3 and all(isinstance(e, str) for e in error)):
+            raise DecodeError("job record field 'error' is not [kind, message, traceback]")
+        job_error = JobError(error[0], error[1], error[2])
+    return Job(
+        id=job_id,
+        queue=queue,
+        worker=worker,
+        args=args,
+        attempt=attempt,
+        created_at=float(created_at),
+        enqueued_at=float(enqueued_at),
+        cost=cost,
+        error=job_error,
+    )
+
+
+def _expect(value: Any, kind: type, name: str) -> None:
+    if not isinstance(value, kind):
+        raise DecodeError(f"job record field {name!r} is {type(value).__name__}, expected {kind.__name__}")
+
+
+def _expect_int(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DecodeError(f"job record field {name!r} is {type(value).__name__}, expected int")
+
+
+def _expect_number(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DecodeError(f"job record field {name!r} is {type(value).__name__}, expected a number")

@@ -1,0 +1,63 @@
+"""Exceptions users meet. Each message is one sentence naming what is wrong and what to do."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class FlumeError(Exception):
+    """Raised when flume_rx cannot do what was asked; the base of every flume_rx error."""
+
+
+class ConfigError(FlumeError):
+    """Raised when a config file, a CLI argument or an API argument is invalid."""
+
+
+class StoreError(FlumeError):
+    """Raised when Redis cannot be reached or answers with an error."""
+
+
+class EncodeError(FlumeError):
+    """Raised when a job's arguments cannot be encoded as msgpack or exceed the payload limit."""
+
+
+class DecodeError(FlumeError):
+    """Raised when a payload read from Redis is not a valid flume_rx job."""
+
+
+class UnknownWorker(FlumeError):
+    """Raised when a job names a worker nobody registered in this process."""
+
+    def __init__(self, name: str, known: Iterable[str] = ()) -> None:
+        known_list = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            f"no worker named {name!r} is registered (known: {known_list}); "
+            f"decorate it with @worker({name!r}) and list its module under `imports` in the config"
+        )
+        self.name = name
+
+
+class Throttled(FlumeError):
+    """Raised by a worker when its downstream refused the call for going too fast.
+
+    The job goes back to wait for tokens without using one of its retries, and with an adaptive rate
+    limiter the shared rate drops for every process.
+    """
+
+
+class JobTimeout(FlumeError):
+    """Raised when a job runs longer than its pipeline's `processor.timeout`."""
+
+
+class BatchFailed(FlumeError):
+    """Raised by a batch worker to report that only some items of its batch failed.
+
+    Args:
+        failed: indices (into the batch list) of the items that failed; only those are retried.
+        errors: optional per-index error messages, kept with each retried job.
+    """
+
+    def __init__(self, failed: Iterable[int], message: str = "", errors: dict[int, str] | None = None) -> None:
+        self.failed = sorted(set(failed))
+        self.errors = dict(errors or {})
+        super().__init__(message or f"{len(self.failed)} item(s) of the batch failed: {self.failed}")

@@ -1,0 +1,53 @@
+"""The job model: what a producer enqueues and a worker receives."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+def new_job_id() -> str:
+    """A random, URL-safe job id (uuid4 hex); unique enough that no coordination is needed."""
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True, frozen=True)
+class JobError:
+    """Why the last attempt of a job failed, kept with the job through retries and into the dead letters."""
+
+    kind: str
+    message: str
+    traceback: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class Job:
+    """One unit of work.
+
+    Attributes:
+        id: the job id returned by enqueue.
+        queue: the Redis queue the job was enqueued to.
+        worker: the registered name of the worker that runs it (never an import path).
+        args: positional arguments for the worker, msgpack-encodable.
+        attempt: how many times the job has been started before (0 on the first run).
+        created_at: unix seconds when the job was first enqueued.
+        enqueued_at: unix seconds when the job was last put on its queue (enqueue, retry or recovery).
+        cost: how many rate-limit tokens one run takes (e.g. SES recipients); 1 by default.
+        error: the failure of the previous attempt, if any.
+    """
+
+    id: str
+    queue: str
+    worker: str
+    args: tuple[Any, ...] | list[Any]
+    attempt: int = 0
+    created_at: float = field(default_factory=time.time)
+    enqueued_at: float = 0.0
+    cost: int = 1
+    error: JobError | None = None
+
+    def next_attempt(self, error: JobError) -> Job:
+        """The same job, one attempt further on, remembering why this attempt failed."""
+        return replace(self, attempt=self.attempt + 1, error=error)

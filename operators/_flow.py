@@ -1,0 +1,167 @@
+"""The request-n protocol that lets back pressure flow upstream through a reactivex graph.
+
+reactivex 4 has no back pressure: an Observable pushes whatever it has. A :class:`Flowable` is an Observable
+that can also be subscribed *with a* :class:`Demand`, the channel through which the subscriber says how many
+more items it is ready for (Reactive Streams' ``Subscription.request(n)``). A Flowable never emits more than
+was requested. Subscribed the plain reactivex way it sees an unbounded demand, so Flowables stay ordinary
+Observables for every reactivex operator and subscriber.
+
+Demand-aware operators (``throttle``, ``buffer_with_time_or_count``, ``process``) return Flowables and
+translate their downstream demand into the demand they put on their upstream. Plain reactivex operators
+placed in a Flowable's ``pipe`` are lifted: the demand of their subscriber is handed straight to their
+upstream, which is exact for operators that emit one item per item (``map``, ``do_action``, ``timestamp``).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from reactivex import Observable, abc
+from reactivex.disposable import Disposable
+from reactivex.observer.autodetachobserver import AutoDetachObserver
+
+_T = TypeVar("_T")
+_U = TypeVar("_U")
+
+UNBOUNDED = sys.maxsize
+
+
+class Demand:
+    """How many items a subscriber has requested and not yet received.
+
+    The subscriber calls :meth:`request`; the producer calls :meth:`take` as it emits and listens with
+    :meth:`on_request`. Thread-safe; listeners run on the thread that called :meth:`request`.
+
+    >>> demand = Demand()
+    >>> demand.request(3)
+    >>> demand.take(5)
+    3
+    >>> demand.pending
+    0
+    """
+
+    __slots__ = ("_listeners", "_lock", "_pending", "_unbounded")
+
+    def __init__(self, initial: int = 0, *, unbounded: bool = False) -> None:
+        if initial < 0:
+            raise ValueError(f"initial demand must be >= 0 (got {initial})")
+        self._lock = threading.Lock()
+        self._pending = initial
+        self._unbounded = unbounded
+        self._listeners: list[Callable[[], None]] = []
+
+    @classmethod
+    def unlimited(cls) -> Demand:
+        """The demand of a plain reactivex subscriber: everything, at once."""
+        return cls(unbounded=True)
+
+    @property
+    def unbounded(self) -> bool:
+        return self._unbounded
+
+    @property
+    def pending(self) -> int:
+        """Items requested and not yet delivered (``UNBOUNDED`` for an unlimited demand)."""
+        return UNBOUNDED if self._unbounded else self._pending
+
+    def request(self, n: int) -> None:
+        """Ask the producer for ``n`` more items."""
+        if n <= 0:
+            raise ValueError(f"request(n) needs n >= 1 (got {n}), as in Reactive Streams rule 3.9")
+        if not self._unbounded:
+            with self._lock:
+                self._pending = min(UNBOUNDED, self._pending + n)
+        for listener in list(self._listeners):
+            listener()
+
+    def take(self, n: int) -> int:
+        """Claim up to ``n`` of the pending requests for items about to be emitted; returns how many."""
+        if self._unbounded:
+            return n
+        with self._lock:
+            granted = min(n, self._pending)
+            self._pending -= granted
+            return granted
+
+    def on_request(self, listener: Callable[[], None]) -> abc.DisposableBase:
+        """Call ``listener`` after every :meth:`request`; dispose the result to stop."""
+        self._listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return Disposable(remove)
+
+
+SubscribeWithDemand = Callable[[abc.ObserverBase[_T], Demand, abc.SchedulerBase | None], abc.DisposableBase]
+
+
+class Flowable(Observable[_T]):
+    """An Observable that honours request-n when subscribed with :meth:`subscribe_with_demand`."""
+
+    def __init__(self, subscribe: SubscribeWithDemand[_T]) -> None:
+        super().__init__()
+        self._subscribe_with_demand = subscribe
+
+    def _subscribe_core(
+        self, observer: abc.ObserverBase[_T], scheduler: abc.SchedulerBase | None = None
+    ) -> abc.DisposableBase:
+        return self._subscribe_with_demand(observer, Demand.unlimited(), scheduler)
+
+    def subscribe_with_demand(
+        self,
+        observer: abc.ObserverBase[_T],
+        demand: Demand,
+        scheduler: abc.SchedulerBase | None = None,
+    ) -> abc.DisposableBase:
+        """Subscribe ``observer``, emitting no more items than ``demand`` has requested."""
+        auto: AutoDetachObserver[_T] = AutoDetachObserver(
+            observer.on_next, observer.on_error, observer.on_completed
+        )
+        try:
+            auto.subscription = self._subscribe_with_demand(auto, demand, scheduler)
+        except Exception as exc:
+            if not auto.fail(exc):
+                raise
+        return auto
+
+    def pipe(self, *operators: Callable[[Any], Any]) -> Any:  # type: ignore[override]
+        """Compose operators left to right, keeping request-n across plain reactivex operators."""
+        result: Observable[Any] = self
+        for operator in operators:
+            result = _lift(operator, result)
+        return result
+
+
+def subscribe_upstream(
+    source: Observable[_T],
+    observer: abc.ObserverBase[_T],
+    demand: Demand,
+    scheduler: abc.SchedulerBase | None,
+) -> abc.DisposableBase:
+    """Subscribe to ``source`` with ``demand`` when it is a Flowable, the plain way otherwise."""
+    if isinstance(source, Flowable):
+        return source.subscribe_with_demand(observer, demand, scheduler)
+    return source.subscribe(observer, scheduler=scheduler)
+
+
+def _lift(operator: Callable[[Observable[_T]], Observable[_U]], upstream: Observable[_T]) -> Observable[_U]:
+    if not isinstance(upstream, Flowable):
+        return operator(upstream)
+    applied = operator(upstream)
+    if isinstance(applied, Flowable):
+        return applied
+
+    def subscribe(
+        observer: abc.ObserverBase[_U], demand: Demand, scheduler: abc.SchedulerBase | None
+    ) -> abc.DisposableBase:
+        pinned: Observable[_T] = Observable(
+            lambda inner, sch=None: subscribe_upstream(upstream, inner, demand, sch or scheduler)
+        )
+        return operator(pinned).subscribe(observer, scheduler=scheduler)
+
+    return Flowable(subscribe)
