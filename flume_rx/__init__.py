@@ -1,0 +1,53 @@
+"""flume_rx: background job pipelines for Python on Redis, built as reactive streams.
+
+>>> from flume_rx import Flume, worker, Job
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from flume_rx.errors import (
+    BatchFailed,
+    ConfigError,
+    DecodeError,
+    EncodeError,
+    FlumeError,
+    JobTimeout,
+    StoreError,
+    Throttled,
+    UnknownWorker,
+)
+from flume_rx.job import Job, JobError
+from flume_rx.registry import worker
+
+if TYPE_CHECKING:
+    from flume_rx.client import Flume
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchFailed",
+    "ConfigError",
+    "DecodeError",
+    "EncodeError",
+    "Flume",
+    "FlumeError",
+    "Job",
+    "JobError",
+    "JobTimeout",
+    "StoreError",
+    "Throttled",
+    "UnknownWorker",
+    "worker",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Flume pulls in redis and reactivex; importing it lazily keeps `import flume_rx` cheap for workers'
+    # modules that only need @worker.
+    if name == "Flume":
+        from flume_rx.client import Flume
+
+        return Flume
+    raise AttributeError(f"module 'flume_rx' has no attribute {name!r}")
