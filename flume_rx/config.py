@@ -1,0 +1,306 @@
+"""Configuration: a TOML file (or a dict) checked into dataclasses, times in ms converted to seconds here.
+
+Every error names the key, the value, and the fix, in one sentence, and nothing starts until all is valid.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flume_rx.codec import DEFAULT_MAX_PAYLOAD_BYTES
+from flume_rx.errors import ConfigError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimiterConfig:
+    """At most ``allowed`` job starts (or cost units) in any sliding ``period_s``, shared through Redis by ``key``."""
+
+    allowed: int
+    period_s: float
+    key: str
+    adaptive: bool = False
+    hold_s: float = 0.02
+    from_ses: float | None = None
+    cost: str | None = None  # "module:function" computing a job's cost from its args
+
+
+@dataclass(frozen=True, slots=True)
+class BatcherConfig:
+    size: int
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    max_retries: int = 5
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorConfig:
+    stages: int = 10
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    name: str
+    queue: str
+    max_demand: int = 100
+    processor: ProcessorConfig = field(default_factory=ProcessorConfig)
+    rate_limiter: RateLimiterConfig | None = None
+    batcher: BatcherConfig | None = None
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    operators: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FlumeConfig:
+    redis_url: str = DEFAULT_REDIS_URL
+    namespace: str = "flume"
+    imports: tuple[str, ...] = ()
+    pipelines: tuple[PipelineConfig, ...] = ()
+    orphan_timeout_s: float = 15.0
+    shutdown_timeout_s: float = 30.0
+    dead_max: int = 10_000
+    dead_ttl_s: float = 7 * 24 * 3600.0
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+
+    def pipeline(self, name: str) -> PipelineConfig:
+        for pipeline in self.pipelines:
+            if pipeline.name == name:
+                return pipeline
+        known = ", ".join(p.name for p in self.pipelines) or "none"
+        raise ConfigError(f"no pipeline named {name!r} in the config (known: {known}); add [pipelines.{name}]")
+
+
+_TOP_KEYS = {
+    "redis_url",
+    "namespace",
+    "imports",
+    "pipelines",
+    "orphan_timeout",
+    "shutdown_timeout",
+    "dead_letters",
+    "max_payload_bytes",
+}
+
+
+def default_redis_url() -> str:
+    """FLUME_REDIS_URL, else the local default."""
+    return os.environ.get("FLUME_REDIS_URL") or DEFAULT_REDIS_URL
+
+
+def load(path: str | Path, *, redis_url: str | None = None) -> FlumeConfig:
+    """Read and check a TOML config file; ``redis_url`` (e.g. from the CLI) overrides the file's."""
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(file)!r} does not exist; pass the path of your TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(file)!r} is not valid TOML ({exc}); fix the syntax there") from None
+    if redis_url:
+        raw["redis_url"] = redis_url
+    return parse(raw)
+
+
+def parse(raw: Mapping[str, Any]) -> FlumeConfig:
+    """Check a config mapping (the TOML document) and build a :class:`FlumeConfig`."""
+    _reject_unknown(raw, _TOP_KEYS, "")
+    redis_url = _str(raw, "redis_url", "", default=default_redis_url())
+    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"redis_url must start with redis://, rediss:// or unix:// (got {_redact(redis_url)!r}); "
+            "write it like redis://127.0.0.1:6379/0"
+        )
+    namespace = _str(raw, "namespace", "", default="flume")
+    if not namespace or any(c in namespace for c in "{}: "):
+        raise ConfigError(f"namespace must be non-empty without '{{', '}}', ':' or spaces (got {namespace!r})")
+    imports = raw.get("imports", [])
+    if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+        raise ConfigError(f"imports must be a list of module names (got {imports!r}); e.g. [\"myapp.workers\"]")
+    dead = raw.get("dead_letters", {})
+    _table(dead, "dead_letters")
+    _reject_unknown(dead, {"max", "ttl"}, "dead_letters.")
+    pipelines_raw = raw.get("pipelines", {})
+    _table(pipelines_raw, "pipelines")
+    pipelines = tuple(_pipeline(name, table) for name, table in pipelines_raw.items())
+    return FlumeConfig(
+        redis_url=redis_url,
+        namespace=namespace,
+        imports=tuple(imports),
+        pipelines=pipelines,
+        orphan_timeout_s=_ms(raw, "orphan_timeout", "", default=15_000),
+        shutdown_timeout_s=_ms(raw, "shutdown_timeout", "", default=30_000, allow_zero=True),
+        dead_max=_positive_int(dead, "max", "dead_letters.", default=10_000),
+        dead_ttl_s=_ms(dead, "ttl", "dead_letters.", default=7 * 24 * 3600 * 1000),
+        max_payload_bytes=_positive_int(raw, "max_payload_bytes", "", default=DEFAULT_MAX_PAYLOAD_BYTES),
+    )
+
+
+_PIPELINE_KEYS = {"queue", "max_demand", "processor", "rate_limiter", "batcher", "retry", "operators"}
+
+
+def _pipeline(name: str, table: Any) -> PipelineConfig:
+    where = f"pipelines.{name}."
+    _table(table, f"pipelines.{name}")
+    _reject_unknown(table, _PIPELINE_KEYS, where)
+    queue = _str(table, "queue", where, default=name)
+    if not queue or any(c in queue for c in "{}"):
+        raise ConfigError(f"{where}queue must be non-empty and without braces (got {queue!r})")
+    max_demand = _positive_int(table, "max_demand", where, default=100)
+
+    processor_raw = table.get("processor", {})
+    _table(processor_raw, f"{where}processor")
+    _reject_unknown(processor_raw, {"stages", "timeout"}, f"{where}processor.")
+    timeout_ms = processor_raw.get("timeout")
+    processor = ProcessorConfig(
+        stages=_positive_int(processor_raw, "stages", f"{where}processor.", default=10),
+        timeout_s=None if timeout_ms is None else _ms(processor_raw, "timeout", f"{where}processor.", default=0),
+    )
+
+    rate_limiter = None
+    if "rate_limiter" in table:
+        rl = table["rate_limiter"]
+        rl_where = f"{where}rate_limiter."
+        _table(rl, f"{where}rate_limiter")
+        _reject_unknown(rl, {"allowed", "period", "key", "adaptive", "hold", "from_ses", "cost"}, rl_where)
+        from_ses = rl.get("from_ses")
+        if from_ses is not None and (
+            isinstance(from_ses, bool) or not isinstance(from_ses, int | float) or not 0 < from_ses <= 1
+        ):
+            raise ConfigError(
+                f"{rl_where}from_ses must be a fraction in (0, 1] (got {from_ses!r}); e.g. 0.9 for 90% of SES's rate"
+            )
+        if from_ses is None and "allowed" not in rl:
+            raise ConfigError(
+                f"{rl_where}allowed is missing; set it to the jobs allowed per period (or use from_ses)"
+            )
+        adaptive = rl.get("adaptive", False)
+        if not isinstance(adaptive, bool):
+            raise ConfigError(f"{rl_where}adaptive must be true or false (got {adaptive!r})")
+        cost = rl.get("cost")
+        if cost is not None and (not isinstance(cost, str) or ":" not in cost):
+            raise ConfigError(f"{rl_where}cost must name a function as \"module:function\" (got {cost!r})")
+        rate_limiter = RateLimiterConfig(
+            allowed=_positive_int(rl, "allowed", rl_where, default=1),
+            period_s=_ms(rl, "period", rl_where, default=1000),
+            key=_str(rl, "key", rl_where, default=queue),
+            adaptive=adaptive,
+            hold_s=_ms(rl, "hold", rl_where, default=20),
+            from_ses=None if from_ses is None else float(from_ses),
+            cost=cost,
+        )
+
+    batcher = None
+    if "batcher" in table:
+        b = table["batcher"]
+        _table(b, f"{where}batcher")
+        _reject_unknown(b, {"size", "timeout"}, f"{where}batcher.")
+        if "size" not in b:
+            raise ConfigError(f"{where}batcher.size is missing; set it to the most jobs per batch, e.g. 50")
+        batcher = BatcherConfig(
+            size=_positive_int(b, "size", f"{where}batcher.", default=1),
+            timeout_s=_ms(b, "timeout", f"{where}batcher.", default=100),
+        )
+        if batcher.size > max_demand:
+            raise ConfigError(
+                f"{where}batcher.size ({batcher.size}) is larger than {where}max_demand ({max_demand}), so a "
+                "batch could never fill; raise max_demand or lower the batch size"
+            )
+
+    retry_raw = table.get("retry", {})
+    _table(retry_raw, f"{where}retry")
+    r_where = f"{where}retry."
+    _reject_unknown(retry_raw, {"max_retries", "backoff_initial", "backoff_max"}, r_where)
+    retry = RetryConfig(
+        max_retries=_non_negative_int(retry_raw, "max_retries", r_where, default=5),
+        backoff_initial_s=_ms(retry_raw, "backoff_initial", r_where, default=1000),
+        backoff_max_s=_ms(retry_raw, "backoff_max", r_where, default=3_600_000),
+    )
+    if retry.backoff_max_s < retry.backoff_initial_s:
+        raise ConfigError(
+            f"{r_where}backoff_max ({retry.backoff_max_s * 1000:g}) is below {r_where}backoff_initial "
+            f"({retry.backoff_initial_s * 1000:g}); make the cap at least the first delay"
+        )
+
+    operators = table.get("operators", [])
+    if not isinstance(operators, list) or not all(isinstance(o, str) and ":" in o for o in operators):
+        raise ConfigError(
+            f"{where}operators must be a list of \"module:attribute\" operator paths (got {operators!r})"
+        )
+    return PipelineConfig(
+        name=name,
+        queue=queue,
+        max_demand=max_demand,
+        processor=processor,
+        rate_limiter=rate_limiter,
+        batcher=batcher,
+        retry=retry,
+        operators=tuple(operators),
+    )
+
+
+def _reject_unknown(table: Mapping[str, Any], known: set[str], where: str) -> None:
+    for key in table:
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key {where}{key}; remove it or use one of: {', '.join(sorted(known))}"
+            )
+
+
+def _table(value: Any, where: str) -> None:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a table (got {value!r}); write it as [{where}] or {{ key = value }}")
+
+
+def _str(table: Mapping[str, Any], key: str, where: str, *, default: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}{key} must be a string (got {value!r})")
+    return value
+
+
+def _positive_int(table: Mapping[str, Any], key: str, where: str, *, default: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}{key} must be a positive integer (got {value!r}); set it to 1 or more")
+    return value
+
+
+def _non_negative_int(table: Mapping[str, Any], key: str, where: str, *, default: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}{key} must be an integer >= 0 (got {value!r})")
+    return value
+
+
+def _ms(table: Mapping[str, Any], key: str, where: str, *, default: float, allow_zero: bool = False) -> float:
+    """A duration given in milliseconds, returned in seconds."""
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{where}{key} must be a number of milliseconds {bound} (got {value!r})")
+    return float(value) / 1000.0
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user + ':***' if user else '***'}@{host}"
+
+
+redact_url = _redact
