@@ -1,0 +1,200 @@
+"""buffer_with_time_or_count: batches that close on size or age, with request-n and a lock (RxPY #694)."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TypeVar
+
+from reactivex import Observable, abc
+from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposable
+from reactivex.observer import Observer
+from reactivex.scheduler import TimeoutScheduler
+
+from ._flow import Demand, Flowable, subscribe_upstream
+
+_T = TypeVar("_T")
+
+FlushHook = Callable[[int, str], None]
+"""Told ``(size, trigger)`` as each batch is emitted; trigger is ``"count"``, ``"time"`` or ``"complete"``."""
+
+
+def buffer_with_time_or_count(
+    timespan: float,
+    count: int,
+    *,
+    scheduler: abc.SchedulerBase | None = None,
+    on_flush: FlushHook | None = None,
+) -> Callable[[Observable[_T]], Flowable[list[_T]]]:
+    """Group items into lists that close at ``count`` items or ``timespan`` seconds after their first item.
+
+    The age timer starts at the first item of each batch (not on a fixed period), so no item waits longer
+    than ``timespan`` while downstream is asking for batches, and an idle stream costs no timers. Empty
+    batches are never emitted; the partial batch is flushed when the source completes. Unlike reactivex 4's
+    operator of the same name, the timer and ``on_next`` share state under a lock (RxPY issue 694), so no
+    item is lost or repeated when they race on different threads.
+
+    Demand-aware: when downstream requests ``n`` batches, up to ``n * count`` items are requested from a
+    Flowable source. A batch closed early by its timer leaves the rest of its items requested, so at most
+    one batch's worth more than was asked for can be held until downstream requests again.
+
+    Args:
+        timespan: the longest a batch stays open after its first item, in seconds (> 0).
+        count: the size at which a batch closes (>= 1).
+        scheduler: where the timers run (else the subscriber's, else reactivex's TimeoutScheduler).
+        on_flush: optional telemetry hook told ``(size, trigger)`` for each batch emitted.
+
+    Returns:
+        An operator from an Observable of items to a Flowable of non-empty lists.
+
+    ::
+
+        source:  -a-b-c-d------e-----|      (count=3, timespan=4 ticks)
+        result:  -----x-----y-------z|      x=[a,b,c] (count), y=[d] (time), z=[e] (complete)
+
+    >>> import reactivex
+    >>> reactivex.from_iterable(range(5)).pipe(buffer_with_time_or_count(1.0, 2)).run()
+    [4]
+    """
+    if not timespan > 0:
+        raise ValueError(f"timespan must be a positive number of seconds (got {timespan})")
+    if count < 1:
+        raise ValueError(f"count must be >= 1 (got {count})")
+
+    def operator(source: Observable[_T]) -> Flowable[list[_T]]:
+        def subscribe(
+            observer: abc.ObserverBase[list[_T]], demand: Demand, scheduler_: abc.SchedulerBase | None
+        ) -> abc.DisposableBase:
+            timer_scheduler = scheduler or scheduler_ or TimeoutScheduler.singleton()
+            lock = threading.Lock()
+            upstream = Demand.unlimited() if demand.unbounded else Demand()
+            buffer: list[_T] = []
+            generation = 0  # which open batch the running timer belongs to
+            ready: deque[tuple[list[_T], str]] = deque()
+            upstream_done = False
+            failure: list[Exception] = []
+            stopped = False
+            wip = 0
+            timer = SerialDisposable()
+
+            def close(trigger: str) -> None:
+                # Called with the lock held.
+                nonlocal buffer, generation
+                if buffer:
+                    ready.append((buffer, trigger))
+                    buffer = []
+                generation += 1
+
+            def next_signal() -> Callable[[], None] | None:
+                # Called with the lock held: picks what to emit next, or None when nothing can go now.
+                nonlocal stopped
+                if stopped:
+                    return None
+                if failure:
+                    stopped = True
+                    error = failure[0]
+                    return lambda: observer.on_error(error)
+                if ready and demand.take(1):
+                    batch, trigger = ready.popleft()
+
+                    def emit() -> None:
+                        if on_flush is not None:
+                            on_flush(len(batch), trigger)
+                        observer.on_next(batch)
+
+                    return emit
+                if upstream_done and not ready and not buffer:
+                    stopped = True
+                    return observer.on_completed
+                return None
+
+            def request_more() -> int:
+                # Called with the lock held: how many more items the requested batches leave room for.
+                if upstream.unbounded:
+                    return 0
+                room = min(demand.pending, _MAX_BATCHES) * count
+                held = len(buffer) + sum(len(batch) for batch, _ in ready) + upstream.pending
+                return max(0, room - held)
+
+            def drain() -> None:
+                nonlocal wip
+                with lock:
+                    wip += 1
+                    if wip > 1:
+                        return
+                missed = 1
+                while True:
+                    while True:
+                        with lock:
+                            signal = next_signal()
+                            wanted = 0 if stopped else request_more()
+                        if wanted:
+                            upstream.request(wanted)
+                        if signal is None:
+                            break
+                        signal()
+                    with lock:
+                        wip -= missed
+                        missed = wip
+                        if missed == 0:
+                            return
+
+            def fire(_scheduler: abc.SchedulerBase, expected: int | None) -> None:
+                with lock:
+                    if expected != generation:
+                        return  # the batch closed on count (or completion) before the timer ran
+                    close("time")
+                drain()
+
+            def on_next(item: _T) -> None:
+                start_timer = None
+                with lock:
+                    if stopped:
+                        return
+                    buffer.append(item)
+                    if len(buffer) >= count:
+                        close("count")
+                        start_timer = -1
+                    elif len(buffer) == 1:
+                        start_timer = generation
+                if start_timer is not None:
+                    if start_timer >= 0:
+                        timer.disposable = timer_scheduler.schedule_relative(timespan, fire, start_timer)
+                    else:
+                        timer.disposable = Disposable()
+                drain()
+
+            def on_error(error: Exception) -> None:
+                with lock:
+                    failure.append(error)
+                drain()
+
+            def on_completed() -> None:
+                nonlocal upstream_done
+                with lock:
+                    close("complete")
+                    upstream_done = True
+                timer.disposable = Disposable()
+                drain()
+
+            def stop() -> None:
+                nonlocal stopped
+                with lock:
+                    stopped = True
+
+            subscription = CompositeDisposable(timer, Disposable(stop))
+            subscription.add(demand.on_request(drain))
+            subscription.add(
+                subscribe_upstream(source, Observer(on_next, on_error, on_completed), upstream, scheduler_)
+            )
+            drain()
+            return subscription
+
+        return Flowable(subscribe)
+
+    return operator
+
+
+# Caps room * count so an enormous (but bounded) demand cannot build a huge integer request.
+_MAX_BATCHES = 1 << 40
