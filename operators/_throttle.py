@@ -1,0 +1,445 @@
+"""throttle: start items only with tokens from a sliding-window limiter, exact across processes and hosts.
+
+A :class:`TokenWindow` hands out :class:`Grant` s; :class:`InProcessWindow` is the in-memory one (tests,
+single-process pipelines), flume_rx's store holds the Redis one shared by a cluster. Both follow the
+algorithm of DEVELOPERS.md "The token window".
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import reactivex
+from reactivex import Observable, abc
+from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposable
+from reactivex.observer import Observer
+from reactivex.scheduler import TimeoutScheduler, VirtualTimeScheduler
+
+from ._flow import Demand, Flowable, subscribe_upstream
+
+_T = TypeVar("_T")
+
+EventHook = Callable[[str, dict[str, Any]], None]
+"""Told ``("granted", {"tokens", "wait_ms"})``, ``("waited", {"tokens", "wait_ms"})`` when a grant starts in
+the future, and ``("lapsed", {"tokens"})`` when granted tokens expire unused."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Tokens a :class:`TokenWindow` handed out.
+
+    Attributes:
+        tokens: how many items (or cost units) may start (>= 1).
+        delay_s: the caller may start them this long after it asked (0 = now).
+        hold_s: and must start them within ``hold_s`` after that; tokens not used by then lapse.
+    """
+
+    tokens: int
+    delay_s: float
+    hold_s: float
+
+
+class TokenWindow(Protocol):
+    """A sliding-window rate limit: no more than ``allowed`` starts in any ``period_s``."""
+
+    @property
+    def allowed(self) -> int:
+        """Tokens per period: the configured maximum."""
+        ...
+
+    @property
+    def period_s(self) -> float:
+        """The length of the sliding window, in seconds."""
+        ...
+
+    def take(self, tokens: int, min_tokens: int) -> Observable[Grant]:
+        """Ask for up to ``tokens``; emits one Grant of at least ``min(tokens, min_tokens)`` and completes."""
+        ...
+
+    def penalize(self) -> Observable[float]:
+        """Cut the shared rate (adaptive mode) after the limited service pushed back; emits the new rate."""
+        ...
+
+    def current_rate(self) -> float:
+        """The last known effective tokens per period."""
+        ...
+
+
+def _now_s(scheduler: abc.SchedulerBase) -> float:
+    # Virtual schedulers keep a float clock; their datetime `now` would round it to microseconds.
+    if isinstance(scheduler, VirtualTimeScheduler):
+        return scheduler.to_seconds(scheduler.clock)
+    return scheduler.to_seconds(scheduler.now)
+
+
+class InProcessWindow:
+    """A :class:`TokenWindow` in this process's memory, on a clock of your choice.
+
+    Each grant is recorded at its start time ``g`` (non-decreasing from grant to grant) and counts until
+    ``g + hold_s + period_s``; a take that cannot have ``min_tokens`` now is given a reservation at the
+    earliest time they are free. So any ``period_s`` of starts holds at most ``allowed`` tokens, and a
+    steady backlog gets ``period_s / (period_s + hold_s)`` of the rate.
+
+    Adaptive mode: :meth:`penalize` multiplies the effective rate by ``decrease_factor`` (never below 1) and
+    it recovers by ``recover_per_s`` tokens per second up to ``allowed`` (additive increase, multiplicative
+    decrease).
+
+    Args:
+        allowed: tokens per period (>= 1).
+        period_s: the sliding window, in seconds (> 0).
+        hold_s: how long after its start a grant may be used, in seconds (>= 0).
+        clock: seconds as a float: a function, or a scheduler (use the pipeline's, so virtual time works);
+            ``time.monotonic`` when None.
+        adaptive: whether :meth:`penalize` lowers the rate (otherwise it only reports it).
+        decrease_factor: the factor a penalty applies, within (0, 1).
+        recover_per_s: tokens per second the rate regains; ``allowed * 0.05`` when None.
+
+    ::
+
+        take(3, 1) at t=0  -> Grant(3, 0, hold)             (allowed=3, period=10)
+        take(3, 1) at t=1  -> Grant(3, 9 + hold, hold)      (a reservation once the first expires)
+
+    >>> window = InProcessWindow(3, 10.0, 0.0, clock=lambda: 0.0)
+    >>> window.take(2, 1).run()
+    Grant(tokens=2, delay_s=0.0, hold_s=0.0)
+    >>> window.take(5, 1).run()
+    Grant(tokens=1, delay_s=0.0, hold_s=0.0)
+    >>> window.take(5, 2).run()
+    Grant(tokens=3, delay_s=10.0, hold_s=0.0)
+    """
+
+    def __init__(
+        self,
+        allowed: int,
+        period_s: float,
+        hold_s: float = 0.02,
+        *,
+        clock: Callable[[], float] | abc.SchedulerBase | None = None,
+        adaptive: bool = False,
+        decrease_factor: float = 0.5,
+        recover_per_s: float | None = None,
+    ) -> None:
+        if allowed < 1:
+            raise ValueError(f"allowed must be >= 1 token per period (got {allowed})")
+        if not period_s > 0:
+            raise ValueError(f"period_s must be a positive number of seconds (got {period_s})")
+        if not hold_s >= 0:
+            raise ValueError(f"hold_s must be >= 0 seconds (got {hold_s})")
+        if not 0 < decrease_factor < 1:
+            raise ValueError(f"decrease_factor must be within (0, 1) (got {decrease_factor})")
+        recover = allowed * 0.05 if recover_per_s is None else recover_per_s
+        if not recover >= 0:
+            raise ValueError(f"recover_per_s must be >= 0 tokens per second (got {recover_per_s})")
+        self._allowed = allowed
+        self._period_s = period_s
+        self.hold_s = hold_s
+        self.adaptive = adaptive
+        self.decrease_factor = decrease_factor
+        self.recover_per_s = recover
+        if clock is None:
+            self._clock: Callable[[], float] = time.monotonic
+        elif isinstance(clock, abc.SchedulerBase):
+            scheduler = clock
+            self._clock = lambda: _now_s(scheduler)
+        else:
+            self._clock = clock
+        self._lock = threading.Lock()
+        # (expires_at, tokens) in grant order; expires_at = g + hold + period is non-decreasing like g.
+        self._grants: deque[tuple[float, int]] = deque()
+        self._last_start = -math.inf
+        self._rate = float(allowed)
+        self._rate_at = self._clock()
+
+    @property
+    def allowed(self) -> int:
+        return self._allowed
+
+    @property
+    def period_s(self) -> float:
+        return self._period_s
+
+    def _recover(self, now: float) -> None:
+        # Called with the lock held.
+        if now > self._rate_at:
+            self._rate = min(float(self._allowed), self._rate + self.recover_per_s * (now - self._rate_at))
+        self._rate_at = max(self._rate_at, now)
+
+    def current_rate(self) -> float:
+        with self._lock:
+            self._recover(self._clock())
+            return self._rate
+
+    def grant(self, tokens: int, min_tokens: int) -> Grant:
+        """The synchronous core of :meth:`take`."""
+        if tokens < 1:
+            raise ValueError(f"tokens must be >= 1 (got {tokens})")
+        if min_tokens < 1:
+            raise ValueError(f"min_tokens must be >= 1 (got {min_tokens})")
+        with self._lock:
+            now = self._clock()
+            self._recover(now)
+            capacity = max(1, math.floor(self._rate))
+            wanted = min(tokens, self._allowed)
+            need = min(wanted, min_tokens, capacity)
+            grants = self._grants
+            while grants and grants[0][0] <= now:
+                grants.popleft()
+            start = max(now, self._last_start)
+            used = sum(count for expires_at, count in grants if expires_at > start)
+            at = start
+            if capacity - used < need:
+                for expires_at, count in grants:
+                    if expires_at <= start:
+                        continue
+                    used -= count
+                    at = expires_at
+                    if capacity - used >= need:
+                        break
+            # Grants expiring at the same instant as `at` are free too: include them all.
+            used = sum(count for expires_at, count in grants if expires_at > at)
+            granted = min(wanted, capacity - used)
+            grants.append((at + self.hold_s + self._period_s, granted))
+            self._last_start = at
+            return Grant(granted, at - now, self.hold_s)
+
+    def take(self, tokens: int, min_tokens: int) -> Observable[Grant]:
+        return reactivex.defer(lambda _scheduler: reactivex.just(self.grant(tokens, min_tokens)))
+
+    def penalize(self) -> Observable[float]:
+        def cut() -> float:
+            with self._lock:
+                self._recover(self._clock())
+                if self.adaptive:
+                    self._rate = max(1.0, self._rate * self.decrease_factor)
+                return self._rate
+
+        return reactivex.defer(lambda _scheduler: reactivex.just(cut()))
+
+
+def throttle(
+    window: TokenWindow,
+    *,
+    cost: Callable[[_T], int] = lambda _item: 1,
+    min_tokens: int | None = None,
+    scheduler: abc.SchedulerBase | None = None,
+    on_event: EventHook | None = None,
+) -> Callable[[Observable[_T]], Flowable[_T]]:
+    """Emit items only as tokens of ``window`` allow: never more than ``window.allowed`` per sliding period.
+
+    Items that downstream has requested are held while one take for the sum of their costs is out; the
+    grant's items are emitted in order after its ``delay_s``, and none later than ``delay_s + hold_s`` after
+    the take was *sent* (measured from sending, not from the answer, so a slow window errs on the safe
+    side). Tokens not used in time lapse and the items wait for the next grant. Items arriving while a grant
+    still has tokens use them. Waiting never errors; an error from ``window.take`` goes downstream.
+
+    Demand-aware: requests from upstream only as many items as downstream has requested, so it never holds
+    more than that. Subscribed plainly it is an ordinary rate-limiting operator.
+
+    Args:
+        window: the token window, shared by every throttle that must stay under one limit.
+        cost: tokens an item needs, clamped to ``[1, window.allowed]``.
+        min_tokens: the fewest tokens worth a grant (fewer means more takes per item, more means waiting
+            for a bigger grant); the first item's cost when None, and never less than it.
+        scheduler: where delays run and time is read (else the subscriber's, else TimeoutScheduler).
+        on_event: optional telemetry hook, see :data:`EventHook`.
+
+    Returns:
+        An operator from an Observable to a Flowable of the same items.
+
+    ::
+
+        source:  abcd|                     (allowed=2 per 10 ticks, hold=0)
+        result:  ab--------cd|             c and d wait until the grants of a and b expire at 10
+
+    >>> from reactivex.testing import TestScheduler
+    >>> scheduler = TestScheduler()
+    >>> window = InProcessWindow(2, 10.0, 0.0, clock=scheduler)
+    >>> times = []
+    >>> _ = reactivex.from_iterable("abcd").pipe(throttle(window, scheduler=scheduler)).subscribe(
+    ...     lambda item: times.append((item, float(scheduler.clock))))
+    >>> _ = scheduler.start()
+    >>> times
+    [('a', 0.0), ('b', 0.0), ('c', 10.0), ('d', 10.0)]
+    """
+    if min_tokens is not None and min_tokens < 1:
+        raise ValueError(f"min_tokens must be >= 1 (got {min_tokens}); None means the first item's cost")
+    allowed = window.allowed
+    if allowed < 1:
+        raise ValueError(f"window.allowed must be >= 1 (got {allowed})")
+
+    def operator(source: Observable[_T]) -> Flowable[_T]:
+        def subscribe(
+            observer: abc.ObserverBase[_T], demand: Demand, scheduler_: abc.SchedulerBase | None
+        ) -> abc.DisposableBase:
+            clock = scheduler or scheduler_ or TimeoutScheduler.singleton()
+            lock = threading.Lock()
+            upstream = Demand.unlimited() if demand.unbounded else Demand()
+            held: deque[tuple[_T, int]] = deque()
+            phase = _IDLE
+            tokens = 0  # of the active grant
+            deadline = 0.0
+            cost_cap = allowed
+            upstream_done = False
+            failure: list[Exception] = []
+            stopped = False
+            wip = 0
+            take_subscription = SerialDisposable()
+            delay_timer = SerialDisposable()
+
+            def event(name: str, **fields: Any) -> None:
+                if on_event is not None:
+                    on_event(name, fields)
+
+            def next_signal() -> Callable[[], None] | None:
+                # Called with the lock held: what to do next outside the lock, or None.
+                nonlocal phase, tokens, stopped, cost_cap
+                if stopped:
+                    return None
+                if failure:
+                    stopped = True
+                    error = failure[0]
+                    return lambda: observer.on_error(error)
+                if phase == _ACTIVE:
+                    lapsed = 0
+                    if _now_s(clock) > deadline:
+                        lapsed, tokens = tokens, 0
+                    elif held and min(held[0][1], cost_cap) <= tokens:
+                        if demand.take(1):
+                            item, item_cost = held.popleft()
+                            tokens -= min(item_cost, cost_cap)
+                            return lambda: observer.on_next(item)
+                        return None
+                    elif held:
+                        # The next item does not fit: keeping the rest would only delay the next take.
+                        lapsed, tokens = tokens, 0
+                    if tokens == 0:
+                        phase = _IDLE
+                    if lapsed:
+                        return lambda: event("lapsed", tokens=lapsed)
+                if phase == _IDLE and held and demand.pending > 0:
+                    cap = max(1, min(allowed, math.floor(window.current_rate())))
+                    wanted = 0
+                    for index, (_item, item_cost) in enumerate(held):
+                        if index >= demand.pending or wanted >= allowed:
+                            break
+                        wanted += min(item_cost, cap)
+                    first = min(held[0][1], cap)
+                    least = min(wanted, max(first, min_tokens or first))
+                    phase = _TAKING
+                    cost_cap = cap
+                    sent_at = _now_s(clock)
+                    return lambda: send_take(wanted, least, sent_at)
+                if upstream_done and not held and phase != _TAKING:
+                    stopped = True
+                    return observer.on_completed
+                return None
+
+            def send_take(wanted: int, least: int, sent_at: float) -> None:
+                got: list[Grant] = []
+
+                def on_grant(grant: Grant) -> None:
+                    got.append(grant)
+                    granted(grant, sent_at)
+
+                def on_take_completed() -> None:
+                    if not got:
+                        on_error(RuntimeError("the token window completed a take without granting tokens"))
+
+                take_subscription.disposable = window.take(wanted, least).subscribe(
+                    on_grant, on_error, on_take_completed, scheduler=scheduler_
+                )
+
+            def granted(grant: Grant, sent_at: float) -> None:
+                wait_ms = grant.delay_s * 1000.0
+                event("granted", tokens=grant.tokens, wait_ms=wait_ms)
+                if grant.delay_s > 0:
+                    event("waited", tokens=grant.tokens, wait_ms=wait_ms)
+                    delay_timer.disposable = clock.schedule_relative(
+                        grant.delay_s, lambda _s, _st: activate(grant, sent_at)
+                    )
+                else:
+                    activate(grant, sent_at)
+
+            def activate(grant: Grant, sent_at: float) -> None:
+                nonlocal phase, tokens, deadline
+                with lock:
+                    phase = _ACTIVE
+                    tokens = grant.tokens
+                    deadline = sent_at + grant.delay_s + grant.hold_s
+                drain()
+
+            def request_more() -> int:
+                # Called with the lock held.
+                if upstream.unbounded or stopped:
+                    return 0
+                return max(0, demand.pending - len(held) - upstream.pending)
+
+            def drain() -> None:
+                nonlocal wip
+                with lock:
+                    wip += 1
+                    if wip > 1:
+                        return
+                missed = 1
+                while True:
+                    while True:
+                        with lock:
+                            signal = next_signal()
+                            wanted = request_more()
+                        if wanted:
+                            upstream.request(wanted)
+                        if signal is None:
+                            break
+                        signal()
+                    with lock:
+                        wip -= missed
+                        missed = wip
+                        if missed == 0:
+                            return
+
+            def on_next(item: _T) -> None:
+                try:
+                    item_cost = min(allowed, max(1, int(cost(item))))
+                except Exception as error:
+                    on_error(error)
+                    return
+                with lock:
+                    held.append((item, item_cost))
+                drain()
+
+            def on_error(error: Exception) -> None:
+                with lock:
+                    failure.append(error)
+                drain()
+
+            def on_completed() -> None:
+                nonlocal upstream_done
+                with lock:
+                    upstream_done = True
+                drain()
+
+            def stop() -> None:
+                nonlocal stopped
+                with lock:
+                    stopped = True
+
+            subscription = CompositeDisposable(take_subscription, delay_timer, Disposable(stop))
+            subscription.add(demand.on_request(drain))
+            subscription.add(
+                subscribe_upstream(source, Observer(on_next, on_error, on_completed), upstream, scheduler_)
+            )
+            drain()
+            return subscription
+
+        return Flowable(subscribe)
+
+    return operator
+
+
+_IDLE, _TAKING, _ACTIVE = "idle", "taking", "active"
