@@ -1,0 +1,423 @@
+"""process: run a call per item with bounded concurrency, one Outcome per item, failures included."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from reactivex import Observable, abc
+from reactivex.disposable import CompositeDisposable, Disposable
+from reactivex.observer import Observer
+from reactivex.scheduler import TimeoutScheduler, VirtualTimeScheduler
+
+from ._flow import Demand, Flowable, subscribe_upstream
+
+_T = TypeVar("_T")
+_U = TypeVar("_U")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[_T, _U]):
+    """What became of one item: its value or its error, and when the call ran (scheduler clock, seconds).
+
+    Attributes:
+        item: the item the call was made for.
+        value: the call's first value (None on failure, or when it completed without a value).
+        error: the exception the call failed with (a ``TimeoutError`` when it took longer than allowed).
+        started_at: when the call was made.
+        finished_at: when its value, error or timeout came.
+    """
+
+    item: _T
+    value: _U | None
+    error: BaseException | None
+    started_at: float
+    finished_at: float
+
+    @property
+    def ok(self) -> bool:
+        """Whether the call succeeded."""
+        return self.error is None
+
+
+def _now_s(scheduler: abc.SchedulerBase) -> float:
+    if isinstance(scheduler, VirtualTimeScheduler):
+        return scheduler.to_seconds(scheduler.clock)
+    return scheduler.to_seconds(scheduler.now)
+
+
+def process(
+    fn: Callable[[_T], Observable[_U]],
+    stages: int,
+    *,
+    scheduler: abc.SchedulerBase | None = None,
+    timeout_s: float | None = None,
+) -> Callable[[Observable[_T]], Flowable[Outcome[_T, _U]]]:
+    """Call ``fn(item)`` for each item, at most ``stages`` at once, and emit an :class:`Outcome` for each.
+
+    A call starts as soon as its item arrives; its first value (or its error, or an exception ``fn`` raised)
+    becomes the item's Outcome, emitted when the call finishes, so outcomes come in finishing order. A
+    failing item never fails the stream. The stream completes when the source has and every call has
+    finished; an error of the source is passed on after the running calls' outcomes.
+
+    Demand-aware: requests ``stages`` items from a Flowable source at subscribe (fewer if downstream asked
+    for fewer outcomes) and one more each time a call finishes, so it never holds an item it cannot start.
+    A plain source that pushes more is queued, and still at most ``stages`` calls run.
+
+    Args:
+        fn: makes the call for an item; see :func:`from_async` and :func:`in_thread` for the usual shapes.
+        stages: the most calls running at once (>= 1).
+        scheduler: the clock of ``started_at``/``finished_at`` and of timeouts, and the scheduler the calls
+            are subscribed on (else the subscriber's; TimeoutScheduler for the clock and timeouts).
+        timeout_s: the longest a call may take, in seconds; a call past it gets a ``TimeoutError`` Outcome
+            and is disposed. None waits forever.
+
+    Returns:
+        An operator from an Observable of items to a Flowable of Outcomes.
+
+    ::
+
+        source:   -a-b-c----|            (stages=2; each call takes 3 ticks)
+        calls:     a---
+                     b---
+                        c--- (c starts when a's stage frees)
+        result:   ----A-B---C|
+
+    >>> import reactivex
+    >>> from reactivex import operators as ops
+    >>> outcomes = reactivex.of(1, 2, 0).pipe(
+    ...     process(lambda x: reactivex.just(10 // x), 2), ops.to_list()).run()
+    >>> sorted((o.item, o.value, type(o.error).__name__) for o in outcomes)
+    [(0, None, 'ZeroDivisionError'), (1, 10, 'NoneType'), (2, 5, 'NoneType')]
+    """
+    if stages < 1:
+        raise ValueError(f"stages must be >= 1 (got {stages}); it is the number of calls running at once")
+    if timeout_s is not None and not timeout_s > 0:
+        raise ValueError(f"timeout_s must be a positive number of seconds or None (got {timeout_s})")
+
+    def operator(source: Observable[_T]) -> Flowable[Outcome[_T, _U]]:
+        def subscribe(
+            observer: abc.ObserverBase[Outcome[_T, _U]], demand: Demand, scheduler_: abc.SchedulerBase | None
+        ) -> abc.DisposableBase:
+            clock = scheduler or scheduler_ or TimeoutScheduler.singleton()
+            call_scheduler = scheduler or scheduler_
+            lock = threading.Lock()
+            upstream = Demand()
+            waiting: deque[_T] = deque()
+            calls: dict[int, CompositeDisposable] = {}
+            starting = 0  # calls counted in the budget whose entry in `calls` is not made yet
+            outcomes: deque[Outcome[_T, _U]] = deque()
+            ids = itertools.count()
+            upstream_done = False
+            failure: list[Exception] = []
+            stopped = False
+            wip = 0
+
+            def busy() -> int:
+                return len(calls) + starting + len(waiting)
+
+            def next_signal() -> Callable[[], None] | None:
+                # Called with the lock held.
+                nonlocal stopped, starting
+                if stopped:
+                    return None
+                if outcomes and demand.take(1):
+                    outcome = outcomes.popleft()
+                    return lambda: observer.on_next(outcome)
+                if waiting and not failure and len(calls) + starting < stages:
+                    item = waiting.popleft()
+                    starting += 1
+                    return lambda: start(item)
+                if (upstream_done or failure) and not outcomes and len(calls) + starting == 0:
+                    stopped = True
+                    if failure:
+                        error = failure[0]
+                        return lambda: observer.on_error(error)
+                    return observer.on_completed
+                return None
+
+            def request_more() -> int:
+                # Called with the lock held.
+                if stopped or upstream_done or failure:
+                    return 0
+                outstanding = busy() + upstream.pending
+                free = stages - outstanding
+                if not demand.unbounded:
+                    free = min(free, demand.pending - outstanding - len(outcomes))
+                return max(0, free)
+
+            def drain() -> None:
+                nonlocal wip
+                with lock:
+                    wip += 1
+                    if wip > 1:
+                        return
+                missed = 1
+                while True:
+                    while True:
+                        with lock:
+                            signal = next_signal()
+                            wanted = request_more()
+                        if wanted:
+                            upstream.request(wanted)
+                        if signal is None:
+                            break
+                        signal()
+                    with lock:
+                        wip -= missed
+                        missed = wip
+                        if missed == 0:
+                            return
+
+            def start(item: _T) -> None:
+                nonlocal starting
+                call_id = next(ids)
+                entry = CompositeDisposable()
+                started_at = _now_s(clock)
+                with lock:
+                    starting -= 1
+                    calls[call_id] = entry
+
+                def finish(value: _U | None, error: BaseException | None) -> None:
+                    with lock:
+                        if calls.pop(call_id, None) is None:
+                            return  # already finished: a value after a timeout, or the reverse
+                        outcomes.append(Outcome(item, value, error, started_at, _now_s(clock)))
+                    entry.dispose()
+                    drain()
+
+                try:
+                    call = fn(item)
+                except Exception as error:
+                    finish(None, error)
+                    return
+                if timeout_s is not None:
+
+                    def expire(_scheduler: abc.SchedulerBase, _state: object) -> None:
+                        finish(None, TimeoutError(f"the call took longer than timeout_s={timeout_s} s"))
+
+                    entry.add(clock.schedule_relative(timeout_s, expire))
+                entry.add(
+                    call.subscribe(
+                        lambda value: finish(value, None),
+                        lambda error: finish(None, error),
+                        lambda: finish(None, None),
+                        scheduler=call_scheduler,
+                    )
+                )
+
+            def on_next(item: _T) -> None:
+                with lock:
+                    waiting.append(item)
+                drain()
+
+            def on_error(error: Exception) -> None:
+                with lock:
+                    failure.append(error)
+                    waiting.clear()
+                drain()
+
+            def on_completed() -> None:
+                nonlocal upstream_done
+                with lock:
+                    upstream_done = True
+                drain()
+
+            def stop() -> None:
+                nonlocal stopped
+                with lock:
+                    stopped = True
+                    running = list(calls.values())
+                    calls.clear()
+                for entry in running:
+                    entry.dispose()
+
+            subscription = CompositeDisposable(Disposable(stop))
+            subscription.add(demand.on_request(drain))
+            subscription.add(
+                subscribe_upstream(source, Observer(on_next, on_error, on_completed), upstream, scheduler_)
+            )
+            drain()
+            return subscription
+
+        return Flowable(subscribe)
+
+    return operator
+
+
+def from_async(
+    fn: Callable[[_T], Awaitable[_U]], *, loop: asyncio.AbstractEventLoop | None = None
+) -> Callable[[_T], Observable[_U]]:
+    """Turn a coroutine function into the call shape :func:`process` takes.
+
+    Each subscription runs ``fn(item)`` as a task on ``loop`` (the running loop when None, so subscribe
+    from the loop, as an AsyncIOScheduler does) and emits its result; disposing cancels the task.
+
+    Args:
+        fn: a coroutine function of one item.
+        loop: the event loop to run on; when it is not the running loop the coroutine is handed to it
+            thread-safely.
+
+    Returns:
+        A function from an item to a cold Observable of one value.
+
+    ::
+
+        fn(item):  ----v|
+
+    >>> async def double(x):
+    ...     return 2 * x
+    >>> async def main():
+    ...     result = asyncio.get_running_loop().create_future()
+    ...     from_async(double)(21).subscribe(result.set_result)
+    ...     return await result
+    >>> asyncio.run(main())
+    42
+    """
+
+    def call(item: _T) -> Observable[_U]:
+        def subscribe(
+            observer: abc.ObserverBase[_U], _scheduler: abc.SchedulerBase | None = None
+        ) -> Disposable:
+            running = _running_loop()
+            target = loop or running
+            if target is None:
+                raise RuntimeError(
+                    "from_async needs a running asyncio loop; subscribe from the loop or pass loop="
+                )
+            disposed = False
+
+            def deliver(outcome: tuple[bool, Any]) -> None:
+                succeeded, result = outcome
+                if disposed:
+                    return
+                if not succeeded:
+                    observer.on_error(result)
+                    return
+                observer.on_next(result)
+                observer.on_completed()
+
+            pending: asyncio.Future[tuple[bool, Any]] | concurrent.futures.Future[tuple[bool, Any]]
+            if target is running:
+                task = target.create_task(_run(fn, item))
+                task.add_done_callback(lambda done: deliver(_settled(done)))
+                pending = task
+            else:
+                future = asyncio.run_coroutine_threadsafe(_run(fn, item), target)
+                future.add_done_callback(lambda done: target.call_soon_threadsafe(deliver, _settled(done)))
+                pending = future
+
+            def cancel() -> None:
+                nonlocal disposed
+                disposed = True
+                pending.cancel()
+
+            return Disposable(cancel)
+
+        return Observable(subscribe)
+
+    return call
+
+
+async def _run(fn: Callable[[_T], Awaitable[_U]], item: _T) -> tuple[bool, Any]:
+    # Failures travel as values so a done callback never has to call a raising result().
+    try:
+        return True, await fn(item)
+    except Exception as error:
+        return False, error
+
+
+def _settled(
+    done: asyncio.Future[tuple[bool, Any]] | concurrent.futures.Future[tuple[bool, Any]],
+) -> tuple[bool, Any]:
+    if done.cancelled():
+        return False, _as_exception(asyncio.CancelledError())
+    return done.result()
+
+
+def _as_exception(error: BaseException) -> Exception:
+    if isinstance(error, Exception):
+        return error
+    wrapped = RuntimeError(f"the call ended with {type(error).__name__}")
+    wrapped.__cause__ = error
+    return wrapped
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def in_thread(
+    fn: Callable[[_T], _U],
+    executor: concurrent.futures.Executor,
+    *,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> Callable[[_T], Observable[_U]]:
+    """Turn a blocking function into the call shape :func:`process` takes, run in ``executor``.
+
+    The result is handed back to ``loop`` (the running loop at subscribe when None) with
+    ``call_soon_threadsafe``, so the pipeline stays on its loop's thread; with no loop at all it is emitted
+    on the executor's thread. Disposing cancels the call if it has not started.
+
+    Args:
+        fn: a function of one item (blocking I/O, or CPU work in a process pool).
+        executor: where it runs, e.g. a ``ThreadPoolExecutor``.
+        loop: the loop to deliver results on.
+
+    Returns:
+        A function from an item to a cold Observable of one value.
+
+    ::
+
+        fn(item):  ----v|     (v computed on a worker thread, emitted on the loop)
+
+    >>> with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    ...     in_thread(len, pool)("abc").run()
+    3
+    """
+
+    def call(item: _T) -> Observable[_U]:
+        def subscribe(
+            observer: abc.ObserverBase[_U], _scheduler: abc.SchedulerBase | None = None
+        ) -> Disposable:
+            target = loop or _running_loop()
+            disposed = False
+
+            def deliver(done: concurrent.futures.Future[_U]) -> None:
+                if disposed or done.cancelled():
+                    return
+                error = done.exception()
+                if error is not None:
+                    observer.on_error(_as_exception(error))
+                    return
+                observer.on_next(done.result())
+                observer.on_completed()
+
+            def on_done(done: concurrent.futures.Future[_U]) -> None:
+                if target is None:
+                    deliver(done)
+                elif not target.is_closed():
+                    target.call_soon_threadsafe(deliver, done)
+
+            future = executor.submit(fn, item)
+            future.add_done_callback(on_done)
+
+            def cancel() -> None:
+                nonlocal disposed
+                disposed = True
+                future.cancel()
+
+            return Disposable(cancel)
+
+        return Observable(subscribe)
+
+    return call
