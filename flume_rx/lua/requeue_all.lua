@@ -1,0 +1,21 @@
+-- requeue_all(KEYS[1]=consumers, KEYS[2]=queue, KEYS[3]=inflight of the consumer, ARGV[1]=consumer id,
+--             ARGV[2..]=payloads, or none for all) -> count moved back
+-- A consumer giving jobs back at a graceful stop: they return to the fetch end of the queue, unspent, and the
+-- consumer leaves the consumers zset once its in-flight list is empty.
+local moved = 0
+if #ARGV == 1 then
+  while redis.call('LMOVE', KEYS[3], KEYS[2], 'LEFT', 'RIGHT') do
+    moved = moved + 1
+  end
+else
+  for i = 2, #ARGV do
+    if redis.call('LREM', KEYS[3], -1, ARGV[i]) > 0 then
+      redis.call('RPUSH', KEYS[2], ARGV[i])
+      moved = moved + 1
+    end
+  end
+end
+if redis.call('LLEN', KEYS[3]) == 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return moved

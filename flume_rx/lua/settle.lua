@@ -1,0 +1,44 @@
+-- settle(KEYS[1]=inflight of the consumer, KEYS[2]=queue, KEYS[3]=retry, KEYS[4]=dead, KEYS[5]=stats,
+--        ARGV[1]=dead_max, ARGV[2]=dead_ttl_ms,
+--        ARGV[3..]=(action, payload, new_payload or "", delay_ms) per outcome) -> count of stale outcomes
+-- action is "ack", "retry" (into retry at now+delay_ms), "dead" (into the dead letters, bounded by count and
+-- age) or "requeue" (back onto the fetch end of the queue, costing no retry). An outcome whose payload is no
+-- longer in the in-flight list (orphan recovery gave it back meanwhile) moves nothing: the recovered copy is
+-- the live one. It is counted in the reply as stale.
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local stale = 0
+local processed, failed, dead, requeued = 0, 0, 0, 0
+for i = 3, #ARGV, 4 do
+  local action, payload, new_payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if new_payload == '' then
+    new_payload = payload
+  end
+  local removed = redis.call('LREM', KEYS[1], -1, payload)
+  if removed == 0 then
+    stale = stale + 1
+  elseif action == 'ack' then
+    processed = processed + 1
+  elseif action == 'retry' then
+    redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[i + 3]), new_payload)
+    failed = failed + 1
+  elseif action == 'dead' then
+    redis.call('ZADD', KEYS[4], now_ms, new_payload)
+    failed = failed + 1
+    dead = dead + 1
+  elseif action == 'requeue' then
+    redis.call('RPUSH', KEYS[2], new_payload)
+    requeued = requeued + 1
+  else
+    return redis.error_reply('settle: unknown action ' .. tostring(action))
+  end
+end
+if processed > 0 then redis.call('HINCRBY', KEYS[5], 'processed', processed) end
+if failed > 0 then redis.call('HINCRBY', KEYS[5], 'failed', failed) end
+if requeued > 0 then redis.call('HINCRBY', KEYS[5], 'requeued', requeued) end
+if dead > 0 then
+  redis.call('HINCRBY', KEYS[5], 'dead', dead)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. (now_ms - tonumber(ARGV[2])))
+  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[1]) + 1))
+end
+return stale

@@ -1,0 +1,109 @@
+-- take_tokens(KEYS[1]=log, KEYS[2]=meta, ARGV[1]=allowed, ARGV[2]=period_ms, ARGV[3]=hold_ms, ARGV[4]=want,
+--             ARGV[5]=min_tokens, ARGV[6]=adaptive (0/1), ARGV[7]=decrease_factor, ARGV[8]=recover_per_s)
+--   -> {tokens, delay_us, hold_us, effective allowed (string), g_us}
+-- An exact sliding-window limit. Each grant is recorded at its start time g (unix us, Redis TIME), handed out
+-- in non-decreasing g, and counted until g + hold + period: the log is a zset of "seq:tokens" scored g + hold,
+-- and an entry stops counting once its score is <= g' - period for the grant g' being decided. meta keeps the
+-- running sum of the counted tokens, the last g, a sequence number and, when adaptive, the effective allowed.
+-- When fewer than min(want, min_tokens) tokens are free now, the grant is a reservation at the earliest g at
+-- which that many are free; so a grant always has at least one token.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local allowed = tonumber(ARGV[1])
+local period = math.floor(tonumber(ARGV[2]) * 1000)
+local hold = math.floor(tonumber(ARGV[3]) * 1000)
+local want = tonumber(ARGV[4])
+local min_tokens = tonumber(ARGV[5])
+local adaptive = ARGV[6] == '1'
+local recover_per_s = tonumber(ARGV[8])
+
+local meta = redis.call('HMGET', KEYS[2], 'sum', 'last_g', 'seq', 'eff', 'eff_at')
+local sum = tonumber(meta[1]) or 0
+local last_g = tonumber(meta[2]) or 0
+local seq = tonumber(meta[3]) or 0
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  -- The log vanished (expired or evicted): nothing is counted any more.
+  sum = 0
+elseif not meta[1] then
+  -- meta vanished while the log lives: rebuild the running sum from the log rather than trust zero.
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    sum = sum + tonumber(string.match(member, ':(%d+)$'))
+  end
+end
+
+local effective = allowed
+if adaptive then
+  local eff = tonumber(meta[4])
+  local eff_at = tonumber(meta[5])
+  if eff and eff_at then
+    effective = math.min(allowed, eff + recover_per_s * math.max(0, now - eff_at) / 1000000)
+  end
+  redis.call('HSET', KEYS[2], 'eff', tostring(effective), 'eff_at', now)
+end
+local cap = math.max(1, math.floor(effective))
+want = math.max(1, math.min(want, cap))
+min_tokens = math.max(1, math.min(min_tokens, want))
+
+local function tokens_of(member)
+  return tonumber(string.match(member, ':(%d+)$'))
+end
+
+-- Entries scored <= upto no longer count for any grant at or after upto + period.
+local function expire(upto)
+  local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', upto)
+  if #old > 0 then
+    for _, member in ipairs(old) do
+      sum = sum - tokens_of(member)
+    end
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', upto)
+  end
+end
+
+local g = math.max(now, last_g)
+expire(g - period)
+if cap - sum < min_tokens then
+  local need = min_tokens - (cap - sum)
+  local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+  local released = 0
+  local found = false
+  for i = 1, #entries, 2 do
+    released = released + tokens_of(entries[i])
+    if released >= need then
+      g = tonumber(entries[i + 1]) + period
+      found = true
+      break
+    end
+  end
+  if found then
+    expire(g - period)
+  else
+    -- The running sum disagrees with the log (it cannot when both keys live and die together): trust the log.
+    sum = 0
+    for i = 1, #entries, 2 do
+      sum = sum + tokens_of(entries[i])
+    end
+    if #entries > 0 then
+      g = math.max(g, tonumber(entries[#entries]) + period)
+      expire(g - period)
+    end
+  end
+end
+local tokens = math.min(want, cap - sum)
+if tokens < 1 then
+  tokens = 1
+end
+
+seq = seq + 1
+redis.call('ZADD', KEYS[1], g + hold, seq .. ':' .. tokens)
+sum = sum + tokens
+redis.call('HSET', KEYS[2], 'sum', sum, 'last_g', g, 'seq', seq)
+
+-- Quiet windows vanish; a lowered adaptive rate is kept until it would have recovered fully.
+local ttl_ms = math.ceil((g + hold + period - now) / 1000) + 1000
+redis.call('PEXPIRE', KEYS[1], ttl_ms)
+local meta_ttl_ms = ttl_ms
+if adaptive and recover_per_s > 0 then
+  meta_ttl_ms = math.max(ttl_ms, math.ceil((allowed - effective) / recover_per_s * 1000) + 1000)
+end
+redis.call('PEXPIRE', KEYS[2], meta_ttl_ms)
+return {tokens, g - now, hold, tostring(effective), g}

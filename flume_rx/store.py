@@ -1,0 +1,1021 @@
+"""The Redis store: the only module that knows key names and Lua.
+
+Every key of a queue shares the hash tag ``{<ns>:<queue>}``, so one queue lives on one cluster slot and each
+Lua script sees all its keys through ``KEYS[]``. Time always comes from Redis ``TIME``, never from a client's
+clock. :class:`RedisStore` (asyncio) serves workers; :class:`SyncStore` serves producers, admin tools and the
+heartbeat thread. Both build every call with the same functions (``_ops_*``) and read replies with the same
+parsers, so they cannot drift apart.
+
+>>> store = RedisStore.from_url("redis://127.0.0.1:6380/0")  # doctest: +SKIP
+>>> await store.enqueue("email", [payload])  # doctest: +SKIP
+>>> await store.fetch("email", "host-1:4242", n=10, block_s=5.0)  # doctest: +SKIP
+[payload]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import importlib.resources
+import logging
+import math
+import threading
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import Future as ThreadFuture
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, TypedDict
+from urllib.parse import urlsplit, urlunsplit
+
+import reactivex
+import redis
+import redis.asyncio
+from reactivex import Observable, abc
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from flume_rx.errors import ConfigError, StoreError
+
+try:  # the throttle operator's own Grant, when that module is present
+    from flume_rx.operators._throttle import Grant
+except ImportError:  # pragma: no cover - only while operators/_throttle.py is being written
+
+    @dataclass(frozen=True, slots=True)
+    class Grant:  # type: ignore[no-redef]
+        """Permission to start ``tokens`` items from ``delay_s`` after asking, within ``hold_s`` of that."""
+
+        tokens: int
+        delay_s: float
+        hold_s: float
+
+
+log = logging.getLogger("flume_rx.store")
+
+Arg = bytes | str | int | float
+
+ENQUEUE_CHUNK = 1000
+"""Payloads per EVALSHA of a bulk enqueue: big enough to be cheap, small enough not to stall Redis."""
+
+DEAD_RETRY_CHUNK = 1000
+
+
+# --------------------------------------------------------------------------------------------------- keys
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one queue; all share the hash tag ``{<ns>:<queue>}``."""
+
+    tag: str
+    queue: str
+    scheduled: str
+    retry: str
+    dead: str
+    consumers: str
+    stats: str
+    paused: str
+
+    def inflight(self, consumer: str) -> str:
+        """The in-flight list of one consumer of this queue."""
+        return f"{self.tag}:inflight:{consumer}"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Builds every Redis key name of a namespace; nothing else in flume_rx spells one.
+
+    >>> Keys("flume").of("email").queue
+    '{flume:email}:queue'
+    """
+
+    namespace: str = "flume"
+
+    def __post_init__(self) -> None:
+        _check_name(self.namespace, "namespace")
+
+    @property
+    def queues(self) -> str:
+        """The SET of queue names ever enqueued to (for stats and the dashboard)."""
+        return f"{self.namespace}:queues"
+
+    def of(self, queue: str) -> QueueKeys:
+        _check_name(queue, "queue name")
+        tag = f"{{{self.namespace}:{queue}}}"
+        return QueueKeys(
+            tag=tag,
+            queue=f"{tag}:queue",
+            scheduled=f"{tag}:scheduled",
+            retry=f"{tag}:retry",
+            dead=f"{tag}:dead",
+            consumers=f"{tag}:consumers",
+            stats=f"{tag}:stats",
+            paused=f"{tag}:paused",
+        )
+
+    def rate(self, key: str) -> tuple[str, str]:
+        """The ``(log, meta)`` keys of the token window named ``key``."""
+        _check_name(key, "rate limiter key")
+        tag = f"{{{self.namespace}:rate:{key}}}"
+        return f"{tag}:log", f"{tag}:meta"
+
+
+def _check_name(name: str, what: str) -> None:
+    if not name or "{" in name or "}" in name:
+        raise ConfigError(f"{what} {name!r} must be non-empty and free of '{{' and '}}'; pick another name")
+
+
+# ---------------------------------------------------------------------------------------------------- Lua
+
+
+SCRIPTS = (
+    "enqueue",
+    "fetch",
+    "settle",
+    "promote",
+    "heartbeat",
+    "recover",
+    "requeue_all",
+    "dead_retry",
+    "take_tokens",
+    "penalize",
+)
+
+
+@functools.cache
+def lua_source(name: str) -> str:
+    """The text of ``flume_rx/lua/<name>.lua``, read from the installed package."""
+    return importlib.resources.files("flume_rx").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+@functools.cache
+def _sha(name: str) -> str:
+    return hashlib.sha1(lua_source(name).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Eval:
+    script: str
+    keys: tuple[str, ...]
+    args: tuple[Arg, ...]
+
+    def command(self) -> tuple[Arg, ...]:
+        return ("EVALSHA", _sha(self.script), len(self.keys), *self.keys, *self.args)
+
+
+@dataclass(frozen=True, slots=True)
+class _Cmd:
+    args: tuple[Arg, ...]
+
+    def command(self) -> tuple[Arg, ...]:
+        return self.args
+
+
+_Op = _Eval | _Cmd
+
+
+# ------------------------------------------------------------------------------------------- public types
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """One outcome for :meth:`RedisStore.settle`.
+
+    Attributes:
+        payload: the payload exactly as fetched (the in-flight list member).
+        action: ``ack`` (done), ``retry`` (into the retry set at now + ``delay_ms``), ``dead`` (into the dead
+            letters) or ``requeue`` (back to the fetch end of the queue without spending a retry).
+        new_payload: what goes to retry, dead or the queue instead of ``payload`` (e.g. attempt + 1, error).
+        delay_ms: the retry delay, from Redis TIME.
+    """
+
+    payload: bytes
+    action: Literal["ack", "retry", "dead", "requeue"]
+    new_payload: bytes | None = None
+    delay_ms: int = 0
+
+
+class QueueStats(TypedDict):
+    """Counts of one queue, as :meth:`RedisStore.stats` reports them."""
+
+    queued: int
+    in_flight: int
+    scheduled: int
+    retry: int
+    dead: int
+    processed: int
+    failed: int
+    requeued: int
+    consumers: int
+    paused: bool
+
+
+class TokenReply(NamedTuple):
+    """The raw reply of ``take_tokens.lua``: a grant plus where it sits on the Redis clock."""
+
+    tokens: int
+    delay_us: int
+    hold_us: int
+    effective_allowed: float
+    start_us: int
+    """The grant's start time ``g`` in unix microseconds (Redis TIME)."""
+
+
+# ------------------------------------------------------------------------------ call builders and parsers
+# Each store verb is a pure function from arguments to the Redis operations it needs, shared by the async
+# and the sync store; each returns operations that go to Redis in one round trip.
+
+
+def _ops_enqueue(keys: Keys, queue: str, payloads: Sequence[bytes]) -> list[_Op]:
+    k = keys.of(queue)
+    ops: list[_Op] = [_Cmd(("SADD", keys.queues, queue))]
+    for start in range(0, len(payloads), ENQUEUE_CHUNK):
+        chunk = payloads[start : start + ENQUEUE_CHUNK]
+        ops.append(_Eval("enqueue", (k.queue, k.scheduled), ("now", *chunk)))
+    return ops
+
+
+def _ops_schedule(
+    keys: Keys, queue: str, items: Sequence[tuple[bytes, float]], mode: Literal["at", "in"]
+) -> list[_Op]:
+    k = keys.of(queue)
+    ops: list[_Op] = [_Cmd(("SADD", keys.queues, queue))]
+    for start in range(0, len(items), ENQUEUE_CHUNK):
+        flat: list[Arg] = [mode]
+        for payload, when_s in items[start : start + ENQUEUE_CHUNK]:
+            flat += [round(when_s * 1000), payload]
+        ops.append(_Eval("enqueue", (k.queue, k.scheduled), tuple(flat)))
+    return ops
+
+
+def _ops_fetch(keys: Keys, queue: str, consumer: str, n: int) -> _Eval:
+    k = keys.of(queue)
+    return _Eval("fetch", (k.queue, k.inflight(consumer), k.paused, k.consumers), (consumer, n))
+
+
+def _ops_settle(
+    keys: Keys, queue: str, consumer: str, settlements: Sequence[Settlement], dead_max: int, dead_ttl_ms: int
+) -> _Eval:
+    k = keys.of(queue)
+    flat: list[Arg] = [dead_max, dead_ttl_ms]
+    for s in settlements:
+        if s.action not in ("ack", "retry", "dead", "requeue"):
+            raise ValueError(f"settlement action {s.action!r} is not one of ack, retry, dead, requeue")
+        flat += [s.action, s.payload, s.new_payload or b"", max(0, int(s.delay_ms))]
+    return _Eval("settle", (k.inflight(consumer), k.queue, k.retry, k.dead, k.stats), tuple(flat))
+
+
+def _ops_heartbeat(keys: Keys, queues: Sequence[str], consumer: str) -> list[_Op]:
+    # One call per queue rather than one call over all queues: keys of different queues live on different
+    # cluster slots, and a pipeline still makes it one round trip.
+    return [_Eval("heartbeat", (keys.of(q).consumers,), (consumer,)) for q in queues]
+
+
+def _ops_requeue(keys: Keys, queue: str, consumer: str, payloads: Sequence[bytes] | None) -> _Eval:
+    k = keys.of(queue)
+    return _Eval("requeue_all", (k.consumers, k.queue, k.inflight(consumer)), (consumer, *(payloads or ())))
+
+
+def _ops_stats_first(keys: Keys, queue: str) -> list[_Op]:
+    k = keys.of(queue)
+    return [
+        _Cmd(("LLEN", k.queue)),
+        _Cmd(("ZCARD", k.scheduled)),
+        _Cmd(("ZCARD", k.retry)),
+        _Cmd(("ZCARD", k.dead)),
+        _Cmd(("HGETALL", k.stats)),
+        _Cmd(("EXISTS", k.paused)),
+        _Cmd(("ZRANGE", k.consumers, 0, -1)),
+    ]
+
+
+_STATS_FIRST = 7
+
+
+def _parse_stats(first: Sequence[Any]) -> tuple[QueueStats, list[str]]:
+    queued, scheduled, retry, dead, counters, paused, consumers = first
+    counts = _hash(counters)
+    stats = QueueStats(
+        queued=int(queued),
+        in_flight=0,
+        scheduled=int(scheduled),
+        retry=int(retry),
+        dead=int(dead),
+        processed=int(counts.get("processed", 0)),
+        failed=int(counts.get("failed", 0)),
+        requeued=int(counts.get("requeued", 0)),
+        consumers=len(consumers),
+        paused=bool(paused),
+    )
+    return stats, [_text(c) for c in consumers]
+
+
+def _ops_dead_retry(
+    keys: Keys, queue: str, payloads: Sequence[bytes], new_payloads: Sequence[bytes] | None
+) -> _Eval:
+    if new_payloads is not None and len(new_payloads) != len(payloads):
+        raise ValueError(
+            f"dead_retry got {len(payloads)} payloads but {len(new_payloads)} new_payloads; pass one each"
+        )
+    k = keys.of(queue)
+    flat: list[Arg] = [len(payloads)]
+    for i, payload in enumerate(payloads):
+        flat += [payload, new_payloads[i] if new_payloads is not None else b""]
+    return _Eval("dead_retry", (k.dead, k.queue), tuple(flat))
+
+
+def _ops_dead_retry_oldest(keys: Keys, queue: str, limit: int) -> _Eval:
+    k = keys.of(queue)
+    return _Eval("dead_retry", (k.dead, k.queue), (limit,))
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes | bytearray) else str(value)
+
+
+def _hash(reply: Any) -> dict[str, Any]:
+    if isinstance(reply, dict):
+        return {_text(key): value for key, value in reply.items()}
+    return {_text(reply[i]): reply[i + 1] for i in range(0, len(reply), 2)}
+
+
+def _pairs(reply: Any) -> list[tuple[bytes, float]]:
+    """A WITHSCORES reply as (member, score) pairs, whichever shape the client parsed it into."""
+    if reply and isinstance(reply[0], list | tuple):
+        return [(bytes(m), float(s)) for m, s in reply]
+    return [(bytes(reply[i]), float(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+
+def _redis_ms(time_reply: Any) -> int:
+    seconds, micros = time_reply
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _parse_token_reply(reply: Sequence[Any]) -> TokenReply:
+    tokens, delay_us, hold_us, effective, start_us = reply
+    return TokenReply(int(tokens), int(delay_us), int(hold_us), float(_text(effective)), int(start_us))
+
+
+# ----------------------------------------------------------------------------------------- error handling
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its user name and password, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable Redis URL>"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def describe_endpoint(client: redis.Redis | redis.asyncio.Redis) -> str:
+    """``redis://host:port/db`` of a client, never with its password."""
+    pool = client.connection_pool
+    kw = pool.connection_kwargs
+    db = kw.get("db", 0)
+    if kw.get("path"):
+        return f"unix://{kw['path']}?db={db}"
+    scheme = "rediss" if "SSL" in pool.connection_class.__name__ else "redis"
+    return f"{scheme}://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{db}"
+
+
+def _store_error(client: redis.Redis | redis.asyncio.Redis, exc: Exception) -> StoreError:
+    where = describe_endpoint(client)
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return StoreError(
+            f"cannot reach Redis at {where} ({type(exc).__name__}: {exc}); "
+            "check that it runs and that redis_url is right"
+        )
+    return StoreError(f"Redis at {where} answered with an error ({exc}); check its version (>= 6.2) and logs")
+
+
+def _check_client(client: redis.Redis | redis.asyncio.Redis) -> None:
+    if client.connection_pool.connection_kwargs.get("decode_responses"):
+        raise ConfigError(
+            "the Redis client decodes responses (decode_responses=True); payloads are bytes, so pass a "
+            "client made with decode_responses=False"
+        )
+
+
+_TRANSPORT_ERRORS = (RedisConnectionError, RedisTimeoutError, ResponseError)
+
+
+def _client_kwargs(socket_timeout_s: float) -> dict[str, Any]:
+    return {
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": min(5.0, socket_timeout_s),
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+        "decode_responses": False,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ runners
+
+
+class _AsyncRunner:
+    """Sends operations to Redis in one round trip, loading scripts Redis has not seen (once per client)."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        # redis.asyncio leaves execute_command untyped; replies are checked by the parsers anyway.
+        self._untyped: Any = client
+
+    async def one(self, op: _Op) -> Any:
+        return (await self.run([op]))[0]
+
+    async def run(self, ops: Sequence[_Op], *, transaction: bool = False) -> list[Any]:
+        if not ops:
+            return []
+        try:
+            if len(ops) == 1 and not transaction:
+                try:
+                    return [await self._untyped.execute_command(*ops[0].command())]
+                except NoScriptError:
+                    await self._load(ops)
+                    return [await self._untyped.execute_command(*ops[0].command())]
+            results = await self._pipeline(ops, transaction)
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:
+                # Redis restarted or flushed its scripts: load and run again only what did not run.
+                await self._load([ops[i] for i in missing])
+                again = await self._pipeline([ops[i] for i in missing], transaction)
+                for i, result in zip(missing, again, strict=True):
+                    results[i] = result
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            return results
+        except _TRANSPORT_ERRORS as exc:
+            raise _store_error(self.client, exc) from exc
+
+    async def _pipeline(self, ops: Sequence[_Op], transaction: bool) -> list[Any]:
+        pipe: Any = self.client.pipeline(transaction=transaction)
+        for op in ops:
+            pipe.pipeline_execute_command(*op.command())
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def _load(self, ops: Sequence[_Op]) -> None:
+        for name in {op.script for op in ops if isinstance(op, _Eval)}:
+            await self.client.script_load(lua_source(name))
+
+
+class _SyncRunner:
+    """The blocking twin of :class:`_AsyncRunner`."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def one(self, op: _Op) -> Any:
+        return self.run([op])[0]
+
+    def run(self, ops: Sequence[_Op], *, transaction: bool = False) -> list[Any]:
+        if not ops:
+            return []
+        try:
+            results = self._pipeline(ops, transaction)
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:
+                for name in {op.script for op in ops if isinstance(op, _Eval)}:
+                    self.client.script_load(lua_source(name))
+                again = self._pipeline([ops[i] for i in missing], transaction)
+                for i, result in zip(missing, again, strict=True):
+                    results[i] = result
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            return results
+        except _TRANSPORT_ERRORS as exc:
+            raise _store_error(self.client, exc) from exc
+
+    def _pipeline(self, ops: Sequence[_Op], transaction: bool) -> list[Any]:
+        pipe = self.client.pipeline(transaction=transaction)
+        for op in ops:
+            pipe.pipeline_execute_command(*op.command())
+        return list(pipe.execute(raise_on_error=False))
+
+
+# ------------------------------------------------------------------------------------------ the stores
+
+
+class RedisStore:
+    """The asyncio store used by workers: fetch, settle, promote, heartbeat, recover, plus producer verbs.
+
+    Args:
+        client: a ``redis.asyncio.Redis`` made with ``decode_responses=False``; its socket timeout must
+            exceed the ``block_s`` of :meth:`fetch`.
+        namespace: prefix of every key, so several apps can share one Redis.
+        dead_max: the dead letters kept per queue; the oldest go first.
+        dead_ttl_ms: dead letters older than this are dropped.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        namespace: str = "flume",
+        *,
+        dead_max: int = 10_000,
+        dead_ttl_ms: int = 7 * 24 * 3600 * 1000,
+    ) -> None:
+        _check_client(client)
+        if dead_max < 1:
+            raise ConfigError(f"dead_max must be >= 1 (got {dead_max}); set it to the dead letters to keep")
+        if dead_ttl_ms < 1:
+            raise ConfigError(f"dead_ttl_ms must be >= 1 (got {dead_ttl_ms}); set how long dead letters stay")
+        self.client = client
+        self.keys = Keys(namespace)
+        self.dead_max = dead_max
+        self.dead_ttl_ms = dead_ttl_ms
+        self._run = _AsyncRunner(client)
+        self._owns_client = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        namespace: str = "flume",
+        *,
+        socket_timeout_s: float = 30.0,
+        dead_max: int = 10_000,
+        dead_ttl_ms: int = 7 * 24 * 3600 * 1000,
+    ) -> RedisStore:
+        """A store with its own client; :meth:`aclose` closes it.
+
+        Args:
+            url: ``redis://[:password@]host:port/db`` or ``rediss://`` for TLS.
+            socket_timeout_s: how long any reply may take; blocking fetches must wait less than this.
+        """
+        try:
+            client = redis.asyncio.Redis.from_url(url, **_client_kwargs(socket_timeout_s))
+        except ValueError as exc:
+            raise ConfigError(
+                f"redis_url {redact_url(url)!r} is not a valid Redis URL ({exc}); fix it"
+            ) from None
+        store = cls(client, namespace, dead_max=dead_max, dead_ttl_ms=dead_ttl_ms)
+        store._owns_client = True
+        return store
+
+    async def aclose(self) -> None:
+        """Close the client if this store made it."""
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def __aenter__(self) -> RedisStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # producer verbs
+
+    async def enqueue(self, queue: str, payloads: Sequence[bytes]) -> None:
+        """Push payloads onto the queue, in order, in one round trip however many there are."""
+        if payloads:
+            await self._run.run(_ops_enqueue(self.keys, queue, payloads))
+
+    async def schedule(self, queue: str, items: Sequence[tuple[bytes, float]]) -> None:
+        """Hold each payload until its due time (unix seconds), then :meth:`promote_due` queues it."""
+        if items:
+            await self._run.run(_ops_schedule(self.keys, queue, items, "at"))
+
+    async def schedule_in(self, queue: str, items: Sequence[tuple[bytes, float]]) -> None:
+        """Hold each payload for a delay in seconds, counted on the Redis clock (immune to client skew)."""
+        if items:
+            await self._run.run(_ops_schedule(self.keys, queue, items, "in"))
+
+    # consumer verbs
+
+    async def fetch(self, queue: str, consumer: str, n: int, block_s: float) -> list[bytes]:
+        """Move up to ``n`` payloads into the consumer's in-flight list and return them, oldest first.
+
+        When the queue is empty, waits up to ``block_s`` on one blocking move, so a new job starts within
+        milliseconds without polling; then takes up to ``n - 1`` more. Returns ``[]`` when nothing came,
+        and while the queue is paused (after waiting ``block_s``).
+        """
+        if n < 1:
+            raise ValueError(f"fetch n must be >= 1 (got {n})")
+        self._check_block(block_s)
+        k = self.keys.of(queue)
+        paused, *payloads = await self._run.one(_ops_fetch(self.keys, queue, consumer, n))
+        if payloads or block_s <= 0:
+            return list(payloads)
+        if paused:
+            await asyncio.sleep(block_s)
+            return []
+        first = await self._run.one(_Cmd(("BLMOVE", k.queue, k.inflight(consumer), "RIGHT", "LEFT", block_s)))
+        if first is None:
+            return []
+        if n == 1:
+            return [bytes(first)]
+        _, *more = await self._run.one(_ops_fetch(self.keys, queue, consumer, n - 1))
+        return [first, *more]
+
+    def _check_block(self, block_s: float) -> None:
+        timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
+        if block_s > 0 and timeout is not None and block_s + 1.0 > timeout:
+            raise ConfigError(
+                f"fetch block_s={block_s} must be at least 1 s below the Redis socket timeout ({timeout} s); "
+                "lower block_s or raise socket_timeout_s"
+            )
+
+    async def settle(self, queue: str, consumer: str, settlements: Sequence[Settlement]) -> int:
+        """Apply a batch of outcomes in one round trip.
+
+        Returns:
+            How many outcomes were stale: their payload had already left the in-flight list (orphan
+            recovery gave it back to the queue), so nothing was moved for them.
+        """
+        if not settlements:
+            return 0
+        op = _ops_settle(self.keys, queue, consumer, settlements, self.dead_max, self.dead_ttl_ms)
+        return int(await self._run.one(op))
+
+    async def promote_due(self, queue: str, limit: int = 1000) -> int:
+        """Move scheduled and retry payloads that are due onto the queue; safe from any number of workers."""
+        k = self.keys.of(queue)
+        return int(await self._run.one(_Eval("promote", (k.scheduled, k.retry, k.queue), (limit,))))
+
+    async def heartbeat(self, queues: Sequence[str], consumer: str) -> None:
+        """Record the consumer as alive (Redis TIME) in each queue it serves."""
+        await self._run.run(_ops_heartbeat(self.keys, queues, consumer))
+
+    async def recover_orphans(self, queue: str, timeout_ms: int) -> int:
+        """Give back the in-flight jobs of consumers silent for ``timeout_ms``; returns how many came back."""
+        k = self.keys.of(queue)
+        now, beats = await self._run.run(
+            [_Cmd(("TIME",)), _Cmd(("ZRANGE", k.consumers, 0, -1, "WITHSCORES"))]
+        )
+        stale = [_text(c) for c, beat in _pairs(beats) if _redis_ms(now) - beat >= timeout_ms]
+        if not stale:
+            return 0
+        ops: list[_Op] = [
+            _Eval("recover", (k.consumers, k.queue, k.inflight(c)), (c, timeout_ms)) for c in stale
+        ]
+        moved = sum(max(0, int(r)) for r in await self._run.run(ops))
+        if moved:
+            log.warning("recovered %d job(s) of %d silent consumer(s) on queue %s", moved, len(stale), queue)
+        return moved
+
+    async def requeue_all(self, queue: str, consumer: str, payloads: Sequence[bytes] | None = None) -> int:
+        """Give the consumer's in-flight jobs (all, or only ``payloads``) back to the queue, unspent."""
+        return int(await self._run.one(_ops_requeue(self.keys, queue, consumer, payloads)))
+
+    # admin verbs
+
+    async def pause(self, queue: str) -> None:
+        """Stop every consumer of the queue from fetching, until :meth:`resume`."""
+        await self._run.one(_Cmd(("SET", self.keys.of(queue).paused, "1")))
+
+    async def resume(self, queue: str) -> None:
+        await self._run.one(_Cmd(("DEL", self.keys.of(queue).paused)))
+
+    async def is_paused(self, queue: str) -> bool:
+        return bool(await self._run.one(_Cmd(("EXISTS", self.keys.of(queue).paused))))
+
+    async def known_queues(self) -> list[str]:
+        """Names of every queue ever enqueued to in this namespace."""
+        return sorted(_text(q) for q in await self._run.one(_Cmd(("SMEMBERS", self.keys.queues))))
+
+    async def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        """Counts per queue (all known queues by default), in two round trips."""
+        names = list(queues) if queues is not None else await self.known_queues()
+        first = await self._run.run([op for q in names for op in _ops_stats_first(self.keys, q)])
+        result: dict[str, QueueStats] = {}
+        inflight_ops: list[_Op] = []
+        owners: list[str] = []
+        for i, q in enumerate(names):
+            stats, consumers = _parse_stats(first[i * _STATS_FIRST : (i + 1) * _STATS_FIRST])
+            result[q] = stats
+            inflight_ops += [_Cmd(("LLEN", self.keys.of(q).inflight(c))) for c in consumers]
+            owners += [q] * len(consumers)
+        for q, length in zip(owners, await self._run.run(inflight_ops), strict=True):
+            result[q]["in_flight"] += int(length)
+        return result
+
+    async def dead_list(self, queue: str, limit: int = 100) -> list[tuple[bytes, float]]:
+        """The newest ``limit`` dead letters as ``(payload, died_at unix s)``."""
+        reply = await self._run.one(_Cmd(("ZREVRANGE", self.keys.of(queue).dead, 0, limit - 1, "WITHSCORES")))
+        return [(payload, score / 1000) for payload, score in _pairs(reply)]
+
+    async def dead_retry(
+        self,
+        queue: str,
+        payloads: Sequence[bytes] | None = None,
+        new_payloads: Sequence[bytes] | None = None,
+    ) -> int:
+        """Move dead letters back onto the queue (all when ``payloads`` is None), optionally rewritten.
+
+        Args:
+            payloads: the dead letters to move, as :meth:`dead_list` returned them.
+            new_payloads: what to enqueue instead of each (same length), e.g. with the attempt count reset.
+        """
+        if payloads is not None:
+            return int(await self._run.one(_ops_dead_retry(self.keys, queue, payloads, new_payloads)))
+        total = 0
+        while moved := int(await self._run.one(_ops_dead_retry_oldest(self.keys, queue, DEAD_RETRY_CHUNK))):
+            total += moved
+        return total
+
+    async def dead_purge(self, queue: str) -> int:
+        """Delete every dead letter of the queue; returns how many there were."""
+        dead = self.keys.of(queue).dead
+        count, _ = await self._run.run([_Cmd(("ZCARD", dead)), _Cmd(("DEL", dead))], transaction=True)
+        return int(count)
+
+    # token window
+
+    async def take_tokens(
+        self,
+        key: str,
+        *,
+        allowed: int,
+        period_ms: float,
+        hold_ms: float,
+        want: int,
+        min_tokens: int = 1,
+        adaptive: bool = False,
+        decrease_factor: float = 0.5,
+        recover_per_s: float = 0.0,
+    ) -> TokenReply:
+        """One grant from the shared sliding window ``key`` (see DEVELOPERS.md, "The token window")."""
+        log_key, meta_key = self.keys.rate(key)
+        args: tuple[Arg, ...] = (
+            allowed,
+            repr(float(period_ms)),
+            repr(float(hold_ms)),
+            want,
+            min_tokens,
+            1 if adaptive else 0,
+            repr(float(decrease_factor)),
+            repr(float(recover_per_s)),
+        )
+        return _parse_token_reply(await self._run.one(_Eval("take_tokens", (log_key, meta_key), args)))
+
+    async def penalize_window(
+        self, key: str, *, allowed: int, period_ms: float, decrease_factor: float, recover_per_s: float
+    ) -> float:
+        """Lower the shared effective rate of window ``key``; returns the new effective allowed."""
+        _, meta_key = self.keys.rate(key)
+        args: tuple[Arg, ...] = (
+            allowed,
+            repr(float(period_ms)),
+            repr(float(decrease_factor)),
+            repr(float(recover_per_s)),
+        )
+        return float(_text(await self._run.one(_Eval("penalize", (meta_key,), args))))
+
+
+class SyncStore:
+    """The blocking store for producers, admin tools and the heartbeat thread.
+
+    It runs the same calls as :class:`RedisStore`; a heartbeat from a thread with its own client keeps
+    beating while a worker's event loop is busy.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str = "flume",
+        *,
+        dead_max: int = 10_000,
+        dead_ttl_ms: int = 7 * 24 * 3600 * 1000,
+    ) -> None:
+        _check_client(client)
+        self.client = client
+        self.keys = Keys(namespace)
+        self.dead_max = dead_max
+        self.dead_ttl_ms = dead_ttl_ms
+        self._run = _SyncRunner(client)
+        self._owns_client = False
+
+    @classmethod
+    def from_url(cls, url: str, namespace: str = "flume", *, socket_timeout_s: float = 30.0) -> SyncStore:
+        try:
+            client = redis.Redis.from_url(url, **_client_kwargs(socket_timeout_s))
+        except ValueError as exc:
+            raise ConfigError(
+                f"redis_url {redact_url(url)!r} is not a valid Redis URL ({exc}); fix it"
+            ) from None
+        store = cls(client, namespace)
+        store._owns_client = True
+        return store
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.client.close()
+
+    def __enter__(self) -> SyncStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def enqueue(self, queue: str, payloads: Sequence[bytes]) -> None:
+        if payloads:
+            self._run.run(_ops_enqueue(self.keys, queue, payloads))
+
+    def schedule(self, queue: str, items: Sequence[tuple[bytes, float]]) -> None:
+        if items:
+            self._run.run(_ops_schedule(self.keys, queue, items, "at"))
+
+    def schedule_in(self, queue: str, items: Sequence[tuple[bytes, float]]) -> None:
+        if items:
+            self._run.run(_ops_schedule(self.keys, queue, items, "in"))
+
+    def heartbeat(self, queues: Sequence[str], consumer: str) -> None:
+        self._run.run(_ops_heartbeat(self.keys, queues, consumer))
+
+    def pause(self, queue: str) -> None:
+        self._run.one(_Cmd(("SET", self.keys.of(queue).paused, "1")))
+
+    def resume(self, queue: str) -> None:
+        self._run.one(_Cmd(("DEL", self.keys.of(queue).paused)))
+
+    def is_paused(self, queue: str) -> bool:
+        return bool(self._run.one(_Cmd(("EXISTS", self.keys.of(queue).paused))))
+
+    def known_queues(self) -> list[str]:
+        return sorted(_text(q) for q in self._run.one(_Cmd(("SMEMBERS", self.keys.queues))))
+
+    def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        names = list(queues) if queues is not None else self.known_queues()
+        first = self._run.run([op for q in names for op in _ops_stats_first(self.keys, q)])
+        result: dict[str, QueueStats] = {}
+        inflight_ops: list[_Op] = []
+        owners: list[str] = []
+        for i, q in enumerate(names):
+            stats, consumers = _parse_stats(first[i * _STATS_FIRST : (i + 1) * _STATS_FIRST])
+            result[q] = stats
+            inflight_ops += [_Cmd(("LLEN", self.keys.of(q).inflight(c))) for c in consumers]
+            owners += [q] * len(consumers)
+        for q, length in zip(owners, self._run.run(inflight_ops), strict=True):
+            result[q]["in_flight"] += int(length)
+        return result
+
+    def dead_list(self, queue: str, limit: int = 100) -> list[tuple[bytes, float]]:
+        reply = self._run.one(_Cmd(("ZREVRANGE", self.keys.of(queue).dead, 0, limit - 1, "WITHSCORES")))
+        return [(payload, score / 1000) for payload, score in _pairs(reply)]
+
+    def dead_retry(
+        self,
+        queue: str,
+        payloads: Sequence[bytes] | None = None,
+        new_payloads: Sequence[bytes] | None = None,
+    ) -> int:
+        if payloads is not None:
+            return int(self._run.one(_ops_dead_retry(self.keys, queue, payloads, new_payloads)))
+        total = 0
+        while moved := int(self._run.one(_ops_dead_retry_oldest(self.keys, queue, DEAD_RETRY_CHUNK))):
+            total += moved
+        return total
+
+    def dead_purge(self, queue: str) -> int:
+        dead = self.keys.of(queue).dead
+        count, _ = self._run.run([_Cmd(("ZCARD", dead)), _Cmd(("DEL", dead))], transaction=True)
+        return int(count)
+
+
+# ------------------------------------------------------------------------------------- the token window
+
+
+class RedisTokenWindow:
+    """A :class:`~flume_rx.operators.TokenWindow` shared by every process through Redis.
+
+    At most ``allowed`` items start in any sliding ``period_s``, across all processes and hosts, with time
+    from Redis. A grant that cannot start now is a reservation (``delay_s > 0``), so each Redis call hands
+    out as many tokens as the caller can use. With ``adaptive=True``, :meth:`penalize` (the downstream
+    refused a call) multiplies the shared rate by ``decrease_factor``; it recovers by ``recover_per_s``
+    tokens per period each second, up to ``allowed``.
+
+    Args:
+        store: the store whose client carries the calls.
+        key: the window's name; every window with the same key and namespace shares one limit.
+        allowed: items allowed to start per period.
+        period_s: the sliding period.
+        hold_s: how long after its start a grant may still be used; utilization is period / (period + hold).
+        adaptive: lower the rate on :meth:`penalize` and let it recover.
+        decrease_factor: multiplier applied by a penalty (at most once per period).
+        recover_per_s: tokens per period regained each second; ``allowed / 10`` by default.
+
+    >>> window = RedisTokenWindow(store, "ses", allowed=400, period_s=1.0)  # doctest: +SKIP
+    >>> await window.take_async(10, min_tokens=5)  # doctest: +SKIP
+    Grant(tokens=10, delay_s=0.0, hold_s=0.02)
+    """
+
+    def __init__(
+        self,
+        store: RedisStore,
+        key: str,
+        allowed: int,
+        period_s: float,
+        *,
+        hold_s: float = 0.02,
+        adaptive: bool = False,
+        decrease_factor: float = 0.5,
+        recover_per_s: float | None = None,
+    ) -> None:
+        if allowed < 1:
+            raise ConfigError(f"allowed must be a positive integer (got {allowed}); set the jobs per period")
+        if not (period_s > 0 and math.isfinite(period_s)):
+            raise ConfigError(f"period_s must be positive (got {period_s}); set the window length in seconds")
+        if not (hold_s >= 0 and math.isfinite(hold_s)):
+            raise ConfigError(f"hold_s must be >= 0 (got {hold_s}); 0.02 suits most callers")
+        if not 0 < decrease_factor < 1:
+            raise ConfigError(f"decrease_factor must be between 0 and 1 (got {decrease_factor}); try 0.5")
+        if recover_per_s is not None and not recover_per_s >= 0:
+            raise ConfigError(f"recover_per_s must be >= 0 (got {recover_per_s}); or leave it unset")
+        store.keys.rate(key)  # validates the key now rather than at the first take
+        self.store = store
+        self.key = key
+        self.allowed = allowed
+        self.period_s = period_s
+        self.hold_s = hold_s
+        self.adaptive = adaptive
+        self.decrease_factor = decrease_factor
+        self.recover_per_s = allowed / 10 if recover_per_s is None else recover_per_s
+        self._effective = float(allowed)
+        self._lock = threading.Lock()
+
+    async def take_async(self, tokens: int, min_tokens: int = 1) -> Grant:
+        """One grant of between ``min(tokens, min_tokens)`` and ``tokens`` tokens (clamped to the rate)."""
+        reply = await self.take_reply(tokens, min_tokens)
+        return Grant(tokens=reply.tokens, delay_s=reply.delay_us / 1e6, hold_s=reply.hold_us / 1e6)
+
+    async def take_reply(self, tokens: int, min_tokens: int = 1) -> TokenReply:
+        """Like :meth:`take_async`, with the grant's place on the Redis clock (for tests and telemetry)."""
+        if tokens < 1:
+            raise ValueError(f"tokens must be >= 1 (got {tokens})")
+        reply = await self.store.take_tokens(
+            self.key,
+            allowed=self.allowed,
+            period_ms=self.period_s * 1000,
+            hold_ms=self.hold_s * 1000,
+            want=tokens,
+            min_tokens=max(1, min(min_tokens, tokens)),
+            adaptive=self.adaptive,
+            decrease_factor=self.decrease_factor,
+            recover_per_s=self.recover_per_s,
+        )
+        with self._lock:
+            self._effective = reply.effective_allowed
+        return reply
+
+    def take(self, tokens: int, min_tokens: int = 1) -> Observable[Grant]:
+        """Emits one :class:`Grant` and completes; each subscription asks Redis once."""
+        return _defer_async(lambda: self.take_async(tokens, min_tokens))
+
+    async def penalize_async(self) -> float:
+        """Report a refusal by the downstream; returns the new effective allowed per period."""
+        if not self.adaptive:
+            return float(self.allowed)
+        effective = await self.store.penalize_window(
+            self.key,
+            allowed=self.allowed,
+            period_ms=self.period_s * 1000,
+            decrease_factor=self.decrease_factor,
+            recover_per_s=self.recover_per_s,
+        )
+        with self._lock:
+            self._effective = effective
+        log.info("rate limiter %s penalized: %.1f per %.3f s", self.key, effective, self.period_s)
+        return effective
+
+    def penalize(self) -> Observable[float]:
+        return _defer_async(self.penalize_async)
+
+    def current_rate(self) -> float:
+        """The effective allowed per period as of the last reply from Redis (``allowed`` before any)."""
+        with self._lock:
+            return self._effective
+
+
+def _defer_async(make: Any) -> Observable[Any]:
+    """An Observable that runs the coroutine ``make()`` on the event loop per subscription.
+
+    Subscribing from the loop's thread schedules it there; from another thread, it is handed to the loop
+    that was running where the Observable was made.
+    """
+    try:
+        home: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        home = None
+
+    def factory(_: abc.SchedulerBase | None) -> Observable[Any]:
+        coro: Coroutine[Any, Any, Any] = make()
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and (home is None or running is home):
+            return reactivex.from_future(asyncio.ensure_future(coro))
+        if home is not None:
+            future: ThreadFuture[Any] = asyncio.run_coroutine_threadsafe(coro, home)
+            return reactivex.from_future(future)  # type: ignore[arg-type]
+        coro.close()
+        raise RuntimeError("RedisTokenWindow must be used from a thread running an asyncio event loop")
+
+    return reactivex.defer(factory)
