@@ -59,9 +59,7 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Job:
     if len(payload) > max_bytes:
         raise DecodeError(f"payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
     try:
-        record = msgpack.unpackb(
-            payload, raw=False, strict_map_key=False, max_buffer_size=max_bytes, use_list=True
-        )
+        record = msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types for corrupt input
         raise DecodeError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from exc
     if not isinstance(record, list) or not record:

@@ -1,0 +1,77 @@
+"""The codec: round trips, limits, and rejection of anything that is not a job."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flume_rx import codec
+from flume_rx.errors import DecodeError, EncodeError
+from flume_rx.job import Job, JobError
+
+scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text() | st.binary()
+values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+errors = st.none() | st.builds(JobError, st.text(max_size=20), st.text(max_size=50), st.text(max_size=100))
+jobs = st.builds(
+    Job,
+    id=st.text(min_size=1, max_size=40),
+    queue=st.text(min_size=1, max_size=20),
+    worker=st.text(min_size=1, max_size=20),
+    args=st.lists(values, max_size=5),
+    attempt=st.integers(0, 1000),
+    created_at=st.floats(0, 4e9),
+    enqueued_at=st.floats(0, 4e9),
+    cost=st.integers(0, 10_000),
+    error=errors,
+)
+
+
+@given(jobs)
+def test_round_trip(job: Job) -> None:
+    assert codec.decode(codec.encode(job)) == job
+
+
+@given(st.binary(max_size=200))
+def test_garbage_raises_decode_error_and_nothing_else(payload: bytes) -> None:
+    try:
+        codec.decode(payload)
+    except DecodeError:
+        pass
+
+
+@given(values)
+def test_any_msgpack_value_that_is_not_a_job_is_rejected(value: Any) -> None:
+    with pytest.raises(DecodeError):
+        codec.decode(msgpack.packb(value, use_bin_type=True) if not isinstance(value, list) or value[:1] != [1] else b"\xc1")
+
+
+def test_unencodable_args_are_refused_with_the_worker_named() -> None:
+    with pytest.raises(EncodeError, match="EmailWorker"):
+        codec.encode(Job("1", "q", "EmailWorker", [object()]))
+
+
+def test_oversized_payloads_are_refused_both_ways() -> None:
+    big = Job("1", "q", "W", ["x" * 2000])
+    with pytest.raises(EncodeError, match="max_payload_bytes"):
+        codec.encode(big, max_bytes=1000)
+    with pytest.raises(DecodeError, match="exceeds"):
+        codec.decode(codec.encode(big), max_bytes=1000)
+
+
+def test_unknown_format_version_is_named() -> None:
+    with pytest.raises(DecodeError, match="format version 99"):
+        codec.decode(msgpack.packb([99, "id"]))
+
+
+def test_wrong_field_types_are_named() -> None:
+    record = [1, "id", "q", "W", "not a list", 0, 0.0, 0.0, 1, None]
+    with pytest.raises(DecodeError, match="'args'"):
+        codec.decode(msgpack.packb(record))
