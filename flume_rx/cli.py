@@ -1,0 +1,189 @@
+"""The ``flume-rx`` command line: worker, enqueue, stats, dead letters, pause/resume, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from flume_rx.errors import FlumeError
+
+logger = logging.getLogger("flume_rx.cli")
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flume-rx", description="Background job pipelines on Redis, as reactive streams.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", required=True, metavar="FILE", help="the TOML config file")
+        p.add_argument("--redis-url", metavar="URL", help="overrides redis_url from the config")
+        return p
+
+    worker = with_config(commands.add_parser("worker", help="run every pipeline of the config"))
+    worker.add_argument("--processes", type=int, default=1, metavar="N", help="worker processes in all (default 1)")
+    worker.add_argument("--burst", action="store_true", help="exit once the queues are drained")
+
+    enqueue = with_config(commands.add_parser("enqueue", help="put one job on a queue"))
+    enqueue.add_argument("queue")
+    enqueue.add_argument("worker")
+    enqueue.add_argument("args", nargs="?", default="[]", metavar="JSON_ARGS", help='a JSON list, e.g. \'[42, "welcome"]\'')
+
+    stats = with_config(commands.add_parser("stats", help="queue depths and counters"))
+    stats.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    dead = commands.add_parser("dead", help="list, retry or purge dead letters")
+    dead_actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action in ("list", "retry", "purge"):
+        p = with_config(dead_actions.add_parser(action))
+        p.add_argument("queue")
+        if action == "list":
+            p.add_argument("--limit", type=int, default=20)
+            p.add_argument("--json", action="store_true")
+
+    for name, text in (("pause", "stop fetching from a queue on every worker"), ("resume", "resume a paused queue")):
+        p = with_config(commands.add_parser(name, help=text))
+        p.add_argument("queue")
+
+    demo = commands.add_parser("demo", help="the SES demo: 3 processes at 400/s under a 450/s fake SES")
+    demo.add_argument("--redis-url", metavar="URL", help="use this Redis instead of an embedded one")
+    demo.add_argument("--jobs", type=int, default=3000, help="emails to send (default 3000)")
+    demo.add_argument("--processes", type=int, default=3, help="worker processes (default 3)")
+    demo.add_argument("--rate", type=int, default=400, help="the pipeline's shared limit per second (default 400)")
+    demo.add_argument("--ses-limit", type=int, default=450, help="the fake SES's limit per second (default 450)")
+    demo.add_argument("--ses-endpoint", metavar="URL", help="send through a real or emulated SES at this endpoint")
+    demo.add_argument("--plain", action="store_true", help="no live view, just the summary")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return _dispatch(args)
+    except FlumeError as exc:
+        print(f"flume-rx: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from flume_rx.demo import run_demo
+
+        return run_demo(
+            redis_url=args.redis_url,
+            jobs=args.jobs,
+            processes=args.processes,
+            rate=args.rate,
+            ses_limit=args.ses_limit,
+            ses_endpoint=args.ses_endpoint,
+            live=not args.plain,
+        )
+
+    from flume_rx import config as config_module
+    from flume_rx.client import Flume
+
+    config = config_module.load(args.config, redis_url=args.redis_url)
+    if args.command == "worker":
+        from flume_rx import runtime
+
+        if args.processes < 1:
+            raise config_module.ConfigError(f"--processes must be 1 or more (got {args.processes})")
+        runtime.import_worker_modules(config.imports)
+        _check_reachable(config)
+        if args.processes == 1:
+            return runtime.run_worker_process(config, burst=args.burst)
+        return runtime.supervise(args.config, args.processes, redis_url=args.redis_url, burst=args.burst)
+
+    flume = Flume.from_config(config)
+    try:
+        if args.command == "enqueue":
+            try:
+                job_args = json.loads(args.args)
+            except json.JSONDecodeError as exc:
+                raise config_module.ConfigError(f"JSON_ARGS is not valid JSON ({exc}); e.g. '[42, \"welcome\"]'") from None
+            if not isinstance(job_args, list):
+                raise config_module.ConfigError(f"JSON_ARGS must be a JSON list (got {args.args}); e.g. '[42]'")
+            print(flume.enqueue(args.queue, args.worker, job_args))
+        elif args.command == "stats":
+            queues = [p.queue for p in config.pipelines] or None
+            _print_stats(flume.stats(queues), as_json=args.json)
+        elif args.command == "dead":
+            if args.action == "list":
+                jobs = flume.dead_list(args.queue, args.limit)
+                rows = [
+                    {"id": j.id, "worker": j.worker, "attempt": j.attempt, "args": _jsonable(j.args),
+                     "error": None if j.error is None else f"{j.error.kind}: {j.error.message}"}
+                    for j in jobs
+                ]
+                if args.json:
+                    print(json.dumps(rows, indent=2))
+                else:
+                    for row in rows:
+                        print(f"{row['id']}  {row['worker']}  attempt={row['attempt']}  {row['error']}")
+                    print(f"{len(rows)} dead job(s) shown")
+            elif args.action == "retry":
+                print(f"{flume.dead_retry(args.queue)} dead job(s) put back on {args.queue!r}")
+            else:
+                print(f"{flume.dead_purge(args.queue)} dead job(s) purged from {args.queue!r}")
+        elif args.command == "pause":
+            flume.pause(args.queue)
+            print(f"{args.queue!r} paused")
+        elif args.command == "resume":
+            flume.resume(args.queue)
+            print(f"{args.queue!r} resumed")
+    finally:
+        flume.close()
+    return 0
+
+
+def _check_reachable(config: Any) -> None:
+    from flume_rx.store import SyncStore
+
+    store = SyncStore.from_url(config.redis_url, config.namespace)
+    try:
+        store.known_queues()  # raises StoreError, naming the URL, when Redis is unreachable
+    finally:
+        store.close()
+
+
+def _print_stats(stats: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="flume_rx queues")
+    columns = ["queued", "in_flight", "scheduled", "retry", "dead", "processed", "failed"]
+    table.add_column("queue")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for queue, row in sorted(stats.items()):
+        table.add_row(queue, *(str(row.get(c, 0)) for c in columns))
+    Console().print(table)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

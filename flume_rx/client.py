@@ -1,0 +1,227 @@
+"""The ``Flume`` facade: enqueue jobs, look at and act on queues, and build pipelines in code."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from reactivex import Observable
+
+from flume_rx import codec
+from flume_rx import operators as fo
+from flume_rx.config import FlumeConfig, PipelineConfig, RetryConfig, default_redis_url
+from flume_rx.errors import ConfigError
+from flume_rx.job import Job, new_job_id
+from flume_rx.pipeline import Delivery, JobSource, run_workers
+from flume_rx.store import QueueStats, RedisStore, RedisTokenWindow, SyncStore
+from flume_rx.telemetry import Event, Telemetry
+
+
+class Flume:
+    """A connection to one flume_rx namespace on one Redis.
+
+    >>> flume = Flume(redis_url="redis://127.0.0.1:6379/0", namespace="flume")  # doctest: +SKIP
+    >>> jid = flume.enqueue("email_service", "EmailWorker", [42, "welcome"])     # doctest: +SKIP
+
+    Args:
+        redis_url: defaults to FLUME_REDIS_URL, else redis://127.0.0.1:6379/0.
+        namespace: prefix of every key, so several applications can share one Redis.
+        max_payload_bytes: enqueue refuses larger jobs (default 1 MiB).
+        config: a loaded config; its URL, namespace and limits are used where no argument is given.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        namespace: str | None = None,
+        *,
+        max_payload_bytes: int | None = None,
+        config: FlumeConfig | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self.config = config or FlumeConfig(redis_url=redis_url or default_redis_url())
+        self.redis_url = redis_url or self.config.redis_url
+        self.namespace = namespace or self.config.namespace
+        self.max_payload_bytes = max_payload_bytes or self.config.max_payload_bytes
+        self.telemetry = telemetry or Telemetry()
+        self._store = SyncStore.from_url(self.redis_url, self.namespace)
+        self._async_store: RedisStore | None = None
+        self._sources: list[tuple[JobSource, PipelineConfig]] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._consumer: str | None = None
+
+    @classmethod
+    def from_config(cls, config: FlumeConfig) -> Flume:
+        return cls(config=config)
+
+    # ---- enqueueing ---------------------------------------------------------------------------------------------
+
+    def enqueue(self, queue: str, worker: str, args: Sequence[Any] = (), *, cost: int = 1) -> str:
+        """Put one job on ``queue`` for the worker registered as ``worker``; returns its id.
+
+        Raises:
+            EncodeError: ``args`` cannot be encoded as msgpack or the job is too large; nothing is written.
+        """
+        job = self._job(queue, worker, args, cost)
+        self._store.enqueue(queue, [codec.encode(job, self.max_payload_bytes)])
+        self.telemetry.emit("job.enqueued", queue=queue, count=1)
+        return job.id
+
+    def bulk_enqueue(self, queue: str, jobs: Iterable[tuple[str, Sequence[Any]]]) -> list[str]:
+        """Put many ``(worker, args)`` jobs on ``queue`` in one round trip; all or none are written."""
+        built = [self._job(queue, worker, args, 1) for worker, args in jobs]
+        payloads = [codec.encode(job, self.max_payload_bytes) for job in built]
+        if payloads:
+            self._store.enqueue(queue, payloads)
+            self.telemetry.emit("job.enqueued", queue=queue, count=len(payloads))
+        return [job.id for job in built]
+
+    def enqueue_in(self, queue: str, seconds: float, worker: str, args: Sequence[Any] = (), *, cost: int = 1) -> str:
+        """Run the job ``seconds`` from now (due times are compared with Redis's clock, not this host's)."""
+        return self.enqueue_at(queue, time.time() + float(seconds), worker, args, cost=cost)
+
+    def enqueue_at(self, queue: str, unix_ts: float, worker: str, args: Sequence[Any] = (), *, cost: int = 1) -> str:
+        """Run the job at ``unix_ts`` (float seconds since the epoch)."""
+        job = self._job(queue, worker, args, cost)
+        self._store.schedule(queue, [(codec.encode(job, self.max_payload_bytes), float(unix_ts))])
+        self.telemetry.emit("job.enqueued", queue=queue, count=1)
+        return job.id
+
+    def _job(self, queue: str, worker: str, args: Sequence[Any], cost: int) -> Job:
+        if not isinstance(queue, str) or not queue or "{" in queue or "}" in queue:
+            raise ConfigError(f"queue must be a non-empty string without braces (got {queue!r})")
+        if not isinstance(worker, str) or not worker:
+            raise ConfigError(f"worker must be the registered worker's name, a non-empty string (got {worker!r})")
+        if isinstance(args, str | bytes) or not isinstance(args, Sequence):
+            raise ConfigError(f"args must be a list of positional arguments (got {args!r}); e.g. [42, \"welcome\"]")
+        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
+            raise ConfigError(f"cost must be an integer >= 0 (got {cost!r})")
+        now = time.time()
+        return Job(new_job_id(), queue, worker, list(args), 0, now, now, cost)
+
+    # ---- looking and acting -------------------------------------------------------------------------------------
+
+    def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        """Per queue: queued, in_flight, scheduled, retry, dead, processed, failed."""
+        return self._store.stats(queues)
+
+    def dead_list(self, queue: str, limit: int = 100) -> list[Job]:
+        return [codec.decode(payload) for payload, _ in self._store.dead_list(queue, limit)]
+
+    def dead_retry(self, queue: str, job_ids: Sequence[str] | None = None) -> int:
+        """Put dead jobs (all, or those with ``job_ids``) back on their queue; returns how many."""
+        if job_ids is None:
+            return self._store.dead_retry(queue, None)
+        wanted = set(job_ids)
+        payloads = [p for p, _ in self._store.dead_list(queue, 1_000_000) if _job_id(p) in wanted]
+        return self._store.dead_retry(queue, payloads) if payloads else 0
+
+    def dead_purge(self, queue: str) -> int:
+        return self._store.dead_purge(queue)
+
+    def pause(self, queue: str) -> None:
+        self._store.pause(queue)
+
+    def resume(self, queue: str) -> None:
+        self._store.resume(queue)
+
+    @property
+    def events(self) -> Observable[Event]:
+        """Every telemetry event of this process as a reactivex Observable."""
+        return self.telemetry.events
+
+    def close(self) -> None:
+        self._store.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+    def __enter__(self) -> Flume:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # ---- pipelines in code --------------------------------------------------------------------------------------
+
+    @property
+    def async_store(self) -> RedisStore:
+        if self._async_store is None:
+            self._async_store = RedisStore.from_url(self.redis_url, self.namespace)
+        return self._async_store
+
+    @property
+    def consumer(self) -> str:
+        if self._consumer is None:
+            from flume_rx.runtime import new_consumer_id
+
+            self._consumer = new_consumer_id()
+        return self._consumer
+
+    def source(
+        self, queue: str, *, max_demand: int = 100, retry: RetryConfig | None = None, window: fo.TokenWindow | None = None
+    ) -> fo.PullSource[Delivery]:
+        """The request-n source of ``queue``: pipe operators onto it, end with :meth:`process`, then :meth:`run`.
+
+        Args:
+            max_demand: most jobs fetched and not yet settled in this process.
+            retry: the durable retry policy of failed jobs (default: 5 retries, 1 s initial, 1 h cap).
+            window: the token window, so a worker raising ``Throttled`` lowers an adaptive shared rate.
+        """
+        source = JobSource(
+            store=self.async_store,
+            queue=queue,
+            consumer=self.consumer,
+            max_demand=max_demand,
+            telemetry=self.telemetry,
+            retry=retry or RetryConfig(),
+            window=window,
+            max_payload_bytes=self.max_payload_bytes,
+        )
+        self._sources.append((source, PipelineConfig(name=queue, queue=queue, max_demand=max_demand)))
+        return source.flowable
+
+    def window(
+        self, key: str, allowed: int, period_s: float = 1.0, *, hold_s: float = 0.02, adaptive: bool = False
+    ) -> RedisTokenWindow:
+        """A token window shared through Redis by every process that uses the same ``key``."""
+        return RedisTokenWindow(self.async_store, key, allowed, period_s, hold_s=hold_s, adaptive=adaptive)
+
+    def process(self, *, stages: int = 10, timeout_s: float | None = None) -> Any:
+        """The processor stage: runs each job's registered worker, at most ``stages`` at once."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="flume-stage")
+        return run_workers(stages=stages, executor=self._executor, timeout_s=timeout_s)
+
+    async def run(self, *graphs: Observable[Any], burst: bool = False) -> None:
+        """Run pipelines built with :meth:`source` until cancelled (or, with ``burst``, until drained)."""
+        from flume_rx.runtime import WorkerRuntime
+
+        if not graphs:
+            raise ConfigError("run() needs at least one pipeline built from flume.source(...)")
+        if not self._sources:
+            raise ConfigError("no source was made with flume.source(...); build the pipeline from one")
+        config = FlumeConfig(
+            redis_url=self.redis_url,
+            namespace=self.namespace,
+            pipelines=tuple(c for _, c in self._sources),
+            max_payload_bytes=self.max_payload_bytes,
+        )
+        runtime = WorkerRuntime(
+            config,
+            telemetry=self.telemetry,
+            burst=burst,
+            consumer_id=self.consumer,
+            graphs=[(s, g) for (s, _), g in zip(self._sources, graphs, strict=False)],
+        )
+        for source, _ in self._sources:
+            source.burst = burst
+        await runtime.run()
+
+
+def _job_id(payload: bytes) -> str:
+    try:
+        return codec.decode(payload).id
+    except Exception:
+        return ""

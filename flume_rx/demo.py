@@ -1,0 +1,283 @@
+"""The SES demo: several worker processes share one 400/s limit in front of a fake SES that allows 450/s.
+
+The fake SES is a small HTTP server in this process. It keeps the time of every call and answers
+"Throttling" (HTTP 400, as SES does) to any call that would make more than its limit in a sliding second, so
+the summary can say, from the downstream's own records, the most calls in any one-second window and how
+many were rejected (it must be 0).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import http.client
+import json
+import multiprocessing
+import os
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from flume_rx.errors import Throttled
+from flume_rx.registry import worker
+
+FAKE_SES_ENV = "FLUME_DEMO_FAKE_SES"
+DEMO_QUEUE = "email_service"
+DEMO_WORKER = "DemoSESWorker"
+
+
+# ---- the fake SES ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeSES:
+    """Accepts at most ``limit`` calls in any sliding ``period_s``; rejects the rest like SES does."""
+
+    limit: int = 450
+    period_s: float = 1.0
+    latency_s: float = 0.01
+    accepted: list[float] = field(default_factory=list)
+    rejected: int = 0
+    _recent: deque[float] = field(default_factory=deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def call(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            while self._recent and self._recent[0] <= now - self.period_s:
+                self._recent.popleft()
+            if len(self._recent) >= self.limit:
+                self.rejected += 1
+                return False
+            self._recent.append(now)
+            self.accepted.append(now)
+            return True
+
+    def max_in_any_window(self) -> int:
+        """The most accepted calls in any sliding window of ``period_s`` (two-pointer sweep)."""
+        with self._lock:
+            times = list(self.accepted)
+        best = 0
+        for i, start in enumerate(times):
+            j = bisect.bisect_left(times, start + self.period_s, lo=i)
+            best = max(best, j - i)
+        return best
+
+    def rate_now(self) -> int:
+        now = time.monotonic()
+        with self._lock:
+            return len(self.accepted) - bisect.bisect_right(self.accepted, now - 1.0)
+
+    @contextlib.contextmanager
+    def serve(self) -> Iterator[str]:
+        ses = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                self.rfile.read(length)
+                ok = ses.call()
+                time.sleep(ses.latency_s)
+                body = b'{"MessageId": "fake"}' if ok else b'{"Error": {"Code": "Throttling", "Message": "Maximum sending rate exceeded."}}'
+                self.send_response(200 if ok else 400)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+# ---- the worker the demo's processes run -------------------------------------------------------------------------
+
+_local = threading.local()
+
+
+@worker(DEMO_WORKER)
+def send_demo_email(recipient: str, template: str) -> None:
+    """One SES call per job, on a keep-alive connection per stage thread."""
+    connection: http.client.HTTPConnection | None = getattr(_local, "connection", None)
+    if connection is None:
+        host_port = os.environ[FAKE_SES_ENV].removeprefix("http://")
+        host, port = host_port.split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        _local.connection = connection
+    body = json.dumps({"to": recipient, "template": template}).encode()
+    try:
+        connection.request("POST", "/send", body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        payload = response.read()
+    except (OSError, http.client.HTTPException):
+        _local.connection = None
+        connection.close()
+        raise
+    if response.status == 400 and b"Throttling" in payload:
+        raise Throttled("SES: Maximum sending rate exceeded")
+    if response.status != 200:
+        raise RuntimeError(f"SES answered {response.status}: {payload[:200]!r}")
+
+
+# ---- running it --------------------------------------------------------------------------------------------------
+
+
+def demo_config(redis_url: str, rate: int, namespace: str) -> str:
+    return f"""
+redis_url = "{redis_url}"
+namespace = "{namespace}"
+imports = ["flume_rx.demo"]
+orphan_timeout = 5000
+shutdown_timeout = 5000
+
+[pipelines.{DEMO_QUEUE}]
+max_demand = 50
+rate_limiter = {{ allowed = {rate}, period = 1000 }}
+processor = {{ stages = 5 }}
+retry = {{ max_retries = 5, backoff_initial = 200, backoff_max = 5000 }}
+"""
+
+
+def run_demo(
+    *,
+    redis_url: str | None,
+    jobs: int,
+    processes: int,
+    rate: int,
+    ses_limit: int,
+    ses_endpoint: str | None = None,
+    live: bool = True,
+) -> int:
+    from rich.console import Console
+
+    from flume_rx.client import Flume
+    from flume_rx.embedded import RedisServer
+    from flume_rx.errors import ConfigError
+    from flume_rx.runtime import _child_main
+
+    if jobs < 1 or processes < 1 or rate < 1 or ses_limit < 1:
+        raise ConfigError("--jobs, --processes, --rate and --ses-limit must all be 1 or more")
+    if ses_endpoint is not None:
+        from flume_rx.integrations.ses import run_ses_demo  # type: ignore[attr-defined]
+
+        return int(run_ses_demo(redis_url=redis_url, jobs=jobs, processes=processes, rate=rate, endpoint=ses_endpoint))
+    console = Console()
+    with contextlib.ExitStack() as stack:
+        if redis_url is None:
+            server = stack.enter_context(RedisServer())
+            redis_url = server.url
+            console.print(f"[bold]No --redis-url given:[/] started an embedded Redis at {redis_url}")
+        fake = FakeSES(limit=ses_limit)
+        ses_url = stack.enter_context(fake.serve())
+        os.environ[FAKE_SES_ENV] = ses_url
+        namespace = f"demo{int(time.time())}"
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flume-demo-")))
+        config_path = workdir / "demo.toml"
+        config_path.write_text(demo_config(redis_url, rate, namespace), encoding="utf-8")
+
+        flume = Flume(redis_url, namespace)
+        stack.callback(flume.close)
+        chunk = 10_000
+        for start in range(0, jobs, chunk):
+            flume.bulk_enqueue(
+                DEMO_QUEUE,
+                [(DEMO_WORKER, [f"user{i}@example.com", "welcome"]) for i in range(start, min(jobs, start + chunk))],
+            )
+        console.print(
+            f"Enqueued {jobs} emails; {processes} worker processes share one {rate}/s limit; "
+            f"the fake SES allows {ses_limit}/s and rejects the rest."
+        )
+        context = multiprocessing.get_context("spawn")
+        children = [
+            context.Process(target=_child_main, args=(str(config_path), redis_url, False), name=f"flume-worker-{i}")
+            for i in range(processes)
+        ]
+        started = time.monotonic()
+        for child in children:
+            child.start()
+        try:
+            _watch(flume, fake, jobs, started, live, console)
+        finally:
+            for child in children:
+                child.terminate()  # SIGTERM: a graceful stop
+            for child in children:
+                child.join(15)
+        elapsed = time.monotonic() - started
+        stats = flume.stats([DEMO_QUEUE])[DEMO_QUEUE]
+        _summary(console, fake, stats, jobs, elapsed, rate)
+        return 0 if fake.rejected == 0 and stats["processed"] >= jobs else 1
+
+
+def _watch(flume: Any, fake: FakeSES, jobs: int, started: float, live: bool, console: Any) -> None:
+    from rich.live import Live
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    progress = Progress(
+        TextColumn("sent"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
+    task = progress.add_task("sent", total=jobs)
+
+    def view() -> Table:
+        stats = flume.stats([DEMO_QUEUE])[DEMO_QUEUE]
+        table = Table.grid(padding=(0, 2))
+        table.add_row(progress)
+        detail = Table(show_header=True, header_style="bold")
+        for column in ("rate now /s", "queued", "in flight", "retry", "dead", "SES rejections"):
+            detail.add_column(column, justify="right")
+        detail.add_row(
+            str(fake.rate_now()), str(stats["queued"]), str(stats["in_flight"]),
+            str(stats["retry"]), str(stats["dead"]), str(fake.rejected),
+        )
+        table.add_row(detail)
+        progress.update(task, completed=stats["processed"])
+        return table
+
+    deadline = started + max(60.0, jobs / 50)
+    with Live(view(), console=console, refresh_per_second=4, transient=False) if live else contextlib.nullcontext() as screen:
+        while time.monotonic() < deadline:
+            stats = flume.stats([DEMO_QUEUE])[DEMO_QUEUE]
+            if stats["processed"] + stats["dead"] >= jobs:
+                break
+            if screen is not None:
+                screen.update(view())
+            time.sleep(0.25)
+        if screen is not None:
+            screen.update(view())
+
+
+def _summary(console: Any, fake: FakeSES, stats: Any, jobs: int, elapsed: float, rate: int) -> None:
+    from rich.table import Table
+
+    sent = len(fake.accepted)
+    active = (fake.accepted[-1] - fake.accepted[0]) if sent > 1 else elapsed
+    table = Table(title="SES demo summary", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("emails enqueued", str(jobs))
+    table.add_row("sent (accepted by SES)", str(sent))
+    table.add_row("elapsed", f"{elapsed:.1f} s")
+    table.add_row("achieved rate", f"{(sent - 1) / active:.1f} /s" if sent > 1 else "-")
+    table.add_row("limit", f"{rate} /s")
+    table.add_row("most calls in any 1 s window", str(fake.max_in_any_window()))
+    table.add_row("SES rejections (must be 0)", str(fake.rejected))
+    table.add_row("jobs retried (failed attempts)", str(stats["failed"]))
+    table.add_row("dead letters", str(stats["dead"]))
+    console.print(table)

@@ -1,0 +1,488 @@
+"""Pipeline assembly: the reactivex graph of one job pipeline, from the Redis source to the settle sink.
+
+    request_n source ─▶ [user operators] ─▶ [buffer_with_time_or_count] ─▶ [throttle] ─▶ process ─▶ settle
+      (fetch into the                                                     (tokens right             (ack / retry /
+       in-flight list)                                                     before start)             dead, batched)
+
+Demand flows right to left: ``process`` requests one item per free stage, the batcher asks for what fills the
+batches it was asked for, and the source fetches only that, never more than ``max_demand`` unsettled jobs.
+The same parts serve config pipelines (:func:`assemble`) and pipelines written in code
+(``Flume.source(...).pipe(...)``, then ``Flume.run``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+import random
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import reactivex
+from reactivex import Observable, abc
+from reactivex import operators as ops
+from reactivex.scheduler.eventloop import AsyncIOScheduler
+
+from flume_rx import codec
+from flume_rx import operators as fo
+from flume_rx.config import PipelineConfig, RetryConfig
+from flume_rx.errors import BatchFailed, DecodeError, JobTimeout, StoreError, Throttled, UnknownWorker
+from flume_rx.job import Job, JobError
+from flume_rx.registry import get_worker
+from flume_rx.store import RedisStore, Settlement
+from flume_rx.telemetry import Telemetry
+
+logger = logging.getLogger("flume_rx.pipeline")
+
+_TRACEBACK_TAIL_CHARS = 2000
+
+
+class NotStarted(Exception):
+    """The pipeline was stopping when this job's turn came; it was handed back to the queue unstarted."""
+
+
+@dataclass(eq=False, slots=True)
+class Delivery:
+    """A fetched job on its way through a pipeline; it knows the source it must be settled with."""
+
+    job: Job
+    payload: bytes
+    source: JobSource
+
+
+class _Outage:
+    """Logs one line when Redis becomes unreachable and one when it is back, not a storm of tracebacks."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.since: float | None = None
+
+    def failed(self, error: Exception) -> float:
+        if self.since is None:
+            self.since = time.monotonic()
+            logger.warning("%s: Redis unreachable (%s); retrying with backoff", self.what, error)
+        elapsed = time.monotonic() - self.since
+        return min(5.0, 0.05 * 2 ** min(10, int(elapsed * 2))) * random.uniform(0.5, 1.0)
+
+    def ok(self) -> None:
+        if self.since is not None:
+            logger.warning("%s: Redis reachable again after %.1f s", self.what, time.monotonic() - self.since)
+            self.since = None
+
+
+@dataclass(eq=False)
+class JobSource:
+    """The Redis side of one pipeline in one process: fetching, what is outstanding, and stopping."""
+
+    store: RedisStore
+    queue: str
+    consumer: str
+    max_demand: int
+    telemetry: Telemetry
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    window: fo.TokenWindow | None = None
+    block_s: float = 1.0
+    max_payload_bytes: int = codec.DEFAULT_MAX_PAYLOAD_BYTES
+    stopping: bool = False
+    outstanding: set[Delivery] = field(default_factory=set)
+    running: set[Delivery] = field(default_factory=set)
+    flowable: fo.PullSource[Delivery] = field(init=False)
+    exhausted: bool = False
+    burst: bool = False
+
+    def __post_init__(self) -> None:
+        self._outage = _Outage(f"fetch from {self.queue!r}")
+        self.flowable = fo.request_n(self._fetch, self.max_demand, on_pressure=self._on_pressure)
+
+    def _fetch(self, n: int) -> Observable[Sequence[Delivery]]:
+        if self.stopping:
+            return reactivex.empty()
+        # An empty answer (burst mode on an empty queue, or stopping) completes without emitting: exhausted.
+        return reactivex.from_future(asyncio.ensure_future(self._fetch_async(n))).pipe(
+            ops.filter(lambda batch: len(batch) > 0)
+        )
+
+    async def _fetch_async(self, n: int) -> list[Delivery]:
+        while not self.stopping:
+            started = time.monotonic()
+            try:
+                payloads = await self.store.fetch(self.queue, self.consumer, n, 0.0 if self.burst else self.block_s)
+            except StoreError as exc:
+                await asyncio.sleep(self._outage.failed(exc))
+                continue
+            self._outage.ok()
+            if not payloads:
+                if self.burst:
+                    return []
+                if time.monotonic() - started < self.block_s / 2:
+                    # A paused queue answers at once; do not spin.
+                    await asyncio.sleep(min(0.2, self.block_s))
+                continue
+            deliveries = await self._decode(payloads)
+            if deliveries:
+                return deliveries
+        return []
+
+    async def _decode(self, payloads: Sequence[bytes]) -> list[Delivery]:
+        deliveries: list[Delivery] = []
+        bad: list[Settlement] = []
+        for payload in payloads:
+            try:
+                job = codec.decode(payload, self.max_payload_bytes)
+            except DecodeError as exc:
+                bad.append(Settlement(payload, "dead", self._undecodable_record(payload, exc)))
+                continue
+            delivery = Delivery(job, payload, self)
+            deliveries.append(delivery)
+        if bad:
+            await self._settle_with_retries(bad)
+            for settlement in bad:
+                self.telemetry.emit("job.dead", queue=self.queue, worker="", job_id="", attempt=0,
+                                    reason=_reason_of(settlement))
+            logger.error("%d undecodable payload(s) from %r went to the dead letters", len(bad), self.queue)
+        self.outstanding.update(deliveries)
+        if deliveries:
+            self.telemetry.emit("job.fetched", queue=self.queue, count=len(deliveries))
+        return deliveries
+
+    def _undecodable_record(self, payload: bytes, error: DecodeError) -> bytes:
+        digest = hashlib.sha1(payload).hexdigest()[:16]
+        record = Job(
+            id=f"undecodable-{digest}",
+            queue=self.queue,
+            worker="",
+            args=[payload[: max(0, self.max_payload_bytes - 4096)]],
+            error=JobError("DecodeError", str(error)),
+            enqueued_at=time.time(),
+        )
+        return codec.encode(record, self.max_payload_bytes)
+
+    async def _settle_with_retries(self, settlements: Sequence[Settlement]) -> None:
+        outage = _Outage(f"settle on {self.queue!r}")
+        while True:
+            try:
+                await self.store.settle(self.queue, self.consumer, settlements)
+            except StoreError as exc:
+                await asyncio.sleep(outage.failed(exc))
+                continue
+            outage.ok()
+            return
+
+    def _on_pressure(self, engaged: bool, held_s: float) -> None:
+        if engaged:
+            self.telemetry.emit("backpressure.engaged", queue=self.queue, in_flight=self.flowable.credits.in_flight)
+        else:
+            self.telemetry.emit("backpressure.released", queue=self.queue, held_ms=held_s * 1000)
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            self.outstanding.discard(delivery)
+            self.running.discard(delivery)
+        self.flowable.release(len(deliveries))
+
+    async def hand_back_unstarted(self) -> int:
+        """At stop: give every fetched, unstarted job back to the queue at once."""
+        unstarted = [d for d in self.outstanding if d not in self.running]
+        if not unstarted:
+            return 0
+        await self._settle_with_retries([Settlement(d.payload, "requeue") for d in unstarted])
+        for delivery in unstarted:
+            self.outstanding.discard(delivery)
+        return len(unstarted)
+
+
+def _reason_of(settlement: Settlement) -> str:
+    try:
+        job = codec.decode(settlement.new_payload or b"")
+    except DecodeError:
+        return ""
+    return "" if job.error is None else f"{job.error.kind}: {job.error.message}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running workers
+
+
+def run_workers(
+    *,
+    stages: int,
+    executor: Executor,
+    timeout_s: float | None = None,
+    scheduler: abc.SchedulerBase | None = None,
+) -> Callable[[Observable[Any]], Observable[fo.Outcome[Any, Any]]]:
+    """The processor stage: runs each job's registered worker with at most ``stages`` at once.
+
+    Items are :class:`Delivery` objects, or lists of them after a batcher. Async workers run on the loop,
+    sync workers in ``executor``'s threads.
+    """
+    return fo.process(
+        functools.partial(_call, executor=executor), stages, timeout_s=timeout_s, scheduler=scheduler
+    )
+
+
+def _call(item: Delivery | list[Delivery], *, executor: Executor) -> Observable[Any]:
+    deliveries = item if isinstance(item, list) else [item]
+    source = deliveries[0].source
+    if source.stopping:
+        return reactivex.throw(NotStarted())
+    now = time.time()
+    for delivery in deliveries:
+        delivery.source.running.add(delivery)
+        if source.telemetry.active:
+            job = delivery.job
+            source.telemetry.emit(
+                "job.started", queue=job.queue, worker=job.worker, job_id=job.id, attempt=job.attempt,
+                wait_ms=(now - job.enqueued_at) * 1000 if job.enqueued_at else None,
+            )
+    if isinstance(item, list):
+        return reactivex.from_future(asyncio.ensure_future(_call_batch(deliveries, executor)))
+    return reactivex.from_future(asyncio.ensure_future(_call_one(item.job, executor)))
+
+
+async def _call_one(job: Job, executor: Executor) -> Any:
+    spec = get_worker(job.worker)
+    if spec.batch:
+        return await _invoke(spec.fn, spec.is_async, executor, [list(job.args)])
+    return await _invoke(spec.fn, spec.is_async, executor, *job.args)
+
+
+async def _invoke(fn: Callable[..., Any], is_async: bool, executor: Executor, *args: Any) -> Any:
+    if is_async:
+        return await fn(*args)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor, functools.partial(fn, *args))
+
+
+async def _call_batch(deliveries: list[Delivery], executor: Executor) -> dict[int, BaseException]:
+    """Run a batch; returns the failures by index (an empty dict when all succeeded)."""
+    failures: dict[int, BaseException] = {}
+    groups: dict[str, list[int]] = {}
+    for index, delivery in enumerate(deliveries):
+        groups.setdefault(delivery.job.worker, []).append(index)
+    for name, indices in groups.items():
+        try:
+            spec = get_worker(name)
+        except UnknownWorker as exc:
+            failures.update(dict.fromkeys(indices, exc))
+            continue
+        if not spec.batch:
+            results = await asyncio.gather(
+                *(_invoke(spec.fn, spec.is_async, executor, *deliveries[i].job.args) for i in indices),
+                return_exceptions=True,
+            )
+            failures.update({i: r for i, r in zip(indices, results, strict=True) if isinstance(r, BaseException)})
+            continue
+        try:
+            await _invoke(spec.fn, spec.is_async, executor, [list(deliveries[i].job.args) for i in indices])
+        except BatchFailed as exc:
+            for local in exc.failed:
+                if 0 <= local < len(indices):
+                    message = exc.errors.get(local, str(exc))
+                    failure: BaseException = BatchFailed([local], message)
+                    if local in getattr(exc, "permanent", ()):
+                        failure.permanent = True  # type: ignore[attr-defined]
+                    failures[indices[local]] = failure
+        except Exception as exc:
+            failures.update(dict.fromkeys(indices, exc))
+    return failures
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Settling outcomes
+
+
+class Settler:
+    """The sink of every pipeline: turns outcomes into acks, retries and dead letters, one Redis call per batch.
+
+    Outcomes arriving in the same loop iteration are settled together; a job's credit goes back to its source
+    only once Redis has confirmed, so the in-flight list never holds more than ``max_demand`` jobs.
+    """
+
+    def __init__(self, telemetry: Telemetry, *, rng: random.Random | None = None) -> None:
+        self.telemetry = telemetry
+        self._pending: dict[int, tuple[JobSource, list[Settlement], list[Delivery]]] = {}
+        self._flushing: asyncio.Task[None] | None = None
+        self._rng = rng or random.Random()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def on_next(self, outcome: fo.Outcome[Any, Any]) -> None:
+        item = outcome.item
+        if isinstance(outcome.error, NotStarted):
+            return  # handed back by JobSource.hand_back_unstarted
+        duration_ms = (outcome.finished_at - outcome.started_at) * 1000
+        if isinstance(item, list):
+            failures: dict[int, BaseException] = {}
+            if outcome.error is not None:
+                failures = dict.fromkeys(range(len(item)), outcome.error)
+            elif isinstance(outcome.value, dict):
+                failures = outcome.value
+            for index, delivery in enumerate(item):
+                self._settle_one(delivery, failures.get(index), duration_ms)
+        else:
+            self._settle_one(item, outcome.error, duration_ms)
+        self._schedule_flush()
+
+    def on_error(self, error: Exception) -> None:
+        logger.error("pipeline failed: %s", error, exc_info=error)
+
+    def on_completed(self) -> None:
+        pass
+
+    def _settle_one(self, delivery: Delivery, error: BaseException | None, duration_ms: float) -> None:
+        source, job = delivery.source, delivery.job
+        telemetry = self.telemetry
+        if error is None:
+            settlement = Settlement(delivery.payload, "ack")
+            telemetry.emit("job.succeeded", queue=job.queue, worker=job.worker, job_id=job.id,
+                           attempt=job.attempt, duration_ms=duration_ms)
+        elif isinstance(error, Throttled):
+            settlement = Settlement(delivery.payload, "requeue")
+            telemetry.emit("job.throttled", queue=job.queue, worker=job.worker, job_id=job.id)
+            if source.window is not None:
+                source.window.penalize().subscribe(
+                    lambda rate: telemetry.emit("throttle.penalized", key=job.queue, rate=rate),
+                    lambda exc: logger.warning("could not lower the shared rate: %s", exc),
+                )
+        else:
+            if isinstance(error, TimeoutError):
+                error = JobTimeout(f"job {job.id} ran longer than the processor timeout")
+            job_error = JobError(
+                type(error).__name__, str(error), "".join(traceback.format_exception(error))[-_TRACEBACK_TAIL_CHARS:]
+            )
+            failed = job.next_attempt(job_error)
+            telemetry.emit("job.failed", queue=job.queue, worker=job.worker, job_id=job.id, attempt=job.attempt,
+                           duration_ms=duration_ms, error=f"{job_error.kind}: {job_error.message}")
+            permanent = isinstance(error, UnknownWorker) or bool(getattr(error, "permanent", False))
+            if permanent or failed.attempt > source.retry.max_retries:
+                settlement = Settlement(delivery.payload, "dead", codec.encode(failed, source.max_payload_bytes))
+                telemetry.emit("job.dead", queue=job.queue, worker=job.worker, job_id=job.id,
+                               attempt=job.attempt, reason=f"{job_error.kind}: {job_error.message}")
+            else:
+                delay_s = fo.backoff_delay(
+                    job.attempt, source.retry.backoff_initial_s, source.retry.backoff_max_s, self._rng
+                )
+                settlement = Settlement(
+                    delivery.payload, "retry", codec.encode(failed, source.max_payload_bytes), int(delay_s * 1000)
+                )
+                telemetry.emit("job.retried", queue=job.queue, worker=job.worker, job_id=job.id,
+                               attempt=failed.attempt, delay_ms=delay_s * 1000)
+        _, settlements, deliveries = self._pending.setdefault(id(source), (source, [], []))
+        settlements.append(settlement)
+        deliveries.append(delivery)
+
+    def _schedule_flush(self) -> None:
+        self._idle.clear()
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        # Yield once so every outcome of this loop iteration joins the same round trip.
+        await asyncio.sleep(0)
+        while self._pending:
+            batches, self._pending = self._pending, {}
+            for source, settlements, deliveries in batches.values():
+                await source._settle_with_retries(settlements)
+                source.release(deliveries)
+        self._idle.set()
+
+    async def drained(self) -> None:
+        """Wait until every outcome received so far is settled in Redis."""
+        await self._idle.wait()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Assembly of a configured pipeline
+
+
+def load_callable(path: str) -> Any:
+    """Import ``module:attribute``."""
+    import importlib
+
+    from flume_rx.errors import ConfigError
+
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import module {module_name!r} named in {path!r} ({exc}); check the path") from exc
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ConfigError(f"module {module_name!r} has no attribute {attribute!r} (from {path!r})") from None
+
+
+def cost_of(cost_path: str | None) -> Callable[[Any], int]:
+    """The throttle cost of an item (a Delivery or a batch of them): the job's own cost, or a named function."""
+    job_cost: Callable[[Job], int]
+    if cost_path is None:
+        job_cost = _own_cost
+    else:
+        fn = load_callable(cost_path)
+        job_cost = functools.partial(_cost_from_args, fn)
+
+    def cost(item: Delivery | list[Delivery]) -> int:
+        if isinstance(item, list):
+            return sum(job_cost(d.job) for d in item)
+        return job_cost(item.job)
+
+    return cost
+
+
+def _own_cost(job: Job) -> int:
+    return job.cost
+
+
+def _cost_from_args(fn: Callable[..., int], job: Job) -> int:
+    return max(0, int(fn(*job.args)))
+
+
+def assemble(
+    config: PipelineConfig,
+    source: JobSource,
+    *,
+    executor: Executor,
+    scheduler: AsyncIOScheduler,
+) -> Observable[fo.Outcome[Any, Any]]:
+    """The reactivex graph of a configured pipeline, from its source to the outcomes of its jobs."""
+    stages: list[Callable[[Any], Any]] = [load_callable(path) for path in config.operators]
+    telemetry = source.telemetry
+    if config.batcher is not None:
+        stages.append(
+            fo.buffer_with_time_or_count(
+                config.batcher.timeout_s,
+                config.batcher.size,
+                scheduler=scheduler,
+                on_flush=lambda size, trigger: telemetry.emit(
+                    "batch.flushed", queue=config.queue, size=size, trigger=trigger
+                ),
+            )
+        )
+    if source.window is not None and config.rate_limiter is not None:
+        window = source.window
+        key = config.rate_limiter.key
+
+        def on_throttle_event(kind: str, fields: dict[str, Any]) -> None:
+            telemetry.emit(f"throttle.{kind}", key=key, rate=window.current_rate(), **fields)
+
+        # The throttle sits right before the processor: tokens are taken when a job can start at once,
+        # so the shared window counts starts, not fetches.
+        stages.append(
+            fo.throttle(window, cost=cost_of(config.rate_limiter.cost), scheduler=scheduler, on_event=on_throttle_event)
+        )
+    stages.append(
+        run_workers(
+            stages=config.processor.stages,
+            executor=executor,
+            timeout_s=config.processor.timeout_s,
+            scheduler=scheduler,
+        )
+    )
+    result: Observable[fo.Outcome[Any, Any]] = source.flowable.pipe(*stages)
+    return result

@@ -1,0 +1,396 @@
+"""The worker runtime: one event loop per process running every pipeline of a config, and a supervisor for N.
+
+A worker process fetches only what its pipelines requested, beats its heart from a thread (so a blocking job
+cannot make it look dead), moves due scheduled and retry jobs, returns the jobs of dead consumers, and on
+SIGTERM stops fetching, hands back what it has not started, lets running jobs finish within
+``shutdown_timeout`` and returns the rest to the queue before it exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import multiprocessing
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from reactivex import Observable, abc
+from reactivex.scheduler.eventloop import AsyncIOScheduler
+
+from flume_rx import operators as fo
+from flume_rx.config import FlumeConfig, PipelineConfig, RateLimiterConfig, load
+from flume_rx.errors import ConfigError, StoreError
+from flume_rx.pipeline import JobSource, Settler, assemble
+from flume_rx.store import RedisStore, RedisTokenWindow, SyncStore
+from flume_rx.telemetry import Telemetry
+
+logger = logging.getLogger("flume_rx.runtime")
+
+PROMOTE_INTERVAL_S = 0.2
+LOOP_BLOCKED_WARNING_S = 1.0
+
+
+def new_consumer_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def import_worker_modules(modules: Sequence[str]) -> None:
+    """Import the modules whose import registers the workers (config ``imports``)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(
+                f"cannot import worker module {module!r} listed in imports ({exc}); "
+                "check the name and that it is on PYTHONPATH"
+            ) from exc
+
+
+@dataclass
+class _Running:
+    config: PipelineConfig
+    source: JobSource
+    subscription: abc.DisposableBase
+    completed: asyncio.Event
+
+
+class WorkerRuntime:
+    """Runs every pipeline of ``config`` in this process until :meth:`stop` (or, in burst mode, until drained).
+
+    Args:
+        config: the checked configuration.
+        telemetry: the event bus (a new one by default).
+        burst: stop by itself once every pipeline's queue is empty and nothing is in flight.
+        block_s: how long an idle fetch blocks in Redis before it asks again.
+    """
+
+    def __init__(
+        self,
+        config: FlumeConfig,
+        *,
+        telemetry: Telemetry | None = None,
+        burst: bool = False,
+        block_s: float = 1.0,
+        consumer_id: str | None = None,
+        graphs: Sequence[tuple[JobSource, Observable[Any]]] = (),
+    ) -> None:
+        if not config.pipelines:
+            raise ConfigError("the config has no [pipelines.NAME] table; add one so the worker has work to run")
+        self.config = config
+        self.telemetry = telemetry or Telemetry()
+        self.burst = burst
+        self.block_s = block_s
+        self.consumer = consumer_id or new_consumer_id()
+        self._stop_requested = threading.Event()
+        self._stop_event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_tick = time.monotonic()
+        self.running: list[_Running] = []
+        self._graphs = list(graphs)
+
+    def stop(self) -> None:
+        """Ask for a graceful stop; safe from any thread and from signal handlers."""
+        self._stop_requested.set()
+        loop, event = self._loop, self._stop_event
+        if loop is not None and event is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(event.set)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stop_event = asyncio.Event()
+        if self._stop_requested.is_set():
+            self._stop_event.set()
+        config = self.config
+        store = RedisStore.from_url(
+            config.redis_url,
+            config.namespace,
+            dead_max=config.dead_max,
+            dead_ttl_ms=int(config.dead_ttl_s * 1000),
+        )
+        sync_store = SyncStore.from_url(config.redis_url, config.namespace)
+        queues = [p.queue for p in config.pipelines]
+        stages = sum(p.processor.stages for p in config.pipelines)
+        executor = ThreadPoolExecutor(max_workers=stages, thread_name_prefix="flume-stage")
+        scheduler = AsyncIOScheduler(loop)
+        settler = Settler(self.telemetry)
+        heartbeat = _Heartbeat(self, sync_store, queues)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await store.heartbeat(queues, self.consumer)  # before the first fetch, so nobody takes us for dead
+            heartbeat.start()
+            self.telemetry.emit("consumer.joined", consumer=self.consumer, queues=queues)
+            logger.info("consumer %s serving %s", self.consumer, ", ".join(queues))
+            if self._graphs:
+                for (source, graph), pipeline_config in zip(self._graphs, config.pipelines, strict=False):
+                    self.running.append(self._subscribe(pipeline_config, source, graph, scheduler, settler))
+            else:
+                for pipeline_config in config.pipelines:
+                    window = await self._window_for(store, pipeline_config)
+                    self.running.append(self._start(pipeline_config, store, window, executor, scheduler, settler))
+            tasks = [
+                loop.create_task(self._promote_forever(store, queues)),
+                loop.create_task(self._recover_forever(store, queues)),
+                loop.create_task(self._tick_forever()),
+            ]
+            waiters = [loop.create_task(self._stop_event.wait())]
+            if self.burst:
+                waiters += [loop.create_task(r.completed.wait()) for r in self.running]
+                done_all = loop.create_task(_all(waiters[1:]))
+                await asyncio.wait([waiters[0], done_all], return_when=asyncio.FIRST_COMPLETED)
+                done_all.cancel()
+            else:
+                await waiters[0]
+            for waiter in waiters:
+                waiter.cancel()
+            await self._shutdown(store, settler)
+        finally:
+            for task in tasks:
+                task.cancel()
+            heartbeat.stop()
+            executor.shutdown(wait=False, cancel_futures=True)
+            await store.aclose()
+            sync_store.close()
+            self._loop = None
+
+    async def _window_for(self, store: RedisStore, config: PipelineConfig) -> fo.TokenWindow | None:
+        limiter = config.rate_limiter
+        if limiter is None:
+            return None
+        allowed = limiter.allowed
+        if limiter.from_ses is not None:
+            allowed = await asyncio.to_thread(_allowed_from_ses, limiter)
+        return RedisTokenWindow(
+            store,
+            limiter.key,
+            allowed,
+            limiter.period_s,
+            hold_s=limiter.hold_s,
+            adaptive=limiter.adaptive,
+        )
+
+    def _start(
+        self,
+        config: PipelineConfig,
+        store: RedisStore,
+        window: fo.TokenWindow | None,
+        executor: ThreadPoolExecutor,
+        scheduler: AsyncIOScheduler,
+        settler: Settler,
+    ) -> _Running:
+        source = JobSource(
+            store=store,
+            queue=config.queue,
+            consumer=self.consumer,
+            max_demand=config.max_demand,
+            telemetry=self.telemetry,
+            retry=config.retry,
+            window=window,
+            block_s=self.block_s,
+            max_payload_bytes=self.config.max_payload_bytes,
+            burst=self.burst,
+        )
+        graph = assemble(config, source, executor=executor, scheduler=scheduler)
+        return self._subscribe(config, source, graph, scheduler, settler)
+
+    def _subscribe(
+        self,
+        config: PipelineConfig,
+        source: JobSource,
+        graph: Observable[Any],
+        scheduler: AsyncIOScheduler,
+        settler: Settler,
+    ) -> _Running:
+        completed = asyncio.Event()
+
+        def on_error(error: Exception) -> None:
+            logger.error("pipeline %r stopped on an error: %s", config.name, error, exc_info=error)
+            completed.set()
+            self.stop()
+
+        subscription = graph.subscribe(settler.on_next, on_error, completed.set, scheduler=scheduler)
+        return _Running(config, source, subscription, completed)
+
+    async def _shutdown(self, store: RedisStore, settler: Settler) -> None:
+        for running in self.running:
+            running.source.stopping = True
+        handed_back = 0
+        for running in self.running:
+            handed_back += await running.source.hand_back_unstarted()
+        deadline = time.monotonic() + self.config.shutdown_timeout_s
+        while any(r.source.running for r in self.running) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        try:
+            await asyncio.wait_for(settler.drained(), timeout=max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            logger.warning("settling outcomes did not finish within shutdown_timeout")
+        for running in self.running:
+            running.subscription.dispose()
+        returned = 0
+        for running in self.running:
+            try:
+                returned += await store.requeue_all(running.config.queue, self.consumer)
+            except StoreError as exc:
+                logger.warning("could not return in-flight jobs of %r (%s); they come back as orphans", running.config.queue, exc)
+        self.telemetry.emit("consumer.left", consumer=self.consumer, returned=handed_back + returned)
+        logger.info(
+            "consumer %s stopped: %d unstarted job(s) handed back, %d returned after the shutdown timeout",
+            self.consumer,
+            handed_back,
+            returned,
+        )
+
+    async def _promote_forever(self, store: RedisStore, queues: Sequence[str]) -> None:
+        while True:
+            for queue in queues:
+                try:
+                    await store.promote_due(queue)
+                except StoreError:
+                    pass  # the fetch loop reports outages; promotion resumes with it
+            await asyncio.sleep(PROMOTE_INTERVAL_S * random.uniform(0.75, 1.25))
+
+    async def _recover_forever(self, store: RedisStore, queues: Sequence[str]) -> None:
+        timeout_ms = int(self.config.orphan_timeout_s * 1000)
+        while True:
+            await asyncio.sleep(self.config.orphan_timeout_s / 2 * random.uniform(0.75, 1.25))
+            for queue in queues:
+                try:
+                    recovered = await store.recover_orphans(queue, timeout_ms)
+                except StoreError:
+                    continue
+                if recovered:
+                    logger.warning("returned %d job(s) of dead consumers to %r", recovered, queue)
+                    self.telemetry.emit("consumer.recovered", queue=queue, consumer="", jobs=recovered)
+
+    async def _tick_forever(self) -> None:
+        while True:
+            self._loop_tick = time.monotonic()
+            await asyncio.sleep(0.1)
+
+    def loop_lag_s(self) -> float:
+        return time.monotonic() - self._loop_tick
+
+
+async def _all(waiters: Sequence[asyncio.Task[Any]]) -> None:
+    await asyncio.gather(*waiters)
+
+
+def _allowed_from_ses(limiter: RateLimiterConfig) -> int:
+    from flume_rx.integrations import ses
+
+    allowed = ses.rate_from_ses(ses.default_client(), limiter.from_ses or 1.0, period_s=limiter.period_s)
+    return int(allowed)
+
+
+class _Heartbeat(threading.Thread):
+    """Beats from a thread with its own connection, so a job that blocks the loop cannot make us look dead."""
+
+    def __init__(self, runtime: WorkerRuntime, store: SyncStore, queues: Sequence[str]) -> None:
+        super().__init__(name="flume-heartbeat", daemon=True)
+        self.runtime = runtime
+        self.store = store
+        self.queues = list(queues)
+        self.interval_s = max(0.05, runtime.config.orphan_timeout_s / 3)
+        self._stopped = threading.Event()
+        self._warned_blocked = False
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def run(self) -> None:
+        outage_since: float | None = None
+        while not self._stopped.wait(self.interval_s):
+            try:
+                self.store.heartbeat(self.queues, self.runtime.consumer)
+            except StoreError as exc:
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    logger.warning("heartbeat: Redis unreachable (%s)", exc)
+                continue
+            outage_since = None
+            self.runtime.telemetry.emit("consumer.heartbeat", consumer=self.runtime.consumer)
+            lag = self.runtime.loop_lag_s()
+            if lag > LOOP_BLOCKED_WARNING_S and not self._warned_blocked:
+                self._warned_blocked = True
+                logger.warning(
+                    "the event loop has been blocked for %.1f s: an async worker is doing blocking work; "
+                    "make it a plain `def` so it runs in a thread, or await its I/O",
+                    lag,
+                )
+            elif lag <= LOOP_BLOCKED_WARNING_S:
+                self._warned_blocked = False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Process entry points
+
+
+def run_worker_process(config: FlumeConfig, *, burst: bool = False) -> int:
+    """Run a worker in this process until SIGTERM/SIGINT (or drained, in burst mode); returns the exit code."""
+    import_worker_modules(config.imports)
+    runtime = WorkerRuntime(config, burst=burst)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, runtime.stop)
+        await runtime.run()
+
+    asyncio.run(main())
+    return 0
+
+
+def _child_main(config_path: str, redis_url: str | None, burst: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(name)s %(message)s")
+    config = load(config_path, redis_url=redis_url)
+    raise SystemExit(run_worker_process(config, burst=burst))
+
+
+def supervise(config_path: str, processes: int, *, redis_url: str | None = None, burst: bool = False) -> int:
+    """Run ``processes`` worker processes; SIGTERM/SIGINT stop them all gracefully; a crashed one is restarted."""
+    context = multiprocessing.get_context("spawn")
+    stopping = threading.Event()
+
+    def spawn(index: int) -> multiprocessing.process.BaseProcess:
+        process = context.Process(
+            target=_child_main, args=(config_path, redis_url, burst), name=f"flume-worker-{index}", daemon=False
+        )
+        process.start()
+        return process
+
+    children = [spawn(i) for i in range(processes)]
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping.set()
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            alive = [c for c in children if c.is_alive()]
+            if not alive and (stopping.is_set() or burst):
+                break
+            for index, child in enumerate(children):
+                if child.is_alive() or stopping.is_set() or burst:
+                    continue
+                logger.warning("worker process %s exited with %s; starting a new one", child.name, child.exitcode)
+                time.sleep(0.5)
+                children[index] = spawn(index)
+            time.sleep(0.1)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    failed = [c for c in children if c.exitcode not in (0, None, -signal.SIGTERM)]
+    return 1 if failed and not stopping.is_set() else 0

@@ -1,0 +1,46 @@
+"""Workers for the integration tests that run real worker processes (imported via the config's `imports`).
+
+They record what they did in Redis (the URL comes from FLUME_TEST_REDIS_URL), so the test process can check
+every job ran at least once even when the worker process was killed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+
+from flume_rx import worker
+
+_client: redis.Redis | None = None
+
+
+def _redis() -> redis.Redis:
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(os.environ["FLUME_TEST_REDIS_URL"])
+    return _client
+
+
+@worker("RecordWorker")
+def record(token: str, sleep_s: float = 0.0) -> None:
+    """Sleeps, then counts the run of ``token`` and logs its start time."""
+    started = time.time()
+    if sleep_s:
+        time.sleep(sleep_s)
+    pipe = _redis().pipeline(transaction=False)
+    pipe.hincrby("test:runs", token, 1)
+    pipe.rpush("test:starts", repr(started))
+    pipe.execute()
+
+
+@worker("RecordBatchWorker", batch=True)
+def record_batch(batch: list[list[Any]]) -> None:
+    pipe = _redis().pipeline(transaction=False)
+    pipe.rpush("test:batch_sizes", len(batch))
+    for args in batch:
+        pipe.hincrby("test:runs", args[0], 1)
+        pipe.rpush("test:starts", repr(time.time()))
+    pipe.execute()
