@@ -1,0 +1,43 @@
+"""Shared fixtures: a private redis-server per test session (never the one on 6379), and anyio on asyncio."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from flume_rx.embedded import RedisServer
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One private redis-server for the whole session, on a free port, data in a temp dir."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The session server's URL, emptied before each test (restarted first if a test stopped it)."""
+    if not redis_server.running:
+        redis_server.restart()
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.flushall()
+        client.script_flush()
+    finally:
+        client.close()
+    yield redis_server.url
+
+
+@pytest.fixture
+def fresh_redis_server() -> Iterator[RedisServer]:
+    """A server of the test's own, with an fsynced append-only file, for tests that kill or restart it."""
+    with RedisServer(appendonly=True) as server:
+        yield server
