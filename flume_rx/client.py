@@ -217,7 +217,14 @@ class Flume:
         )
         for source, _ in self._sources:
             source.burst = burst
-        await runtime.run()
+        try:
+            await runtime.run()
+        finally:
+            # Sources belong to the run that consumed them; a later run builds new ones on a new connection.
+            self._sources = []
+            if self._async_store is not None:
+                await self._async_store.aclose()
+                self._async_store = None
 
 
 def _job_id(payload: bytes) -> str:
