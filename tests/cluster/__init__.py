@@ -1,0 +1,1 @@
+"""Package marker: lets the suites here share tests/faults/harness.py."""
