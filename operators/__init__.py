@@ -4,6 +4,7 @@ time-or-count batching, retry with backoff and bounded-concurrency processing.
 They know nothing of jobs or Redis; flume_rx builds its pipelines from them and users compose them freely.
 """
 
+from ._async_bridge import to_async_iterable, to_async_observable
 from ._batch import FlushHook, buffer_with_time_or_count
 from ._flow import UNBOUNDED, Demand, Flowable, subscribe_upstream
 from ._process import Outcome, from_async, in_thread, process
@@ -33,4 +34,6 @@ __all__ = [
     "retry_with_backoff",
     "subscribe_upstream",
     "throttle",
+    "to_async_iterable",
+    "to_async_observable",
 ]

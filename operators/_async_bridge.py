@@ -1,0 +1,72 @@
+"""A bridge to asyncio: consume any Observable with ``async for``, or as an aioreactive AsyncObservable.
+
+When the source is a Flowable, the bridge keeps request-n: it asks for ``prefetch`` items and for one more
+each time the consumer takes one, so a slow ``async for`` body slows the pipeline instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Generic, TypeVar
+
+import aioreactive
+from reactivex import Observable
+from reactivex.observer import Observer
+
+from ._flow import Demand, subscribe_upstream
+
+_T = TypeVar("_T")
+
+_NEXT, _ERROR, _DONE = range(3)
+
+
+async def to_async_iterable(source: Observable[_T], *, prefetch: int = 16) -> AsyncIterator[_T]:
+    """Iterate ``source`` with ``async for``; the subscription lives as long as the iteration.
+
+    Args:
+        source: any Observable; a Flowable is pulled at most ``prefetch`` items ahead of the consumer.
+        prefetch: how many items may wait for the consumer.
+
+    >>> async def first_three(source):  # doctest: +SKIP
+    ...     return [x async for x in to_async_iterable(source.pipe(ops.take(3)))]
+    """
+    if prefetch < 1:
+        raise ValueError(f"prefetch must be >= 1 (got {prefetch})")
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+    def put(kind: int, value: Any) -> None:
+        # Items may be produced on another thread (a timer, a thread pool): hand them to the loop.
+        loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+    demand = Demand(prefetch)
+    observer: Observer[_T] = Observer(
+        lambda item: put(_NEXT, item), lambda error: put(_ERROR, error), lambda: put(_DONE, None)
+    )
+    subscription = subscribe_upstream(source, observer, demand, None)
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == _DONE:
+                return
+            if kind == _ERROR:
+                raise value
+            yield value
+            demand.request(1)
+    finally:
+        subscription.dispose()
+
+
+class _Iterable(Generic[_T]):
+    def __init__(self, source: Observable[_T], prefetch: int) -> None:
+        self._source = source
+        self._prefetch = prefetch
+
+    def __aiter__(self) -> AsyncIterator[_T]:
+        return to_async_iterable(self._source, prefetch=self._prefetch)
+
+
+def to_async_observable(source: Observable[_T], *, prefetch: int = 16) -> Any:
+    """The same stream as an aioreactive ``AsyncObservable`` (each subscription subscribes ``source`` anew)."""
+    return aioreactive.from_async_iterable(_Iterable(source, prefetch))
