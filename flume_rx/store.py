@@ -36,19 +36,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flume_rx.errors import ConfigError, StoreError
-
-try:  # the throttle operator's own Grant, when that module is present
-    from flume_rx.operators._throttle import Grant
-except ImportError:  # pragma: no cover - only while operators/_throttle.py is being written
-
-    @dataclass(frozen=True, slots=True)
-    class Grant:  # type: ignore[no-redef]
-        """Permission to start ``tokens`` items from ``delay_s`` after asking, within ``hold_s`` of that."""
-
-        tokens: int
-        delay_s: float
-        hold_s: float
-
+from flume_rx.operators import Grant
 
 log = logging.getLogger("flume_rx.store")
 
@@ -58,6 +46,15 @@ ENQUEUE_CHUNK = 1000
 """Payloads per EVALSHA of a bulk enqueue: big enough to be cheap, small enough not to stall Redis."""
 
 DEAD_RETRY_CHUNK = 1000
+
+LATENCY_SAMPLES = 1000
+"""Recent enqueue-to-settle latencies kept per queue (a list trimmed at each settle) for p50/p99."""
+
+RATE_SECONDS = 120
+"""Per-second processed/failed buckets kept per queue (a ring in one hash, written by ``settle.lua``)."""
+
+RATE_MINUTES = 60
+"""Per-minute processed/failed buckets kept per queue (a ring in one hash, written by ``settle.lua``)."""
 
 
 # --------------------------------------------------------------------------------------------------- keys
@@ -75,6 +72,9 @@ class QueueKeys:
     consumers: str
     stats: str
     paused: str
+    seconds: str = ""
+    minutes: str = ""
+    latency: str = ""
 
     def inflight(self, consumer: str) -> str:
         """The in-flight list of one consumer of this queue."""
@@ -111,6 +111,9 @@ class Keys:
             consumers=f"{tag}:consumers",
             stats=f"{tag}:stats",
             paused=f"{tag}:paused",
+            seconds=f"{tag}:rate_s",
+            minutes=f"{tag}:rate_m",
+            latency=f"{tag}:latency",
         )
 
     def rate(self, key: str) -> tuple[str, str]:
@@ -193,6 +196,8 @@ class Settlement:
     action: Literal["ack", "retry", "dead", "requeue"]
     new_payload: bytes | None = None
     delay_ms: int = 0
+    latency_ms: float | None = None
+    """Enqueue to settle, sampled into the queue's latency list for p50/p99 (``None``: no sample)."""
 
 
 class QueueStats(TypedDict):
@@ -208,6 +213,31 @@ class QueueStats(TypedDict):
     requeued: int
     consumers: int
     paused: bool
+    processed_per_s: float
+    """Cluster-wide, over the last 60 complete seconds (from the per-second buckets in Redis)."""
+    failed_per_s: float
+    latency_p50_ms: float | None
+    """Enqueue to settle, over the last :data:`LATENCY_SAMPLES` settled jobs; None before any."""
+    latency_p99_ms: float | None
+
+
+class ConsumerInfo(TypedDict):
+    """One consumer of one queue, as :meth:`RedisStore.consumers` reports it."""
+
+    queue: str
+    consumer: str
+    last_seen: float
+    """Its last heartbeat or fetch, unix seconds on the Redis clock."""
+    age_s: float
+    in_flight: int
+
+
+class RatePoint(TypedDict):
+    """Jobs settled in one bucket (a second or a minute) starting at ``t`` (unix seconds)."""
+
+    t: int
+    processed: int
+    failed: int
 
 
 class TokenReply(NamedTuple):
@@ -262,7 +292,17 @@ def _ops_settle(
         if s.action not in ("ack", "retry", "dead", "requeue"):
             raise ValueError(f"settlement action {s.action!r} is not one of ack, retry, dead, requeue")
         flat += [s.action, s.payload, s.new_payload or b"", max(0, int(s.delay_ms))]
-    return _Eval("settle", (k.inflight(consumer), k.queue, k.retry, k.dead, k.stats), tuple(flat))
+    return _Eval(
+        "settle", (k.inflight(consumer), k.queue, k.retry, k.dead, k.stats, k.seconds, k.minutes), tuple(flat)
+    )
+
+
+def _ops_latency(keys: Keys, queue: str, settlements: Sequence[Settlement]) -> list[_Op]:
+    samples = [round(s.latency_ms, 1) for s in settlements if s.latency_ms is not None]
+    if not samples:
+        return []
+    k = keys.of(queue)
+    return [_Cmd(("LPUSH", k.latency, *samples)), _Cmd(("LTRIM", k.latency, 0, LATENCY_SAMPLES - 1))]
 
 
 def _ops_heartbeat(keys: Keys, queues: Sequence[str], consumer: str) -> list[_Op]:
@@ -286,15 +326,22 @@ def _ops_stats_first(keys: Keys, queue: str) -> list[_Op]:
         _Cmd(("HGETALL", k.stats)),
         _Cmd(("EXISTS", k.paused)),
         _Cmd(("ZRANGE", k.consumers, 0, -1)),
+        _Cmd(("TIME",)),
+        _Cmd(("HGETALL", k.seconds)),
+        _Cmd(("LRANGE", k.latency, 0, LATENCY_SAMPLES - 1)),
     ]
 
 
-_STATS_FIRST = 7
+_STATS_FIRST = 10
 
 
 def _parse_stats(first: Sequence[Any]) -> tuple[QueueStats, list[str]]:
-    queued, scheduled, retry, dead, counters, paused, consumers = first
+    queued, scheduled, retry, dead, counters, paused, consumers, now, seconds, latency = first
     counts = _hash(counters)
+    now_s = _redis_ms(now) // 1000
+    # The 60 complete seconds before the current one: a partial second would read as a dip.
+    recent = _ring(_hash(seconds), RATE_SECONDS, now_s - 60, now_s - 1)
+    p50, p99 = _percentiles(sorted(float(_text(x)) for x in latency), (0.5, 0.99))
     stats = QueueStats(
         queued=int(queued),
         in_flight=0,
@@ -306,8 +353,104 @@ def _parse_stats(first: Sequence[Any]) -> tuple[QueueStats, list[str]]:
         requeued=int(counts.get("requeued", 0)),
         consumers=len(consumers),
         paused=bool(paused),
+        processed_per_s=sum(p["processed"] for p in recent) / 60,
+        failed_per_s=sum(p["failed"] for p in recent) / 60,
+        latency_p50_ms=p50,
+        latency_p99_ms=p99,
     )
     return stats, [_text(c) for c in consumers]
+
+
+def _ring(fields: dict[str, Any], size: int, first: int, last: int) -> list[RatePoint]:
+    """The buckets ``first..last`` of a ring hash written by ``settle.lua`` (``t<slot>`` holds the bucket
+    number the slot counts now, ``p<slot>``/``f<slot>`` its processed/failed); empty buckets read as zero."""
+    points: list[RatePoint] = []
+    for bucket in range(max(first, last - size + 1), last + 1):
+        slot = bucket % size
+        current = fields.get(f"t{slot}") is not None and int(_text(fields[f"t{slot}"])) == bucket
+        processed = int(_text(fields.get(f"p{slot}", 0))) if current else 0
+        failed = int(_text(fields.get(f"f{slot}", 0))) if current else 0
+        points.append(RatePoint(t=bucket, processed=processed, failed=failed))
+    return points
+
+
+def _percentiles(ordered: Sequence[float], quantiles: Sequence[float]) -> list[float | None]:
+    """Nearest-rank percentiles of an ascending sequence; None for each when it is empty."""
+    if not ordered:
+        return [None for _ in quantiles]
+    return [ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] for q in quantiles]
+
+
+def _ops_rates(keys: Keys, queue: str, resolution: Literal["second", "minute"]) -> list[_Op]:
+    k = keys.of(queue)
+    return [_Cmd(("TIME",)), _Cmd(("HGETALL", k.seconds if resolution == "second" else k.minutes))]
+
+
+def _parse_rates(reply: Sequence[Any], resolution: Literal["second", "minute"], count: int) -> list[RatePoint]:
+    now, fields = reply
+    unit, size = (1, RATE_SECONDS) if resolution == "second" else (60, RATE_MINUTES)
+    current = _redis_ms(now) // 1000 // unit
+    points = _ring(_hash(fields), size, current - count, current - 1)
+    return [RatePoint(t=p["t"] * unit, processed=p["processed"], failed=p["failed"]) for p in points]
+
+
+def _ops_consumers(keys: Keys, queue: str) -> list[_Op]:
+    return [_Cmd(("TIME",)), _Cmd(("ZRANGE", keys.of(queue).consumers, 0, -1, "WITHSCORES"))]
+
+
+def _parse_consumers(queue: str, reply: Sequence[Any]) -> list[ConsumerInfo]:
+    now, beats = reply
+    now_ms = _redis_ms(now)
+    return [
+        ConsumerInfo(
+            queue=queue, consumer=_text(c), last_seen=beat / 1000, age_s=max(0.0, (now_ms - beat) / 1000), in_flight=0
+        )
+        for c, beat in _pairs(beats)
+    ]
+
+
+PeekWhere = Literal["queued", "scheduled", "retry", "dead"]
+
+
+def _ops_peek(keys: Keys, queue: str, where: PeekWhere, start: int, count: int) -> _Op:
+    k = keys.of(queue)
+    if where == "queued":
+        # Jobs leave from the right: the next to run is the last element.
+        return _Cmd(("LRANGE", k.queue, -(start + count), -(start + 1)))
+    key = {"scheduled": k.scheduled, "retry": k.retry, "dead": k.dead}[where]
+    return _Cmd(("ZRANGE", key, start, start + count - 1, "WITHSCORES"))
+
+
+def _parse_peek(where: PeekWhere, reply: Any) -> list[tuple[bytes, float | None]]:
+    if where == "queued":
+        return [(bytes(p), None) for p in reversed(reply)]
+    return [(payload, score / 1000) for payload, score in _pairs(reply)]
+
+
+def _ops_delete(keys: Keys, queue: str, payloads: Sequence[bytes]) -> list[_Op]:
+    k = keys.of(queue)
+    ops: list[_Op] = []
+    for payload in payloads:
+        ops += [
+            _Cmd(("LREM", k.queue, 0, payload)),
+            _Cmd(("ZREM", k.scheduled, payload)),
+            _Cmd(("ZREM", k.retry, payload)),
+            _Cmd(("ZREM", k.dead, payload)),
+        ]
+    return ops
+
+
+def _ops_rate_use(keys: Keys, key: str, period_ms: float) -> list[_Op]:
+    log_key, _ = keys.rate(key)
+    return [_Cmd(("TIME",)), _Cmd(("ZRANGE", log_key, 0, -1, "WITHSCORES"))]
+
+
+def _parse_rate_use(reply: Sequence[Any], period_ms: float) -> int:
+    now, entries = reply
+    now_us = int(now[0]) * 1_000_000 + int(now[1])
+    since = now_us - period_ms * 1000
+    # Members are "seq:tokens" scored g + hold: those still inside the last period are the tokens in use.
+    return sum(int(_text(m).rsplit(":", 1)[1]) for m, score in _pairs(entries) if score > since)
 
 
 def _ops_dead_retry(
@@ -632,7 +775,8 @@ class RedisStore:
         if not settlements:
             return 0
         op = _ops_settle(self.keys, queue, consumer, settlements, self.dead_max, self.dead_ttl_ms)
-        return int(await self._run.one(op))
+        # Latency samples ride in the same round trip; the counters stay in the script, which knows the stale.
+        return int((await self._run.run([op, *_ops_latency(self.keys, queue, settlements)]))[0])
 
     async def promote_due(self, queue: str, limit: int = 1000) -> int:
         """Move scheduled and retry payloads that are due onto the queue; safe from any number of workers."""
@@ -695,6 +839,44 @@ class RedisStore:
         for q, length in zip(owners, await self._run.run(inflight_ops), strict=True):
             result[q]["in_flight"] += int(length)
         return result
+
+    async def consumers(self, queues: Sequence[str] | None = None) -> list[ConsumerInfo]:
+        """Every consumer of the queues (all known by default) with its last heartbeat and in-flight count."""
+        names = list(queues) if queues is not None else await self.known_queues()
+        replies = await self._run.run([op for q in names for op in _ops_consumers(self.keys, q)])
+        found = [c for i, q in enumerate(names) for c in _parse_consumers(q, replies[2 * i : 2 * i + 2])]
+        lengths = await self._run.run([_Cmd(("LLEN", self.keys.of(c["queue"]).inflight(c["consumer"]))) for c in found])
+        for info, length in zip(found, lengths, strict=True):
+            info["in_flight"] = int(length)
+        return found
+
+    async def rates(
+        self, queue: str, resolution: Literal["second", "minute"] = "second", count: int = 60
+    ) -> list[RatePoint]:
+        """Jobs processed and failed per complete bucket, oldest first, cluster-wide.
+
+        Args:
+            resolution: ``second`` (up to :data:`RATE_SECONDS` back) or ``minute`` (up to :data:`RATE_MINUTES`).
+            count: how many buckets, ending with the last complete one.
+        """
+        return _parse_rates(await self._run.run(_ops_rates(self.keys, queue, resolution)), resolution, count)
+
+    async def peek(
+        self, queue: str, where: PeekWhere = "queued", limit: int = 20, start: int = 0
+    ) -> list[tuple[bytes, float | None]]:
+        """Jobs of a queue without taking them: ``queued`` in the order they will run, ``scheduled`` and
+        ``retry`` by due time, ``dead`` oldest first; each with its due or death time (unix s) or None."""
+        return _parse_peek(where, await self._run.one(_ops_peek(self.keys, queue, where, start, limit)))
+
+    async def delete(self, queue: str, payloads: Sequence[bytes]) -> int:
+        """Remove these payloads from the queue, scheduled, retry and dead; in-flight jobs are not touched."""
+        if not payloads:
+            return 0
+        return sum(int(r) for r in await self._run.run(_ops_delete(self.keys, queue, payloads), transaction=True))
+
+    async def rate_use(self, key: str, period_ms: float) -> int:
+        """Tokens of the shared window ``key`` granted within the last period (compare with its allowed)."""
+        return _parse_rate_use(await self._run.run(_ops_rate_use(self.keys, key, period_ms)), period_ms)
 
     async def dead_list(self, queue: str, limit: int = 100) -> list[tuple[bytes, float]]:
         """The newest ``limit`` dead letters as ``(payload, died_at unix s)``."""
@@ -856,6 +1038,33 @@ class SyncStore:
             result[q]["in_flight"] += int(length)
         return result
 
+    def consumers(self, queues: Sequence[str] | None = None) -> list[ConsumerInfo]:
+        names = list(queues) if queues is not None else self.known_queues()
+        replies = self._run.run([op for q in names for op in _ops_consumers(self.keys, q)])
+        found = [c for i, q in enumerate(names) for c in _parse_consumers(q, replies[2 * i : 2 * i + 2])]
+        lengths = self._run.run([_Cmd(("LLEN", self.keys.of(c["queue"]).inflight(c["consumer"]))) for c in found])
+        for info, length in zip(found, lengths, strict=True):
+            info["in_flight"] = int(length)
+        return found
+
+    def rates(
+        self, queue: str, resolution: Literal["second", "minute"] = "second", count: int = 60
+    ) -> list[RatePoint]:
+        return _parse_rates(self._run.run(_ops_rates(self.keys, queue, resolution)), resolution, count)
+
+    def peek(
+        self, queue: str, where: PeekWhere = "queued", limit: int = 20, start: int = 0
+    ) -> list[tuple[bytes, float | None]]:
+        return _parse_peek(where, self._run.one(_ops_peek(self.keys, queue, where, start, limit)))
+
+    def delete(self, queue: str, payloads: Sequence[bytes]) -> int:
+        if not payloads:
+            return 0
+        return sum(int(r) for r in self._run.run(_ops_delete(self.keys, queue, payloads), transaction=True))
+
+    def rate_use(self, key: str, period_ms: float) -> int:
+        return _parse_rate_use(self._run.run(_ops_rate_use(self.keys, key, period_ms)), period_ms)
+
     def dead_list(self, queue: str, limit: int = 100) -> list[tuple[bytes, float]]:
         reply = self._run.one(_Cmd(("ZREVRANGE", self.keys.of(queue).dead, 0, limit - 1, "WITHSCORES")))
         return [(payload, score / 1000) for payload, score in _pairs(reply)]
@@ -899,7 +1108,8 @@ class RedisTokenWindow:
         hold_s: how long after its start a grant may still be used; utilization is period / (period + hold).
         adaptive: lower the rate on :meth:`penalize` and let it recover.
         decrease_factor: multiplier applied by a penalty (at most once per period).
-        recover_per_s: tokens per period regained each second; ``allowed / 10`` by default.
+        recover_per_s: tokens per period regained each second; ``allowed * 0.05`` by default (as
+            :class:`~flume_rx.operators.InProcessWindow`).
 
     >>> window = RedisTokenWindow(store, "ses", allowed=400, period_s=1.0)  # doctest: +SKIP
     >>> await window.take_async(10, min_tokens=5)  # doctest: +SKIP
@@ -918,16 +1128,17 @@ class RedisTokenWindow:
         decrease_factor: float = 0.5,
         recover_per_s: float | None = None,
     ) -> None:
+        # ValueError, as InProcessWindow raises: the two are interchangeable behind TokenWindow.
         if allowed < 1:
-            raise ConfigError(f"allowed must be a positive integer (got {allowed}); set the jobs per period")
+            raise ValueError(f"allowed must be >= 1 token per period (got {allowed})")
         if not (period_s > 0 and math.isfinite(period_s)):
-            raise ConfigError(f"period_s must be positive (got {period_s}); set the window length in seconds")
+            raise ValueError(f"period_s must be a positive number of seconds (got {period_s})")
         if not (hold_s >= 0 and math.isfinite(hold_s)):
-            raise ConfigError(f"hold_s must be >= 0 (got {hold_s}); 0.02 suits most callers")
+            raise ValueError(f"hold_s must be >= 0 seconds (got {hold_s})")
         if not 0 < decrease_factor < 1:
-            raise ConfigError(f"decrease_factor must be between 0 and 1 (got {decrease_factor}); try 0.5")
+            raise ValueError(f"decrease_factor must be within (0, 1) (got {decrease_factor})")
         if recover_per_s is not None and not recover_per_s >= 0:
-            raise ConfigError(f"recover_per_s must be >= 0 (got {recover_per_s}); or leave it unset")
+            raise ValueError(f"recover_per_s must be >= 0 tokens per second (got {recover_per_s})")
         store.keys.rate(key)  # validates the key now rather than at the first take
         self.store = store
         self.key = key
@@ -936,7 +1147,7 @@ class RedisTokenWindow:
         self.hold_s = hold_s
         self.adaptive = adaptive
         self.decrease_factor = decrease_factor
-        self.recover_per_s = allowed / 10 if recover_per_s is None else recover_per_s
+        self.recover_per_s = allowed * 0.05 if recover_per_s is None else recover_per_s
         self._effective = float(allowed)
         self._lock = threading.Lock()
 
@@ -949,13 +1160,15 @@ class RedisTokenWindow:
         """Like :meth:`take_async`, with the grant's place on the Redis clock (for tests and telemetry)."""
         if tokens < 1:
             raise ValueError(f"tokens must be >= 1 (got {tokens})")
+        if min_tokens < 1:
+            raise ValueError(f"min_tokens must be >= 1 (got {min_tokens})")
         reply = await self.store.take_tokens(
             self.key,
             allowed=self.allowed,
             period_ms=self.period_s * 1000,
             hold_ms=self.hold_s * 1000,
             want=tokens,
-            min_tokens=max(1, min(min_tokens, tokens)),
+            min_tokens=min(min_tokens, tokens),
             adaptive=self.adaptive,
             decrease_factor=self.decrease_factor,
             recover_per_s=self.recover_per_s,

@@ -1,0 +1,250 @@
+"""The Redis token window: an exact sliding-window limit shared by every process, time from Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reactivex import Observable
+
+from flume_rx.operators import Grant, InProcessWindow, TokenWindow
+from flume_rx.store import RedisStore, RedisTokenWindow, TokenReply
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    s = RedisStore.from_url(redis_url)
+    yield s
+    await s.aclose()
+
+
+async def first(observable: Observable[Any]) -> Any:
+    """The one value an Observable emits, awaited on the running loop."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(value: Any, error: Exception | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
+
+    def on_next(value: Any) -> None:
+        loop.call_soon_threadsafe(settle, value, None)
+
+    def on_error(error: Exception) -> None:
+        loop.call_soon_threadsafe(settle, None, error)
+
+    observable.subscribe(on_next=on_next, on_error=on_error)
+    return await future
+
+
+def most_starts_in_any_period(spans: list[tuple[int, int, int]], period: int) -> int:
+    """The most tokens whose start spans ``[start, end]`` meet one half-open period ``[t, t + period)``.
+
+    The count only changes where some span ends, so checking ``t`` at every span end covers every period.
+    """
+    worst = 0
+    for _, t, _ in spans:
+        worst = max(worst, sum(n for start, end, n in spans if end >= t and start < t + period))
+    return worst
+
+
+# ------------------------------------------------------------------- behaviour shared by both windows
+
+WindowFactory = Callable[[int, float, float], TokenWindow]
+
+
+@pytest.fixture(params=["in-process", "redis"])
+def make_window(request: pytest.FixtureRequest, store: RedisStore) -> WindowFactory:
+    """Builds a window of either kind, so one suite holds both to the TokenWindow contract."""
+    if request.param == "in-process":
+        return lambda allowed, period_s, hold_s: InProcessWindow(allowed, period_s, hold_s)
+    return lambda allowed, period_s, hold_s: RedisTokenWindow(
+        store, uuid.uuid4().hex, allowed, period_s, hold_s=hold_s
+    )
+
+
+async def test_grants_start_now_while_the_window_has_room(make_window: WindowFactory) -> None:
+    window = make_window(10, 60.0, 0.02)
+    grant = await first(window.take(4, 4))
+    assert grant == Grant(tokens=4, delay_s=0.0, hold_s=0.02)
+
+
+async def test_a_grant_is_clamped_to_allowed(make_window: WindowFactory) -> None:
+    window = make_window(10, 60.0, 0.02)
+    grant = await first(window.take(50, 1))
+    assert grant.tokens == 10
+
+
+async def test_a_full_window_gives_a_reservation_not_a_refusal(make_window: WindowFactory) -> None:
+    window = make_window(5, 60.0, 0.02)
+    assert (await first(window.take(5, 5))).tokens == 5
+    later = await first(window.take(3, 3))
+    assert later.tokens == 3
+    # Free again once the first grant's hold and a whole period have passed (minus the time spent asking).
+    assert 30.0 < later.delay_s <= 60.02
+
+
+async def test_a_partial_grant_now_rather_than_a_full_one_later(make_window: WindowFactory) -> None:
+    window = make_window(5, 60.0, 0.02)
+    await first(window.take(3, 3))
+    grant = await first(window.take(4, 1))
+    assert (grant.tokens, grant.delay_s) == (2, 0.0)
+
+
+# ------------------------------------------------------------------------------------- the Redis window
+
+
+requests = st.lists(
+    # (want, min_tokens, pause after this ask as a fraction of the period)
+    st.tuples(st.integers(1, 12), st.integers(1, 12), st.sampled_from([0.0, 0.0, 0.0, 0.3, 0.7, 1.0, 1.2])),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    allowed=st.integers(1, 20),
+    period_ms=st.integers(10, 80),
+    hold_ms=st.integers(0, 30),
+    adaptive=st.booleans(),
+    asks=requests,
+)
+def test_no_sliding_period_ever_holds_more_than_allowed(
+    redis_url: str,
+    allowed: int,
+    period_ms: int,
+    hold_ms: int,
+    adaptive: bool,
+    asks: list[tuple[int, int, float]],
+) -> None:
+    async def run() -> list[TokenReply]:
+        # Three clients stand for three processes; all their takers race for one window.
+        stores = [RedisStore.from_url(redis_url) for _ in range(3)]
+        key = uuid.uuid4().hex
+        windows = [
+            RedisTokenWindow(s, key, allowed, period_ms / 1000, hold_s=hold_ms / 1000, adaptive=adaptive)
+            for s in stores
+        ]
+        try:
+            calls = []
+            for i, (want, min_tokens, pause) in enumerate(asks):
+                calls.append(asyncio.create_task(windows[i % 3].take_reply(want, min_tokens)))
+                if i % 4 == 3 and pause:
+                    # Let real time pass, so grants also start "now" after old ones expired.
+                    if adaptive and pause > 1:
+                        await windows[0].penalize_async()
+                    await asyncio.sleep(pause * period_ms / 1000)
+            return list(await asyncio.gather(*calls))
+        finally:
+            for s in stores:
+                await s.aclose()
+
+    replies = asyncio.run(run())
+    for (want, min_tokens, _), reply in zip(asks, replies, strict=True):
+        cap = max(1, int(reply.effective_allowed))
+        assert min(want, min_tokens, cap) <= reply.tokens <= min(want, cap)
+        assert reply.delay_us >= 0
+    spans = [(r.start_us, r.start_us + r.hold_us, r.tokens) for r in replies]
+    assert most_starts_in_any_period(spans, period_ms * 1000) <= allowed
+
+
+async def test_one_redis_call_per_grant(store: RedisStore, raw_client: redis.Redis) -> None:
+    window = RedisTokenWindow(store, "ses", allowed=100, period_s=1.0)
+    await window.take_async(1, 1)  # loads the script
+    raw_client.config_resetstat()
+    grants = await asyncio.gather(*(window.take_async(10, 10) for _ in range(50)))
+    stats: dict[str, Any] = raw_client.info("commandstats")  # type: ignore[assignment]
+    calls = stats["cmdstat_evalsha"]["calls"]
+    assert calls == 50
+    assert all(g.tokens == 10 for g in grants)  # so 1/10 of a call per token
+
+
+async def test_penalize_cuts_the_shared_rate_once_per_period(store: RedisStore) -> None:
+    a = RedisTokenWindow(store, "ses", 40, 60.0, adaptive=True, recover_per_s=0.0)
+    b = RedisTokenWindow(store, "ses", 40, 60.0, adaptive=True, recover_per_s=0.0)
+    assert await a.penalize_async() == 20.0
+    assert await b.penalize_async() == 20.0  # the same burst of refusals counts once
+    assert a.current_rate() == 20.0
+    grant = await b.take_async(35, 1)
+    assert grant.tokens == 20
+    assert b.current_rate() == 20.0
+
+
+async def test_the_rate_recovers_up_to_allowed(store: RedisStore) -> None:
+    window = RedisTokenWindow(store, "ses", 40, 60.0, adaptive=True, recover_per_s=1e9)
+    assert await window.penalize_async() < 40
+    grant = await window.take_async(35, 1)
+    assert grant.tokens == 35
+    assert window.current_rate() == 40.0
+
+
+async def test_penalize_does_nothing_without_adaptive(store: RedisStore) -> None:
+    window = RedisTokenWindow(store, "ses", 40, 60.0)
+    assert await first(window.penalize()) == 40.0
+    assert (await window.take_async(40, 1)).tokens == 40
+
+
+async def test_windows_are_shared_by_key_and_separate_across_keys(store: RedisStore, redis_url: str) -> None:
+    other = RedisStore.from_url(redis_url)
+    try:
+        await RedisTokenWindow(store, "ses", 10, 60.0).take_async(10, 1)
+        later = await RedisTokenWindow(other, "ses", 10, 60.0).take_async(1, 1)
+        elsewhere = await RedisTokenWindow(other, "sns", 10, 60.0).take_async(1, 1)
+    finally:
+        await other.aclose()
+    assert later.delay_s > 0
+    assert elsewhere.delay_s == 0.0
+
+
+async def test_quiet_windows_expire(store: RedisStore, raw_client: redis.Redis) -> None:
+    await RedisTokenWindow(store, "ses", 10, 2.0, hold_s=0.5).take_async(1, 1)
+    for key in store.keys.rate("ses"):
+        ttl_ms: int = raw_client.pttl(key)  # type: ignore[assignment]
+        assert 0 < ttl_ms <= 2_500 + 1_000
+
+
+async def test_take_from_another_thread_runs_on_the_home_loop(store: RedisStore) -> None:
+    window = RedisTokenWindow(store, "ses", 10, 60.0)
+    observable = window.take(3, 1)
+    box: list[Any] = []
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def completed() -> None:
+        loop.call_soon_threadsafe(done.set)
+
+    def subscribe() -> None:
+        observable.subscribe(on_next=box.append, on_error=box.append, on_completed=completed)
+
+    threading.Thread(target=subscribe).start()
+    await asyncio.wait_for(done.wait(), 10)
+    assert box == [Grant(tokens=3, delay_s=0.0, hold_s=0.02)]
+
+
+def test_window_arguments_are_checked() -> None:
+    store = RedisStore(redis.asyncio.Redis(port=1))  # never connects
+    with pytest.raises(ValueError, match="allowed"):
+        RedisTokenWindow(store, "ses", 0, 1.0)
+    with pytest.raises(ValueError, match="decrease_factor"):
+        RedisTokenWindow(store, "ses", 1, 1.0, decrease_factor=1.5)
+
+
+@pytest.fixture
+def raw_client(redis_url: str) -> Any:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
