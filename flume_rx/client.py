@@ -90,16 +90,7 @@ class Flume:
         return job.id
 
     def _job(self, queue: str, worker: str, args: Sequence[Any], cost: int) -> Job:
-        if not isinstance(queue, str) or not queue or "{" in queue or "}" in queue:
-            raise ConfigError(f"queue must be a non-empty string without braces (got {queue!r})")
-        if not isinstance(worker, str) or not worker:
-            raise ConfigError(f"worker must be the registered worker's name, a non-empty string (got {worker!r})")
-        if isinstance(args, str | bytes) or not isinstance(args, Sequence):
-            raise ConfigError(f"args must be a list of positional arguments (got {args!r}); e.g. [42, \"welcome\"]")
-        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
-            raise ConfigError(f"cost must be an integer >= 0 (got {cost!r})")
-        now = time.time()
-        return Job(new_job_id(), queue, worker, list(args), 0, now, now, cost)
+        return build_job(queue, worker, args, cost)
 
     # ---- looking and acting -------------------------------------------------------------------------------------
 
@@ -225,6 +216,24 @@ class Flume:
             if self._async_store is not None:
                 await self._async_store.aclose()
                 self._async_store = None
+
+
+def build_job(queue: str, worker: str, args: Sequence[Any], cost: int = 1) -> Job:
+    """A new job after checking its queue, worker name, args and cost (shared with :mod:`flume_rx.testing`).
+
+    Raises:
+        ConfigError: one of them is not what enqueue takes.
+    """
+    if not isinstance(queue, str) or not queue or "{" in queue or "}" in queue:
+        raise ConfigError(f"queue must be a non-empty string without braces (got {queue!r})")
+    if not isinstance(worker, str) or not worker:
+        raise ConfigError(f"worker must be the registered worker's name, a non-empty string (got {worker!r})")
+    if isinstance(args, str | bytes) or not isinstance(args, Sequence):
+        raise ConfigError(f"args must be a list of positional arguments (got {args!r}); e.g. [42, \"welcome\"]")
+    if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
+        raise ConfigError(f"cost must be an integer >= 0 (got {cost!r})")
+    now = time.time()
+    return Job(new_job_id(), queue, worker, list(args), 0, now, now, cost)
 
 
 def _job_id(payload: bytes) -> str:
