@@ -17,6 +17,7 @@ import functools
 import hashlib
 import logging
 import random
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -56,8 +57,37 @@ class Delivery:
     source: JobSource
 
 
+class _OutageLog:
+    """Process-wide: one line when Redis first fails and one when it answers again, whichever loop notices.
+
+    Fetch, settle and the heartbeat thread all meet the same outage; each keeps its own backoff
+    (:class:`_Outage`) but they share this log, so an outage is one warning, not one per loop or call.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.since: float | None = None
+
+    def down(self, what: str, error: Exception) -> None:
+        with self._lock:
+            if self.since is not None:
+                return
+            self.since = time.monotonic()
+        logger.warning("%s: Redis unreachable (%s); retrying with backoff", what, error)
+
+    def up(self) -> None:
+        with self._lock:
+            if self.since is None:
+                return
+            elapsed, self.since = time.monotonic() - self.since, None
+        logger.warning("Redis reachable again after %.1f s", elapsed)
+
+
+OUTAGE_LOG = _OutageLog()
+
+
 class _Outage:
-    """Logs one line when Redis becomes unreachable and one when it is back, not a storm of tracebacks."""
+    """The backoff of one loop through a Redis outage; logging goes through the shared :data:`OUTAGE_LOG`."""
 
     def __init__(self, what: str) -> None:
         self.what = what
@@ -66,14 +96,14 @@ class _Outage:
     def failed(self, error: Exception) -> float:
         if self.since is None:
             self.since = time.monotonic()
-            logger.warning("%s: Redis unreachable (%s); retrying with backoff", self.what, error)
+        OUTAGE_LOG.down(self.what, error)
         elapsed = time.monotonic() - self.since
         return min(5.0, 0.05 * 2 ** min(10, int(elapsed * 2))) * random.uniform(0.5, 1.0)
 
     def ok(self) -> None:
         if self.since is not None:
-            logger.warning("%s: Redis reachable again after %.1f s", self.what, time.monotonic() - self.since)
             self.since = None
+            OUTAGE_LOG.up()
 
 
 @dataclass(eq=False)
@@ -339,7 +369,9 @@ class Settler:
         source, job = delivery.source, delivery.job
         telemetry = self.telemetry
         if error is None:
-            settlement = Settlement(delivery.payload, "ack")
+            # Enqueue-to-done latency for the cluster-wide p50/p99 (stats and dashboard); clocks of two hosts.
+            latency_ms = (time.time() - job.enqueued_at) * 1000 if job.enqueued_at else None
+            settlement = Settlement(delivery.payload, "ack", latency_ms=latency_ms)
             telemetry.emit("job.succeeded", queue=job.queue, worker=job.worker, job_id=job.id,
                            attempt=job.attempt, duration_ms=duration_ms)
         elif isinstance(error, Throttled):

@@ -386,7 +386,9 @@ def _ops_rates(keys: Keys, queue: str, resolution: Literal["second", "minute"]) 
     return [_Cmd(("TIME",)), _Cmd(("HGETALL", k.seconds if resolution == "second" else k.minutes))]
 
 
-def _parse_rates(reply: Sequence[Any], resolution: Literal["second", "minute"], count: int) -> list[RatePoint]:
+def _parse_rates(
+    reply: Sequence[Any], resolution: Literal["second", "minute"], count: int
+) -> list[RatePoint]:
     now, fields = reply
     unit, size = (1, RATE_SECONDS) if resolution == "second" else (60, RATE_MINUTES)
     current = _redis_ms(now) // 1000 // unit
@@ -403,7 +405,11 @@ def _parse_consumers(queue: str, reply: Sequence[Any]) -> list[ConsumerInfo]:
     now_ms = _redis_ms(now)
     return [
         ConsumerInfo(
-            queue=queue, consumer=_text(c), last_seen=beat / 1000, age_s=max(0.0, (now_ms - beat) / 1000), in_flight=0
+            queue=queue,
+            consumer=_text(c),
+            last_seen=beat / 1000,
+            age_s=max(0.0, (now_ms - beat) / 1000),
+            in_flight=0,
         )
         for c, beat in _pairs(beats)
     ]
@@ -845,7 +851,9 @@ class RedisStore:
         names = list(queues) if queues is not None else await self.known_queues()
         replies = await self._run.run([op for q in names for op in _ops_consumers(self.keys, q)])
         found = [c for i, q in enumerate(names) for c in _parse_consumers(q, replies[2 * i : 2 * i + 2])]
-        lengths = await self._run.run([_Cmd(("LLEN", self.keys.of(c["queue"]).inflight(c["consumer"]))) for c in found])
+        lengths = await self._run.run(
+            [_Cmd(("LLEN", self.keys.of(c["queue"]).inflight(c["consumer"]))) for c in found]
+        )
         for info, length in zip(found, lengths, strict=True):
             info["in_flight"] = int(length)
         return found
@@ -856,7 +864,7 @@ class RedisStore:
         """Jobs processed and failed per complete bucket, oldest first, cluster-wide.
 
         Args:
-            resolution: ``second`` (up to :data:`RATE_SECONDS` back) or ``minute`` (up to :data:`RATE_MINUTES`).
+            resolution: ``second`` (:data:`RATE_SECONDS` kept) or ``minute`` (:data:`RATE_MINUTES` kept).
             count: how many buckets, ending with the last complete one.
         """
         return _parse_rates(await self._run.run(_ops_rates(self.keys, queue, resolution)), resolution, count)
@@ -872,7 +880,9 @@ class RedisStore:
         """Remove these payloads from the queue, scheduled, retry and dead; in-flight jobs are not touched."""
         if not payloads:
             return 0
-        return sum(int(r) for r in await self._run.run(_ops_delete(self.keys, queue, payloads), transaction=True))
+        return sum(
+            int(r) for r in await self._run.run(_ops_delete(self.keys, queue, payloads), transaction=True)
+        )
 
     async def rate_use(self, key: str, period_ms: float) -> int:
         """Tokens of the shared window ``key`` granted within the last period (compare with its allowed)."""
@@ -1042,7 +1052,9 @@ class SyncStore:
         names = list(queues) if queues is not None else self.known_queues()
         replies = self._run.run([op for q in names for op in _ops_consumers(self.keys, q)])
         found = [c for i, q in enumerate(names) for c in _parse_consumers(q, replies[2 * i : 2 * i + 2])]
-        lengths = self._run.run([_Cmd(("LLEN", self.keys.of(c["queue"]).inflight(c["consumer"]))) for c in found])
+        lengths = self._run.run(
+            [_Cmd(("LLEN", self.keys.of(c["queue"]).inflight(c["consumer"]))) for c in found]
+        )
         for info, length in zip(found, lengths, strict=True):
             info["in_flight"] = int(length)
         return found

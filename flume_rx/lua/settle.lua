@@ -1,4 +1,5 @@
 -- settle(KEYS[1]=inflight of the consumer, KEYS[2]=queue, KEYS[3]=retry, KEYS[4]=dead, KEYS[5]=stats,
+--        KEYS[6]=per-second rate ring, KEYS[7]=per-minute rate ring (both optional),
 --        ARGV[1]=dead_max, ARGV[2]=dead_ttl_ms,
 --        ARGV[3..]=(action, payload, new_payload or "", delay_ms) per outcome) -> count of stale outcomes
 -- action is "ack", "retry" (into retry at now+delay_ms), "dead" (into the dead letters, bounded by count and
@@ -40,5 +41,20 @@ if dead > 0 then
   redis.call('HINCRBY', KEYS[5], 'dead', dead)
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. (now_ms - tonumber(ARGV[2])))
   redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[1]) + 1))
+end
+-- Cluster-wide rates: a ring of buckets per hash, bounded in size. Slot i holds t<i> (the bucket number it
+-- counts now), p<i> and f<i>; a slot still holding an older bucket is reset before counting.
+local function count_in(key, size, bucket)
+  local slot = bucket % size
+  if redis.call('HGET', key, 't' .. slot) ~= tostring(bucket) then
+    redis.call('HSET', key, 't' .. slot, bucket, 'p' .. slot, processed, 'f' .. slot, failed)
+  else
+    if processed > 0 then redis.call('HINCRBY', key, 'p' .. slot, processed) end
+    if failed > 0 then redis.call('HINCRBY', key, 'f' .. slot, failed) end
+  end
+end
+if KEYS[7] and (processed > 0 or failed > 0) then
+  count_in(KEYS[6], 120, math.floor(now_ms / 1000))
+  count_in(KEYS[7], 60, math.floor(now_ms / 60000))
 end
 return stale
