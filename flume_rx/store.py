@@ -21,10 +21,10 @@ import importlib.resources
 import logging
 import math
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, TypedDict
+from typing import Any, Literal, NamedTuple, TypedDict, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import reactivex
@@ -39,6 +39,8 @@ from flume_rx.errors import ConfigError, StoreError
 from flume_rx.operators import Grant
 
 log = logging.getLogger("flume_rx.store")
+
+_T = TypeVar("_T")
 
 Arg = bytes | str | int | float
 
@@ -100,6 +102,11 @@ class Keys:
         return f"{self.namespace}:queues"
 
     def of(self, queue: str) -> QueueKeys:
+        """The keys of ``queue``.
+
+        Raises:
+            ConfigError: the name is empty or holds a brace (it would break the hash tag).
+        """
         _check_name(queue, "queue name")
         tag = f"{{{self.namespace}:{queue}}}"
         return QueueKeys(
@@ -1218,7 +1225,7 @@ class RedisTokenWindow:
             return self._effective
 
 
-def _defer_async(make: Any) -> Observable[Any]:
+def _defer_async(make: Callable[[], Coroutine[Any, Any, _T]]) -> Observable[_T]:
     """An Observable that runs the coroutine ``make()`` on the event loop per subscription.
 
     Subscribing from the loop's thread schedules it there; from another thread, it is handed to the loop
@@ -1229,8 +1236,8 @@ def _defer_async(make: Any) -> Observable[Any]:
     except RuntimeError:
         home = None
 
-    def factory(_: abc.SchedulerBase | None) -> Observable[Any]:
-        coro: Coroutine[Any, Any, Any] = make()
+    def factory(_: abc.SchedulerBase | None) -> Observable[_T]:
+        coro = make()
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -1238,7 +1245,7 @@ def _defer_async(make: Any) -> Observable[Any]:
         if running is not None and (home is None or running is home):
             return reactivex.from_future(asyncio.ensure_future(coro))
         if home is not None:
-            future: ThreadFuture[Any] = asyncio.run_coroutine_threadsafe(coro, home)
+            future: ThreadFuture[_T] = asyncio.run_coroutine_threadsafe(coro, home)
             return reactivex.from_future(future)  # type: ignore[arg-type]
         coro.close()
         raise RuntimeError("RedisTokenWindow must be used from a thread running an asyncio event loop")
