@@ -5,17 +5,25 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 from reactivex import Observable
 
 from flume_rx import codec
 from flume_rx import operators as fo
 from flume_rx.config import FlumeConfig, PipelineConfig, RetryConfig, default_redis_url
-from flume_rx.errors import ConfigError
+from flume_rx.errors import ConfigError, DecodeError
 from flume_rx.job import Job, new_job_id
 from flume_rx.pipeline import Delivery, JobSource, run_workers
-from flume_rx.store import QueueStats, RedisStore, RedisTokenWindow, SyncStore
+from flume_rx.store import (
+    ConsumerInfo,
+    PeekWhere,
+    QueueStats,
+    RatePoint,
+    RedisStore,
+    RedisTokenWindow,
+    SyncStore,
+)
 from flume_rx.telemetry import Event, Telemetry
 
 
@@ -118,6 +126,42 @@ class Flume:
     def resume(self, queue: str) -> None:
         self._store.resume(queue)
 
+    def consumers(self, queues: Sequence[str] | None = None) -> list[ConsumerInfo]:
+        """Every consumer of the queues (all known by default): last heartbeat, its age, jobs in flight."""
+        return self._store.consumers(queues)
+
+    def rates(
+        self, queue: str, resolution: Literal["second", "minute"] = "second", count: int = 60
+    ) -> list[RatePoint]:
+        """Jobs processed and failed per second (last 120 kept) or minute (last 60 kept), cluster-wide."""
+        return self._store.rates(queue, resolution, count)
+
+    def peek(self, queue: str, where: PeekWhere = "queued", limit: int = 20) -> list[Job]:
+        """Jobs of ``queue`` without taking them (payloads that no longer decode are left out).
+
+        ``queued`` lists them in the order they will run, ``scheduled`` and ``retry`` by due time, ``dead``
+        oldest first.
+        """
+        jobs: list[Job] = []
+        for payload, _ in self._store.peek(queue, where, limit):
+            try:
+                jobs.append(codec.decode(payload))
+            except DecodeError:
+                continue
+        return jobs
+
+    def delete(self, queue: str, job_ids: Sequence[str]) -> int:
+        """Remove the jobs with ``job_ids`` from the queue, its scheduled and retry sets and its dead letters;
+        a job already fetched by a worker is not touched. Returns how many were removed."""
+        wanted = set(job_ids)
+        found: list[bytes] = []
+        for where in ("queued", "scheduled", "retry", "dead"):
+            start = 0
+            while chunk := self._store.peek(queue, where, _SCAN_CHUNK, start):
+                found += [payload for payload, _ in chunk if _job_id(payload) in wanted]
+                start += len(chunk)
+        return self._store.delete(queue, found)
+
     @property
     def events(self) -> Observable[Event]:
         """Every telemetry event of this process as a reactivex Observable."""
@@ -216,6 +260,9 @@ class Flume:
             if self._async_store is not None:
                 await self._async_store.aclose()
                 self._async_store = None
+
+
+_SCAN_CHUNK = 1000
 
 
 def build_job(queue: str, worker: str, args: Sequence[Any], cost: int = 1) -> Job:
