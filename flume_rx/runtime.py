@@ -30,7 +30,7 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from flume_rx import operators as fo
 from flume_rx.config import FlumeConfig, PipelineConfig, RateLimiterConfig, load
 from flume_rx.errors import ConfigError, StoreError
-from flume_rx.pipeline import JobSource, Settler, assemble
+from flume_rx.pipeline import OUTAGE_LOG, JobSource, Settler, assemble
 from flume_rx.store import RedisStore, RedisTokenWindow, SyncStore
 from flume_rx.telemetry import Telemetry
 
@@ -315,9 +315,11 @@ class _Heartbeat(threading.Thread):
             except StoreError as exc:
                 if outage_since is None:
                     outage_since = time.monotonic()
-                    logger.warning("heartbeat: Redis unreachable (%s)", exc)
+                OUTAGE_LOG.down("heartbeat", exc)
                 continue
-            outage_since = None
+            if outage_since is not None:
+                outage_since = None
+                OUTAGE_LOG.up()
             self.runtime.telemetry.emit("consumer.heartbeat", consumer=self.runtime.consumer)
             lag = self.runtime.loop_lag_s()
             if lag > LOOP_BLOCKED_WARNING_S and not self._warned_blocked:

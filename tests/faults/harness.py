@@ -37,9 +37,7 @@ def toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-def write_config(
-    path: Path, redis_url: str, pipeline: Mapping[str, Any] | None = None, **top: Any
-) -> Path:
+def write_config(path: Path, redis_url: str, pipeline: Mapping[str, Any] | None = None, **top: Any) -> Path:
     """A worker config with one pipeline ``main`` on queue ``jobs`` running the sample workers."""
     document: dict[str, Any] = {
         "redis_url": redis_url,
@@ -60,7 +58,9 @@ def write_config(
 class WorkerProcess:
     """One ``flume-rx worker`` process; its stderr goes to a file the test can read."""
 
-    def __init__(self, config: Path, record_url: str, *, extra_args: tuple[str, ...] = (), name: str = "w") -> None:
+    def __init__(
+        self, config: Path, record_url: str, *, extra_args: tuple[str, ...] = (), name: str = "w"
+    ) -> None:
         self.log_path = config.parent / f"{name}-{time.monotonic_ns()}.log"
         env = dict(os.environ, PYTHONPATH=str(ROOT), FLUME_TEST_REDIS_URL=record_url)
         with open(self.log_path, "wb") as log:
@@ -94,14 +94,16 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise AssertionError(f"worker {self.pid} ignored SIGTERM for {timeout_s} s:\n{self.log()}") from None
+            raise AssertionError(
+                f"worker {self.pid} ignored SIGTERM for {timeout_s} s:\n{self.log()}"
+            ) from None
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.05) -> None:
-    """Poll ``condition`` until true; fail naming ``what`` after ``timeout_s`` (a hang guard, not a timing check)."""
+    """Poll ``condition``; fail naming ``what`` after ``timeout_s`` (a guard against hangs, not a timing check)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:

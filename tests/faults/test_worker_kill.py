@@ -38,22 +38,28 @@ def test_repeated_sigkill_loses_nothing_and_duplicates_stay_within_what_was_in_f
     )
     with Flume(redis_url, "t") as flume:
         for start in range(0, JOBS, 5000):
-            flume.bulk_enqueue(QUEUE, [("RecordWorker", [f"j{i}"]) for i in range(start, min(JOBS, start + 5000))])
+            flume.bulk_enqueue(
+                QUEUE, [("RecordWorker", [f"j{i}"]) for i in range(start, min(JOBS, start + 5000))]
+            )
     workers = [WorkerProcess(config, redis_url, name=f"w{i}") for i in range(PROCESSES)]
     killed: list[int] = []
     try:
         for kill in range(KILLS):
             threshold = JOBS * (kill + 1) // (KILLS + 2)
-            wait_until(lambda: client.hlen("test:runs") >= threshold, 120, f"{threshold} jobs done")
+            wait_until(lambda t=threshold: client.hlen("test:runs") >= t, 120, f"{threshold} jobs done")
             victim = workers[kill % PROCESSES]
             # The victim must hold jobs when it dies, or the kill proves nothing.
-            wait_until(lambda: bool(_inflight_keys_of(client, victim.pid)), 30, "the victim to hold jobs")
+            wait_until(lambda v=victim: bool(_inflight_keys_of(client, v.pid)), 30, "the victim to hold jobs")
             victim.kill()
             killed.append(victim.pid)
             workers[kill % PROCESSES] = WorkerProcess(config, redis_url, name=f"w{kill}-respawn")
         for pid in killed:
             # Orphans come back once the dead consumer's heartbeat is orphan_timeout old.
-            wait_until(lambda: not _inflight_keys_of(client, pid), 60, f"the jobs of killed worker {pid} to return")
+            wait_until(
+                lambda p=pid: not _inflight_keys_of(client, p),
+                60,
+                f"the jobs of killed worker {pid} to return",
+            )
         wait_until(lambda: client.hlen("test:runs") >= JOBS, 180, "every job to run")
         for worker in workers:
             assert worker.terminate() == 0, worker.log()
