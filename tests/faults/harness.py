@@ -103,7 +103,7 @@ class WorkerProcess:
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.05) -> None:
-    """Poll ``condition``; fail naming ``what`` after ``timeout_s`` (a guard against hangs, not a timing check)."""
+    """Poll ``condition``; fail naming ``what`` after ``timeout_s`` (a hang guard, not a timing check)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
