@@ -12,6 +12,8 @@ from flume_rx.job import Job, JobError
 FORMAT_VERSION = 1
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 _FIELDS = 10  # version, id, queue, worker, args, attempt, created_at, enqueued_at, cost, error
+# Optional trailing fields, written only when set, so jobs without them stay readable by older workers.
+_OPTIONAL_FIELDS = 1  # unique_key
 
 
 def encode(job: Job, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
@@ -33,6 +35,8 @@ def encode(job: Job, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
         job.cost,
         error,
     ]
+    if job.unique_key is not None:
+        record.append(job.unique_key)
     try:
         payload: bytes = msgpack.packb(record, use_bin_type=True, datetime=False)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -66,9 +70,14 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Job:
         raise DecodeError(f"payload is a {type(record).__name__}, not a flume_rx job record")
     if record[0] != FORMAT_VERSION:
         raise DecodeError(f"payload has format version {record[0]!r}; this flume_rx reads {FORMAT_VERSION}")
-    if len(record) != _FIELDS:
-        raise DecodeError(f"job record has {len(record)} fields, expected {_FIELDS}")
-    _, job_id, queue, worker, args, attempt, created_at, enqueued_at, cost, error = record
+    if not _FIELDS <= len(record) <= _FIELDS + _OPTIONAL_FIELDS:
+        raise DecodeError(
+            f"job record has {len(record)} fields, expected {_FIELDS} to {_FIELDS + _OPTIONAL_FIELDS}"
+        )
+    _, job_id, queue, worker, args, attempt, created_at, enqueued_at, cost, error = record[:_FIELDS]
+    unique_key = record[_FIELDS] if len(record) > _FIELDS else None
+    if unique_key is not None:
+        _expect(unique_key, str, "unique_key")
     _expect(job_id, str, "id")
     _expect(queue, str, "queue")
     _expect(worker, str, "worker")
@@ -94,6 +103,7 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Job:
         enqueued_at=float(enqueued_at),
         cost=cost,
         error=job_error,
+        unique_key=unique_key,
     )
 
 

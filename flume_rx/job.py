@@ -36,6 +36,8 @@ class Job:
         enqueued_at: unix seconds when the job was last put on its queue (enqueue, retry or recovery).
         cost: how many rate-limit tokens one run takes (e.g. SES recipients); 1 by default.
         error: the failure of the previous attempt, if any.
+        unique_key: the unique key this job holds until it is acked or dead (``enqueue(unique_key=...)``);
+            None for ordinary jobs.
     """
 
     id: str
@@ -47,6 +49,7 @@ class Job:
     enqueued_at: float = 0.0
     cost: int = 1
     error: JobError | None = None
+    unique_key: str | None = None
 
     def next_attempt(self, error: JobError) -> Job:
         """The same job, one attempt further on, remembering why this attempt failed."""

@@ -31,6 +31,7 @@ jobs = st.builds(
     enqueued_at=st.floats(0, 4e9),
     cost=st.integers(0, 10_000),
     error=errors,
+    unique_key=st.none() | st.text(min_size=1, max_size=30),
 )
 
 
@@ -75,3 +76,19 @@ def test_wrong_field_types_are_named() -> None:
     record = [1, "id", "q", "W", "not a list", 0, 0.0, 0.0, 1, None]
     with pytest.raises(DecodeError, match="'args'"):
         codec.decode(msgpack.packb(record))
+
+
+def test_a_job_without_unique_key_encodes_as_the_ten_field_record_older_workers_read() -> None:
+    record = msgpack.unpackb(codec.encode(Job("1", "q", "W", [1], created_at=5.0)))
+    assert len(record) == 10
+    with_key = msgpack.unpackb(codec.encode(Job("1", "q", "W", [1], created_at=5.0, unique_key="welcome:1")))
+    assert with_key[:10] == record and with_key[10] == "welcome:1"
+
+
+def test_a_unique_key_of_the_wrong_type_is_named() -> None:
+    record = msgpack.unpackb(codec.encode(Job("1", "q", "W", [1], unique_key="k")))
+    record[10] = 7
+    with pytest.raises(DecodeError, match="unique_key"):
+        codec.decode(msgpack.packb(record))
+    with pytest.raises(DecodeError, match="fields"):
+        codec.decode(msgpack.packb([*record[:10], "k", "extra"]))
