@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = with_config(commands.add_parser("worker", help="run every pipeline of the config"))
     worker.add_argument("--processes", type=int, default=1, metavar="N", help="worker processes in all (default 1)")
     worker.add_argument("--burst", action="store_true", help="exit once the queues are drained")
+    worker.add_argument(
+        "--metrics-port", type=int, metavar="N", help="serve Prometheus /metrics on N (process i on N + i)"
+    )
 
     enqueue = with_config(commands.add_parser("enqueue", help="put one job on a queue"))
     enqueue.add_argument("queue")
@@ -37,6 +40,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = with_config(commands.add_parser("stats", help="queue depths and counters"))
     stats.add_argument("--json", action="store_true", help="print JSON for scripts")
+    stats.add_argument("--watch", action="store_true", help="a live table, refreshed each second")
+
+    queue = commands.add_parser("queue", help="look at or delete jobs waiting on a queue")
+    queue_actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+    peek = with_config(queue_actions.add_parser("peek", help="jobs of a queue, without taking them"))
+    peek.add_argument("queue")
+    peek.add_argument("--where", choices=["queued", "scheduled", "retry", "dead"], default="queued")
+    peek.add_argument("--limit", type=int, default=20)
+    peek.add_argument("--json", action="store_true")
+    delete = with_config(queue_actions.add_parser("delete", help="remove jobs by id (not those in flight)"))
+    delete.add_argument("queue")
+    delete.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+
+    consumers = with_config(commands.add_parser("consumers", help="consumers with their last heartbeat"))
+    consumers.add_argument("--json", action="store_true")
+
+    dashboard = with_config(commands.add_parser("dashboard", help="a web page of the queues (read-only default)"))
+    dashboard.add_argument("--port", type=int, default=8642)
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    dashboard.add_argument("--allow-actions", action="store_true", help="enable the retry and delete buttons")
 
     dead = commands.add_parser("dead", help="list, retry or purge dead letters")
     dead_actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -103,8 +126,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         runtime.import_worker_modules(config.imports)
         _check_reachable(config)
         if args.processes == 1:
-            return runtime.run_worker_process(config, burst=args.burst)
-        return runtime.supervise(args.config, args.processes, redis_url=args.redis_url, burst=args.burst)
+            return runtime.run_worker_process(config, burst=args.burst, metrics_port=args.metrics_port)
+        return runtime.supervise(
+            args.config,
+            args.processes,
+            redis_url=args.redis_url,
+            burst=args.burst,
+            metrics_port=args.metrics_port,
+        )
+    if args.command == "dashboard":
+        from flume_rx.dashboard import serve
+
+        return serve(config, host=args.host, port=args.port, allow_actions=args.allow_actions)
 
     flume = Flume.from_config(config)
     try:
@@ -116,9 +149,22 @@ def _dispatch(args: argparse.Namespace) -> int:
             if not isinstance(job_args, list):
                 raise config_module.ConfigError(f"JSON_ARGS must be a JSON list (got {args.args}); e.g. '[42]'")
             print(flume.enqueue(args.queue, args.worker, job_args))
+        elif args.command == "stats" and args.watch:
+            from flume_rx.watch import watch
+
+            watch(config, as_json=args.json)
         elif args.command == "stats":
             queues = [p.queue for p in config.pipelines] or None
             _print_stats(flume.stats(queues), as_json=args.json)
+        elif args.command in ("queue", "consumers"):
+            from flume_rx import watch as views
+
+            if args.command == "consumers":
+                views.print_consumers(flume.consumers([p.queue for p in config.pipelines] or None), args.json)
+            elif args.action == "peek":
+                views.print_jobs(flume.peek(args.queue, args.where, args.limit), args.json)
+            else:
+                print(f"{flume.delete(args.queue, args.job_ids)} job(s) deleted from {args.queue!r}")
         elif args.command == "dead":
             if args.action == "list":
                 jobs = flume.dead_list(args.queue, args.limit)

@@ -337,10 +337,17 @@ class _Heartbeat(threading.Thread):
 # Process entry points
 
 
-def run_worker_process(config: FlumeConfig, *, burst: bool = False) -> int:
-    """Run a worker in this process until SIGTERM/SIGINT (or drained, in burst mode); returns the exit code."""
+def run_worker_process(config: FlumeConfig, *, burst: bool = False, metrics_port: int | None = None) -> int:
+    """Run a worker in this process until SIGTERM/SIGINT (or drained, in burst mode); returns the exit code.
+
+    With ``metrics_port``, Prometheus metrics of this process are served on it at ``/metrics``.
+    """
     import_worker_modules(config.imports)
     runtime = WorkerRuntime(config, burst=burst)
+    if metrics_port is not None:
+        from flume_rx.metrics import PrometheusMetrics
+
+        PrometheusMetrics(runtime.telemetry).serve(metrics_port)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -352,20 +359,33 @@ def run_worker_process(config: FlumeConfig, *, burst: bool = False) -> int:
     return 0
 
 
-def _child_main(config_path: str, redis_url: str | None, burst: bool) -> None:
+def _child_main(config_path: str, redis_url: str | None, burst: bool, metrics_port: int | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(name)s %(message)s")
     config = load(config_path, redis_url=redis_url)
-    raise SystemExit(run_worker_process(config, burst=burst))
+    raise SystemExit(run_worker_process(config, burst=burst, metrics_port=metrics_port))
 
 
-def supervise(config_path: str, processes: int, *, redis_url: str | None = None, burst: bool = False) -> int:
-    """Run ``processes`` worker processes; SIGTERM/SIGINT stop them all gracefully; a crashed one is restarted."""
+def supervise(
+    config_path: str,
+    processes: int,
+    *,
+    redis_url: str | None = None,
+    burst: bool = False,
+    metrics_port: int | None = None,
+) -> int:
+    """Run ``processes`` worker processes; SIGTERM/SIGINT stop them all gracefully; a crashed one is restarted.
+
+    With ``metrics_port``, worker ``i`` serves its Prometheus metrics on ``metrics_port + i``.
+    """
     context = multiprocessing.get_context("spawn")
     stopping = threading.Event()
 
     def spawn(index: int) -> multiprocessing.process.BaseProcess:
         process = context.Process(
-            target=_child_main, args=(config_path, redis_url, burst), name=f"flume-worker-{index}", daemon=False
+            target=_child_main,
+            args=(config_path, redis_url, burst, None if metrics_port is None else metrics_port + index),
+            name=f"flume-worker-{index}",
+            daemon=False,
         )
         process.start()
         return process

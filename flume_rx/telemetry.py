@@ -31,6 +31,7 @@ EVENT_NAMES = (
     "throttle.granted",  # key, tokens, wait_ms, rate
     "throttle.waited",  # key, wait_ms, rate
     "throttle.penalized",  # key, rate
+    "throttle.lapsed",  # key, tokens (granted, expired unused), rate
     "backpressure.engaged",  # queue, in_flight
     "backpressure.released",  # queue, held_ms
     "consumer.joined",  # consumer, queues

@@ -1,0 +1,201 @@
+"""Terminal views for operators: the live ``stats --watch`` table, consumers and peeked jobs.
+
+One :func:`snapshot` feeds the live table, ``stats --watch --json`` and the dashboard, so they always agree.
+
+>>> watch(config.load("flume.toml"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any, TypedDict
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from flume_rx.config import FlumeConfig
+from flume_rx.job import Job
+from flume_rx.store import ConsumerInfo, SyncStore
+
+
+class PipelineRow(TypedDict):
+    """One line of the live table: a pipeline's queue, counts, cluster-wide rates and latency."""
+
+    pipeline: str
+    queue: str
+    queued: int
+    in_flight: int
+    scheduled: int
+    retry: int
+    dead: int
+    processed: int
+    failed: int
+    processed_per_s: float
+    failed_per_s: float
+    rate_limit_use: float | None
+    """Tokens of the pipeline's shared window granted within its last period, over its allowed; None without
+    a rate limiter."""
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    consumers: int
+    paused: bool
+
+
+def snapshot(store: SyncStore, config: FlumeConfig) -> list[PipelineRow]:
+    """One row per configured pipeline (per known queue when the config has none)."""
+    pipelines = [(p.name, p.queue, p.rate_limiter) for p in config.pipelines]
+    if not pipelines:
+        pipelines = [(q, q, None) for q in store.known_queues()]
+    stats = store.stats(sorted({queue for _, queue, _ in pipelines}))
+    rows: list[PipelineRow] = []
+    for name, queue, limiter in pipelines:
+        s = stats[queue]
+        use: float | None = None
+        if limiter is not None:
+            use = store.rate_use(limiter.key, limiter.period_s * 1000) / limiter.allowed
+        rows.append(
+            PipelineRow(
+                pipeline=name,
+                queue=queue,
+                queued=s["queued"],
+                in_flight=s["in_flight"],
+                scheduled=s["scheduled"],
+                retry=s["retry"],
+                dead=s["dead"],
+                processed=s["processed"],
+                failed=s["failed"],
+                processed_per_s=s["processed_per_s"],
+                failed_per_s=s["failed_per_s"],
+                rate_limit_use=use,
+                latency_p50_ms=s["latency_p50_ms"],
+                latency_p99_ms=s["latency_p99_ms"],
+                consumers=s["consumers"],
+                paused=s["paused"],
+            )
+        )
+    return rows
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f} ms" if value < 10_000 else f"{value / 1000:.1f} s"
+
+
+def render(rows: Sequence[PipelineRow], *, title: str = "flume_rx") -> Table:
+    """The live table of :func:`snapshot` rows."""
+    table = Table(title=title, title_justify="left", expand=False)
+    table.add_column("pipeline")
+    table.add_column("queue")
+    for column in ("queued", "in flight", "scheduled", "retry", "dead", "processed/s", "failed/s"):
+        table.add_column(column, justify="right")
+    table.add_column("rate-limit use", justify="right")
+    table.add_column("p50", justify="right")
+    table.add_column("p99", justify="right")
+    table.add_column("consumers", justify="right")
+    for row in rows:
+        use = "-" if row["rate_limit_use"] is None else f"{row['rate_limit_use']:.0%}"
+        table.add_row(
+            row["pipeline"] + (" [yellow](paused)[/]" if row["paused"] else ""),
+            row["queue"],
+            f"{row['queued']:,}",
+            f"{row['in_flight']:,}",
+            f"{row['scheduled']:,}",
+            f"{row['retry']:,}",
+            f"[red]{row['dead']:,}[/]" if row["dead"] else "0",
+            f"{row['processed_per_s']:,.1f}",
+            f"[red]{row['failed_per_s']:,.1f}[/]" if row["failed_per_s"] else "0.0",
+            use,
+            _ms(row["latency_p50_ms"]),
+            _ms(row["latency_p99_ms"]),
+            str(row["consumers"]),
+        )
+    table.caption = "rates and latency: whole cluster, last 60 s"
+    return table
+
+
+def watch(
+    config: FlumeConfig,
+    *,
+    as_json: bool = False,
+    interval_s: float = 1.0,
+    iterations: int | None = None,
+    console: Console | None = None,
+) -> None:
+    """Show :func:`snapshot` every ``interval_s`` until Ctrl-C (or ``iterations`` refreshes).
+
+    With ``as_json``, prints one JSON object per refresh and line (``{"time": ..., "pipelines": [...]}``).
+    """
+    console = console or Console()
+    with SyncStore.from_url(config.redis_url, config.namespace) as store:
+        count = 0
+        if as_json:
+            while iterations is None or count < iterations:
+                rows = snapshot(store, config)
+                print(json.dumps({"time": time.time(), "pipelines": rows}, sort_keys=True), flush=True)
+                count += 1
+                if iterations is None or count < iterations:
+                    time.sleep(interval_s)
+            return
+        with Live(render(snapshot(store, config)), console=console, refresh_per_second=4) as live:
+            count = 1
+            while iterations is None or count < iterations:
+                time.sleep(interval_s)
+                live.update(render(snapshot(store, config)))
+                count += 1
+
+
+def print_consumers(consumers: Sequence[ConsumerInfo], as_json: bool = False) -> None:
+    """The consumers table of ``flume-rx consumers``."""
+    if as_json:
+        print(json.dumps(list(consumers), indent=2))
+        return
+    table = Table(title="consumers", title_justify="left")
+    for column in ("queue", "consumer"):
+        table.add_column(column)
+    for column in ("last heartbeat", "in flight"):
+        table.add_column(column, justify="right")
+    for c in sorted(consumers, key=lambda c: (c["queue"], c["consumer"])):
+        table.add_row(c["queue"], c["consumer"], f"{c['age_s']:.1f} s ago", str(c["in_flight"]))
+    Console().print(table)
+
+
+def job_row(job: Job) -> dict[str, Any]:
+    """A job as JSON-friendly fields (args with bytes shown as hex)."""
+    return {
+        "id": job.id,
+        "worker": job.worker,
+        "args": _jsonable(job.args),
+        "attempt": job.attempt,
+        "enqueued_at": job.enqueued_at,
+        "error": None if job.error is None else f"{job.error.kind}: {job.error.message}",
+    }
+
+
+def print_jobs(jobs: Sequence[Job], as_json: bool = False) -> None:
+    """The jobs of ``flume-rx queue peek``."""
+    rows = [job_row(j) for j in jobs]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"{len(rows)} job(s)", title_justify="left")
+    for column in ("id", "worker", "args", "attempt", "error"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["id"], row["worker"], json.dumps(row["args"])[:60], str(row["attempt"]), row["error"] or ""
+        )
+    Console().print(table)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
