@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Literal
 
 from reactivex import Observable
@@ -25,6 +26,9 @@ from flume_rx.store import (
     SyncStore,
 )
 from flume_rx.telemetry import Event, Telemetry
+
+DEFAULT_UNIQUE_FOR_S = 3600.0
+"""How long a unique key is held at most when ``unique_for`` is not given."""
 
 
 class Flume:
@@ -66,13 +70,31 @@ class Flume:
 
     # ---- enqueueing ---------------------------------------------------------------------------------------------
 
-    def enqueue(self, queue: str, worker: str, args: Sequence[Any] = (), *, cost: int = 1) -> str:
+    def enqueue(
+        self,
+        queue: str,
+        worker: str,
+        args: Sequence[Any] = (),
+        *,
+        cost: int = 1,
+        unique_key: str | None = None,
+        unique_for: float = DEFAULT_UNIQUE_FOR_S,
+    ) -> str:
         """Put one job on ``queue`` for the worker registered as ``worker``; returns its id.
+
+        Args:
+            unique_key: while a job enqueued with this key on this queue is queued, scheduled or running
+                (until it is acked or dead, or ``unique_for`` passes), enqueue adds nothing and returns that
+                job's id; decided atomically in Redis.
+            unique_for: the most seconds a unique key is held, from the job's due time (a safety net for a
+                job that is never settled).
 
         Raises:
             EncodeError: ``args`` cannot be encoded as msgpack or the job is too large; nothing is written.
         """
         job = self._job(queue, worker, args, cost)
+        if unique_key is not None:
+            return self._enqueue_unique(job, unique_key, unique_for, None)
         self._store.enqueue(queue, [codec.encode(job, self.max_payload_bytes)])
         self.telemetry.emit("job.enqueued", queue=queue, count=1)
         return job.id
@@ -86,19 +108,56 @@ class Flume:
             self.telemetry.emit("job.enqueued", queue=queue, count=len(payloads))
         return [job.id for job in built]
 
-    def enqueue_in(self, queue: str, seconds: float, worker: str, args: Sequence[Any] = (), *, cost: int = 1) -> str:
+    def enqueue_in(
+        self,
+        queue: str,
+        seconds: float,
+        worker: str,
+        args: Sequence[Any] = (),
+        *,
+        cost: int = 1,
+        unique_key: str | None = None,
+        unique_for: float = DEFAULT_UNIQUE_FOR_S,
+    ) -> str:
         """Run the job ``seconds`` from now (due times are compared with Redis's clock, not this host's)."""
-        return self.enqueue_at(queue, time.time() + float(seconds), worker, args, cost=cost)
+        return self.enqueue_at(
+            queue, time.time() + float(seconds), worker, args, cost=cost, unique_key=unique_key, unique_for=unique_for
+        )
 
-    def enqueue_at(self, queue: str, unix_ts: float, worker: str, args: Sequence[Any] = (), *, cost: int = 1) -> str:
-        """Run the job at ``unix_ts`` (float seconds since the epoch)."""
+    def enqueue_at(
+        self,
+        queue: str,
+        unix_ts: float,
+        worker: str,
+        args: Sequence[Any] = (),
+        *,
+        cost: int = 1,
+        unique_key: str | None = None,
+        unique_for: float = DEFAULT_UNIQUE_FOR_S,
+    ) -> str:
+        """Run the job at ``unix_ts`` (float seconds since the epoch); ``unique_key`` as for :meth:`enqueue`."""
         job = self._job(queue, worker, args, cost)
+        if unique_key is not None:
+            return self._enqueue_unique(job, unique_key, unique_for, ("at", float(unix_ts)))
         self._store.schedule(queue, [(codec.encode(job, self.max_payload_bytes), float(unix_ts))])
         self.telemetry.emit("job.enqueued", queue=queue, count=1)
         return job.id
 
     def _job(self, queue: str, worker: str, args: Sequence[Any], cost: int) -> Job:
         return build_job(queue, worker, args, cost)
+
+    def _enqueue_unique(
+        self, job: Job, unique_key: str, unique_for: float, due: tuple[Literal["at", "in"], float] | None
+    ) -> str:
+        check_unique(unique_key, unique_for)
+        job = replace(job, unique_key=unique_key)
+        payload = codec.encode(job, self.max_payload_bytes)
+        added, job_id = self._store.enqueue_unique(
+            job.queue, job.id, payload, unique_key, round(unique_for * 1000), due
+        )
+        if added:
+            self.telemetry.emit("job.enqueued", queue=job.queue, count=1)
+        return job_id
 
     # ---- looking and acting -------------------------------------------------------------------------------------
 
@@ -281,6 +340,18 @@ def build_job(queue: str, worker: str, args: Sequence[Any], cost: int = 1) -> Jo
         raise ConfigError(f"cost must be an integer >= 0 (got {cost!r})")
     now = time.time()
     return Job(new_job_id(), queue, worker, list(args), 0, now, now, cost)
+
+
+def check_unique(unique_key: str, unique_for: float) -> None:
+    """Check ``enqueue``'s unique arguments.
+
+    Raises:
+        ConfigError: the key is empty or not a string, or ``unique_for`` is not a positive number of seconds.
+    """
+    if not isinstance(unique_key, str) or not unique_key:
+        raise ConfigError(f"unique_key must be a non-empty string (got {unique_key!r}); e.g. \"welcome:42\"")
+    if isinstance(unique_for, bool) or not isinstance(unique_for, int | float) or not unique_for > 0:
+        raise ConfigError(f"unique_for must be a positive number of seconds (got {unique_for!r}); e.g. 3600")
 
 
 def _job_id(payload: bytes) -> str:

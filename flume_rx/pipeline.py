@@ -22,7 +22,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import reactivex
@@ -405,6 +405,8 @@ class Settler:
                 )
                 telemetry.emit("job.retried", queue=job.queue, worker=job.worker, job_id=job.id,
                                attempt=failed.attempt, delay_ms=delay_s * 1000)
+        if job.unique_key is not None:
+            settlement = replace(settlement, unique=(job.unique_key, job.id))
         _, settlements, deliveries = self._pending.setdefault(id(source), (source, [], []))
         settlements.append(settlement)
         deliveries.append(delivery)

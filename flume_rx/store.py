@@ -43,6 +43,8 @@ log = logging.getLogger("flume_rx.store")
 _T = TypeVar("_T")
 
 Arg = bytes | str | int | float
+_Due = tuple[Literal["at", "in"], float] | None
+"""When a unique job is due: None for now, ("at", unix s) or ("in", s from Redis TIME)."""
 
 ENQUEUE_CHUNK = 1000
 """Payloads per EVALSHA of a bulk enqueue: big enough to be cheap, small enough not to stall Redis."""
@@ -81,6 +83,10 @@ class QueueKeys:
     def inflight(self, consumer: str) -> str:
         """The in-flight list of one consumer of this queue."""
         return f"{self.tag}:inflight:{consumer}"
+
+    def unique(self, key: str) -> str:
+        """The claim of a unique job key on this queue (its value is the holder's job id)."""
+        return f"{self.tag}:unique:{key}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +155,7 @@ SCRIPTS = (
     "dead_retry",
     "take_tokens",
     "penalize",
+    "enqueue_unique",
 )
 
 
@@ -205,6 +212,8 @@ class Settlement:
     delay_ms: int = 0
     latency_ms: float | None = None
     """Enqueue to settle, sampled into the queue's latency list for p50/p99 (``None``: no sample)."""
+    unique: tuple[str, str] | None = None
+    """``(unique_key, job_id)`` of a unique job: an ack or dead releases the key if that job still holds it."""
 
 
 class QueueStats(TypedDict):
@@ -295,13 +304,35 @@ def _ops_settle(
 ) -> _Eval:
     k = keys.of(queue)
     flat: list[Arg] = [dead_max, dead_ttl_ms]
+    base = (k.inflight(consumer), k.queue, k.retry, k.dead, k.stats, k.seconds, k.minutes)
+    unique_keys: list[str] = []
     for s in settlements:
         if s.action not in ("ack", "retry", "dead", "requeue"):
             raise ValueError(f"settlement action {s.action!r} is not one of ack, retry, dead, requeue")
-        flat += [s.action, s.payload, s.new_payload or b"", max(0, int(s.delay_ms))]
-    return _Eval(
-        "settle", (k.inflight(consumer), k.queue, k.retry, k.dead, k.stats, k.seconds, k.minutes), tuple(flat)
-    )
+        unique_index, holder = 0, ""
+        if s.unique is not None:
+            unique_keys.append(k.unique(s.unique[0]))
+            unique_index, holder = len(base) + len(unique_keys), s.unique[1]
+        flat += [s.action, s.payload, s.new_payload or b"", max(0, int(s.delay_ms)), unique_index, holder]
+    return _Eval("settle", (*base, *unique_keys), tuple(flat))
+
+
+def _ops_enqueue_unique(
+    keys: Keys, queue: str, job_id: str, payload: bytes, unique_key: str, unique_for_ms: int, due: _Due
+) -> list[_Op]:
+    k = keys.of(queue)
+    args: tuple[Arg, ...] = ("now", job_id, payload, max(1, int(unique_for_ms)))
+    if due is not None:
+        args = (due[0], *args[1:], round(due[1] * 1000))
+    return [
+        _Cmd(("SADD", keys.queues, queue)),
+        _Eval("enqueue_unique", (k.queue, k.scheduled, k.unique(unique_key)), args),
+    ]
+
+
+def _parse_unique(reply: Sequence[Any]) -> tuple[bool, str]:
+    added, job_id = reply[-1]
+    return bool(int(added)), _text(job_id)
 
 
 def _ops_latency(keys: Keys, queue: str, settlements: Sequence[Settlement]) -> list[_Op]:
@@ -743,6 +774,20 @@ class RedisStore:
         if items:
             await self._run.run(_ops_schedule(self.keys, queue, items, "in"))
 
+    async def enqueue_unique(
+        self, queue: str, job_id: str, payload: bytes, unique_key: str, unique_for_ms: int, due: _Due = None
+    ) -> tuple[bool, str]:
+        """Add the job unless another job holds ``unique_key`` on this queue, in one atomic step.
+
+        The claim lives ``unique_for_ms`` from the job's due time (``due``: None for now, ``("at", unix s)``
+        or ``("in", s)``); settling the job as acked or dead releases it earlier.
+
+        Returns:
+            ``(True, job_id)`` when added, else ``(False, id of the job holding the key)``.
+        """
+        ops = _ops_enqueue_unique(self.keys, queue, job_id, payload, unique_key, unique_for_ms, due)
+        return _parse_unique(await self._run.run(ops))
+
     # consumer verbs
 
     async def fetch(self, queue: str, consumer: str, n: int, block_s: float) -> list[bytes]:
@@ -1024,6 +1069,13 @@ class SyncStore:
     def schedule_in(self, queue: str, items: Sequence[tuple[bytes, float]]) -> None:
         if items:
             self._run.run(_ops_schedule(self.keys, queue, items, "in"))
+
+    def enqueue_unique(
+        self, queue: str, job_id: str, payload: bytes, unique_key: str, unique_for_ms: int, due: _Due = None
+    ) -> tuple[bool, str]:
+        """Like :meth:`RedisStore.enqueue_unique`."""
+        ops = _ops_enqueue_unique(self.keys, queue, job_id, payload, unique_key, unique_for_ms, due)
+        return _parse_unique(self._run.run(ops))
 
     def heartbeat(self, queues: Sequence[str], consumer: str) -> None:
         self._run.run(_ops_heartbeat(self.keys, queues, consumer))

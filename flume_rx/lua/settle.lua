@@ -1,17 +1,22 @@
 -- settle(KEYS[1]=inflight of the consumer, KEYS[2]=queue, KEYS[3]=retry, KEYS[4]=dead, KEYS[5]=stats,
 --        KEYS[6]=per-second rate ring, KEYS[7]=per-minute rate ring (both optional),
 --        ARGV[1]=dead_max, ARGV[2]=dead_ttl_ms,
---        ARGV[3..]=(action, payload, new_payload or "", delay_ms) per outcome) -> count of stale outcomes
+--        KEYS[8..]=unique keys held by settled jobs,
+--        ARGV[3..]=(action, payload, new_payload or "", delay_ms, unique key index into KEYS or 0, job id)
+--        per outcome) -> count of stale outcomes
 -- action is "ack", "retry" (into retry at now+delay_ms), "dead" (into the dead letters, bounded by count and
 -- age) or "requeue" (back onto the fetch end of the queue, costing no retry). An outcome whose payload is no
 -- longer in the in-flight list (orphan recovery gave it back meanwhile) moves nothing: the recovered copy is
--- the live one. It is counted in the reply as stale.
+-- the live one. It is counted in the reply as stale. An acked or dead job releases its unique key, if it
+-- still holds it (the key's value is the holder's job id: a claim that expired and was taken by a newer job
+-- stays with that job).
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local stale = 0
 local processed, failed, dead, requeued = 0, 0, 0, 0
-for i = 3, #ARGV, 4 do
+for i = 3, #ARGV, 6 do
   local action, payload, new_payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local unique = tonumber(ARGV[i + 4])
   if new_payload == '' then
     new_payload = payload
   end
@@ -32,6 +37,10 @@ for i = 3, #ARGV, 4 do
     requeued = requeued + 1
   else
     return redis.error_reply('settle: unknown action ' .. tostring(action))
+  end
+  if unique > 0 and removed > 0 and (action == 'ack' or action == 'dead')
+      and redis.call('GET', KEYS[unique]) == ARGV[i + 5] then
+    redis.call('DEL', KEYS[unique])
   end
 end
 if processed > 0 then redis.call('HINCRBY', KEYS[5], 'processed', processed) end
