@@ -1,4 +1,4 @@
-"""Unique jobs on a real Redis: one job per key while queued, scheduled or running; released at ack or dead."""
+"""Unique jobs on a real Redis: one job per key while queued, scheduled or running; freed at ack or dead."""
 
 from __future__ import annotations
 
