@@ -1,5 +1,5 @@
 """Operating a cluster: pause and resume across two worker processes, queue peek and delete, consumers, and
-the CLI commands that do the same (``pause``, ``resume``, ``queue``, ``consumers``, ``stats --watch --json``)."""
+the CLI commands that do the same (``pause``, ``queue``, ``consumers``, ``stats --watch --json``)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def workers(redis_url: str, config_file: Path) -> Iterator[list[subprocess.Popen
 
 
 def _runs(client: redis.Redis, tokens: list[str]) -> dict[str, int]:
-    values = client.hmget("test:runs", tokens)
+    values: list[bytes | None] = client.hmget("test:runs", tokens)  # type: ignore[assignment]
     return {t: int(v or 0) for t, v in zip(tokens, values, strict=True)}
 
 
