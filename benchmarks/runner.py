@@ -1,0 +1,708 @@
+"""Runs the scenarios for every peer that takes part and writes one JSON file of results.
+
+Every worker runs as a real process (the peer's CLI or documented entry point) and is measured from outside:
+jobs report to a separate probe Redis (see ``benchmarks.probe``), the runner polls it, samples the workers'
+RSS with psutil and reads the Redis under test's INFO commandstats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped, unused-ignore]
+import redis
+
+from benchmarks import probe, stats
+from benchmarks.peers import PEERS, PeerModule, PeerSpec
+from benchmarks.redis_server import private_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SCENARIOS = (
+    "redis_ceiling",
+    "enqueue",
+    "throughput",
+    "latency",
+    "rate_limit",
+    "memory",
+    "slow_downstream",
+    "batching",
+)
+LIMIT = 400
+LIMIT_PROCESSES = 3
+
+
+@dataclass(slots=True)
+class Settings:
+    """Sizes of one run; ``quick`` trades precision for a run of under three minutes."""
+
+    quick: bool
+    reps: int
+    jobs: int
+    enqueue_jobs: int
+    latency_rate: float = 500.0
+    latency_s: float = 10.0
+    limit_s: float = 10.0
+    memory_jobs: int = 1_000_000
+    memory_job_ms: float = 10.0
+    slow_phase_s: float = 10.0
+    batch_jobs: int = 50_000
+    drain_timeout_s: float = 300.0
+    memory_peers: tuple[str, ...] = ("flume_rx",)
+    slow_peers: tuple[str, ...] = ("flume_rx", "dramatiq", "arq", "celery")
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> Settings:
+        if quick:
+            return cls(
+                quick=True,
+                reps=1,
+                jobs=2_000,
+                enqueue_jobs=5_000,
+                latency_s=3.0,
+                limit_s=3.0,
+                memory_jobs=50_000,
+                slow_phase_s=3.0,
+                batch_jobs=5_000,
+                drain_timeout_s=60.0,
+                slow_peers=("flume_rx", "dramatiq"),
+            )
+        return cls(quick=False, reps=3, jobs=30_000, enqueue_jobs=100_000)
+
+
+class PeerFailed(Exception):
+    """Raised when a peer cannot install, import, enqueue or drain; recorded, never fatal to the suite."""
+
+
+@dataclass(slots=True)
+class Bench:
+    """The two private Redis servers of a run and its settings."""
+
+    url: str
+    probe_url: str
+    settings: Settings
+    log: Callable[[str], None] = print
+    client: redis.Redis = field(init=False)
+    probe: redis.Redis = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = redis.Redis.from_url(self.url)
+        self.probe = redis.Redis.from_url(self.probe_url)
+
+    def reset(self) -> None:
+        self.client.flushall()
+        self.probe.flushall()
+        self.client.config_resetstat()
+
+    # -- producing -----------------------------------------------------------------------------------
+    def agent(self, spec: PeerSpec, *args: str, timeout_s: float = 600.0) -> dict[str, Any]:
+        env = {**os.environ, "BENCH_REDIS_URL": self.url, "BENCH_PROBE_URL": self.probe_url}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "benchmarks.agent", spec.name, *args],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            raise PeerFailed(f"producer {' '.join(args)} did not finish within {timeout_s:.0f} s") from None
+        if done.returncode != 0:
+            raise PeerFailed(f"producer {' '.join(args)} failed: {_tail(done.stderr)}")
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+        return result
+
+    # -- workers -------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def workers(
+        self, spec: PeerSpec, processes: int, *, variant: str | None = None, env: dict[str, str] | None = None
+    ) -> Iterator[Workers]:
+        module = adapter(spec)
+        cmds = module.worker_commands(self.url, processes, spec.variant if variant is None else variant)
+        full_env = {
+            **os.environ,
+            "BENCH_REDIS_URL": self.url,
+            "BENCH_PROBE_URL": self.probe_url,
+            "BENCH_VARIANT": spec.variant if variant is None else variant,
+            **(env or {}),
+        }
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH", "")]))
+        logs = Path(tempfile.mkdtemp(prefix=f"bench-{spec.name}-"))
+        procs = []
+        for i, cmd in enumerate(cmds):
+            with open(logs / f"worker{i}.log", "wb") as out:
+                procs.append(
+                    subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+                )  # fmt: skip
+        running = Workers(procs, logs, time.time())
+        try:
+            yield running
+        finally:
+            running.stop()
+
+    def done(self) -> int:
+        value: bytes | None = self.probe.get(probe.DONE_KEY)  # type: ignore[assignment]
+        return int(value or 0)
+
+    def wait_done(
+        self,
+        n: int,
+        workers: Workers,
+        *,
+        timeout_s: float | None = None,
+        every_s: float = 0.02,
+        sample: Callable[[], None] | None = None,
+        sample_every_s: float = 0.25,
+    ) -> float:
+        """Wait until ``n`` jobs reported done; returns the wall time it happened. Raises PeerFailed."""
+        timeout_s = timeout_s or self.settings.drain_timeout_s
+        deadline = time.time() + timeout_s
+        next_sample = 0.0
+        while True:
+            now = time.time()
+            if sample is not None and now >= next_sample:
+                sample()
+                next_sample = now + sample_every_s
+            done = self.done()
+            if done >= n:
+                return now
+            if now > deadline:
+                raise PeerFailed(f"only {done} of {n} jobs done after {timeout_s:.0f} s; {workers.tail()}")
+            if workers.all_exited() and self.done() < n:
+                time.sleep(probe.FLUSH_INTERVAL_S * 3)
+                if self.done() < n:
+                    raise PeerFailed(f"workers exited with {self.done()} of {n} jobs done; {workers.tail()}")
+            time.sleep(every_s)
+
+    def done_times(self) -> tuple[float, float]:
+        """First and last job completion over the run, from the probe's flush records."""
+        firsts, lasts = [], []
+        raw_records: list[bytes] = self.probe.lrange(probe.FLUSH_KEY, 0, -1)  # type: ignore[assignment]
+        for raw in raw_records:
+            _, first, last = raw.split()
+            firsts.append(float(first))
+            lasts.append(float(last))
+        if not firsts:
+            raise PeerFailed("no job reported done")
+        return min(firsts), max(lasts)
+
+    def floats(self, key: str) -> list[float]:
+        time.sleep(probe.FLUSH_INTERVAL_S * 3)
+        values: list[bytes] = self.probe.lrange(key, 0, -1)  # type: ignore[assignment]
+        return sorted(float(v) for v in values)
+
+    def commands(self) -> int:
+        info: dict[str, Any] = self.client.info("commandstats")  # type: ignore[assignment]
+        return sum(int(v["calls"]) for v in info.values() if isinstance(v, dict))
+
+
+@dataclass(slots=True)
+class Workers:
+    """The worker processes of one measurement, stopped (SIGTERM, then SIGKILL) on exit."""
+
+    procs: list[subprocess.Popen[bytes]]
+    logs: Path
+    started: float
+
+    def all_exited(self) -> bool:
+        return all(p.poll() is not None for p in self.procs)
+
+    def rss_bytes(self) -> int:
+        """RSS of every worker process and all their children (pools fork)."""
+        total = 0
+        for p in self.procs:
+            try:
+                parent = psutil.Process(p.pid)
+                total += parent.memory_info().rss
+                total += sum(c.memory_info().rss for c in parent.children(recursive=True))
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+    def tail(self) -> str:
+        texts = [_tail(f.read_text(errors="replace")) for f in sorted(self.logs.glob("*.log"))]
+        return " | ".join(t for t in texts if t) or "no worker output"
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.time() + 10
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def _tail(text: str, lines: int = 3) -> str:
+    return " / ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+
+def adapter(spec: PeerSpec) -> PeerModule:
+    module: PeerModule = importlib.import_module(f"benchmarks.peers.{spec.module}")  # type: ignore[assignment, unused-ignore]
+    return module
+
+
+def _backlog(spec: PeerSpec, url: str) -> int:
+    return adapter(spec).backlog(url)
+
+
+# -- scenarios -------------------------------------------------------------------------------------------
+def drain_once(
+    bench: Bench, spec: PeerSpec, n: int, processes: int, *, variant: str | None = None
+) -> dict[str, Any]:
+    """Enqueue ``n`` no-op jobs, start the workers, time until all are done."""
+    bench.reset()
+    bench.agent(spec, "bulk", str(n))
+    calls_before = bench.commands()
+    with bench.workers(spec, processes, variant=variant) as workers:
+        drained_at = bench.wait_done(n, workers)
+        first, last = bench.done_times()
+    calls = bench.commands() - calls_before
+    return {
+        "jobs": n,
+        "loadavg_1m": os.getloadavg()[0],
+        "jobs_per_s": (n - 1) / (last - first) if last > first else None,
+        "wall_s": drained_at - workers.started,
+        "startup_s": first - workers.started,
+        "redis_calls_per_job": calls / n,
+    }
+
+
+def scenario_throughput(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for processes in (1, 2):
+        if spec.name in ("celery-threads",) and processes > 1:
+            continue
+        n = max(100, int(bench.settings.jobs * spec.jobs_scale))
+        samples = [drain_once(bench, spec, n, processes) for _ in range(bench.settings.reps)]
+        out[f"processes_{processes}"] = {
+            "samples": samples,
+            "median_jobs_per_s": stats.median([s["jobs_per_s"] for s in samples if s["jobs_per_s"]]),
+        }
+    return out
+
+
+def scenario_enqueue(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
+    samples = []
+    for _ in range(bench.settings.reps):
+        bench.reset()
+        got = bench.agent(spec, "bulk", str(bench.settings.enqueue_jobs))
+        samples.append({**got, "jobs_per_s": got["n"] / got["seconds"]})
+    return {"samples": samples, "median_jobs_per_s": stats.median([s["jobs_per_s"] for s in samples])}
+
+
+def scenario_latency(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
+    s = bench.settings
+    samples = []
+    for _ in range(s.reps):
+        bench.reset()
+        with bench.workers(spec, 1, env={"BENCH_RECORD": "1"}) as workers:
+            warm = 20
+            bench.agent(spec, "bulk", str(warm))
+            bench.wait_done(warm, workers)
+            time.sleep(probe.FLUSH_INTERVAL_S * 3)
+            bench.probe.delete(probe.WAITS_KEY, probe.STARTS_KEY)
+            sent = bench.agent(spec, "paced", str(s.latency_rate), str(s.latency_s))
+            bench.wait_done(warm + int(sent["n"]), workers)
+            waits = bench.floats(probe.WAITS_KEY)
+        if not waits:
+            raise PeerFailed("no job recorded its wait")
+        samples.append(
+            {
+                "offered_per_s": s.latency_rate,
+                "producer_max_behind_s": sent["max_behind_s"],
+                "jobs": len(waits),
+                "p50_ms": stats.percentile(waits, 50) * 1000,
+                "p99_ms": stats.percentile(waits, 99) * 1000,
+                "max_ms": waits[-1] * 1000,
+                # A thinned CDF for the notebook: every 1/200th of the sorted waits.
+                "cdf_ms": [waits[min(len(waits) - 1, i * len(waits) // 200)] * 1000 for i in range(201)],
+            }
+        )
+    return {
+        "samples": samples,
+        "median_p50_ms": stats.median([x["p50_ms"] for x in samples]),
+        "median_p99_ms": stats.median([x["p99_ms"] for x in samples]),
+        "median_max_ms": stats.median([x["max_ms"] for x in samples]),
+    }
+
+
+def scenario_rate_limit(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
+    s = bench.settings
+    n = int(LIMIT * s.limit_s)
+    samples: list[dict[str, Any]] = []
+    for _ in range(s.reps):
+        bench.reset()
+        bench.agent(spec, "bulk", str(n))
+        calls_before = bench.commands()
+        with bench.workers(spec, LIMIT_PROCESSES, env={"BENCH_RECORD": "1"}) as workers:
+            bench.wait_done(n, workers)
+            starts = bench.floats(probe.STARTS_KEY)
+        calls = bench.commands() - calls_before
+        rate = stats.steady_rate(starts)
+        origin = starts[0] if starts else 0.0
+        samples.append(
+            {
+                "jobs": n,
+                "max_starts_in_any_1s": stats.max_in_window(starts, 1.0),
+                "achieved_per_s": rate,
+                "utilization": rate / LIMIT,
+                "redis_calls_per_job": calls / n,
+                "starts_per_100ms": stats.per_interval(starts, origin, 0.1),
+            }
+        )
+    return {
+        "limit_per_s": LIMIT,
+        "processes": LIMIT_PROCESSES,
+        "samples": samples,
+        "median_max_starts_in_any_1s": stats.median([x["max_starts_in_any_1s"] for x in samples]),
+        "median_utilization": stats.median([x["utilization"] for x in samples]),
+        "median_redis_calls_per_job": stats.median([x["redis_calls_per_job"] for x in samples]),
+    }
+
+
+def scenario_memory(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
+    s = bench.settings
+    n = s.memory_jobs
+    bench.reset()
+    bench.agent(spec, "bulk", str(n), timeout_s=1800)
+    series: list[tuple[float, int, int]] = []
+    env = {"BENCH_DELAY_MS": str(s.memory_job_ms)}
+    with bench.workers(spec, 1, env=env) as workers:
+
+        def sample() -> None:
+            series.append((time.time() - workers.started, workers.rss_bytes(), bench.done()))
+
+        timeout_s = max(s.drain_timeout_s, n * s.memory_job_ms / 1000)
+        bench.wait_done(n, workers, timeout_s=timeout_s, sample=sample, sample_every_s=0.5)
+        sample()
+    # Growth counts from the first sample after the first job finished: imports and pools are set up by then.
+    working = [rss for _, rss, done in series if done > 0] or [rss for _, rss, _ in series]
+    return {
+        "jobs": n,
+        "job_ms": s.memory_job_ms,
+        "series": [{"t_s": t, "rss_mb": rss / 2**20, "done": d} for t, rss, d in series],
+        "rss_start_mb": working[0] / 2**20,
+        "rss_max_mb": max(working) / 2**20,
+        "rss_growth_mb": (max(working) - working[0]) / 2**20,
+    }
+
+
+def scenario_slow_downstream(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
+    s = bench.settings
+    # Enough backlog that neither phase can drain it, whichever queue runs it.
+    n = 200_000 if not s.quick else 40_000
+    bench.reset()
+    bench.agent(spec, "bulk", str(n), timeout_s=1800)
+    bench.probe.set(probe.DELAY_KEY, 5)
+    module = adapter(spec)
+    own_in_flight = getattr(module, "in_flight", None)
+    series: list[dict[str, Any]] = []
+    with bench.workers(spec, 1) as workers:
+
+        def sample() -> None:
+            done = bench.done()
+            row: dict[str, Any] = {
+                "t_s": time.time() - workers.started,
+                "done": done,
+                "in_flight": n - module.backlog(bench.url) - done,
+                "rss_mb": workers.rss_bytes() / 2**20,
+                "delay_ms": int(bench.probe.get(probe.DELAY_KEY) or 0),  # type: ignore[arg-type]
+            }
+            if own_in_flight is not None:
+                row["in_flight_own_stats"] = own_in_flight(bench.url)
+            series.append(row)
+
+        end = time.time() + s.slow_phase_s
+        while time.time() < end:
+            sample()
+            time.sleep(0.25)
+        bench.probe.set(probe.DELAY_KEY, 200)
+        end = time.time() + s.slow_phase_s
+        while time.time() < end:
+            sample()
+            time.sleep(0.25)
+
+    def phase_rate(delay: int) -> float | None:
+        rows = [r for r in series if r["delay_ms"] == delay and r["done"] > 0]
+        if len(rows) < 2 or rows[-1]["t_s"] <= rows[0]["t_s"]:
+            return None
+        return float((rows[-1]["done"] - rows[0]["done"]) / (rows[-1]["t_s"] - rows[0]["t_s"]))
+
+    return {
+        "series": series,
+        "jobs_per_s_at_5ms": phase_rate(5),
+        "jobs_per_s_at_200ms": phase_rate(200),
+        "max_in_flight": max((r["in_flight"] for r in series), default=None),
+        "rss_max_mb": max((r["rss_mb"] for r in series), default=None),
+    }
+
+
+def scenario_batching(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for size in (1, 10, 100):
+        samples = [
+            drain_once(bench, spec, bench.settings.batch_jobs, 1, variant=f"batch:{size}")
+            for _ in range(bench.settings.reps)
+        ]
+        out[f"batch_{size}"] = {
+            "samples": samples,
+            "median_jobs_per_s": stats.median([x["jobs_per_s"] for x in samples if x["jobs_per_s"]]),
+            "median_redis_calls_per_job": stats.median([x["redis_calls_per_job"] for x in samples]),
+        }
+    return out
+
+
+def redis_ceiling(bench: Bench, quick: bool) -> dict[str, Any]:
+    """redis-benchmark for the commands flume_rx's hot path uses, unpipelined and pipelined by 16."""
+    bench.reset()
+    conn = bench.client.connection_pool.connection_kwargs
+    host, port = str(conn.get("host", "127.0.0.1")), str(conn.get("port"))
+    bench.client.rpush("bench:rot", *range(1000))
+    sha = str(bench.client.script_load("return redis.call('LLEN', KEYS[1])"))
+    tests: dict[str, list[str]] = {
+        "LPUSH": ["lpush", "bench:l", "x"],
+        "RPOPLPUSH": ["rpoplpush", "bench:rot", "bench:rot"],
+        "LMOVE": ["lmove", "bench:rot", "bench:rot", "RIGHT", "LEFT"],
+        "EVALSHA": ["evalsha", sha, "1", "bench:rot"],
+        "ZADD": ["zadd", "bench:z", "__rand_int__", "m:__rand_int__"],
+    }
+    requests = 50_000 if quick else 300_000
+    out: dict[str, Any] = {}
+    for pipeline in (1, 16):
+        for name, cmd in tests.items():
+            done = subprocess.run(
+                ["redis-benchmark", "-h", host, "-p", port, "-n", str(requests), "-P", str(pipeline),
+                 "-r", "100000", "-q", "--csv", *cmd],
+                capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            rps = None
+            for line in done.stdout.splitlines():
+                cells = [c.strip('"') for c in line.split(",")]
+                if len(cells) >= 2 and cells[0] != "test":
+                    with contextlib.suppress(ValueError):
+                        rps = float(cells[1])
+            out[f"{name}_P{pipeline}"] = {"ops_per_s": rps, "command": " ".join(cmd)}
+    return {"clients": 50, "requests": requests, "results": out}
+
+
+SCENARIO_FUNCS: dict[str, Callable[[Bench, PeerSpec], dict[str, Any]]] = {
+    "throughput": scenario_throughput,
+    "enqueue": scenario_enqueue,
+    "latency": scenario_latency,
+    "rate_limit": scenario_rate_limit,
+    "memory": scenario_memory,
+    "slow_downstream": scenario_slow_downstream,
+    "batching": scenario_batching,
+}
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+def machine_info(url: str) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    server: dict[str, Any] = redis.Redis.from_url(url).info("server")  # type: ignore[assignment]
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "redis_server": server.get("redis_version"),
+    }
+
+
+def package_versions() -> dict[str, str]:
+    names = {"redis", "hiredis", "reactivex", "msgpack", "psutil"}
+    for spec in PEERS:
+        names.update(spec.dists)
+    out = {}
+    for name in sorted(names):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """The ratios the project quotes: flume_rx / best peer and flume_rx / Redis ceiling."""
+    summary: dict[str, Any] = {}
+    tp = results["scenarios"].get("throughput", {})
+
+    def rate(name: str, key: str = "processes_1") -> float | None:
+        entry = tp.get(name, {})
+        if entry.get("status") != "ok":
+            return None
+        value = entry["result"].get(key, {}).get("median_jobs_per_s")
+        return float(value) if value else None
+
+    peers = {name: rate(name) for name in tp if name != "flume_rx"}
+    ranked = sorted(((v, k) for k, v in peers.items() if v), reverse=True)
+    summary["throughput_1_process_jobs_per_s"] = {k: v for k, v in peers.items()} | {
+        "flume_rx": rate("flume_rx")
+    }
+    if ranked:
+        summary["best_peer"] = {"name": ranked[0][1], "jobs_per_s": ranked[0][0]}
+    flume = rate("flume_rx")
+    if flume and ranked:
+        summary["flume_vs_best_peer"] = flume / ranked[0][0]
+    ceiling = results["scenarios"].get("redis_ceiling", {})
+    if flume and ceiling.get("status") == "ok":
+        summary["flume_vs_redis_ceiling"] = {
+            name: flume / r["ops_per_s"] for name, r in ceiling["result"]["results"].items() if r["ops_per_s"]
+        }
+    return summary
+
+
+def run(
+    *,
+    quick: bool,
+    only: Sequence[str] = (),
+    peers: Sequence[str] = (),
+    out: Path | None = None,
+    jobs: int | None = None,
+    reps: int | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Run the suite and write its JSON; returns the file's path."""
+    settings = Settings.for_mode(quick)
+    if jobs:
+        settings.jobs = jobs
+    if reps:
+        settings.reps = reps
+    wanted = [s for s in SCENARIOS if not only or s in only]
+    unknown = set(only) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {sorted(unknown)}; pick from {', '.join(SCENARIOS)}")
+    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": quick}
+    began = time.time()
+    with private_redis() as url, private_redis() as probe_url:
+        bench = Bench(url, probe_url, settings, log)
+        results["machine"] = machine_info(url)
+        results["versions"] = package_versions()
+        results["configuration"] = {
+            "settings": dataclasses.asdict(settings),
+            "peers": {p.name: {"variant": p.variant, **p.config} for p in PEERS},
+        }
+        results["scenarios"] = {}
+        checked: dict[str, str | None] = {}
+        for scenario in wanted:
+            if scenario == "redis_ceiling":
+                log("redis_ceiling ...")
+                try:
+                    results["scenarios"][scenario] = {"status": "ok", "result": redis_ceiling(bench, quick)}
+                except (OSError, subprocess.SubprocessError) as exc:
+                    results["scenarios"][scenario] = {"status": "failed", "error": str(exc)}
+                continue
+            per_peer: dict[str, Any] = {}
+            for spec in PEERS:
+                if scenario not in spec.scenarios or (peers and spec.name not in peers):
+                    continue
+                if scenario == "memory" and spec.name not in settings.memory_peers and not peers:
+                    continue
+                if scenario == "slow_downstream" and spec.name not in settings.slow_peers and not peers:
+                    continue
+                if spec.name not in checked:
+                    try:
+                        bench.agent(spec, "check", timeout_s=120)
+                        checked[spec.name] = None
+                    except PeerFailed as exc:
+                        checked[spec.name] = str(exc)
+                if checked[spec.name] is not None:
+                    per_peer[spec.name] = {"status": "failed", "error": checked[spec.name]}
+                    continue
+                log(f"{scenario} / {spec.name} ...")
+                t0 = time.time()
+                try:
+                    per_peer[spec.name] = {"status": "ok", "result": SCENARIO_FUNCS[scenario](bench, spec)}
+                except (PeerFailed, redis.RedisError, OSError, ValueError, KeyError) as exc:
+                    per_peer[spec.name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                per_peer[spec.name]["seconds"] = round(time.time() - t0, 1)
+                log(f"    {_brief(scenario, per_peer[spec.name])}")
+            results["scenarios"][scenario] = per_peer
+    results["seconds"] = round(time.time() - began, 1)
+    results["summary"] = summarize(results)
+    path = out or RESULTS_DIR / f"{'quick' if quick else 'full'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    log(f"wrote {path} in {results['seconds']} s")
+    return path
+
+
+def _brief(scenario: str, entry: dict[str, Any]) -> str:
+    if entry["status"] != "ok":
+        return f"FAILED: {entry['error'][:300]}"
+    r = entry["result"]
+    if scenario == "throughput":
+        return ", ".join(f"{k}: {v['median_jobs_per_s'] or 0:,.0f} jobs/s" for k, v in r.items())
+    if scenario == "enqueue":
+        return f"{r['median_jobs_per_s']:,.0f} jobs/s"
+    if scenario == "latency":
+        return f"p50 {r['median_p50_ms']:.2f}, p99 {r['median_p99_ms']:.2f}, max {r['median_max_ms']:.1f} ms"
+    if scenario == "rate_limit":
+        return (
+            f"max/1s {r['median_max_starts_in_any_1s']}, utilization {r['median_utilization']:.1%}, "
+            f"{r['median_redis_calls_per_job']:.2f} calls/job"
+        )
+    if scenario == "memory":
+        return f"RSS {r['rss_start_mb']:.0f} -> max {r['rss_max_mb']:.0f} MB (+{r['rss_growth_mb']:.1f} MB)"
+    if scenario == "slow_downstream":
+        return (
+            f"{r['jobs_per_s_at_5ms'] or 0:,.0f} -> {r['jobs_per_s_at_200ms'] or 0:,.0f} jobs/s, "
+            f"max in flight {r['max_in_flight']}, max RSS {r['rss_max_mb']:.0f} MB"
+        )
+    if scenario == "batching":
+        return ", ".join(
+            f"{k}: {v['median_jobs_per_s'] or 0:,.0f} jobs/s {v['median_redis_calls_per_job']:.2f} calls/job"
+            for k, v in r.items()
+        )
+    return "ok"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmd = sub.add_parser("run", help="run the suite and write one JSON file to benchmarks/results/")
+    cmd.add_argument("--quick", action="store_true", help="small job counts, one repetition (< 3 min)")
+    cmd.add_argument("--only", action="append", default=[], metavar="NAME",
+                     help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}")  # fmt: skip
+    cmd.add_argument(
+        "--peer", action="append", default=[], metavar="NAME", help="run only this peer (repeatable)"
+    )
+    cmd.add_argument("--out", type=Path, help="where to write the JSON")
+    cmd.add_argument("--jobs", type=int, help="jobs per throughput drain (overrides the mode's default)")
+    cmd.add_argument("--reps", type=int, help="repetitions (overrides the mode's default)")
+    args = parser.parse_args(argv)
+    only = [name for item in args.only for name in item.split(",")]
+    peers = [name for item in args.peer for name in item.split(",")]
+    run(quick=args.quick, only=only, peers=peers, out=args.out, jobs=args.jobs, reps=args.reps)
+    return 0
