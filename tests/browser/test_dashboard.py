@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright's Python client).
 
-The page must load with no network but 127.0.0.1, show a queue this test fills, list a dead job with its error,
-and, with ``--allow-actions``, retry it from a button so that it is back on its queue. Without the flag the
+The page must load with no network but 127.0.0.1, show a queue this test fills, list a dead job with its
+error and, with ``--allow-actions``, retry it from a button so that it is back on its queue. Without the flag the
 page has no buttons and the server refuses actions with 403.
 
 Set FLUME_SCREENSHOTS=<dir> to save ``dashboard.png`` there (docs/screenshots/ is made that way).
@@ -200,8 +200,9 @@ def test_read_only_by_default_no_buttons_and_actions_refused(
     expect(dead_row).to_contain_text("mailbox 13")
     expect(page.locator("button")).to_have_count(0)
     status = page.evaluate(
-        """async ([queue, id]) => (await fetch('/api/retry', {method: 'POST',
-            headers: {'Content-Type': 'application/json'}, body: JSON.stringify({queue, job_ids: [id]})})).status""",
+        """async ([queue, id]) => (await fetch('/api/retry', {
+            method: 'POST', headers: {'Content-Type': 'application/json'},
+            body: JSON.stringify({queue, job_ids: [id]})})).status""",
         [QUEUE, dead_id],
     )
     assert status == 403
