@@ -1,8 +1,8 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright's Python client).
 
 The page must load with no network but 127.0.0.1, show a queue this test fills, list a dead job with its
-error and, with ``--allow-actions``, retry it from a button so that it is back on its queue. Without the flag the
-page has no buttons and the server refuses actions with 403.
+error and, with ``--allow-actions``, retry it from a button so that it is back on its queue. Without the
+flag the page has no buttons and the server refuses actions with 403.
 
 Set FLUME_SCREENSHOTS=<dir> to save ``dashboard.png`` there (docs/screenshots/ is made that way).
 """
