@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     dashboard.add_argument("--allow-actions", action="store_true", help="enable the retry and delete buttons")
 
+    schedules = with_config(commands.add_parser("schedules", help="the cron schedules and their next runs"))
+    schedules.add_argument("--json", action="store_true", help="print JSON for scripts")
+
     dead = commands.add_parser("dead", help="list, retry or purge dead letters")
     dead_actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action in ("list", "retry", "purge"):
@@ -134,6 +137,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             burst=args.burst,
             metrics_port=args.metrics_port,
         )
+    if args.command == "schedules":
+        from flume_rx.schedules import print_schedules
+
+        return print_schedules(config, as_json=args.json)
     if args.command == "dashboard":
         from flume_rx.dashboard import serve
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from flume_rx.codec import DEFAULT_MAX_PAYLOAD_BYTES
 from flume_rx.errors import ConfigError
+from flume_rx.schedules import ScheduleConfig, parse_schedules
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -73,6 +74,7 @@ class FlumeConfig:
     dead_max: int = 10_000
     dead_ttl_s: float = 7 * 24 * 3600.0
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    schedules: tuple[ScheduleConfig, ...] = ()
 
     def pipeline(self, name: str) -> PipelineConfig:
         for pipeline in self.pipelines:
@@ -91,6 +93,7 @@ _TOP_KEYS = {
     "shutdown_timeout",
     "dead_letters",
     "max_payload_bytes",
+    "schedules",
 }
 
 
@@ -144,6 +147,7 @@ def parse(raw: Mapping[str, Any]) -> FlumeConfig:
         dead_max=_positive_int(dead, "max", "dead_letters.", default=10_000),
         dead_ttl_s=_ms(dead, "ttl", "dead_letters.", default=7 * 24 * 3600 * 1000),
         max_payload_bytes=_positive_int(raw, "max_payload_bytes", "", default=DEFAULT_MAX_PAYLOAD_BYTES),
+        schedules=parse_schedules(raw.get("schedules", {})),
     )
 
 

@@ -31,6 +31,7 @@ from flume_rx import operators as fo
 from flume_rx.config import FlumeConfig, PipelineConfig, RateLimiterConfig, load
 from flume_rx.errors import ConfigError, StoreError
 from flume_rx.pipeline import OUTAGE_LOG, JobSource, Settler, assemble
+from flume_rx.schedules import CronTicker
 from flume_rx.store import RedisStore, RedisTokenWindow, SyncStore
 from flume_rx.telemetry import Telemetry
 
@@ -143,6 +144,11 @@ class WorkerRuntime:
                 loop.create_task(self._recover_forever(store, queues)),
                 loop.create_task(self._tick_forever()),
             ]
+            if config.schedules:
+                ticker = CronTicker(
+                    store, config.schedules, telemetry=self.telemetry, max_payload_bytes=config.max_payload_bytes
+                )
+                tasks.append(loop.create_task(ticker.run()))
             waiters = [loop.create_task(self._stop_event.wait())]
             if self.burst:
                 waiters += [loop.create_task(r.completed.wait()) for r in self.running]

@@ -88,6 +88,14 @@ class QueueKeys:
         """The claim of a unique job key on this queue (its value is the holder's job id)."""
         return f"{self.tag}:unique:{key}"
 
+    def cron_tick(self, schedule: str, tick_ms: int) -> str:
+        """The claim of one tick of a cron schedule that enqueues to this queue."""
+        return f"{self.tag}:cron:{schedule}:{tick_ms}"
+
+    def cron_last(self, schedule: str) -> str:
+        """The last tick (unix ms) a cron schedule decided, enqueued or skipped."""
+        return f"{self.tag}:cron:{schedule}:last"
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
@@ -156,6 +164,7 @@ SCRIPTS = (
     "take_tokens",
     "penalize",
     "enqueue_unique",
+    "cron_tick",
 )
 
 
@@ -327,6 +336,28 @@ def _ops_enqueue_unique(
     return [
         _Cmd(("SADD", keys.queues, queue)),
         _Eval("enqueue_unique", (k.queue, k.scheduled, k.unique(unique_key)), args),
+    ]
+
+
+def _ops_cron_tick(
+    keys: Keys,
+    queue: str,
+    schedule: str,
+    tick_ms: int,
+    payload: bytes,
+    *,
+    claim_ttl_ms: int,
+    on_time_ms: int,
+    missed: Literal["run_once", "skip"],
+) -> list[_Op]:
+    k = keys.of(queue)
+    return [
+        _Cmd(("SADD", keys.queues, queue)),
+        _Eval(
+            "cron_tick",
+            (k.queue, k.cron_tick(schedule, tick_ms), k.cron_last(schedule)),
+            (tick_ms, payload, max(1, claim_ttl_ms), max(0, on_time_ms), missed),
+        ),
     ]
 
 
@@ -788,6 +819,34 @@ class RedisStore:
         ops = _ops_enqueue_unique(self.keys, queue, job_id, payload, unique_key, unique_for_ms, due)
         return _parse_unique(await self._run.run(ops))
 
+    async def cron_tick(
+        self,
+        queue: str,
+        schedule: str,
+        tick_ms: int,
+        payload: bytes,
+        *,
+        claim_ttl_ms: int,
+        on_time_ms: int,
+        missed: Literal["run_once", "skip"],
+    ) -> tuple[str, int]:
+        """Decide one tick of a cron schedule once for every process: enqueue ``payload`` or skip it.
+
+        Returns:
+            ``(status, last tick ms)``; status is ``enqueued``, ``skipped``, ``taken`` (another process
+            decided it) or ``old`` (a later tick was decided already).
+        """
+        ops = _ops_cron_tick(
+            self.keys, queue, schedule, tick_ms, payload,
+            claim_ttl_ms=claim_ttl_ms, on_time_ms=on_time_ms, missed=missed,
+        )  # fmt: skip
+        status, last = (await self._run.run(ops))[-1]
+        return _text(status), int(last)
+
+    async def time_ms(self) -> int:
+        """Redis's clock in unix ms (schedules tick by it, not by this host's clock)."""
+        return _redis_ms(await self._run.one(_Cmd(("TIME",))))
+
     # consumer verbs
 
     async def fetch(self, queue: str, consumer: str, n: int, block_s: float) -> list[bytes]:
@@ -1069,6 +1128,11 @@ class SyncStore:
     def schedule_in(self, queue: str, items: Sequence[tuple[bytes, float]]) -> None:
         if items:
             self._run.run(_ops_schedule(self.keys, queue, items, "in"))
+
+    def cron_last(self, queue: str, schedule: str) -> int | None:
+        """The last tick (unix ms) the cron schedule decided, or None if it never ran."""
+        last = self._run.one(_Cmd(("GET", self.keys.of(queue).cron_last(schedule))))
+        return None if last is None else int(last)
 
     def enqueue_unique(
         self, queue: str, job_id: str, payload: bytes, unique_key: str, unique_for_ms: int, due: _Due = None
