@@ -1,0 +1,331 @@
+"""throttle and InProcessWindow: exact virtual-time behaviour and the sliding-window limit as a property."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import reactivex
+from _flowkit import Probe, TimedSource, max_in_window
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reactivex import Observable
+from reactivex import operators as ops
+from reactivex.testing import ReactiveTest, TestScheduler
+
+from operators import Demand, Grant, InProcessWindow, throttle
+
+on_next, on_completed, on_error = ReactiveTest.on_next, ReactiveTest.on_completed, ReactiveTest.on_error
+subscribe = ReactiveTest.subscribe
+
+
+class ScriptedWindow:
+    """A TokenWindow that answers takes from a script of (latency, grant), for the send-time rules."""
+
+    def __init__(self, scheduler: TestScheduler, script: list[tuple[float, Grant]], allowed: int = 5) -> None:
+        self.scheduler = scheduler
+        self.script = list(script)
+        self.takes: list[tuple[float, int, int]] = []
+        self.allowed = allowed
+        self.period_s = 10.0
+
+    def take(self, tokens: int, min_tokens: int) -> Observable[Grant]:
+        self.takes.append((float(self.scheduler.clock), tokens, min_tokens))
+        if not self.script:
+            return reactivex.never()
+        latency, grant = self.script.pop(0)
+        return reactivex.timer(latency, scheduler=self.scheduler).pipe(ops.map(lambda _: grant))
+
+    def penalize(self) -> Observable[float]:
+        return reactivex.just(float(self.allowed))
+
+    def current_rate(self) -> float:
+        return float(self.allowed)
+
+
+def test_items_wait_for_the_grants_ahead_of_them_to_expire() -> None:
+    scheduler = TestScheduler()
+    xs = scheduler.create_hot_observable(
+        on_next(210, "a"), on_next(220, "b"), on_next(230, "c"), on_completed(300)
+    )
+    window = InProcessWindow(2, 50.0, 0.0, clock=scheduler)
+
+    results = scheduler.start(lambda: xs.pipe(throttle(window, scheduler=scheduler)))
+
+    assert results.messages == [on_next(210, "a"), on_next(220, "b"), on_next(260, "c"), on_completed(300)]
+    assert xs.subscriptions == [subscribe(200, 300)]
+
+
+def test_hold_time_extends_how_long_a_grant_counts() -> None:
+    scheduler = TestScheduler()
+    xs = scheduler.create_hot_observable(on_next(210, "a"), on_next(220, "b"), on_next(230, "c"))
+    window = InProcessWindow(2, 50.0, 5.0, clock=scheduler)
+
+    results = scheduler.start(lambda: xs.pipe(throttle(window, scheduler=scheduler)))
+
+    assert results.messages == [on_next(210, "a"), on_next(220, "b"), on_next(265, "c")]
+
+
+def test_completion_waits_for_held_items() -> None:
+    scheduler = TestScheduler()
+    xs = scheduler.create_hot_observable(on_next(210, 1), on_next(211, 2), on_completed(212))
+    window = InProcessWindow(1, 100.0, 0.0, clock=scheduler)
+
+    results = scheduler.start(lambda: xs.pipe(throttle(window, scheduler=scheduler)))
+
+    assert results.messages == [on_next(210, 1), on_next(310, 2), on_completed(310)]
+
+
+def test_costly_items_take_more_tokens_and_are_clamped_to_allowed() -> None:
+    scheduler = TestScheduler()
+    xs = scheduler.create_hot_observable(on_next(210, 2), on_next(210, 9), on_next(210, 1))
+    window = InProcessWindow(3, 100.0, 0.0, clock=scheduler)
+
+    results = scheduler.start(lambda: xs.pipe(throttle(window, cost=lambda x: x, scheduler=scheduler)))
+
+    # 2 fits the first period; 9 is clamped to 3 and needs the whole next one; 1 goes in the one after.
+    assert results.messages == [on_next(210, 2), on_next(310, 9), on_next(410, 1)]
+
+
+def test_tokens_lapse_when_the_grant_arrives_after_its_hold_measured_from_sending() -> None:
+    scheduler = TestScheduler()
+    window = ScriptedWindow(scheduler, [(3.0, Grant(1, 0.0, 2.0)), (0.0, Grant(1, 0.0, 2.0))])
+    events: list[tuple[str, dict[str, Any]]] = []
+    xs = scheduler.create_hot_observable(on_next(210, "a"))
+
+    results = scheduler.start(
+        lambda: xs.pipe(throttle(window, scheduler=scheduler, on_event=lambda *e: events.append(e)))
+    )
+
+    assert results.messages == [on_next(213, "a")]
+    assert [take[0] for take in window.takes] == [210.0, 213.0]
+    assert ("lapsed", {"tokens": 1}) in events
+
+
+def test_a_grant_in_the_future_is_waited_for_and_reported() -> None:
+    scheduler = TestScheduler()
+    window = ScriptedWindow(scheduler, [(0.0, Grant(2, 7.0, 1.0))])
+    events: list[tuple[str, dict[str, Any]]] = []
+    xs = scheduler.create_hot_observable(on_next(210, "a"), on_next(210, "b"))
+
+    results = scheduler.start(
+        lambda: xs.pipe(throttle(window, scheduler=scheduler, on_event=lambda *e: events.append(e)))
+    )
+
+    assert results.messages == [on_next(217, "a"), on_next(217, "b")]
+    assert ("waited", {"tokens": 2, "wait_ms": 7000.0}) in events
+
+
+def test_items_arriving_during_the_hold_use_the_grant_left_over() -> None:
+    scheduler = TestScheduler()
+    window = ScriptedWindow(scheduler, [(0.0, Grant(3, 0.0, 5.0))])
+    xs = scheduler.create_hot_observable(on_next(210, "a"), on_next(213, "b"), on_next(216, "c"))
+
+    results = scheduler.start(lambda: xs.pipe(throttle(window, scheduler=scheduler)), disposed=220)
+
+    # b comes within the hold and uses a spare token; c comes after it and needs a new take (none scripted).
+    assert results.messages == [on_next(210, "a"), on_next(213, "b")]
+    assert [take[0] for take in window.takes] == [210.0, 216.0]
+
+
+def test_an_error_of_the_window_goes_downstream() -> None:
+    scheduler = TestScheduler()
+    failure = ConnectionError("redis is down")
+
+    class Failing(ScriptedWindow):
+        def take(self, tokens: int, min_tokens: int) -> Observable[Grant]:
+            return reactivex.throw(failure)
+
+    xs = scheduler.create_hot_observable(on_next(210, "a"))
+    results = scheduler.start(lambda: xs.pipe(throttle(Failing(scheduler, []), scheduler=scheduler)))
+
+    assert results.messages == [on_error(210, failure)]
+
+
+def test_plain_subscription_works_as_an_ordinary_operator() -> None:
+    # Real time: the default hold leaves room for the microseconds between a take and its use.
+    window = InProcessWindow(1000, 1.0)
+    assert reactivex.from_iterable(range(10)).pipe(throttle(window), ops.to_list()).run() == list(range(10))
+
+
+def test_requests_upstream_only_what_downstream_requested() -> None:
+    scheduler = TestScheduler()
+    source = TimedSource(scheduler, [0.0] * 10)
+    window = InProcessWindow(100, 10.0, 0.0, clock=scheduler)
+    demand = Demand()
+    seen: list[int] = []
+    source.pipe(throttle(window, scheduler=scheduler)).subscribe_with_demand(
+        reactivex.Observer(seen.append), demand, scheduler
+    )
+    demand.request(3)
+    scheduler.advance_to(5.0)
+    assert seen == [0, 1, 2]
+    assert len(source.emitted) == 3
+    demand.request(2)
+    scheduler.advance_to(6.0)
+    assert seen == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"min_tokens": 0}, "min_tokens"), ({"min_tokens": -3}, "-3")],
+)
+def test_throttle_validates_eagerly(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        throttle(InProcessWindow(1, 1.0), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((0, 1.0), {}, "allowed"),
+        ((1, 0.0), {}, "period_s"),
+        ((1, 1.0, -1.0), {}, "hold_s"),
+        ((1, 1.0), {"decrease_factor": 1.5}, "decrease_factor"),
+        ((1, 1.0), {"recover_per_s": -1.0}, "recover_per_s"),
+    ],
+)
+def test_window_validates_eagerly(args: tuple[Any, ...], kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        InProcessWindow(*args, **kwargs)
+
+
+def test_window_reserves_instead_of_refusing() -> None:
+    now = [0.0]
+    window = InProcessWindow(3, 10.0, 1.0, clock=lambda: now[0])
+    assert window.grant(5, 1) == Grant(3, 0.0, 1.0)
+    now[0] = 2.0
+    assert window.grant(2, 2) == Grant(2, 9.0, 1.0)  # the first grant counts until 0 + 1 + 10
+    now[0] = 3.0
+    # Grants never start before an earlier one; 1 token is left at 11.
+    assert window.grant(4, 1) == Grant(1, 8.0, 1.0)
+
+
+def test_adaptive_window_cuts_and_recovers_its_rate() -> None:
+    now = [0.0]
+    window = InProcessWindow(
+        10, 1.0, 0.0, clock=lambda: now[0], adaptive=True, decrease_factor=0.5, recover_per_s=2.0
+    )
+    assert window.penalize().run() == 5.0
+    assert window.penalize().run() == 2.5
+    assert window.grant(10, 1).tokens == 2
+    now[0] = 1.0
+    assert window.current_rate() == pytest.approx(4.5)
+    now[0] = 100.0
+    assert window.current_rate() == 10.0
+    for _ in range(10):
+        window.penalize().run()
+    assert window.current_rate() == 1.0
+
+
+def test_non_adaptive_window_reports_but_keeps_its_rate() -> None:
+    window = InProcessWindow(10, 1.0, clock=lambda: 0.0)
+    assert window.penalize().run() == 10.0
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    allowed=st.integers(1, 8),
+    period=st.integers(1, 30),
+    hold=st.sampled_from([0.0, 0.5, 2.0, 7.0]),
+    takes=st.lists(
+        st.tuples(st.integers(0, 60), st.integers(1, 12), st.integers(1, 12), st.floats(0.0, 1.0)),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_window_never_lets_more_than_allowed_start_in_any_period(
+    allowed: int, period: int, hold: float, takes: list[tuple[int, int, int, float]]
+) -> None:
+    now = [0.0]
+    window = InProcessWindow(allowed, float(period), hold, clock=lambda: now[0])
+    starts: list[tuple[float, int]] = []
+    last_start = 0.0
+    for at, tokens, least, where in sorted(takes):
+        now[0] = float(at)
+        grant = window.grant(tokens, least)
+        assert 1 <= grant.tokens <= min(tokens, allowed)
+        assert grant.tokens >= min(tokens, least, allowed)
+        assert grant.delay_s >= 0
+        start = now[0] + grant.delay_s
+        assert start >= last_start
+        last_start = start
+        # The caller may start anywhere within the hold: the limit must hold wherever it does.
+        starts.append((start + where * hold, grant.tokens))
+    assert max_in_window(starts, float(period)) <= allowed
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    allowed=st.integers(1, 6),
+    period=st.integers(1, 20),
+    hold=st.sampled_from([0.0, 0.5, 1.0, 3.0]),
+    arrivals=st.lists(st.integers(0, 160).map(lambda half_ticks: half_ticks / 2), min_size=1, max_size=25),
+    costs=st.lists(st.integers(1, 8), min_size=25, max_size=25),
+    min_tokens=st.none() | st.integers(1, 4),
+    requests=st.lists(st.tuples(st.integers(0, 120), st.integers(1, 6)), max_size=8),
+    plain=st.booleans(),
+)
+def test_throttle_never_exceeds_the_window_and_keeps_order(
+    allowed: int,
+    period: int,
+    hold: float,
+    arrivals: list[float],
+    costs: list[int],
+    min_tokens: int | None,
+    requests: list[tuple[int, int]],
+    plain: bool,
+) -> None:
+    scheduler = TestScheduler()
+    window = InProcessWindow(allowed, float(period), hold, clock=scheduler)
+    source = TimedSource(scheduler, arrivals)
+    emitted: list[tuple[float, int]] = []
+    probe = Probe("throttle")
+    completed: list[float] = []
+    pipeline = source.pipe(
+        throttle(window, cost=lambda i: costs[i], min_tokens=min_tokens, scheduler=scheduler), probe
+    )
+    observer = reactivex.Observer(
+        lambda i: emitted.append((float(scheduler.clock), i)),
+        lambda e: pytest.fail(f"unexpected error {e!r}"),
+        lambda: completed.append(float(scheduler.clock)),
+    )
+    if plain:
+        pipeline.subscribe(observer, scheduler=scheduler)
+        requested = len(arrivals)
+    else:
+        demand = Demand()
+        pipeline.subscribe_with_demand(observer, demand, scheduler)
+        for at, n in requests:
+            scheduler.schedule_absolute(float(at), lambda _s, _st, n=n: demand.request(n))
+        requested = sum(n for _, n in requests)
+    scheduler.advance_to(100_000.0)
+
+    assert probe.violations == []
+    assert len(source.emitted) <= max(requested, 0) or plain
+    assert [i for _, i in emitted] == list(range(len(emitted)))
+    assert max_in_window([(t, min(costs[i], allowed)) for t, i in emitted], float(period)) <= allowed
+    assert len(emitted) == min(requested, len(arrivals))
+    assert bool(completed) == (len(emitted) == len(arrivals))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    allowed=st.integers(1, 20),
+    period=st.sampled_from([0.5, 1.0, 2.0, 5.0]),
+    hold=st.sampled_from([0.0, 0.01, 0.02, 0.1, 0.5]),
+)
+def test_a_steady_backlog_gets_the_promised_utilization(allowed: int, period: float, hold: float) -> None:
+    scheduler = TestScheduler()
+    window = InProcessWindow(allowed, period, hold, clock=scheduler)
+    times: list[float] = []
+    count = allowed * 20
+    reactivex.from_iterable(range(count)).pipe(throttle(window, scheduler=scheduler)).subscribe(
+        lambda _: times.append(float(scheduler.clock)), scheduler=scheduler
+    )
+    scheduler.advance_to(10_000.0)
+
+    assert len(times) == count
+    rate_per_period = (count - allowed) / (times[-1] - times[0]) * period
+    assert rate_per_period >= period / (period + hold) * allowed * 0.99
+    assert max_in_window([(t, 1) for t in times], period) <= allowed
