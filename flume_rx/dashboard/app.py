@@ -29,8 +29,8 @@ except ImportError:  # pragma: no cover - only without the extra
 
 logger = logging.getLogger("flume_rx.dashboard")
 
-DEAD_SHOWN = 50
-"""Dead letters listed per queue on the page."""
+DEAD_SHOWN = 100
+"""The most dead letters listed per queue in one answer (the page asks for the newest 10)."""
 
 
 def _require_extra() -> None:
@@ -87,7 +87,8 @@ def create_app(config: FlumeConfig, *, allow_actions: bool = False) -> Starlette
 
     def dead(request: Request) -> Response:
         queue = known(request.query_params.get("queue", ""))
-        jobs = [job_row(job) for job in flume.dead_list(queue, DEAD_SHOWN)]
+        limit = min(DEAD_SHOWN, max(1, int(request.query_params.get("limit", "10"))))
+        jobs = [job_row(job) for job in flume.dead_list(queue, limit)]
         return JSONResponse({"queue": queue, "jobs": jobs})
 
     def consumers(request: Request) -> Response:
