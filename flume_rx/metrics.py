@@ -1,8 +1,8 @@
 """Prometheus metrics built from telemetry events (needs the ``metrics`` extra: prometheus-client).
 
-Every metric is fed by a telemetry handler, so a process that exports nothing pays nothing. The names and labels
-are documented in ``docs/operations.md``; they are per process: use the cluster-wide ``stats()`` rates (or sum
-over processes in PromQL) for the whole cluster.
+Every metric is fed by a telemetry handler, so a process that exports nothing pays nothing. The names and
+labels are documented in ``docs/operations.md``; they are per process: use the cluster-wide ``stats()`` rates
+(or sum over processes in PromQL) for the whole cluster.
 
 >>> metrics = PrometheusMetrics(runtime.telemetry)  # doctest: +SKIP
 >>> metrics.serve(9100)  # doctest: +SKIP
@@ -11,7 +11,7 @@ over processes in PromQL) for the whole cluster.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flume_rx.errors import ConfigError
@@ -121,82 +121,92 @@ class PrometheusMetrics:
             f"{p}_batch_size", "Jobs per flushed batch.", ("queue",), buckets=_SIZE_BUCKETS, registry=r
         )
         self.throttle_wait = Histogram(
-            f"{p}_throttle_wait_seconds", "How long a grant made items wait.", ("key",), buckets=_SECONDS_BUCKETS,
-            registry=r,
+            f"{p}_throttle_wait_seconds", "How long a grant made items wait.", ("key",),
+            buckets=_SECONDS_BUCKETS, registry=r,
         )  # fmt: skip
         self.held_for = Histogram(
             f"{p}_backpressure_held_seconds", "How long the source was held back each time.", ("queue",),
             buckets=_SECONDS_BUCKETS, registry=r,
         )  # fmt: skip
 
-        self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
-            "job.enqueued": lambda f: self.enqueued.labels(f["queue"]).inc(f.get("count", 1)),
-            "job.fetched": lambda f: self.fetched.labels(f["queue"]).inc(f.get("count", 1)),
+        self._handlers: dict[str, Callable[[Mapping[str, Any]], None]] = {
+            "job.enqueued": lambda f: self._at(self.enqueued, f["queue"]).inc(f.get("count", 1)),
+            "job.fetched": lambda f: self._at(self.fetched, f["queue"]).inc(f.get("count", 1)),
             "job.started": self._on_started,
             "job.succeeded": self._on_finished(self.succeeded),
             "job.failed": self._on_finished(self.failed),
-            "job.retried": lambda f: self.retried.labels(f["queue"], f.get("worker", "")).inc(),
-            "job.dead": lambda f: self.dead.labels(f["queue"], f.get("worker", "")).inc(),
+            "job.retried": lambda f: self._at(self.retried, f["queue"], f.get("worker", "")).inc(),
+            "job.dead": lambda f: self._at(self.dead, f["queue"], f.get("worker", "")).inc(),
             "job.throttled": self._on_throttled,
             "batch.flushed": self._on_batch,
             "throttle.granted": self._on_granted,
-            "throttle.waited": lambda f: self.waits.labels(f["key"]).inc(),
-            "throttle.lapsed": lambda f: self.lapsed.labels(f["key"]).inc(f.get("tokens", 0)),
+            "throttle.waited": lambda f: self._at(self.waits, f["key"]).inc(),
+            "throttle.lapsed": lambda f: self._at(self.lapsed, f["key"]).inc(f.get("tokens", 0)),
             "throttle.penalized": self._on_penalized,
             "backpressure.engaged": self._on_engaged,
             "backpressure.released": self._on_released,
             "consumer.heartbeat": lambda f: self.heartbeats.inc(),
-            "consumer.recovered": lambda f: self.recovered.labels(f["queue"]).inc(f.get("jobs", 0)),
+            "consumer.recovered": lambda f: self._at(self.recovered, f["queue"]).inc(f.get("jobs", 0)),
         }
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._detach = telemetry.attach("*", self._on_event)
         self._server: Any = None
 
     def _on_event(self, event: Event) -> None:
         handler = self._handlers.get(event.name)
         if handler is not None:
-            handler(dict(event.fields))
+            handler(event.fields)
 
-    def _on_started(self, f: dict[str, Any]) -> None:
-        self.started.labels(f["queue"], f.get("worker", "")).inc()
-        self.running.labels(f["queue"]).inc()
+    def _at(self, metric: Any, *labels: str) -> Any:
+        # metric.labels() validates and takes a lock on every call: several per job at thousands of jobs a
+        # second. The children it returns are stable, so look each one up once.
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def _on_started(self, f: Mapping[str, Any]) -> None:
+        self._at(self.started, f["queue"], f.get("worker", "")).inc()
+        self._at(self.running, f["queue"]).inc()
         if f.get("wait_ms") is not None:
-            self.wait.labels(f["queue"]).observe(max(0.0, f["wait_ms"]) / 1000)
+            self._at(self.wait, f["queue"]).observe(max(0.0, f["wait_ms"]) / 1000)
 
-    def _on_finished(self, counter: Counter) -> Callable[[dict[str, Any]], None]:
-        def handle(f: dict[str, Any]) -> None:
+    def _on_finished(self, counter: Counter) -> Callable[[Mapping[str, Any]], None]:
+        def handle(f: Mapping[str, Any]) -> None:
             worker = f.get("worker", "")
-            counter.labels(f["queue"], worker).inc()
-            self.running.labels(f["queue"]).dec()
-            self.duration.labels(f["queue"], worker).observe(max(0.0, f.get("duration_ms", 0.0)) / 1000)
+            self._at(counter, f["queue"], worker).inc()
+            self._at(self.running, f["queue"]).dec()
+            self._at(self.duration, f["queue"], worker).observe(max(0.0, f.get("duration_ms", 0.0)) / 1000)
 
         return handle
 
-    def _on_throttled(self, f: dict[str, Any]) -> None:
-        self.throttled.labels(f["queue"], f.get("worker", "")).inc()
-        self.running.labels(f["queue"]).dec()
+    def _on_throttled(self, f: Mapping[str, Any]) -> None:
+        self._at(self.throttled, f["queue"], f.get("worker", "")).inc()
+        self._at(self.running, f["queue"]).dec()
 
-    def _on_batch(self, f: dict[str, Any]) -> None:
-        self.batches.labels(f["queue"], f.get("trigger", "")).inc()
-        self.batch_size.labels(f["queue"]).observe(f.get("size", 0))
+    def _on_batch(self, f: Mapping[str, Any]) -> None:
+        self._at(self.batches, f["queue"], f.get("trigger", "")).inc()
+        self._at(self.batch_size, f["queue"]).observe(f.get("size", 0))
 
-    def _on_granted(self, f: dict[str, Any]) -> None:
-        self.grants.labels(f["key"]).inc()
-        self.tokens.labels(f["key"]).inc(f.get("tokens", 0))
-        self.throttle_wait.labels(f["key"]).observe(max(0.0, f.get("wait_ms", 0.0)) / 1000)
+    def _on_granted(self, f: Mapping[str, Any]) -> None:
+        self._at(self.grants, f["key"]).inc()
+        self._at(self.tokens, f["key"]).inc(f.get("tokens", 0))
+        self._at(self.throttle_wait, f["key"]).observe(max(0.0, f.get("wait_ms", 0.0)) / 1000)
         if f.get("rate") is not None:
-            self.rate.labels(f["key"]).set(f["rate"])
+            self._at(self.rate, f["key"]).set(f["rate"])
 
-    def _on_penalized(self, f: dict[str, Any]) -> None:
-        self.penalties.labels(f["key"]).inc()
-        self.rate.labels(f["key"]).set(f["rate"])
+    def _on_penalized(self, f: Mapping[str, Any]) -> None:
+        self._at(self.penalties, f["key"]).inc()
+        self._at(self.rate, f["key"]).set(f["rate"])
 
-    def _on_engaged(self, f: dict[str, Any]) -> None:
-        self.pressure.labels(f["queue"]).inc()
-        self.held.labels(f["queue"]).set(1)
+    def _on_engaged(self, f: Mapping[str, Any]) -> None:
+        self._at(self.pressure, f["queue"]).inc()
+        self._at(self.held, f["queue"]).set(1)
 
-    def _on_released(self, f: dict[str, Any]) -> None:
-        self.held.labels(f["queue"]).set(0)
-        self.held_for.labels(f["queue"]).observe(max(0.0, f.get("held_ms", 0.0)) / 1000)
+    def _on_released(self, f: Mapping[str, Any]) -> None:
+        self._at(self.held, f["queue"]).set(0)
+        self._at(self.held_for, f["queue"]).observe(max(0.0, f.get("held_ms", 0.0)) / 1000)
 
     def text(self) -> bytes:
         """The Prometheus text exposition of every metric, as ``/metrics`` serves it."""
