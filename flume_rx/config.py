@@ -10,7 +10,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from flume_rx.codec import DEFAULT_MAX_PAYLOAD_BYTES
 from flume_rx.errors import ConfigError
@@ -61,6 +61,22 @@ class PipelineConfig:
     batcher: BatcherConfig | None = None
     retry: RetryConfig = field(default_factory=RetryConfig)
     operators: tuple[str, ...] = ()
+    queues: tuple[QueueWeight, ...] = ()
+    """The queues of a multi-queue pipeline (``queues = [{name, weight}]``); empty for one ``queue``."""
+    order: Literal["weighted", "strict"] = "weighted"
+
+    @property
+    def all_queues(self) -> tuple[str, ...]:
+        """Every queue this pipeline fetches from."""
+        return tuple(q.name for q in self.queues) or (self.queue,)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueWeight:
+    """One queue of a multi-queue pipeline and its share of the pipeline's demand."""
+
+    name: str
+    weight: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,16 +167,24 @@ def parse(raw: Mapping[str, Any]) -> FlumeConfig:
     )
 
 
-_PIPELINE_KEYS = {"queue", "max_demand", "processor", "rate_limiter", "batcher", "retry", "operators"}
+_PIPELINE_KEYS = {
+    "queue", "max_demand", "processor", "rate_limiter", "batcher", "retry", "operators", "queues", "order",
+}  # fmt: skip
 
 
 def _pipeline(name: str, table: Any) -> PipelineConfig:
     where = f"pipelines.{name}."
     _table(table, f"pipelines.{name}")
     _reject_unknown(table, _PIPELINE_KEYS, where)
-    queue = _str(table, "queue", where, default=name)
+    queues = _queues(table.get("queues"), where)
+    queue = _str(table, "queue", where, default=queues[0].name if queues else name)
     if not queue or any(c in queue for c in "{}"):
         raise ConfigError(f"{where}queue must be non-empty and without braces (got {queue!r})")
+    if queues and queue not in {q.name for q in queues}:
+        raise ConfigError(f"{where}queue {queue!r} is not in {where}queues; drop queue or list it in queues")
+    order = table.get("order", "weighted")
+    if order not in ("weighted", "strict"):
+        raise ConfigError(f"{where}order must be \"weighted\" or \"strict\" (got {order!r})")
     max_demand = _positive_int(table, "max_demand", where, default=100)
 
     processor_raw = table.get("processor", {})
@@ -251,7 +275,36 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
         batcher=batcher,
         retry=retry,
         operators=tuple(operators),
+        queues=queues,
+        order=order,
     )
+
+
+def _queues(raw: Any, where: str) -> tuple[QueueWeight, ...]:
+    """``queues = [{name, weight}]``: every name in one ``group/`` so one Lua call can fetch from all."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}queues must be a non-empty list like [{{name = \"a/hi\", weight = 10}}]")
+    result: list[QueueWeight] = []
+    for index, entry in enumerate(raw):
+        at = f"{where}queues[{index}]."
+        _table(entry, f"{where}queues[{index}]")
+        _reject_unknown(entry, {"name", "weight"}, at)
+        name = _str(entry, "name", at, default="")
+        if not name or any(c in name for c in "{}"):
+            raise ConfigError(f"{at}name must be a non-empty queue name without braces (got {name!r})")
+        result.append(QueueWeight(name, _positive_int(entry, "weight", at, default=1)))
+    names = [q.name for q in result]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}queues lists a queue twice ({names}); list each once")
+    groups = {n.partition("/")[0] if "/" in n.strip("/") else None for n in names}
+    if len(result) > 1 and (len(groups) != 1 or None in groups):
+        raise ConfigError(
+            f"{where}queues {names} must share one group, named like \"email/urgent\" and \"email/bulk\", so "
+            "their keys share a Redis Cluster slot and one call fetches from all; rename them"
+        )
+    return tuple(result)
 
 
 def _reject_unknown(table: Mapping[str, Any], known: set[str], where: str) -> None:

@@ -31,6 +31,7 @@ from flume_rx import operators as fo
 from flume_rx.config import FlumeConfig, PipelineConfig, RateLimiterConfig, load
 from flume_rx.errors import ConfigError, StoreError
 from flume_rx.pipeline import OUTAGE_LOG, JobSource, Settler, assemble
+from flume_rx.priorities import WeightedSource
 from flume_rx.schedules import CronTicker
 from flume_rx.store import RedisStore, RedisTokenWindow, SyncStore
 from flume_rx.telemetry import Telemetry
@@ -120,7 +121,7 @@ class WorkerRuntime:
             dead_ttl_ms=int(config.dead_ttl_s * 1000),
         )
         sync_store = SyncStore.from_url(config.redis_url, config.namespace)
-        queues = [p.queue for p in config.pipelines]
+        queues = [q for p in config.pipelines for q in p.all_queues]
         stages = sum(p.processor.stages for p in config.pipelines)
         executor = ThreadPoolExecutor(max_workers=stages, thread_name_prefix="flume-stage")
         scheduler = AsyncIOScheduler(loop)
@@ -194,7 +195,16 @@ class WorkerRuntime:
         scheduler: AsyncIOScheduler,
         settler: Settler,
     ) -> _Running:
-        source = JobSource(
+        source_fields: dict[str, Any] = {}
+        source_class = JobSource
+        if config.queues:
+            source_class = WeightedSource
+            source_fields = {
+                "queues": config.all_queues,
+                "weights": tuple(q.weight for q in config.queues),
+                "order": config.order,
+            }
+        source = source_class(
             store=store,
             queue=config.queue,
             consumer=self.consumer,
@@ -205,6 +215,7 @@ class WorkerRuntime:
             block_s=self.block_s,
             max_payload_bytes=self.config.max_payload_bytes,
             burst=self.burst,
+            **source_fields,
         )
         graph = assemble(config, source, executor=executor, scheduler=scheduler)
         return self._subscribe(config, source, graph, scheduler, settler)
@@ -244,10 +255,11 @@ class WorkerRuntime:
             running.subscription.dispose()
         returned = 0
         for running in self.running:
-            try:
-                returned += await store.requeue_all(running.config.queue, self.consumer)
-            except StoreError as exc:
-                logger.warning("could not return in-flight jobs of %r (%s); they come back as orphans", running.config.queue, exc)
+            for queue in running.config.all_queues:
+                try:
+                    returned += await store.requeue_all(queue, self.consumer)
+                except StoreError as exc:
+                    logger.warning("could not return in-flight jobs of %r (%s); they come back as orphans", queue, exc)
         self.telemetry.emit("consumer.left", consumer=self.consumer, returned=handed_back + returned)
         logger.info(
             "consumer %s stopped: %d unstarted job(s) handed back, %d returned after the shutdown timeout",

@@ -66,7 +66,10 @@ RATE_MINUTES = 60
 
 @dataclass(frozen=True, slots=True)
 class QueueKeys:
-    """The keys of one queue; all share the hash tag ``{<ns>:<queue>}``."""
+    """The keys of one queue; all share the hash tag ``{<ns>:<queue>}`` (``{<ns>:<group>}`` for group/name).
+
+    ``tag`` is the prefix of every key of the queue (the hash tag, then ``/name`` for a grouped queue).
+    """
 
     tag: str
     queue: str
@@ -103,6 +106,12 @@ class Keys:
 
     >>> Keys("flume").of("email").queue
     '{flume:email}:queue'
+
+    A queue named ``group/name`` hashes by its group, so the queues of one multi-queue pipeline
+    (``email/urgent``, ``email/bulk``) share a cluster slot and one Lua call can fetch from all of them:
+
+    >>> Keys("flume").of("email/urgent").queue
+    '{flume:email}/urgent:queue'
     """
 
     namespace: str = "flume"
@@ -122,7 +131,9 @@ class Keys:
             ConfigError: the name is empty or holds a brace (it would break the hash tag).
         """
         _check_name(queue, "queue name")
-        tag = f"{{{self.namespace}:{queue}}}"
+        group, _, rest = queue.partition("/")
+        grouped = bool(group and rest)
+        tag = f"{{{self.namespace}:{group}}}/{rest}" if grouped else f"{{{self.namespace}:{queue}}}"
         return QueueKeys(
             tag=tag,
             queue=f"{tag}:queue",
@@ -165,6 +176,7 @@ SCRIPTS = (
     "penalize",
     "enqueue_unique",
     "cron_tick",
+    "fetch_weighted",
 )
 
 
@@ -222,7 +234,7 @@ class Settlement:
     latency_ms: float | None = None
     """Enqueue to settle, sampled into the queue's latency list for p50/p99 (``None``: no sample)."""
     unique: tuple[str, str] | None = None
-    """``(unique_key, job_id)`` of a unique job: an ack or dead releases the key if that job still holds it."""
+    """``(unique_key, job_id)`` of a unique job: ack or dead releases the key if that job still holds it."""
 
 
 class QueueStats(TypedDict):
@@ -359,6 +371,18 @@ def _ops_cron_tick(
             (tick_ms, payload, max(1, claim_ttl_ms), max(0, on_time_ms), missed),
         ),
     ]
+
+
+def _ops_fetch_weighted(
+    keys: Keys, queues: Sequence[str], consumer: str, n: int, quotas: Sequence[int]
+) -> _Eval:
+    if len(quotas) != len(queues):
+        raise ValueError(f"fetch_weighted got {len(queues)} queues but {len(quotas)} quotas; pass one each")
+    flat_keys: list[str] = []
+    for queue in queues:
+        k = keys.of(queue)
+        flat_keys += [k.queue, k.inflight(consumer), k.paused, k.consumers]
+    return _Eval("fetch_weighted", tuple(flat_keys), (consumer, n, *(max(0, int(q)) for q in quotas)))
 
 
 def _parse_unique(reply: Sequence[Any]) -> tuple[bool, str]:
@@ -842,6 +866,29 @@ class RedisStore:
         )  # fmt: skip
         status, last = (await self._run.run(ops))[-1]
         return _text(status), int(last)
+
+    async def fetch_weighted(
+        self, queues: Sequence[str], consumer: str, n: int, quotas: Sequence[int]
+    ) -> list[tuple[str, bytes]]:
+        """Move up to ``n`` payloads from several queues into the consumer's in-flight lists, in one call.
+
+        Each queue first gives up to its quota, then the rest of ``n`` comes from the queues in the order
+        given (see ``fetch_weighted.lua``). The queues must share a cluster slot (``group/name`` names).
+
+        Returns:
+            ``(queue, payload)`` pairs, grouped by queue in the order given; ``[]`` when all are empty or
+            paused (this call never blocks).
+        """
+        if n < 1:
+            raise ValueError(f"fetch n must be >= 1 (got {n})")
+        reply = await self._run.one(_ops_fetch_weighted(self.keys, queues, consumer, n, quotas))
+        counts, payloads = reply[: len(queues)], reply[len(queues) :]
+        out: list[tuple[str, bytes]] = []
+        position = 0
+        for queue, count in zip(queues, counts, strict=True):
+            out += [(queue, bytes(p)) for p in payloads[position : position + int(count)]]
+            position += int(count)
+        return out
 
     async def time_ms(self) -> int:
         """Redis's clock in unix ms (schedules tick by it, not by this host's clock)."""
