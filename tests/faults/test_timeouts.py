@@ -1,0 +1,116 @@
+"""A job that hangs fails into retry (JobTimeout); a worker that blocks the event loop is reported."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from flume_rx import Flume, worker
+from flume_rx import config as config_module
+from flume_rx.registry import unregister
+from flume_rx.runtime import WorkerRuntime
+
+from .harness import QUEUE
+
+
+def _config(redis_url: str, **pipeline: Any) -> config_module.FlumeConfig:
+    table: dict[str, Any] = {"queue": QUEUE, "max_demand": 10, "processor": {"stages": 4}}
+    table.update(pipeline)
+    return config_module.parse(
+        {
+            "redis_url": redis_url,
+            "namespace": "t",
+            "orphan_timeout": 600,  # heartbeats every 200 ms, so the loop-lag check runs often
+            "shutdown_timeout": 1000,
+            "pipelines": {"main": table},
+        }
+    )
+
+
+def _run_until(runtime: WorkerRuntime, until: Any, timeout_s: float = 30.0) -> None:
+    async def main() -> None:
+        task = asyncio.create_task(runtime.run())
+        deadline = time.monotonic() + timeout_s
+        while not until() and time.monotonic() < deadline and not task.done():
+            await asyncio.sleep(0.05)
+        runtime.stop()
+        await asyncio.wait_for(task, timeout_s)
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def names() -> Any:
+    registered: list[str] = []
+    yield registered
+    for name in registered:
+        unregister(name)
+
+
+def test_hanging_jobs_time_out_into_retry_then_dead(redis_url: str, names: list[str]) -> None:
+    attempts: Counter[str] = Counter()
+    release = threading.Event()
+
+    async def hangs_async(tag: str) -> None:
+        attempts[tag] += 1
+        await asyncio.sleep(3600)
+
+    def hangs_in_thread(tag: str) -> None:
+        attempts[tag] += 1
+        release.wait(30)  # a blocking call that never returns in time
+
+    worker("HangsAsync")(hangs_async)
+    worker("HangsSync")(hangs_in_thread)
+    names += ["HangsAsync", "HangsSync"]
+    flume = Flume(redis_url, "t")
+    flume.enqueue(QUEUE, "HangsAsync", ["a"])
+    flume.enqueue(QUEUE, "HangsSync", ["s"])
+    config = _config(
+        redis_url,
+        processor={"stages": 4, "timeout": 150},
+        retry={"max_retries": 1, "backoff_initial": 10, "backoff_max": 20},
+    )
+    try:
+        _run_until(WorkerRuntime(config), lambda: flume.stats([QUEUE])[QUEUE]["dead"] == 2)
+    finally:
+        release.set()
+
+    assert attempts == {"a": 2, "s": 2}  # max_retries = 1: two attempts, each cut short
+    dead = flume.dead_list(QUEUE)
+    assert len(dead) == 2
+    for job in dead:
+        assert job.error is not None and job.error.kind == "JobTimeout", job.error
+        assert job.attempt == 2
+    stats = flume.stats([QUEUE])[QUEUE]
+    assert stats["in_flight"] == 0 and stats["failed"] == 4  # failed counts every failed attempt
+
+
+def test_a_worker_blocking_the_event_loop_is_reported_and_not_taken_for_dead(
+    redis_url: str, names: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    runs: list[int] = []
+
+    async def blocks_the_loop(n: int) -> None:
+        time.sleep(2.0)  # the mistake being reported: blocking work in an async worker
+        runs.append(n)
+
+    worker("BlocksLoop")(blocks_the_loop)
+    names.append("BlocksLoop")
+    flume = Flume(redis_url, "t")
+    flume.enqueue(QUEUE, "BlocksLoop", [1])
+    caplog.set_level(logging.WARNING, logger="flume_rx")
+
+    _run_until(WorkerRuntime(_config(redis_url)), lambda: flume.stats([QUEUE])[QUEUE]["processed"] == 1)
+
+    warnings = [r.getMessage() for r in caplog.records if "event loop has been blocked" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text  # once per stall, not once per heartbeat
+    assert "plain `def`" in warnings[0]
+    # The heartbeat thread kept beating through the stall, so nobody recovered the job and ran it twice.
+    assert runs == [1]
+    assert not [r for r in caplog.records if "recovered" in r.getMessage()]
