@@ -139,11 +139,17 @@ class JobSource:
         )
 
     async def _fetch_async(self, n: int) -> list[Delivery]:
+        reply_lost = False
         while not self.stopping:
             started = time.monotonic()
             try:
+                if reply_lost:
+                    await self._return_unseen()
+                    reply_lost = False
                 payloads = await self.store.fetch(self.queue, self.consumer, n, 0.0 if self.burst else self.block_s)
             except StoreError as exc:
+                # The fetch may have run in Redis although its reply never came (a timeout, a dropped link).
+                reply_lost = True
                 await asyncio.sleep(self._outage.failed(exc))
                 continue
             self._outage.ok()
@@ -158,6 +164,17 @@ class JobSource:
             if deliveries:
                 return deliveries
         return []
+
+    async def _return_unseen(self) -> None:
+        """Give back jobs a fetch with a lost reply moved into our in-flight list.
+
+        No pipeline holds them, and this consumer is alive, so orphan recovery would never return them.
+        """
+        known = {d.payload for d in self.outstanding}
+        unseen = [p for p in await self.store.inflight(self.queue, self.consumer) if p not in known]
+        if unseen:
+            returned = await self.store.requeue_all(self.queue, self.consumer, unseen)
+            logger.warning("returned %d job(s) of a fetch whose reply was lost to %r", returned, self.queue)
 
     async def _decode(self, payloads: Sequence[bytes]) -> list[Delivery]:
         deliveries: list[Delivery] = []
@@ -498,7 +515,13 @@ def assemble(
                 ),
             )
         )
-    if source.window is not None and config.rate_limiter is not None:
+    if config.rate_limiter is not None and config.rate_limiter.key_from is not None:
+        from flume_rx.keyed_throttle import RedisKeyedWindow, key_of, throttle_by_key
+
+        limiter = config.rate_limiter
+        keyed = RedisKeyedWindow(source.store, limiter.key, limiter.allowed, limiter.period_s, limiter.hold_s)
+        stages.append(throttle_by_key(keyed, key=key_of(limiter.key_from), cost=cost_of(limiter.cost)))
+    elif source.window is not None and config.rate_limiter is not None:
         window = source.window
         key = config.rate_limiter.key
 

@@ -154,6 +154,12 @@ class Keys:
         tag = f"{{{self.namespace}:rate:{key}}}"
         return f"{tag}:log", f"{tag}:meta"
 
+    def keyed_rate(self, key: str, sub: str) -> tuple[str, str]:
+        """The ``(log, meta)`` keys of window ``sub`` of the per-key limiter ``key`` (all in one slot)."""
+        _check_name(key, "rate limiter key")
+        tag = f"{{{self.namespace}:rate:{key}}}"
+        return f"{tag}:k:{sub}:log", f"{tag}:k:{sub}:meta"
+
 
 def _check_name(name: str, what: str) -> None:
     if not name or "{" in name or "}" in name:
@@ -177,6 +183,7 @@ SCRIPTS = (
     "enqueue_unique",
     "cron_tick",
     "fetch_weighted",
+    "take_tokens_multi",
 )
 
 
@@ -968,6 +975,11 @@ class RedisStore:
             log.warning("recovered %d job(s) of %d silent consumer(s) on queue %s", moved, len(stale), queue)
         return moved
 
+    async def inflight(self, queue: str, consumer: str) -> list[bytes]:
+        """Every payload in the consumer's in-flight list of ``queue``, newest fetched first."""
+        reply = await self._run.one(_Cmd(("LRANGE", self.keys.of(queue).inflight(consumer), 0, -1)))
+        return [bytes(p) for p in reply]
+
     async def requeue_all(self, queue: str, consumer: str, payloads: Sequence[bytes] | None = None) -> int:
         """Give the consumer's in-flight jobs (all, or only ``payloads``) back to the queue, unspent."""
         return int(await self._run.one(_ops_requeue(self.keys, queue, consumer, payloads)))
@@ -1104,6 +1116,30 @@ class RedisStore:
             repr(float(recover_per_s)),
         )
         return _parse_token_reply(await self._run.one(_Eval("take_tokens", (log_key, meta_key), args)))
+
+    async def take_tokens_multi(
+        self,
+        key: str,
+        wants: Sequence[tuple[str, int, int]],
+        *,
+        allowed: int,
+        period_ms: float,
+        hold_ms: float,
+    ) -> list[tuple[int, int, int]]:
+        """One grant per ``(sub key, want, min_tokens)`` from the windows of per-key limiter ``key``.
+
+        Returns:
+            ``(tokens, delay_us, start_us)`` per entry of ``wants``, in order (see ``take_tokens_multi.lua``).
+        """
+        if not wants:
+            return []
+        flat_keys: list[str] = []
+        args: list[Arg] = [allowed, repr(float(period_ms)), repr(float(hold_ms))]
+        for sub, want, min_tokens in wants:
+            flat_keys += self.keys.keyed_rate(key, sub)
+            args += [max(1, int(want)), max(1, int(min_tokens))]
+        reply = await self._run.one(_Eval("take_tokens_multi", tuple(flat_keys), tuple(args)))
+        return [(int(reply[i]), int(reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)]
 
     async def penalize_window(
         self, key: str, *, allowed: int, period_ms: float, decrease_factor: float, recover_per_s: float

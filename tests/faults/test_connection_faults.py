@@ -1,0 +1,204 @@
+"""Connections killed, Redis paused or asleep: bounded waits, no hang, no double ack, nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from flume_rx import Flume, codec, worker
+from flume_rx import config as config_module
+from flume_rx.embedded import RedisServer
+from flume_rx.errors import StoreError
+from flume_rx.job import Job
+from flume_rx.pipeline import JobSource
+from flume_rx.registry import unregister
+from flume_rx.runtime import WorkerRuntime
+from flume_rx.store import RedisStore, Settlement
+from flume_rx.telemetry import Telemetry
+
+from .harness import QUEUE
+
+INFLIGHT_PREFIX = "{t:jobs}:inflight:"
+
+
+@pytest.fixture(scope="module")
+def debug_server() -> Iterator[RedisServer]:
+    """A server that accepts DEBUG SLEEP (Redis 7 refuses DEBUG unless enabled)."""
+    with RedisServer(extra_args=["--enable-debug-command", "yes"]) as server:
+        yield server
+
+
+@pytest.fixture
+def url(debug_server: RedisServer) -> str:
+    redis.Redis.from_url(debug_server.url).flushall()
+    return debug_server.url
+
+
+def _payloads(n: int) -> list[bytes]:
+    return [codec.encode(Job(id=f"id{i}", queue=QUEUE, worker="W", args=[i])) for i in range(n)]
+
+
+def test_settle_is_idempotent_a_repeated_outcome_moves_nothing(url: str) -> None:
+    """A settle whose reply was lost is sent again; Lua acts only for payloads LREM really removed."""
+
+    async def main() -> None:
+        async with RedisStore.from_url(url, "t") as store:
+            await store.enqueue(QUEUE, _payloads(4))
+            fetched = await store.fetch(QUEUE, "c1", 4, 0.0)
+            outcomes = [
+                Settlement(fetched[0], "ack"),
+                Settlement(fetched[1], "retry", b"retry-copy", 60_000),
+                Settlement(fetched[2], "dead", b"dead-copy"),
+                Settlement(fetched[3], "requeue"),
+            ]
+            assert await store.settle(QUEUE, "c1", outcomes) == 0
+            assert await store.settle(QUEUE, "c1", outcomes) == 4  # all stale the second time
+            stats = (await store.stats([QUEUE]))[QUEUE]
+            assert (stats["processed"], stats["failed"], stats["retry"], stats["dead"]) == (1, 2, 1, 1)
+            assert (stats["queued"], stats["in_flight"], stats["requeued"]) == (1, 0, 1)
+
+    asyncio.run(main())
+
+
+def test_a_fetch_whose_reply_was_lost_gives_its_jobs_back(url: str) -> None:
+    """DEBUG SLEEP outlasts the socket timeout: Redis runs the fetch after the client gave up on it.
+
+    The jobs it moved sit in this consumer's in-flight list although no pipeline holds them; as the
+    consumer is alive, orphan recovery would never return them. The source must hand them back itself.
+    """
+    client = redis.Redis.from_url(url)
+
+    async def main() -> list[int]:
+        async with RedisStore.from_url(url, "t", socket_timeout_s=1.0) as store:
+            await store.enqueue(QUEUE, _payloads(5))
+            source = JobSource(store, QUEUE, "c-lost", max_demand=5, telemetry=Telemetry(), burst=True)
+            sleeper = threading.Thread(
+                target=lambda: redis.Redis.from_url(url).execute_command("DEBUG", "SLEEP", 2.5)
+            )
+            sleeper.start()
+            await asyncio.sleep(0.2)  # the sleep has begun: the next command waits behind it
+            got: list[int] = []
+            while len(got) < 5:
+                batch = await asyncio.wait_for(source._fetch_async(5), 30)
+                if not batch:
+                    break
+                got += [d.job.args[0] for d in batch]
+            sleeper.join()
+            return got
+
+    got = asyncio.run(main())
+    assert sorted(got) == [0, 1, 2, 3, 4]
+    assert client.llen("{t:jobs}:queue") == 0
+
+
+def test_a_blocked_store_call_times_out_instead_of_hanging(url: str) -> None:
+    async def main() -> None:
+        async with RedisStore.from_url(url, "t", socket_timeout_s=1.0) as store:
+            sleeper = threading.Thread(
+                target=lambda: redis.Redis.from_url(url).execute_command("DEBUG", "SLEEP", 3)
+            )
+            sleeper.start()
+            await asyncio.sleep(0.2)
+            with pytest.raises(StoreError, match="cannot reach Redis"):
+                await asyncio.wait_for(store.stats([QUEUE]), 20)
+            sleeper.join()
+            await store.stats([QUEUE])  # and the same store works again afterwards
+
+    asyncio.run(main())
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.runs: Counter[int] = Counter()
+        self.lock = threading.Lock()
+
+    def __call__(self, n: int) -> None:
+        time.sleep(0.001)
+        with self.lock:
+            self.runs[n] += 1
+
+
+@pytest.fixture
+def recorder() -> Iterator[_Recorder]:
+    rec = _Recorder()
+    worker("FaultRecorder")(rec)
+    yield rec
+    unregister("FaultRecorder")
+
+
+def _drain_under(url: str, jobs: int, fault: Any, recorder: _Recorder) -> dict[str, Any]:
+    """Run a worker over ``jobs`` jobs while ``fault(admin_client)`` runs in a thread; returns the stats."""
+    flume = Flume(url, "t")
+    flume.bulk_enqueue(QUEUE, [("FaultRecorder", [i]) for i in range(jobs)])
+    config = config_module.parse(
+        {
+            "redis_url": url,
+            "namespace": "t",
+            "orphan_timeout": 3000,
+            "shutdown_timeout": 2000,
+            "pipelines": {"main": {"queue": QUEUE, "max_demand": 20, "processor": {"stages": 4}}},
+        }
+    )
+    runtime = WorkerRuntime(config, block_s=0.5)
+    admin = redis.Redis.from_url(url)
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: fault(admin, stop), daemon=True)
+
+    async def main() -> None:
+        task = asyncio.create_task(runtime.run())
+        thread.start()
+        deadline = time.monotonic() + 90
+        while len(recorder.runs) < jobs and time.monotonic() < deadline and not task.done():
+            await asyncio.sleep(0.05)
+        stop.set()
+        runtime.stop()
+        await asyncio.wait_for(task, 60)
+
+    asyncio.run(main())
+    thread.join(10)
+    stats = dict(flume.stats([QUEUE])[QUEUE])
+    flume.close()
+    return stats
+
+
+def _check(stats: dict[str, Any], recorder: _Recorder, jobs: int) -> None:
+    assert set(recorder.runs) == set(range(jobs))  # nothing lost
+    assert stats["processed"] == jobs  # each job acked exactly once, however often a reply was lost
+    assert stats["queued"] == 0 and stats["in_flight"] == 0
+
+
+def test_client_kill_mid_drain(url: str, recorder: _Recorder) -> None:
+    def fault(admin: redis.Redis, stop: threading.Event) -> None:
+        for _ in range(8):
+            if stop.wait(0.15):
+                return
+            admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+
+    _check(_drain_under(url, 3000, fault, recorder), recorder, 3000)
+
+
+def test_client_pause_mid_drain(url: str, recorder: _Recorder) -> None:
+    def fault(admin: redis.Redis, stop: threading.Event) -> None:
+        for _ in range(3):
+            if stop.wait(0.2):
+                return
+            admin.execute_command("CLIENT", "PAUSE", 700, "ALL")
+
+    _check(_drain_under(url, 2000, fault, recorder), recorder, 2000)
+
+
+def test_debug_sleep_mid_drain(url: str, recorder: _Recorder) -> None:
+    def fault(admin: redis.Redis, stop: threading.Event) -> None:
+        for _ in range(2):
+            if stop.wait(0.2):
+                return
+            admin.execute_command("DEBUG", "SLEEP", 1.0)
+
+    _check(_drain_under(url, 2000, fault, recorder), recorder, 2000)
