@@ -117,10 +117,14 @@ class PullSource(Flowable[_T]):
             got_batch = False
 
             def on_batch(items: Sequence[_T]) -> None:
-                nonlocal got_batch
+                nonlocal got_batch, done
                 got_batch = True
                 items = list(items)
                 if len(items) > granted:
+                    # Stop before anything else: a failed source must not fetch (move jobs) again, and the
+                    # credits of a batch never emitted go back.
+                    done = True
+                    self.credits.release(granted)
                     observer.on_error(ValueError(f"fetch({granted}) returned {len(items)} items"))
                     return
                 self.credits.release(granted - len(items)) if len(items) < granted else None
@@ -129,6 +133,8 @@ class PullSource(Flowable[_T]):
                     observer.on_next(item)
 
             def on_fetch_error(error: Exception) -> None:
+                nonlocal done
+                done = True
                 self.credits.release(granted) if not got_batch else None
                 observer.on_error(error)
 
@@ -136,8 +142,9 @@ class PullSource(Flowable[_T]):
                 nonlocal fetching, done
                 fetching = False
                 if not got_batch:
-                    self.credits.release(granted)
+                    # done first: releasing wakes pump(), which must not fetch (and strand items) again.
                     done = True
+                    self.credits.release(granted)
                     observer.on_completed()
                     return
                 pump()
@@ -172,7 +179,9 @@ class PullSource(Flowable[_T]):
         return subscription
 
 
-def request_n(fetch: Fetch[_T], max_in_flight: int, *, on_pressure: PressureHook | None = None) -> PullSource[_T]:
+def request_n(
+    fetch: Fetch[_T], max_in_flight: int, *, on_pressure: PressureHook | None = None
+) -> PullSource[_T]:
     """Create a source that emits only what downstream requested, never more than ``max_in_flight`` at once.
 
     Each time downstream demand and free credits allow, ``fetch(n)`` is asked for up to ``n`` items. An item

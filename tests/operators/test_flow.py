@@ -1,0 +1,118 @@
+"""The request-n protocol: Demand, Flowable, lifting plain operators, subscribe_upstream."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import reactivex
+from _flowkit import TimedSource
+from reactivex import abc
+from reactivex import operators as ops
+from reactivex.testing import TestScheduler
+
+from operators import UNBOUNDED, Demand, Flowable, subscribe_upstream
+
+
+def test_demand_counts_requests_and_takes() -> None:
+    demand = Demand(2)
+    calls: list[int] = []
+    listener = demand.on_request(lambda: calls.append(demand.pending))
+    demand.request(3)
+    assert demand.take(4) == 4
+    assert demand.take(4) == 1
+    assert demand.pending == 0
+    listener.dispose()
+    demand.request(1)
+    assert calls == [5]
+
+
+def test_unlimited_demand_grants_everything() -> None:
+    demand = Demand.unlimited()
+    assert demand.unbounded
+    assert demand.pending == UNBOUNDED
+    assert demand.take(10**9) == 10**9
+    demand.request(1)
+    assert demand.pending == UNBOUNDED
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_request_needs_a_positive_count(n: int) -> None:
+    with pytest.raises(ValueError, match=str(n)):
+        Demand().request(n)
+
+
+def test_initial_demand_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="-2"):
+        Demand(-2)
+
+
+def test_concurrent_takes_never_overdraw() -> None:
+    demand = Demand(10_000)
+    taken: list[int] = []
+
+    def worker() -> None:
+        got = 0
+        for _ in range(5_000):
+            got += demand.take(1)
+        taken.append(got)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(taken) == 10_000
+    assert demand.pending == 0
+
+
+def test_a_flowable_emits_only_what_was_requested() -> None:
+    scheduler = TestScheduler()
+    source = TimedSource(scheduler, [0.0] * 5)
+    demand = Demand()
+    seen: list[int] = []
+    source.subscribe_with_demand(reactivex.Observer(seen.append), demand, scheduler)
+    scheduler.advance_to(1.0)
+    assert seen == []
+    demand.request(2)
+    assert seen == [0, 1]
+
+
+def test_a_plain_subscriber_sees_an_unbounded_demand() -> None:
+    scheduler = TestScheduler()
+    source = TimedSource(scheduler, [0.0, 1.0, 2.0])
+    seen: list[int] = []
+    source.subscribe(seen.append, scheduler=scheduler)
+    scheduler.advance_to(5.0)
+    assert seen == [0, 1, 2]
+
+
+def test_plain_operators_in_a_flowable_pipe_pass_demand_through() -> None:
+    scheduler = TestScheduler()
+    source = TimedSource(scheduler, [0.0] * 6)
+    lifted = source.pipe(ops.map(lambda x: x * 10), ops.do_action(lambda _: None))
+    assert isinstance(lifted, Flowable)
+    demand = Demand()
+    seen: list[int] = []
+    lifted.subscribe_with_demand(reactivex.Observer(seen.append), demand, scheduler)
+    demand.request(3)
+    scheduler.advance_to(1.0)
+    assert seen == [0, 10, 20]
+    assert len(source.emitted) == 3
+
+
+def test_subscribe_upstream_subscribes_plain_observables_plainly() -> None:
+    seen: list[int] = []
+    subscribe_upstream(reactivex.of(1, 2, 3), reactivex.Observer(seen.append), Demand(1), None)
+    assert seen == [1, 2, 3]
+
+
+def test_an_exception_while_subscribing_becomes_on_error() -> None:
+    def broken(
+        _observer: abc.ObserverBase[int], _demand: Demand, _scheduler: abc.SchedulerBase | None
+    ) -> abc.DisposableBase:
+        raise RuntimeError("cannot subscribe")
+
+    errors: list[Exception] = []
+    Flowable(broken).subscribe_with_demand(reactivex.Observer(on_error=errors.append), Demand(1))
+    assert [str(e) for e in errors] == ["cannot subscribe"]
