@@ -127,9 +127,10 @@ class Flowable(Observable[_T]):
         except Exception as exc:
             if not auto.fail(exc):
                 raise
-        return auto
+        # AutoDetachObserver can dispose but is not a DisposableBase; hand back a real one.
+        return Disposable(auto.dispose)
 
-    def pipe(self, *operators: Callable[[Any], Any]) -> Any:  # type: ignore[override]
+    def pipe(self, *operators: Callable[[Any], Any]) -> Any:
         """Compose operators left to right, keeping request-n across plain reactivex operators."""
         result: Observable[Any] = self
         for operator in operators:
@@ -159,9 +160,12 @@ def _lift(operator: Callable[[Observable[_T]], Observable[_U]], upstream: Observ
     def subscribe(
         observer: abc.ObserverBase[_U], demand: Demand, scheduler: abc.SchedulerBase | None
     ) -> abc.DisposableBase:
-        pinned: Observable[_T] = Observable(
-            lambda inner, sch=None: subscribe_upstream(upstream, inner, demand, sch or scheduler)
-        )
+        def subscribe_pinned(
+            inner: abc.ObserverBase[_T], sch: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            return subscribe_upstream(upstream, inner, demand, sch or scheduler)
+
+        pinned: Observable[_T] = Observable(subscribe_pinned)
         return operator(pinned).subscribe(observer, scheduler=scheduler)
 
     return Flowable(subscribe)
