@@ -33,6 +33,26 @@ def max_in_window(sorted_times: Sequence[float], window_s: float = 1.0) -> int:
     return best
 
 
+def mean_in_window(sorted_times: Sequence[float], window_s: float = 1.0, step_s: float = 0.01) -> float:
+    """The mean count of timestamps in a window ``[t, t + window_s)`` sliding from the first timestamp until
+    the window ends at the last one, in ``step_s`` steps.
+
+    This is the achieved rate a sliding-window limit allows, whatever the shape of the starts: a limiter that
+    starts its 400 in one burst at the top of each second and one that spreads them both score 400.
+    """
+    if len(sorted_times) < 2:
+        return float(len(sorted_times))
+    first, last = sorted_times[0], sorted_times[-1]
+    if last - first <= window_s:
+        return float(len(sorted_times))
+    steps = int((last - first - window_s) / step_s) + 1
+    total = 0
+    for k in range(steps):
+        start = first + k * step_s
+        total += bisect.bisect_left(sorted_times, start + window_s) - bisect.bisect_left(sorted_times, start)
+    return total / steps
+
+
 def per_interval(sorted_times: Sequence[float], origin: float, step_s: float) -> list[int]:
     """Counts of timestamps in consecutive ``step_s`` intervals from ``origin``."""
     if not sorted_times:

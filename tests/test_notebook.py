@@ -10,6 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from benchmarks import stats
 
 nbformat = pytest.importorskip(
     "nbformat", reason="the notebook test needs the bench extra: pip install -e .[bench]"
@@ -53,3 +57,32 @@ def test_notebook_runs_quick_mode_and_saves_plots(tmp_path: Path, monkeypatch: p
         if any(e["status"] == "ok" for e in results["scenarios"][scenario].values())
     }
     assert expected <= saved
+
+
+# The numbers the notebook plots come from these pure helpers: checked against brute force.
+_times = st.lists(st.floats(min_value=0, max_value=5, allow_nan=False), max_size=60).map(sorted)
+
+
+@given(_times)
+def test_max_in_window_matches_brute_force(times: list[float]) -> None:
+    brute = max((sum(1 for u in times if t <= u < t + 1.0) for t in times), default=0)
+    assert stats.max_in_window(times, 1.0) == brute
+
+
+@given(_times)
+def test_mean_in_window_never_exceeds_the_busiest_window(times: list[float]) -> None:
+    mean = stats.mean_in_window(times, 1.0)
+    assert (
+        0
+        <= mean
+        <= max(stats.max_in_window(times, 1.0), len(times) if times and times[-1] - times[0] <= 1 else 0)
+    )
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert (stats.percentile(values, 50), stats.percentile(values, 99), stats.percentile(values, 100)) == (
+        50,
+        99,
+        100,
+    )

@@ -46,7 +46,9 @@ class PeerSpec:
         scenarios: the scenarios it takes part in.
         variant: passed to the adapter (which actor, which pool).
         config: how it is configured, recorded in the results (the why is in benchmarks/README.md).
-        jobs_scale: the share of the throughput backlog it drains (a fork per job needs a smaller one).
+        jobs_scale: the share of the throughput backlog it drains, for peers under 500 jobs/s, so a run
+            ends in reasonable time; the rate is measured between the first and the last completion.
+        scenario_variants: the variant to use in a given scenario instead of ``variant``.
     """
 
     name: str
@@ -56,18 +58,39 @@ class PeerSpec:
     variant: str = ""
     config: dict[str, object] = field(default_factory=dict)
     jobs_scale: float = 1.0
+    scenario_variants: dict[str, str] = field(default_factory=dict)
 
 
 _GENERIC = frozenset({"throughput", "enqueue", "latency", "slow_downstream", "memory"})
 _FLUME = frozenset({*_GENERIC, "rate_limit", "batching"})
 
 PEERS: tuple[PeerSpec, ...] = (
-    PeerSpec("flume_rx", "flume", ("flume_rx",), _FLUME, "", {"max_demand": 100, "stages": 50}),
-    PeerSpec("rq", "rq_peer", ("rq",), _GENERIC, "simple", {"worker_class": "rq.worker.SimpleWorker"}),
+    PeerSpec(
+        "flume_rx",
+        "flume",
+        ("flume_rx",),
+        _FLUME,
+        "",
+        {
+            "max_demand": 100,
+            "stages": 50,
+            "rate_limiter": "allowed 400, period 1000 ms, hold 20 ms (default)",
+        },
+        scenario_variants={"rate_limit": "rate_limit"},
+    ),
+    PeerSpec(
+        "rq",
+        "rq_peer",
+        ("rq",),
+        _GENERIC,
+        "simple",
+        {"worker_class": "rq.worker.SimpleWorker"},
+        jobs_scale=0.5,
+    ),
     PeerSpec(
         "rq-fork", "rq_peer", ("rq",), frozenset({"throughput"}), "fork", {"worker_class": "rq.Worker"}, 0.1
     ),
-    PeerSpec("arq", "arq_peer", ("arq",), _GENERIC, "", {"max_jobs": 10, "keep_result": 0}),
+    PeerSpec("arq", "arq_peer", ("arq",), _GENERIC, "", {"max_jobs": 10, "keep_result": 0}, jobs_scale=0.2),
     PeerSpec(
         "arq-tuned",
         "arq_peer",
