@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -425,7 +429,12 @@ def test_throttled_destinations_after_a_success_are_reported_failed(
 
 def test_a_bulk_call_failing_whole_fails_only_its_group(stubbed: tuple[SESV2Client, Stubber]) -> None:
     client, stubber = stubbed
-    batch = [[_templated(0, "a")], [_templated(1, "missing")], [_templated(2, "a")], ["not a message"]]
+    batch: list[list[Any]] = [
+        [_templated(0, "a")],
+        [_templated(1, "missing")],
+        [_templated(2, "a")],
+        ["not a message"],
+    ]
     stubber.add_response(
         "send_bulk_email",
         _bulk_ok(2),
@@ -644,7 +653,6 @@ def test_three_worker_processes_send_every_job_through_the_pipeline(
 ) -> None:
     from flume_rx import Flume
     from flume_rx.embedded import RedisServer
-    from flume_rx.runtime import supervise
 
     messages = [_simple(i, recipients=1 + i % 2) for i in range(300)]
     with RedisServer() as redis_server:
@@ -665,7 +673,7 @@ def test_three_worker_processes_send_every_job_through_the_pipeline(
         )
         with Flume(redis_url=redis_server.url, namespace="ses-test") as flume:
             flume.bulk_enqueue("email", [(PIPELINE_WORKER, [m]) for m in messages])
-            assert supervise(str(config), 3, burst=True) == 0
+            _run_worker_cli(config, processes=3)
             stats = flume.stats(["email"])["email"]
     assert stats["queued"] == stats["in_flight"] == stats["dead"] == 0
     assert stats["processed"] == 300
@@ -676,3 +684,29 @@ def test_three_worker_processes_send_every_job_through_the_pipeline(
     points = ses_v1.get_send_statistics()["SendDataPoints"]
     assert sum(p.get("DeliveryAttempts", 0) for p in points) >= sum(ses_cost(m) for m in messages)
     assert sum(p.get("Rejects", 0) for p in points) == 0
+
+
+def _run_worker_cli(config: Path, processes: int, timeout_s: float = 120.0) -> None:
+    """``flume-rx worker --burst`` in its own process group, so a hang is killed whole instead of leaving
+    worker processes that the test process would wait for at exit."""
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+    }
+    command = [sys.executable, "-m", "flume_rx.cli", "worker", "--config", str(config), "--burst"]
+    process = subprocess.Popen(
+        [*command, "--processes", str(processes)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"the worker did not drain the queue within {timeout_s} s:\n{output.decode()[-3000:]}")
+    assert process.returncode == 0, output.decode()[-3000:]
