@@ -30,6 +30,7 @@ class RateLimiterConfig:
     hold_s: float = 0.02
     from_ses: float | None = None
     cost: str | None = None  # "module:function" computing a job's cost from its args
+    key_from: str | None = None  # "module:function" giving the key of a job's own window (per-key limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +202,9 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
         rl = table["rate_limiter"]
         rl_where = f"{where}rate_limiter."
         _table(rl, f"{where}rate_limiter")
-        _reject_unknown(rl, {"allowed", "period", "key", "adaptive", "hold", "from_ses", "cost"}, rl_where)
+        _reject_unknown(
+            rl, {"allowed", "period", "key", "adaptive", "hold", "from_ses", "cost", "key_from"}, rl_where
+        )
         from_ses = rl.get("from_ses")
         if from_ses is not None and (
             isinstance(from_ses, bool) or not isinstance(from_ses, int | float) or not 0 < from_ses <= 1
@@ -219,6 +222,17 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
         cost = rl.get("cost")
         if cost is not None and (not isinstance(cost, str) or ":" not in cost):
             raise ConfigError(f"{rl_where}cost must name a function as \"module:function\" (got {cost!r})")
+        key_from = rl.get("key_from")
+        if key_from is not None:
+            if not isinstance(key_from, str) or ":" not in key_from:
+                raise ConfigError(
+                    f"{rl_where}key_from must name a function as \"module:function\" (got {key_from!r})"
+                )
+            if adaptive or from_ses is not None or "batcher" in table:
+                raise ConfigError(
+                    f"{rl_where}key_from works without adaptive, from_ses and a batcher (a batch can mix "
+                    "keys); drop those or the per-key limit"
+                )
         rate_limiter = RateLimiterConfig(
             allowed=_positive_int(rl, "allowed", rl_where, default=1),
             period_s=_ms(rl, "period", rl_where, default=1000),
@@ -227,6 +241,7 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
             hold_s=_ms(rl, "hold", rl_where, default=20),
             from_ses=None if from_ses is None else float(from_ses),
             cost=cost,
+            key_from=key_from,
         )
 
     batcher = None

@@ -515,12 +515,13 @@ def assemble(
                 ),
             )
         )
-    if config.rate_limiter is not None and config.rate_limiter.key_from is not None:
+    key_from = None if config.rate_limiter is None else config.rate_limiter.key_from
+    if config.rate_limiter is not None and key_from is not None:
         from flume_rx.keyed_throttle import RedisKeyedWindow, key_of, throttle_by_key
 
         limiter = config.rate_limiter
         keyed = RedisKeyedWindow(source.store, limiter.key, limiter.allowed, limiter.period_s, limiter.hold_s)
-        stages.append(throttle_by_key(keyed, key=key_of(limiter.key_from), cost=cost_of(limiter.cost)))
+        stages.append(throttle_by_key(keyed, key=key_of(key_from), cost=cost_of(limiter.cost)))
     elif source.window is not None and config.rate_limiter is not None:
         window = source.window
         key = config.rate_limiter.key

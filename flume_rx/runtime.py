@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -172,7 +173,7 @@ class WorkerRuntime:
 
     async def _window_for(self, store: RedisStore, config: PipelineConfig) -> fo.TokenWindow | None:
         limiter = config.rate_limiter
-        if limiter is None:
+        if limiter is None or limiter.key_from is not None:  # per-key windows are built by assemble
             return None
         allowed = limiter.allowed
         if limiter.from_ses is not None:
@@ -374,7 +375,33 @@ def run_worker_process(config: FlumeConfig, *, burst: bool = False, metrics_port
         await runtime.run()
 
     asyncio.run(main())
+    _exit_if_stages_hang()
     return 0
+
+
+def _exit_if_stages_hang() -> None:
+    """Exit now (code 0) if sync jobs still run after the shutdown gave their jobs back to the queue.
+
+    Python joins a thread pool's threads at exit, so one hung sync job would keep a stopped worker alive
+    forever, past ``shutdown_timeout`` and deaf to SIGTERM.
+    """
+    deadline = time.monotonic() + 0.5
+    stuck = []
+    for thread in threading.enumerate():
+        if thread.name.startswith("flume-stage"):
+            thread.join(max(0.0, deadline - time.monotonic()))  # idle threads leave within milliseconds
+            if thread.is_alive():
+                stuck.append(thread)
+    if stuck:
+        logger.warning(
+            "%d sync job(s) still running after shutdown_timeout; their jobs are back on the queue, exiting "
+            "without waiting for them",
+            len(stuck),
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _child_main(config_path: str, redis_url: str | None, burst: bool, metrics_port: int | None = None) -> None:

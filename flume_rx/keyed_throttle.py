@@ -1,0 +1,286 @@
+"""Per-key rate limits: each key taken from the job (a tenant, a recipient domain) gets its own window.
+
+``rate_limiter.key_from = "myapp.limits:tenant_of"`` names a function called with a job's args that returns
+the key. Every key has its own exact sliding window of ``allowed`` starts per ``period`` (the algorithm of
+DEVELOPERS.md "The token window", with time from Redis), shared by every process. The throttle holds the
+jobs downstream asked for, grouped by key, and asks for the tokens of all waiting keys in one Redis call
+(``take_tokens_multi.lua``), so Redis calls per job stay near one per batch however many keys there are. A
+key that waits for tokens does not hold up the others. Windows of keys that go quiet expire from Redis a
+second after their last grant stops counting.
+
+All windows of one limiter share the hash tag ``{ns:rate:<rate_limiter.key>}`` so one call can reach them on
+Redis Cluster; a very hot limiter therefore lives on one slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from reactivex import Observable, abc
+from reactivex.disposable import CompositeDisposable, Disposable
+
+from flume_rx import operators as fo
+from flume_rx.operators._flow import Demand, Flowable, subscribe_upstream
+from flume_rx.store import RedisStore
+
+logger = logging.getLogger("flume_rx.keyed_throttle")
+
+_T = TypeVar("_T")
+
+MAX_KEYS_PER_TAKE = 1000
+"""Keys asked for in one Redis call: big enough for 1,000 busy tenants, small enough not to stall Redis."""
+
+
+class KeyedWindow(Protocol):
+    """Sliding windows of ``allowed`` starts per ``period_s``, one per key."""
+
+    @property
+    def allowed(self) -> int: ...
+
+    async def take_many(self, wants: Sequence[tuple[str, int, int]]) -> list[fo.Grant]:
+        """One grant per ``(key, tokens, min_tokens)``, in order."""
+        ...
+
+
+class RedisKeyedWindow:
+    """Per-key windows in Redis, all keys of one batch in one call.
+
+    Args:
+        store: the worker's store.
+        name: the limiter's name (its windows' shared hash tag).
+        allowed: starts (or cost units) per key per period.
+        period_s: the sliding period.
+        hold_s: how long a grant may still be used after its start.
+    """
+
+    def __init__(
+        self, store: RedisStore, name: str, allowed: int, period_s: float, hold_s: float = 0.02
+    ) -> None:
+        if allowed < 1:
+            raise ValueError(f"allowed must be >= 1 token per period (got {allowed})")
+        if not period_s > 0:
+            raise ValueError(f"period_s must be a positive number of seconds (got {period_s})")
+        store.keys.rate(name)  # validates the name now
+        self.store = store
+        self.name = name
+        self._allowed = allowed
+        self.period_s = period_s
+        self.hold_s = hold_s
+        self.calls = 0
+        """Redis calls made so far (for benchmarks and telemetry)."""
+
+    @property
+    def allowed(self) -> int:
+        return self._allowed
+
+    async def take_many(self, wants: Sequence[tuple[str, int, int]]) -> list[fo.Grant]:
+        self.calls += 1
+        replies = await self.store.take_tokens_multi(
+            self.name,
+            wants,
+            allowed=self._allowed,
+            period_ms=self.period_s * 1000,
+            hold_ms=self.hold_s * 1000,
+        )
+        return [fo.Grant(tokens, delay_us / 1e6, self.hold_s) for tokens, delay_us, _ in replies]
+
+
+class InProcessKeyedWindow:
+    """Per-key :class:`~flume_rx.operators.InProcessWindow` s in memory (tests, one-process pipelines)."""
+
+    def __init__(self, allowed: int, period_s: float, hold_s: float = 0.02, *, clock: Any = None) -> None:
+        self._allowed = allowed
+        self._make = functools.partial(fo.InProcessWindow, allowed, period_s, hold_s, clock=clock)
+        self._windows: dict[str, fo.InProcessWindow] = {}
+
+    @property
+    def allowed(self) -> int:
+        return self._allowed
+
+    async def take_many(self, wants: Sequence[tuple[str, int, int]]) -> list[fo.Grant]:
+        return [self._windows.setdefault(key, self._make()).grant(n, least) for key, n, least in wants]
+
+
+def throttle_by_key(
+    window: KeyedWindow,
+    *,
+    key: Callable[[_T], str],
+    cost: Callable[[_T], int] = lambda _item: 1,
+) -> Callable[[Observable[_T]], Flowable[_T]]:
+    """Emit items only as the window of their own key allows, asking for all waiting keys in one call.
+
+    Demand-aware: requests from upstream only what downstream has requested. Items of one key keep their
+    order; a key waiting for tokens never holds up another key. Runs on the asyncio loop it is subscribed
+    from (the worker's).
+
+    Args:
+        window: per-key windows, e.g. :class:`RedisKeyedWindow`.
+        key: the key of an item.
+        cost: tokens an item needs, clamped to ``[1, window.allowed]``.
+
+    ::
+
+        source:  a1 a2 a3 b1|         (allowed=2 per 10 ticks per key)
+        result:  a1 a2 b1 ... a3|     a3 waits for a's window; b1 does not wait for a
+    """
+    allowed = window.allowed
+
+    def operator(source: Observable[_T]) -> Flowable[_T]:
+        def subscribe(
+            observer: abc.ObserverBase[_T], demand: Demand, scheduler: abc.SchedulerBase | None
+        ) -> abc.DisposableBase:
+            loop = asyncio.get_running_loop()
+            lock = threading.Lock()
+            upstream = Demand.unlimited() if demand.unbounded else Demand()
+            held: OrderedDict[str, deque[tuple[_T, int]]] = OrderedDict()
+            busy: set[str] = set()  # keys with a grant being used or awaited
+            state = {"held": 0, "taking": False, "done": False, "stopped": False}
+            timers: list[asyncio.TimerHandle] = []
+            tasks: set[asyncio.Task[None]] = set()
+
+            def top_up() -> None:
+                if demand.unbounded:
+                    return
+                with lock:
+                    missing = demand.pending - state["held"] - upstream.pending
+                if missing > 0:
+                    upstream.request(missing)
+
+            def on_next(item: _T) -> None:
+                item_key = str(key(item))
+                item_cost = max(1, min(allowed, int(cost(item))))
+                with lock:
+                    held.setdefault(item_key, deque()).append((item, item_cost))
+                    state["held"] += 1
+                loop.call_soon_threadsafe(pump)
+
+            def pump() -> None:
+                with lock:
+                    if state["taking"] or state["stopped"]:
+                        return
+                    wants: list[tuple[str, int, int]] = []
+                    for item_key, queue in held.items():
+                        if item_key in busy or not queue:
+                            continue
+                        wanted = min(allowed, sum(c for _, c in queue))
+                        wants.append((item_key, wanted, queue[0][1]))
+                        if len(wants) >= MAX_KEYS_PER_TAKE:
+                            break
+                    if not wants:
+                        finish_if_done()
+                        return
+                    state["taking"] = True
+                    busy.update(k for k, _, _ in wants)
+                task = loop.create_task(take(wants))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+            async def take(wants: list[tuple[str, int, int]]) -> None:
+                sent_at = loop.time()
+                try:
+                    grants = await window.take_many(wants)
+                except Exception as exc:
+                    fail(exc)
+                    return
+                for (item_key, _, _), grant in zip(wants, grants, strict=True):
+                    deadline = sent_at + grant.delay_s + grant.hold_s
+                    timers.append(loop.call_later(grant.delay_s, use, item_key, grant.tokens, deadline))
+                with lock:
+                    state["taking"] = False
+                pump()
+
+            def use(item_key: str, tokens: int, deadline: float) -> None:
+                emit: list[_T] = []
+                with lock:
+                    queue = held.get(item_key)
+                    while (
+                        queue and queue[0][1] <= tokens and loop.time() <= deadline and not state["stopped"]
+                    ):
+                        if demand.take(1) < 1:
+                            break
+                        item, item_cost = queue.popleft()
+                        tokens -= item_cost
+                        state["held"] -= 1
+                        emit.append(item)
+                    if queue is not None and not queue:
+                        del held[item_key]
+                    busy.discard(item_key)
+                for item in emit:
+                    observer.on_next(item)
+                pump()
+
+            def finish_if_done() -> None:
+                # Called with the lock held.
+                if state["done"] and not held and not busy and not state["stopped"]:
+                    state["stopped"] = True
+                    loop.call_soon(observer.on_completed)
+
+            def fail(error: Exception) -> None:
+                with lock:
+                    if state["stopped"]:
+                        return
+                    state["stopped"] = True
+                observer.on_error(error)
+
+            def on_completed() -> None:
+                with lock:
+                    state["done"] = True
+                loop.call_soon_threadsafe(pump)
+
+            def cancel() -> None:
+                with lock:
+                    state["stopped"] = True
+                for timer in timers:
+                    timer.cancel()
+                for task in list(tasks):
+                    task.cancel()
+
+            disposables = CompositeDisposable()
+            disposables.add(Disposable(cancel))
+            if not demand.unbounded:
+                disposables.add(demand.on_request(top_up))
+
+            def on_upstream_error(error: Exception) -> None:
+                loop.call_soon_threadsafe(fail, error)
+
+            sink = _Sink(on_next, on_upstream_error, on_completed)
+            disposables.add(subscribe_upstream(source, sink, upstream, scheduler))
+            top_up()
+            return disposables
+
+        return Flowable(subscribe)
+
+    return operator
+
+
+class _Sink(abc.ObserverBase[Any]):
+    def __init__(self, on_next: Callable[[Any], None], on_error: Callable[[Exception], None],
+                 on_completed: Callable[[], None]) -> None:  # fmt: skip
+        self._on_next, self._on_error, self._on_completed = on_next, on_error, on_completed
+
+    def on_next(self, value: Any) -> None:
+        self._on_next(value)
+
+    def on_error(self, error: Exception) -> None:
+        self._on_error(error)
+
+    def on_completed(self) -> None:
+        self._on_completed()
+
+
+def key_of(key_from: str) -> Callable[[Any], str]:
+    """The throttle key of an item (a Delivery) from the function named in ``rate_limiter.key_from``."""
+    from flume_rx.pipeline import load_callable
+
+    fn = load_callable(key_from)
+
+    def item_key(item: Any) -> str:
+        return str(fn(*item.job.args))
+
+    return item_key

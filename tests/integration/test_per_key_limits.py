@@ -1,0 +1,194 @@
+"""Per-key rate limits: one window per key, all waiting keys in one Redis call, quiet keys expire."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import reactivex
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flume_rx import Flume, worker
+from flume_rx import config as config_module
+from flume_rx.errors import ConfigError
+from flume_rx.keyed_throttle import InProcessKeyedWindow, throttle_by_key
+from flume_rx.registry import unregister
+from flume_rx.runtime import WorkerRuntime
+from flume_rx.store import RedisStore
+
+QUEUE = "perkey"
+
+
+def tenant_of(tenant: str, n: int) -> str:
+    """The key function the configs below name: a job's tenant."""
+    return tenant
+
+
+# ---- the Lua windows ------------------------------------------------------------------------------------
+
+
+def test_each_key_has_its_own_window_in_one_call(redis_url: str) -> None:
+    async def main() -> tuple[list[Any], list[Any], int]:
+        async with RedisStore.from_url(redis_url, "t") as store:
+            wants = [("a", 5, 1), ("b", 5, 1), ("c", 1, 1)]
+            first = await store.take_tokens_multi("lim", wants, allowed=2, period_ms=60_000, hold_ms=20)
+            second = await store.take_tokens_multi("lim", wants[:2], allowed=2, period_ms=60_000, hold_ms=20)
+            ttl = int(await store.client.pttl(store.keys.keyed_rate("lim", "a")[0]))
+            return first, second, ttl
+
+    first, second, ttl = asyncio.run(main())
+    assert [(tokens, delay) for tokens, delay, _ in first] == [(2, 0), (2, 0), (1, 0)]
+    # a and b spent their window: the next grant is a reservation one period (+ hold) later.
+    assert all(tokens >= 1 and 59_000_000 < delay <= 60_100_000 for tokens, delay, _ in second)
+    assert 0 < ttl <= 61_100 + 60_000
+
+
+def test_quiet_keys_expire(redis_url: str) -> None:
+    async def main() -> None:
+        async with RedisStore.from_url(redis_url, "t") as store:
+            await store.take_tokens_multi("lim", [("quiet", 1, 1)], allowed=5, period_ms=50, hold_ms=0)
+
+    asyncio.run(main())
+    client = redis.Redis.from_url(redis_url)
+    assert client.exists("{t:rate:lim}:k:quiet:log", "{t:rate:lim}:k:quiet:meta") == 2
+    deadline = time.monotonic() + 5
+    while client.exists("{t:rate:lim}:k:quiet:log") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.exists("{t:rate:lim}:k:quiet:log", "{t:rate:lim}:k:quiet:meta") == 0
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 4)), min_size=5, max_size=40))
+def test_concurrent_takers_never_exceed_allowed_per_key(
+    redis_server: Any, asks: list[tuple[str, int]]
+) -> None:
+    allowed, period_ms, hold_ms = 4, 40, 5
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+
+    async def main() -> list[tuple[str, int, int]]:
+        async with RedisStore.from_url(redis_server.url, "t") as store:
+
+            async def one(batch: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
+                wants = [(key, n, 1) for key, n in batch]
+                replies = await store.take_tokens_multi(
+                    "prop", wants, allowed=allowed, period_ms=period_ms, hold_ms=hold_ms
+                )
+                return [(key, tokens, g) for (key, _), (tokens, _, g) in zip(batch, replies, strict=True)]
+
+            # Several takers at once, each asking for a few keys (a key at most once per call).
+            batches = [dict(asks[i : i + 3]) for i in range(0, len(asks), 3)]
+            results = await asyncio.gather(*(one(list(b.items())) for b in batches))
+            return [grant for result in results for grant in result]
+
+    grants: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for key, tokens, g in asyncio.run(main()):
+        grants[key].append((g, tokens))
+    span_us = (period_ms + hold_ms) * 1000
+    for key_grants in grants.values():
+        key_grants.sort()
+        for g, _ in key_grants:
+            # Every grant counts until g + hold + period, so none that overlap may sum over allowed.
+            assert sum(t for other, t in key_grants if g <= other < g + span_us) <= allowed
+
+
+# ---- the operator ---------------------------------------------------------------------------------------
+
+
+def test_a_waiting_key_does_not_hold_up_the_others() -> None:
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        window = InProcessKeyedWindow(2, 0.2, 0.05, clock=loop.time)
+        items = ["a1", "a2", "a3", "a4", "b1", "a5", "c1"]
+        seen: list[str] = []
+        done = asyncio.Event()
+        first_letter: Any = lambda item: item[0]  # noqa: E731
+        reactivex.from_iterable(items).pipe(throttle_by_key(window, key=first_letter)).subscribe(
+            seen.append, lambda e: done.set(), done.set
+        )
+        await asyncio.wait_for(done.wait(), 10)
+        return seen
+
+    seen = asyncio.run(main())
+    assert sorted(seen) == sorted(["a1", "a2", "a3", "a4", "a5", "b1", "c1"])
+    assert [s for s in seen if s[0] == "a"] == ["a1", "a2", "a3", "a4", "a5"]
+    # a3 must wait a period for a's window; b1 and c1 have their own and go first.
+    assert seen.index("b1") < seen.index("a3") and seen.index("c1") < seen.index("a3")
+
+
+# ---- end to end -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def starts() -> Iterator[list[tuple[str, float]]]:
+    seen: list[tuple[str, float]] = []
+    lock = threading.Lock()
+
+    @worker("KJob")
+    def job(tenant: str, n: int) -> None:
+        with lock:
+            seen.append((tenant, time.time()))
+
+    yield seen
+    unregister("KJob")
+
+
+def test_the_runtime_limits_each_tenant_on_its_own(redis_url: str, starts: list[tuple[str, float]]) -> None:
+    allowed, period_s = 3, 0.5
+    with Flume(redis_url, "t") as flume:
+        flume.bulk_enqueue(QUEUE, [("KJob", ["hot", i]) for i in range(9)] + [("KJob", ["cold", 0])])
+    config = config_module.parse(
+        {
+            "redis_url": redis_url,
+            "namespace": "t",
+            "pipelines": {
+                "p": {
+                    "queue": QUEUE,
+                    "max_demand": 20,
+                    "processor": {"stages": 10},
+                    "rate_limiter": {
+                        "allowed": allowed,
+                        "period": period_s * 1000,
+                        "key": "tenants",
+                        "key_from": f"{__name__}:tenant_of",
+                    },
+                }
+            },
+        }
+    )
+
+    async def main() -> None:
+        await asyncio.wait_for(WorkerRuntime(config, burst=True).run(), 60)
+
+    asyncio.run(main())
+    hot = [at for tenant, at in starts if tenant == "hot"]
+    assert len(hot) == 9 and [t for t, _ in starts].count("cold") == 1
+    # The cold tenant does not queue behind the hot one's window: it starts before hot's fourth job.
+    assert [t for t, _ in starts].index("cold") <= allowed
+    # At most `allowed` hot starts in any period (a little slack for the hop from grant to start).
+    for at in hot:
+        assert sum(1 for other in hot if at <= other < at + period_s - 0.05) <= allowed
+
+
+@pytest.mark.parametrize(
+    ("limiter", "extra", "message"),
+    [
+        ({"allowed": 1, "key_from": "nocolon"}, {}, "key_from must name a function"),
+        ({"allowed": 1, "key_from": "m:f", "adaptive": True}, {}, "without adaptive"),
+        (
+            {"allowed": 1, "key_from": "m:f"},
+            {"batcher": {"size": 2}},
+            "without adaptive, from_ses and a batcher",
+        ),
+    ],
+)
+def test_bad_key_from_configs_are_named(limiter: dict[str, Any], extra: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_module.parse({"pipelines": {"p": {"rate_limiter": limiter, **extra}}})
