@@ -1,0 +1,82 @@
+"""SIGTERM under load: stop fetching, finish or give back within shutdown_timeout, exit 0, nothing held."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from flume_rx import Flume
+
+from .harness import QUEUE, WorkerProcess, leftover_keys, runs, wait_until, write_config
+
+JOBS = 1500
+
+
+def _accounted(client: redis.Redis, flume: Flume, tokens: set[str]) -> None:
+    """Every job either ran or waits on the queue: none is held by a stopped worker or lost."""
+    done = set(runs(client))
+    stats = flume.stats([QUEUE])[QUEUE]
+    assert stats["in_flight"] == 0
+    assert leftover_keys(client) == []
+    assert done <= tokens
+    assert len(done) + stats["queued"] >= len(tokens)
+    queued = {job_token for job_token in _queued_tokens(client)}
+    assert done | queued == tokens
+
+
+def _queued_tokens(client: redis.Redis) -> list[str]:
+    from flume_rx import codec
+
+    return [str(codec.decode(p).args[0]) for p in client.lrange("{t:jobs}:queue", 0, -1)]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_mid_drain_exits_0_and_holds_nothing(redis_url: str, tmp_path: Path, processes: int) -> None:
+    client = redis.Redis.from_url(redis_url)
+    config = write_config(
+        tmp_path / "worker.toml",
+        redis_url,
+        {"max_demand": 40, "processor": {"stages": 8}},
+        shutdown_timeout=5000,
+    )
+    flume = Flume(redis_url, "t")
+    tokens = {f"s{i}" for i in range(JOBS)}
+    flume.bulk_enqueue(QUEUE, [("RecordWorker", [token, 0.05]) for token in sorted(tokens)])
+    worker = WorkerProcess(config, redis_url, extra_args=("--processes", str(processes)))
+    try:
+        wait_until(lambda: client.hlen("test:runs") >= 100, 60, "100 jobs done")
+        assert flume.stats([QUEUE])[QUEUE]["in_flight"] > 0  # the stop happens with jobs held
+        code = worker.terminate(timeout_s=60)
+    finally:
+        worker.kill()
+    assert code == 0, worker.log()
+    assert "Traceback" not in worker.log()
+    _accounted(client, flume, tokens)
+    assert client.hlen("test:runs") < JOBS  # it stopped fetching rather than draining the queue
+
+
+def test_jobs_running_past_shutdown_timeout_go_back_to_the_queue(redis_url: str, tmp_path: Path) -> None:
+    client = redis.Redis.from_url(redis_url)
+    config = write_config(
+        tmp_path / "worker.toml",
+        redis_url,
+        {"max_demand": 10, "processor": {"stages": 4}},
+        shutdown_timeout=300,
+    )
+    flume = Flume(redis_url, "t")
+    tokens = {f"long{i}" for i in range(20)}
+    flume.bulk_enqueue(QUEUE, [("RecordWorker", [token, 120.0]) for token in sorted(tokens)])
+    worker = WorkerProcess(config, redis_url)
+    try:
+        wait_until(lambda: flume.stats([QUEUE])[QUEUE]["in_flight"] >= 4, 30, "the worker to run 4 jobs")
+        code = worker.terminate(timeout_s=30)
+    finally:
+        worker.kill()
+    assert code == 0, worker.log()
+    assert "returned after the shutdown timeout" in worker.log()
+    assert "still running after shutdown_timeout" in worker.log()  # it did not wait for the hung jobs
+    stats = flume.stats([QUEUE])[QUEUE]
+    assert stats["queued"] == 20 and stats["in_flight"] == 0  # the running ones and any waiting are all back
+    assert leftover_keys(client) == []
