@@ -73,6 +73,7 @@ def buffer_with_time_or_count(
             generation = 0  # which open batch the running timer belongs to
             ready: deque[tuple[list[_T], str]] = deque()
             upstream_done = False
+            requested = 0  # items asked of upstream and not yet received
             failure: list[Exception] = []
             stopped = False
             wip = 0
@@ -110,12 +111,16 @@ def buffer_with_time_or_count(
                 return None
 
             def request_more() -> int:
-                # Called with the lock held: how many more items the requested batches leave room for.
+                # Called with the lock held: how many more items the requested batches leave room for. It
+                # counts its own requests: upstream's Demand drops before the item reaches on_next.
+                nonlocal requested
                 if upstream.unbounded:
                     return 0
                 room = min(demand.pending, _MAX_BATCHES) * count
-                held = len(buffer) + sum(len(batch) for batch, _ in ready) + upstream.pending
-                return max(0, room - held)
+                held = len(buffer) + sum(len(batch) for batch, _ in ready) + requested
+                wanted = max(0, room - held)
+                requested += wanted
+                return wanted
 
             def drain() -> None:
                 nonlocal wip
@@ -148,10 +153,12 @@ def buffer_with_time_or_count(
                 drain()
 
             def on_next(item: _T) -> None:
+                nonlocal requested
                 start_timer = None
                 with lock:
                     if stopped:
                         return
+                    requested = max(0, requested - 1)
                     buffer.append(item)
                     if len(buffer) >= count:
                         close("count")

@@ -115,6 +115,7 @@ def process(
             outcomes: deque[Outcome[_T, _U]] = deque()
             ids = itertools.count()
             upstream_done = False
+            requested = 0  # items asked of upstream and not yet received
             failure: list[Exception] = []
             stopped = False
             wip = 0
@@ -143,14 +144,18 @@ def process(
                 return None
 
             def request_more() -> int:
-                # Called with the lock held.
+                # Called with the lock held. Counts what it asked for itself: the upstream Demand's pending
+                # drops before the item reaches on_next, and a request racing in between would overshoot.
+                nonlocal requested
                 if stopped or upstream_done or failure:
                     return 0
-                outstanding = busy() + upstream.pending
+                outstanding = busy() + requested
                 free = stages - outstanding
                 if not demand.unbounded:
                     free = min(free, demand.pending - outstanding - len(outcomes))
-                return max(0, free)
+                wanted = max(0, free)
+                requested += wanted
+                return wanted
 
             def drain() -> None:
                 nonlocal wip
@@ -213,8 +218,10 @@ def process(
                 )
 
             def on_next(item: _T) -> None:
+                nonlocal requested
                 with lock:
                     waiting.append(item)
+                    requested = max(0, requested - 1)
                 drain()
 
             def on_error(error: Exception) -> None:

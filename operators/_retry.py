@@ -139,22 +139,32 @@ def retry_with_backoff(
             attempt = 0
             stopped = False
             upstream_demand: Demand | None = None
+            requested = 0  # asked of the current subscription and not yet received
             current = SerialDisposable()
             # Separate from `current`: a source that fails during subscribe schedules the retry before
             # subscribe_upstream returns, and assigning its subscription must not cancel that timer.
             timer = SerialDisposable()
 
             def forward_request() -> None:
+                # Counts its own requests: the source's Demand drops before the item reaches on_next, and a
+                # request racing in between must not ask for that item twice.
+                nonlocal requested
                 with lock:
                     target = upstream_demand
-                    missing = 0 if target is None else demand.pending - target.pending
+                    missing = 0 if target is None or target.unbounded else demand.pending - requested
+                    if missing > 0:
+                        requested += missing
                 if target is not None and missing > 0:
                     target.request(missing)
 
             def on_next(item: _V) -> None:
-                if not stopped:
+                nonlocal requested
+                with lock:
+                    if stopped:
+                        return
+                    requested = max(0, requested - 1)
                     demand.take(1)
-                    observer.on_next(item)
+                observer.on_next(item)
 
             def on_error(error: Exception) -> None:
                 nonlocal attempt, upstream_demand
@@ -184,11 +194,12 @@ def retry_with_backoff(
                 signal()
 
             def attach() -> None:
-                nonlocal upstream_demand
+                nonlocal upstream_demand, requested
                 with lock:
                     if stopped:
                         return
-                    fresh = Demand.unlimited() if demand.unbounded else Demand(demand.pending)
+                    requested = 0 if demand.unbounded else demand.pending
+                    fresh = Demand.unlimited() if demand.unbounded else Demand(requested)
                     upstream_demand = fresh
                 current.disposable = subscribe_upstream(
                     source,

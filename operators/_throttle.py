@@ -286,6 +286,7 @@ def throttle(
             deadline = 0.0
             cost_cap = allowed
             upstream_done = False
+            requested = 0  # items asked of upstream and not yet received
             failure: list[Exception] = []
             stopped = False
             wip = 0
@@ -375,10 +376,14 @@ def throttle(
                 drain()
 
             def request_more() -> int:
-                # Called with the lock held.
+                # Called with the lock held. Counts what it asks for itself: the upstream Demand's pending
+                # drops before its item reaches on_next, and a request racing in between would overshoot.
+                nonlocal requested
                 if upstream.unbounded or stopped:
                     return 0
-                return max(0, demand.pending - len(held) - upstream.pending)
+                wanted = max(0, demand.pending - len(held) - requested)
+                requested += wanted
+                return wanted
 
             def drain() -> None:
                 nonlocal wip
@@ -409,8 +414,10 @@ def throttle(
                 except Exception as error:
                     on_error(error)
                     return
+                nonlocal requested
                 with lock:
                     held.append((item, item_cost))
+                    requested = max(0, requested - 1)
                 drain()
 
             def on_error(error: Exception) -> None:
