@@ -171,12 +171,17 @@ class InProcessWindow:
         self._rate_at = max(self._rate_at, now)
 
     def current_rate(self) -> float:
+        """The effective tokens per period now (``allowed`` unless penalized and not yet recovered)."""
         with self._lock:
             self._recover(self._clock())
             return self._rate
 
     def grant(self, tokens: int, min_tokens: int) -> Grant:
-        """The synchronous core of :meth:`take`."""
+        """The synchronous core of :meth:`take`: up to ``tokens``, at least ``min(tokens, min_tokens)``.
+
+        Raises:
+            ValueError: when ``tokens`` or ``min_tokens`` is below 1.
+        """
         if tokens < 1:
             raise ValueError(f"tokens must be >= 1 (got {tokens})")
         if min_tokens < 1:
@@ -209,9 +214,12 @@ class InProcessWindow:
             return Grant(granted, at - now, self.hold_s)
 
     def take(self, tokens: int, min_tokens: int) -> Observable[Grant]:
+        """A cold Observable that computes one :meth:`grant` when subscribed, emits it and completes."""
         return reactivex.defer(lambda _scheduler: reactivex.just(self.grant(tokens, min_tokens)))
 
     def penalize(self) -> Observable[float]:
+        """A cold Observable that cuts the rate when subscribed (adaptive mode) and emits the new rate."""
+
         def cut() -> float:
             with self._lock:
                 self._recover(self._clock())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import threading
 
 import pytest
@@ -116,3 +118,10 @@ def test_an_exception_while_subscribing_becomes_on_error() -> None:
     errors: list[Exception] = []
     Flowable(broken).subscribe_with_demand(reactivex.Observer(on_error=errors.append), Demand(1))
     assert [str(e) for e in errors] == ["cannot subscribe"]
+
+
+@pytest.mark.parametrize("module", ["_flow", "_request_n", "_throttle", "_batch", "_retry", "_process"])
+def test_docstring_examples_run(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(f"operators.{module}"), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0
+    assert result.failed == 0
