@@ -521,8 +521,11 @@ class SESDownstream:
                 client = self._client
         return client
 
-    def send(self, message: Mapping[str, Any]) -> str:
+    def send(self, *args: Any) -> str:
         """Send one message with ``send_email`` (the send worker; a job's args are ``[message]``).
+
+        Args:
+            args: the job's args, spread as the pipeline calls a worker: exactly one, the message dict.
 
         Returns:
             SES's message id.
@@ -532,7 +535,9 @@ class SESDownstream:
             TransientSESError: SES failed or could not be reached; retry later.
             PermanentSESError: SES refused the message, or the message is malformed.
         """
-        parsed = parse_message(message)
+        if len(args) != 1:
+            raise _bad_args(f"the job has {len(args)} args; pass exactly one, the message dict")
+        parsed = parse_message(args[0])
         try:
             response = self.client.send_email(**self._send_email_request(parsed))
         except Exception as exc:
@@ -734,7 +739,7 @@ def ses_sender(
     endpoint_url: str | None = None,
     configuration_set: str | None = None,
     max_pool_connections: int = 50,
-) -> Callable[[Mapping[str, Any]], str]:
+) -> Callable[..., str]:
     """A send worker function: one job (args ``[message]``) is one SESv2 ``send_email`` call.
 
     >>> send = ses_sender(from_address="news@example.com", region="us-east-1")

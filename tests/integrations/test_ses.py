@@ -306,6 +306,16 @@ def test_a_malformed_job_is_permanent_and_never_sent(
     assert caught.value.code == "InvalidJobArgs"
 
 
+@pytest.mark.parametrize("args", [(), (_simple(1), _simple(2))], ids=["no args", "two args"])
+def test_a_job_with_other_than_one_arg_is_permanent(
+    stubbed: tuple[SESV2Client, Stubber], args: tuple[Any, ...]
+) -> None:
+    client, _ = stubbed
+    with pytest.raises(PermanentSESError, match=f"the job has {len(args)} args") as caught:
+        ses_sender(client, from_address=SENDER)(*args)
+    assert caught.value.code == "InvalidJobArgs"
+
+
 def test_send_email_request_for_a_templated_message(stubbed: tuple[SESV2Client, Stubber]) -> None:
     client, stubber = stubbed
     message = {
