@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from flume_rx.errors import FlumeError
+from flume_rx.errors import ConfigError, FlumeError
 
 logger = logging.getLogger("flume_rx.cli")
 
@@ -17,7 +17,9 @@ EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flume-rx", description="Background job pipelines on Redis, as reactive streams.")
+    parser = argparse.ArgumentParser(
+        prog="flume-rx", description="Background job pipelines on Redis, as reactive streams."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -27,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     worker = with_config(commands.add_parser("worker", help="run every pipeline of the config"))
-    worker.add_argument("--processes", type=int, default=1, metavar="N", help="worker processes in all (default 1)")
+    worker.add_argument(
+        "--processes", type=int, default=1, metavar="N", help="worker processes in all (default 1)"
+    )
     worker.add_argument("--burst", action="store_true", help="exit once the queues are drained")
     worker.add_argument(
         "--metrics-port", type=int, metavar="N", help="serve Prometheus /metrics on N (process i on N + i)"
@@ -36,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue = with_config(commands.add_parser("enqueue", help="put one job on a queue"))
     enqueue.add_argument("queue")
     enqueue.add_argument("worker")
-    enqueue.add_argument("args", nargs="?", default="[]", metavar="JSON_ARGS", help='a JSON list, e.g. \'[42, "welcome"]\'')
+    enqueue.add_argument(
+        "args", nargs="?", default="[]", metavar="JSON_ARGS", help="a JSON list, e.g. '[42, \"welcome\"]'"
+    )
 
     stats = with_config(commands.add_parser("stats", help="queue depths and counters"))
     stats.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -56,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     consumers = with_config(commands.add_parser("consumers", help="consumers with their last heartbeat"))
     consumers.add_argument("--json", action="store_true")
 
-    dashboard = with_config(commands.add_parser("dashboard", help="a web page of the queues (read-only default)"))
+    dashboard = with_config(
+        commands.add_parser("dashboard", help="a web page of the queues (read-only default)")
+    )
     dashboard.add_argument("--port", type=int, default=8642)
     dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     dashboard.add_argument("--allow-actions", action="store_true", help="enable the retry and delete buttons")
@@ -73,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--limit", type=int, default=20)
             p.add_argument("--json", action="store_true")
 
-    for name, text in (("pause", "stop fetching from a queue on every worker"), ("resume", "resume a paused queue")):
+    for name, text in (
+        ("pause", "stop fetching from a queue on every worker"),
+        ("resume", "resume a paused queue"),
+    ):
         p = with_config(commands.add_parser(name, help=text))
         p.add_argument("queue")
 
@@ -81,9 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--redis-url", metavar="URL", help="use this Redis instead of an embedded one")
     demo.add_argument("--jobs", type=int, default=3000, help="emails to send (default 3000)")
     demo.add_argument("--processes", type=int, default=3, help="worker processes (default 3)")
-    demo.add_argument("--rate", type=int, default=400, help="the pipeline's shared limit per second (default 400)")
-    demo.add_argument("--ses-limit", type=int, default=450, help="the fake SES's limit per second (default 450)")
-    demo.add_argument("--ses-endpoint", metavar="URL", help="send through a real or emulated SES at this endpoint")
+    demo.add_argument(
+        "--rate", type=int, default=400, help="the pipeline's shared limit per second (default 400)"
+    )
+    demo.add_argument(
+        "--ses-limit", type=int, default=450, help="the fake SES's limit per second (default 450)"
+    )
+    demo.add_argument(
+        "--ses-endpoint", metavar="URL", help="send through a real or emulated SES at this endpoint"
+    )
     demo.add_argument("--plain", action="store_true", help="no live view, just the summary")
     return parser
 
@@ -125,7 +142,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from flume_rx import runtime
 
         if args.processes < 1:
-            raise config_module.ConfigError(f"--processes must be 1 or more (got {args.processes})")
+            raise ConfigError(f"--processes must be 1 or more (got {args.processes})")
         runtime.import_worker_modules(config.imports)
         _check_reachable(config)
         if args.processes == 1:
@@ -152,9 +169,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             try:
                 job_args = json.loads(args.args)
             except json.JSONDecodeError as exc:
-                raise config_module.ConfigError(f"JSON_ARGS is not valid JSON ({exc}); e.g. '[42, \"welcome\"]'") from None
+                raise ConfigError(f"JSON_ARGS is not valid JSON ({exc}); e.g. '[42, \"welcome\"]'") from None
             if not isinstance(job_args, list):
-                raise config_module.ConfigError(f"JSON_ARGS must be a JSON list (got {args.args}); e.g. '[42]'")
+                raise ConfigError(f"JSON_ARGS must be a JSON list (got {args.args}); e.g. '[42]'")
             print(flume.enqueue(args.queue, args.worker, job_args))
         elif args.command == "stats" and args.watch:
             from flume_rx.watch import watch
@@ -176,8 +193,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             if args.action == "list":
                 jobs = flume.dead_list(args.queue, args.limit)
                 rows = [
-                    {"id": j.id, "worker": j.worker, "attempt": j.attempt, "args": _jsonable(j.args),
-                     "error": None if j.error is None else f"{j.error.kind}: {j.error.message}"}
+                    {
+                        "id": j.id,
+                        "worker": j.worker,
+                        "attempt": j.attempt,
+                        "args": _jsonable(j.args),
+                        "error": None if j.error is None else f"{j.error.kind}: {j.error.message}",
+                    }
                     for j in jobs
                 ]
                 if args.json:

@@ -121,7 +121,13 @@ class Flume:
     ) -> str:
         """Run the job ``seconds`` from now (due times are compared with Redis's clock, not this host's)."""
         return self.enqueue_at(
-            queue, time.time() + float(seconds), worker, args, cost=cost, unique_key=unique_key, unique_for=unique_for
+            queue,
+            time.time() + float(seconds),
+            worker,
+            args,
+            cost=cost,
+            unique_key=unique_key,
+            unique_for=unique_for,
         )
 
     def enqueue_at(
@@ -254,7 +260,12 @@ class Flume:
         return self._consumer
 
     def source(
-        self, queue: str, *, max_demand: int = 100, retry: RetryConfig | None = None, window: fo.TokenWindow | None = None
+        self,
+        queue: str,
+        *,
+        max_demand: int = 100,
+        retry: RetryConfig | None = None,
+        window: fo.TokenWindow | None = None,
     ) -> fo.PullSource[Delivery]:
         """The request-n source of ``queue``: pipe operators onto it, end with :meth:`process`, then :meth:`run`.
 
@@ -335,7 +346,7 @@ def build_job(queue: str, worker: str, args: Sequence[Any], cost: int = 1) -> Jo
     if not isinstance(worker, str) or not worker:
         raise ConfigError(f"worker must be the registered worker's name, a non-empty string (got {worker!r})")
     if isinstance(args, str | bytes) or not isinstance(args, Sequence):
-        raise ConfigError(f"args must be a list of positional arguments (got {args!r}); e.g. [42, \"welcome\"]")
+        raise ConfigError(f'args must be a list of positional arguments (got {args!r}); e.g. [42, "welcome"]')
     if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
         raise ConfigError(f"cost must be an integer >= 0 (got {cost!r})")
     now = time.time()
@@ -349,7 +360,7 @@ def check_unique(unique_key: str, unique_for: float) -> None:
         ConfigError: the key is empty or not a string, or ``unique_for`` is not a positive number of seconds.
     """
     if not isinstance(unique_key, str) or not unique_key:
-        raise ConfigError(f"unique_key must be a non-empty string (got {unique_key!r}); e.g. \"welcome:42\"")
+        raise ConfigError(f'unique_key must be a non-empty string (got {unique_key!r}); e.g. "welcome:42"')
     if isinstance(unique_for, bool) or not isinstance(unique_for, int | float) or not unique_for > 0:
         raise ConfigError(f"unique_for must be a positive number of seconds (got {unique_for!r}); e.g. 3600")
 

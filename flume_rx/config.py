@@ -98,7 +98,9 @@ class FlumeConfig:
             if pipeline.name == name:
                 return pipeline
         known = ", ".join(p.name for p in self.pipelines) or "none"
-        raise ConfigError(f"no pipeline named {name!r} in the config (known: {known}); add [pipelines.{name}]")
+        raise ConfigError(
+            f"no pipeline named {name!r} in the config (known: {known}); add [pipelines.{name}]"
+        )
 
 
 _TOP_KEYS = {
@@ -125,9 +127,13 @@ def load(path: str | Path, *, redis_url: str | None = None) -> FlumeConfig:
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(file)!r} does not exist; pass the path of your TOML file") from None
+        raise ConfigError(
+            f"config file {str(file)!r} does not exist; pass the path of your TOML file"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(file)!r} is not valid TOML ({exc}); fix the syntax there") from None
+        raise ConfigError(
+            f"config file {str(file)!r} is not valid TOML ({exc}); fix the syntax there"
+        ) from None
     if redis_url:
         raw["redis_url"] = redis_url
     return parse(raw)
@@ -137,17 +143,19 @@ def parse(raw: Mapping[str, Any]) -> FlumeConfig:
     """Check a config mapping (the TOML document) and build a :class:`FlumeConfig`."""
     _reject_unknown(raw, _TOP_KEYS, "")
     redis_url = _str(raw, "redis_url", "", default=default_redis_url())
-    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+    if not redis_url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")):
         raise ConfigError(
-            f"redis_url must start with redis://, rediss:// or unix:// (got {_redact(redis_url)!r}); "
-            "write it like redis://127.0.0.1:6379/0"
+            f"redis_url must start with redis://, rediss://, unix:// or redis+cluster:// (got "
+            f"{_redact(redis_url)!r}); write it like redis://127.0.0.1:6379/0"
         )
     namespace = _str(raw, "namespace", "", default="flume")
     if not namespace or any(c in namespace for c in "{}: "):
-        raise ConfigError(f"namespace must be non-empty without '{{', '}}', ':' or spaces (got {namespace!r})")
+        raise ConfigError(
+            f"namespace must be non-empty without '{{', '}}', ':' or spaces (got {namespace!r})"
+        )
     imports = raw.get("imports", [])
     if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
-        raise ConfigError(f"imports must be a list of module names (got {imports!r}); e.g. [\"myapp.workers\"]")
+        raise ConfigError(f'imports must be a list of module names (got {imports!r}); e.g. ["myapp.workers"]')
     dead = raw.get("dead_letters", {})
     _table(dead, "dead_letters")
     _reject_unknown(dead, {"max", "ttl"}, "dead_letters.")
@@ -185,7 +193,7 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
         raise ConfigError(f"{where}queue {queue!r} is not in {where}queues; drop queue or list it in queues")
     order = table.get("order", "weighted")
     if order not in ("weighted", "strict"):
-        raise ConfigError(f"{where}order must be \"weighted\" or \"strict\" (got {order!r})")
+        raise ConfigError(f'{where}order must be "weighted" or "strict" (got {order!r})')
     max_demand = _positive_int(table, "max_demand", where, default=100)
 
     processor_raw = table.get("processor", {})
@@ -194,7 +202,9 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
     timeout_ms = processor_raw.get("timeout")
     processor = ProcessorConfig(
         stages=_positive_int(processor_raw, "stages", f"{where}processor.", default=10),
-        timeout_s=None if timeout_ms is None else _ms(processor_raw, "timeout", f"{where}processor.", default=0),
+        timeout_s=None
+        if timeout_ms is None
+        else _ms(processor_raw, "timeout", f"{where}processor.", default=0),
     )
 
     rate_limiter = None
@@ -221,12 +231,12 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
             raise ConfigError(f"{rl_where}adaptive must be true or false (got {adaptive!r})")
         cost = rl.get("cost")
         if cost is not None and (not isinstance(cost, str) or ":" not in cost):
-            raise ConfigError(f"{rl_where}cost must name a function as \"module:function\" (got {cost!r})")
+            raise ConfigError(f'{rl_where}cost must name a function as "module:function" (got {cost!r})')
         key_from = rl.get("key_from")
         if key_from is not None:
             if not isinstance(key_from, str) or ":" not in key_from:
                 raise ConfigError(
-                    f"{rl_where}key_from must name a function as \"module:function\" (got {key_from!r})"
+                    f'{rl_where}key_from must name a function as "module:function" (got {key_from!r})'
                 )
             if adaptive or from_ses is not None or "batcher" in table:
                 raise ConfigError(
@@ -279,7 +289,7 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
     operators = table.get("operators", [])
     if not isinstance(operators, list) or not all(isinstance(o, str) and ":" in o for o in operators):
         raise ConfigError(
-            f"{where}operators must be a list of \"module:attribute\" operator paths (got {operators!r})"
+            f'{where}operators must be a list of "module:attribute" operator paths (got {operators!r})'
         )
     return PipelineConfig(
         name=name,
@@ -300,7 +310,7 @@ def _queues(raw: Any, where: str) -> tuple[QueueWeight, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list) or not raw:
-        raise ConfigError(f"{where}queues must be a non-empty list like [{{name = \"a/hi\", weight = 10}}]")
+        raise ConfigError(f'{where}queues must be a non-empty list like [{{name = "a/hi", weight = 10}}]')
     result: list[QueueWeight] = []
     for index, entry in enumerate(raw):
         at = f"{where}queues[{index}]."
@@ -316,7 +326,7 @@ def _queues(raw: Any, where: str) -> tuple[QueueWeight, ...]:
     groups = {n.partition("/")[0] if "/" in n.strip("/") else None for n in names}
     if len(result) > 1 and (len(groups) != 1 or None in groups):
         raise ConfigError(
-            f"{where}queues {names} must share one group, named like \"email/urgent\" and \"email/bulk\", so "
+            f'{where}queues {names} must share one group, named like "email/urgent" and "email/bulk", so '
             "their keys share a Redis Cluster slot and one call fetches from all; rename them"
         )
     return tuple(result)
@@ -332,7 +342,9 @@ def _reject_unknown(table: Mapping[str, Any], known: set[str], where: str) -> No
 
 def _table(value: Any, where: str) -> None:
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{where} must be a table (got {value!r}); write it as [{where}] or {{ key = value }}")
+        raise ConfigError(
+            f"{where} must be a table (got {value!r}); write it as [{where}] or {{ key = value }}"
+        )
 
 
 def _str(table: Mapping[str, Any], key: str, where: str, *, default: str) -> str:
@@ -359,7 +371,12 @@ def _non_negative_int(table: Mapping[str, Any], key: str, where: str, *, default
 def _ms(table: Mapping[str, Any], key: str, where: str, *, default: float, allow_zero: bool = False) -> float:
     """A duration given in milliseconds, returned in seconds."""
     value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (value == 0 and not allow_zero):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{where}{key} must be a number of milliseconds {bound} (got {value!r})")
     return float(value) / 1000.0

@@ -88,7 +88,11 @@ class FakeSES:
                 self.rfile.read(length)
                 ok = ses.call()
                 time.sleep(ses.latency_s)
-                body = b'{"MessageId": "fake"}' if ok else b'{"Error": {"Code": "Throttling", "Message": "Maximum sending rate exceeded."}}'
+                body = (
+                    b'{"MessageId": "fake"}'
+                    if ok
+                    else b'{"Error": {"Code": "Throttling", "Message": "Maximum sending rate exceeded."}}'
+                )
                 self.send_response(200 if ok else 400)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -179,7 +183,11 @@ def run_demo(
     if ses_endpoint is not None:
         from flume_rx.integrations.ses import run_ses_demo  # type: ignore[attr-defined]
 
-        return int(run_ses_demo(redis_url=redis_url, jobs=jobs, processes=processes, rate=rate, endpoint=ses_endpoint))
+        return int(
+            run_ses_demo(
+                redis_url=redis_url, jobs=jobs, processes=processes, rate=rate, endpoint=ses_endpoint
+            )
+        )
     console = Console()
     with contextlib.ExitStack() as stack:
         if redis_url is None:
@@ -200,7 +208,10 @@ def run_demo(
         for start in range(0, jobs, chunk):
             flume.bulk_enqueue(
                 DEMO_QUEUE,
-                [(DEMO_WORKER, [f"user{i}@example.com", "welcome"]) for i in range(start, min(jobs, start + chunk))],
+                [
+                    (DEMO_WORKER, [f"user{i}@example.com", "welcome"])
+                    for i in range(start, min(jobs, start + chunk))
+                ],
             )
         console.print(
             f"Enqueued {jobs} emails; {processes} worker processes share one {rate}/s limit; "
@@ -208,7 +219,9 @@ def run_demo(
         )
         context = multiprocessing.get_context("spawn")
         children = [
-            context.Process(target=_child_main, args=(str(config_path), redis_url, False), name=f"flume-worker-{i}")
+            context.Process(
+                target=_child_main, args=(str(config_path), redis_url, False), name=f"flume-worker-{i}"
+            )
             for i in range(processes)
         ]
         started = time.monotonic()
@@ -245,15 +258,23 @@ def _watch(flume: Any, fake: FakeSES, jobs: int, started: float, live: bool, con
         for column in ("rate now /s", "queued", "in flight", "retry", "dead", "SES rejections"):
             detail.add_column(column, justify="right")
         detail.add_row(
-            str(fake.rate_now()), str(stats["queued"]), str(stats["in_flight"]),
-            str(stats["retry"]), str(stats["dead"]), str(fake.rejected),
+            str(fake.rate_now()),
+            str(stats["queued"]),
+            str(stats["in_flight"]),
+            str(stats["retry"]),
+            str(stats["dead"]),
+            str(fake.rejected),
         )
         table.add_row(detail)
         progress.update(task, completed=stats["processed"])
         return table
 
     deadline = started + max(60.0, jobs / 50)
-    with Live(view(), console=console, refresh_per_second=4, transient=False) if live else contextlib.nullcontext() as screen:
+    with (
+        Live(view(), console=console, refresh_per_second=4, transient=False)
+        if live
+        else contextlib.nullcontext() as screen
+    ):
         while time.monotonic() < deadline:
             stats = flume.stats([DEMO_QUEUE])[DEMO_QUEUE]
             if stats["processed"] + stats["dead"] >= jobs:

@@ -55,9 +55,19 @@ class BatchFailed(FlumeError):
     Args:
         failed: indices (into the batch list) of the items that failed; only those are retried.
         errors: optional per-index error messages, kept with each retried job.
+        permanent: indices among ``failed`` that must not be retried: they go to the dead letters at once
+            (e.g. SES rejected that message for good).
     """
 
-    def __init__(self, failed: Iterable[int], message: str = "", errors: dict[int, str] | None = None) -> None:
+    def __init__(
+        self,
+        failed: Iterable[int],
+        message: str = "",
+        errors: dict[int, str] | None = None,
+        *,
+        permanent: Iterable[int] = (),
+    ) -> None:
         self.failed = sorted(set(failed))
         self.errors = dict(errors or {})
+        self.permanent = frozenset(permanent)
         super().__init__(message or f"{len(self.failed)} item(s) of the batch failed: {self.failed}")

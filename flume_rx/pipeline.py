@@ -98,7 +98,8 @@ class _Outage:
             self.since = time.monotonic()
         OUTAGE_LOG.down(self.what, error)
         elapsed = time.monotonic() - self.since
-        return min(5.0, 0.05 * 2 ** min(10, int(elapsed * 2))) * random.uniform(0.5, 1.0)
+        backoff_s: float = min(5.0, 0.05 * 2 ** min(10, int(elapsed * 2)))
+        return backoff_s * random.uniform(0.5, 1.0)
 
     def ok(self) -> None:
         if self.since is not None:
@@ -134,9 +135,10 @@ class JobSource:
         if self.stopping:
             return reactivex.empty()
         # An empty answer (burst mode on an empty queue, or stopping) completes without emitting: exhausted.
-        return reactivex.from_future(asyncio.ensure_future(self._fetch_async(n))).pipe(
-            ops.filter(lambda batch: len(batch) > 0)
+        fetched: Observable[list[Delivery]] = reactivex.from_future(
+            asyncio.ensure_future(self._fetch_async(n))
         )
+        return fetched.pipe(ops.filter(_non_empty))
 
     async def _fetch_async(self, n: int) -> list[Delivery]:
         reply_lost = False
@@ -146,7 +148,9 @@ class JobSource:
                 if reply_lost:
                     await self._return_unseen()
                     reply_lost = False
-                payloads = await self.store.fetch(self.queue, self.consumer, n, 0.0 if self.burst else self.block_s)
+                payloads = await self.store.fetch(
+                    self.queue, self.consumer, n, 0.0 if self.burst else self.block_s
+                )
             except StoreError as exc:
                 # The fetch may have run in Redis although its reply never came (a timeout, a dropped link).
                 reply_lost = True
@@ -190,8 +194,14 @@ class JobSource:
         if bad:
             await self._settle_with_retries(bad)
             for settlement in bad:
-                self.telemetry.emit("job.dead", queue=self.queue, worker="", job_id="", attempt=0,
-                                    reason=_reason_of(settlement))
+                self.telemetry.emit(
+                    "job.dead",
+                    queue=self.queue,
+                    worker="",
+                    job_id="",
+                    attempt=0,
+                    reason=_reason_of(settlement),
+                )
             logger.error("%d undecodable payload(s) from %r went to the dead letters", len(bad), self.queue)
         self.outstanding.update(deliveries)
         if deliveries:
@@ -223,7 +233,9 @@ class JobSource:
 
     def _on_pressure(self, engaged: bool, held_s: float) -> None:
         if engaged:
-            self.telemetry.emit("backpressure.engaged", queue=self.queue, in_flight=self.flowable.credits.in_flight)
+            self.telemetry.emit(
+                "backpressure.engaged", queue=self.queue, in_flight=self.flowable.credits.in_flight
+            )
         else:
             self.telemetry.emit("backpressure.released", queue=self.queue, held_ms=held_s * 1000)
 
@@ -242,6 +254,10 @@ class JobSource:
         for delivery in unstarted:
             self.outstanding.discard(delivery)
         return len(unstarted)
+
+
+def _non_empty(batch: Sequence[Delivery]) -> bool:
+    return len(batch) > 0
 
 
 def _reason_of(settlement: Settlement) -> str:
@@ -284,7 +300,11 @@ def _call(item: Delivery | list[Delivery], *, executor: Executor) -> Observable[
         if source.telemetry.active:
             job = delivery.job
             source.telemetry.emit(
-                "job.started", queue=job.queue, worker=job.worker, job_id=job.id, attempt=job.attempt,
+                "job.started",
+                queue=job.queue,
+                worker=job.worker,
+                job_id=job.id,
+                attempt=job.attempt,
                 wait_ms=(now - job.enqueued_at) * 1000 if job.enqueued_at else None,
             )
     if isinstance(item, list):
@@ -323,7 +343,9 @@ async def _call_batch(deliveries: list[Delivery], executor: Executor) -> dict[in
                 *(_invoke(spec.fn, spec.is_async, executor, *deliveries[i].job.args) for i in indices),
                 return_exceptions=True,
             )
-            failures.update({i: r for i, r in zip(indices, results, strict=True) if isinstance(r, BaseException)})
+            failures.update(
+                {i: r for i, r in zip(indices, results, strict=True) if isinstance(r, BaseException)}
+            )
             continue
         try:
             await _invoke(spec.fn, spec.is_async, executor, [list(deliveries[i].job.args) for i in indices])
@@ -331,10 +353,8 @@ async def _call_batch(deliveries: list[Delivery], executor: Executor) -> dict[in
             for local in exc.failed:
                 if 0 <= local < len(indices):
                     message = exc.errors.get(local, str(exc))
-                    failure: BaseException = BatchFailed([local], message)
-                    if local in getattr(exc, "permanent", ()):
-                        failure.permanent = True  # type: ignore[attr-defined]
-                    failures[indices[local]] = failure
+                    permanent = [local] if local in exc.permanent else []
+                    failures[indices[local]] = BatchFailed([local], message, permanent=permanent)
         except Exception as exc:
             failures.update(dict.fromkeys(indices, exc))
     return failures
@@ -389,8 +409,14 @@ class Settler:
             # Enqueue-to-done latency for the cluster-wide p50/p99 (stats and dashboard); clocks of two hosts.
             latency_ms = (time.time() - job.enqueued_at) * 1000 if job.enqueued_at else None
             settlement = Settlement(delivery.payload, "ack", latency_ms=latency_ms)
-            telemetry.emit("job.succeeded", queue=job.queue, worker=job.worker, job_id=job.id,
-                           attempt=job.attempt, duration_ms=duration_ms)
+            telemetry.emit(
+                "job.succeeded",
+                queue=job.queue,
+                worker=job.worker,
+                job_id=job.id,
+                attempt=job.attempt,
+                duration_ms=duration_ms,
+            )
         elif isinstance(error, Throttled):
             settlement = Settlement(delivery.payload, "requeue")
             telemetry.emit("job.throttled", queue=job.queue, worker=job.worker, job_id=job.id)
@@ -403,25 +429,51 @@ class Settler:
             if isinstance(error, TimeoutError):
                 error = JobTimeout(f"job {job.id} ran longer than the processor timeout")
             job_error = JobError(
-                type(error).__name__, str(error), "".join(traceback.format_exception(error))[-_TRACEBACK_TAIL_CHARS:]
+                type(error).__name__,
+                str(error),
+                "".join(traceback.format_exception(error))[-_TRACEBACK_TAIL_CHARS:],
             )
             failed = job.next_attempt(job_error)
-            telemetry.emit("job.failed", queue=job.queue, worker=job.worker, job_id=job.id, attempt=job.attempt,
-                           duration_ms=duration_ms, error=f"{job_error.kind}: {job_error.message}")
+            telemetry.emit(
+                "job.failed",
+                queue=job.queue,
+                worker=job.worker,
+                job_id=job.id,
+                attempt=job.attempt,
+                duration_ms=duration_ms,
+                error=f"{job_error.kind}: {job_error.message}",
+            )
             permanent = isinstance(error, UnknownWorker) or bool(getattr(error, "permanent", False))
             if permanent or failed.attempt > source.retry.max_retries:
-                settlement = Settlement(delivery.payload, "dead", codec.encode(failed, source.max_payload_bytes))
-                telemetry.emit("job.dead", queue=job.queue, worker=job.worker, job_id=job.id,
-                               attempt=job.attempt, reason=f"{job_error.kind}: {job_error.message}")
+                settlement = Settlement(
+                    delivery.payload, "dead", codec.encode(failed, source.max_payload_bytes)
+                )
+                telemetry.emit(
+                    "job.dead",
+                    queue=job.queue,
+                    worker=job.worker,
+                    job_id=job.id,
+                    attempt=job.attempt,
+                    reason=f"{job_error.kind}: {job_error.message}",
+                )
             else:
                 delay_s = fo.backoff_delay(
                     job.attempt, source.retry.backoff_initial_s, source.retry.backoff_max_s, self._rng
                 )
                 settlement = Settlement(
-                    delivery.payload, "retry", codec.encode(failed, source.max_payload_bytes), int(delay_s * 1000)
+                    delivery.payload,
+                    "retry",
+                    codec.encode(failed, source.max_payload_bytes),
+                    int(delay_s * 1000),
                 )
-                telemetry.emit("job.retried", queue=job.queue, worker=job.worker, job_id=job.id,
-                               attempt=failed.attempt, delay_ms=delay_s * 1000)
+                telemetry.emit(
+                    "job.retried",
+                    queue=job.queue,
+                    worker=job.worker,
+                    job_id=job.id,
+                    attempt=failed.attempt,
+                    delay_ms=delay_s * 1000,
+                )
         if job.unique_key is not None:
             settlement = replace(settlement, unique=(job.unique_key, job.id))
         _, settlements, deliveries = self._pending.setdefault(id(source), (source, [], []))
@@ -462,7 +514,9 @@ def load_callable(path: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"cannot import module {module_name!r} named in {path!r} ({exc}); check the path") from exc
+        raise ConfigError(
+            f"cannot import module {module_name!r} named in {path!r} ({exc}); check the path"
+        ) from exc
     try:
         return getattr(module, attribute)
     except AttributeError:
@@ -532,7 +586,12 @@ def assemble(
         # The throttle sits right before the processor: tokens are taken when a job can start at once,
         # so the shared window counts starts, not fetches.
         stages.append(
-            fo.throttle(window, cost=cost_of(config.rate_limiter.cost), scheduler=scheduler, on_event=on_throttle_event)
+            fo.throttle(
+                window,
+                cost=cost_of(config.rate_limiter.cost),
+                scheduler=scheduler,
+                on_event=on_throttle_event,
+            )
         )
     stages.append(
         run_workers(

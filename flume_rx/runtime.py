@@ -9,6 +9,7 @@ SIGTERM stops fetching, hands back what it has not started, lets running jobs fi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import multiprocessing
@@ -88,7 +89,9 @@ class WorkerRuntime:
         graphs: Sequence[tuple[JobSource, Observable[Any]]] = (),
     ) -> None:
         if not config.pipelines:
-            raise ConfigError("the config has no [pipelines.NAME] table; add one so the worker has work to run")
+            raise ConfigError(
+                "the config has no [pipelines.NAME] table; add one so the worker has work to run"
+            )
         self.config = config
         self.telemetry = telemetry or Telemetry()
         self.burst = burst
@@ -130,7 +133,9 @@ class WorkerRuntime:
         heartbeat = _Heartbeat(self, sync_store, queues)
         tasks: list[asyncio.Task[None]] = []
         try:
-            await store.heartbeat(queues, self.consumer)  # before the first fetch, so nobody takes us for dead
+            await store.heartbeat(
+                queues, self.consumer
+            )  # before the first fetch, so nobody takes us for dead
             heartbeat.start()
             self.telemetry.emit("consumer.joined", consumer=self.consumer, queues=queues)
             logger.info("consumer %s serving %s", self.consumer, ", ".join(queues))
@@ -140,7 +145,9 @@ class WorkerRuntime:
             else:
                 for pipeline_config in config.pipelines:
                     window = await self._window_for(store, pipeline_config)
-                    self.running.append(self._start(pipeline_config, store, window, executor, scheduler, settler))
+                    self.running.append(
+                        self._start(pipeline_config, store, window, executor, scheduler, settler)
+                    )
             tasks = [
                 loop.create_task(self._promote_forever(store, queues)),
                 loop.create_task(self._recover_forever(store, queues)),
@@ -148,7 +155,10 @@ class WorkerRuntime:
             ]
             if config.schedules:
                 ticker = CronTicker(
-                    store, config.schedules, telemetry=self.telemetry, max_payload_bytes=config.max_payload_bytes
+                    store,
+                    config.schedules,
+                    telemetry=self.telemetry,
+                    max_payload_bytes=config.max_payload_bytes,
                 )
                 tasks.append(loop.create_task(ticker.run()))
             waiters = [loop.create_task(self._stop_event.wait())]
@@ -260,7 +270,9 @@ class WorkerRuntime:
                 try:
                     returned += await store.requeue_all(queue, self.consumer)
                 except StoreError as exc:
-                    logger.warning("could not return in-flight jobs of %r (%s); they come back as orphans", queue, exc)
+                    logger.warning(
+                        "could not return in-flight jobs of %r (%s); they come back as orphans", queue, exc
+                    )
         self.telemetry.emit("consumer.left", consumer=self.consumer, returned=handed_back + returned)
         logger.info(
             "consumer %s stopped: %d unstarted job(s) handed back, %d returned after the shutdown timeout",
@@ -272,10 +284,9 @@ class WorkerRuntime:
     async def _promote_forever(self, store: RedisStore, queues: Sequence[str]) -> None:
         while True:
             for queue in queues:
-                try:
+                # The fetch loop reports outages; promotion resumes with it.
+                with contextlib.suppress(StoreError):
                     await store.promote_due(queue)
-                except StoreError:
-                    pass  # the fetch loop reports outages; promotion resumes with it
             await asyncio.sleep(PROMOTE_INTERVAL_S * random.uniform(0.75, 1.25))
 
     async def _recover_forever(self, store: RedisStore, queues: Sequence[str]) -> None:
@@ -404,7 +415,9 @@ def _exit_if_stages_hang() -> None:
         os._exit(0)
 
 
-def _child_main(config_path: str, redis_url: str | None, burst: bool, metrics_port: int | None = None) -> None:
+def _child_main(
+    config_path: str, redis_url: str | None, burst: bool, metrics_port: int | None = None
+) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(name)s %(message)s")
     config = load(config_path, redis_url=redis_url)
     raise SystemExit(run_worker_process(config, burst=burst, metrics_port=metrics_port))
@@ -452,7 +465,9 @@ def supervise(
             for index, child in enumerate(children):
                 if child.is_alive() or stopping.is_set() or burst:
                     continue
-                logger.warning("worker process %s exited with %s; starting a new one", child.name, child.exitcode)
+                logger.warning(
+                    "worker process %s exited with %s; starting a new one", child.name, child.exitcode
+                )
                 time.sleep(0.5)
                 children[index] = spawn(index)
             time.sleep(0.1)

@@ -70,7 +70,9 @@ def _wait_for(condition: object, timeout_s: float) -> bool:
     return False
 
 
-def test_sigkilled_worker_loses_no_job(tmp_path: Path, redis_url: str, procs: list[subprocess.Popen[bytes]]) -> None:
+def test_sigkilled_worker_loses_no_job(
+    tmp_path: Path, redis_url: str, procs: list[subprocess.Popen[bytes]]
+) -> None:
     client = redis.Redis.from_url(redis_url)
     flume = Flume(redis_url, "p")
     jobs = 2000

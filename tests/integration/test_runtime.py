@@ -87,7 +87,7 @@ def test_burst_drains_every_job_once_with_async_and_sync_workers(redis_url: str,
 
 
 def test_in_flight_never_exceeds_max_demand_with_a_slow_worker(redis_url: str, calls: Any) -> None:
-    seen, lock, register = calls
+    seen, _, register = calls
     client = redis.Redis.from_url(redis_url)
     peaks: list[int] = []
     flume = Flume(redis_url, "t")
@@ -109,7 +109,7 @@ def test_in_flight_never_exceeds_max_demand_with_a_slow_worker(redis_url: str, c
 
 
 def test_failures_retry_with_backoff_then_go_to_the_dead_letters(redis_url: str, calls: Any) -> None:
-    seen, lock, register = calls
+    *_, register = calls
     attempts: Counter[int] = Counter()
 
     async def always_fails(n: int) -> None:
@@ -135,7 +135,7 @@ def test_failures_retry_with_backoff_then_go_to_the_dead_letters(redis_url: str,
 def test_unknown_worker_and_garbage_go_to_the_dead_letters_and_valid_jobs_continue(
     redis_url: str, calls: Any
 ) -> None:
-    seen, lock, register = calls
+    seen, _, register = calls
 
     async def ok(n: int) -> None:
         seen.append(n)
@@ -159,7 +159,7 @@ def test_unknown_worker_and_garbage_go_to_the_dead_letters_and_valid_jobs_contin
 
 
 def test_batch_worker_gets_lists_and_only_failed_items_retry(redis_url: str, calls: Any) -> None:
-    seen, lock, register = calls
+    _, lock, register = calls
     sizes: list[int] = []
     runs: Counter[int] = Counter()
 
@@ -190,7 +190,7 @@ def test_batch_worker_gets_lists_and_only_failed_items_retry(redis_url: str, cal
 
 
 def test_enqueue_in_runs_later_not_before(redis_url: str, calls: Any) -> None:
-    seen, lock, register = calls
+    *_, register = calls
     started: list[float] = []
 
     async def timed() -> None:
@@ -208,7 +208,7 @@ def test_enqueue_in_runs_later_not_before(redis_url: str, calls: Any) -> None:
 
 
 def test_telemetry_records_the_life_of_a_job(redis_url: str, calls: Any) -> None:
-    seen, lock, register = calls
+    seen, _, register = calls
     events: list[Event] = []
 
     async def ok(n: int) -> None:
@@ -229,7 +229,7 @@ def test_telemetry_records_the_life_of_a_job(redis_url: str, calls: Any) -> None
 
 
 def test_fluent_pipeline_in_code(redis_url: str, calls: Any) -> None:
-    seen, lock, register = calls
+    seen, _, register = calls
 
     async def ok(n: int) -> None:
         seen.append(n)
