@@ -154,13 +154,24 @@ def test_an_empty_or_paused_queue_leaves_its_share_to_the_others(redis_url: str,
         flume.resume(BULK)
 
 
-def test_a_multi_queue_fetch_is_one_redis_call(redis_url: str, starts: list[str]) -> None:
-    _fill(redis_url, 200, 200)
+def test_one_call_fetches_each_quota_then_fills_from_the_queues_in_order(redis_url: str) -> None:
+    from flume_rx.store import RedisStore
+
+    _fill(redis_url, 10, 3)
     client = redis.Redis.from_url(redis_url)
-    client.config_resetstat()
-    _drain(redis_url, max_demand=50, processor={"stages": 8})
-    stats: dict[str, Any] = client.info("commandstats")  # type: ignore[assignment]
-    calls = {k: v["calls"] for k, v in stats.items()}
-    assert len(starts) == 400
-    # Fetches and settles are EVALSHA calls that each carry many jobs; nothing goes to Redis once per job.
-    assert calls.get("cmdstat_evalsha", 0) < 200
+
+    async def main() -> list[list[tuple[str, bytes]]]:
+        async with RedisStore.from_url(redis_url, "t") as store:
+            await store.fetch_weighted(["mail/empty"], "c0", 1, [1])  # loads the script
+            client.config_resetstat()
+            first = await store.fetch_weighted([URGENT, BULK], "c1", 6, [2, 4])
+            stats: dict[str, Any] = client.info("commandstats")  # type: ignore[assignment]
+            assert stats["cmdstat_evalsha"]["calls"] == 1  # both queues, one round trip
+            second = await store.fetch_weighted([URGENT, BULK], "c1", 6, [0, 6])  # bulk has run dry
+            return [first, second]
+
+    first, second = asyncio.run(main())
+    # Grouped by queue: urgent's quota of 2 plus the 1 bulk could not fill, then bulk's 3.
+    assert [q for q, _ in first] == [URGENT] * 3 + [BULK] * 3
+    assert [q for q, _ in second] == [URGENT] * 6
+    assert client.llen("{t:mail}/urgent:inflight:c1") == 9 and client.llen("{t:mail}/bulk:inflight:c1") == 3
