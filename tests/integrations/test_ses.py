@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -154,11 +155,10 @@ def test_a_batch_with_one_refused_item_reports_only_that_item(ses_server: MotoSe
 
 
 def test_an_unreachable_endpoint_is_transient(moto_server: MotoServer) -> None:
-    from tests.integrations.conftest import _free_port
-
-    send = ses_sender(
-        region="us-east-1", endpoint_url=f"http://127.0.0.1:{_free_port()}", from_address=SENDER
-    )
+    with socket.socket() as sock:  # a port that was free a moment ago, with nothing listening on it
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    send = ses_sender(region="us-east-1", endpoint_url=f"http://127.0.0.1:{port}", from_address=SENDER)
     with pytest.raises(TransientSESError) as caught:
         send(_simple(1))
     assert caught.value.code == "EndpointConnectionError"
