@@ -24,12 +24,14 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, TypedDict, TypeVar
+from typing import Any, Literal, NamedTuple, TypedDict, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import reactivex
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 from reactivex import Observable, abc
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
@@ -621,8 +623,37 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+"""URL schemes that ask for a Redis Cluster client; the host:port is any node of the cluster."""
+
+
+def cluster_url(url: str) -> str | None:
+    """The plain ``redis://``/``rediss://`` URL of a ``redis+cluster://`` one; None for any other URL."""
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    return f"{plain}://{rest}" if plain and sep else None
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` is a redis-py cluster client (sync or asyncio)."""
+    return isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster)
+
+
+def _connection_kwargs(client: Any) -> dict[str, Any]:
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        return dict(pool.connection_kwargs)
+    kwargs = getattr(client, "connection_kwargs", None)  # asyncio cluster client
+    if kwargs is None:
+        kwargs = client.nodes_manager.connection_kwargs  # sync cluster client
+    return dict(kwargs)
+
+
 def describe_endpoint(client: redis.Redis | redis.asyncio.Redis) -> str:
     """``redis://host:port/db`` of a client, never with its password."""
+    if is_cluster(client):
+        nodes: Any = client
+        return "redis+cluster://" + ",".join(f"{n.host}:{n.port}" for n in nodes.get_nodes()[:3])
     pool = client.connection_pool
     kw = pool.connection_kwargs
     db = kw.get("db", 0)
@@ -643,7 +674,7 @@ def _store_error(client: redis.Redis | redis.asyncio.Redis, exc: Exception) -> S
 
 
 def _check_client(client: redis.Redis | redis.asyncio.Redis) -> None:
-    if client.connection_pool.connection_kwargs.get("decode_responses"):
+    if _connection_kwargs(client).get("decode_responses"):
         raise ConfigError(
             "the Redis client decodes responses (decode_responses=True); payloads are bytes, so pass a "
             "client made with decode_responses=False"
@@ -703,6 +734,13 @@ class _AsyncRunner:
             raise _store_error(self.client, exc) from exc
 
     async def _pipeline(self, ops: Sequence[_Op], transaction: bool) -> list[Any]:
+        if is_cluster(self.client):
+            # A cluster pipeline routes each command to its slot's node; it has no MULTI across slots, and
+            # the one transaction the store asks for (dead_purge) touches a single key.
+            cluster: Any = self.client.pipeline()
+            for op in ops:
+                cluster.execute_command(*op.command())
+            return list(await cluster.execute(raise_on_error=False))
         pipe: Any = self.client.pipeline(transaction=transaction)
         for op in ops:
             pipe.pipeline_execute_command(*op.command())
@@ -742,7 +780,7 @@ class _SyncRunner:
             raise _store_error(self.client, exc) from exc
 
     def _pipeline(self, ops: Sequence[_Op], transaction: bool) -> list[Any]:
-        pipe = self.client.pipeline(transaction=transaction)
+        pipe = self.client.pipeline(transaction=None if is_cluster(self.client) else transaction)
         for op in ops:
             pipe.pipeline_execute_command(*op.command())
         return list(pipe.execute(raise_on_error=False))
@@ -799,7 +837,15 @@ class RedisStore:
             socket_timeout_s: how long any reply may take; blocking fetches must wait less than this.
         """
         try:
-            client = redis.asyncio.Redis.from_url(url, **_client_kwargs(socket_timeout_s))
+            plain = cluster_url(url)
+            if plain is not None:
+                # The cluster client answers every command the store sends; it routes each by its keys.
+                client = cast(
+                    redis.asyncio.Redis,
+                    redis.asyncio.cluster.RedisCluster.from_url(plain, **_client_kwargs(socket_timeout_s)),
+                )
+            else:
+                client = redis.asyncio.Redis.from_url(url, **_client_kwargs(socket_timeout_s))
         except ValueError as exc:
             raise ConfigError(
                 f"redis_url {redact_url(url)!r} is not a valid Redis URL ({exc}); fix it"
@@ -929,7 +975,7 @@ class RedisStore:
         return [first, *more]
 
     def _check_block(self, block_s: float) -> None:
-        timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
+        timeout = _connection_kwargs(self.client).get("socket_timeout")
         if block_s > 0 and timeout is not None and block_s + 1.0 > timeout:
             raise ConfigError(
                 f"fetch block_s={block_s} must be at least 1 s below the Redis socket timeout ({timeout} s); "
@@ -1181,7 +1227,13 @@ class SyncStore:
     @classmethod
     def from_url(cls, url: str, namespace: str = "flume", *, socket_timeout_s: float = 30.0) -> SyncStore:
         try:
-            client = redis.Redis.from_url(url, **_client_kwargs(socket_timeout_s))
+            plain = cluster_url(url)
+            if plain is not None:
+                client = cast(
+                    redis.Redis, redis.cluster.RedisCluster.from_url(plain, **_client_kwargs(socket_timeout_s))
+                )
+            else:
+                client = redis.Redis.from_url(url, **_client_kwargs(socket_timeout_s))
         except ValueError as exc:
             raise ConfigError(
                 f"redis_url {redact_url(url)!r} is not a valid Redis URL ({exc}); fix it"
