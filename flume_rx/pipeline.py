@@ -289,7 +289,7 @@ def run_workers(
     )
 
 
-def _call(item: Delivery | list[Delivery], *, executor: Executor) -> Observable[Any]:
+def _call(item: Delivery | list[Delivery], *, executor: Executor) -> Observable[Any] | asyncio.Future[Any]:
     deliveries = item if isinstance(item, list) else [item]
     source = deliveries[0].source
     if source.stopping:
@@ -308,15 +308,15 @@ def _call(item: Delivery | list[Delivery], *, executor: Executor) -> Observable[
                 wait_ms=(now - job.enqueued_at) * 1000 if job.enqueued_at else None,
             )
     if isinstance(item, list):
-        return reactivex.from_future(asyncio.ensure_future(_call_batch(deliveries, executor)))
-    return reactivex.from_future(asyncio.ensure_future(_call_one(item.job, executor)))
-
-
-async def _call_one(job: Job, executor: Executor) -> Any:
-    spec = get_worker(job.worker)
-    if spec.batch:
-        return await _invoke(spec.fn, spec.is_async, executor, [list(job.args)])
-    return await _invoke(spec.fn, spec.is_async, executor, *job.args)
+        return asyncio.ensure_future(_call_batch(deliveries, executor))
+    # The per-job hot path: one task (async worker) or one executor future (sync worker), nothing more.
+    job = item.job
+    spec = get_worker(job.worker)  # UnknownWorker becomes this job's outcome
+    args = ([list(job.args)],) if spec.batch else job.args
+    if spec.is_async:
+        task: asyncio.Future[Any] = asyncio.ensure_future(spec.fn(*args))
+        return task
+    return asyncio.get_running_loop().run_in_executor(executor, functools.partial(spec.fn, *args))
 
 
 async def _invoke(fn: Callable[..., Any], is_async: bool, executor: Executor, *args: Any) -> Any:

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -49,11 +50,23 @@ class Outcome(Generic[_T, _U]):
 def _now_s(scheduler: abc.SchedulerBase) -> float:
     if isinstance(scheduler, VirtualTimeScheduler):
         return scheduler.to_seconds(scheduler.clock)
-    return scheduler.to_seconds(scheduler.now)
+    # Real-time schedulers read the wall clock; building a datetime per call costs more than the call.
+    return time.time()
+
+
+def _cancel(future: asyncio.Future[Any]) -> None:
+    future.cancel()
+
+
+def _result_of(future: asyncio.Future[_U]) -> tuple[_U | None, BaseException | None]:
+    if future.cancelled():
+        return None, asyncio.CancelledError()
+    error = future.exception()
+    return (None, error) if error is not None else (future.result(), None)
 
 
 def process(
-    fn: Callable[[_T], Observable[_U]],
+    fn: Callable[[_T], Observable[_U] | asyncio.Future[_U]],
     stages: int,
     *,
     scheduler: abc.SchedulerBase | None = None,
@@ -71,7 +84,8 @@ def process(
     A plain source that pushes more is queued, and still at most ``stages`` calls run.
 
     Args:
-        fn: makes the call for an item; see :func:`from_async` and :func:`in_thread` for the usual shapes.
+        fn: makes the call for an item: an Observable whose first value is the result, or an asyncio
+            Future; see :func:`from_async` and :func:`in_thread` for the usual shapes.
         stages: the most calls running at once (>= 1).
         scheduler: the clock of ``started_at``/``finished_at`` and of timeouts, and the scheduler the calls
             are subscribed on (else the subscriber's; TimeoutScheduler for the clock and timeouts).
@@ -208,6 +222,11 @@ def process(
                         finish(None, TimeoutError(f"the call took longer than timeout_s={timeout_s} s"))
 
                     entry.add(clock.schedule_relative(timeout_s, expire))
+                if isinstance(call, asyncio.Future):
+                    # The hot path of job pipelines: a future needs no subscription machinery.
+                    call.add_done_callback(lambda done: finish(*_result_of(done)))
+                    entry.add(Disposable(lambda: _cancel(call)))
+                    return
                 entry.add(
                     call.subscribe(
                         lambda value: finish(value, None),
