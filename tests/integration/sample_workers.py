@@ -36,6 +36,16 @@ def record(token: str, sleep_s: float = 0.0) -> None:
     pipe.execute()
 
 
+@worker("AsyncRecordWorker")
+async def record_async(token: str) -> None:
+    """Stamps its start on the event loop, right where the throttle let it go, then counts the run."""
+    started = time.time()
+    pipe = _redis().pipeline(transaction=False)
+    pipe.hincrby("test:runs", token, 1)
+    pipe.rpush("test:starts", repr(started))
+    pipe.execute()
+
+
 @worker("RecordBatchWorker", batch=True)
 def record_batch(batch: list[list[Any]]) -> None:
     pipe = _redis().pipeline(transaction=False)
