@@ -28,6 +28,10 @@ from flume_rx.errors import Throttled
 from flume_rx.registry import worker
 
 FAKE_SES_ENV = "FLUME_DEMO_FAKE_SES"
+SES_ENDPOINT_ENV = "FLUME_DEMO_SES_ENDPOINT"
+SES_FROM_ENV = "FLUME_DEMO_SES_FROM"
+SES_STARTS_ENV = "FLUME_DEMO_STARTS_URL"
+SES_WORKER = "DemoSESv2Worker"
 DEMO_QUEUE = "email_service"
 DEMO_WORKER = "DemoSESWorker"
 
@@ -181,13 +185,7 @@ def run_demo(
     if jobs < 1 or processes < 1 or rate < 1 or ses_limit < 1:
         raise ConfigError("--jobs, --processes, --rate and --ses-limit must all be 1 or more")
     if ses_endpoint is not None:
-        from flume_rx.integrations.ses import run_ses_demo  # type: ignore[attr-defined]
-
-        return int(
-            run_ses_demo(
-                redis_url=redis_url, jobs=jobs, processes=processes, rate=rate, endpoint=ses_endpoint
-            )
-        )
+        return _run_ses_endpoint_demo(redis_url, jobs, processes, rate, ses_endpoint)
     console = Console()
     with contextlib.ExitStack() as stack:
         if redis_url is None:
@@ -304,3 +302,119 @@ def _summary(console: Any, fake: FakeSES, stats: Any, jobs: int, elapsed: float,
     table.add_row("jobs retried (failed attempts)", str(stats["failed"]))
     table.add_row("dead letters", str(stats["dead"]))
     console.print(table)
+
+
+# ---- the same demo against a real or emulated SES (--ses-endpoint) ---------------------------------------------
+
+
+def _register_ses_demo_worker() -> None:
+    """With --ses-endpoint the worker processes send through flume_rx.integrations.ses (boto3, SESv2)."""
+    from flume_rx.integrations.ses import register_ses_workers
+
+    downstream = register_ses_workers(
+        "DemoSESv2Send",
+        None,
+        from_address=os.environ[SES_FROM_ENV],
+        endpoint_url=os.environ[SES_ENDPOINT_ENV],
+    )
+
+    @worker(SES_WORKER)
+    def send_and_stamp(message: dict[str, Any]) -> None:
+        # The start time goes to Redis so the summary can count starts in any one-second window.
+        _starts_client().rpush("demo:starts", repr(time.time()))
+        downstream.send(message)
+
+
+_starts: Any = None
+
+
+def _starts_client() -> Any:
+    global _starts
+    if _starts is None:
+        import redis
+
+        _starts = redis.Redis.from_url(os.environ[SES_STARTS_ENV])
+    return _starts
+
+
+if os.environ.get(SES_ENDPOINT_ENV):
+    _register_ses_demo_worker()
+
+
+def _run_ses_endpoint_demo(redis_url: str | None, jobs: int, processes: int, rate: int, endpoint: str) -> int:
+    import redis as redis_module
+    from rich.console import Console
+    from rich.table import Table
+
+    from flume_rx.client import Flume
+    from flume_rx.embedded import RedisServer
+    from flume_rx.integrations.ses import default_client
+    from flume_rx.runtime import _child_main
+
+    console = Console()
+    sender = os.environ.get(SES_FROM_ENV, "demo@example.com")
+    with contextlib.ExitStack() as stack:
+        if redis_url is None:
+            server = stack.enter_context(RedisServer())
+            redis_url = server.url
+            console.print(f"[bold]No --redis-url given:[/] started an embedded Redis at {redis_url}")
+        client = default_client(endpoint_url=endpoint)
+        try:
+            client.create_email_identity(EmailIdentity=sender)  # an emulator needs it; real SES keeps yours
+        except Exception as exc:
+            console.print(f"could not create identity {sender!r} ({exc}); assuming it is verified already")
+        os.environ.update({SES_ENDPOINT_ENV: endpoint, SES_FROM_ENV: sender, SES_STARTS_ENV: redis_url})
+        namespace = f"sesdemo{int(time.time())}"
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flume-demo-")))
+        config_path = workdir / "demo.toml"
+        config_path.write_text(demo_config(redis_url, rate, namespace), encoding="utf-8")
+        flume = Flume(redis_url, namespace)
+        stack.callback(flume.close)
+        messages = [
+            (SES_WORKER, [{"to": [f"user{i}@example.com"], "subject": "Welcome", "text": "Hello"}])
+            for i in range(jobs)
+        ]
+        flume.bulk_enqueue(DEMO_QUEUE, messages)
+        console.print(
+            f"Sending {jobs} emails through SES at {endpoint} with {processes} processes at {rate}/s"
+        )
+        context = multiprocessing.get_context("spawn")
+        children = [
+            context.Process(
+                target=_child_main, args=(str(config_path), redis_url, False), name=f"flume-worker-{i}"
+            )
+            for i in range(processes)
+        ]
+        started = time.monotonic()
+        for child in children:
+            child.start()
+        try:
+            deadline = started + max(60.0, jobs / 20)
+            while time.monotonic() < deadline:
+                stats = flume.stats([DEMO_QUEUE])[DEMO_QUEUE]
+                if stats["processed"] + stats["dead"] >= jobs:
+                    break
+                time.sleep(0.25)
+        finally:
+            for child in children:
+                child.terminate()
+            for child in children:
+                child.join(15)
+        elapsed = time.monotonic() - started
+        stats = flume.stats([DEMO_QUEUE])[DEMO_QUEUE]
+        raw_starts: list[bytes] = redis_module.Redis.from_url(redis_url).lrange("demo:starts", 0, -1)  # type: ignore[assignment]
+        starts = sorted(float(x) for x in raw_starts)
+        most = max((bisect.bisect_left(starts, t + 1.0) - i for i, t in enumerate(starts)), default=0)
+        table = Table(title="SES demo summary", show_header=False)
+        for label, value in (
+            ("emails enqueued", jobs),
+            ("sent", stats["processed"]),
+            ("elapsed", f"{elapsed:.1f} s"),
+            ("limit", f"{rate} /s"),
+            ("most starts in any 1 s window", most),
+            ("failed attempts", stats["failed"]),
+            ("dead letters", stats["dead"]),
+        ):
+            table.add_row(label, str(value))
+        console.print(table)
+        return 0 if stats["processed"] >= jobs else 1
