@@ -178,13 +178,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             watch(config, as_json=args.json)
         elif args.command == "stats":
-            queues = [p.queue for p in config.pipelines] or None
+            queues = [q for p in config.pipelines for q in p.all_queues] or None
             _print_stats(flume.stats(queues), as_json=args.json)
         elif args.command in ("queue", "consumers"):
             from flume_rx import watch as views
 
             if args.command == "consumers":
-                views.print_consumers(flume.consumers([p.queue for p in config.pipelines] or None), args.json)
+                served = [q for p in config.pipelines for q in p.all_queues]
+                views.print_consumers(flume.consumers(served or None), args.json)
             elif args.action == "peek":
                 views.print_jobs(flume.peek(args.queue, args.where, args.limit), args.json)
             else:
