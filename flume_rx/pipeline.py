@@ -17,7 +17,6 @@ import functools
 import hashlib
 import logging
 import random
-import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ from flume_rx.config import PipelineConfig, RetryConfig
 from flume_rx.errors import BatchFailed, DecodeError, JobTimeout, StoreError, Throttled, UnknownWorker
 from flume_rx.job import Job, JobError
 from flume_rx.registry import get_worker
-from flume_rx.store import RedisStore, Settlement
+from flume_rx.store import OUTAGE_LOG, RedisStore, Settlement
 from flume_rx.telemetry import Telemetry
 
 logger = logging.getLogger("flume_rx.pipeline")
@@ -55,35 +54,6 @@ class Delivery:
     job: Job
     payload: bytes
     source: JobSource
-
-
-class _OutageLog:
-    """Process-wide: one line when Redis first fails and one when it answers again, whichever loop notices.
-
-    Fetch, settle and the heartbeat thread all meet the same outage; each keeps its own backoff
-    (:class:`_Outage`) but they share this log, so an outage is one warning, not one per loop or call.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.since: float | None = None
-
-    def down(self, what: str, error: Exception) -> None:
-        with self._lock:
-            if self.since is not None:
-                return
-            self.since = time.monotonic()
-        logger.warning("%s: Redis unreachable (%s); retrying with backoff", what, error)
-
-    def up(self) -> None:
-        with self._lock:
-            if self.since is None:
-                return
-            elapsed, self.since = time.monotonic() - self.since, None
-        logger.warning("Redis reachable again after %.1f s", elapsed)
-
-
-OUTAGE_LOG = _OutageLog()
 
 
 class _Outage:

@@ -32,10 +32,10 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from flume_rx import operators as fo
 from flume_rx.config import FlumeConfig, PipelineConfig, RateLimiterConfig, load
 from flume_rx.errors import ConfigError, StoreError
-from flume_rx.pipeline import OUTAGE_LOG, JobSource, Settler, assemble
+from flume_rx.pipeline import JobSource, Settler, assemble
 from flume_rx.priorities import WeightedSource
 from flume_rx.schedules import CronTicker
-from flume_rx.store import RedisStore, RedisTokenWindow, SyncStore
+from flume_rx.store import OUTAGE_LOG, RedisStore, RedisTokenWindow, SyncStore
 from flume_rx.telemetry import Telemetry
 
 logger = logging.getLogger("flume_rx.runtime")

@@ -20,7 +20,9 @@ import hashlib
 import importlib.resources
 import logging
 import math
+import random
 import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass
@@ -608,6 +610,37 @@ def _parse_token_reply(reply: Sequence[Any]) -> TokenReply:
 
 
 # ----------------------------------------------------------------------------------------- error handling
+
+
+class _OutageLog:
+    """Process-wide: one line when Redis first fails and one when it answers again, whichever loop notices.
+
+    Fetch, settle and the heartbeat thread all meet the same outage; each keeps its own backoff
+    (:class:`_Outage`) but they share this log, so an outage is one warning, not one per loop or call.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.since: float | None = None
+
+    def down(self, what: str, error: Exception) -> None:
+        with self._lock:
+            if self.since is not None:
+                return
+            self.since = time.monotonic()
+        log.warning("%s: Redis unreachable (%s); retrying with backoff", what, error)
+
+    def up(self) -> None:
+        with self._lock:
+            if self.since is None:
+                return
+            elapsed, self.since = time.monotonic() - self.since, None
+        log.warning("Redis reachable again after %.1f s", elapsed)
+
+
+OUTAGE_LOG = _OutageLog()
+
+
 
 
 def redact_url(url: str) -> str:
@@ -1422,8 +1455,23 @@ class RedisTokenWindow:
         self._lock = threading.Lock()
 
     async def take_async(self, tokens: int, min_tokens: int = 1) -> Grant:
-        """One grant of between ``min(tokens, min_tokens)`` and ``tokens`` tokens (clamped to the rate)."""
-        reply = await self.take_reply(tokens, min_tokens)
+        """One grant of between ``min(tokens, min_tokens)`` and ``tokens`` tokens (clamped to the rate).
+
+        While Redis is unreachable it waits with backoff, as fetch and settle do: an outage must not end the
+        pipeline the throttle sits in.
+        """
+        since: float | None = None
+        while True:
+            try:
+                reply = await self.take_reply(tokens, min_tokens)
+                break
+            except StoreError as exc:
+                since = time.monotonic() if since is None else since
+                OUTAGE_LOG.down(f"rate limiter {self.key!r}", exc)
+                backoff_s = min(5.0, 0.05 * 2.0 ** min(10, int((time.monotonic() - since) * 2)))
+                await asyncio.sleep(backoff_s * random.uniform(0.5, 1.0))
+        if since is not None:
+            OUTAGE_LOG.up()
         return Grant(tokens=reply.tokens, delay_s=reply.delay_us / 1e6, hold_s=reply.hold_us / 1e6)
 
     async def take_reply(self, tokens: int, min_tokens: int = 1) -> TokenReply:

@@ -51,9 +51,13 @@ def test_workers_and_enqueuers_ride_out_a_redis_crash(
 ) -> None:
     server = fresh_redis_server
     records = redis.Redis.from_url(redis_url)  # the run log lives on another server, which stays up
-    config = write_config(
-        tmp_path / "worker.toml", server.url, {"max_demand": 20, "processor": {"stages": 4}}
-    )
+    # With a shared rate limit too: its token window lives in the same Redis and must ride out the crash.
+    pipeline = {
+        "max_demand": 20,
+        "processor": {"stages": 4},
+        "rate_limiter": {"allowed": 5000, "period": 1000},
+    }
+    config = write_config(tmp_path / "worker.toml", server.url, pipeline)
     with Flume(server.url, "t") as flume:
         flume.bulk_enqueue(QUEUE, [("RecordWorker", [f"b{i}", 0.002]) for i in range(3000)])
     workers = [WorkerProcess(config, redis_url, name=f"w{i}") for i in range(2)]
