@@ -719,7 +719,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--out", type=Path, help="where to write the JSON")
     cmd.add_argument("--jobs", type=int, help="jobs per throughput drain (overrides the mode's default)")
     cmd.add_argument("--reps", type=int, help="repetitions (overrides the mode's default)")
+    table = sub.add_parser("table", help="print a results JSON as the Markdown tables the README quotes")
+    table.add_argument("path", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "table":
+        from benchmarks.report import tables
+
+        print(tables(json.loads(args.path.read_text())), end="")
+        return 0
     only = [name for item in args.only for name in item.split(",")]
     peers = [name for item in args.peer for name in item.split(",")]
     run(quick=args.quick, only=only, peers=peers, out=args.out, jobs=args.jobs, reps=args.reps)
