@@ -1,6 +1,6 @@
-"""The soak, at CI size: benchmarks/soak.py drains jobs through 4 workers with kills; no leak afterwards.
+"""The soak: benchmarks/soak.py drains 1,000,000 jobs through 4 workers with 5 kills; no leak afterwards.
 
-The full run is ``python -m benchmarks.soak`` (1,000,000 jobs, see docs/reliability.md for its figures).
+It takes about 90 s on 2 cores (docs/reliability.md); ``python -m benchmarks.soak`` runs it by hand.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-JOBS = 200_000
+JOBS = 1_000_000
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_soak_with_kills_leaks_nothing(redis_url: str, tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     command = [
@@ -36,12 +37,12 @@ def test_soak_with_kills_leaks_nothing(redis_url: str, tmp_path: Path) -> None:
         cwd=ROOT,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
         capture_output=True,
-        timeout=280,
+        timeout=560,
     )
     assert completed.returncode == 0, completed.stderr.decode()[-3000:]
     result = json.loads(out.read_text())
 
-    assert result["kills"] == 3
+    assert result["kills"] == 5
     assert result["processed"] >= JOBS and result["acked_twice"] >= 0  # each job acked at least once
     assert (result["queued"], result["in_flight"], result["retry"], result["dead"]) == (0, 0, 0, 0)
     assert result["exit_codes"] == [0, 0, 0, 0]
