@@ -30,7 +30,7 @@ def test_soak_with_kills_leaks_nothing(redis_url: str, tmp_path: Path) -> None:
         "--processes",
         "4",
         "--kills",
-        "3",
+        "5",
     ]
     completed = subprocess.run(
         [*command, "--redis-url", redis_url, "--out", str(out)],
