@@ -1,6 +1,6 @@
 """The soak: benchmarks/soak.py drains 1,000,000 jobs through 4 workers with 5 kills; no leak afterwards.
 
-It takes about 90 s on 2 cores (docs/reliability.md); ``python -m benchmarks.soak`` runs it by hand.
+It takes 90 s alone, 135 s under pytest, on 2 cores (docs/reliability.md); ``python -m benchmarks.soak`` runs it by hand.
 """
 
 from __future__ import annotations
