@@ -143,7 +143,9 @@ def parse(raw: Mapping[str, Any]) -> FlumeConfig:
     """Check a config mapping (the TOML document) and build a :class:`FlumeConfig`."""
     _reject_unknown(raw, _TOP_KEYS, "")
     redis_url = _str(raw, "redis_url", "", default=default_redis_url())
-    if not redis_url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")):
+    if not redis_url.startswith(
+        ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+    ):
         raise ConfigError(
             f"redis_url must start with redis://, rediss://, unix:// or redis+cluster:// (got "
             f"{_redact(redis_url)!r}); write it like redis://127.0.0.1:6379/0"

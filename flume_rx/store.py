@@ -641,8 +641,6 @@ class _OutageLog:
 OUTAGE_LOG = _OutageLog()
 
 
-
-
 def redact_url(url: str) -> str:
     """``url`` without its user name and password, for messages and logs."""
     try:
@@ -1263,7 +1261,8 @@ class SyncStore:
             plain = cluster_url(url)
             if plain is not None:
                 client = cast(
-                    redis.Redis, redis.cluster.RedisCluster.from_url(plain, **_client_kwargs(socket_timeout_s))
+                    redis.Redis,
+                    redis.cluster.RedisCluster.from_url(plain, **_client_kwargs(socket_timeout_s)),
                 )
             else:
                 client = redis.Redis.from_url(url, **_client_kwargs(socket_timeout_s))
