@@ -1262,7 +1262,7 @@ class SyncStore:
             if plain is not None:
                 client = cast(
                     redis.Redis,
-                    redis.cluster.RedisCluster.from_url(plain, **_client_kwargs(socket_timeout_s)),
+                    redis.cluster.RedisCluster.from_url(plain, **_client_kwargs(socket_timeout_s)),  # type: ignore[no-untyped-call, unused-ignore]
                 )
             else:
                 client = redis.Redis.from_url(url, **_client_kwargs(socket_timeout_s))
