@@ -10,7 +10,7 @@ from reactivex.disposable import CompositeDisposable
 from reactivex.observer import Observer
 from reactivex.testing import TestScheduler
 
-from operators import Demand, Flowable, subscribe_upstream
+from flume_rx.operators import Demand, Flowable, subscribe_upstream
 
 _T = TypeVar("_T")
 

@@ -16,7 +16,7 @@ from reactivex.scheduler import TimeoutScheduler
 from reactivex.subject import Subject
 from reactivex.testing import ReactiveTest, TestScheduler
 
-from operators import Demand, buffer_with_time_or_count
+from flume_rx.operators import Demand, buffer_with_time_or_count
 
 on_next, on_completed, on_error = ReactiveTest.on_next, ReactiveTest.on_completed, ReactiveTest.on_error
 subscribe = ReactiveTest.subscribe

@@ -13,7 +13,7 @@ from reactivex import abc
 from reactivex import operators as ops
 from reactivex.testing import TestScheduler
 
-from operators import UNBOUNDED, Demand, Flowable, subscribe_upstream
+from flume_rx.operators import UNBOUNDED, Demand, Flowable, subscribe_upstream
 
 
 def test_demand_counts_requests_and_takes() -> None:
@@ -122,6 +122,6 @@ def test_an_exception_while_subscribing_becomes_on_error() -> None:
 
 @pytest.mark.parametrize("module", ["_flow", "_request_n", "_throttle", "_batch", "_retry", "_process"])
 def test_docstring_examples_run(module: str) -> None:
-    result = doctest.testmod(importlib.import_module(f"operators.{module}"), optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(importlib.import_module(f"flume_rx.operators.{module}"), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0

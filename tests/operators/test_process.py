@@ -17,7 +17,7 @@ from reactivex import operators as ops
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.testing import ReactiveTest, TestScheduler
 
-from operators import Demand, Outcome, from_async, in_thread, process
+from flume_rx.operators import Demand, Outcome, from_async, in_thread, process
 
 on_next, on_completed, on_error = ReactiveTest.on_next, ReactiveTest.on_completed, ReactiveTest.on_error
 

@@ -13,7 +13,7 @@ from reactivex import Observable
 from reactivex import operators as ops
 from reactivex.testing import TestScheduler
 
-from operators import (
+from flume_rx.operators import (
     Credits,
     Demand,
     InProcessWindow,

@@ -14,7 +14,7 @@ from reactivex import abc
 from reactivex.disposable import CompositeDisposable
 from reactivex.testing import ReactiveTest, TestScheduler
 
-from operators import Demand, Flowable, backoff_delay, retry_with_backoff
+from flume_rx.operators import Demand, Flowable, backoff_delay, retry_with_backoff
 
 on_next, on_completed, on_error = ReactiveTest.on_next, ReactiveTest.on_completed, ReactiveTest.on_error
 subscribe = ReactiveTest.subscribe

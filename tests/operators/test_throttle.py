@@ -13,7 +13,7 @@ from reactivex import Observable
 from reactivex import operators as ops
 from reactivex.testing import ReactiveTest, TestScheduler
 
-from operators import Demand, Grant, InProcessWindow, throttle
+from flume_rx.operators import Demand, Grant, InProcessWindow, throttle
 
 on_next, on_completed, on_error = ReactiveTest.on_next, ReactiveTest.on_completed, ReactiveTest.on_error
 subscribe = ReactiveTest.subscribe
