@@ -122,6 +122,8 @@ def test_an_exception_while_subscribing_becomes_on_error() -> None:
 
 @pytest.mark.parametrize("module", ["_flow", "_request_n", "_throttle", "_batch", "_retry", "_process"])
 def test_docstring_examples_run(module: str) -> None:
-    result = doctest.testmod(importlib.import_module(f"flume_rx.operators.{module}"), optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(
+        importlib.import_module(f"flume_rx.operators.{module}"), optionflags=doctest.ELLIPSIS
+    )
     assert result.attempted > 0
     assert result.failed == 0
