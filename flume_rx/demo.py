@@ -48,6 +48,7 @@ class FakeSES:
     latency_s: float = 0.01
     accepted: list[float] = field(default_factory=list)
     rejected: int = 0
+    rejected_times: list[float] = field(default_factory=list)
     _recent: deque[float] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -58,6 +59,7 @@ class FakeSES:
                 self._recent.popleft()
             if len(self._recent) >= self.limit:
                 self.rejected += 1
+                self.rejected_times.append(now)
                 return False
             self._recent.append(now)
             self.accepted.append(now)
