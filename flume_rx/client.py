@@ -288,10 +288,31 @@ class Flume:
         return source.flowable
 
     def window(
-        self, key: str, allowed: int, period_s: float = 1.0, *, hold_s: float = 0.02, adaptive: bool = False
+        self,
+        key: str,
+        allowed: int,
+        period_s: float = 1.0,
+        *,
+        hold_s: float = 0.02,
+        adaptive: bool = False,
+        burst: int | None = None,
     ) -> RedisTokenWindow:
-        """A token window shared through Redis by every process that uses the same ``key``."""
-        return RedisTokenWindow(self.async_store, key, allowed, period_s, hold_s=hold_s, adaptive=adaptive)
+        """A token window shared through Redis by every process that uses the same ``key``.
+
+        Grants are paced at ``allowed / period_s``, at most ``burst`` at once (default a twentieth of the
+        limit; 0 for the plain sliding window).
+        """
+        from flume_rx.runtime import pacing_burst
+
+        return RedisTokenWindow(
+            self.async_store,
+            key,
+            allowed,
+            period_s,
+            hold_s=hold_s,
+            adaptive=adaptive,
+            burst=pacing_burst(allowed, burst),
+        )
 
     def process(self, *, stages: int = 10, timeout_s: float | None = None) -> Any:
         """The processor stage: runs each job's registered worker, at most ``stages`` at once."""

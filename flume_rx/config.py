@@ -28,6 +28,7 @@ class RateLimiterConfig:
     key: str
     adaptive: bool = False
     hold_s: float = 0.02
+    burst: int | None = None  # None: allowed // 20; 0: no pacing
     from_ses: float | None = None
     cost: str | None = None  # "module:function" computing a job's cost from its args
     key_from: str | None = None  # "module:function" giving the key of a job's own window (per-key limits)
@@ -215,8 +216,16 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
         rl_where = f"{where}rate_limiter."
         _table(rl, f"{where}rate_limiter")
         _reject_unknown(
-            rl, {"allowed", "period", "key", "adaptive", "hold", "from_ses", "cost", "key_from"}, rl_where
+            rl,
+            {"allowed", "period", "key", "adaptive", "hold", "from_ses", "cost", "key_from", "burst"},
+            rl_where,
         )
+        burst = rl.get("burst")
+        if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int) or burst < 0):
+            raise ConfigError(
+                f"{rl_where}burst must be an integer >= 0 (got {burst!r}); the most tokens granted at once "
+                "while pacing, 0 for no pacing"
+            )
         from_ses = rl.get("from_ses")
         if from_ses is not None and (
             isinstance(from_ses, bool) or not isinstance(from_ses, int | float) or not 0 < from_ses <= 1
@@ -254,6 +263,7 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
             from_ses=None if from_ses is None else float(from_ses),
             cost=cost,
             key_from=key_from,
+            burst=burst,
         )
 
     batcher = None

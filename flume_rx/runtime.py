@@ -44,6 +44,13 @@ PROMOTE_INTERVAL_S = 0.2
 LOOP_BLOCKED_WARNING_S = 1.0
 
 
+def pacing_burst(allowed: int, configured: int | None) -> int | None:
+    """The window's pacing burst: as configured (0 turns pacing off), else a twentieth of the limit."""
+    if configured is None:
+        return max(1, allowed // 20)
+    return configured or None
+
+
 def new_consumer_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -195,6 +202,7 @@ class WorkerRuntime:
             limiter.period_s,
             hold_s=limiter.hold_s,
             adaptive=limiter.adaptive,
+            burst=pacing_burst(allowed, limiter.burst),
         )
 
     def _start(

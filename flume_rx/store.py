@@ -1179,6 +1179,7 @@ class RedisStore:
         adaptive: bool = False,
         decrease_factor: float = 0.5,
         recover_per_s: float = 0.0,
+        burst: int = 0,
     ) -> TokenReply:
         """One grant from the shared sliding window ``key`` (see DEVELOPERS.md, "The token window")."""
         log_key, meta_key = self.keys.rate(key)
@@ -1191,6 +1192,7 @@ class RedisStore:
             1 if adaptive else 0,
             repr(float(decrease_factor)),
             repr(float(recover_per_s)),
+            burst,
         )
         return _parse_token_reply(await self._run.one(_Eval("take_tokens", (log_key, meta_key), args)))
 
@@ -1412,6 +1414,8 @@ class RedisTokenWindow:
         decrease_factor: multiplier applied by a penalty (at most once per period).
         recover_per_s: tokens per period regained each second; ``allowed * 0.05`` by default (as
             :class:`~flume_rx.operators.InProcessWindow`).
+        burst: pace grants to one token every ``period_s / allowed``, at most ``burst`` at once, so the window
+            fills smoothly rather than in one burst per period (None: no pacing, the plain sliding window).
 
     >>> window = RedisTokenWindow(store, "ses", allowed=400, period_s=1.0)  # doctest: +SKIP
     >>> await window.take_async(10, min_tokens=5)  # doctest: +SKIP
@@ -1429,6 +1433,7 @@ class RedisTokenWindow:
         adaptive: bool = False,
         decrease_factor: float = 0.5,
         recover_per_s: float | None = None,
+        burst: int | None = None,
     ) -> None:
         # ValueError, as InProcessWindow raises: the two are interchangeable behind TokenWindow.
         if allowed < 1:
@@ -1450,6 +1455,9 @@ class RedisTokenWindow:
         self.adaptive = adaptive
         self.decrease_factor = decrease_factor
         self.recover_per_s = allowed * 0.05 if recover_per_s is None else recover_per_s
+        if burst is not None and burst < 1:
+            raise ValueError(f"burst must be >= 1 token or None for no pacing (got {burst})")
+        self.burst = burst or 0
         self._effective = float(allowed)
         self._lock = threading.Lock()
 
@@ -1489,6 +1497,7 @@ class RedisTokenWindow:
             adaptive=self.adaptive,
             decrease_factor=self.decrease_factor,
             recover_per_s=self.recover_per_s,
+            burst=self.burst,
         )
         with self._lock:
             self._effective = reply.effective_allowed

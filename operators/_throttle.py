@@ -99,6 +99,8 @@ class InProcessWindow:
         adaptive: whether :meth:`penalize` lowers the rate (otherwise it only reports it).
         decrease_factor: the factor a penalty applies, within (0, 1).
         recover_per_s: tokens per second the rate regains; ``allowed * 0.05`` when None.
+        burst: pace grants to one token every ``period_s / allowed``, at most ``burst`` at once (GCRA), so a
+            backlog is served smoothly rather than in one burst per period; None for the plain window.
 
     ::
 
@@ -124,7 +126,10 @@ class InProcessWindow:
         adaptive: bool = False,
         decrease_factor: float = 0.5,
         recover_per_s: float | None = None,
+        burst: int | None = None,
     ) -> None:
+        if burst is not None and burst < 1:
+            raise ValueError(f"burst must be >= 1 token or None for no pacing (got {burst})")
         if allowed < 1:
             raise ValueError(f"allowed must be >= 1 token per period (got {allowed})")
         if not period_s > 0:
@@ -153,6 +158,8 @@ class InProcessWindow:
         # (expires_at, tokens) in grant order; expires_at = g + hold + period is non-decreasing like g.
         self._grants: deque[tuple[float, int]] = deque()
         self._last_start = -math.inf
+        self.burst = burst
+        self._paced_until = -math.inf  # GCRA's theoretical arrival time of the next token
         self._rate = float(allowed)
         self._rate_at = self._clock()
 
@@ -209,6 +216,13 @@ class InProcessWindow:
             # Grants expiring at the same instant as `at` are free too: include them all.
             used = sum(count for expires_at, count in grants if expires_at > at)
             granted = min(wanted, capacity - used)
+            if self.burst is not None:
+                # Pacing only ever moves a start later, which the sliding window always allows.
+                most = max(self.burst, need)
+                granted = min(granted, most)
+                interval = (self._period_s + self.hold_s) / capacity
+                at = max(at, self._paced_until + (granted - most) * interval)
+                self._paced_until = max(self._paced_until, at) + granted * interval
             grants.append((at + self.hold_s + self._period_s, granted))
             self._last_start = at
             return Grant(granted, at - now, self.hold_s)

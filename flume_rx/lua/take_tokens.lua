@@ -1,5 +1,6 @@
 -- take_tokens(KEYS[1]=log, KEYS[2]=meta, ARGV[1]=allowed, ARGV[2]=period_ms, ARGV[3]=hold_ms, ARGV[4]=want,
---             ARGV[5]=min_tokens, ARGV[6]=adaptive (0/1), ARGV[7]=decrease_factor, ARGV[8]=recover_per_s)
+--             ARGV[5]=min_tokens, ARGV[6]=adaptive (0/1), ARGV[7]=decrease_factor, ARGV[8]=recover_per_s,
+--             ARGV[9]=burst (0: no pacing))
 --   -> {tokens, delay_us, hold_us, effective allowed (string), g_us}
 -- An exact sliding-window limit. Each grant is recorded at its start time g (unix us, Redis TIME), handed out
 -- in non-decreasing g, and counted until g + hold + period: the log is a zset of "seq:tokens" scored g + hold,
@@ -7,6 +8,8 @@
 -- running sum of the counted tokens, the last g, a sequence number and, when adaptive, the effective allowed.
 -- When fewer than min(want, min_tokens) tokens are free now, the grant is a reservation at the earliest g at
 -- which that many are free; so a grant always has at least one token.
+-- With a burst B > 0, grants are also paced (GCRA, one token every period/allowed, at most B at once), so the
+-- window fills smoothly instead of in one burst a period: pacing only moves g later, which the window allows.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local allowed = tonumber(ARGV[1])
@@ -16,8 +19,9 @@ local want = tonumber(ARGV[4])
 local min_tokens = tonumber(ARGV[5])
 local adaptive = ARGV[6] == '1'
 local recover_per_s = tonumber(ARGV[8])
+local burst = tonumber(ARGV[9]) or 0
 
-local meta = redis.call('HMGET', KEYS[2], 'sum', 'last_g', 'seq', 'eff', 'eff_at')
+local meta = redis.call('HMGET', KEYS[2], 'sum', 'last_g', 'seq', 'eff', 'eff_at', 'tat')
 local sum = tonumber(meta[1]) or 0
 local last_g = tonumber(meta[2]) or 0
 local seq = tonumber(meta[3]) or 0
@@ -91,6 +95,17 @@ end
 local tokens = math.min(want, cap - sum)
 if tokens < 1 then
   tokens = 1
+end
+if burst > 0 then
+  local most = math.max(burst, min_tokens)
+  if tokens > most then
+    tokens = most
+  end
+  -- Paced at allowed per (period + hold), the rate the window sustains, so it never has to stall.
+  local interval = (period + hold) / cap
+  local tat = tonumber(meta[6]) or 0
+  g = math.max(g, tat + (tokens - most) * interval)
+  redis.call('HSET', KEYS[2], 'tat', math.max(tat, g) + tokens * interval)
 end
 
 seq = seq + 1

@@ -140,5 +140,5 @@ def test_three_processes_share_one_400_per_second_window(
     # The window lets at most 400 jobs go per sliding second across the three processes; the stamps are
     # taken in the jobs' first line, which the OS may run a little later on a loaded two-core machine, so
     # the bound checked is the project's stated goal of 400 x 1.01 (the benchmark reports the exact figure).
-    assert most_in_any_second <= 404
+    assert most_in_any_second <= 404, most_in_any_second
     assert most_in_any_second >= 300  # and the limit is used, not merely respected

@@ -248,3 +248,32 @@ def raw_client(redis_url: str) -> Any:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+# ------------------------------------------------------------------- pacing (burst)
+
+
+@pytest.mark.parametrize("kind", ["in-process", "redis"])
+async def test_pacing_spreads_a_backlog_at_the_rate_the_window_sustains(kind: str, store: RedisStore) -> None:
+    allowed, period_s, hold_s, burst = 400, 1.0, 0.02, 20
+    window: TokenWindow
+    if kind == "in-process":
+        window = InProcessWindow(allowed, period_s, hold_s, burst=burst)
+    else:
+        window = RedisTokenWindow(store, uuid.uuid4().hex, allowed, period_s, hold_s=hold_s, burst=burst)
+    grants: list[Grant] = [await first(window.take(50, 20)) for _ in range(30)]
+
+    assert all(g.tokens <= burst for g in grants)  # never more than the burst at once
+    # Asked back to back, the delays grow by the tokens' pacing interval: a smooth 400 per 1.02 s, not
+    # 400 at once and then nothing for a period. The first grant may use the whole burst at once.
+    interval = (period_s + hold_s) / allowed
+    granted = 0
+    for grant in grants:
+        assert grant.delay_s >= (granted - burst) * interval - 0.01  # 10 ms for the time the calls take
+        granted += grant.tokens
+    assert grants[-1].delay_s > 0.5  # 600 tokens could not all start at once
+
+
+def test_a_window_refuses_a_burst_below_one() -> None:
+    with pytest.raises(ValueError, match="burst"):
+        InProcessWindow(10, 1.0, burst=0)
