@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, TypedDict, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
+import msgpack
 import reactivex
 import redis
 import redis.asyncio
@@ -335,7 +336,7 @@ def _ops_settle(
     keys: Keys, queue: str, consumer: str, settlements: Sequence[Settlement], dead_max: int, dead_ttl_ms: int
 ) -> _Eval:
     k = keys.of(queue)
-    flat: list[Arg] = [dead_max, dead_ttl_ms]
+    flat: list[object] = []
     base = (k.inflight(consumer), k.queue, k.retry, k.dead, k.stats, k.seconds, k.minutes)
     unique_keys: list[str] = []
     for s in settlements:
@@ -346,7 +347,9 @@ def _ops_settle(
             unique_keys.append(k.unique(s.unique[0]))
             unique_index, holder = len(base) + len(unique_keys), s.unique[1]
         flat += [s.action, s.payload, s.new_payload or b"", max(0, int(s.delay_ms)), unique_index, holder]
-    return _Eval("settle", (*base, *unique_keys), tuple(flat))
+    # Redis's cmsgpack reads only the old raw type, hence use_bin_type=False (bytes stay bytes in Lua).
+    outcomes: bytes = msgpack.packb(flat, use_bin_type=False)
+    return _Eval("settle", (*base, *unique_keys), (dead_max, dead_ttl_ms, outcomes))
 
 
 def _ops_enqueue_unique(

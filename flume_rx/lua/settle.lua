@@ -2,8 +2,10 @@
 --        KEYS[6]=per-second rate ring, KEYS[7]=per-minute rate ring (both optional),
 --        ARGV[1]=dead_max, ARGV[2]=dead_ttl_ms,
 --        KEYS[8..]=unique keys held by settled jobs,
---        ARGV[3..]=(action, payload, new_payload or "", delay_ms, unique key index into KEYS or 0, job id)
---        per outcome) -> count of stale outcomes
+--        ARGV[3]=msgpack array of (action, payload, new_payload or "", delay_ms, unique key index into KEYS
+--        or 0, job id) per outcome, flattened) -> count of stale outcomes
+-- The outcomes travel as one msgpack blob: as separate arguments, the client spent more time encoding a
+-- batch of hundreds of them than running the jobs.
 -- action is "ack", "retry" (into retry at now+delay_ms), "dead" (into the dead letters, bounded by count and
 -- age) or "requeue" (back onto the fetch end of the queue, costing no retry). An outcome whose payload is no
 -- longer in the in-flight list (orphan recovery gave it back meanwhile) moves nothing: the recovered copy is
@@ -14,9 +16,10 @@ local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local stale = 0
 local processed, failed, dead, requeued = 0, 0, 0, 0
-for i = 3, #ARGV, 6 do
-  local action, payload, new_payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local unique = tonumber(ARGV[i + 4])
+local outcomes = cmsgpack.unpack(ARGV[3])
+for i = 1, #outcomes, 6 do
+  local action, payload, new_payload = outcomes[i], outcomes[i + 1], outcomes[i + 2]
+  local unique = tonumber(outcomes[i + 4])
   if new_payload == '' then
     new_payload = payload
   end
@@ -26,7 +29,7 @@ for i = 3, #ARGV, 6 do
   elseif action == 'ack' then
     processed = processed + 1
   elseif action == 'retry' then
-    redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[i + 3]), new_payload)
+    redis.call('ZADD', KEYS[3], now_ms + tonumber(outcomes[i + 3]), new_payload)
     failed = failed + 1
   elseif action == 'dead' then
     redis.call('ZADD', KEYS[4], now_ms, new_payload)
@@ -39,7 +42,7 @@ for i = 3, #ARGV, 6 do
     return redis.error_reply('settle: unknown action ' .. tostring(action))
   end
   if unique > 0 and removed > 0 and (action == 'ack' or action == 'dead')
-      and redis.call('GET', KEYS[unique]) == ARGV[i + 5] then
+      and redis.call('GET', KEYS[unique]) == outcomes[i + 5] then
     redis.call('DEL', KEYS[unique])
   end
 end
