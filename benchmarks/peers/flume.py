@@ -17,8 +17,8 @@ from flume_rx import worker
 QUEUE = "bench"
 NAMESPACE = "bench"
 CHUNK = 10_000
-MAX_DEMAND = 100
-STAGES = 50
+MAX_DEMAND = 500
+STAGES = 200
 LIMIT = 400
 
 
