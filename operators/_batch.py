@@ -12,7 +12,7 @@ from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposab
 from reactivex.observer import Observer
 from reactivex.scheduler import TimeoutScheduler
 
-from ._flow import Demand, Flowable, subscribe_upstream
+from ._flow import Demand, Flowable, drain_loop, subscribe_upstream
 
 _T = TypeVar("_T")
 
@@ -76,7 +76,6 @@ def buffer_with_time_or_count(
             requested = 0  # items asked of upstream and not yet received
             failure: list[Exception] = []
             stopped = False
-            wip = 0
             timer = SerialDisposable()
 
             def close(trigger: str) -> None:
@@ -122,28 +121,7 @@ def buffer_with_time_or_count(
                 requested += wanted
                 return wanted
 
-            def drain() -> None:
-                nonlocal wip
-                with lock:
-                    wip += 1
-                    if wip > 1:
-                        return
-                missed = 1
-                while True:
-                    while True:
-                        with lock:
-                            signal = next_signal()
-                            wanted = 0 if stopped else request_more()
-                        if wanted:
-                            upstream.request(wanted)
-                        if signal is None:
-                            break
-                        signal()
-                    with lock:
-                        wip -= missed
-                        missed = wip
-                        if missed == 0:
-                            return
+            drain = drain_loop(lock, next_signal, lambda: 0 if stopped else request_more(), upstream)
 
             def fire(_scheduler: abc.SchedulerBase, expected: int | None) -> None:
                 with lock:

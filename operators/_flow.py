@@ -97,6 +97,59 @@ class Demand:
         return Disposable(remove)
 
 
+def serialize(step: Callable[[], None]) -> Callable[[], None]:
+    """Make ``step`` run one call at a time however it is called: from several threads, or from inside itself.
+
+    A call that arrives while ``step`` runs is remembered, and ``step`` runs once more after it (Reactive
+    Streams' work-in-progress counter), so no signal is lost and the stack never grows with reentrant calls.
+    """
+    lock = threading.Lock()
+    wip = 0
+
+    def run() -> None:
+        nonlocal wip
+        with lock:
+            wip += 1
+            if wip > 1:
+                return
+        missed = 1
+        while True:
+            step()
+            with lock:
+                wip -= missed
+                missed = wip
+                if missed == 0:
+                    return
+
+    return run
+
+
+def drain_loop(
+    lock: threading.Lock,
+    next_signal: Callable[[], Callable[[], None] | None],
+    request_more: Callable[[], int],
+    upstream: Demand,
+) -> Callable[[], None]:
+    """The drain of a demand-aware operator: under ``lock``, pick the next signal to send downstream and how
+    much more to request upstream; send both outside the lock; repeat until there is nothing to do.
+
+    ``next_signal`` and ``request_more`` are called with ``lock`` held; the signal runs without it.
+    """
+
+    def step() -> None:
+        while True:
+            with lock:
+                signal = next_signal()
+                wanted = request_more()
+            if wanted:
+                upstream.request(wanted)
+            if signal is None:
+                return
+            signal()
+
+    return serialize(step)
+
+
 SubscribeWithDemand = Callable[[abc.ObserverBase[_T], Demand, abc.SchedulerBase | None], abc.DisposableBase]
 
 

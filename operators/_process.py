@@ -17,7 +17,7 @@ from reactivex.disposable import CompositeDisposable, Disposable
 from reactivex.observer import Observer
 from reactivex.scheduler import TimeoutScheduler, VirtualTimeScheduler
 
-from ._flow import Demand, Flowable, subscribe_upstream
+from ._flow import Demand, Flowable, drain_loop, subscribe_upstream
 
 _T = TypeVar("_T")
 _U = TypeVar("_U")
@@ -132,7 +132,6 @@ def process(
             requested = 0  # items asked of upstream and not yet received
             failure: list[Exception] = []
             stopped = False
-            wip = 0
 
             def busy() -> int:
                 return len(calls) + starting + len(waiting)
@@ -171,28 +170,7 @@ def process(
                 requested += wanted
                 return wanted
 
-            def drain() -> None:
-                nonlocal wip
-                with lock:
-                    wip += 1
-                    if wip > 1:
-                        return
-                missed = 1
-                while True:
-                    while True:
-                        with lock:
-                            signal = next_signal()
-                            wanted = request_more()
-                        if wanted:
-                            upstream.request(wanted)
-                        if signal is None:
-                            break
-                        signal()
-                    with lock:
-                        wip -= missed
-                        missed = wip
-                        if missed == 0:
-                            return
+            drain = drain_loop(lock, next_signal, request_more, upstream)
 
             def start(item: _T) -> None:
                 nonlocal starting

@@ -11,7 +11,7 @@ import reactivex
 from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposable
 
-from ._flow import Demand, Flowable
+from ._flow import Demand, Flowable, serialize
 
 _T = TypeVar("_T")
 
@@ -87,8 +87,6 @@ class PullSource(Flowable[_T]):
     def _subscribe_pull(
         self, observer: abc.ObserverBase[_T], demand: Demand, scheduler: abc.SchedulerBase | None
     ) -> abc.DisposableBase:
-        lock = threading.Lock()
-        wip = 0
         fetching = False
         done = False
         held_since: float | None = None
@@ -153,20 +151,7 @@ class PullSource(Flowable[_T]):
                 on_batch, on_fetch_error, on_fetch_completed, scheduler=scheduler
             )
 
-        def pump() -> None:
-            nonlocal wip
-            with lock:
-                wip += 1
-                if wip > 1:
-                    return
-            missed = 1
-            while True:
-                step()
-                with lock:
-                    wip -= missed
-                    missed = wip
-                    if missed == 0:
-                        return
+        pump = serialize(step)
 
         def stop() -> None:
             nonlocal done

@@ -21,7 +21,7 @@ from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposab
 from reactivex.observer import Observer
 from reactivex.scheduler import TimeoutScheduler, VirtualTimeScheduler
 
-from ._flow import Demand, Flowable, subscribe_upstream
+from ._flow import Demand, Flowable, drain_loop, subscribe_upstream
 
 _T = TypeVar("_T")
 
@@ -311,7 +311,6 @@ def throttle(
             requested = 0  # items asked of upstream and not yet received
             failure: list[Exception] = []
             stopped = False
-            wip = 0
             take_subscription = SerialDisposable()
             delay_timer = SerialDisposable()
 
@@ -407,28 +406,7 @@ def throttle(
                 requested += wanted
                 return wanted
 
-            def drain() -> None:
-                nonlocal wip
-                with lock:
-                    wip += 1
-                    if wip > 1:
-                        return
-                missed = 1
-                while True:
-                    while True:
-                        with lock:
-                            signal = next_signal()
-                            wanted = request_more()
-                        if wanted:
-                            upstream.request(wanted)
-                        if signal is None:
-                            break
-                        signal()
-                    with lock:
-                        wip -= missed
-                        missed = wip
-                        if missed == 0:
-                            return
+            drain = drain_loop(lock, next_signal, request_more, upstream)
 
             def on_next(item: _T) -> None:
                 try:
