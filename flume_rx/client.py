@@ -119,16 +119,14 @@ class Flume:
         unique_key: str | None = None,
         unique_for: float = DEFAULT_UNIQUE_FOR_S,
     ) -> str:
-        """Run the job ``seconds`` from now (due times are compared with Redis's clock, not this host's)."""
-        return self.enqueue_at(
-            queue,
-            time.time() + float(seconds),
-            worker,
-            args,
-            cost=cost,
-            unique_key=unique_key,
-            unique_for=unique_for,
-        )
+        """Run the job ``seconds`` from now, counted on Redis's clock, so a producer's skewed clock cannot
+        make it early or late."""
+        job = self._job(queue, worker, args, cost)
+        if unique_key is not None:
+            return self._enqueue_unique(job, unique_key, unique_for, ("in", float(seconds)))
+        self._store.schedule_in(queue, [(codec.encode(job, self.max_payload_bytes), float(seconds))])
+        self.telemetry.emit("job.enqueued", queue=queue, count=1)
+        return job.id
 
     def enqueue_at(
         self,
