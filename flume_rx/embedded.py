@@ -27,6 +27,10 @@ import redis
 
 log = logging.getLogger("flume_rx.embedded")
 
+# Jitter comes from a private generator: drawing from the global one would perturb the random state of
+# the application (and of Hypothesis, which checks it) from our background loops.
+_jitter = random.Random()
+
 
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
@@ -86,7 +90,7 @@ def free_port() -> int:
             port: int = sock.getsockname()[1]
         if port <= _HIGHEST_USABLE_PORT and _is_free(port + 10000):
             return port
-    for port in range(random.randint(20000, 40000), _HIGHEST_USABLE_PORT):
+    for port in range(_jitter.randint(20000, 40000), _HIGHEST_USABLE_PORT):
         if _is_free(port) and _is_free(port + 10000):
             return port
     raise RuntimeError("no free TCP port on 127.0.0.1 below 55536; free some ports and try again")

@@ -40,6 +40,10 @@ from flume_rx.telemetry import Telemetry
 
 logger = logging.getLogger("flume_rx.pipeline")
 
+# Jitter comes from a private generator: drawing from the global one would perturb the random state of
+# the application (and of Hypothesis, which checks it) from our background loops.
+_jitter = random.Random()
+
 _TRACEBACK_TAIL_CHARS = 2000
 
 
@@ -69,7 +73,7 @@ class _Outage:
         OUTAGE_LOG.down(self.what, error)
         elapsed = time.monotonic() - self.since
         backoff_s: float = min(5.0, 0.05 * 2 ** min(10, int(elapsed * 2)))
-        return backoff_s * random.uniform(0.5, 1.0)
+        return backoff_s * _jitter.uniform(0.5, 1.0)
 
     def ok(self) -> None:
         if self.since is not None:

@@ -40,6 +40,10 @@ from flume_rx.telemetry import Telemetry
 
 logger = logging.getLogger("flume_rx.runtime")
 
+# Jitter comes from a private generator: drawing from the global one would perturb the random state of
+# the application (and of Hypothesis, which checks it) from our background loops.
+_jitter = random.Random()
+
 PROMOTE_INTERVAL_S = 0.2
 LOOP_BLOCKED_WARNING_S = 1.0
 
@@ -295,12 +299,12 @@ class WorkerRuntime:
                 # The fetch loop reports outages; promotion resumes with it.
                 with contextlib.suppress(StoreError):
                     await store.promote_due(queue)
-            await asyncio.sleep(PROMOTE_INTERVAL_S * random.uniform(0.75, 1.25))
+            await asyncio.sleep(PROMOTE_INTERVAL_S * _jitter.uniform(0.75, 1.25))
 
     async def _recover_forever(self, store: RedisStore, queues: Sequence[str]) -> None:
         timeout_ms = int(self.config.orphan_timeout_s * 1000)
         while True:
-            await asyncio.sleep(self.config.orphan_timeout_s / 2 * random.uniform(0.75, 1.25))
+            await asyncio.sleep(self.config.orphan_timeout_s / 2 * _jitter.uniform(0.75, 1.25))
             for queue in queues:
                 try:
                     recovered = await store.recover_orphans(queue, timeout_ms)

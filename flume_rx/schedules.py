@@ -37,6 +37,10 @@ from flume_rx.telemetry import Telemetry
 
 logger = logging.getLogger("flume_rx.schedules")
 
+# Jitter comes from a private generator: drawing from the global one would perturb the random state of
+# the application (and of Hypothesis, which checks it) from our background loops.
+_jitter = random.Random()
+
 Missed = Literal["run_once", "skip"]
 
 MAX_SLEEP_S = 1.0
@@ -184,7 +188,7 @@ class CronTicker:
                 sleep_s = await self.tick_once()
             except StoreError:
                 sleep_s = MAX_SLEEP_S
-            await asyncio.sleep(sleep_s * random.uniform(0.9, 1.0))
+            await asyncio.sleep(sleep_s * _jitter.uniform(0.9, 1.0))
 
     async def tick_once(self) -> float:
         """Decide each schedule's latest tick not yet seen here; returns how long to sleep until the next."""

@@ -45,6 +45,10 @@ from flume_rx.operators import Grant
 
 log = logging.getLogger("flume_rx.store")
 
+# Jitter comes from a private generator: drawing from the global one would perturb the random state of
+# the application (and of Hypothesis, which checks it) from our background loops.
+_jitter = random.Random()
+
 _T = TypeVar("_T")
 
 Arg = bytes | str | int | float
@@ -1479,7 +1483,7 @@ class RedisTokenWindow:
                 since = time.monotonic() if since is None else since
                 OUTAGE_LOG.down(f"rate limiter {self.key!r}", exc)
                 backoff_s = min(5.0, 0.05 * 2.0 ** min(10, int((time.monotonic() - since) * 2)))
-                await asyncio.sleep(backoff_s * random.uniform(0.5, 1.0))
+                await asyncio.sleep(backoff_s * _jitter.uniform(0.5, 1.0))
         if since is not None:
             OUTAGE_LOG.up()
         return Grant(tokens=reply.tokens, delay_s=reply.delay_us / 1e6, hold_s=reply.hold_us / 1e6)

@@ -14,6 +14,8 @@ from reactivex.scheduler import TimeoutScheduler
 
 from ._flow import Demand, Flowable, subscribe_upstream
 
+_jitter = random.Random()
+
 _V = TypeVar("_V")
 
 
@@ -36,7 +38,8 @@ def backoff_delay(
         attempt: how many retries came before this one (>= 0).
         initial: the base delay of the first retry, in seconds (> 0).
         cap: the largest base delay, in seconds (>= initial).
-        rng: the random source (the ``random`` module's when None); pass a seeded one for repeatable runs.
+        rng: the random source (a private one when None, so the application's global random state is left
+            alone); pass a seeded one for repeatable runs.
         jitter: the random share of the delay, within [0, 1].
 
     Returns:
@@ -62,7 +65,7 @@ def backoff_delay(
     except OverflowError:
         raw = cap
     base = min(cap, raw)
-    draw = (rng or random).random()
+    draw = (rng or _jitter).random()
     return base * (1.0 - jitter) + base * jitter * draw
 
 
