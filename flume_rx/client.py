@@ -183,6 +183,10 @@ class Flume:
     def dead_purge(self, queue: str) -> int:
         return self._store.dead_purge(queue)
 
+    def window_counts(self, key: str) -> tuple[int, int]:
+        """Token grants so far, and how many of them made the caller wait, for the shared window ``key``."""
+        return self._store.window_counts(key)
+
     def pause(self, queue: str) -> None:
         self._store.pause(queue)
 

@@ -236,7 +236,8 @@ def run_demo(
                 child.join(15)
         elapsed = time.monotonic() - started
         stats = flume.stats([DEMO_QUEUE])[DEMO_QUEUE]
-        _summary(console, fake, stats, jobs, elapsed, rate)
+        grants, waits = flume.window_counts(DEMO_QUEUE)
+        _summary(console, fake, stats, jobs, elapsed, rate, grants, waits)
         return 0 if fake.rejected == 0 and stats["processed"] >= jobs else 1
 
 
@@ -255,12 +256,24 @@ def _watch(flume: Any, fake: FakeSES, jobs: int, started: float, live: bool, con
         table = Table.grid(padding=(0, 2))
         table.add_row(progress)
         detail = Table(show_header=True, header_style="bold")
-        for column in ("rate now /s", "queued", "in flight", "retry", "dead", "SES rejections"):
+        grants, waits = flume.window_counts(DEMO_QUEUE)
+        for column in (
+            "rate now /s",
+            "queued",
+            "in flight",
+            "token grants",
+            "throttle waits",
+            "retry",
+            "dead",
+            "SES rejections",
+        ):
             detail.add_column(column, justify="right")
         detail.add_row(
             str(fake.rate_now()),
             str(stats["queued"]),
             str(stats["in_flight"]),
+            str(grants),
+            str(waits),
             str(stats["retry"]),
             str(stats["dead"]),
             str(fake.rejected),
@@ -286,7 +299,9 @@ def _watch(flume: Any, fake: FakeSES, jobs: int, started: float, live: bool, con
             screen.update(view())
 
 
-def _summary(console: Any, fake: FakeSES, stats: Any, jobs: int, elapsed: float, rate: int) -> None:
+def _summary(
+    console: Any, fake: FakeSES, stats: Any, jobs: int, elapsed: float, rate: int, grants: int, waits: int
+) -> None:
     from rich.table import Table
 
     sent = len(fake.accepted)
@@ -301,6 +316,7 @@ def _summary(console: Any, fake: FakeSES, stats: Any, jobs: int, elapsed: float,
     table.add_row("limit", f"{rate} /s")
     table.add_row("most calls in any 1 s window", str(fake.max_in_any_window()))
     table.add_row("SES rejections (must be 0)", str(fake.rejected))
+    table.add_row("token grants / of them waits", f"{grants} / {waits}")
     table.add_row("jobs retried (failed attempts)", str(stats["failed"]))
     table.add_row("dead letters", str(stats["dead"]))
     console.print(table)

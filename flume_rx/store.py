@@ -1376,6 +1376,12 @@ class SyncStore:
     def rate_use(self, key: str, period_ms: float) -> int:
         return _parse_rate_use(self._run.run(_ops_rate_use(self.keys, key, period_ms)), period_ms)
 
+    def window_counts(self, key: str) -> tuple[int, int]:
+        """Grants and waits (grants that were reservations) of the shared window ``key`` while it is active."""
+        _, meta = self.keys.rate(key)
+        grants, waits = self._run.one(_Cmd(("HMGET", meta, "seq", "waits")))
+        return int(grants or 0), int(waits or 0)
+
     def dead_list(self, queue: str, limit: int = 100) -> list[tuple[bytes, float]]:
         reply = self._run.one(_Cmd(("ZREVRANGE", self.keys.of(queue).dead, 0, limit - 1, "WITHSCORES")))
         return [(payload, score / 1000) for payload, score in _pairs(reply)]

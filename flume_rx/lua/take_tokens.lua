@@ -5,7 +5,8 @@
 -- An exact sliding-window limit. Each grant is recorded at its start time g (unix us, Redis TIME), handed out
 -- in non-decreasing g, and counted until g + hold + period: the log is a zset of "seq:tokens" scored g + hold,
 -- and an entry stops counting once its score is <= g' - period for the grant g' being decided. meta keeps the
--- running sum of the counted tokens, the last g, a sequence number and, when adaptive, the effective allowed.
+-- running sum of the counted tokens, the last g, a sequence number (grants so far), how many grants were
+-- reservations (waits) and, when adaptive, the effective allowed.
 -- When fewer than min(want, min_tokens) tokens are free now, the grant is a reservation at the earliest g at
 -- which that many are free; so a grant always has at least one token.
 -- With a burst B > 0, grants are also paced (GCRA, one token every period/allowed, at most B at once), so the
@@ -112,6 +113,10 @@ seq = seq + 1
 redis.call('ZADD', KEYS[1], g + hold, seq .. ':' .. tokens)
 sum = sum + tokens
 redis.call('HSET', KEYS[2], 'sum', sum, 'last_g', g, 'seq', seq)
+if g > now then
+  -- A reservation: the caller waits. Counted for the operators' views (flume-rx demo, stats).
+  redis.call('HINCRBY', KEYS[2], 'waits', 1)
+end
 
 -- Quiet windows vanish; a lowered adaptive rate is kept until it would have recovered fully.
 local ttl_ms = math.ceil((g + hold + period - now) / 1000) + 1000

@@ -277,3 +277,15 @@ async def test_pacing_spreads_a_backlog_at_the_rate_the_window_sustains(kind: st
 def test_a_window_refuses_a_burst_below_one() -> None:
     with pytest.raises(ValueError, match="burst"):
         InProcessWindow(10, 1.0, burst=0)
+
+
+async def test_the_window_counts_its_grants_and_the_waits_among_them(
+    store: RedisStore, redis_url: str
+) -> None:
+    from flume_rx.store import SyncStore
+
+    window = RedisTokenWindow(store, "counted", 2, 60.0, hold_s=0.02)
+    await window.take_async(2, 2)  # now
+    await window.take_async(2, 2)  # a reservation a period later: a wait
+    with SyncStore.from_url(redis_url) as sync:
+        assert sync.window_counts("counted") == (2, 1)
