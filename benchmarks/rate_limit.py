@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
-import multiprocessing
 import os
 import platform
 import statistics
@@ -30,9 +29,8 @@ from typing import Any
 import redis
 
 from flume_rx.client import Flume
-from flume_rx.demo import DEMO_QUEUE, DEMO_WORKER, FAKE_SES_ENV, FakeSES
+from flume_rx.demo import DEMO_QUEUE, DEMO_WORKER, FAKE_SES_ENV, FakeSES, worker_processes
 from flume_rx.embedded import RedisServer
-from flume_rx.runtime import _child_main
 from flume_rx.store import _sha
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -93,21 +91,10 @@ def run_once(mode: str, jobs: int, processes: int = 3, allowed: int = 400) -> di
         flume.bulk_enqueue(DEMO_QUEUE, [(DEMO_WORKER, [f"u{i}@example.com", "welcome"]) for i in range(jobs)])
         counter = _ScriptCounter(server.url, _sha("take_tokens"))
         counter.start()
-        context = multiprocessing.get_context("spawn")
-        children = [
-            context.Process(target=_child_main, args=(str(config_path), server.url, False))
-            for _ in range(processes)
-        ]
-        started = time.monotonic()
-        for child in children:
-            child.start()
-        deadline = started + jobs / (ses_limit * 0.5) + 60
-        while time.monotonic() < deadline and len(fake.accepted) < jobs:
-            time.sleep(0.2)
-        for child in children:
-            child.terminate()
-        for child in children:
-            child.join(20)
+        with worker_processes(config_path, server.url, processes) as started:
+            deadline = started + jobs / (ses_limit * 0.5) + 60
+            while time.monotonic() < deadline and len(fake.accepted) < jobs:
+                time.sleep(0.2)
         counter.stop()
         stats = flume.stats([DEMO_QUEUE])[DEMO_QUEUE]
         flume.close()

@@ -167,6 +167,31 @@ retry = {{ max_retries = 5, backoff_initial = 200, backoff_max = 5000 }}
 """
 
 
+@contextlib.contextmanager
+def worker_processes(config_path: Path, redis_url: str, processes: int) -> Iterator[float]:
+    """Run ``processes`` worker processes on the config; yields when they started; SIGTERM (a graceful
+    stop) and join on the way out."""
+    from flume_rx.runtime import _child_main
+
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(
+            target=_child_main, args=(str(config_path), redis_url, False), name=f"flume-worker-{i}"
+        )
+        for i in range(processes)
+    ]
+    started = time.monotonic()
+    for child in children:
+        child.start()
+    try:
+        yield started
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(15)
+
+
 def run_demo(
     *,
     redis_url: str | None,
@@ -182,7 +207,6 @@ def run_demo(
     from flume_rx.client import Flume
     from flume_rx.embedded import RedisServer
     from flume_rx.errors import ConfigError
-    from flume_rx.runtime import _child_main
 
     if jobs < 1 or processes < 1 or rate < 1 or ses_limit < 1:
         raise ConfigError("--jobs, --processes, --rate and --ses-limit must all be 1 or more")
@@ -217,23 +241,8 @@ def run_demo(
             f"Enqueued {jobs} emails; {processes} worker processes share one {rate}/s limit; "
             f"the fake SES allows {ses_limit}/s and rejects the rest."
         )
-        context = multiprocessing.get_context("spawn")
-        children = [
-            context.Process(
-                target=_child_main, args=(str(config_path), redis_url, False), name=f"flume-worker-{i}"
-            )
-            for i in range(processes)
-        ]
-        started = time.monotonic()
-        for child in children:
-            child.start()
-        try:
+        with worker_processes(config_path, redis_url, processes) as started:
             _watch(flume, fake, jobs, started, live, console)
-        finally:
-            for child in children:
-                child.terminate()  # SIGTERM: a graceful stop
-            for child in children:
-                child.join(15)
         elapsed = time.monotonic() - started
         stats = flume.stats([DEMO_QUEUE])[DEMO_QUEUE]
         grants, waits = flume.window_counts(DEMO_QUEUE)
@@ -367,7 +376,6 @@ def _run_ses_endpoint_demo(redis_url: str | None, jobs: int, processes: int, rat
     from flume_rx.client import Flume
     from flume_rx.embedded import RedisServer
     from flume_rx.integrations.ses import default_client
-    from flume_rx.runtime import _child_main
 
     console = Console()
     sender = os.environ.get(SES_FROM_ENV, "demo@example.com")
@@ -396,28 +404,13 @@ def _run_ses_endpoint_demo(redis_url: str | None, jobs: int, processes: int, rat
         console.print(
             f"Sending {jobs} emails through SES at {endpoint} with {processes} processes at {rate}/s"
         )
-        context = multiprocessing.get_context("spawn")
-        children = [
-            context.Process(
-                target=_child_main, args=(str(config_path), redis_url, False), name=f"flume-worker-{i}"
-            )
-            for i in range(processes)
-        ]
-        started = time.monotonic()
-        for child in children:
-            child.start()
-        try:
+        with worker_processes(config_path, redis_url, processes) as started:
             deadline = started + max(60.0, jobs / 20)
             while time.monotonic() < deadline:
                 stats = flume.stats([DEMO_QUEUE])[DEMO_QUEUE]
                 if stats["processed"] + stats["dead"] >= jobs:
                     break
                 time.sleep(0.25)
-        finally:
-            for child in children:
-                child.terminate()
-            for child in children:
-                child.join(15)
         elapsed = time.monotonic() - started
         stats = flume.stats([DEMO_QUEUE])[DEMO_QUEUE]
         raw_starts: list[bytes] = redis_module.Redis.from_url(redis_url).lrange("demo:starts", 0, -1)  # type: ignore[assignment]
