@@ -57,6 +57,8 @@ class BatchFailed(FlumeError):
         errors: optional per-index error messages, kept with each retried job.
         permanent: indices among ``failed`` that must not be retried: they go to the dead letters at once
             (e.g. SES rejected that message for good).
+        throttled: indices among ``failed`` that the downstream refused for going too fast: like a
+            ``Throttled`` job, they wait for tokens again without spending a retry.
     """
 
     def __init__(
@@ -66,8 +68,10 @@ class BatchFailed(FlumeError):
         errors: dict[int, str] | None = None,
         *,
         permanent: Iterable[int] = (),
+        throttled: Iterable[int] = (),
     ) -> None:
         self.failed = sorted(set(failed))
         self.errors = dict(errors or {})
         self.permanent = frozenset(permanent)
+        self.throttled = frozenset(throttled)
         super().__init__(message or f"{len(self.failed)} item(s) of the batch failed: {self.failed}")

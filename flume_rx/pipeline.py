@@ -327,6 +327,9 @@ async def _call_batch(deliveries: list[Delivery], executor: Executor) -> dict[in
             for local in exc.failed:
                 if 0 <= local < len(indices):
                     message = exc.errors.get(local, str(exc))
+                    if local in exc.throttled:
+                        failures[indices[local]] = Throttled(message)
+                        continue
                     permanent = [local] if local in exc.permanent else []
                     failures[indices[local]] = BatchFailed([local], message, permanent=permanent)
         except Exception as exc:

@@ -594,12 +594,13 @@ class SESDownstream:
             return ids
         if len(failures) == len(batch) and all(isinstance(f.error, Throttled) for f in failures):
             raise Throttled(f"SES throttled all {len(batch)} item(s) of the batch; none was sent")
-        # Throttled items are reported as failed (retried with backoff) until BatchFailed can say which items
-        # only need to wait for tokens again: see docs/ses.md, "Batches and throttling".
+        # Throttled and unsent items wait for tokens again without spending a retry (docs/ses.md, "Batches
+        # and throttling"); the pipeline also lowers an adaptive shared rate for them.
         raise BatchFailed(
             [f.index for f in failures],
             errors={f.index: str(f.error) for f in failures},
             permanent={f.index for f in failures if getattr(f.error, "permanent", False)},
+            throttled={f.index for f in failures if isinstance(f.error, Throttled)},
         )
 
     def _send_single(self, index: int, message: SESMessage) -> tuple[list[tuple[int, str]], list[_Failure]]:

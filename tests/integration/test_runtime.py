@@ -248,3 +248,30 @@ def test_fluent_pipeline_in_code(redis_url: str, calls: Any) -> None:
 
     assert sorted(seen) == list(range(50))
     assert flume.stats([QUEUE])[QUEUE]["processed"] == 50
+
+
+def test_batch_items_reported_throttled_wait_again_without_spending_a_retry(
+    redis_url: str, calls: Any
+) -> None:
+    _, lock, register = calls
+    runs: Counter[int] = Counter()
+
+    def batch(items: list[list[Any]]) -> None:
+        with lock:
+            for (n,) in items:
+                runs[n] += 1
+        throttled = [i for i, (n,) in enumerate(items) if n == 4 and runs[n] == 1]
+        if throttled:
+            raise BatchFailed(throttled, throttled=throttled)
+
+    register("ThrottledBatch", batch, batch=True)
+    flume = Flume(redis_url, "t")
+    flume.bulk_enqueue(QUEUE, [("ThrottledBatch", [i]) for i in range(10)])
+    # No retries at all: an item that spent one would go to the dead letters.
+    config = _config(redis_url, max_demand=10, batcher={"size": 5, "timeout": 20}, retry={"max_retries": 0})
+
+    _run(WorkerRuntime(config), until=lambda: flume.stats([QUEUE])[QUEUE]["processed"] == 10)
+
+    stats = flume.stats([QUEUE])[QUEUE]
+    assert runs[4] == 2
+    assert stats["dead"] == 0 and stats["failed"] == 0 and stats["requeued"] == 1
