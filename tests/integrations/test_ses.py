@@ -435,6 +435,7 @@ def test_throttled_destinations_after_a_success_are_reported_failed(
     # Item 0 went out and must not be sent again; 1 was throttled and 2 never sent (stubber got one call).
     assert caught.value.failed == [1, 2]
     assert not set(caught.value.permanent)
+    assert caught.value.throttled == {1, 2}  # both wait for tokens again, spending no retry
 
 
 def test_a_bulk_call_failing_whole_fails_only_its_group(stubbed: tuple[SESV2Client, Stubber]) -> None:
