@@ -7,9 +7,12 @@ One :func:`snapshot` feeds the live table, ``stats --watch --json`` and the dash
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TypedDict
 
 from rich.console import Console
@@ -130,22 +133,40 @@ def watch(
     With ``as_json``, prints one JSON object per refresh and line (``{"time": ..., "pipelines": [...]}``).
     """
     console = console or Console()
-    with SyncStore.from_url(config.redis_url, config.namespace) as store:
+    stop = threading.Event()
+    with _stop_on_signals(stop), SyncStore.from_url(config.redis_url, config.namespace) as store:
         count = 0
         if as_json:
-            while iterations is None or count < iterations:
+            while not stop.is_set() and (iterations is None or count < iterations):
                 rows = snapshot(store, config)
                 print(json.dumps({"time": time.time(), "pipelines": rows}, sort_keys=True), flush=True)
                 count += 1
                 if iterations is None or count < iterations:
-                    time.sleep(interval_s)
+                    stop.wait(interval_s)
             return
         with Live(render(snapshot(store, config)), console=console, refresh_per_second=4) as live:
             count = 1
-            while iterations is None or count < iterations:
-                time.sleep(interval_s)
+            while not stop.is_set() and (iterations is None or count < iterations):
+                if stop.wait(interval_s):
+                    break
                 live.update(render(snapshot(store, config)))
                 count += 1
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C and SIGTERM end the watch between refreshes, never in the middle of a Redis call."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {
+        signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def print_consumers(consumers: Sequence[ConsumerInfo], as_json: bool = False) -> None:

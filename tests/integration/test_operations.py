@@ -172,7 +172,12 @@ def test_cli_queue_peek_delete_and_stats_watch_json(redis_url: str, config_file:
         second = json.loads(watch.stdout.readline())
     finally:
         watch.send_signal(signal.SIGINT)
-        watch.communicate(timeout=30)
+        try:
+            watch.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            watch.kill()  # never leave it running into the next test
+            watch.communicate()
+            raise
     assert second["time"] > first["time"]
     (row,) = first["pipelines"]
     assert row["pipeline"] == "main" and row["queue"] == QUEUE and row["queued"] == 2
