@@ -12,7 +12,7 @@ from reactivex import Observable
 
 from flume_rx import codec
 from flume_rx import operators as fo
-from flume_rx.config import FlumeConfig, PipelineConfig, RetryConfig, default_redis_url
+from flume_rx.config import FlumeConfig, PipelineConfig, RetryConfig, default_redis_url, pacing_burst
 from flume_rx.errors import ConfigError, DecodeError
 from flume_rx.job import Job, new_job_id
 from flume_rx.pipeline import Delivery, JobSource, run_workers
@@ -304,8 +304,6 @@ class Flume:
         Grants are paced at ``allowed / period_s``, at most ``burst`` at once (default a twentieth of the
         limit; 0 for the plain sliding window).
         """
-        from flume_rx.runtime import pacing_burst
-
         return RedisTokenWindow(
             self.async_store,
             key,

@@ -117,6 +117,13 @@ _TOP_KEYS = {
 }
 
 
+def pacing_burst(allowed: int, configured: int | None) -> int | None:
+    """The window's pacing burst: as configured (0 turns pacing off), else a twentieth of the limit."""
+    if configured is None:
+        return max(1, allowed // 20)
+    return configured or None
+
+
 def default_redis_url() -> str:
     """FLUME_REDIS_URL, else the local default."""
     return os.environ.get("FLUME_REDIS_URL") or DEFAULT_REDIS_URL

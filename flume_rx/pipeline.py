@@ -31,7 +31,7 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from flume_rx import codec
 from flume_rx import operators as fo
-from flume_rx.config import PipelineConfig, RetryConfig
+from flume_rx.config import PipelineConfig, RetryConfig, pacing_burst
 from flume_rx.errors import BatchFailed, DecodeError, JobTimeout, StoreError, Throttled, UnknownWorker
 from flume_rx.job import Job, JobError
 from flume_rx.registry import get_worker
@@ -525,14 +525,16 @@ def _cost_from_args(fn: Callable[..., int], job: Job) -> int:
     return max(0, int(fn(*job.args)))
 
 
-def grant_batch(allowed: int, stages: int) -> int:
-    """The fewest tokens worth one Redis call: a twentieth of the limit, at most what the stages can start.
+def grant_batch(allowed: int, stages: int, burst: int | None) -> int:
+    """The fewest tokens worth one Redis call: the window's pacing burst (a twentieth of the limit by
+    default), at most what the stages can start.
 
     With one token per call, a full window answers every take with a one-token reservation and the limiter
-    costs a Redis call per job; twenty calls per period keep it near 0.05 calls per job, and the stages
-    bound keeps a grant startable at once (within the grant's hold).
+    costs a Redis call per job; twenty calls per period keep it near 0.05 calls per job. The stages bound keeps
+    a grant startable at once (within the grant's hold), and the burst bound keeps a configured burst in force
+    (the window grants max(burst, min_tokens) at once).
     """
-    return max(1, min(stages, allowed // 20))
+    return max(1, min(stages, burst or max(1, allowed // 20)))
 
 
 def assemble(
@@ -576,7 +578,11 @@ def assemble(
             fo.throttle(
                 window,
                 cost=cost_of(config.rate_limiter.cost),
-                min_tokens=grant_batch(config.rate_limiter.allowed, config.processor.stages),
+                min_tokens=grant_batch(
+                    window.allowed,
+                    config.processor.stages,
+                    pacing_burst(window.allowed, config.rate_limiter.burst),
+                ),
                 scheduler=scheduler,
                 on_event=on_throttle_event,
             )

@@ -30,7 +30,7 @@ from reactivex import Observable, abc
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from flume_rx import operators as fo
-from flume_rx.config import FlumeConfig, PipelineConfig, RateLimiterConfig, load
+from flume_rx.config import FlumeConfig, PipelineConfig, RateLimiterConfig, load, pacing_burst
 from flume_rx.errors import ConfigError, StoreError
 from flume_rx.pipeline import JobSource, Settler, assemble
 from flume_rx.priorities import WeightedSource
@@ -46,13 +46,6 @@ _jitter = random.Random()
 
 PROMOTE_INTERVAL_S = 0.2
 LOOP_BLOCKED_WARNING_S = 1.0
-
-
-def pacing_burst(allowed: int, configured: int | None) -> int | None:
-    """The window's pacing burst: as configured (0 turns pacing off), else a twentieth of the limit."""
-    if configured is None:
-        return max(1, allowed // 20)
-    return configured or None
 
 
 def new_consumer_id() -> str:

@@ -275,3 +275,29 @@ def test_batch_items_reported_throttled_wait_again_without_spending_a_retry(
     stats = flume.stats([QUEUE])[QUEUE]
     assert runs[4] == 2
     assert stats["dead"] == 0 and stats["failed"] == 0 and stats["requeued"] == 1
+
+
+def test_a_configured_burst_bounds_every_grant(redis_url: str, calls: Any) -> None:
+    _, _, register = calls
+
+    async def ok(n: int) -> None:
+        return None
+
+    register("Ok", ok)
+    flume = Flume(redis_url, "t")
+    flume.bulk_enqueue(QUEUE, [("Ok", [i]) for i in range(200)])
+    config = _config(
+        redis_url,
+        max_demand=50,
+        processor={"stages": 20},
+        rate_limiter={"allowed": 2000, "period": 1000, "burst": 5},
+    )
+    runtime = WorkerRuntime(config, burst=True)
+    grants: list[int] = []
+    runtime.telemetry.attach("throttle.granted", lambda event: grants.append(event.fields["tokens"]))
+
+    _run(runtime)
+
+    assert flume.stats([QUEUE])[QUEUE]["processed"] == 200
+    # The stages (20) would take bigger grants; the configured burst must still cap each one.
+    assert grants and max(grants) <= 5
