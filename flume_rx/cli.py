@@ -43,6 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument(
         "args", nargs="?", default="[]", metavar="JSON_ARGS", help="a JSON list, e.g. '[42, \"welcome\"]'"
     )
+    enqueue.add_argument("--unique-key", metavar="KEY", help="add nothing while a job with this key holds it")
+    enqueue.add_argument(
+        "--unique-for", type=float, default=3600.0, metavar="SECONDS", help="most seconds the key is held"
+    )
+    enqueue.add_argument(
+        "--unique-until",
+        choices=["finish", "start", "expiry"],
+        default="finish",
+        help="when the job gives up its key (default: finish)",
+    )
 
     stats = with_config(commands.add_parser("stats", help="queue depths and counters"))
     stats.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -172,7 +182,16 @@ def _dispatch(args: argparse.Namespace) -> int:
                 raise ConfigError(f"JSON_ARGS is not valid JSON ({exc}); e.g. '[42, \"welcome\"]'") from None
             if not isinstance(job_args, list):
                 raise ConfigError(f"JSON_ARGS must be a JSON list (got {args.args}); e.g. '[42]'")
-            print(flume.enqueue(args.queue, args.worker, job_args))
+            print(
+                flume.enqueue(
+                    args.queue,
+                    args.worker,
+                    job_args,
+                    unique_key=args.unique_key,
+                    unique_for=args.unique_for,
+                    unique_until=args.unique_until,
+                )
+            )
         elif args.command == "stats" and args.watch:
             from flume_rx.watch import watch
 

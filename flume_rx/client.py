@@ -14,7 +14,7 @@ from flume_rx import codec
 from flume_rx import operators as fo
 from flume_rx.config import FlumeConfig, PipelineConfig, RetryConfig, default_redis_url, pacing_burst
 from flume_rx.errors import ConfigError, DecodeError
-from flume_rx.job import Job, new_job_id
+from flume_rx.job import UNIQUE_UNTIL, Job, UniqueUntil, new_job_id
 from flume_rx.pipeline import Delivery, JobSource, run_workers
 from flume_rx.store import (
     ConsumerInfo,
@@ -24,6 +24,7 @@ from flume_rx.store import (
     RedisStore,
     RedisTokenWindow,
     SyncStore,
+    UniqueEnqueue,
 )
 from flume_rx.telemetry import Event, Telemetry
 
@@ -79,29 +80,60 @@ class Flume:
         cost: int = 1,
         unique_key: str | None = None,
         unique_for: float = DEFAULT_UNIQUE_FOR_S,
+        unique_until: UniqueUntil = "finish",
     ) -> str:
         """Put one job on ``queue`` for the worker registered as ``worker``; returns its id.
 
         Args:
-            unique_key: while a job enqueued with this key on this queue is queued, scheduled or running
-                (until it is acked or dead, or ``unique_for`` passes), enqueue adds nothing and returns that
-                job's id; decided atomically in Redis.
+            unique_key: while a job enqueued with this key on this queue holds it, enqueue adds nothing and
+                returns that job's id; decided atomically in Redis.
             unique_for: the most seconds a unique key is held, from the job's due time (a safety net for a
-                job that is never settled).
+                job that is never settled, and the whole hold with ``unique_until="expiry"``).
+            unique_until: how long the job holds its key. ``"finish"`` (default): while it is queued,
+                scheduled, running or waiting to retry, until it is acked or dead. ``"start"``: while it is
+                queued or scheduled, until a worker starts it (a job enqueued while it runs will run again
+                after it). ``"expiry"``: for the whole ``unique_for``, however soon it finishes (at most one
+                such job per key per ``unique_for``).
 
         Raises:
             EncodeError: ``args`` cannot be encoded as msgpack or the job is too large; nothing is written.
+            ConfigError: a unique argument is not one enqueue takes.
         """
         job = self._job(queue, worker, args, cost)
         if unique_key is not None:
-            return self._enqueue_unique(job, unique_key, unique_for, None)
+            return self._enqueue_unique([job], [unique_key], unique_for, unique_until, "now", [0.0])[0]
         self._store.enqueue(queue, [codec.encode(job, self.max_payload_bytes)])
         self.telemetry.emit("job.enqueued", queue=queue, count=1)
         return job.id
 
-    def bulk_enqueue(self, queue: str, jobs: Iterable[tuple[str, Sequence[Any]]]) -> list[str]:
-        """Put many ``(worker, args)`` jobs on ``queue`` in one round trip; all or none are written."""
+    def bulk_enqueue(
+        self,
+        queue: str,
+        jobs: Iterable[tuple[str, Sequence[Any]]],
+        *,
+        unique_keys: Sequence[str | None] | None = None,
+        unique_for: float = DEFAULT_UNIQUE_FOR_S,
+        unique_until: UniqueUntil = "finish",
+    ) -> list[str]:
+        """Put many ``(worker, args)`` jobs on ``queue`` in one round trip; returns their ids in order.
+
+        Args:
+            unique_keys: one per job (None for a job without one), as ``unique_key`` of :meth:`enqueue`: a
+                job whose key is held (by an earlier job, or by an earlier job of this call) is not added,
+                and the holder's id stands in its place.
+            unique_for: as for :meth:`enqueue`, for every unique job of the call.
+            unique_until: as for :meth:`enqueue`, for every unique job of the call.
+        """
         built = [self._job(queue, worker, args, 1) for worker, args in jobs]
+        if unique_keys is not None:
+            if isinstance(unique_keys, str) or len(unique_keys) != len(built):
+                raise ConfigError(
+                    f"unique_keys must be a list with one key (or None) per job: got {unique_keys!r} for "
+                    f"{len(built)} jobs"
+                )
+            return self._enqueue_unique(
+                built, unique_keys, unique_for, unique_until, "now", [0.0] * len(built)
+            )
         payloads = [codec.encode(job, self.max_payload_bytes) for job in built]
         if payloads:
             self._store.enqueue(queue, payloads)
@@ -118,12 +150,15 @@ class Flume:
         cost: int = 1,
         unique_key: str | None = None,
         unique_for: float = DEFAULT_UNIQUE_FOR_S,
+        unique_until: UniqueUntil = "finish",
     ) -> str:
         """Run the job ``seconds`` from now, counted on Redis's clock, so a producer's skewed clock cannot
-        make it early or late."""
+        make it early or late; ``unique_key`` and the rest as for :meth:`enqueue`."""
         job = self._job(queue, worker, args, cost)
         if unique_key is not None:
-            return self._enqueue_unique(job, unique_key, unique_for, ("in", float(seconds)))
+            return self._enqueue_unique(
+                [job], [unique_key], unique_for, unique_until, "in", [float(seconds)]
+            )[0]
         self._store.schedule_in(queue, [(codec.encode(job, self.max_payload_bytes), float(seconds))])
         self.telemetry.emit("job.enqueued", queue=queue, count=1)
         return job.id
@@ -138,11 +173,15 @@ class Flume:
         cost: int = 1,
         unique_key: str | None = None,
         unique_for: float = DEFAULT_UNIQUE_FOR_S,
+        unique_until: UniqueUntil = "finish",
     ) -> str:
-        """Run the job at ``unix_ts`` (float seconds since the epoch); ``unique_key`` as for :meth:`enqueue`."""
+        """Run the job at ``unix_ts`` (float seconds since the epoch); ``unique_key`` and the rest as for
+        :meth:`enqueue`."""
         job = self._job(queue, worker, args, cost)
         if unique_key is not None:
-            return self._enqueue_unique(job, unique_key, unique_for, ("at", float(unix_ts)))
+            return self._enqueue_unique(
+                [job], [unique_key], unique_for, unique_until, "at", [float(unix_ts)]
+            )[0]
         self._store.schedule(queue, [(codec.encode(job, self.max_payload_bytes), float(unix_ts))])
         self.telemetry.emit("job.enqueued", queue=queue, count=1)
         return job.id
@@ -151,17 +190,33 @@ class Flume:
         return build_job(queue, worker, args, cost)
 
     def _enqueue_unique(
-        self, job: Job, unique_key: str, unique_for: float, due: tuple[Literal["at", "in"], float] | None
-    ) -> str:
-        check_unique(unique_key, unique_for)
-        job = replace(job, unique_key=unique_key)
-        payload = codec.encode(job, self.max_payload_bytes)
-        added, job_id = self._store.enqueue_unique(
-            job.queue, job.id, payload, unique_key, round(unique_for * 1000), due
-        )
+        self,
+        jobs: Sequence[Job],
+        unique_keys: Sequence[str | None],
+        unique_for: float,
+        unique_until: UniqueUntil,
+        mode: Literal["now", "at", "in"],
+        dues: Sequence[float],
+    ) -> list[str]:
+        check_unique(unique_for, unique_until)
+        for key in unique_keys:
+            if key is not None:
+                check_unique_key(key)
+        marked = [
+            job if key is None else replace(job, unique_key=key, unique_until=unique_until)
+            for job, key in zip(jobs, unique_keys, strict=True)
+        ]
+        requests = [
+            UniqueEnqueue(job.id, codec.encode(job, self.max_payload_bytes), job.unique_key, due)
+            for job, due in zip(marked, dues, strict=True)
+        ]
+        if not requests:
+            return []
+        results = self._store.enqueue_unique(jobs[0].queue, requests, round(unique_for * 1000), mode)
+        added = sum(1 for was_added, _ in results if was_added)
         if added:
-            self.telemetry.emit("job.enqueued", queue=job.queue, count=1)
-        return job_id
+            self.telemetry.emit("job.enqueued", queue=jobs[0].queue, count=added)
+        return [job_id for _, job_id in results]
 
     # ---- looking and acting -------------------------------------------------------------------------------------
 
@@ -374,16 +429,28 @@ def build_job(queue: str, worker: str, args: Sequence[Any], cost: int = 1) -> Jo
     return Job(new_job_id(), queue, worker, list(args), 0, now, now, cost)
 
 
-def check_unique(unique_key: str, unique_for: float) -> None:
-    """Check ``enqueue``'s unique arguments.
+def check_unique_key(unique_key: str) -> None:
+    """Check one ``unique_key``.
 
     Raises:
-        ConfigError: the key is empty or not a string, or ``unique_for`` is not a positive number of seconds.
+        ConfigError: the key is empty or not a string.
     """
     if not isinstance(unique_key, str) or not unique_key:
         raise ConfigError(f'unique_key must be a non-empty string (got {unique_key!r}); e.g. "welcome:42"')
+
+
+def check_unique(unique_for: float, unique_until: str) -> None:
+    """Check ``enqueue``'s ``unique_for`` and ``unique_until``.
+
+    Raises:
+        ConfigError: ``unique_for`` is not a positive number of seconds, or ``unique_until`` is unknown.
+    """
     if isinstance(unique_for, bool) or not isinstance(unique_for, int | float) or not unique_for > 0:
         raise ConfigError(f"unique_for must be a positive number of seconds (got {unique_for!r}); e.g. 3600")
+    if unique_until not in UNIQUE_UNTIL:
+        raise ConfigError(
+            f"unique_until must be one of {', '.join(repr(u) for u in UNIQUE_UNTIL)} (got {unique_until!r})"
+        )
 
 
 def _job_id(payload: bytes) -> str:

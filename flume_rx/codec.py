@@ -7,13 +7,13 @@ from typing import Any
 import msgpack
 
 from flume_rx.errors import DecodeError, EncodeError
-from flume_rx.job import Job, JobError
+from flume_rx.job import UNIQUE_UNTIL, Job, JobError
 
 FORMAT_VERSION = 1
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 _FIELDS = 10  # version, id, queue, worker, args, attempt, created_at, enqueued_at, cost, error
 # Optional trailing fields, written only when set, so jobs without them stay readable by older workers.
-_OPTIONAL_FIELDS = 1  # unique_key
+_OPTIONAL_FIELDS = 2  # unique_key, unique_until (when not "finish")
 
 
 def encode(job: Job, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
@@ -37,6 +37,8 @@ def encode(job: Job, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
     ]
     if job.unique_key is not None:
         record.append(job.unique_key)
+        if job.unique_until != "finish":
+            record.append(job.unique_until)
     try:
         payload: bytes = msgpack.packb(record, use_bin_type=True, datetime=False)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -78,6 +80,9 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Job:
     unique_key = record[_FIELDS] if len(record) > _FIELDS else None
     if unique_key is not None:
         _expect(unique_key, str, "unique_key")
+    unique_until = record[_FIELDS + 1] if len(record) > _FIELDS + 1 else "finish"
+    if unique_until not in UNIQUE_UNTIL:
+        raise DecodeError(f"job record field 'unique_until' is {unique_until!r}, not one of {UNIQUE_UNTIL}")
     _expect(job_id, str, "id")
     _expect(queue, str, "queue")
     _expect(worker, str, "worker")
@@ -104,6 +109,7 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Job:
         cost=cost,
         error=job_error,
         unique_key=unique_key,
+        unique_until=unique_until,
     )
 
 

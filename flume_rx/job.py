@@ -5,7 +5,11 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
+
+UniqueUntil = Literal["finish", "start", "expiry"]
+"""How long a unique job holds its key (see ``Flume.enqueue``)."""
+UNIQUE_UNTIL: tuple[UniqueUntil, ...] = ("finish", "start", "expiry")
 
 
 def new_job_id() -> str:
@@ -36,8 +40,9 @@ class Job:
         enqueued_at: unix seconds when the job was last put on its queue (enqueue, retry or recovery).
         cost: how many rate-limit tokens one run takes (e.g. SES recipients); 1 by default.
         error: the failure of the previous attempt, if any.
-        unique_key: the unique key this job holds until it is acked or dead (``enqueue(unique_key=...)``);
-            None for ordinary jobs.
+        unique_key: the unique key this job holds (``enqueue(unique_key=...)``); None for ordinary jobs.
+        unique_until: when the key is given up: ``finish`` (acked or dead), ``start`` (a worker starts it)
+            or ``expiry`` (only when ``unique_for`` runs out).
     """
 
     id: str
@@ -50,6 +55,7 @@ class Job:
     cost: int = 1
     error: JobError | None = None
     unique_key: str | None = None
+    unique_until: UniqueUntil = "finish"
 
     def next_attempt(self, error: JobError) -> Job:
         """The same job, one attempt further on, remembering why this attempt failed."""

@@ -103,6 +103,8 @@ class JobSource:
 
     def __post_init__(self) -> None:
         self._outage = _Outage(f"fetch from {self.queue!r}")
+        self._unique_releases: list[Settlement] = []
+        self._releasing: asyncio.Task[None] | None = None
         self.flowable = fo.request_n(self._fetch, self.max_demand, on_pressure=self._on_pressure)
 
     def _fetch(self, n: int) -> Observable[Sequence[Delivery]]:
@@ -213,6 +215,25 @@ class JobSource:
         else:
             self.telemetry.emit("backpressure.released", queue=self.queue, held_ms=held_s * 1000)
 
+    def started(self, delivery: Delivery) -> None:
+        """Note that a worker starts ``delivery``: a job of ``unique_until="start"`` gives up its key.
+
+        Releases of one loop iteration share one Redis call. If that call is lost (the process stops first),
+        settling the job releases the key instead.
+        """
+        self.running.add(delivery)
+        job = delivery.job
+        if job.unique_key is None or job.unique_until != "start":
+            return
+        if not self._unique_releases:
+            self._releasing = asyncio.get_running_loop().create_task(self._release_unique_keys())
+        self._unique_releases.append(Settlement(delivery.payload, "release", unique=(job.unique_key, job.id)))
+
+    async def _release_unique_keys(self) -> None:
+        await asyncio.sleep(0)  # let every start of this loop iteration join the call
+        releases, self._unique_releases = self._unique_releases, []
+        await self._settle_with_retries(releases)
+
     def release(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
             self.outstanding.discard(delivery)
@@ -270,7 +291,7 @@ def _call(item: Delivery | list[Delivery], *, executor: Executor) -> Observable[
         return reactivex.throw(NotStarted())
     now = time.time()
     for delivery in deliveries:
-        delivery.source.running.add(delivery)
+        delivery.source.started(delivery)
         if source.telemetry.active:
             job = delivery.job
             source.telemetry.emit(
@@ -451,7 +472,8 @@ class Settler:
                     attempt=failed.attempt,
                     delay_ms=delay_s * 1000,
                 )
-        if job.unique_key is not None:
+        if job.unique_key is not None and job.unique_until != "expiry":
+            # For unique_until="start" the key went at the start; this is the safety net if that call was lost.
             settlement = replace(settlement, unique=(job.unique_key, job.id))
         _, settlements, deliveries = self._pending.setdefault(id(source), (source, [], []))
         settlements.append(settlement)

@@ -52,9 +52,6 @@ _jitter = random.Random()
 _T = TypeVar("_T")
 
 Arg = bytes | str | int | float
-_Due = tuple[Literal["at", "in"], float] | None
-"""When a unique job is due: None for now, ("at", unix s) or ("in", s from Redis TIME)."""
-
 ENQUEUE_CHUNK = 1000
 """Payloads per EVALSHA of a bulk enqueue: big enough to be cheap, small enough not to stall Redis."""
 
@@ -238,19 +235,33 @@ class Settlement:
     Attributes:
         payload: the payload exactly as fetched (the in-flight list member).
         action: ``ack`` (done), ``retry`` (into the retry set at now + ``delay_ms``), ``dead`` (into the dead
-            letters) or ``requeue`` (back to the fetch end of the queue without spending a retry).
+            letters), ``requeue`` (back to the fetch end of the queue without spending a retry) or ``release``
+            (the job has started and gives up its unique key; the job itself stays in flight).
         new_payload: what goes to retry, dead or the queue instead of ``payload`` (e.g. attempt + 1, error).
         delay_ms: the retry delay, from Redis TIME.
     """
 
     payload: bytes
-    action: Literal["ack", "retry", "dead", "requeue"]
+    action: Literal["ack", "retry", "dead", "requeue", "release"]
     new_payload: bytes | None = None
     delay_ms: int = 0
     latency_ms: float | None = None
     """Enqueue to settle, sampled into the queue's latency list for p50/p99 (``None``: no sample)."""
     unique: tuple[str, str] | None = None
-    """``(unique_key, job_id)`` of a unique job: ack or dead releases the key if that job still holds it."""
+    """``(unique_key, job_id)`` of a unique job: the settlement releases the key if that job still holds it
+    (only ack, dead and release do; a retried job keeps it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UniqueEnqueue:
+    """One job of :meth:`RedisStore.enqueue_unique`: added unless another job holds its ``unique_key``."""
+
+    job_id: str
+    payload: bytes
+    unique_key: str | None
+    """None: an ordinary job, always added (so a bulk call can mix unique and ordinary jobs)."""
+    due_s: float = 0.0
+    """Unix seconds when the call's mode is ``at``, seconds from Redis TIME when ``in``; unused for ``now``."""
 
 
 class QueueStats(TypedDict):
@@ -344,8 +355,10 @@ def _ops_settle(
     base = (k.inflight(consumer), k.queue, k.retry, k.dead, k.stats, k.seconds, k.minutes)
     unique_keys: list[str] = []
     for s in settlements:
-        if s.action not in ("ack", "retry", "dead", "requeue"):
-            raise ValueError(f"settlement action {s.action!r} is not one of ack, retry, dead, requeue")
+        if s.action not in ("ack", "retry", "dead", "requeue", "release"):
+            raise ValueError(
+                f"settlement action {s.action!r} is not one of ack, retry, dead, requeue, release"
+            )
         unique_index, holder = 0, ""
         if s.unique is not None:
             unique_keys.append(k.unique(s.unique[0]))
@@ -357,16 +370,25 @@ def _ops_settle(
 
 
 def _ops_enqueue_unique(
-    keys: Keys, queue: str, job_id: str, payload: bytes, unique_key: str, unique_for_ms: int, due: _Due
+    keys: Keys,
+    queue: str,
+    jobs: Sequence[UniqueEnqueue],
+    unique_for_ms: int,
+    mode: Literal["now", "at", "in"],
 ) -> list[_Op]:
     k = keys.of(queue)
-    args: tuple[Arg, ...] = ("now", job_id, payload, max(1, int(unique_for_ms)))
-    if due is not None:
-        args = (due[0], *args[1:], round(due[1] * 1000))
-    return [
-        _Cmd(("SADD", keys.queues, queue)),
-        _Eval("enqueue_unique", (k.queue, k.scheduled, k.unique(unique_key)), args),
-    ]
+    ops: list[_Op] = [_Cmd(("SADD", keys.queues, queue))]
+    for start in range(0, len(jobs), ENQUEUE_CHUNK):
+        unique_keys: list[str] = []
+        flat: list[Arg] = [mode, max(1, int(unique_for_ms))]
+        for job in jobs[start : start + ENQUEUE_CHUNK]:
+            index = 0
+            if job.unique_key is not None:
+                unique_keys.append(k.unique(job.unique_key))
+                index = 2 + len(unique_keys)
+            flat += [index, job.job_id, job.payload, 0 if mode == "now" else round(job.due_s * 1000)]
+        ops.append(_Eval("enqueue_unique", (k.queue, k.scheduled, *unique_keys), tuple(flat)))
+    return ops
 
 
 def _ops_cron_tick(
@@ -403,9 +425,12 @@ def _ops_fetch_weighted(
     return _Eval("fetch_weighted", tuple(flat_keys), (consumer, n, *(max(0, int(q)) for q in quotas)))
 
 
-def _parse_unique(reply: Sequence[Any]) -> tuple[bool, str]:
-    added, job_id = reply[-1]
-    return bool(int(added)), _text(job_id)
+def _parse_unique(replies: Sequence[Any]) -> list[tuple[bool, str]]:
+    # The first reply is the SADD of the queue name; each later one is a chunk's flat (added, id) pairs.
+    parsed: list[tuple[bool, str]] = []
+    for chunk in replies[1:]:
+        parsed += [(bool(int(chunk[i])), _text(chunk[i + 1])) for i in range(0, len(chunk), 2)]
+    return parsed
 
 
 def _ops_latency(keys: Keys, queue: str, settlements: Sequence[Settlement]) -> list[_Op]:
@@ -921,18 +946,26 @@ class RedisStore:
             await self._run.run(_ops_schedule(self.keys, queue, items, "in"))
 
     async def enqueue_unique(
-        self, queue: str, job_id: str, payload: bytes, unique_key: str, unique_for_ms: int, due: _Due = None
-    ) -> tuple[bool, str]:
-        """Add the job unless another job holds ``unique_key`` on this queue, in one atomic step.
+        self,
+        queue: str,
+        jobs: Sequence[UniqueEnqueue],
+        unique_for_ms: int,
+        mode: Literal["now", "at", "in"] = "now",
+    ) -> list[tuple[bool, str]]:
+        """Add each job unless another job holds its ``unique_key`` on this queue, atomically per job.
 
-        The claim lives ``unique_for_ms`` from the job's due time (``due``: None for now, ``("at", unix s)``
-        or ``("in", s)``); settling the job as acked or dead releases it earlier.
+        A claim lives ``unique_for_ms`` from the job's due time (``mode`` ``now``, or each job's ``due_s`` as
+        unix seconds for ``at`` or seconds from Redis TIME for ``in``); settling the job releases it earlier,
+        as its ``unique_until`` says. Jobs go to Redis in one round trip.
 
         Returns:
-            ``(True, job_id)`` when added, else ``(False, id of the job holding the key)``.
+            Per job, in order: ``(True, its id)`` when added, else ``(False, id of the job holding the key)``.
         """
-        ops = _ops_enqueue_unique(self.keys, queue, job_id, payload, unique_key, unique_for_ms, due)
-        return _parse_unique(await self._run.run(ops))
+        if not jobs:
+            return []
+        return _parse_unique(
+            await self._run.run(_ops_enqueue_unique(self.keys, queue, jobs, unique_for_ms, mode))
+        )
 
     async def cron_tick(
         self,
@@ -1311,11 +1344,16 @@ class SyncStore:
         return None if last is None else int(last)
 
     def enqueue_unique(
-        self, queue: str, job_id: str, payload: bytes, unique_key: str, unique_for_ms: int, due: _Due = None
-    ) -> tuple[bool, str]:
+        self,
+        queue: str,
+        jobs: Sequence[UniqueEnqueue],
+        unique_for_ms: int,
+        mode: Literal["now", "at", "in"] = "now",
+    ) -> list[tuple[bool, str]]:
         """Like :meth:`RedisStore.enqueue_unique`."""
-        ops = _ops_enqueue_unique(self.keys, queue, job_id, payload, unique_key, unique_for_ms, due)
-        return _parse_unique(self._run.run(ops))
+        if not jobs:
+            return []
+        return _parse_unique(self._run.run(_ops_enqueue_unique(self.keys, queue, jobs, unique_for_ms, mode)))
 
     def heartbeat(self, queues: Sequence[str], consumer: str) -> None:
         self._run.run(_ops_heartbeat(self.keys, queues, consumer))

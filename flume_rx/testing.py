@@ -25,12 +25,13 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from flume_rx import codec
-from flume_rx.client import build_job
-from flume_rx.job import Job
+from flume_rx.client import DEFAULT_UNIQUE_FOR_S, build_job, check_unique, check_unique_key
+from flume_rx.errors import ConfigError
+from flume_rx.job import Job, UniqueUntil
 from flume_rx.registry import get_worker
 
 __all__ = ["FlumeTest", "Run"]
@@ -55,7 +56,13 @@ class Run:
 class _Recorded:
     job: Job
     due_at: float | None  # unix seconds for enqueue_in/at, None for "now"
-    unique_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Uniqueness:
+    key: str
+    for_s: float
+    until: UniqueUntil
 
 
 class FlumeTest:
@@ -89,6 +96,8 @@ class FlumeTest:
         self.runs: list[Run] = []
         """Every run, in order, from inline enqueues and drains."""
         self._pending: list[_Recorded] = []
+        self._held_until: dict[tuple[str, str], tuple[str, float]] = {}
+        """(queue, unique key) -> (holder's id, clock time the hold ends), for ``unique_until="expiry"``."""
         self._lock = threading.RLock()
 
     # ---- the Flume enqueue API -----------------------------------------------------------------------------
@@ -101,31 +110,70 @@ class FlumeTest:
         *,
         cost: int = 1,
         unique_key: str | None = None,
-        unique_for: float | None = None,
+        unique_for: float = DEFAULT_UNIQUE_FOR_S,
+        unique_until: UniqueUntil = "finish",
     ) -> str:
         """Like :meth:`Flume.enqueue <flume_rx.Flume.enqueue>`; runs the job at once in inline mode.
 
-        With ``unique_key``, returns the id of an equal job still waiting (fake mode) instead of adding one;
-        ``unique_for`` is accepted for signature parity (test mode keeps no clock-based expiry).
+        With ``unique_key``, returns the id of the job holding the key instead of adding one: a job still
+        waiting (fake mode; in inline mode a job has finished by the time enqueue returns), or, with
+        ``unique_until="expiry"``, the last such job until ``unique_for`` has passed on :attr:`clock`.
         """
-        return self._add(queue, worker, args, cost, None, unique_key)
+        uniqueness = _uniqueness(unique_key, unique_for, unique_until)
+        return self._accept(self._build(queue, worker, args, cost), None, uniqueness)
 
-    def bulk_enqueue(self, queue: str, jobs: Iterable[tuple[str, Sequence[Any]]]) -> list[str]:
+    def bulk_enqueue(
+        self,
+        queue: str,
+        jobs: Iterable[tuple[str, Sequence[Any]]],
+        *,
+        unique_keys: Sequence[str | None] | None = None,
+        unique_for: float = DEFAULT_UNIQUE_FOR_S,
+        unique_until: UniqueUntil = "finish",
+    ) -> list[str]:
         """Like ``Flume.bulk_enqueue``: every job is checked before any is added."""
         built = [self._build(queue, worker, args, 1) for worker, args in jobs]
-        return [self._accept(job, None, None) for job in built]
+        keys: Sequence[str | None] = [None] * len(built) if unique_keys is None else unique_keys
+        if isinstance(keys, str) or len(keys) != len(built):
+            raise ConfigError(
+                f"unique_keys must be a list with one key (or None) per job: got {unique_keys!r} for "
+                f"{len(built)} jobs"
+            )
+        uniqueness = [_uniqueness(key, unique_for, unique_until) for key in keys]
+        return [self._accept(job, None, u) for job, u in zip(built, uniqueness, strict=True)]
 
     def enqueue_in(
-        self, queue: str, seconds: float, worker: str, args: Sequence[Any] = (), *, cost: int = 1
+        self,
+        queue: str,
+        seconds: float,
+        worker: str,
+        args: Sequence[Any] = (),
+        *,
+        cost: int = 1,
+        unique_key: str | None = None,
+        unique_for: float = DEFAULT_UNIQUE_FOR_S,
+        unique_until: UniqueUntil = "finish",
     ) -> str:
         """Like ``Flume.enqueue_in``; in inline mode the job runs at once (no test waits for a delay)."""
-        return self._add(queue, worker, args, cost, self.clock() + float(seconds), None)
+        uniqueness = _uniqueness(unique_key, unique_for, unique_until)
+        job = self._build(queue, worker, args, cost)
+        return self._accept(job, self.clock() + float(seconds), uniqueness)
 
     def enqueue_at(
-        self, queue: str, unix_ts: float, worker: str, args: Sequence[Any] = (), *, cost: int = 1
+        self,
+        queue: str,
+        unix_ts: float,
+        worker: str,
+        args: Sequence[Any] = (),
+        *,
+        cost: int = 1,
+        unique_key: str | None = None,
+        unique_for: float = DEFAULT_UNIQUE_FOR_S,
+        unique_until: UniqueUntil = "finish",
     ) -> str:
         """Like ``Flume.enqueue_at``; in inline mode the job runs at once."""
-        return self._add(queue, worker, args, cost, float(unix_ts), None)
+        uniqueness = _uniqueness(unique_key, unique_for, unique_until)
+        return self._accept(self._build(queue, worker, args, cost), float(unix_ts), uniqueness)
 
     def close(self) -> None:
         """Nothing to close; here so code that closes its ``Flume`` runs unchanged."""
@@ -241,33 +289,33 @@ class FlumeTest:
         # worker later sees exactly what a worker process would decode.
         return codec.decode(codec.encode(job, self.max_payload_bytes), self.max_payload_bytes)
 
-    def _add(
-        self,
-        queue: str,
-        worker: str,
-        args: Sequence[Any],
-        cost: int,
-        due_at: float | None,
-        unique_key: str | None,
-    ) -> str:
-        if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
-            raise ValueError(f"unique_key must be a non-empty string (got {unique_key!r})")
-        return self._accept(self._build(queue, worker, args, cost), due_at, unique_key)
-
-    def _accept(self, job: Job, due_at: float | None, unique_key: str | None) -> str:
+    def _accept(self, job: Job, due_at: float | None, uniqueness: _Uniqueness | None) -> str:
         with self._lock:
-            if unique_key is not None:
-                for record in self._pending:
-                    if record.unique_key == unique_key and record.job.queue == job.queue:
-                        return record.job.id
+            if uniqueness is not None:
+                holder = self._holder(job.queue, uniqueness.key)
+                if holder is not None:
+                    return holder
+                job = replace(job, unique_key=uniqueness.key, unique_until=uniqueness.until)
+                if uniqueness.until == "expiry":
+                    start = self.clock() if due_at is None else due_at
+                    self._held_until[(job.queue, uniqueness.key)] = (job.id, start + uniqueness.for_s)
             self.enqueued.append(job)
             if self.mode == "fake":
-                self._pending.append(_Recorded(job, due_at, unique_key))
+                self._pending.append(_Recorded(job, due_at))
                 return job.id
         run = self._run(job)
         if run.error is not None and self.raise_errors:
             raise run.error
         return job.id
+
+    def _holder(self, queue: str, key: str) -> str | None:
+        for record in self._pending:
+            if record.job.unique_key == key and record.job.queue == queue:
+                return record.job.id
+        held = self._held_until.get((queue, key))
+        if held is not None and self.clock() < held[1]:
+            return held[0]
+        return None
 
     def _next(self, queue: str | None, until: float | None) -> _Recorded | None:
         with self._lock:
@@ -295,6 +343,14 @@ class FlumeTest:
         with self._lock:
             self.runs.append(run)
         return run
+
+
+def _uniqueness(key: str | None, for_s: float, until: UniqueUntil) -> _Uniqueness | None:
+    if key is None:
+        return None
+    check_unique_key(key)
+    check_unique(for_s, until)
+    return _Uniqueness(key, float(for_s), until)
 
 
 def _run_coroutine(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from flume_rx import codec
 from flume_rx.errors import DecodeError, EncodeError
-from flume_rx.job import Job, JobError
+from flume_rx.job import UNIQUE_UNTIL, Job, JobError
 
 scalars = (
     st.none()
@@ -29,7 +30,11 @@ values = st.recursive(
     max_leaves=20,
 )
 errors = st.none() | st.builds(JobError, st.text(max_size=20), st.text(max_size=50), st.text(max_size=100))
-jobs = st.builds(
+# unique_until means something only with a unique key, so the codec writes it only then.
+uniqueness = st.just((None, "finish")) | st.tuples(
+    st.text(min_size=1, max_size=30), st.sampled_from(UNIQUE_UNTIL)
+)
+plain_jobs = st.builds(
     Job,
     id=st.text(min_size=1, max_size=40),
     queue=st.text(min_size=1, max_size=20),
@@ -40,7 +45,9 @@ jobs = st.builds(
     enqueued_at=st.floats(0, 4e9),
     cost=st.integers(0, 10_000),
     error=errors,
-    unique_key=st.none() | st.text(min_size=1, max_size=30),
+)
+jobs = st.builds(
+    lambda job, unique: replace(job, unique_key=unique[0], unique_until=unique[1]), plain_jobs, uniqueness
 )
 
 
@@ -104,5 +111,13 @@ def test_a_unique_key_of_the_wrong_type_is_named() -> None:
     record[10] = 7
     with pytest.raises(DecodeError, match="unique_key"):
         codec.decode(msgpack.packb(record))
-    with pytest.raises(DecodeError, match="fields"):
+    with pytest.raises(DecodeError, match="unique_until"):
         codec.decode(msgpack.packb([*record[:10], "k", "extra"]))
+    with pytest.raises(DecodeError, match="fields"):
+        codec.decode(msgpack.packb([*record[:10], "k", "start", "extra"]))
+
+
+def test_unique_until_is_written_only_when_it_is_not_the_default() -> None:
+    finish = msgpack.unpackb(codec.encode(Job("1", "q", "W", [1], unique_key="k")))
+    start = msgpack.unpackb(codec.encode(Job("1", "q", "W", [1], unique_key="k", unique_until="start")))
+    assert len(finish) == 11 and start[11] == "start"

@@ -164,6 +164,30 @@ def test_unique_key_returns_the_waiting_job(seen: list[Any]) -> None:
     assert flume.enqueue("q", "TSync", [1, "a"], unique_key="welcome:1") != first
 
 
+def test_unique_until_expiry_holds_the_key_for_unique_for_on_the_clock(seen: list[Any]) -> None:
+    now = [1000.0]
+    flume = FlumeTest(clock=lambda: now[0])
+    first = flume.enqueue("q", "TSync", [1, "a"], unique_key="k", unique_for=60, unique_until="expiry")
+    flume.drain()
+    assert flume.enqueue("q", "TSync", [1, "a"], unique_key="k", unique_until="expiry") == first
+    now[0] += 61
+    assert flume.enqueue("q", "TSync", [1, "a"], unique_key="k", unique_until="expiry") != first
+    assert flume.jobs()[-1].unique_until == "expiry"
+
+
+def test_bulk_enqueue_takes_unique_keys_as_flume_does(seen: list[Any]) -> None:
+    flume = FlumeTest()
+    ids = flume.bulk_enqueue(
+        "q", [("TSync", [1, "a"]), ("TSync", [1, "a"]), ("TSync", [2, "b"])], unique_keys=["k", "k", None]
+    )
+    assert ids[0] == ids[1] != ids[2]
+    assert len(flume.jobs()) == 2
+    with pytest.raises(ConfigError, match="one key"):
+        flume.bulk_enqueue("q", [("TSync", [1, "a"])], unique_keys=["k", "k"])
+    with pytest.raises(ConfigError, match="unique_until"):
+        flume.enqueue("q", "TSync", [1, "a"], unique_key="k", unique_until="never")  # type: ignore[arg-type]
+
+
 def test_validation_matches_production(seen: list[Any]) -> None:
     flume = FlumeTest("inline")
     with pytest.raises(EncodeError):

@@ -7,10 +7,11 @@
 -- The outcomes travel as one msgpack blob: as separate arguments, the client spent more time encoding a
 -- batch of hundreds of them than running the jobs.
 -- action is "ack", "retry" (into retry at now+delay_ms), "dead" (into the dead letters, bounded by count and
--- age) or "requeue" (back onto the fetch end of the queue, costing no retry). An outcome whose payload is no
+-- age), "requeue" (back onto the fetch end of the queue, costing no retry) or "release" (a job of
+-- unique_until "start" has started: only its unique key is released, the job stays in flight). An outcome whose payload is no
 -- longer in the in-flight list (orphan recovery gave it back meanwhile) moves nothing: the recovered copy is
--- the live one. It is counted in the reply as stale. An acked or dead job releases its unique key, if it
--- still holds it (the key's value is the holder's job id: a claim that expired and was taken by a newer job
+-- the live one. It is counted in the reply as stale. An outcome with a unique key index releases that key
+-- (ack, dead and release do; retry and requeue keep it), if the job still holds it (the key's value is the holder's job id: a claim that expired and was taken by a newer job
 -- stays with that job).
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -23,7 +24,13 @@ for i = 1, #outcomes, 6 do
   if new_payload == '' then
     new_payload = payload
   end
-  local removed = redis.call('LREM', KEYS[1], -1, payload)
+  local removed
+  if action == 'release' then
+    -- A job recovered meanwhile is queued again and keeps its key.
+    removed = redis.call('LPOS', KEYS[1], payload) and 1 or 0
+  else
+    removed = redis.call('LREM', KEYS[1], -1, payload)
+  end
   if removed == 0 then
     stale = stale + 1
   elseif action == 'ack' then
@@ -38,10 +45,10 @@ for i = 1, #outcomes, 6 do
   elseif action == 'requeue' then
     redis.call('RPUSH', KEYS[2], new_payload)
     requeued = requeued + 1
-  else
+  elseif action ~= 'release' then
     return redis.error_reply('settle: unknown action ' .. tostring(action))
   end
-  if unique > 0 and removed > 0 and (action == 'ack' or action == 'dead')
+  if unique > 0 and removed > 0 and action ~= 'retry' and action ~= 'requeue'
       and redis.call('GET', KEYS[unique]) == outcomes[i + 5] then
     redis.call('DEL', KEYS[unique])
   end

@@ -1,4 +1,5 @@
-"""Unique jobs on a real Redis: one job per key while queued, scheduled or running; freed at ack or dead."""
+"""Unique jobs on a real Redis: one job per key while it holds the key; freed at ack or dead, at start, or at
+expiry, as ``unique_until`` says; bulk enqueues take keys too."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import redis
 
 from flume_rx import Flume, worker
 from flume_rx import config as config_module
+from flume_rx.cli import main as cli_main
 from flume_rx.errors import ConfigError
 from flume_rx.registry import unregister
 from flume_rx.runtime import WorkerRuntime
@@ -44,6 +46,15 @@ def runs() -> Iterator[list[Any]]:
     yield seen
     unregister("UWelcome")
     unregister("UFails")
+
+
+def _key_held(redis_url: str, within_s: float = 5.0) -> bool:
+    """Whether the unique key is still held after waiting up to ``within_s`` for it to go."""
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + within_s
+    while client.exists(KEY) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return bool(client.exists(KEY))
 
 
 def _drain(redis_url: str, max_retries: int = 0) -> None:
@@ -147,3 +158,100 @@ def test_bad_unique_arguments_are_named(flume: Flume) -> None:
         flume.enqueue(QUEUE, "UWelcome", [1], unique_key="")
     with pytest.raises(ConfigError, match="unique_for"):
         flume.enqueue(QUEUE, "UWelcome", [1], unique_key="k", unique_for=0)
+    with pytest.raises(ConfigError, match="unique_until"):
+        flume.enqueue(QUEUE, "UWelcome", [1], unique_key="k", unique_until="done")  # type: ignore[arg-type]
+
+
+def test_unique_until_start_frees_the_key_once_a_worker_starts_the_job(flume: Flume, redis_url: str) -> None:
+    seen: list[tuple[int, bool, str]] = []
+
+    @worker("UStart")
+    def start(n: int) -> None:
+        # Running now: the key is given up (by a call the pipeline makes at start, so wait for it briefly),
+        # and an equal job enqueued meanwhile is a new job that runs after this one.
+        held = _key_held(redis_url)
+        again = (
+            flume.enqueue(QUEUE, "UStart", [2], unique_key="welcome:42", unique_until="start")
+            if n == 1
+            else ""
+        )
+        seen.append((n, held, again))
+
+    try:
+        first = flume.enqueue(QUEUE, "UStart", [1], unique_key="welcome:42", unique_until="start")
+        assert flume.enqueue(QUEUE, "UStart", [1], unique_key="welcome:42", unique_until="start") == first
+        _drain(redis_url)
+        _drain(redis_url)  # the job enqueued while the first ran may come after burst mode saw an empty queue
+    finally:
+        unregister("UStart")
+    assert [(n, held) for n, held, _ in seen] == [(1, False), (2, False)]
+    assert seen[0][2] not in ("", first)
+    assert not redis.Redis.from_url(redis_url).exists(KEY)
+
+
+def test_unique_until_expiry_holds_the_key_after_the_job_is_done(
+    flume: Flume, redis_url: str, runs: list[Any]
+) -> None:
+    first = flume.enqueue(
+        QUEUE, "UWelcome", [42], unique_key="welcome:42", unique_for=60, unique_until="expiry"
+    )
+    _drain(redis_url)
+    assert runs == [42]
+    assert flume.enqueue(QUEUE, "UWelcome", [42], unique_key="welcome:42", unique_until="expiry") == first
+    ttl_ms: Any = redis.Redis.from_url(redis_url).pttl(KEY)
+    assert 0 < ttl_ms <= 60_000
+    assert flume.stats([QUEUE])[QUEUE]["queued"] == 0
+
+
+def test_a_release_for_a_job_no_longer_in_flight_keeps_the_key(flume: Flume, redis_url: str) -> None:
+    first = flume.enqueue(QUEUE, "UWelcome", [42], unique_key="welcome:42", unique_until="start")
+    client = redis.Redis.from_url(redis_url)
+
+    async def main() -> None:
+        async with RedisStore.from_url(redis_url, "t") as store:
+            (payload,) = await store.fetch(QUEUE, "c1", 1, 0)
+            await store.settle(QUEUE, "c1", [Settlement(payload, "requeue")])  # e.g. recovered meanwhile
+            release = Settlement(payload, "release", unique=("welcome:42", first))
+            assert await store.settle(QUEUE, "c1", [release]) == 1  # counted stale
+
+    asyncio.run(main())
+    assert client.get(KEY) == first.encode()
+    assert flume.stats([QUEUE])[QUEUE]["queued"] == 1
+
+
+def test_bulk_enqueue_takes_unique_keys_in_one_round_trip(flume: Flume, redis_url: str) -> None:
+    held = flume.enqueue(QUEUE, "UWelcome", [1], unique_key="welcome:1")
+    client = redis.Redis.from_url(redis_url)
+    client.config_resetstat()
+    ids = flume.bulk_enqueue(
+        QUEUE,
+        [("UWelcome", [1]), ("UWelcome", [2]), ("UWelcome", [2]), ("UWelcome", [3]), ("UWelcome", [3])],
+        unique_keys=["welcome:1", "welcome:2", "welcome:2", None, None],
+    )
+    calls: Any = client.info("commandstats")
+    assert calls["cmdstat_evalsha"]["calls"] == 1
+    assert ids[0] == held  # held by an earlier job
+    assert ids[2] == ids[1]  # the second job of the call with the same key gives way to the first
+    assert len({held, ids[1], ids[3], ids[4]}) == 4  # jobs without a key are always added
+    assert flume.stats([QUEUE])[QUEUE]["queued"] == 4
+
+
+def test_bulk_enqueue_checks_its_unique_arguments_before_writing(flume: Flume) -> None:
+    with pytest.raises(ConfigError, match="one key"):
+        flume.bulk_enqueue(QUEUE, [("UWelcome", [1]), ("UWelcome", [2])], unique_keys=["only-one"])
+    with pytest.raises(ConfigError, match="unique_key"):
+        flume.bulk_enqueue(QUEUE, [("UWelcome", [1]), ("UWelcome", [2])], unique_keys=["ok", ""])
+    assert flume.stats([QUEUE])[QUEUE]["queued"] == 0
+
+
+def test_the_cli_enqueues_a_unique_job(
+    flume: Flume, redis_url: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "flume.toml"
+    path.write_text(f'redis_url = "{redis_url}"\nnamespace = "t"\n[pipelines.main]\nqueue = "{QUEUE}"\n')
+    argv = ["enqueue", "--config", str(path), QUEUE, "UWelcome", "[42]", "--unique-key", "welcome:42"]
+    assert cli_main([*argv, "--unique-until", "start"]) == 0
+    assert cli_main(argv) == 0
+    first, again = capsys.readouterr().out.split()
+    assert again == first
+    assert flume.peek(QUEUE)[0].unique_until == "start"
