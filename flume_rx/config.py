@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -172,6 +172,7 @@ def parse(raw: Mapping[str, Any]) -> FlumeConfig:
     pipelines_raw = raw.get("pipelines", {})
     _table(pipelines_raw, "pipelines")
     pipelines = tuple(_pipeline(name, table) for name, table in pipelines_raw.items())
+    check_one_pipeline_per_queue(pipelines)
     return FlumeConfig(
         redis_url=redis_url,
         namespace=namespace,
@@ -189,6 +190,32 @@ def parse(raw: Mapping[str, Any]) -> FlumeConfig:
 _PIPELINE_KEYS = {
     "queue", "max_demand", "processor", "rate_limiter", "batcher", "retry", "operators", "queues", "order",
 }  # fmt: skip
+
+
+def check_one_pipeline_per_queue(pipelines: Sequence[PipelineConfig]) -> None:
+    """Refuse two pipelines of one process on the same queue.
+
+    Their jobs would share the process's in-flight list of that queue, and a pipeline that lost a fetch's
+    reply gives back every job in that list it does not know of: the other pipeline's jobs would run twice.
+
+    Raises:
+        ConfigError: naming the queue and both pipelines.
+    """
+    served_by: dict[str, int] = {}
+    for index, pipeline in enumerate(pipelines):
+        for queue in pipeline.all_queues:
+            first = served_by.setdefault(queue, index)
+            if first != index:
+                other = pipelines[first].name
+                which = (
+                    f"pipelines.{other} and pipelines.{pipeline.name}"
+                    if other != pipeline.name
+                    else "two pipelines (two flume.source() calls?)"
+                )
+                raise ConfigError(
+                    f"queue {queue!r} is served by {which}; one process runs one pipeline per queue, so merge "
+                    "them (raise max_demand for more jobs at once) or run them in separate processes"
+                )
 
 
 def _pipeline(name: str, table: Any) -> PipelineConfig:

@@ -30,7 +30,14 @@ from reactivex import Observable, abc
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from flume_rx import operators as fo
-from flume_rx.config import FlumeConfig, PipelineConfig, RateLimiterConfig, load, pacing_burst
+from flume_rx.config import (
+    FlumeConfig,
+    PipelineConfig,
+    RateLimiterConfig,
+    check_one_pipeline_per_queue,
+    load,
+    pacing_burst,
+)
 from flume_rx.errors import ConfigError, StoreError
 from flume_rx.pipeline import JobSource, Settler, assemble
 from flume_rx.priorities import WeightedSource
@@ -96,6 +103,7 @@ class WorkerRuntime:
             raise ConfigError(
                 "the config has no [pipelines.NAME] table; add one so the worker has work to run"
             )
+        check_one_pipeline_per_queue(config.pipelines)
         self.config = config
         self.telemetry = telemetry or Telemetry()
         self.burst = burst

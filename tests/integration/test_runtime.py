@@ -301,3 +301,15 @@ def test_a_configured_burst_bounds_every_grant(redis_url: str, calls: Any) -> No
     assert flume.stats([QUEUE])[QUEUE]["processed"] == 200
     # The stages (20) would take bigger grants; the configured burst must still cap each one.
     assert grants and max(grants) <= 5
+
+
+def test_two_pipelines_on_one_queue_are_refused(redis_url: str) -> None:
+    # They would share the process's in-flight list, and one that lost a fetch's reply would give back
+    # jobs the other is running.
+    with pytest.raises(config_module.ConfigError, match=r"'jobs' is served by pipelines\.a and pipelines\.b"):
+        config_module.parse({"pipelines": {"a": {"queue": QUEUE}, "b": {"queues": [{"name": QUEUE}]}}})
+    flume = Flume(redis_url, "t")
+    first, second = flume.source(QUEUE), flume.source(QUEUE)
+    with pytest.raises(config_module.ConfigError, match=r"two flume\.source"):
+        asyncio.run(flume.run(first.pipe(flume.process()), second.pipe(flume.process()), burst=True))
+    flume.close()
