@@ -648,19 +648,34 @@ class _OutageLog:
     """Process-wide: one line when Redis first fails and one when it answers again, whichever loop notices.
 
     Fetch, settle and the heartbeat thread all meet the same outage; each keeps its own backoff
-    (:class:`_Outage`) but they share this log, so an outage is one warning, not one per loop or call.
+    (:class:`_Outage`) but they share this log, so an outage is one warning, not one per loop or call. A
+    failure that lasts is repeated as an error every :attr:`repeat_s`, so a stalled worker (Redis refusing a
+    script, a key of the wrong type) does not hide behind one old line.
     """
+
+    repeat_s = 60.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.since: float | None = None
+        self._logged_at = 0.0
 
     def down(self, what: str, error: Exception) -> None:
+        now = time.monotonic()
         with self._lock:
-            if self.since is not None:
+            first = self.since is None
+            if not first and now - self._logged_at < self.repeat_s:
                 return
-            self.since = time.monotonic()
-        log.warning("%s: Redis unreachable (%s); retrying with backoff", what, error)
+            if first:
+                self.since = now
+            self._logged_at = now
+            since = self.since or now
+        answered = isinstance(error.__cause__, ResponseError)
+        kind = "Redis answered with an error" if answered else "Redis unreachable"
+        if first:
+            log.warning("%s: %s (%s); retrying with backoff", what, kind, error)
+        else:
+            log.error("%s: %s for %.0f s now (%s); still retrying", what, kind, now - since, error)
 
     def up(self) -> None:
         with self._lock:
