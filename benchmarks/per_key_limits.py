@@ -1,14 +1,16 @@
 """Per-key rate limits with 1,000 keys: Redis calls per job, throughput, and that no key went over its limit.
 
-``python -m benchmarks.per_key_limits [--quick] [--keys 1000] [--jobs-per-key 10] [--allowed 5] [--reps 3]
+``python -m benchmarks.per_key_limits [--quick] [--keys 1000] [--jobs-per-key 10] [--allowed 5] [--reps 5]
 [--out PATH]`` starts a private redis-server, enqueues jobs spread round-robin over the keys, drains them with a
 worker runtime in burst mode inside this process, whose pipeline limits each key to ``allowed`` starts per
 second (``rate_limiter.key_from``), and writes JSON to ``benchmarks/results/per_key_limits.json``: token calls
 (one Redis round trip each, however many keys it serves) per job, keys per call, all Redis commands per job,
-jobs per second, the most starts any key had in any one-second window (it must not exceed ``allowed``) and the
-window keys still in Redis once the keys have been quiet for longer than a window. The top-level figures are
-medians over the repetitions, except the two that are bounds (most starts, keys left), which are the largest;
-every repetition's raw figures are kept under ``samples``.
+jobs per second, the most starts any key had in any one-second window (it must not exceed ``allowed``), the
+window keys still in Redis once the keys have been quiet for longer than a window, and the least time any key
+took for ``allowed + 1`` starts (at least a second if the limit held). Starts are timed where the job begins,
+in the worker, so they include the lag between the throttle letting a job go and the job running. The
+top-level figures are medians over the repetitions, except the bounds (most starts and keys left: the largest;
+the shortest span: the least); every repetition's raw figures are kept under ``samples``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ MEDIANS = (
     "redis_commands_per_job",
 )
 BOUNDS = ("most_starts_of_a_key_in_any_second", "window_keys_left_after_quiet")
+SPAN = "shortest_span_of_allowed_plus_1_starts_s"
 
 _starts: dict[str, list[float]] = defaultdict(list)
 _lock = threading.Lock()
@@ -119,6 +122,20 @@ def most_in_any_second(starts: dict[str, list[float]]) -> int:
     return max((stats.max_in_window(sorted(times), 1.0) for times in starts.values()), default=0)
 
 
+def shortest_span(starts: dict[str, list[float]], count: int) -> float | None:
+    """The least time any key took for ``count`` consecutive starts (None if no key had that many).
+
+    With ``count = allowed + 1`` this must be at least the period; how far below it says by how much a count
+    over ``allowed`` went over, which the integer count alone hides.
+    """
+    spans = [
+        ordered[i + count - 1] - ordered[i]
+        for ordered in (sorted(times) for times in starts.values())
+        for i in range(len(ordered) - count + 1)
+    ]
+    return round(min(spans), 4) if spans else None
+
+
 def _measure(url: str, keys: int, jobs_per_key: int, allowed: int, counter: TokenCalls) -> dict[str, Any]:
     """One drain of ``keys * jobs_per_key`` jobs; wall time includes the runtime's start-up."""
     client = redis.Redis.from_url(url)
@@ -150,6 +167,7 @@ def _measure(url: str, keys: int, jobs_per_key: int, allowed: int, counter: Toke
         "lua_round_trips_per_job": round(round_trips / max(1, started), 4),
         "redis_commands_per_job": round(commands / max(1, started), 2),
         "most_starts_of_a_key_in_any_second": most_in_any_second(_starts),
+        "shortest_span_of_allowed_plus_1_starts_s": shortest_span(_starts, allowed + 1),
         "window_keys_left_after_quiet": leftover,
     }
 
@@ -159,6 +177,9 @@ def summarize(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "started": min(s["started"] for s in samples),
         **{key: stats.median([s[key] for s in samples]) for key in MEDIANS},
         **{key: max(s[key] for s in samples) for key in BOUNDS},
+        "shortest_span_of_allowed_plus_1_starts_s": min(
+            (s[SPAN] for s in samples if s[SPAN] is not None), default=None
+        ),
     }
 
 
