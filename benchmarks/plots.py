@@ -216,7 +216,9 @@ def per_key_limits(data: dict[str, Any]) -> Figure | None:
     calls.legend(fontsize=8)
     allowed = data.get("allowed_per_key_per_s")
     most = [s["most_starts_of_a_key_in_any_second"] for s in samples]
-    bars = starts.bar(list(reps), most, color="tab:green", label="most starts of one key in any 1 s")
+    # A run over the limit stands out in red rather than hiding among the others.
+    colors = ["tab:red" if allowed and m > allowed else "tab:green" for m in most]
+    bars = starts.bar(list(reps), most, color=colors, label="most starts of one key in any 1 s")
     starts.bar_label(bars, fontsize=7, padding=2)
     if allowed:
         starts.axhline(
