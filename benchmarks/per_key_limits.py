@@ -40,7 +40,7 @@ from flume_rx.store import RedisStore
 
 QUEUE = "perkey"
 RESULTS = Path(__file__).resolve().parent / "results" / "per_key_limits.json"
-# Five by default: the drain time and token calls of one run vary by up to 2x on a shared machine.
+# Five by default: on a shared machine one run's drain time varies up to 2x and its token calls several-fold.
 FULL_REPS, QUICK_REPS = 5, 1
 # Figures that vary from run to run (medians), and the bounds the limit promises (the worst run counts).
 MEDIANS = (
