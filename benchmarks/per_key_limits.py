@@ -88,7 +88,7 @@ class TokenCalls:
             self.keys += len(wants)
             return await original(store, key, wants, **kwargs)
 
-        RedisStore.take_tokens_multi = counted  # type: ignore[method-assign]
+        RedisStore.take_tokens_multi = counted  # type: ignore[method-assign, assignment]
 
         def uninstall() -> None:
             RedisStore.take_tokens_multi = original  # type: ignore[method-assign]
