@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import statistics
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +12,17 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 LIMIT = 400
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def load(path: str | Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(Path(path).read_text())
     return data
+
+
+def load_if_present(path: str | Path) -> dict[str, Any] | None:
+    """The JSON a standalone script (``benchmarks.priorities``, ``benchmarks.per_key_limits``) left, if any."""
+    return load(path) if Path(path).is_file() else None
 
 
 def latest(results_dir: str | Path, prefix: str) -> Path | None:
@@ -142,6 +150,91 @@ def latency(data: dict[str, Any]) -> Figure | None:
     return fig
 
 
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    """Median, and its distance to the lowest and highest sample (for error bars)."""
+    ordered = sorted(values)
+    mid = statistics.median(ordered)
+    return mid, mid - ordered[0], ordered[-1] - mid
+
+
+def priorities(data: dict[str, Any]) -> Figure | None:
+    """Bulk share against its weight's share, and the longest run without a bulk start, per scenario."""
+    results = data.get("results") or []
+    if not results:
+        return None
+    names = [r["scenario"] for r in results]
+    fig, (share, runs) = plt.subplots(1, 2, figsize=(10, 4))
+    width = 0.4
+    measured = [_spread([s["bulk_share"] for s in r.get("samples") or [r]]) for r in results]
+    bars = share.bar(
+        [i - width / 2 for i in range(len(names))],
+        [m[0] for m in measured],
+        width,
+        yerr=[[m[1] for m in measured], [m[2] for m in measured]],
+        label="measured (median, min-max)",
+    )
+    share.bar_label(bars, labels=[f"{m[0]:.3f}" for m in measured], fontsize=7, padding=2)
+    expected = [r["bulk_share_expected"] for r in results]
+    bars = share.bar([i + width / 2 for i in range(len(names))], expected, width, label="weight's share")
+    share.bar_label(bars, labels=[f"{v:.3f}" for v in expected], fontsize=7, padding=2)
+    share.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    share.set_ylabel("bulk share of starts, both backlogged")
+    share.set_title("Fairness: bulk queue's share")
+    share.legend(fontsize=8)
+    longest = [r["longest_run_without_bulk"] for r in results]
+    bars = runs.bar(range(len(names)), longest, color="tab:grey")
+    runs.bar_label(bars, labels=[f"{v:,.0f}" for v in longest], fontsize=7, padding=2)
+    runs.set_yscale("log")
+    runs.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    runs.set_ylabel("starts (median, log scale)")
+    runs.set_title("Longest run of starts without a bulk job")
+    jobs = data.get("jobs_per_queue")
+    fig.suptitle(f"Two queues of one pipeline, {jobs:,} jobs each" if jobs else "Two queues of one pipeline")
+    fig.tight_layout()
+    return fig
+
+
+def per_key_limits(data: dict[str, Any]) -> Figure | None:
+    """Redis round trips per job and the busiest second of any key, per repetition, with 1,000 keys."""
+    samples = data.get("samples") or ([data] if "token_calls_per_job" in data else [])
+    if not samples:
+        return None
+    reps = range(1, len(samples) + 1)
+    fig, (calls, starts) = plt.subplots(1, 2, figsize=(10, 4))
+    width = 0.4
+    for offset, key, label in (
+        (-width / 2, "token_calls_per_job", "token calls (take_tokens_multi)"),
+        (width / 2, "lua_round_trips_per_job", "all EVALSHA calls (fetch, tokens, settle)"),
+    ):
+        values = [s[key] for s in samples]
+        bars = calls.bar([r + offset for r in reps], values, width, label=label)
+        calls.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=7, padding=2)
+    calls.set_xticks(list(reps))
+    calls.set_xlabel("repetition")
+    calls.set_ylabel("per job")
+    calls.set_title("Redis round trips per job")
+    calls.legend(fontsize=8)
+    allowed = data.get("allowed_per_key_per_s")
+    most = [s["most_starts_of_a_key_in_any_second"] for s in samples]
+    # A run over the limit stands out in red rather than hiding among the others.
+    colors = ["tab:red" if allowed and m > allowed else "tab:green" for m in most]
+    bars = starts.bar(list(reps), most, color=colors, label="most starts of one key in any 1 s")
+    starts.bar_label(bars, fontsize=7, padding=2)
+    if allowed:
+        starts.axhline(
+            allowed, color="black", linestyle="--", linewidth=1, label=f"allowed {allowed}/s per key"
+        )
+        starts.set_ylim(0, allowed * 1.6)
+    starts.set_xticks(list(reps))
+    starts.set_xlabel("repetition")
+    starts.set_title("Busiest second of any key")
+    starts.legend(fontsize=8, loc="upper left")
+    keys, jobs = data.get("keys"), data.get("jobs")
+    fig.suptitle(f"Per-key limits: {keys:,} keys, {jobs:,} jobs" if keys and jobs else "Per-key limits")
+    fig.tight_layout()
+    return fig
+
+
 FIGURES = {
     "throughput": throughput,
     "rate_limit": rate_limit,
@@ -151,13 +244,36 @@ FIGURES = {
 }
 
 
-def save_all(data: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Render every figure the data allows and save each as ``<name>.png``; returns the files written."""
+# Figures of the standalone scripts, each drawn from its own ``<name>.json`` in the results directory.
+STANDALONE = {
+    "priorities": priorities,
+    "per_key_limits": per_key_limits,
+}
+
+
+def _figures(data: dict[str, Any], results_dir: str | Path | None) -> Iterator[tuple[str, Figure | None]]:
+    # A generator, so each figure is saved and closed before the next one is drawn.
+    for name, make in FIGURES.items():
+        yield name, make(data)
+    if results_dir is None:
+        return
+    for name, make_standalone in STANDALONE.items():
+        saved = load_if_present(Path(results_dir) / f"{name}.json")
+        yield name, make_standalone(saved) if saved else None
+
+
+def save_all(
+    data: dict[str, Any], out_dir: str | Path, results_dir: str | Path | None = RESULTS_DIR
+) -> list[Path]:
+    """Render every figure the data allows and save each as ``<name>.png``; returns the files written.
+
+    The standalone scripts' figures come from their JSON in ``results_dir`` (``None`` skips them); a script
+    that has not been run leaves no file and no figure.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, make in FIGURES.items():
-        fig = make(data)
+    for name, fig in _figures(data, results_dir):
         if fig is None:
             continue
         path = out / f"{name}.png"

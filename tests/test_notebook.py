@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks import stats
+from benchmarks import plots, stats
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "benchmarks.ipynb"
@@ -53,6 +53,34 @@ def test_notebook_runs_quick_mode_and_saves_plots(tmp_path: Path, monkeypatch: p
         if any(e["status"] == "ok" for e in results["scenarios"][scenario].values())
     }
     assert expected <= saved
+    # The standalone scripts' saved results are plotted too, whatever the fresh run measured.
+    standalone = {
+        f"{name}.png" for name in plots.STANDALONE if (plots.RESULTS_DIR / f"{name}.json").is_file()
+    }
+    assert standalone <= saved
+
+
+def test_save_all_draws_standalone_results_only_when_their_json_exists(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    assert plots.save_all({}, tmp_path / "none", results) == []
+
+    sample = {"bulk_share": 0.09, "longest_run_without_bulk": 46}
+    entry = {"scenario": "weighted 10:1", "bulk_share_expected": 0.0909, **sample, "samples": [sample]}
+    (results / "priorities.json").write_text(json.dumps({"jobs_per_queue": 10, "results": [entry]}))
+    written = plots.save_all({}, tmp_path / "one", results)
+    assert [p.name for p in written] == ["priorities.png"]
+
+    keyed = {
+        "token_calls_per_job": 0.01,
+        "lua_round_trips_per_job": 0.05,
+        "most_starts_of_a_key_in_any_second": 5,
+    }
+    (results / "per_key_limits.json").write_text(
+        json.dumps({"keys": 2, "jobs": 4, "allowed_per_key_per_s": 5, **keyed, "samples": [keyed]})
+    )
+    written = plots.save_all({}, tmp_path / "both", results)
+    assert [p.name for p in written] == ["priorities.png", "per_key_limits.png"]
 
 
 # The numbers the notebook plots come from these pure helpers: checked against brute force.
