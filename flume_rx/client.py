@@ -15,6 +15,7 @@ from flume_rx import operators as fo
 from flume_rx.config import FlumeConfig, PipelineConfig, RetryConfig, default_redis_url, pacing_burst
 from flume_rx.errors import ConfigError, DecodeError
 from flume_rx.job import Job, new_job_id
+from flume_rx.keyed_throttle import RedisKeyedWindow
 from flume_rx.pipeline import Delivery, JobSource, run_workers
 from flume_rx.store import (
     ConsumerInfo,
@@ -313,6 +314,31 @@ class Flume:
             adaptive=adaptive,
             burst=pacing_burst(allowed, burst),
         )
+
+    def keyed_window(
+        self,
+        name: str,
+        allowed: int,
+        period_s: float = 1.0,
+        *,
+        hold_s: float = 0.02,
+        lag_s: float = 0.0,
+    ) -> RedisKeyedWindow:
+        """Per-key windows of ``allowed`` starts per ``period_s``, shared through Redis, for
+        :func:`~flume_rx.throttle_by_key`; every process that uses the same ``name`` shares them.
+
+        >>> from flume_rx import throttle_by_key, from_args  # doctest: +SKIP
+        >>> per_domain = flume.keyed_window("per-domain", allowed=10)  # doctest: +SKIP
+        >>> flume.source("mail").pipe(  # doctest: +SKIP
+        ...     throttle_by_key(per_domain, key=from_args(lambda to, subject: to.partition("@")[2])),
+        ...     flume.process())
+
+        Args:
+            lag_s: the most a released job may wait before it starts: the timeout of a batcher placed after
+                the throttle (``fo.buffer_with_time_or_count(0.1, 50)`` needs ``lag_s=0.1``), so the limit
+                holds for starts.
+        """
+        return RedisKeyedWindow(self.async_store, name, allowed, period_s, hold_s, lag_s=lag_s)
 
     def process(self, *, stages: int = 10, timeout_s: float | None = None) -> Any:
         """The processor stage: runs each job's registered worker, at most ``stages`` at once."""

@@ -256,10 +256,10 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
                 raise ConfigError(
                     f'{rl_where}key_from must name a function as "module:function" (got {key_from!r})'
                 )
-            if adaptive or from_ses is not None or "batcher" in table:
+            if adaptive or from_ses is not None:
                 raise ConfigError(
-                    f"{rl_where}key_from works without adaptive, from_ses and a batcher (a batch can mix "
-                    "keys); drop those or the per-key limit"
+                    f"{rl_where}key_from cannot be combined with {'adaptive' if adaptive else 'from_ses'}, "
+                    "which sets one rate shared by every job downstream, not a rate per key; drop one of them"
                 )
         rate_limiter = RateLimiterConfig(
             allowed=_positive_int(rl, "allowed", rl_where, default=1),
