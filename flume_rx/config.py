@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -322,6 +322,26 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
         queues=queues,
         order=order,
     )
+
+
+def queue_weights(queues: Sequence[str | tuple[str, int]], order: str) -> tuple[QueueWeight, ...]:
+    """The queues of ``Flume.source([...])`` (names, or ``(name, weight)`` pairs), checked as config ``queues``
+    and ``order`` are."""
+    if order not in ("weighted", "strict"):
+        raise ConfigError(f'source(order=...) must be "weighted" or "strict" (got {order!r})')
+    if isinstance(queues, str) or not queues:
+        raise ConfigError(f"source() needs a queue name or a non-empty list of them (got {queues!r})")
+    raw: list[dict[str, Any]] = []
+    for entry in queues:
+        if isinstance(entry, str):
+            raw.append({"name": entry})
+        elif isinstance(entry, tuple) and len(entry) == 2:
+            raw.append({"name": entry[0], "weight": entry[1]})
+        else:
+            raise ConfigError(
+                f'source() takes queue names or (name, weight) pairs (got {entry!r}); e.g. ("mail/bulk", 1)'
+            )
+    return _queues(raw, "source() ")
 
 
 def _queues(raw: Any, where: str) -> tuple[QueueWeight, ...]:
