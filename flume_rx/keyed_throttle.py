@@ -6,7 +6,10 @@ DEVELOPERS.md "The token window", with time from Redis), shared by every process
 jobs downstream asked for, grouped by key, and asks for the tokens of all waiting keys in one Redis call
 (``take_tokens_multi.lua``), so Redis calls per job stay near one per batch however many keys there are. A
 key that waits for tokens does not hold up the others. Windows of keys that go quiet expire from Redis a
-second after their last grant stops counting.
+second after their last grant stops counting. With a batcher, the throttle goes before it (a batch can mix
+keys) and the windows count each grant for the batcher's timeout too (``lag_s``); see ``pipeline.assemble``.
+
+In code: ``throttle_by_key(flume.keyed_window("tenants", 5), key=from_args(tenant_of))``.
 
 All windows of one limiter share the hash tag ``{ns:rate:<rate_limiter.key>}`` so one call can reach them on
 Redis Cluster; a very hot limiter therefore lives on one slot.
