@@ -170,10 +170,12 @@ def throttle_by_key(
                     return
                 with lock:
                     missing = demand.pending - state["held"] - upstream.pending
+                    stopped = state["stopped"]
                 if missing > 0:
                     upstream.request(missing)
-                # Held items may have waited for this demand (after downstream withdrew some).
-                loop.call_soon_threadsafe(pump)
+                if not stopped:  # a request arriving after disposal must not touch a loop that may be closed
+                    # Held items may have waited for this demand (after downstream withdrew some).
+                    loop.call_soon_threadsafe(pump)
 
             def on_next(item: _T) -> None:
                 item_key = str(key(item))
