@@ -23,6 +23,7 @@ from flume_rx.registry import worker
 
 if TYPE_CHECKING:
     from flume_rx.client import Flume
+    from flume_rx.keyed_throttle import from_args, throttle_by_key
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,8 @@ __all__ = [
     "StoreError",
     "Throttled",
     "UnknownWorker",
+    "from_args",
+    "throttle_by_key",
     "worker",
 ]
 
@@ -50,4 +53,8 @@ def __getattr__(name: str) -> Any:
         from flume_rx.client import Flume
 
         return Flume
+    if name in ("throttle_by_key", "from_args"):
+        from flume_rx import keyed_throttle
+
+        return getattr(keyed_throttle, name)
     raise AttributeError(f"module 'flume_rx' has no attribute {name!r}")

@@ -12,10 +12,19 @@ from reactivex import Observable
 
 from flume_rx import codec
 from flume_rx import operators as fo
-from flume_rx.config import FlumeConfig, PipelineConfig, RetryConfig, default_redis_url, pacing_burst
+from flume_rx.config import (
+    FlumeConfig,
+    PipelineConfig,
+    RetryConfig,
+    default_redis_url,
+    pacing_burst,
+    queue_weights,
+)
 from flume_rx.errors import ConfigError, DecodeError
 from flume_rx.job import UNIQUE_UNTIL, Job, UniqueUntil, new_job_id
+from flume_rx.keyed_throttle import RedisKeyedWindow
 from flume_rx.pipeline import Delivery, JobSource, run_workers
+from flume_rx.priorities import WeightedSource
 from flume_rx.store import (
     ConsumerInfo,
     PeekWhere,
@@ -318,30 +327,54 @@ class Flume:
 
     def source(
         self,
-        queue: str,
+        queue: str | Sequence[str | tuple[str, int]],
         *,
+        order: Literal["weighted", "strict"] = "weighted",
         max_demand: int = 100,
         retry: RetryConfig | None = None,
         window: fo.TokenWindow | None = None,
     ) -> fo.PullSource[Delivery]:
         """The request-n source of ``queue``: pipe operators onto it, end with :meth:`process`, then :meth:`run`.
 
+        Given several queues, one source serves them all (config ``queues`` and ``order``), so
+        ``max_demand`` and every operator after it apply to them as a whole:
+
+        >>> urgent_first = flume.source([("mail/urgent", 10), ("mail/bulk", 1)])  # doctest: +SKIP
+
         Args:
+            queue: one queue, or several of one group (``"mail/urgent"``, ``"mail/bulk"``), each a name
+                (weight 1) or a ``(name, weight)`` pair.
+            order: ``"weighted"``: while several queues have jobs, each gets its weight's share and none
+                starves; ``"strict"``: the queues in the order listed, later ones only get what earlier
+                ones cannot fill.
             max_demand: most jobs fetched and not yet settled in this process.
             retry: the durable retry policy of failed jobs (default: 5 retries, 1 s initial, 1 h cap).
             window: the token window, so a worker raising ``Throttled`` lowers an adaptive shared rate.
+
+        Raises:
+            ConfigError: the queues do not share one group, a weight is below 1, or ``order`` is unknown.
         """
-        source = JobSource(
-            store=self.async_store,
-            queue=queue,
-            consumer=self.consumer,
-            max_demand=max_demand,
-            telemetry=self.telemetry,
-            retry=retry or RetryConfig(),
-            window=window,
-            max_payload_bytes=self.max_payload_bytes,
-        )
-        self._sources.append((source, PipelineConfig(name=queue, queue=queue, max_demand=max_demand)))
+        queues = () if isinstance(queue, str) else queue_weights(queue, order)
+        name = queues[0].name if queues else str(queue)
+        fields: dict[str, Any] = {
+            "store": self.async_store,
+            "queue": name,
+            "consumer": self.consumer,
+            "max_demand": max_demand,
+            "telemetry": self.telemetry,
+            "retry": retry or RetryConfig(),
+            "window": window,
+            "max_payload_bytes": self.max_payload_bytes,
+        }
+        source: JobSource
+        if queues:
+            names, weights = tuple(q.name for q in queues), tuple(q.weight for q in queues)
+            source = WeightedSource(**fields, queues=names, weights=weights, order=order)
+        else:
+            source = JobSource(**fields)
+        # The runtime heartbeats, promotes, recovers and hands back every queue of this config.
+        config = PipelineConfig(name=name, queue=name, max_demand=max_demand, queues=queues, order=order)
+        self._sources.append((source, config))
         return source.flowable
 
     def window(
@@ -368,6 +401,31 @@ class Flume:
             adaptive=adaptive,
             burst=pacing_burst(allowed, burst),
         )
+
+    def keyed_window(
+        self,
+        name: str,
+        allowed: int,
+        period_s: float = 1.0,
+        *,
+        hold_s: float = 0.02,
+        lag_s: float = 0.0,
+    ) -> RedisKeyedWindow:
+        """Per-key windows of ``allowed`` starts per ``period_s``, shared through Redis, for
+        :func:`~flume_rx.throttle_by_key`; every process that uses the same ``name`` shares them.
+
+        >>> from flume_rx import throttle_by_key, from_args  # doctest: +SKIP
+        >>> per_domain = flume.keyed_window("per-domain", allowed=10)  # doctest: +SKIP
+        >>> flume.source("mail").pipe(  # doctest: +SKIP
+        ...     throttle_by_key(per_domain, key=from_args(lambda to, subject: to.partition("@")[2])),
+        ...     flume.process())
+
+        Args:
+            lag_s: the most a released job may wait before it starts: the timeout of a batcher placed after
+                the throttle (``fo.buffer_with_time_or_count(0.1, 50)`` needs ``lag_s=0.1``), so the limit
+                holds for starts.
+        """
+        return RedisKeyedWindow(self.async_store, name, allowed, period_s, hold_s, lag_s=lag_s)
 
     def process(self, *, stages: int = 10, timeout_s: float | None = None) -> Any:
         """The processor stage: runs each job's registered worker, at most ``stages`` at once."""

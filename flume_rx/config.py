@@ -283,10 +283,10 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
                 raise ConfigError(
                     f'{rl_where}key_from must name a function as "module:function" (got {key_from!r})'
                 )
-            if adaptive or from_ses is not None or "batcher" in table:
+            if adaptive or from_ses is not None:
                 raise ConfigError(
-                    f"{rl_where}key_from works without adaptive, from_ses and a batcher (a batch can mix "
-                    "keys); drop those or the per-key limit"
+                    f"{rl_where}key_from cannot be combined with {'adaptive' if adaptive else 'from_ses'}, "
+                    "which sets one rate shared by every job downstream, not a rate per key; drop one of them"
                 )
         rate_limiter = RateLimiterConfig(
             allowed=_positive_int(rl, "allowed", rl_where, default=1),
@@ -349,6 +349,26 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
         queues=queues,
         order=order,
     )
+
+
+def queue_weights(queues: Sequence[str | tuple[str, int]], order: str) -> tuple[QueueWeight, ...]:
+    """The queues of ``Flume.source([...])`` (names, or ``(name, weight)`` pairs), checked as config ``queues``
+    and ``order`` are."""
+    if order not in ("weighted", "strict"):
+        raise ConfigError(f'source(order=...) must be "weighted" or "strict" (got {order!r})')
+    if isinstance(queues, str) or not queues:
+        raise ConfigError(f"source() needs a queue name or a non-empty list of them (got {queues!r})")
+    raw: list[dict[str, Any]] = []
+    for entry in queues:
+        if isinstance(entry, str):
+            raw.append({"name": entry})
+        elif isinstance(entry, tuple) and len(entry) == 2:
+            raw.append({"name": entry[0], "weight": entry[1]})
+        else:
+            raise ConfigError(
+                f'source() takes queue names or (name, weight) pairs (got {entry!r}); e.g. ("mail/bulk", 1)'
+            )
+    return _queues(raw, "source() ")
 
 
 def _queues(raw: Any, where: str) -> tuple[QueueWeight, ...]:

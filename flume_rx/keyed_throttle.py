@@ -6,7 +6,10 @@ DEVELOPERS.md "The token window", with time from Redis), shared by every process
 jobs downstream asked for, grouped by key, and asks for the tokens of all waiting keys in one Redis call
 (``take_tokens_multi.lua``), so Redis calls per job stay near one per batch however many keys there are. A
 key that waits for tokens does not hold up the others. Windows of keys that go quiet expire from Redis a
-second after their last grant stops counting.
+second after their last grant stops counting. With a batcher, the throttle goes before it (a batch can mix
+keys) and the windows count each grant for the batcher's timeout too (``lag_s``); see ``pipeline.assemble``.
+
+In code: ``throttle_by_key(flume.keyed_window("tenants", 5), key=from_args(tenant_of))``.
 
 All windows of one limiter share the hash tag ``{ns:rate:<rate_limiter.key>}`` so one call can reach them on
 Redis Cluster; a very hot limiter therefore lives on one slot.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import threading
 from collections import OrderedDict, deque
@@ -27,11 +31,13 @@ from reactivex.disposable import CompositeDisposable, Disposable
 
 from flume_rx import operators as fo
 from flume_rx.operators._flow import Demand, Flowable, subscribe_upstream
+from flume_rx.pipeline import Delivery, load_callable
 from flume_rx.store import RedisStore
 
 logger = logging.getLogger("flume_rx.keyed_throttle")
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
 
 MAX_KEYS_PER_TAKE = 1000
 """Keys asked for in one Redis call: big enough for 1,000 busy tenants, small enough not to stall Redis."""
@@ -57,21 +63,34 @@ class RedisKeyedWindow:
         allowed: starts (or cost units) per key per period.
         period_s: the sliding period.
         hold_s: how long a grant may still be used after its start.
+        lag_s: the most an item may wait between the throttle and its start, e.g. the timeout of a batcher
+            placed after the throttle. The window counts each grant that much longer, so starts, not
+            releases from the throttle, stay within ``allowed`` per period.
     """
 
     def __init__(
-        self, store: RedisStore, name: str, allowed: int, period_s: float, hold_s: float = 0.02
+        self,
+        store: RedisStore,
+        name: str,
+        allowed: int,
+        period_s: float,
+        hold_s: float = 0.02,
+        *,
+        lag_s: float = 0.0,
     ) -> None:
         if allowed < 1:
             raise ValueError(f"allowed must be >= 1 token per period (got {allowed})")
         if not period_s > 0:
             raise ValueError(f"period_s must be a positive number of seconds (got {period_s})")
+        if not hold_s >= 0 or not lag_s >= 0:
+            raise ValueError(f"hold_s and lag_s must be seconds >= 0 (got {hold_s}, {lag_s})")
         store.keys.rate(name)  # validates the name now
         self.store = store
         self.name = name
         self._allowed = allowed
         self.period_s = period_s
         self.hold_s = hold_s
+        self.lag_s = lag_s
         self.calls = 0
         """Redis calls made so far (for benchmarks and telemetry)."""
 
@@ -86,7 +105,8 @@ class RedisKeyedWindow:
             wants,
             allowed=self._allowed,
             period_ms=self.period_s * 1000,
-            hold_ms=self.hold_s * 1000,
+            # A grant's items start within hold (the throttle's deadline) plus lag (downstream of it).
+            hold_ms=(self.hold_s + self.lag_s) * 1000,
         )
         return [fo.Grant(tokens, delay_us / 1e6, self.hold_s) for tokens, delay_us, _ in replies]
 
@@ -121,7 +141,8 @@ def throttle_by_key(
 
     Args:
         window: per-key windows, e.g. :class:`RedisKeyedWindow`.
-        key: the key of an item.
+        key: the key of an item. In a job pipeline the items are :class:`~flume_rx.pipeline.Delivery`
+            objects (``d.job.args``); :func:`from_args` turns a function of the job's args into one.
         cost: tokens an item needs, clamped to ``[1, window.allowed]``.
 
     ::
@@ -139,7 +160,7 @@ def throttle_by_key(
             lock = threading.Lock()
             upstream = Demand.unlimited() if demand.unbounded else Demand()
             held: OrderedDict[str, deque[tuple[_T, int]]] = OrderedDict()
-            busy: set[str] = set()  # keys with a grant being used or awaited
+            busy: dict[str, int] = {}  # keys with a grant being used or awaited -> items it may release
             state = {"held": 0, "taking": False, "done": False, "stopped": False}
             timers: list[asyncio.TimerHandle] = []
             tasks: set[asyncio.Task[None]] = set()
@@ -149,8 +170,12 @@ def throttle_by_key(
                     return
                 with lock:
                     missing = demand.pending - state["held"] - upstream.pending
+                    stopped = state["stopped"]
                 if missing > 0:
                     upstream.request(missing)
+                if not stopped:  # a request arriving after disposal must not touch a loop that may be closed
+                    # Held items may have waited for this demand (after downstream withdrew some).
+                    loop.call_soon_threadsafe(pump)
 
             def on_next(item: _T) -> None:
                 item_key = str(key(item))
@@ -165,18 +190,22 @@ def throttle_by_key(
                     if state["taking"] or state["stopped"]:
                         return
                     wants: list[tuple[str, int, int]] = []
+                    # Tokens only for items downstream can take: a grant nobody can use would lapse, and
+                    # asking again at once would spin (held exceeds demand after downstream withdrew).
+                    budget = demand.pending - sum(busy.values())
                     for item_key, queue in held.items():
+                        if budget <= 0 or len(wants) >= MAX_KEYS_PER_TAKE:
+                            break
                         if item_key in busy or not queue:
                             continue
-                        wanted = min(allowed, sum(c for _, c in queue))
-                        wants.append((item_key, wanted, queue[0][1]))
-                        if len(wants) >= MAX_KEYS_PER_TAKE:
-                            break
+                        costs = [c for _, c in itertools.islice(queue, budget)]
+                        wants.append((item_key, min(allowed, sum(costs)), costs[0]))
+                        busy[item_key] = len(costs)
+                        budget -= len(costs)
                     if not wants:
                         finish_if_done()
                         return
                     state["taking"] = True
-                    busy.update(k for k, _, _ in wants)
                 task = loop.create_task(take(wants))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -210,7 +239,7 @@ def throttle_by_key(
                         emit.append(item)
                     if queue is not None and not queue:
                         del held[item_key]
-                    busy.discard(item_key)
+                    busy.pop(item_key, None)
                 for item in emit:
                     observer.on_next(item)
                 pump()
@@ -274,13 +303,24 @@ class _Sink(abc.ObserverBase[Any]):
         self._on_completed()
 
 
-def key_of(key_from: str) -> Callable[[Any], str]:
+def from_args(fn: Callable[..., _R]) -> Callable[[Delivery], _R]:
+    """Adapt ``fn``, called with a job's args, into a function of the pipeline's items (Deliveries).
+
+    In a job pipeline :func:`throttle_by_key` sees :class:`~flume_rx.pipeline.Delivery` objects; this lets
+    its ``key`` (or ``cost``) be written against the worker's arguments, as config ``key_from`` is:
+
+    >>> from flume_rx.job import Job
+    >>> domain = from_args(lambda to, subject: to.partition("@")[2])
+    >>> domain(Delivery(Job("id", "mail", "Send", ["ann@example.com", "hi"]), b"", None))
+    'example.com'
+    """
+
+    def of_item(item: Delivery) -> _R:
+        return fn(*item.job.args)
+
+    return of_item
+
+
+def key_of(key_from: str) -> Callable[[Delivery], str]:
     """The throttle key of an item (a Delivery) from the function named in ``rate_limiter.key_from``."""
-    from flume_rx.pipeline import load_callable
-
-    fn = load_callable(key_from)
-
-    def item_key(item: Any) -> str:
-        return str(fn(*item.job.args))
-
-    return item_key
+    return from_args(load_callable(key_from))

@@ -6,6 +6,7 @@
 
 Demand flows right to left: ``process`` requests one item per free stage, the batcher asks for what fills the
 batches it was asked for, and the source fetches only that, never more than ``max_demand`` unsettled jobs.
+A per-key limit (``key_from``) takes each job's tokens before the batcher instead, as a batch can mix keys.
 The same parts serve config pipelines (:func:`assemble`) and pipelines written in code
 (``Flume.source(...).pipe(...)``, then ``Flume.run``).
 """
@@ -569,6 +570,25 @@ def assemble(
     """The reactivex graph of a configured pipeline, from its source to the outcomes of its jobs."""
     stages: list[Callable[[Any], Any]] = [load_callable(path) for path in config.operators]
     telemetry = source.telemetry
+    key_from = None if config.rate_limiter is None else config.rate_limiter.key_from
+    if config.rate_limiter is not None and key_from is not None:
+        from flume_rx.keyed_throttle import RedisKeyedWindow, key_of, throttle_by_key
+
+        # Per-key tokens are taken per job, before the batcher, since a batch can mix keys. A released job
+        # then starts at most batcher.timeout later: the batcher asks the throttle only for items of
+        # batches the processor requested (one per free stage), withdraws what a batch closed by its timer
+        # no longer has room for, so every item it receives has a requested batch that leaves (and starts
+        # at once) within its timeout. Counting each grant that much longer keeps every key's window exact.
+        limiter = config.rate_limiter
+        keyed = RedisKeyedWindow(
+            source.store,
+            limiter.key,
+            limiter.allowed,
+            limiter.period_s,
+            limiter.hold_s,
+            lag_s=0.0 if config.batcher is None else config.batcher.timeout_s,
+        )
+        stages.append(throttle_by_key(keyed, key=key_of(key_from), cost=cost_of(limiter.cost)))
     if config.batcher is not None:
         stages.append(
             fo.buffer_with_time_or_count(
@@ -580,14 +600,7 @@ def assemble(
                 ),
             )
         )
-    key_from = None if config.rate_limiter is None else config.rate_limiter.key_from
-    if config.rate_limiter is not None and key_from is not None:
-        from flume_rx.keyed_throttle import RedisKeyedWindow, key_of, throttle_by_key
-
-        limiter = config.rate_limiter
-        keyed = RedisKeyedWindow(source.store, limiter.key, limiter.allowed, limiter.period_s, limiter.hold_s)
-        stages.append(throttle_by_key(keyed, key=key_of(key_from), cost=cost_of(limiter.cost)))
-    elif source.window is not None and config.rate_limiter is not None:
+    if key_from is None and source.window is not None and config.rate_limiter is not None:
         window = source.window
         key = config.rate_limiter.key
 

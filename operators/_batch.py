@@ -36,8 +36,9 @@ def buffer_with_time_or_count(
     item is lost or repeated when they race on different threads.
 
     Demand-aware: when downstream requests ``n`` batches, up to ``n * count`` items are requested from a
-    Flowable source. A batch closed early by its timer leaves the rest of its items requested, so at most
-    one batch's worth more than was asked for can be held until downstream requests again.
+    Flowable source. A batch closed early by its timer withdraws the rest of its items' requests, so an item
+    is requested only while a requested batch has room for it, and leaves at most ``timespan`` after it
+    arrived (unless the source had already claimed it when the requests were withdrawn).
 
     Args:
         timespan: the longest a batch stays open after its first item, in seconds (> 0).
@@ -117,6 +118,14 @@ def buffer_with_time_or_count(
                     return 0
                 room = min(demand.pending, _MAX_BATCHES) * count
                 held = len(buffer) + sum(len(batch) for batch, _ in ready) + requested
+                if held > room and requested:
+                    # A batch closed by its timer took one requested batch but fewer than `count` of the items
+                    # asked for it: take the rest back. Then every item that arrives has a requested batch to
+                    # leave in, at most `timespan` later (a throttle above stays exact with its hold extended
+                    # by `timespan`). Counted as gone now; any the producer had already claimed still arrive.
+                    withdrawn = min(held - room, requested)
+                    requested -= withdrawn
+                    return -withdrawn
                 wanted = max(0, room - held)
                 requested += wanted
                 return wanted

@@ -86,8 +86,26 @@ class Demand:
             self._pending -= granted
             return granted
 
+    def withdraw(self, n: int) -> int:
+        """Take back up to ``n`` requests the producer has not served yet; returns how many.
+
+        A demand-aware operator withdraws what it no longer has room for (the rest of a batch its timer
+        closed early), so the producer does not send items nobody is ready for. Items the producer already
+        claimed with :meth:`take` still arrive. Listeners are told, as after a request, so a pass-through
+        stage can withdraw from its own upstream in turn.
+        """
+        if self._unbounded or n <= 0:
+            return 0
+        with self._lock:
+            withdrawn = min(n, self._pending)
+            self._pending -= withdrawn
+        if withdrawn:
+            for listener in list(self._listeners):
+                listener()
+        return withdrawn
+
     def on_request(self, listener: Callable[[], None]) -> abc.DisposableBase:
-        """Call ``listener`` after every :meth:`request`; dispose the result to stop."""
+        """Call ``listener`` after every :meth:`request` (and :meth:`withdraw`); dispose the result to stop."""
         self._listeners.append(listener)
 
         def remove() -> None:
@@ -133,7 +151,8 @@ def drain_loop(
     """The drain of a demand-aware operator: under ``lock``, pick the next signal to send downstream and how
     much more to request upstream; send both outside the lock; repeat until there is nothing to do.
 
-    ``next_signal`` and ``request_more`` are called with ``lock`` held; the signal runs without it.
+    ``next_signal`` and ``request_more`` are called with ``lock`` held; the signal runs without it. A negative
+    ``request_more`` withdraws that many requests from upstream (:meth:`Demand.withdraw`).
     """
 
     def step() -> None:
@@ -141,8 +160,10 @@ def drain_loop(
             with lock:
                 signal = next_signal()
                 wanted = request_more()
-            if wanted:
+            if wanted > 0:
                 upstream.request(wanted)
+            elif wanted < 0:
+                upstream.withdraw(-wanted)
             if signal is None:
                 return
             signal()

@@ -14,11 +14,14 @@ import reactivex
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reactivex.scheduler.eventloop import AsyncIOScheduler
 
-from flume_rx import Flume, worker
+from flume_rx import Flume, from_args, throttle_by_key, worker
 from flume_rx import config as config_module
+from flume_rx import operators as fo
 from flume_rx.errors import ConfigError
-from flume_rx.keyed_throttle import InProcessKeyedWindow, throttle_by_key
+from flume_rx.keyed_throttle import InProcessKeyedWindow, key_of
+from flume_rx.operators import Demand
 from flume_rx.registry import unregister
 from flume_rx.runtime import WorkerRuntime
 from flume_rx.store import RedisStore
@@ -123,6 +126,33 @@ def test_a_waiting_key_does_not_hold_up_the_others() -> None:
     assert seen.index("b1") < seen.index("a3") and seen.index("c1") < seen.index("a3")
 
 
+def test_no_tokens_are_taken_for_items_downstream_withdrew() -> None:
+    class Counting(InProcessKeyedWindow):
+        calls = 0
+
+        async def take_many(self, wants: Any) -> list[Any]:
+            Counting.calls += 1
+            return await super().take_many(wants)
+
+    async def main() -> list[list[str]]:
+        loop = asyncio.get_running_loop()
+        window = Counting(1, 0.05, 0.01, clock=loop.time)
+        batches: list[list[str]] = []
+        first_letter: Any = lambda item: item[0]  # noqa: E731
+        # One batch of 3 is asked for; a's window lets one item go, the batch leaves alone on its timer and
+        # withdraws the other two requests. Grants for a2.. would lapse unused, each spending a's window.
+        graph = reactivex.from_iterable(["a1", "a2", "a3", "a4"]).pipe(
+            throttle_by_key(window, key=first_letter),
+            fo.buffer_with_time_or_count(0.01, 3, scheduler=AsyncIOScheduler(loop)),
+        )
+        graph.subscribe_with_demand(reactivex.Observer(batches.append), Demand(1))
+        await asyncio.sleep(0.5)
+        return batches
+
+    assert asyncio.run(main()) == [["a1"]]
+    assert Counting.calls <= 2  # the first grant, and at most one asked before the withdrawal
+
+
 # ---- end to end -----------------------------------------------------------------------------------------
 
 
@@ -178,17 +208,172 @@ def test_the_runtime_limits_each_tenant_on_its_own(redis_url: str, starts: list[
 
 
 @pytest.mark.parametrize(
-    ("limiter", "extra", "message"),
+    ("limiter", "message"),
     [
-        ({"allowed": 1, "key_from": "nocolon"}, {}, "key_from must name a function"),
-        ({"allowed": 1, "key_from": "m:f", "adaptive": True}, {}, "without adaptive"),
+        ({"allowed": 1, "key_from": "nocolon"}, "key_from must name a function"),
+        ({"allowed": 1, "key_from": "m:f", "adaptive": True}, "with adaptive, which sets one rate shared"),
         (
-            {"allowed": 1, "key_from": "m:f"},
-            {"batcher": {"size": 2}},
-            "without adaptive, from_ses and a batcher",
+            {"key_from": "m:f", "from_ses": 0.9},
+            "with from_ses, which sets one rate shared .* not a rate per key",
         ),
     ],
 )
-def test_bad_key_from_configs_are_named(limiter: dict[str, Any], extra: dict[str, Any], message: str) -> None:
+def test_bad_key_from_configs_are_named(limiter: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        config_module.parse({"pipelines": {"p": {"rate_limiter": limiter, **extra}}})
+        config_module.parse({"pipelines": {"p": {"rate_limiter": limiter}}})
+
+
+# ---- starts stamped by Redis's clock, grants as the windows recorded them --------------------------------
+
+
+@pytest.fixture
+def stamped(redis_url: str) -> Iterator[list[tuple[str, int]]]:
+    """Each job's (tenant, start in Redis TIME microseconds), and the size of each batch in ``sizes``."""
+    seen: list[tuple[str, int]] = []
+    lock = threading.Lock()
+    client = redis.Redis.from_url(redis_url)
+
+    def now_us() -> int:
+        seconds, micros = client.time()
+        return int(seconds) * 1_000_000 + int(micros)
+
+    @worker("KStamp")
+    def one(tenant: str, n: int) -> None:
+        at = now_us()
+        with lock:
+            seen.append((tenant, at))
+
+    @worker("KStampBatch", batch=True)
+    def batch(items: list[list[Any]]) -> None:
+        at = now_us()
+        with lock:
+            seen.extend((tenant, at) for tenant, _ in items)
+            BATCH_SIZES.append(len(items))
+
+    yield seen
+    unregister("KStamp")
+    unregister("KStampBatch")
+    BATCH_SIZES.clear()
+    client.close()
+
+
+BATCH_SIZES: list[int] = []
+
+
+@pytest.fixture
+def grants(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int, float]]:
+    """Every grant of the per-key windows: (key, tokens, start in Redis microseconds, hold_ms counted)."""
+    recorded: list[tuple[str, int, int, float]] = []
+    take = RedisStore.take_tokens_multi
+
+    async def spy(self: RedisStore, key: str, wants: Any, **kwargs: Any) -> list[tuple[int, int, int]]:
+        replies = await take(self, key, wants, **kwargs)
+        for (sub, _, _), (tokens, _, start_us) in zip(wants, replies, strict=True):
+            recorded.append((sub, tokens, start_us, kwargs["hold_ms"]))
+        return replies
+
+    monkeypatch.setattr(RedisStore, "take_tokens_multi", spy)
+    return recorded
+
+
+def most_starts_in_any_period(starts_us: list[int], period_s: float) -> int:
+    """The most starts in one half-open period ``[s, s + period)``, checked from every start."""
+    period_us = period_s * 1_000_000
+    return max((sum(1 for other in starts_us if s <= other < s + period_us) for s in starts_us), default=0)
+
+
+def _by_tenant(stamped: list[tuple[str, int]]) -> dict[str, list[int]]:
+    starts: dict[str, list[int]] = defaultdict(list)
+    for tenant, at in stamped:
+        starts[tenant].append(at)
+    return starts
+
+
+def test_key_from_with_a_batcher_limits_each_tenant_and_still_batches(
+    redis_url: str, stamped: list[tuple[str, int]], grants: list[tuple[str, int, int, float]]
+) -> None:
+    # A config that was refused before: per-key tokens are taken per job, before the batcher.
+    allowed, period_s, hold_ms, timeout_ms = 3, 0.4, 30, 60
+    with Flume(redis_url, "t") as flume:
+        flume.bulk_enqueue(
+            QUEUE,
+            [("KStampBatch", ["hot", i]) for i in range(12)]
+            + [("KStampBatch", ["warm", i]) for i in range(6)]
+            + [("KStampBatch", ["cold", 0])],
+        )
+    config = config_module.parse(
+        {
+            "redis_url": redis_url,
+            "namespace": "t",
+            "pipelines": {
+                "p": {
+                    "queue": QUEUE,
+                    "max_demand": 20,
+                    "processor": {"stages": 2},
+                    "batcher": {"size": 4, "timeout": timeout_ms},
+                    "rate_limiter": {
+                        "allowed": allowed,
+                        "period": period_s * 1000,
+                        "hold": hold_ms,
+                        "key": "tenants",
+                        "key_from": f"{__name__}:tenant_of",
+                    },
+                }
+            },
+        }
+    )
+
+    async def main() -> None:
+        await asyncio.wait_for(WorkerRuntime(config, burst=True).run(), 60)
+
+    asyncio.run(main())
+    starts = _by_tenant(stamped)
+    assert {tenant: len(at) for tenant, at in starts.items()} == {"hot": 12, "warm": 6, "cold": 1}
+    assert all(most_starts_in_any_period(at, period_s) <= allowed for at in starts.values())
+    assert max(BATCH_SIZES) > 1  # jobs released together still go out in batches
+    # The windows count each grant for the batcher's timeout too, so starts (not releases) stay exact.
+    assert grants and {hold for *_, hold in grants} == {hold_ms + timeout_ms}
+    for tenant, at in starts.items():
+        assert sum(tokens for key, tokens, _, _ in grants if key == tenant) >= len(at)
+
+
+# ---- in code ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["per-job", "batched"])
+def test_a_fluent_keyed_throttle_limits_each_tenant_on_its_own(
+    redis_url: str, stamped: list[tuple[str, int]], batched: bool
+) -> None:
+    allowed, period_s, timeout_s = 3, 0.4, 0.05
+    worker_name = "KStampBatch" if batched else "KStamp"
+    flume = Flume(redis_url, "t")
+    flume.bulk_enqueue(QUEUE, [(worker_name, ["hot", i]) for i in range(9)] + [(worker_name, ["cold", 0])])
+    per_tenant = flume.keyed_window(
+        "tenants", allowed, period_s, hold_s=0.03, lag_s=timeout_s if batched else 0
+    )
+    batcher = [fo.buffer_with_time_or_count(timeout_s, 4)] if batched else []
+    pipeline = flume.source(QUEUE, max_demand=20).pipe(
+        throttle_by_key(per_tenant, key=from_args(tenant_of)),
+        *batcher,
+        flume.process(stages=2 if batched else 10),
+    )
+    asyncio.run(asyncio.wait_for(flume.run(pipeline, burst=True), 60))
+    flume.close()
+
+    starts = _by_tenant(stamped)
+    assert {tenant: len(at) for tenant, at in starts.items()} == {"hot": 9, "cold": 1}
+    assert all(most_starts_in_any_period(at, period_s) <= allowed for at in starts.values())
+    # The cold tenant has its own window: it starts before hot's fourth job, which waits a period.
+    order = sorted((at, tenant) for tenant, ats in starts.items() for at in ats)
+    assert [t for _, t in order].index("cold") <= allowed
+    # Tokens for every waiting tenant come in one call: far fewer calls than jobs.
+    assert 1 <= per_tenant.calls < 10
+
+
+def test_key_functions_can_read_the_job_args_or_the_delivery() -> None:
+    from flume_rx.job import Job
+    from flume_rx.pipeline import Delivery
+
+    delivery = Delivery(Job("id", QUEUE, "KStamp", ["acme", 7]), b"", None)  # type: ignore[arg-type]
+    assert from_args(tenant_of)(delivery) == "acme"
+    assert key_of(f"{__name__}:tenant_of")(delivery) == "acme"

@@ -175,3 +175,88 @@ def test_one_call_fetches_each_quota_then_fills_from_the_queues_in_order(redis_u
     assert [q for q, _ in first] == [URGENT] * 3 + [BULK] * 3
     assert [q for q, _ in second] == [URGENT] * 6
     assert client.llen("{t:mail}/urgent:inflight:c1") == 9 and client.llen("{t:mail}/bulk:inflight:c1") == 3
+
+
+# ---- pipelines in code -----------------------------------------------------------------------------
+
+
+def _drain_fluent(redis_url: str, queues: Any, *, order: str = "weighted", **limits: int) -> list[Any]:
+    """Runs ``flume.source(queues, ...)`` in burst mode; returns the telemetry events of the run."""
+    flume = Flume(redis_url, "t")
+    events: list[Any] = []
+    flume.telemetry.attach("*", events.append)
+    pipeline = flume.source(queues, order=order, max_demand=limits.get("max_demand", 20)).pipe(
+        flume.process(stages=limits.get("stages", 4))
+    )
+
+    async def main() -> None:
+        await asyncio.wait_for(flume.run(pipeline, burst=True), 60)
+
+    asyncio.run(main())
+    flume.close()
+    return events
+
+
+def test_a_fluent_source_shares_several_queues_by_weight(redis_url: str, starts: list[str]) -> None:
+    _fill(redis_url, 600, 600)
+    events = _drain_fluent(redis_url, [(URGENT, 3), (BULK, 1)])
+    assert sorted(starts) == ["bulk"] * 600 + ["urgent"] * 600
+    bulk_share = starts[:400].count("bulk") / 400
+    assert 0.2 <= bulk_share <= 0.3
+    assert all("bulk" in starts[i : i + 40] for i in range(0, 400, 40))
+    # The runtime serves both queues: heartbeats, promotion, recovery and hand-back cover each of them.
+    (joined,) = [e for e in events if e.name == "consumer.joined"]
+    assert joined.fields["queues"] == [URGENT, BULK]
+    with Flume(redis_url, "t") as flume:
+        stats = flume.stats([URGENT, BULK])
+    assert stats[URGENT]["processed"] == stats[BULK]["processed"] == 600
+    assert stats[URGENT]["in_flight"] == stats[BULK]["in_flight"] == 0
+
+
+def test_a_fluent_source_in_strict_order_drains_the_first_queue_first(
+    redis_url: str, starts: list[str]
+) -> None:
+    _fill(redis_url, 50, 50)
+    _drain_fluent(redis_url, [URGENT, BULK], order="strict", max_demand=1, stages=1)
+    assert starts == ["urgent"] * 50 + ["bulk"] * 50
+
+
+def test_a_fluent_source_settles_each_job_on_its_own_queue(redis_url: str) -> None:
+    failed_once: set[str] = set()
+
+    @worker("PFlaky")
+    def flaky(kind: str) -> None:
+        if kind not in failed_once:
+            failed_once.add(kind)
+            raise RuntimeError("once")
+
+    try:
+        with Flume(redis_url, "t") as flume:
+            flume.enqueue(URGENT, "PFlaky", ["u"])
+            flume.enqueue(BULK, "PFlaky", ["b"])
+        flume = Flume(redis_url, "t")
+        retry = config_module.RetryConfig(max_retries=0)
+        pipeline = flume.source([URGENT, BULK], retry=retry).pipe(flume.process(stages=2))
+        asyncio.run(asyncio.wait_for(flume.run(pipeline, burst=True), 60))
+        dead = {q: [j.args for j in flume.dead_list(q)] for q in (URGENT, BULK)}
+        flume.close()
+    finally:
+        unregister("PFlaky")
+    # Each job settled on the queue it came from, in one pipeline.
+    assert dead == {URGENT: [["u"]], BULK: [["b"]]}
+
+
+@pytest.mark.parametrize(
+    ("queues", "order", "message"),
+    [
+        (["urgent", "bulk"], "weighted", "must share one group"),
+        ([(URGENT, 0)], "weighted", "weight must be a positive integer"),
+        ([URGENT, URGENT], "weighted", "twice"),
+        ([], "weighted", "non-empty list"),
+        ([(URGENT,)], "weighted", r"\(name, weight\) pairs"),
+        ([URGENT, BULK], "fastest", 'order=...\\) must be "weighted" or "strict"'),
+    ],
+)
+def test_bad_fluent_queue_lists_are_named(queues: Any, order: str, message: str, redis_url: str) -> None:
+    with Flume(redis_url, "t") as flume, pytest.raises(ConfigError, match=message):
+        flume.source(queues, order=order)

@@ -87,6 +87,9 @@ class Probe:
                 if missing > 0:
                     self.requested += missing
                     upstream.request(missing)
+                elif missing < 0:
+                    # The stage below withdrew requests; pass that on, as a pass-through stage must.
+                    self.requested -= upstream.withdraw(-missing)
 
             def on_next(item: _T) -> None:
                 self.received += 1

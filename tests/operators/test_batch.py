@@ -111,6 +111,27 @@ def test_a_batch_closed_by_time_waits_for_demand() -> None:
     assert seen == [(50.0, ["a"])]
 
 
+def test_a_batch_closed_by_time_withdraws_the_rest_of_its_requests() -> None:
+    # One batch of 3 is asked for; its one item arrives at 0 and the timer sends it alone at 5. The two
+    # items still requested for it must not come in later and sit in a batch nobody asked for: a worker
+    # freeing its stage at 50 would start them 40 ticks after they left a throttle above.
+    scheduler = TestScheduler()
+    source = TimedSource(scheduler, [0.0, 10.0, 10.0, 500.0])
+    demand = Demand()
+    seen: list[tuple[float, list[int]]] = []
+    source.pipe(buffer_with_time_or_count(5.0, 3, scheduler=scheduler)).subscribe_with_demand(
+        reactivex.Observer(lambda b: seen.append((float(scheduler.clock), b))), demand, scheduler
+    )
+    demand.request(1)
+    scheduler.advance_to(49.0)
+    assert seen == [(5.0, [0])]
+    assert source.emitted == [(0.0, 0)]  # 1 and 2 stay with the source, unrequested
+    scheduler.schedule_absolute(50.0, lambda _s, _st: demand.request(1))
+    scheduler.advance_to(100.0)
+    assert seen == [(5.0, [0]), (55.0, [1, 2])]
+    assert source.emitted[1:] == [(50.0, 1), (50.0, 2)]
+
+
 @pytest.mark.parametrize(
     ("timespan", "count", "message"), [(0.0, 1, "timespan"), (-1.0, 1, "timespan"), (1.0, 0, "count")]
 )
@@ -162,18 +183,24 @@ def test_never_requests_more_than_the_requested_batches_can_hold(
     source = TimedSource(scheduler, arrivals)
     above, below = Probe("source"), Probe("batches")
     demand = Demand()
-    batches: list[list[int]] = []
+    flushed: list[tuple[float, list[int]]] = []
     source.pipe(
         above, buffer_with_time_or_count(timespan, count, scheduler=scheduler), below
-    ).subscribe_with_demand(reactivex.Observer(batches.append), demand, scheduler)
+    ).subscribe_with_demand(
+        reactivex.Observer(lambda b: flushed.append((float(scheduler.clock), b))), demand, scheduler
+    )
     for at, n in requests:
         scheduler.schedule_absolute(float(at), lambda _s, _st, n=n: demand.request(n))
     scheduler.advance_to(10_000.0)
+    batches = [batch for _, batch in flushed]
 
     requested_batches = sum(n for _, n in requests)
     assert above.violations == below.violations == []
     assert above.requested <= requested_batches * count
     assert len(batches) <= requested_batches
+    # An item arrives only while a requested batch has room for it, so none waits past the timespan.
+    arrived = {item: at for at, item in source.emitted}
+    assert all(at - arrived[item] <= timespan + 1e-9 for at, batch in flushed for item in batch)
     assert all(1 <= len(batch) <= count for batch in batches)
     assert [item for batch in batches for item in batch] == list(range(sum(len(b) for b in batches)))
 

@@ -29,6 +29,17 @@ def test_demand_counts_requests_and_takes() -> None:
     assert calls == [5]
 
 
+def test_withdraw_takes_back_only_unserved_requests_and_tells_listeners() -> None:
+    demand = Demand(5)
+    calls: list[int] = []
+    demand.on_request(lambda: calls.append(demand.pending))
+    assert demand.take(2) == 2
+    assert demand.withdraw(10) == 3  # the two taken are the producer's to deliver
+    assert demand.withdraw(1) == 0
+    assert calls == [0]  # told once: nothing changed the second time
+    assert Demand.unlimited().withdraw(3) == 0
+
+
 def test_unlimited_demand_grants_everything() -> None:
     demand = Demand.unlimited()
     assert demand.unbounded
