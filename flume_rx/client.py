@@ -441,25 +441,26 @@ class Flume:
             raise ConfigError("run() needs at least one pipeline built from flume.source(...)")
         if not self._sources:
             raise ConfigError("no source was made with flume.source(...); build the pipeline from one")
-        config = FlumeConfig(
-            redis_url=self.redis_url,
-            namespace=self.namespace,
-            pipelines=tuple(c for _, c in self._sources),
-            max_payload_bytes=self.max_payload_bytes,
-        )
-        runtime = WorkerRuntime(
-            config,
-            telemetry=self.telemetry,
-            burst=burst,
-            consumer_id=self.consumer,
-            graphs=[(s, g) for (s, _), g in zip(self._sources, graphs, strict=False)],
-        )
-        for source, _ in self._sources:
-            source.burst = burst
         try:
+            config = FlumeConfig(
+                redis_url=self.redis_url,
+                namespace=self.namespace,
+                pipelines=tuple(c for _, c in self._sources),
+                max_payload_bytes=self.max_payload_bytes,
+            )
+            runtime = WorkerRuntime(
+                config,
+                telemetry=self.telemetry,
+                burst=burst,
+                consumer_id=self.consumer,
+                graphs=[(s, g) for (s, _), g in zip(self._sources, graphs, strict=False)],
+            )
+            for source, _ in self._sources:
+                source.burst = burst
             await runtime.run()
         finally:
-            # Sources belong to the run that consumed them; a later run builds new ones on a new connection.
+            # Sources belong to the run that consumed them (or refused them); a later run builds new ones on a
+            # new connection.
             self._sources = []
             if self._async_store is not None:
                 await self._async_store.aclose()

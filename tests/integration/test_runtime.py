@@ -312,4 +312,6 @@ def test_two_pipelines_on_one_queue_are_refused(redis_url: str) -> None:
     first, second = flume.source(QUEUE), flume.source(QUEUE)
     with pytest.raises(config_module.ConfigError, match=r"two flume\.source"):
         asyncio.run(flume.run(first.pipe(flume.process()), second.pipe(flume.process()), burst=True))
+    # The refused sources are gone with their connection, so the next pipeline starts clean.
+    asyncio.run(flume.run(flume.source(QUEUE).pipe(flume.process()), burst=True))
     flume.close()
