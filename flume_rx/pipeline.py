@@ -146,16 +146,23 @@ class JobSource:
                 return deliveries
         return []
 
-    async def _return_unseen(self) -> None:
-        """Give back jobs a fetch with a lost reply moved into our in-flight list.
+    @property
+    def fetch_queues(self) -> tuple[str, ...]:
+        """Every queue this source fetches from."""
+        return (self.queue,)
 
-        No pipeline holds them, and this consumer is alive, so orphan recovery would never return them.
+    async def _return_unseen(self) -> None:
+        """Give back jobs a fetch with a lost reply moved into our in-flight lists.
+
+        No pipeline holds them, and this consumer is alive, so orphan recovery would never return them. (A
+        process runs one pipeline per queue, so every other job in these lists is one we hold.)
         """
         known = {d.payload for d in self.outstanding}
-        unseen = [p for p in await self.store.inflight(self.queue, self.consumer) if p not in known]
-        if unseen:
-            returned = await self.store.requeue_all(self.queue, self.consumer, unseen)
-            logger.warning("returned %d job(s) of a fetch whose reply was lost to %r", returned, self.queue)
+        for queue in self.fetch_queues:
+            unseen = [p for p in await self.store.inflight(queue, self.consumer) if p not in known]
+            if unseen:
+                returned = await self.store.requeue_all(queue, self.consumer, unseen)
+                logger.warning("returned %d job(s) of a fetch whose reply was lost to %r", returned, queue)
 
     async def _decode(self, payloads: Sequence[bytes]) -> list[Delivery]:
         deliveries: list[Delivery] = []

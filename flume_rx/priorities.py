@@ -81,12 +81,22 @@ class WeightedSource(JobSource):
             raise ValueError(f"WeightedSource needs one weight per queue (got {self.queues}, {self.weights})")
         self._shares = WeightedShares(self.weights, self.order)
 
+    @property
+    def fetch_queues(self) -> tuple[str, ...]:
+        return self.queues
+
     async def _fetch_async(self, n: int) -> list[Delivery]:
         idle_s = 0.005
+        reply_lost = False
         while not self.stopping:
             try:
+                if reply_lost:
+                    await self._return_unseen()
+                    reply_lost = False
                 pairs = await self.store.fetch_weighted(self.queues, self.consumer, n, self._shares.quotas(n))
             except StoreError as exc:
+                # The fetch may have run in Redis although its reply never came (see JobSource._fetch_async).
+                reply_lost = True
                 await asyncio.sleep(self._outage.failed(exc))
                 continue
             self._outage.ok()

@@ -18,6 +18,7 @@ from flume_rx.embedded import RedisServer
 from flume_rx.errors import StoreError
 from flume_rx.job import Job
 from flume_rx.pipeline import JobSource
+from flume_rx.priorities import WeightedSource
 from flume_rx.registry import unregister
 from flume_rx.runtime import WorkerRuntime
 from flume_rx.store import RedisStore, Settlement
@@ -96,6 +97,47 @@ def test_a_fetch_whose_reply_was_lost_gives_its_jobs_back(url: str) -> None:
     got = asyncio.run(main())
     assert sorted(got) == [0, 1, 2, 3, 4]
     assert client.llen("{t:jobs}:queue") == 0
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["one queue", "weighted queues"])
+def test_every_source_gives_back_the_jobs_of_a_fetch_whose_reply_was_lost(url: str, weighted: bool) -> None:
+    """The same, made certain: the fetch runs in Redis, then its caller sees an error instead of the reply."""
+    queues = ("mail/urgent", "mail/bulk") if weighted else (QUEUE,)
+
+    async def main() -> list[int]:
+        async with RedisStore.from_url(url, "t") as store:
+            payloads = _payloads(5)
+            for index, queue in enumerate(queues):
+                await store.enqueue(queue, payloads[index :: len(queues)])
+            verb = "fetch_weighted" if weighted else "fetch"
+            real = getattr(store, verb)
+            lost: list[bool] = []
+
+            async def loses_its_first_reply(*args: Any) -> Any:
+                reply = await real(*args)
+                if not lost:
+                    lost.append(True)
+                    raise StoreError("the reply was lost")
+                return reply
+
+            setattr(store, verb, loses_its_first_reply)
+            source: JobSource
+            if weighted:
+                source = WeightedSource(
+                    store, queues[0], "c-lost", max_demand=5, telemetry=Telemetry(), burst=True,
+                    queues=queues, weights=(1, 1),
+                )  # fmt: skip
+            else:
+                source = JobSource(store, QUEUE, "c-lost", max_demand=5, telemetry=Telemetry(), burst=True)
+            got: list[int] = []
+            while len(got) < 5:
+                batch = await asyncio.wait_for(source._fetch_async(5), 30)
+                if not batch:
+                    break
+                got += [d.job.args[0] for d in batch]
+            return got
+
+    assert sorted(asyncio.run(main())) == [0, 1, 2, 3, 4]
 
 
 def test_a_blocked_store_call_times_out_instead_of_hanging(url: str) -> None:
