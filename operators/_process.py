@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import itertools
+import functools
 import threading
 import time
 from collections import deque
@@ -17,7 +17,7 @@ from reactivex.disposable import CompositeDisposable, Disposable
 from reactivex.observer import Observer
 from reactivex.scheduler import TimeoutScheduler, VirtualTimeScheduler
 
-from ._flow import Demand, Flowable, drain_loop, subscribe_upstream
+from ._flow import Demand, Flowable, serialize, subscribe_upstream
 
 _T = TypeVar("_T")
 _U = TypeVar("_U")
@@ -47,15 +47,11 @@ class Outcome(Generic[_T, _U]):
         return self.error is None
 
 
-def _now_s(scheduler: abc.SchedulerBase) -> float:
+def _clock_of(scheduler: abc.SchedulerBase) -> Callable[[], float]:
     if isinstance(scheduler, VirtualTimeScheduler):
-        return scheduler.to_seconds(scheduler.clock)
+        return lambda: scheduler.to_seconds(scheduler.clock)
     # Real-time schedulers read the wall clock; building a datetime per call costs more than the call.
-    return time.time()
-
-
-def _cancel(future: asyncio.Future[Any]) -> None:
-    future.cancel()
+    return time.time
 
 
 def _result_of(future: asyncio.Future[_U]) -> tuple[_U | None, BaseException | None]:
@@ -121,104 +117,134 @@ def process(
         ) -> abc.DisposableBase:
             clock = scheduler or scheduler_ or TimeoutScheduler.singleton()
             call_scheduler = scheduler or scheduler_
+            now = _clock_of(clock)
             lock = threading.Lock()
             upstream = Demand()
             waiting: deque[_T] = deque()
-            calls: dict[int, CompositeDisposable] = {}
-            starting = 0  # calls counted in the budget whose entry in `calls` is not made yet
+            running: set[_Running[_T]] = set()
+            starting = 0  # items taken from `waiting` to start whose call is not in `running` yet
             outcomes: deque[Outcome[_T, _U]] = deque()
-            ids = itertools.count()
             upstream_done = False
             requested = 0  # items asked of upstream and not yet received
             failure: list[Exception] = []
             stopped = False
 
-            def busy() -> int:
-                return len(calls) + starting + len(waiting)
+            def step() -> None:
+                # One pass per round: every outcome the demand allows, every item a stage is free for, one
+                # request upstream, all picked under the lock and sent without it. Serialized by `drain`.
+                nonlocal starting, stopped, requested
+                while True:
+                    emit: list[Outcome[_T, _U]] = []
+                    begin: list[_T] = []
+                    end: Callable[[], None] | None = None
+                    with lock:
+                        if stopped:
+                            return
+                        if outcomes:
+                            allowed = demand.take(len(outcomes))
+                            emit = [outcomes.popleft() for _ in range(allowed)]
+                        if waiting and not failure:
+                            free = stages - len(running) - starting
+                            if free > 0:
+                                begin = [waiting.popleft() for _ in range(min(free, len(waiting)))]
+                                starting += len(begin)
+                        if (
+                            not emit
+                            and not begin
+                            and (upstream_done or failure)
+                            and not outcomes
+                            and not running
+                            and starting == 0
+                        ):
+                            stopped = True
+                            if failure:
+                                error = failure[0]
+                                end = functools.partial(observer.on_error, error)
+                            else:
+                                end = observer.on_completed
+                        # Counts what it asked for itself: the upstream Demand's pending drops before the
+                        # item reaches on_next, and a request racing in between would overshoot.
+                        wanted = 0
+                        if not (stopped or upstream_done or failure):
+                            outstanding = len(running) + starting + len(waiting) + requested
+                            wanted = stages - outstanding
+                            if not demand.unbounded:
+                                wanted = min(wanted, demand.pending - outstanding - len(outcomes))
+                            if wanted > 0:
+                                requested += wanted
+                    if wanted > 0:
+                        upstream.request(wanted)
+                    for outcome in emit:
+                        if stopped:
+                            return
+                        observer.on_next(outcome)
+                    for item in begin:
+                        start(item)
+                    if end is not None:
+                        end()
+                        return
+                    # Whatever else changes the state calls drain again; only the end needs another look.
+                    if not (emit or begin) or not (upstream_done or failure):
+                        return
 
-            def next_signal() -> Callable[[], None] | None:
-                # Called with the lock held.
-                nonlocal stopped, starting
-                if stopped:
-                    return None
-                if outcomes and demand.take(1):
-                    outcome = outcomes.popleft()
-                    return lambda: observer.on_next(outcome)
-                if waiting and not failure and len(calls) + starting < stages:
-                    item = waiting.popleft()
-                    starting += 1
-                    return lambda: start(item)
-                if (upstream_done or failure) and not outcomes and len(calls) + starting == 0:
-                    stopped = True
-                    if failure:
-                        error = failure[0]
-                        return lambda: observer.on_error(error)
-                    return observer.on_completed
-                return None
-
-            def request_more() -> int:
-                # Called with the lock held. Counts what it asked for itself: the upstream Demand's pending
-                # drops before the item reaches on_next, and a request racing in between would overshoot.
-                nonlocal requested
-                if stopped or upstream_done or failure:
-                    return 0
-                outstanding = busy() + requested
-                free = stages - outstanding
-                if not demand.unbounded:
-                    free = min(free, demand.pending - outstanding - len(outcomes))
-                wanted = max(0, free)
-                requested += wanted
-                return wanted
-
-            drain = drain_loop(lock, next_signal, request_more, upstream)
+            drain = serialize(step)
 
             def start(item: _T) -> None:
                 nonlocal starting
-                call_id = next(ids)
-                entry = CompositeDisposable()
-                started_at = _now_s(clock)
+                entry: _Running[_T] = _Running(item, now())
                 with lock:
                     starting -= 1
-                    calls[call_id] = entry
-
-                def finish(value: _U | None, error: BaseException | None) -> None:
-                    with lock:
-                        if calls.pop(call_id, None) is None:
-                            return  # already finished: a value after a timeout, or the reverse
-                        outcomes.append(Outcome(item, value, error, started_at, _now_s(clock)))
-                    entry.dispose()
-                    drain()
-
+                    if stopped:
+                        return
+                    running.add(entry)
                 try:
                     call = fn(item)
                 except Exception as error:
-                    finish(None, error)
+                    finish(entry, None, error)
                     return
                 if timeout_s is not None:
 
                     def expire(_scheduler: abc.SchedulerBase, _state: object) -> None:
-                        finish(None, TimeoutError(f"the call took longer than timeout_s={timeout_s} s"))
+                        finish(
+                            entry, None, TimeoutError(f"the call took longer than timeout_s={timeout_s} s")
+                        )
 
-                    entry.add(clock.schedule_relative(timeout_s, expire))
+                    entry.timer = clock.schedule_relative(timeout_s, expire)
                 if isinstance(call, asyncio.Future):
                     # The hot path of job pipelines: a future needs no subscription machinery.
-                    call.add_done_callback(lambda done: finish(*_result_of(done)))
-                    entry.add(Disposable(lambda: _cancel(call)))
-                    return
-                entry.add(
-                    call.subscribe(
-                        lambda value: finish(value, None),
-                        lambda error: finish(None, error),
-                        lambda: finish(None, None),
+                    entry.handle = call
+                    call.add_done_callback(functools.partial(finish_future, entry))
+                else:
+                    entry.handle = call.subscribe(
+                        functools.partial(finish_value, entry),
+                        functools.partial(finish, entry, None),
+                        functools.partial(finish, entry, None, None),
                         scheduler=call_scheduler,
                     )
-                )
+                if stopped:
+                    entry.cancel()  # stop() may have run before the handle was set
+
+            def finish_future(entry: _Running[_T], done: asyncio.Future[_U]) -> None:
+                finish(entry, *_result_of(done))
+
+            def finish_value(entry: _Running[_T], value: _U) -> None:
+                finish(entry, value, None)
+
+            def finish(entry: _Running[_T], value: _U | None, error: BaseException | None) -> None:
+                with lock:
+                    if entry not in running:
+                        return  # already finished: a value after a timeout, or the reverse
+                    running.remove(entry)
+                    outcomes.append(Outcome(entry.item, value, error, entry.started_at, now()))
+                entry.cancel()
+                drain()
 
             def on_next(item: _T) -> None:
                 nonlocal requested
                 with lock:
                     waiting.append(item)
-                    requested = max(0, requested - 1)
+                    if requested > 0:
+                        requested -= 1
                 drain()
 
             def on_error(error: Exception) -> None:
@@ -237,10 +263,10 @@ def process(
                 nonlocal stopped
                 with lock:
                     stopped = True
-                    running = list(calls.values())
-                    calls.clear()
-                for entry in running:
-                    entry.dispose()
+                    calls = list(running)
+                    running.clear()
+                for entry in calls:
+                    entry.cancel()
 
             subscription = CompositeDisposable(Disposable(stop))
             subscription.add(demand.on_request(drain))
@@ -253,6 +279,28 @@ def process(
         return Flowable(subscribe)
 
     return operator
+
+
+class _Running(Generic[_T]):
+    """One running call: its item, when it started, and what stops it (its future or subscription, its timer)."""
+
+    __slots__ = ("handle", "item", "started_at", "timer")
+
+    def __init__(self, item: _T, started_at: float) -> None:
+        self.item = item
+        self.started_at = started_at
+        self.handle: asyncio.Future[Any] | abc.DisposableBase | None = None
+        self.timer: abc.DisposableBase | None = None
+
+    def cancel(self) -> None:
+        """Stop the call and its timer; a no-op for what has finished already."""
+        handle, timer = self.handle, self.timer
+        if timer is not None:
+            timer.dispose()
+        if isinstance(handle, asyncio.Future):
+            handle.cancel()
+        elif handle is not None:
+            handle.dispose()
 
 
 def from_async(
