@@ -293,7 +293,25 @@ def run_workers(
 
 
 def _call(item: Delivery | list[Delivery], *, executor: Executor) -> Observable[Any] | asyncio.Future[Any]:
-    deliveries = item if isinstance(item, list) else [item]
+    if isinstance(item, list):
+        return _call_many(item, executor)
+    # The per-job hot path: one task (async worker) or one executor future (sync worker), nothing more.
+    source = item.source
+    if source.stopping:
+        return reactivex.throw(NotStarted())
+    source.started(item)
+    job = item.job
+    if source.telemetry.active:
+        _emit_started(source.telemetry, job, time.time())
+    spec = get_worker(job.worker)  # UnknownWorker becomes this job's outcome
+    args = ([list(job.args)],) if spec.batch else job.args
+    loop = asyncio.get_running_loop()
+    if spec.is_async:
+        return loop.create_task(spec.fn(*args))
+    return loop.run_in_executor(executor, functools.partial(spec.fn, *args))
+
+
+def _call_many(deliveries: list[Delivery], executor: Executor) -> Observable[Any] | asyncio.Future[Any]:
     source = deliveries[0].source
     if source.stopping:
         return reactivex.throw(NotStarted())
@@ -301,25 +319,19 @@ def _call(item: Delivery | list[Delivery], *, executor: Executor) -> Observable[
     for delivery in deliveries:
         delivery.source.started(delivery)
         if source.telemetry.active:
-            job = delivery.job
-            source.telemetry.emit(
-                "job.started",
-                queue=job.queue,
-                worker=job.worker,
-                job_id=job.id,
-                attempt=job.attempt,
-                wait_ms=(now - job.enqueued_at) * 1000 if job.enqueued_at else None,
-            )
-    if isinstance(item, list):
-        return asyncio.ensure_future(_call_batch(deliveries, executor))
-    # The per-job hot path: one task (async worker) or one executor future (sync worker), nothing more.
-    job = item.job
-    spec = get_worker(job.worker)  # UnknownWorker becomes this job's outcome
-    args = ([list(job.args)],) if spec.batch else job.args
-    if spec.is_async:
-        task: asyncio.Future[Any] = asyncio.ensure_future(spec.fn(*args))
-        return task
-    return asyncio.get_running_loop().run_in_executor(executor, functools.partial(spec.fn, *args))
+            _emit_started(source.telemetry, delivery.job, now)
+    return asyncio.ensure_future(_call_batch(deliveries, executor))
+
+
+def _emit_started(telemetry: Telemetry, job: Job, now: float) -> None:
+    telemetry.emit(
+        "job.started",
+        queue=job.queue,
+        worker=job.worker,
+        job_id=job.id,
+        attempt=job.attempt,
+        wait_ms=(now - job.enqueued_at) * 1000 if job.enqueued_at else None,
+    )
 
 
 async def _invoke(fn: Callable[..., Any], is_async: bool, executor: Executor, *args: Any) -> Any:
