@@ -68,6 +68,20 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Job:
         record = msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types for corrupt input
         raise DecodeError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from exc
+    if type(record) is list and _well_formed(record):
+        # The common case, checked in one expression; anything else takes the path below, which names the fault.
+        return Job(
+            id=record[1],
+            queue=record[2],
+            worker=record[3],
+            args=record[4],
+            attempt=record[5],
+            created_at=float(record[6]),
+            enqueued_at=float(record[7]),
+            cost=record[8],
+            error=None,
+            unique_key=record[_FIELDS] if len(record) > _FIELDS else None,
+        )
     if not isinstance(record, list) or not record:
         raise DecodeError(f"payload is a {type(record).__name__}, not a flume_rx job record")
     if record[0] != FORMAT_VERSION:
@@ -110,6 +124,36 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Job:
         error=job_error,
         unique_key=unique_key,
         unique_until=unique_until,
+    )
+
+
+_NUMBER_TYPES = (int, float)
+
+
+def _well_formed(record: list[Any]) -> bool:
+    """Whether a record has every field of its exact type, no error and no unique_until (a first try).
+
+    Exact types, not isinstance: msgpack builds exact types, and ``type(True) is int`` is false, as the checks
+    below require. False sends the record to the detailed checks, which decide.
+    """
+    n = len(record)
+    if n != _FIELDS and n != _FIELDS + 1:
+        return False
+    _, job_id, queue, worker, args, attempt, created_at, enqueued_at, cost, error = record[:_FIELDS]
+    return (
+        record[0] == FORMAT_VERSION
+        and type(job_id) is str
+        and type(queue) is str
+        and type(worker) is str
+        and type(args) is list
+        and type(attempt) is int
+        and attempt >= 0
+        and type(cost) is int
+        and cost >= 0
+        and type(created_at) in _NUMBER_TYPES
+        and type(enqueued_at) in _NUMBER_TYPES
+        and error is None
+        and (n == _FIELDS or record[_FIELDS] is None or type(record[_FIELDS]) is str)
     )
 
 
