@@ -153,12 +153,18 @@ class PullSource(Flowable[_T]):
 
         pump = serialize(step)
 
+        def on_request() -> None:
+            # Downstream asks once per item it finishes with. While a fetch is under way the request waits in
+            # `demand`, and the fetch's end pumps after clearing `fetching`, so it is read then.
+            if not fetching and not done:
+                pump()
+
         def stop() -> None:
             nonlocal done
             done = True
 
         subscription = CompositeDisposable(
-            demand.on_request(pump), self.credits.on_release(pump), current_fetch, Disposable(stop)
+            demand.on_request(on_request), self.credits.on_release(pump), current_fetch, Disposable(stop)
         )
         pump()
         return subscription
