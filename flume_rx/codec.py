@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
 from flume_rx.errors import DecodeError, EncodeError
-from flume_rx.job import UNIQUE_UNTIL, Job, JobError
+from flume_rx.job import UNIQUE_UNTIL, Job, JobError, UniqueUntil
 
 FORMAT_VERSION = 1
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
@@ -70,17 +72,18 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Job:
         raise DecodeError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from exc
     if type(record) is list and _well_formed(record):
         # The common case, checked in one expression; anything else takes the path below, which names the fault.
-        return Job(
-            id=record[1],
-            queue=record[2],
-            worker=record[3],
-            args=record[4],
-            attempt=record[5],
-            created_at=float(record[6]),
-            enqueued_at=float(record[7]),
-            cost=record[8],
-            error=None,
-            unique_key=record[_FIELDS] if len(record) > _FIELDS else None,
+        return _new_job(
+            record[1],
+            record[2],
+            record[3],
+            record[4],
+            record[5],
+            float(record[6]),
+            float(record[7]),
+            record[8],
+            None,
+            record[_FIELDS] if len(record) > _FIELDS else None,
+            "finish",
         )
     if not isinstance(record, list) or not record:
         raise DecodeError(f"payload is a {type(record).__name__}, not a flume_rx job record")
@@ -128,6 +131,65 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Job:
 
 
 _NUMBER_TYPES = (int, float)
+_JOB_FIELDS = (
+    "id",
+    "queue",
+    "worker",
+    "args",
+    "attempt",
+    "created_at",
+    "enqueued_at",
+    "cost",
+    "error",
+    "unique_key",
+    "unique_until",
+)
+
+
+def _job_maker() -> Callable[..., Job]:
+    """A constructor of Job from all its fields in order, for decode, which makes one per fetched job.
+
+    Job is frozen, so its generated ``__init__`` sets each field through ``object.__setattr__``, which took
+    half of decode's time; setting the slots directly does the same in half the time. Should Job's fields
+    ever change, this falls back to the class itself.
+    """
+    if tuple(f.name for f in dataclasses.fields(Job)) != _JOB_FIELDS:
+        return Job
+    new = object.__new__
+    slots: list[Any] = [getattr(Job, name) for name in _JOB_FIELDS]
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10 = (slot.__set__ for slot in slots)
+
+    def make(
+        job_id: str,
+        queue: str,
+        worker: str,
+        args: list[Any],
+        attempt: int,
+        created_at: float,
+        enqueued_at: float,
+        cost: int,
+        error: JobError | None,
+        unique_key: str | None,
+        unique_until: UniqueUntil,
+    ) -> Job:
+        job: Job = new(Job)
+        s0(job, job_id)
+        s1(job, queue)
+        s2(job, worker)
+        s3(job, args)
+        s4(job, attempt)
+        s5(job, created_at)
+        s6(job, enqueued_at)
+        s7(job, cost)
+        s8(job, error)
+        s9(job, unique_key)
+        s10(job, unique_until)
+        return job
+
+    return make
+
+
+_new_job = _job_maker()
 
 
 def _well_formed(record: list[Any]) -> bool:
