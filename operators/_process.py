@@ -121,40 +121,45 @@ def process(
             lock = threading.Lock()
             upstream = Demand()
             waiting: deque[_T] = deque()
-            running: set[_Running[_T]] = set()
-            starting = 0  # items taken from `waiting` to start whose call is not in `running` yet
+            running: set[_Running[_T]] = set()  # from the moment an item is taken to start, until it finishes
             outcomes: deque[Outcome[_T, _U]] = deque()
             upstream_done = False
             requested = 0  # items asked of upstream and not yet received
             failure: list[Exception] = []
             stopped = False
+            unbounded = demand.unbounded
 
             def step() -> None:
                 # One pass per round: every outcome the demand allows, every item a stage is free for, one
                 # request upstream, all picked under the lock and sent without it. Serialized by `drain`.
-                nonlocal starting, stopped, requested
+                nonlocal stopped, requested
                 while True:
                     emit: list[Outcome[_T, _U]] = []
-                    begin: list[_T] = []
+                    begin: list[_Running[_T]] = []
                     end: Callable[[], None] | None = None
                     with lock:
                         if stopped:
                             return
                         if outcomes:
-                            allowed = demand.take(len(outcomes))
-                            emit = [outcomes.popleft() for _ in range(allowed)]
+                            allowed = len(outcomes) if unbounded else demand.take(len(outcomes))
+                            if allowed == len(outcomes):
+                                emit = list(outcomes)
+                                outcomes.clear()
+                            else:
+                                emit = [outcomes.popleft() for _ in range(allowed)]
                         if waiting and not failure:
-                            free = stages - len(running) - starting
+                            free = stages - len(running)
                             if free > 0:
-                                begin = [waiting.popleft() for _ in range(min(free, len(waiting)))]
-                                starting += len(begin)
+                                begin = [
+                                    _Running(waiting.popleft(), now()) for _ in range(min(free, len(waiting)))
+                                ]
+                                running.update(begin)
                         if (
                             not emit
                             and not begin
                             and (upstream_done or failure)
                             and not outcomes
                             and not running
-                            and starting == 0
                         ):
                             stopped = True
                             if failure:
@@ -166,9 +171,9 @@ def process(
                         # item reaches on_next, and a request racing in between would overshoot.
                         wanted = 0
                         if not (stopped or upstream_done or failure):
-                            outstanding = len(running) + starting + len(waiting) + requested
+                            outstanding = len(running) + len(waiting) + requested
                             wanted = stages - outstanding
-                            if not demand.unbounded:
+                            if not unbounded:
                                 wanted = min(wanted, demand.pending - outstanding - len(outcomes))
                             if wanted > 0:
                                 requested += wanted
@@ -178,8 +183,8 @@ def process(
                         if stopped:
                             return
                         observer.on_next(outcome)
-                    for item in begin:
-                        start(item)
+                    for entry in begin:
+                        start(entry)
                     if end is not None:
                         end()
                         return
@@ -189,16 +194,11 @@ def process(
 
             drain = serialize(step)
 
-            def start(item: _T) -> None:
-                nonlocal starting
-                entry: _Running[_T] = _Running(item, now())
-                with lock:
-                    starting -= 1
-                    if stopped:
-                        return
-                    running.add(entry)
+            def start(entry: _Running[_T]) -> None:
+                if stopped:
+                    return
                 try:
-                    call = fn(item)
+                    call = fn(entry.item)
                 except Exception as error:
                     finish(entry, None, error)
                     return
