@@ -427,14 +427,15 @@ class Settler:
             # Enqueue-to-done latency for the cluster-wide p50/p99 (stats and dashboard); clocks of two hosts.
             latency_ms = (time.time() - job.enqueued_at) * 1000 if job.enqueued_at else None
             settlement = Settlement(delivery.payload, "ack", latency_ms=latency_ms)
-            telemetry.emit(
-                "job.succeeded",
-                queue=job.queue,
-                worker=job.worker,
-                job_id=job.id,
-                attempt=job.attempt,
-                duration_ms=duration_ms,
-            )
+            if telemetry.active:  # the one event of every job: skip building its fields when nobody listens
+                telemetry.emit(
+                    "job.succeeded",
+                    queue=job.queue,
+                    worker=job.worker,
+                    job_id=job.id,
+                    attempt=job.attempt,
+                    duration_ms=duration_ms,
+                )
         elif isinstance(error, Throttled):
             settlement = Settlement(delivery.payload, "requeue")
             telemetry.emit("job.throttled", queue=job.queue, worker=job.worker, job_id=job.id)
@@ -495,7 +496,10 @@ class Settler:
         if job.unique_key is not None and job.unique_until != "expiry":
             # For unique_until="start" the key went at the start; this is the safety net if that call was lost.
             settlement = replace(settlement, unique=(job.unique_key, job.id))
-        _, settlements, deliveries = self._pending.setdefault(id(source), (source, [], []))
+        pending = self._pending.get(id(source))
+        if pending is None:
+            pending = self._pending[id(source)] = (source, [], [])
+        _, settlements, deliveries = pending
         settlements.append(settlement)
         deliveries.append(delivery)
 
