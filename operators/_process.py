@@ -17,7 +17,7 @@ from reactivex.disposable import CompositeDisposable, Disposable
 from reactivex.observer import Observer
 from reactivex.scheduler import TimeoutScheduler, VirtualTimeScheduler
 
-from ._flow import Demand, Flowable, serialize, subscribe_upstream
+from ._flow import Demand, Flowable, subscribe_upstream
 
 _T = TypeVar("_T")
 _U = TypeVar("_U")
@@ -129,54 +129,60 @@ def process(
             stopped = False
             unbounded = demand.unbounded
 
-            def step() -> None:
-                # One pass per round: every outcome the demand allows, every item a stage is free for, one
-                # request upstream, all picked under the lock and sent without it. Serialized by `drain`.
+            draining = False  # a drain is running; others only leave word in `missed`
+            missed = False
+
+            def pick() -> tuple[list[Outcome[_T, _U]], list[_Running[_T]], int, Callable[[], None] | None]:
+                # Called with the lock held: every outcome the demand allows, every item a stage is free for,
+                # what to request upstream, and the end when nothing is left.
                 nonlocal stopped, requested
+                emit: list[Outcome[_T, _U]] = []
+                begin: list[_Running[_T]] = []
+                end: Callable[[], None] | None = None
+                if stopped:
+                    return emit, begin, 0, end
+                if outcomes:
+                    allowed = len(outcomes) if unbounded else demand.take(len(outcomes))
+                    if allowed == len(outcomes):
+                        emit = list(outcomes)
+                        outcomes.clear()
+                    else:
+                        emit = [outcomes.popleft() for _ in range(allowed)]
+                if waiting and not failure:
+                    free = stages - len(running)
+                    if free > 0:
+                        begin = [_Running(waiting.popleft(), now()) for _ in range(min(free, len(waiting)))]
+                        running.update(begin)
+                if upstream_done or failure:
+                    if not emit and not begin and not outcomes and not running:
+                        stopped = True
+                        end = (
+                            functools.partial(observer.on_error, failure[0])
+                            if failure
+                            else observer.on_completed
+                        )
+                    return emit, begin, 0, end
+                # Counts what it asked for itself: the upstream Demand's pending drops before the item reaches
+                # on_next, and a request racing in between would overshoot.
+                outstanding = len(running) + len(waiting) + requested
+                wanted = stages - outstanding
+                if not unbounded:
+                    wanted = min(wanted, demand.pending - outstanding - len(outcomes))
+                if wanted > 0:
+                    requested += wanted
+                return emit, begin, wanted, end
+
+            def drain() -> None:
+                # Rounds are picked under the lock and sent without it, one drain at a time: a call that comes
+                # while a drain runs (from another thread, or from inside a signal) makes it pick once more.
+                nonlocal draining, missed
+                with lock:
+                    if draining:
+                        missed = True
+                        return
+                    draining = True
+                    emit, begin, wanted, end = pick()
                 while True:
-                    emit: list[Outcome[_T, _U]] = []
-                    begin: list[_Running[_T]] = []
-                    end: Callable[[], None] | None = None
-                    with lock:
-                        if stopped:
-                            return
-                        if outcomes:
-                            allowed = len(outcomes) if unbounded else demand.take(len(outcomes))
-                            if allowed == len(outcomes):
-                                emit = list(outcomes)
-                                outcomes.clear()
-                            else:
-                                emit = [outcomes.popleft() for _ in range(allowed)]
-                        if waiting and not failure:
-                            free = stages - len(running)
-                            if free > 0:
-                                begin = [
-                                    _Running(waiting.popleft(), now()) for _ in range(min(free, len(waiting)))
-                                ]
-                                running.update(begin)
-                        if (
-                            not emit
-                            and not begin
-                            and (upstream_done or failure)
-                            and not outcomes
-                            and not running
-                        ):
-                            stopped = True
-                            if failure:
-                                error = failure[0]
-                                end = functools.partial(observer.on_error, error)
-                            else:
-                                end = observer.on_completed
-                        # Counts what it asked for itself: the upstream Demand's pending drops before the
-                        # item reaches on_next, and a request racing in between would overshoot.
-                        wanted = 0
-                        if not (stopped or upstream_done or failure):
-                            outstanding = len(running) + len(waiting) + requested
-                            wanted = stages - outstanding
-                            if not unbounded:
-                                wanted = min(wanted, demand.pending - outstanding - len(outcomes))
-                            if wanted > 0:
-                                requested += wanted
                     if wanted > 0:
                         upstream.request(wanted)
                     for outcome in emit:
@@ -188,11 +194,13 @@ def process(
                     if end is not None:
                         end()
                         return
-                    # Whatever else changes the state calls drain again; only the end needs another look.
-                    if not (emit or begin) or not (upstream_done or failure):
-                        return
-
-            drain = serialize(step)
+                    with lock:
+                        # Whatever else changes the state calls drain; only the end needs another look unasked.
+                        if not missed and not ((emit or begin) and (upstream_done or failure)):
+                            draining = False
+                            return
+                        missed = False
+                        emit, begin, wanted, end = pick()
 
             def start(entry: _Running[_T]) -> None:
                 if stopped:
