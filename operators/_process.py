@@ -132,7 +132,7 @@ def process(
             draining = False  # a drain is running; others only leave word in `missed`
             missed = False
 
-            def pick() -> tuple[list[Outcome[_T, _U]], list[_Running[_T]], int, Callable[[], None] | None]:
+            def pick() -> _Round[_T, _U]:
                 # Called with the lock held: every outcome the demand allows, every item a stage is free for,
                 # what to request upstream, and the end when nothing is left.
                 nonlocal stopped, requested
@@ -172,16 +172,26 @@ def process(
                     requested += wanted
                 return emit, begin, wanted, end
 
-            def drain() -> None:
-                # Rounds are picked under the lock and sent without it, one drain at a time: a call that comes
-                # while a drain runs (from another thread, or from inside a signal) makes it pick once more.
+            def claim() -> _Round[_T, _U] | None:
+                # Called with the lock held, right after a change of state. Rounds are picked under the lock
+                # and sent without it, one drain at a time: a change while a drain sends (from another thread,
+                # or from inside a signal) makes that drain pick once more instead.
                 nonlocal draining, missed
+                if draining:
+                    missed = True
+                    return None
+                draining = True
+                return pick()
+
+            def drain() -> None:
                 with lock:
-                    if draining:
-                        missed = True
-                        return
-                    draining = True
-                    emit, begin, wanted, end = pick()
+                    picked = claim()
+                if picked is not None:
+                    send(picked)
+
+            def send(picked: _Round[_T, _U]) -> None:
+                nonlocal draining, missed
+                emit, begin, wanted, end = picked
                 while True:
                     if wanted > 0:
                         upstream.request(wanted)
@@ -244,8 +254,10 @@ def process(
                         return  # already finished: a value after a timeout, or the reverse
                     running.remove(entry)
                     outcomes.append(Outcome(entry.item, value, error, entry.started_at, now()))
+                    picked = claim()
                 entry.cancel()
-                drain()
+                if picked is not None:
+                    send(picked)
 
             def on_next(item: _T) -> None:
                 nonlocal requested
@@ -253,7 +265,9 @@ def process(
                     waiting.append(item)
                     if requested > 0:
                         requested -= 1
-                drain()
+                    picked = claim()
+                if picked is not None:
+                    send(picked)
 
             def on_error(error: Exception) -> None:
                 with lock:
@@ -287,6 +301,10 @@ def process(
         return Flowable(subscribe)
 
     return operator
+
+
+_Round = tuple[list[Outcome[_T, _U]], list["_Running[_T]"], int, Callable[[], None] | None]
+"""What one round of a drain sends: outcomes, calls to start, items to request upstream, and the end."""
 
 
 class _Running(Generic[_T]):
