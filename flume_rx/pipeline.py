@@ -20,7 +20,7 @@ import logging
 import random
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -292,10 +292,12 @@ def run_workers(
     )
 
 
-def _call(item: Delivery | list[Delivery], *, executor: Executor) -> Observable[Any] | asyncio.Future[Any]:
+def _call(
+    item: Delivery | list[Delivery], *, executor: Executor
+) -> Observable[Any] | asyncio.Future[Any] | Coroutine[Any, Any, Any]:
     if isinstance(item, list):
         return _call_many(item, executor)
-    # The per-job hot path: one task (async worker) or one executor future (sync worker), nothing more.
+    # The per-job hot path: the worker's coroutine, which process runs as a task, or an executor future.
     source = item.source
     if source.stopping:
         return reactivex.throw(NotStarted())
@@ -305,10 +307,10 @@ def _call(item: Delivery | list[Delivery], *, executor: Executor) -> Observable[
         _emit_started(source.telemetry, job, time.time())
     spec = get_worker(job.worker)  # UnknownWorker becomes this job's outcome
     args = ([list(job.args)],) if spec.batch else job.args
-    loop = asyncio.get_running_loop()
     if spec.is_async:
-        return loop.create_task(spec.fn(*args))
-    return loop.run_in_executor(executor, functools.partial(spec.fn, *args))
+        coro: Coroutine[Any, Any, Any] = spec.fn(*args)
+        return coro
+    return asyncio.get_running_loop().run_in_executor(executor, functools.partial(spec.fn, *args))
 
 
 def _call_many(deliveries: list[Delivery], executor: Executor) -> Observable[Any] | asyncio.Future[Any]:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import functools
 import threading
 import time
+import types
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -62,7 +64,7 @@ def _result_of(future: asyncio.Future[_U]) -> tuple[_U | None, BaseException | N
 
 
 def process(
-    fn: Callable[[_T], Observable[_U] | asyncio.Future[_U]],
+    fn: Callable[[_T], Observable[_U] | asyncio.Future[_U] | Coroutine[Any, Any, _U]],
     stages: int,
     *,
     scheduler: abc.SchedulerBase | None = None,
@@ -80,8 +82,9 @@ def process(
     A plain source that pushes more is queued, and still at most ``stages`` calls run.
 
     Args:
-        fn: makes the call for an item: an Observable whose first value is the result, or an asyncio
-            Future; see :func:`from_async` and :func:`in_thread` for the usual shapes.
+        fn: makes the call for an item: an Observable whose first value is the result, an asyncio
+            Future, or a coroutine, run as a task on the running loop; see :func:`from_async` and
+            :func:`in_thread` for the usual shapes.
         stages: the most calls running at once (>= 1).
         scheduler: the clock of ``started_at``/``finished_at`` and of timeouts, and the scheduler the calls
             are subscribed on (else the subscriber's; TimeoutScheduler for the clock and timeouts).
@@ -228,10 +231,16 @@ def process(
                         )
 
                     entry.timer = clock.schedule_relative(timeout_s, expire)
-                if isinstance(call, asyncio.Future):
-                    # The hot path of job pipelines: a future needs no subscription machinery.
+                if isinstance(call, types.CoroutineType):
+                    # The hot path of async job workers: a task that reports as its last act, so an outcome
+                    # costs no done callback and no extra turn of the loop.
+                    run_coroutine(entry, call)
+                elif isinstance(call, asyncio.Future):
+                    # A future needs no subscription machinery.
                     entry.handle = call
                     call.add_done_callback(functools.partial(finish_future, entry))
+                elif isinstance(call, Coroutine):
+                    run_coroutine(entry, call)
                 else:
                     entry.handle = call.subscribe(
                         functools.partial(finish_value, entry),
@@ -241,6 +250,14 @@ def process(
                     )
                 if stopped:
                     entry.cancel()  # stop() may have run before the handle was set
+
+            def run_coroutine(entry: _Running[_T], call: Coroutine[Any, Any, _U]) -> None:
+                loop = _running_loop()
+                if loop is None:
+                    call.close()
+                    finish(entry, None, RuntimeError("a coroutine call needs a running asyncio loop"))
+                    return
+                entry.handle = loop.create_task(_report(call, finish, entry, contextvars.copy_context()))
 
             def finish_future(entry: _Running[_T], done: asyncio.Future[_U]) -> None:
                 finish(entry, *_result_of(done))
@@ -301,6 +318,27 @@ def process(
         return Flowable(subscribe)
 
     return operator
+
+
+async def _report(
+    coro: Coroutine[Any, Any, _U],
+    finish: Callable[[_Running[_T], _U | None, BaseException | None], None],
+    entry: _Running[_T],
+    outer: contextvars.Context,
+) -> None:
+    # The outcome is reported in the caller's context, not the task's: what a call set in its context
+    # variables must not reach the calls that start from this report.
+    try:
+        value = await coro
+    except (Exception, asyncio.CancelledError) as error:
+        outer.run(finish, entry, None, error)
+        if isinstance(error, asyncio.CancelledError):
+            raise
+        return
+    except BaseException as error:  # KeyboardInterrupt, SystemExit: reported, then on to the loop
+        outer.run(finish, entry, None, error)
+        raise
+    outer.run(finish, entry, value, None)
 
 
 _Round = tuple[list[Outcome[_T, _U]], list["_Running[_T]"], int, Callable[[], None] | None]

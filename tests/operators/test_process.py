@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import threading
 from collections.abc import Callable
 
@@ -286,3 +287,83 @@ def test_in_thread_without_a_loop_delivers_from_the_worker() -> None:
             reactivex.of(1, 2, 3).pipe(process(in_thread(lambda x: x + 1, pool), 2), ops.to_list()).run()
         )
     assert sorted(o.value for o in outcomes if o.value is not None) == [2, 3, 4]
+
+
+def test_coroutine_calls_run_as_tasks_with_bounded_concurrency() -> None:
+    running = peak = 0
+
+    async def square(x: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.001 * (x % 3))
+        running -= 1
+        if x == 5:
+            raise ValueError("five is rejected")
+        return x * x
+
+    outcomes, threads = _run_on_loop(lambda _loop: square, 3)
+
+    assert {o.item: o.value for o in outcomes if o.ok} == {x: x * x for x in range(8) if x != 5}
+    assert [type(o.error) for o in outcomes if not o.ok] == [ValueError]
+    assert peak <= 3
+    assert len(threads) == 1
+
+
+def test_a_coroutine_call_past_its_timeout_is_cancelled() -> None:
+    cancelled: list[int] = []
+
+    async def hang(x: int) -> int:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(x)
+            raise
+        return x
+
+    async def main() -> list[Outcome[int, int]]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Outcome[int, int]]] = loop.create_future()
+        reactivex.of(1, 2).pipe(process(hang, 2, timeout_s=0.01), ops.to_list()).subscribe(
+            done.set_result, done.set_exception, scheduler=AsyncIOScheduler(loop)
+        )
+        outcomes = await asyncio.wait_for(done, 30)
+        await asyncio.sleep(0)  # let the cancelled tasks run their handlers
+        return outcomes
+
+    outcomes = asyncio.run(main())
+    assert sorted(o.item for o in outcomes) == [1, 2]
+    assert all(isinstance(o.error, TimeoutError) for o in outcomes)
+    assert sorted(cancelled) == [1, 2]
+
+
+def test_what_a_coroutine_call_sets_in_its_context_stays_in_its_task() -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    seen_downstream: list[str] = []
+
+    async def set_var(x: int) -> int:
+        var.set(f"call {x}")
+        return x
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        reactivex.of(1, 2, 3).pipe(process(set_var, 1)).subscribe(
+            lambda _outcome: seen_downstream.append(var.get()),
+            done.set_exception,
+            lambda: done.set_result(None),
+            scheduler=AsyncIOScheduler(loop),
+        )
+        await asyncio.wait_for(done, 30)
+
+    asyncio.run(main())
+    assert seen_downstream == ["unset"] * 3
+
+
+def test_a_coroutine_call_without_a_loop_is_an_outcome() -> None:
+    async def nothing(x: int) -> int:
+        return x
+
+    outcome = reactivex.just(1).pipe(process(nothing, 1)).run()
+    assert isinstance(outcome.error, RuntimeError)
+    assert "running asyncio loop" in str(outcome.error)
