@@ -145,8 +145,9 @@ def process(
                 if stopped:
                     return emit, begin, 0, end
                 if outcomes:
-                    allowed = len(outcomes) if unbounded else demand.take(len(outcomes))
-                    if allowed == len(outcomes):
+                    ready = len(outcomes)
+                    allowed = ready if unbounded else demand.take(ready)
+                    if allowed == ready:
                         emit = list(outcomes)
                         outcomes.clear()
                     else:
@@ -154,7 +155,12 @@ def process(
                 if waiting and not failure:
                     free = stages - len(running)
                     if free > 0:
-                        begin = [_Running(waiting.popleft(), now()) for _ in range(min(free, len(waiting)))]
+                        if free == 1 or len(waiting) == 1:
+                            begin = [_Running(waiting.popleft(), now())]
+                        else:
+                            begin = [
+                                _Running(waiting.popleft(), now()) for _ in range(min(free, len(waiting)))
+                            ]
                         running.update(begin)
                 if upstream_done or failure:
                     if not emit and not begin and not outcomes and not running:
@@ -267,9 +273,10 @@ def process(
 
             def finish(entry: _Running[_T], value: _U | None, error: BaseException | None) -> None:
                 with lock:
-                    if entry not in running:
+                    try:
+                        running.remove(entry)
+                    except KeyError:
                         return  # already finished: a value after a timeout, or the reverse
-                    running.remove(entry)
                     outcomes.append(Outcome(entry.item, value, error, entry.started_at, now()))
                     picked = claim()
                 entry.cancel()
@@ -331,13 +338,16 @@ async def _report(
     try:
         value = await coro
     except (Exception, asyncio.CancelledError) as error:
+        entry.handle = None  # the call is over: finishing must not cancel the task that reports
         outer.run(finish, entry, None, error)
         if isinstance(error, asyncio.CancelledError):
             raise
         return
     except BaseException as error:  # KeyboardInterrupt, SystemExit: reported, then on to the loop
+        entry.handle = None
         outer.run(finish, entry, None, error)
         raise
+    entry.handle = None
     outer.run(finish, entry, value, None)
 
 

@@ -367,3 +367,20 @@ def test_a_coroutine_call_without_a_loop_is_an_outcome() -> None:
     outcome = reactivex.just(1).pipe(process(nothing, 1)).run()
     assert isinstance(outcome.error, RuntimeError)
     assert "running asyncio loop" in str(outcome.error)
+
+
+def test_a_coroutine_call_that_finishes_leaves_its_task_done_not_cancelled() -> None:
+    tasks: list[asyncio.Task[object]] = []
+
+    async def note(x: int) -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.append(task)
+        if x == 2:
+            raise ValueError("two")
+        return x
+
+    outcomes, _ = _run_on_loop(lambda _loop: note, 2)
+
+    assert len(outcomes) == len(tasks) == 8
+    assert not any(task.cancelled() for task in tasks)
