@@ -2,8 +2,8 @@
 
     python -m benchmarks.throughput [--jobs 100000] [--reps 3] [--max-demand 500] [--stages 200]
 
-Reports enqueue jobs/s, drain jobs/s and the worker's peak RSS (medians of the repetitions), with and without a
-telemetry subscriber, and writes benchmarks/results/throughput.json. The worker runs in this process, on a
+Reports enqueue jobs/s, drain jobs/s, the worker's CPU per job and its peak RSS (medians of the repetitions),
+with and without a telemetry subscriber, and writes benchmarks/results/throughput.json. The worker runs in this process, on a
 private Redis; the suite in benchmarks/runner.py measures the same thing from outside against the peers.
 """
 
@@ -41,6 +41,11 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_once(url: str, jobs: int, max_demand: int, stages: int, listen: bool) -> dict[str, Any]:
     redis.Redis.from_url(url).flushall()
     flume = Flume(url, "bench")
@@ -68,9 +73,13 @@ def run_once(url: str, jobs: int, max_demand: int, stages: int, listen: bool) ->
     if listen:
         runtime.telemetry.events.subscribe(count)
     gc.collect()
+    cpu_before = _cpu_s()
     started = time.perf_counter()
     asyncio.run(runtime.run())
     drain_s = time.perf_counter() - started
+    # CPU of this process (every thread; the Redis server is another process): steadier than the wall clock
+    # on a shared machine.
+    cpu_s = _cpu_s() - cpu_before
     processed = flume.stats([QUEUE])[QUEUE]["processed"]
     flume.close()
     if processed != jobs:
@@ -79,6 +88,7 @@ def run_once(url: str, jobs: int, max_demand: int, stages: int, listen: bool) ->
         "enqueue_jobs_per_s": jobs / enqueue_s,
         "drain_jobs_per_s": jobs / drain_s,
         "drain_s": drain_s,
+        "worker_cpu_us_per_job": cpu_s / jobs * 1e6,
         "events_seen": seen,
         "peak_rss_mb": _peak_rss_mb(),
     }
