@@ -430,9 +430,10 @@ def scenario_memory(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
 
 def scenario_slow_downstream(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
     s = bench.settings
-    # Enough backlog that neither phase can drain it: flume_rx runs 50 stages (10,000/s at 5 ms), the peers
-    # at most 10 (2,000/s).
-    per_s = 12_000 if spec.name == "flume_rx" else 2_500
+    # Enough backlog that neither phase can drain it: flume_rx runs 200 stages (at most 40,000/s at 5 ms), the
+    # peers at most 10 (2,000/s). A backlog that ran out during the first phase left nothing to measure in the
+    # second, which then read as 0 jobs/s.
+    per_s = 42_000 if spec.name == "flume_rx" else 2_500
     n = int(per_s * s.slow_phase_s * 1.2)
     bench.reset()
     bench.agent(spec, "bulk", str(n), timeout_s=1800)

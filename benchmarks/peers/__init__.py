@@ -72,8 +72,8 @@ PEERS: tuple[PeerSpec, ...] = (
         _FLUME,
         "",
         {
-            "max_demand": 100,
-            "stages": 50,
+            "max_demand": 500,
+            "stages": 200,
             "rate_limiter": "allowed 400, period 1000 ms, hold 20 ms (default)",
         },
         scenario_variants={"rate_limit": "rate_limit"},
