@@ -36,14 +36,10 @@ from flume_rx.config import PipelineConfig, RetryConfig, pacing_burst
 from flume_rx.errors import BatchFailed, DecodeError, JobTimeout, StoreError, Throttled, UnknownWorker
 from flume_rx.job import Job, JobError
 from flume_rx.registry import get_worker
-from flume_rx.store import OUTAGE_LOG, RedisStore, Settlement
+from flume_rx.store import Outage, RedisStore, Settlement
 from flume_rx.telemetry import Telemetry
 
 logger = logging.getLogger("flume_rx.pipeline")
-
-# Jitter comes from a private generator: drawing from the global one would perturb the random state of
-# the application (and of Hypothesis, which checks it) from our background loops.
-_jitter = random.Random()
 
 _TRACEBACK_TAIL_CHARS = 2000
 
@@ -59,27 +55,6 @@ class Delivery:
     job: Job
     payload: bytes
     source: JobSource
-
-
-class _Outage:
-    """The backoff of one loop through a Redis outage; logging goes through the shared :data:`OUTAGE_LOG`."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.since: float | None = None
-
-    def failed(self, error: Exception) -> float:
-        if self.since is None:
-            self.since = time.monotonic()
-        OUTAGE_LOG.down(self.what, error)
-        elapsed = time.monotonic() - self.since
-        backoff_s: float = min(5.0, 0.05 * 2 ** min(10, int(elapsed * 2)))
-        return backoff_s * _jitter.uniform(0.5, 1.0)
-
-    def ok(self) -> None:
-        if self.since is not None:
-            self.since = None
-            OUTAGE_LOG.up()
 
 
 @dataclass(eq=False)
@@ -103,7 +78,7 @@ class JobSource:
     burst: bool = False
 
     def __post_init__(self) -> None:
-        self._outage = _Outage(f"fetch from {self.queue!r}")
+        self._outage = Outage(f"fetch from {self.queue!r}")
         self._unique_releases: list[Settlement] = []
         self._releasing: asyncio.Task[None] | None = None
         self.flowable = fo.request_n(self._fetch, self.max_demand, on_pressure=self._on_pressure)
@@ -205,10 +180,14 @@ class JobSource:
         return codec.encode(record, self.max_payload_bytes)
 
     async def _settle_with_retries(self, settlements: Sequence[Settlement]) -> None:
-        outage = _Outage(f"settle on {self.queue!r}")
+        await self._settle_queue(self.queue, settlements)
+
+    async def _settle_queue(self, queue: str, settlements: Sequence[Settlement]) -> None:
+        """Settle on ``queue``, retrying with backoff through an outage (settling is idempotent)."""
+        outage = Outage(f"settle on {queue!r}")
         while True:
             try:
-                await self.store.settle(self.queue, self.consumer, settlements)
+                await self.store.settle(queue, self.consumer, settlements)
             except StoreError as exc:
                 await asyncio.sleep(outage.failed(exc))
                 continue

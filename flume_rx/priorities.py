@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from flume_rx.errors import StoreError
-from flume_rx.pipeline import Delivery, JobSource, _Outage
+from flume_rx.pipeline import Delivery, JobSource
 from flume_rx.store import Settlement
 
 IDLE_POLL_MAX_S = 0.25
@@ -122,14 +122,3 @@ class WeightedSource(JobSource):
         await asyncio.gather(*(self._settle_queue(q, batch) for q, batch in by_queue.items()))
         for settlement in settlements:
             self._queue_of.pop(settlement.payload, None)
-
-    async def _settle_queue(self, queue: str, settlements: Sequence[Settlement]) -> None:
-        outage = _Outage(f"settle on {queue!r}")
-        while True:
-            try:
-                await self.store.settle(queue, self.consumer, settlements)
-            except StoreError as exc:
-                await asyncio.sleep(outage.failed(exc))
-                continue
-            outage.ok()
-            return

@@ -649,7 +649,7 @@ class _OutageLog:
     """Process-wide: one line when Redis first fails and one when it answers again, whichever loop notices.
 
     Fetch, settle and the heartbeat thread all meet the same outage; each keeps its own backoff
-    (:class:`_Outage`) but they share this log, so an outage is one warning, not one per loop or call. A
+    (:class:`Outage`) but they share this log, so an outage is one warning, not one per loop or call. A
     failure that lasts is repeated as an error every :attr:`repeat_s`, so a stalled worker (Redis refusing a
     script, a key of the wrong type) does not hide behind one old line.
     """
@@ -687,6 +687,29 @@ class _OutageLog:
 
 
 OUTAGE_LOG = _OutageLog()
+
+
+class Outage:
+    """The backoff of one loop through a Redis outage; logging goes through the shared :data:`OUTAGE_LOG`."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.since: float | None = None
+
+    def failed(self, error: Exception) -> float:
+        """Note a failed call; returns how long to wait before the next (doubling to 5 s, with jitter)."""
+        if self.since is None:
+            self.since = time.monotonic()
+        OUTAGE_LOG.down(self.what, error)
+        elapsed = time.monotonic() - self.since
+        backoff_s: float = min(5.0, 0.05 * 2 ** min(10, int(elapsed * 2)))
+        return backoff_s * _jitter.uniform(0.5, 1.0)
+
+    def ok(self) -> None:
+        """Note a call that worked: the end of the outage, if there was one."""
+        if self.since is not None:
+            self.since = None
+            OUTAGE_LOG.up()
 
 
 def redact_url(url: str) -> str:
@@ -1534,18 +1557,14 @@ class RedisTokenWindow:
         While Redis is unreachable it waits with backoff, as fetch and settle do: an outage must not end the
         pipeline the throttle sits in.
         """
-        since: float | None = None
+        outage = Outage(f"rate limiter {self.key!r}")
         while True:
             try:
                 reply = await self.take_reply(tokens, min_tokens)
                 break
             except StoreError as exc:
-                since = time.monotonic() if since is None else since
-                OUTAGE_LOG.down(f"rate limiter {self.key!r}", exc)
-                backoff_s = min(5.0, 0.05 * 2.0 ** min(10, int((time.monotonic() - since) * 2)))
-                await asyncio.sleep(backoff_s * _jitter.uniform(0.5, 1.0))
-        if since is not None:
-            OUTAGE_LOG.up()
+                await asyncio.sleep(outage.failed(exc))
+        outage.ok()
         return Grant(tokens=reply.tokens, delay_s=reply.delay_us / 1e6, hold_s=reply.hold_us / 1e6)
 
     async def take_reply(self, tokens: int, min_tokens: int = 1) -> TokenReply:
