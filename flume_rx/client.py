@@ -109,11 +109,7 @@ class Flume:
             ConfigError: a unique argument is not one enqueue takes.
         """
         job = self._job(queue, worker, args, cost)
-        if unique_key is not None:
-            return self._enqueue_unique([job], [unique_key], unique_for, unique_until, "now", [0.0])[0]
-        self._store.enqueue(queue, [codec.encode(job, self.max_payload_bytes)])
-        self.telemetry.emit("job.enqueued", queue=queue, count=1)
-        return job.id
+        return self._put(job, "now", 0.0, unique_key, unique_for, unique_until)
 
     def bulk_enqueue(
         self,
@@ -135,14 +131,8 @@ class Flume:
         """
         built = [self._job(queue, worker, args, 1) for worker, args in jobs]
         if unique_keys is not None:
-            if isinstance(unique_keys, str) or len(unique_keys) != len(built):
-                raise ConfigError(
-                    f"unique_keys must be a list with one key (or None) per job: got {unique_keys!r} for "
-                    f"{len(built)} jobs"
-                )
-            return self._enqueue_unique(
-                built, unique_keys, unique_for, unique_until, "now", [0.0] * len(built)
-            )
+            keys = check_unique_keys(unique_keys, len(built))
+            return self._enqueue_unique(built, keys, unique_for, unique_until, "now", [0.0] * len(built))
         payloads = [codec.encode(job, self.max_payload_bytes) for job in built]
         if payloads:
             self._store.enqueue(queue, payloads)
@@ -164,13 +154,7 @@ class Flume:
         """Run the job ``seconds`` from now, counted on Redis's clock, so a producer's skewed clock cannot
         make it early or late; ``unique_key`` and the rest as for :meth:`enqueue`."""
         job = self._job(queue, worker, args, cost)
-        if unique_key is not None:
-            return self._enqueue_unique(
-                [job], [unique_key], unique_for, unique_until, "in", [float(seconds)]
-            )[0]
-        self._store.schedule_in(queue, [(codec.encode(job, self.max_payload_bytes), float(seconds))])
-        self.telemetry.emit("job.enqueued", queue=queue, count=1)
-        return job.id
+        return self._put(job, "in", float(seconds), unique_key, unique_for, unique_until)
 
     def enqueue_at(
         self,
@@ -187,12 +171,28 @@ class Flume:
         """Run the job at ``unix_ts`` (float seconds since the epoch); ``unique_key`` and the rest as for
         :meth:`enqueue`."""
         job = self._job(queue, worker, args, cost)
+        return self._put(job, "at", float(unix_ts), unique_key, unique_for, unique_until)
+
+    def _put(
+        self,
+        job: Job,
+        mode: Literal["now", "at", "in"],
+        due: float,
+        unique_key: str | None,
+        unique_for: float,
+        unique_until: UniqueUntil,
+    ) -> str:
+        """Write one job: now, at ``due`` (unix s) or in ``due`` s (Redis clock), unique or not."""
         if unique_key is not None:
-            return self._enqueue_unique(
-                [job], [unique_key], unique_for, unique_until, "at", [float(unix_ts)]
-            )[0]
-        self._store.schedule(queue, [(codec.encode(job, self.max_payload_bytes), float(unix_ts))])
-        self.telemetry.emit("job.enqueued", queue=queue, count=1)
+            return self._enqueue_unique([job], [unique_key], unique_for, unique_until, mode, [due])[0]
+        payload = codec.encode(job, self.max_payload_bytes)
+        if mode == "now":
+            self._store.enqueue(job.queue, [payload])
+        elif mode == "in":
+            self._store.schedule_in(job.queue, [(payload, due)])
+        else:
+            self._store.schedule(job.queue, [(payload, due)])
+        self.telemetry.emit("job.enqueued", queue=job.queue, count=1)
         return job.id
 
     def _job(self, queue: str, worker: str, args: Sequence[Any], cost: int) -> Job:
@@ -496,6 +496,19 @@ def check_unique_key(unique_key: str) -> None:
     """
     if not isinstance(unique_key, str) or not unique_key:
         raise ConfigError(f'unique_key must be a non-empty string (got {unique_key!r}); e.g. "welcome:42"')
+
+
+def check_unique_keys(unique_keys: Sequence[str | None], jobs: int) -> Sequence[str | None]:
+    """Check ``bulk_enqueue``'s ``unique_keys``: one key (or None) per job; returns them.
+
+    Raises:
+        ConfigError: not a list of ``jobs`` entries. (Each key is checked as it is used.)
+    """
+    if isinstance(unique_keys, str) or len(unique_keys) != jobs:
+        raise ConfigError(
+            f"unique_keys must be a list with one key (or None) per job: got {unique_keys!r} for {jobs} jobs"
+        )
+    return unique_keys
 
 
 def check_unique(unique_for: float, unique_until: str) -> None:

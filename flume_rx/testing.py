@@ -29,8 +29,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from flume_rx import codec
-from flume_rx.client import DEFAULT_UNIQUE_FOR_S, build_job, check_unique, check_unique_key
-from flume_rx.errors import ConfigError
+from flume_rx.client import (
+    DEFAULT_UNIQUE_FOR_S,
+    build_job,
+    check_unique,
+    check_unique_key,
+    check_unique_keys,
+)
 from flume_rx.job import Job, UniqueUntil
 from flume_rx.registry import get_worker
 
@@ -133,12 +138,7 @@ class FlumeTest:
     ) -> list[str]:
         """Like ``Flume.bulk_enqueue``: every job is checked before any is added."""
         built = [self._build(queue, worker, args, 1) for worker, args in jobs]
-        keys: Sequence[str | None] = [None] * len(built) if unique_keys is None else unique_keys
-        if isinstance(keys, str) or len(keys) != len(built):
-            raise ConfigError(
-                f"unique_keys must be a list with one key (or None) per job: got {unique_keys!r} for "
-                f"{len(built)} jobs"
-            )
+        keys = [None] * len(built) if unique_keys is None else check_unique_keys(unique_keys, len(built))
         uniqueness = [_uniqueness(key, unique_for, unique_until) for key in keys]
         return [self._accept(job, None, u) for job, u in zip(built, uniqueness, strict=True)]
 
