@@ -68,6 +68,17 @@ def test_settle_is_idempotent_a_repeated_outcome_moves_nothing(url: str) -> None
     asyncio.run(main())
 
 
+async def _fetch_all(source: JobSource, jobs: int) -> list[int]:
+    """The args of what ``source`` fetches, until ``jobs`` of them came or a burst-mode fetch found nothing."""
+    got: list[int] = []
+    while len(got) < jobs:
+        batch = await asyncio.wait_for(source._fetch_async(jobs), 30)
+        if not batch:
+            break
+        got += [d.job.args[0] for d in batch]
+    return got
+
+
 def test_a_fetch_whose_reply_was_lost_gives_its_jobs_back(url: str) -> None:
     """DEBUG SLEEP outlasts the socket timeout: Redis runs the fetch after the client gave up on it.
 
@@ -85,12 +96,7 @@ def test_a_fetch_whose_reply_was_lost_gives_its_jobs_back(url: str) -> None:
             )
             sleeper.start()
             await asyncio.sleep(0.2)  # the sleep has begun: the next command waits behind it
-            got: list[int] = []
-            while len(got) < 5:
-                batch = await asyncio.wait_for(source._fetch_async(5), 30)
-                if not batch:
-                    break
-                got += [d.job.args[0] for d in batch]
+            got = await _fetch_all(source, 5)
             sleeper.join()
             return got
 
@@ -129,13 +135,7 @@ def test_every_source_gives_back_the_jobs_of_a_fetch_whose_reply_was_lost(url: s
                 )  # fmt: skip
             else:
                 source = JobSource(store, QUEUE, "c-lost", max_demand=5, telemetry=Telemetry(), burst=True)
-            got: list[int] = []
-            while len(got) < 5:
-                batch = await asyncio.wait_for(source._fetch_async(5), 30)
-                if not batch:
-                    break
-                got += [d.job.args[0] for d in batch]
-            return got
+            return await _fetch_all(source, 5)
 
     assert sorted(asyncio.run(main())) == [0, 1, 2, 3, 4]
 

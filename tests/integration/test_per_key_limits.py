@@ -156,6 +156,24 @@ def test_no_tokens_are_taken_for_items_downstream_withdrew() -> None:
 # ---- end to end -----------------------------------------------------------------------------------------
 
 
+def _drain_keyed(redis_url: str, processor: dict[str, Any], limiter: dict[str, Any], **pipeline: Any) -> None:
+    """Run a pipeline on QUEUE in burst mode, limited per tenant (``key_from`` = :func:`tenant_of`)."""
+    rate_limiter = {"key": "tenants", "key_from": f"{__name__}:tenant_of", **limiter}
+    table = {
+        "queue": QUEUE,
+        "max_demand": 20,
+        "processor": processor,
+        **pipeline,
+        "rate_limiter": rate_limiter,
+    }
+    config = config_module.parse({"redis_url": redis_url, "namespace": "t", "pipelines": {"p": table}})
+
+    async def main() -> None:
+        await asyncio.wait_for(WorkerRuntime(config, burst=True).run(), 60)
+
+    asyncio.run(main())
+
+
 @pytest.fixture
 def starts() -> Iterator[list[tuple[str, float]]]:
     seen: list[tuple[str, float]] = []
@@ -174,30 +192,7 @@ def test_the_runtime_limits_each_tenant_on_its_own(redis_url: str, starts: list[
     allowed, period_s = 3, 0.5
     with Flume(redis_url, "t") as flume:
         flume.bulk_enqueue(QUEUE, [("KJob", ["hot", i]) for i in range(9)] + [("KJob", ["cold", 0])])
-    config = config_module.parse(
-        {
-            "redis_url": redis_url,
-            "namespace": "t",
-            "pipelines": {
-                "p": {
-                    "queue": QUEUE,
-                    "max_demand": 20,
-                    "processor": {"stages": 10},
-                    "rate_limiter": {
-                        "allowed": allowed,
-                        "period": period_s * 1000,
-                        "key": "tenants",
-                        "key_from": f"{__name__}:tenant_of",
-                    },
-                }
-            },
-        }
-    )
-
-    async def main() -> None:
-        await asyncio.wait_for(WorkerRuntime(config, burst=True).run(), 60)
-
-    asyncio.run(main())
+    _drain_keyed(redis_url, {"stages": 10}, {"allowed": allowed, "period": period_s * 1000})
     hot = [at for tenant, at in starts if tenant == "hot"]
     assert len(hot) == 9 and [t for t, _ in starts].count("cold") == 1
     # The cold tenant does not queue behind the hot one's window: it starts before hot's fourth job.
@@ -301,32 +296,12 @@ def test_key_from_with_a_batcher_limits_each_tenant_and_still_batches(
             + [("KStampBatch", ["warm", i]) for i in range(6)]
             + [("KStampBatch", ["cold", 0])],
         )
-    config = config_module.parse(
-        {
-            "redis_url": redis_url,
-            "namespace": "t",
-            "pipelines": {
-                "p": {
-                    "queue": QUEUE,
-                    "max_demand": 20,
-                    "processor": {"stages": 2},
-                    "batcher": {"size": 4, "timeout": timeout_ms},
-                    "rate_limiter": {
-                        "allowed": allowed,
-                        "period": period_s * 1000,
-                        "hold": hold_ms,
-                        "key": "tenants",
-                        "key_from": f"{__name__}:tenant_of",
-                    },
-                }
-            },
-        }
+    _drain_keyed(
+        redis_url,
+        {"stages": 2},
+        {"allowed": allowed, "period": period_s * 1000, "hold": hold_ms},
+        batcher={"size": 4, "timeout": timeout_ms},
     )
-
-    async def main() -> None:
-        await asyncio.wait_for(WorkerRuntime(config, burst=True).run(), 60)
-
-    asyncio.run(main())
     starts = _by_tenant(stamped)
     assert {tenant: len(at) for tenant, at in starts.items()} == {"hot": 12, "warm": 6, "cold": 1}
     assert all(most_starts_in_any_period(at, period_s) <= allowed for at in starts.values())

@@ -227,25 +227,31 @@ def _run_on_loop(
     return asyncio.run(main())
 
 
-def test_from_async_runs_coroutines_on_the_loop_with_bounded_concurrency() -> None:
-    running = peak = 0
+class _CountingSquare:
+    """An async call that squares (and rejects 5), counting how many of it run at once."""
 
-    async def square(x: int) -> int:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
+    def __init__(self) -> None:
+        self.running = self.peak = 0
+
+    async def __call__(self, x: int) -> int:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
         await asyncio.sleep(0.001 * (x % 3))
-        running -= 1
+        self.running -= 1
         if x == 5:
             raise ValueError("five is rejected")
         return x * x
+
+
+def test_from_async_runs_coroutines_on_the_loop_with_bounded_concurrency() -> None:
+    square = _CountingSquare()
 
     outcomes, _ = _run_on_loop(lambda _loop: from_async(square), 3)
 
     assert sorted(o.item for o in outcomes) == list(range(8))
     assert {o.item: o.value for o in outcomes if o.ok} == {x: x * x for x in range(8) if x != 5}
     assert [type(o.error) for o in outcomes if not o.ok] == [ValueError]
-    assert peak <= 3
+    assert square.peak <= 3
 
 
 def test_in_thread_runs_in_the_executor_and_delivers_on_the_loop() -> None:
@@ -290,23 +296,13 @@ def test_in_thread_without_a_loop_delivers_from_the_worker() -> None:
 
 
 def test_coroutine_calls_run_as_tasks_with_bounded_concurrency() -> None:
-    running = peak = 0
-
-    async def square(x: int) -> int:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await asyncio.sleep(0.001 * (x % 3))
-        running -= 1
-        if x == 5:
-            raise ValueError("five is rejected")
-        return x * x
+    square = _CountingSquare()
 
     outcomes, threads = _run_on_loop(lambda _loop: square, 3)
 
     assert {o.item: o.value for o in outcomes if o.ok} == {x: x * x for x in range(8) if x != 5}
     assert [type(o.error) for o in outcomes if not o.ok] == [ValueError]
-    assert peak <= 3
+    assert square.peak <= 3
     assert len(threads) == 1
 
 
