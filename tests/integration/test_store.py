@@ -148,6 +148,16 @@ async def test_scripts_are_reloaded_after_a_script_flush(store: RedisStore, raw:
     assert (await store.stats([Q]))[Q]["queued"] == 3001
 
 
+def test_the_sync_store_reloads_scripts_after_a_script_flush(redis_url: str, raw: redis.Redis) -> None:
+    with SyncStore.from_url(redis_url) as sync:
+        sync.enqueue(Q, jobs(2))
+        raw.script_flush()
+        sync.enqueue(Q, jobs(3000, "big"))  # enqueue.lua in several chunks, one pipeline
+        raw.script_flush()
+        assert sync.dead_retry(Q) == 0  # dead_retry.lua alone
+        assert sync.stats([Q])[Q]["queued"] == 3002
+
+
 async def test_concurrent_promote_due_moves_each_job_once(store: RedisStore, redis_url: str) -> None:
     payloads = jobs(600)
     await store.schedule(Q, [(p, 1.0) for p in payloads[:300]])  # long due

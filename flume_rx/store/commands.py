@@ -1,0 +1,449 @@
+"""What the stores send and what they read back: pure functions from a verb's arguments to Redis operations
+(``_ops_*``), parsers of the replies (``_parse_*``), and the public types they carry.
+
+The async and the sync store build every call with these functions and read replies with these parsers, so
+the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, TypedDict
+
+import msgpack
+
+from flume_rx.store.keys import Keys
+from flume_rx.store.scripts import Arg, _Cmd, _Eval, _Op
+
+ENQUEUE_CHUNK = 1000
+"""Payloads per EVALSHA of a bulk enqueue: big enough to be cheap, small enough not to stall Redis."""
+
+DEAD_RETRY_CHUNK = 1000
+
+LATENCY_SAMPLES = 1000
+"""Recent enqueue-to-settle latencies kept per queue (a list trimmed at each settle) for p50/p99."""
+
+RATE_SECONDS = 120
+"""Per-second processed/failed buckets kept per queue (a ring in one hash, written by ``settle.lua``)."""
+
+RATE_MINUTES = 60
+"""Per-minute processed/failed buckets kept per queue (a ring in one hash, written by ``settle.lua``)."""
+
+
+# ------------------------------------------------------------------------------------------- public types
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """One outcome for :meth:`RedisStore.settle`.
+
+    Attributes:
+        payload: the payload exactly as fetched (the in-flight list member).
+        action: ``ack`` (done), ``retry`` (into the retry set at now + ``delay_ms``), ``dead`` (into the dead
+            letters), ``requeue`` (back to the fetch end of the queue without spending a retry) or ``release``
+            (the job has started and gives up its unique key; the job itself stays in flight).
+        new_payload: what goes to retry, dead or the queue instead of ``payload`` (e.g. attempt + 1, error).
+        delay_ms: the retry delay, from Redis TIME.
+    """
+
+    payload: bytes
+    action: Literal["ack", "retry", "dead", "requeue", "release"]
+    new_payload: bytes | None = None
+    delay_ms: int = 0
+    latency_ms: float | None = None
+    """Enqueue to settle, sampled into the queue's latency list for p50/p99 (``None``: no sample)."""
+    unique: tuple[str, str] | None = None
+    """``(unique_key, job_id)`` of a unique job: the settlement releases the key if that job still holds it
+    (only ack, dead and release do; a retried job keeps it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UniqueEnqueue:
+    """One job of :meth:`RedisStore.enqueue_unique`: added unless another job holds its ``unique_key``."""
+
+    job_id: str
+    payload: bytes
+    unique_key: str | None
+    """None: an ordinary job, always added (so a bulk call can mix unique and ordinary jobs)."""
+    due_s: float = 0.0
+    """Unix seconds when the call's mode is ``at``, seconds from Redis TIME when ``in``; unused for ``now``."""
+
+
+class QueueStats(TypedDict):
+    """Counts of one queue, as :meth:`RedisStore.stats` reports them."""
+
+    queued: int
+    in_flight: int
+    scheduled: int
+    retry: int
+    dead: int
+    processed: int
+    failed: int
+    requeued: int
+    consumers: int
+    paused: bool
+    processed_per_s: float
+    """Cluster-wide, over the last 60 complete seconds (from the per-second buckets in Redis)."""
+    failed_per_s: float
+    latency_p50_ms: float | None
+    """Enqueue to settle, over the last :data:`LATENCY_SAMPLES` settled jobs; None before any."""
+    latency_p99_ms: float | None
+
+
+class ConsumerInfo(TypedDict):
+    """One consumer of one queue, as :meth:`RedisStore.consumers` reports it."""
+
+    queue: str
+    consumer: str
+    last_seen: float
+    """Its last heartbeat or fetch, unix seconds on the Redis clock."""
+    age_s: float
+    in_flight: int
+
+
+class RatePoint(TypedDict):
+    """Jobs settled in one bucket (a second or a minute) starting at ``t`` (unix seconds)."""
+
+    t: int
+    processed: int
+    failed: int
+
+
+class TokenReply(NamedTuple):
+    """The raw reply of ``take_tokens.lua``: a grant plus where it sits on the Redis clock."""
+
+    tokens: int
+    delay_us: int
+    hold_us: int
+    effective_allowed: float
+    start_us: int
+    """The grant's start time ``g`` in unix microseconds (Redis TIME)."""
+
+
+# ------------------------------------------------------------------------------ call builders and parsers
+# Each store verb is a pure function from arguments to the Redis operations it needs, shared by the async
+# and the sync store; each returns operations that go to Redis in one round trip.
+
+
+def _ops_enqueue(keys: Keys, queue: str, payloads: Sequence[bytes]) -> list[_Op]:
+    k = keys.of(queue)
+    ops: list[_Op] = [_Cmd(("SADD", keys.queues, queue))]
+    for start in range(0, len(payloads), ENQUEUE_CHUNK):
+        chunk = payloads[start : start + ENQUEUE_CHUNK]
+        ops.append(_Eval("enqueue", (k.queue, k.scheduled), ("now", *chunk)))
+    return ops
+
+
+def _ops_schedule(
+    keys: Keys, queue: str, items: Sequence[tuple[bytes, float]], mode: Literal["at", "in"]
+) -> list[_Op]:
+    k = keys.of(queue)
+    ops: list[_Op] = [_Cmd(("SADD", keys.queues, queue))]
+    for start in range(0, len(items), ENQUEUE_CHUNK):
+        flat: list[Arg] = [mode]
+        for payload, when_s in items[start : start + ENQUEUE_CHUNK]:
+            flat += [round(when_s * 1000), payload]
+        ops.append(_Eval("enqueue", (k.queue, k.scheduled), tuple(flat)))
+    return ops
+
+
+def _ops_fetch(keys: Keys, queue: str, consumer: str, n: int) -> _Eval:
+    k = keys.of(queue)
+    return _Eval("fetch", (k.queue, k.inflight(consumer), k.paused, k.consumers), (consumer, n))
+
+
+def _ops_settle(
+    keys: Keys, queue: str, consumer: str, settlements: Sequence[Settlement], dead_max: int, dead_ttl_ms: int
+) -> _Eval:
+    k = keys.of(queue)
+    flat: list[object] = []
+    base = (k.inflight(consumer), k.queue, k.retry, k.dead, k.stats, k.seconds, k.minutes)
+    unique_keys: list[str] = []
+    for s in settlements:
+        if s.action not in ("ack", "retry", "dead", "requeue", "release"):
+            raise ValueError(
+                f"settlement action {s.action!r} is not one of ack, retry, dead, requeue, release"
+            )
+        unique_index, holder = 0, ""
+        if s.unique is not None:
+            unique_keys.append(k.unique(s.unique[0]))
+            unique_index, holder = len(base) + len(unique_keys), s.unique[1]
+        flat += [s.action, s.payload, s.new_payload or b"", max(0, int(s.delay_ms)), unique_index, holder]
+    # Redis's cmsgpack reads only the old raw type, hence use_bin_type=False (bytes stay bytes in Lua).
+    outcomes: bytes = msgpack.packb(flat, use_bin_type=False)
+    return _Eval("settle", (*base, *unique_keys), (dead_max, dead_ttl_ms, outcomes))
+
+
+def _ops_enqueue_unique(
+    keys: Keys,
+    queue: str,
+    jobs: Sequence[UniqueEnqueue],
+    unique_for_ms: int,
+    mode: Literal["now", "at", "in"],
+) -> list[_Op]:
+    k = keys.of(queue)
+    ops: list[_Op] = [_Cmd(("SADD", keys.queues, queue))]
+    for start in range(0, len(jobs), ENQUEUE_CHUNK):
+        unique_keys: list[str] = []
+        flat: list[Arg] = [mode, max(1, int(unique_for_ms))]
+        for job in jobs[start : start + ENQUEUE_CHUNK]:
+            index = 0
+            if job.unique_key is not None:
+                unique_keys.append(k.unique(job.unique_key))
+                index = 2 + len(unique_keys)
+            flat += [index, job.job_id, job.payload, 0 if mode == "now" else round(job.due_s * 1000)]
+        ops.append(_Eval("enqueue_unique", (k.queue, k.scheduled, *unique_keys), tuple(flat)))
+    return ops
+
+
+def _ops_cron_tick(
+    keys: Keys,
+    queue: str,
+    schedule: str,
+    tick_ms: int,
+    payload: bytes,
+    *,
+    claim_ttl_ms: int,
+    on_time_ms: int,
+    missed: Literal["run_once", "skip"],
+) -> list[_Op]:
+    k = keys.of(queue)
+    return [
+        _Cmd(("SADD", keys.queues, queue)),
+        _Eval(
+            "cron_tick",
+            (k.queue, k.cron_tick(schedule, tick_ms), k.cron_last(schedule)),
+            (tick_ms, payload, max(1, claim_ttl_ms), max(0, on_time_ms), missed),
+        ),
+    ]
+
+
+def _ops_fetch_weighted(
+    keys: Keys, queues: Sequence[str], consumer: str, n: int, quotas: Sequence[int]
+) -> _Eval:
+    if len(quotas) != len(queues):
+        raise ValueError(f"fetch_weighted got {len(queues)} queues but {len(quotas)} quotas; pass one each")
+    flat_keys: list[str] = []
+    for queue in queues:
+        k = keys.of(queue)
+        flat_keys += [k.queue, k.inflight(consumer), k.paused, k.consumers]
+    return _Eval("fetch_weighted", tuple(flat_keys), (consumer, n, *(max(0, int(q)) for q in quotas)))
+
+
+def _parse_unique(replies: Sequence[Any]) -> list[tuple[bool, str]]:
+    # The first reply is the SADD of the queue name; each later one is a chunk's flat (added, id) pairs.
+    parsed: list[tuple[bool, str]] = []
+    for chunk in replies[1:]:
+        parsed += [(bool(int(chunk[i])), _text(chunk[i + 1])) for i in range(0, len(chunk), 2)]
+    return parsed
+
+
+def _ops_latency(keys: Keys, queue: str, settlements: Sequence[Settlement]) -> list[_Op]:
+    # Formatted here: redis-py's per-argument encoding of a float costs twice the formatting (one per job).
+    samples = [b"%.1f" % s.latency_ms for s in settlements if s.latency_ms is not None]
+    if not samples:
+        return []
+    k = keys.of(queue)
+    return [_Cmd(("LPUSH", k.latency, *samples)), _Cmd(("LTRIM", k.latency, 0, LATENCY_SAMPLES - 1))]
+
+
+def _ops_heartbeat(keys: Keys, queues: Sequence[str], consumer: str) -> list[_Op]:
+    # One call per queue rather than one call over all queues: keys of different queues live on different
+    # cluster slots, and a pipeline still makes it one round trip.
+    return [_Eval("heartbeat", (keys.of(q).consumers,), (consumer,)) for q in queues]
+
+
+def _ops_requeue(keys: Keys, queue: str, consumer: str, payloads: Sequence[bytes] | None) -> _Eval:
+    k = keys.of(queue)
+    return _Eval("requeue_all", (k.consumers, k.queue, k.inflight(consumer)), (consumer, *(payloads or ())))
+
+
+def _ops_stats_first(keys: Keys, queue: str) -> list[_Op]:
+    k = keys.of(queue)
+    return [
+        _Cmd(("LLEN", k.queue)),
+        _Cmd(("ZCARD", k.scheduled)),
+        _Cmd(("ZCARD", k.retry)),
+        _Cmd(("ZCARD", k.dead)),
+        _Cmd(("HGETALL", k.stats)),
+        _Cmd(("EXISTS", k.paused)),
+        _Cmd(("ZRANGE", k.consumers, 0, -1)),
+        _Cmd(("TIME",)),
+        _Cmd(("HGETALL", k.seconds)),
+        _Cmd(("LRANGE", k.latency, 0, LATENCY_SAMPLES - 1)),
+    ]
+
+
+_STATS_FIRST = 10
+
+
+def _parse_stats(first: Sequence[Any]) -> tuple[QueueStats, list[str]]:
+    queued, scheduled, retry, dead, counters, paused, consumers, now, seconds, latency = first
+    counts = _hash(counters)
+    now_s = _redis_ms(now) // 1000
+    # The 60 complete seconds before the current one: a partial second would read as a dip.
+    recent = _ring(_hash(seconds), RATE_SECONDS, now_s - 60, now_s - 1)
+    p50, p99 = _percentiles(sorted(float(_text(x)) for x in latency), (0.5, 0.99))
+    stats = QueueStats(
+        queued=int(queued),
+        in_flight=0,
+        scheduled=int(scheduled),
+        retry=int(retry),
+        dead=int(dead),
+        processed=int(counts.get("processed", 0)),
+        failed=int(counts.get("failed", 0)),
+        requeued=int(counts.get("requeued", 0)),
+        consumers=len(consumers),
+        paused=bool(paused),
+        processed_per_s=sum(p["processed"] for p in recent) / 60,
+        failed_per_s=sum(p["failed"] for p in recent) / 60,
+        latency_p50_ms=p50,
+        latency_p99_ms=p99,
+    )
+    return stats, [_text(c) for c in consumers]
+
+
+def _ring(fields: dict[str, Any], size: int, first: int, last: int) -> list[RatePoint]:
+    """The buckets ``first..last`` of a ring hash written by ``settle.lua`` (``t<slot>`` holds the bucket
+    number the slot counts now, ``p<slot>``/``f<slot>`` its processed/failed); empty buckets read as zero."""
+    points: list[RatePoint] = []
+    for bucket in range(max(first, last - size + 1), last + 1):
+        slot = bucket % size
+        current = fields.get(f"t{slot}") is not None and int(_text(fields[f"t{slot}"])) == bucket
+        processed = int(_text(fields.get(f"p{slot}", 0))) if current else 0
+        failed = int(_text(fields.get(f"f{slot}", 0))) if current else 0
+        points.append(RatePoint(t=bucket, processed=processed, failed=failed))
+    return points
+
+
+def _percentiles(ordered: Sequence[float], quantiles: Sequence[float]) -> list[float | None]:
+    """Nearest-rank percentiles of an ascending sequence; None for each when it is empty."""
+    if not ordered:
+        return [None for _ in quantiles]
+    return [ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] for q in quantiles]
+
+
+def _ops_rates(keys: Keys, queue: str, resolution: Literal["second", "minute"]) -> list[_Op]:
+    k = keys.of(queue)
+    return [_Cmd(("TIME",)), _Cmd(("HGETALL", k.seconds if resolution == "second" else k.minutes))]
+
+
+def _parse_rates(
+    reply: Sequence[Any], resolution: Literal["second", "minute"], count: int
+) -> list[RatePoint]:
+    now, fields = reply
+    unit, size = (1, RATE_SECONDS) if resolution == "second" else (60, RATE_MINUTES)
+    current = _redis_ms(now) // 1000 // unit
+    points = _ring(_hash(fields), size, current - count, current - 1)
+    return [RatePoint(t=p["t"] * unit, processed=p["processed"], failed=p["failed"]) for p in points]
+
+
+def _ops_consumers(keys: Keys, queue: str) -> list[_Op]:
+    return [_Cmd(("TIME",)), _Cmd(("ZRANGE", keys.of(queue).consumers, 0, -1, "WITHSCORES"))]
+
+
+def _parse_consumers(queue: str, reply: Sequence[Any]) -> list[ConsumerInfo]:
+    now, beats = reply
+    now_ms = _redis_ms(now)
+    return [
+        ConsumerInfo(
+            queue=queue,
+            consumer=_text(c),
+            last_seen=beat / 1000,
+            age_s=max(0.0, (now_ms - beat) / 1000),
+            in_flight=0,
+        )
+        for c, beat in _pairs(beats)
+    ]
+
+
+PeekWhere = Literal["queued", "scheduled", "retry", "dead"]
+
+
+def _ops_peek(keys: Keys, queue: str, where: PeekWhere, start: int, count: int) -> _Op:
+    k = keys.of(queue)
+    if where == "queued":
+        # Jobs leave from the right: the next to run is the last element.
+        return _Cmd(("LRANGE", k.queue, -(start + count), -(start + 1)))
+    key = {"scheduled": k.scheduled, "retry": k.retry, "dead": k.dead}[where]
+    return _Cmd(("ZRANGE", key, start, start + count - 1, "WITHSCORES"))
+
+
+def _parse_peek(where: PeekWhere, reply: Any) -> list[tuple[bytes, float | None]]:
+    if where == "queued":
+        return [(bytes(p), None) for p in reversed(reply)]
+    return [(payload, score / 1000) for payload, score in _pairs(reply)]
+
+
+def _ops_delete(keys: Keys, queue: str, payloads: Sequence[bytes]) -> list[_Op]:
+    k = keys.of(queue)
+    ops: list[_Op] = []
+    for payload in payloads:
+        ops += [
+            _Cmd(("LREM", k.queue, 0, payload)),
+            _Cmd(("ZREM", k.scheduled, payload)),
+            _Cmd(("ZREM", k.retry, payload)),
+            _Cmd(("ZREM", k.dead, payload)),
+        ]
+    return ops
+
+
+def _ops_rate_use(keys: Keys, key: str, period_ms: float) -> list[_Op]:
+    log_key, _ = keys.rate(key)
+    return [_Cmd(("TIME",)), _Cmd(("ZRANGE", log_key, 0, -1, "WITHSCORES"))]
+
+
+def _parse_rate_use(reply: Sequence[Any], period_ms: float) -> int:
+    now, entries = reply
+    now_us = int(now[0]) * 1_000_000 + int(now[1])
+    since = now_us - period_ms * 1000
+    # Members are "seq:tokens" scored g + hold: those still inside the last period are the tokens in use.
+    return sum(int(_text(m).rsplit(":", 1)[1]) for m, score in _pairs(entries) if score > since)
+
+
+def _ops_dead_retry(
+    keys: Keys, queue: str, payloads: Sequence[bytes], new_payloads: Sequence[bytes] | None
+) -> _Eval:
+    if new_payloads is not None and len(new_payloads) != len(payloads):
+        raise ValueError(
+            f"dead_retry got {len(payloads)} payloads but {len(new_payloads)} new_payloads; pass one each"
+        )
+    k = keys.of(queue)
+    flat: list[Arg] = [len(payloads)]
+    for i, payload in enumerate(payloads):
+        flat += [payload, new_payloads[i] if new_payloads is not None else b""]
+    return _Eval("dead_retry", (k.dead, k.queue), tuple(flat))
+
+
+def _ops_dead_retry_oldest(keys: Keys, queue: str, limit: int) -> _Eval:
+    k = keys.of(queue)
+    return _Eval("dead_retry", (k.dead, k.queue), (limit,))
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes | bytearray) else str(value)
+
+
+def _hash(reply: Any) -> dict[str, Any]:
+    if isinstance(reply, dict):
+        return {_text(key): value for key, value in reply.items()}
+    return {_text(reply[i]): reply[i + 1] for i in range(0, len(reply), 2)}
+
+
+def _pairs(reply: Any) -> list[tuple[bytes, float]]:
+    """A WITHSCORES reply as (member, score) pairs, whichever shape the client parsed it into."""
+    if reply and isinstance(reply[0], list | tuple):
+        return [(bytes(m), float(s)) for m, s in reply]
+    return [(bytes(reply[i]), float(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+
+def _redis_ms(time_reply: Any) -> int:
+    seconds, micros = time_reply
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _parse_token_reply(reply: Sequence[Any]) -> TokenReply:
+    tokens, delay_us, hold_us, effective, start_us = reply
+    return TokenReply(int(tokens), int(delay_us), int(hold_us), float(_text(effective)), int(start_us))

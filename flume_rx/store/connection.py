@@ -1,0 +1,96 @@
+"""Redis URLs and clients: cluster URLs, endpoint descriptions, URL redaction, client checks."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from flume_rx.errors import ConfigError, StoreError
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its user name and password, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable Redis URL>"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+"""URL schemes that ask for a Redis Cluster client; the host:port is any node of the cluster."""
+
+
+def cluster_url(url: str) -> str | None:
+    """The plain ``redis://``/``rediss://`` URL of a ``redis+cluster://`` one; None for any other URL."""
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    return f"{plain}://{rest}" if plain and sep else None
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` is a redis-py cluster client (sync or asyncio)."""
+    return isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster)
+
+
+def _connection_kwargs(client: Any) -> dict[str, Any]:
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        return dict(pool.connection_kwargs)
+    kwargs = getattr(client, "connection_kwargs", None)  # asyncio cluster client
+    if kwargs is None:
+        kwargs = client.nodes_manager.connection_kwargs  # sync cluster client
+    return dict(kwargs)
+
+
+def describe_endpoint(client: redis.Redis | redis.asyncio.Redis) -> str:
+    """``redis://host:port/db`` of a client, never with its password."""
+    if is_cluster(client):
+        nodes: Any = client
+        return "redis+cluster://" + ",".join(f"{n.host}:{n.port}" for n in nodes.get_nodes()[:3])
+    pool = client.connection_pool
+    kw = pool.connection_kwargs
+    db = kw.get("db", 0)
+    if kw.get("path"):
+        return f"unix://{kw['path']}?db={db}"
+    scheme = "rediss" if "SSL" in pool.connection_class.__name__ else "redis"
+    return f"{scheme}://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{db}"
+
+
+def _store_error(client: redis.Redis | redis.asyncio.Redis, exc: Exception) -> StoreError:
+    where = describe_endpoint(client)
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return StoreError(
+            f"cannot reach Redis at {where} ({type(exc).__name__}: {exc}); "
+            "check that it runs and that redis_url is right"
+        )
+    return StoreError(f"Redis at {where} answered with an error ({exc}); check its version (>= 6.2) and logs")
+
+
+def _check_client(client: redis.Redis | redis.asyncio.Redis) -> None:
+    if _connection_kwargs(client).get("decode_responses"):
+        raise ConfigError(
+            "the Redis client decodes responses (decode_responses=True); payloads are bytes, so pass a "
+            "client made with decode_responses=False"
+        )
+
+
+def _client_kwargs(socket_timeout_s: float) -> dict[str, Any]:
+    return {
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": min(5.0, socket_timeout_s),
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+        "decode_responses": False,
+    }

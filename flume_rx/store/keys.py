@@ -1,0 +1,113 @@
+"""Every Redis key name of flume_rx; nothing else in the package spells one.
+
+Every key of a queue shares the hash tag ``{<ns>:<queue>}``, so one queue lives on one cluster slot and each
+Lua script sees all its keys through ``KEYS[]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flume_rx.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one queue; all share the hash tag ``{<ns>:<queue>}`` (``{<ns>:<group>}`` for group/name).
+
+    ``tag`` is the prefix of every key of the queue (the hash tag, then ``/name`` for a grouped queue).
+    """
+
+    tag: str
+    queue: str
+    scheduled: str
+    retry: str
+    dead: str
+    consumers: str
+    stats: str
+    paused: str
+    seconds: str = ""
+    minutes: str = ""
+    latency: str = ""
+
+    def inflight(self, consumer: str) -> str:
+        """The in-flight list of one consumer of this queue."""
+        return f"{self.tag}:inflight:{consumer}"
+
+    def unique(self, key: str) -> str:
+        """The claim of a unique job key on this queue (its value is the holder's job id)."""
+        return f"{self.tag}:unique:{key}"
+
+    def cron_tick(self, schedule: str, tick_ms: int) -> str:
+        """The claim of one tick of a cron schedule that enqueues to this queue."""
+        return f"{self.tag}:cron:{schedule}:{tick_ms}"
+
+    def cron_last(self, schedule: str) -> str:
+        """The last tick (unix ms) a cron schedule decided, enqueued or skipped."""
+        return f"{self.tag}:cron:{schedule}:last"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Builds every Redis key name of a namespace; nothing else in flume_rx spells one.
+
+    >>> Keys("flume").of("email").queue
+    '{flume:email}:queue'
+
+    A queue named ``group/name`` hashes by its group, so the queues of one multi-queue pipeline
+    (``email/urgent``, ``email/bulk``) share a cluster slot and one Lua call can fetch from all of them:
+
+    >>> Keys("flume").of("email/urgent").queue
+    '{flume:email}/urgent:queue'
+    """
+
+    namespace: str = "flume"
+
+    def __post_init__(self) -> None:
+        _check_name(self.namespace, "namespace")
+
+    @property
+    def queues(self) -> str:
+        """The SET of queue names ever enqueued to (for stats and the dashboard)."""
+        return f"{self.namespace}:queues"
+
+    def of(self, queue: str) -> QueueKeys:
+        """The keys of ``queue``.
+
+        Raises:
+            ConfigError: the name is empty or holds a brace (it would break the hash tag).
+        """
+        _check_name(queue, "queue name")
+        group, _, rest = queue.partition("/")
+        grouped = bool(group and rest)
+        tag = f"{{{self.namespace}:{group}}}/{rest}" if grouped else f"{{{self.namespace}:{queue}}}"
+        return QueueKeys(
+            tag=tag,
+            queue=f"{tag}:queue",
+            scheduled=f"{tag}:scheduled",
+            retry=f"{tag}:retry",
+            dead=f"{tag}:dead",
+            consumers=f"{tag}:consumers",
+            stats=f"{tag}:stats",
+            paused=f"{tag}:paused",
+            seconds=f"{tag}:rate_s",
+            minutes=f"{tag}:rate_m",
+            latency=f"{tag}:latency",
+        )
+
+    def rate(self, key: str) -> tuple[str, str]:
+        """The ``(log, meta)`` keys of the token window named ``key``."""
+        _check_name(key, "rate limiter key")
+        tag = f"{{{self.namespace}:rate:{key}}}"
+        return f"{tag}:log", f"{tag}:meta"
+
+    def keyed_rate(self, key: str, sub: str) -> tuple[str, str]:
+        """The ``(log, meta)`` keys of window ``sub`` of the per-key limiter ``key`` (all in one slot)."""
+        _check_name(key, "rate limiter key")
+        tag = f"{{{self.namespace}:rate:{key}}}"
+        return f"{tag}:k:{sub}:log", f"{tag}:k:{sub}:meta"
+
+
+def _check_name(name: str, what: str) -> None:
+    if not name or "{" in name or "}" in name:
+        raise ConfigError(f"{what} {name!r} must be non-empty and free of '{{' and '}}'; pick another name")

@@ -1,0 +1,206 @@
+"""The Lua scripts and the one runner that sends operations to Redis.
+
+Scripts live in ``flume_rx/lua/<verb>.lua``; they are called by SHA and loaded only when Redis answers
+``NOSCRIPT`` (it restarted or flushed its scripts). The rule for that lives once, in :func:`_plan`: run every
+operation in one round trip, load the scripts of the operations Redis did not know, run only those again.
+:class:`AsyncRunner` and :class:`SyncRunner` just carry the plan's steps to an asyncio or a blocking client.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.resources
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from flume_rx.store.connection import _store_error, is_cluster
+
+Arg = bytes | str | int | float
+
+SCRIPTS = (
+    "enqueue",
+    "fetch",
+    "settle",
+    "promote",
+    "heartbeat",
+    "recover",
+    "requeue_all",
+    "dead_retry",
+    "take_tokens",
+    "penalize",
+    "enqueue_unique",
+    "cron_tick",
+    "fetch_weighted",
+    "take_tokens_multi",
+)
+
+
+@functools.cache
+def lua_source(name: str) -> str:
+    """The text of ``flume_rx/lua/<name>.lua``, read from the installed package."""
+    return importlib.resources.files("flume_rx").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+@functools.cache
+def _sha(name: str) -> str:
+    return hashlib.sha1(lua_source(name).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Eval:
+    script: str
+    keys: tuple[str, ...]
+    args: tuple[Arg, ...]
+
+    def command(self) -> tuple[Arg, ...]:
+        return ("EVALSHA", _sha(self.script), len(self.keys), *self.keys, *self.args)
+
+
+@dataclass(frozen=True, slots=True)
+class _Cmd:
+    args: tuple[Arg, ...]
+
+    def command(self) -> tuple[Arg, ...]:
+        return self.args
+
+
+_Op = _Eval | _Cmd
+
+
+# ---------------------------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True, slots=True)
+class _Send:
+    """Send ``ops`` in one round trip; the reply is one result (or exception) per op, never raised."""
+
+    ops: Sequence[_Op]
+    transaction: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Load:
+    """Load these scripts into Redis (SCRIPT LOAD)."""
+
+    scripts: frozenset[str]
+
+
+_Step = _Send | _Load
+
+_TRANSPORT_ERRORS = (RedisConnectionError, RedisTimeoutError, ResponseError)
+
+
+def _plan(ops: Sequence[_Op], transaction: bool) -> Generator[_Step, list[Any], list[Any]]:
+    """The one way operations reach Redis, as steps for a runner to carry out; returns their replies.
+
+    Raises the first error Redis answered with, once the scripts it did not know were loaded and their
+    operations run again.
+    """
+    results = yield _Send(ops, transaction)
+    missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+    if missing:
+        # Redis restarted or flushed its scripts: load and run again only what did not run.
+        again_ops = [ops[i] for i in missing]
+        yield _Load(frozenset(op.script for op in again_ops if isinstance(op, _Eval)))
+        again = yield _Send(again_ops, transaction)
+        for i, result in zip(missing, again, strict=True):
+            results[i] = result
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+class AsyncRunner:
+    """Carries out :func:`_plan` on an asyncio client."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        # redis.asyncio leaves execute_command untyped; replies are checked by the parsers anyway.
+        self._untyped: Any = client
+
+    async def one(self, op: _Op) -> Any:
+        return (await self.run([op]))[0]
+
+    async def run(self, ops: Sequence[_Op], *, transaction: bool = False) -> list[Any]:
+        if not ops:
+            return []
+        plan = _plan(ops, transaction)
+        try:
+            step = next(plan)
+            while True:
+                if isinstance(step, _Load):
+                    for name in step.scripts:
+                        await self.client.script_load(lua_source(name))
+                    step = plan.send([])
+                else:
+                    step = plan.send(await self._send(step))
+        except StopIteration as done:
+            results: list[Any] = done.value
+            return results
+        except _TRANSPORT_ERRORS as exc:
+            raise _store_error(self.client, exc) from exc
+
+    async def _send(self, step: _Send) -> list[Any]:
+        if len(step.ops) == 1 and not step.transaction:
+            # One command needs no pipeline object (the common fetch and settle path).
+            try:
+                return [await self._untyped.execute_command(*step.ops[0].command())]
+            except _TRANSPORT_ERRORS as exc:
+                if isinstance(exc, NoScriptError):
+                    return [exc]
+                raise
+        if is_cluster(self.client):
+            # A cluster pipeline routes each command to its slot's node; it has no MULTI across slots, and
+            # the one transaction the store asks for (dead_purge) touches a single key.
+            cluster: Any = self.client.pipeline()
+            for op in step.ops:
+                cluster.execute_command(*op.command())
+            return list(await cluster.execute(raise_on_error=False))
+        pipe: Any = self.client.pipeline(transaction=step.transaction)
+        for op in step.ops:
+            pipe.pipeline_execute_command(*op.command())
+        return list(await pipe.execute(raise_on_error=False))
+
+
+class SyncRunner:
+    """Carries out :func:`_plan` on a blocking client."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def one(self, op: _Op) -> Any:
+        return self.run([op])[0]
+
+    def run(self, ops: Sequence[_Op], *, transaction: bool = False) -> list[Any]:
+        if not ops:
+            return []
+        plan = _plan(ops, transaction)
+        try:
+            step = next(plan)
+            while True:
+                if isinstance(step, _Load):
+                    for name in step.scripts:
+                        self.client.script_load(lua_source(name))
+                    step = plan.send([])
+                else:
+                    step = plan.send(self._send(step))
+        except StopIteration as done:
+            results: list[Any] = done.value
+            return results
+        except _TRANSPORT_ERRORS as exc:
+            raise _store_error(self.client, exc) from exc
+
+    def _send(self, step: _Send) -> list[Any]:
+        pipe = self.client.pipeline(transaction=None if is_cluster(self.client) else step.transaction)
+        for op in step.ops:
+            pipe.pipeline_execute_command(*op.command())
+        return list(pipe.execute(raise_on_error=False))

@@ -1,0 +1,214 @@
+"""The blocking store for producers, admin tools and the heartbeat thread."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, cast
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+
+from flume_rx.errors import ConfigError
+from flume_rx.store.commands import (
+    _STATS_FIRST,
+    DEAD_RETRY_CHUNK,
+    ConsumerInfo,
+    PeekWhere,
+    QueueStats,
+    RatePoint,
+    UniqueEnqueue,
+    _ops_consumers,
+    _ops_dead_retry,
+    _ops_dead_retry_oldest,
+    _ops_delete,
+    _ops_enqueue,
+    _ops_enqueue_unique,
+    _ops_heartbeat,
+    _ops_peek,
+    _ops_rate_use,
+    _ops_rates,
+    _ops_schedule,
+    _ops_stats_first,
+    _pairs,
+    _parse_consumers,
+    _parse_peek,
+    _parse_rate_use,
+    _parse_rates,
+    _parse_stats,
+    _parse_unique,
+    _text,
+)
+from flume_rx.store.connection import _check_client, _client_kwargs, cluster_url, redact_url
+from flume_rx.store.keys import Keys
+from flume_rx.store.scripts import SyncRunner, _Cmd, _Op
+
+
+class SyncStore:
+    """The blocking store for producers, admin tools and the heartbeat thread.
+
+    It runs the same calls as :class:`RedisStore`; a heartbeat from a thread with its own client keeps
+    beating while a worker's event loop is busy.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str = "flume",
+        *,
+        dead_max: int = 10_000,
+        dead_ttl_ms: int = 7 * 24 * 3600 * 1000,
+    ) -> None:
+        _check_client(client)
+        self.client = client
+        self.keys = Keys(namespace)
+        self.dead_max = dead_max
+        self.dead_ttl_ms = dead_ttl_ms
+        self._run = SyncRunner(client)
+        self._owns_client = False
+
+    @classmethod
+    def from_url(cls, url: str, namespace: str = "flume", *, socket_timeout_s: float = 30.0) -> SyncStore:
+        try:
+            plain = cluster_url(url)
+            if plain is not None:
+                client = cast(
+                    redis.Redis,
+                    redis.cluster.RedisCluster.from_url(plain, **_client_kwargs(socket_timeout_s)),  # type: ignore[no-untyped-call, unused-ignore]
+                )
+            else:
+                client = redis.Redis.from_url(url, **_client_kwargs(socket_timeout_s))
+        except ValueError as exc:
+            raise ConfigError(
+                f"redis_url {redact_url(url)!r} is not a valid Redis URL ({exc}); fix it"
+            ) from None
+        store = cls(client, namespace)
+        store._owns_client = True
+        return store
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.client.close()
+
+    def __enter__(self) -> SyncStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def enqueue(self, queue: str, payloads: Sequence[bytes]) -> None:
+        if payloads:
+            self._run.run(_ops_enqueue(self.keys, queue, payloads))
+
+    def schedule(self, queue: str, items: Sequence[tuple[bytes, float]]) -> None:
+        if items:
+            self._run.run(_ops_schedule(self.keys, queue, items, "at"))
+
+    def schedule_in(self, queue: str, items: Sequence[tuple[bytes, float]]) -> None:
+        if items:
+            self._run.run(_ops_schedule(self.keys, queue, items, "in"))
+
+    def cron_last(self, queue: str, schedule: str) -> int | None:
+        """The last tick (unix ms) the cron schedule decided, or None if it never ran."""
+        last = self._run.one(_Cmd(("GET", self.keys.of(queue).cron_last(schedule))))
+        return None if last is None else int(last)
+
+    def enqueue_unique(
+        self,
+        queue: str,
+        jobs: Sequence[UniqueEnqueue],
+        unique_for_ms: int,
+        mode: Literal["now", "at", "in"] = "now",
+    ) -> list[tuple[bool, str]]:
+        """Like :meth:`RedisStore.enqueue_unique`."""
+        if not jobs:
+            return []
+        return _parse_unique(self._run.run(_ops_enqueue_unique(self.keys, queue, jobs, unique_for_ms, mode)))
+
+    def heartbeat(self, queues: Sequence[str], consumer: str) -> None:
+        self._run.run(_ops_heartbeat(self.keys, queues, consumer))
+
+    def pause(self, queue: str) -> None:
+        self._run.one(_Cmd(("SET", self.keys.of(queue).paused, "1")))
+
+    def resume(self, queue: str) -> None:
+        self._run.one(_Cmd(("DEL", self.keys.of(queue).paused)))
+
+    def is_paused(self, queue: str) -> bool:
+        return bool(self._run.one(_Cmd(("EXISTS", self.keys.of(queue).paused))))
+
+    def known_queues(self) -> list[str]:
+        return sorted(_text(q) for q in self._run.one(_Cmd(("SMEMBERS", self.keys.queues))))
+
+    def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+        names = list(queues) if queues is not None else self.known_queues()
+        first = self._run.run([op for q in names for op in _ops_stats_first(self.keys, q)])
+        result: dict[str, QueueStats] = {}
+        inflight_ops: list[_Op] = []
+        owners: list[str] = []
+        for i, q in enumerate(names):
+            stats, consumers = _parse_stats(first[i * _STATS_FIRST : (i + 1) * _STATS_FIRST])
+            result[q] = stats
+            inflight_ops += [_Cmd(("LLEN", self.keys.of(q).inflight(c))) for c in consumers]
+            owners += [q] * len(consumers)
+        for q, length in zip(owners, self._run.run(inflight_ops), strict=True):
+            result[q]["in_flight"] += int(length)
+        return result
+
+    def consumers(self, queues: Sequence[str] | None = None) -> list[ConsumerInfo]:
+        names = list(queues) if queues is not None else self.known_queues()
+        replies = self._run.run([op for q in names for op in _ops_consumers(self.keys, q)])
+        found = [c for i, q in enumerate(names) for c in _parse_consumers(q, replies[2 * i : 2 * i + 2])]
+        lengths = self._run.run(
+            [_Cmd(("LLEN", self.keys.of(c["queue"]).inflight(c["consumer"]))) for c in found]
+        )
+        for info, length in zip(found, lengths, strict=True):
+            info["in_flight"] = int(length)
+        return found
+
+    def rates(
+        self, queue: str, resolution: Literal["second", "minute"] = "second", count: int = 60
+    ) -> list[RatePoint]:
+        return _parse_rates(self._run.run(_ops_rates(self.keys, queue, resolution)), resolution, count)
+
+    def peek(
+        self, queue: str, where: PeekWhere = "queued", limit: int = 20, start: int = 0
+    ) -> list[tuple[bytes, float | None]]:
+        return _parse_peek(where, self._run.one(_ops_peek(self.keys, queue, where, start, limit)))
+
+    def delete(self, queue: str, payloads: Sequence[bytes]) -> int:
+        if not payloads:
+            return 0
+        return sum(int(r) for r in self._run.run(_ops_delete(self.keys, queue, payloads), transaction=True))
+
+    def rate_use(self, key: str, period_ms: float) -> int:
+        return _parse_rate_use(self._run.run(_ops_rate_use(self.keys, key, period_ms)), period_ms)
+
+    def window_counts(self, key: str) -> tuple[int, int]:
+        """Grants and waits (grants that were reservations) of the shared window ``key`` while it is active."""
+        _, meta = self.keys.rate(key)
+        grants, waits = self._run.one(_Cmd(("HMGET", meta, "seq", "waits")))
+        return int(grants or 0), int(waits or 0)
+
+    def dead_list(self, queue: str, limit: int = 100) -> list[tuple[bytes, float]]:
+        reply = self._run.one(_Cmd(("ZREVRANGE", self.keys.of(queue).dead, 0, limit - 1, "WITHSCORES")))
+        return [(payload, score / 1000) for payload, score in _pairs(reply)]
+
+    def dead_retry(
+        self,
+        queue: str,
+        payloads: Sequence[bytes] | None = None,
+        new_payloads: Sequence[bytes] | None = None,
+    ) -> int:
+        if payloads is not None:
+            return int(self._run.one(_ops_dead_retry(self.keys, queue, payloads, new_payloads)))
+        total = 0
+        while moved := int(self._run.one(_ops_dead_retry_oldest(self.keys, queue, DEAD_RETRY_CHUNK))):
+            total += moved
+        return total
+
+    def dead_purge(self, queue: str) -> int:
+        dead = self.keys.of(queue).dead
+        count, _ = self._run.run([_Cmd(("ZCARD", dead)), _Cmd(("DEL", dead))], transaction=True)
+        return int(count)

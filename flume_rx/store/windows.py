@@ -1,0 +1,185 @@
+"""Token windows shared by every process through Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future as ThreadFuture
+from typing import Any, TypeVar
+
+import reactivex
+from reactivex import Observable, abc
+
+from flume_rx.errors import StoreError
+from flume_rx.operators import Grant
+from flume_rx.store.commands import TokenReply
+from flume_rx.store.outage import Outage
+from flume_rx.store.redis_store import RedisStore
+
+log = logging.getLogger("flume_rx.store")
+
+_T = TypeVar("_T")
+
+
+class RedisTokenWindow:
+    """A :class:`~flume_rx.operators.TokenWindow` shared by every process through Redis.
+
+    At most ``allowed`` items start in any sliding ``period_s``, across all processes and hosts, with time
+    from Redis. A grant that cannot start now is a reservation (``delay_s > 0``), so each Redis call hands
+    out as many tokens as the caller can use. With ``adaptive=True``, :meth:`penalize` (the downstream
+    refused a call) multiplies the shared rate by ``decrease_factor``; it recovers by ``recover_per_s``
+    tokens per period each second, up to ``allowed``.
+
+    Args:
+        store: the store whose client carries the calls.
+        key: the window's name; every window with the same key and namespace shares one limit.
+        allowed: items allowed to start per period.
+        period_s: the sliding period.
+        hold_s: how long after its start a grant may still be used; utilization is period / (period + hold).
+        adaptive: lower the rate on :meth:`penalize` and let it recover.
+        decrease_factor: multiplier applied by a penalty (at most once per period).
+        recover_per_s: tokens per period regained each second; ``allowed * 0.05`` by default (as
+            :class:`~flume_rx.operators.InProcessWindow`).
+        burst: pace grants to one token every ``period_s / allowed``, at most ``burst`` at once, so the window
+            fills smoothly rather than in one burst per period (None: no pacing, the plain sliding window).
+
+    >>> window = RedisTokenWindow(store, "ses", allowed=400, period_s=1.0)  # doctest: +SKIP
+    >>> await window.take_async(10, min_tokens=5)  # doctest: +SKIP
+    Grant(tokens=10, delay_s=0.0, hold_s=0.02)
+    """
+
+    def __init__(
+        self,
+        store: RedisStore,
+        key: str,
+        allowed: int,
+        period_s: float,
+        *,
+        hold_s: float = 0.02,
+        adaptive: bool = False,
+        decrease_factor: float = 0.5,
+        recover_per_s: float | None = None,
+        burst: int | None = None,
+    ) -> None:
+        # ValueError, as InProcessWindow raises: the two are interchangeable behind TokenWindow.
+        if allowed < 1:
+            raise ValueError(f"allowed must be >= 1 token per period (got {allowed})")
+        if not (period_s > 0 and math.isfinite(period_s)):
+            raise ValueError(f"period_s must be a positive number of seconds (got {period_s})")
+        if not (hold_s >= 0 and math.isfinite(hold_s)):
+            raise ValueError(f"hold_s must be >= 0 seconds (got {hold_s})")
+        if not 0 < decrease_factor < 1:
+            raise ValueError(f"decrease_factor must be within (0, 1) (got {decrease_factor})")
+        if recover_per_s is not None and not recover_per_s >= 0:
+            raise ValueError(f"recover_per_s must be >= 0 tokens per second (got {recover_per_s})")
+        store.keys.rate(key)  # validates the key now rather than at the first take
+        self.store = store
+        self.key = key
+        self.allowed = allowed
+        self.period_s = period_s
+        self.hold_s = hold_s
+        self.adaptive = adaptive
+        self.decrease_factor = decrease_factor
+        self.recover_per_s = allowed * 0.05 if recover_per_s is None else recover_per_s
+        if burst is not None and burst < 1:
+            raise ValueError(f"burst must be >= 1 token or None for no pacing (got {burst})")
+        self.burst = burst or 0
+        self._effective = float(allowed)
+        self._lock = threading.Lock()
+
+    async def take_async(self, tokens: int, min_tokens: int = 1) -> Grant:
+        """One grant of between ``min(tokens, min_tokens)`` and ``tokens`` tokens (clamped to the rate).
+
+        While Redis is unreachable it waits with backoff, as fetch and settle do: an outage must not end the
+        pipeline the throttle sits in.
+        """
+        outage = Outage(f"rate limiter {self.key!r}")
+        while True:
+            try:
+                reply = await self.take_reply(tokens, min_tokens)
+                break
+            except StoreError as exc:
+                await asyncio.sleep(outage.failed(exc))
+        outage.ok()
+        return Grant(tokens=reply.tokens, delay_s=reply.delay_us / 1e6, hold_s=reply.hold_us / 1e6)
+
+    async def take_reply(self, tokens: int, min_tokens: int = 1) -> TokenReply:
+        """Like :meth:`take_async`, with the grant's place on the Redis clock (for tests and telemetry)."""
+        if tokens < 1:
+            raise ValueError(f"tokens must be >= 1 (got {tokens})")
+        if min_tokens < 1:
+            raise ValueError(f"min_tokens must be >= 1 (got {min_tokens})")
+        reply = await self.store.take_tokens(
+            self.key,
+            allowed=self.allowed,
+            period_ms=self.period_s * 1000,
+            hold_ms=self.hold_s * 1000,
+            want=tokens,
+            min_tokens=min(min_tokens, tokens),
+            adaptive=self.adaptive,
+            decrease_factor=self.decrease_factor,
+            recover_per_s=self.recover_per_s,
+            burst=self.burst,
+        )
+        with self._lock:
+            self._effective = reply.effective_allowed
+        return reply
+
+    def take(self, tokens: int, min_tokens: int = 1) -> Observable[Grant]:
+        """Emits one :class:`Grant` and completes; each subscription asks Redis once."""
+        return _defer_async(lambda: self.take_async(tokens, min_tokens))
+
+    async def penalize_async(self) -> float:
+        """Report a refusal by the downstream; returns the new effective allowed per period."""
+        if not self.adaptive:
+            return float(self.allowed)
+        effective = await self.store.penalize_window(
+            self.key,
+            allowed=self.allowed,
+            period_ms=self.period_s * 1000,
+            decrease_factor=self.decrease_factor,
+            recover_per_s=self.recover_per_s,
+        )
+        with self._lock:
+            self._effective = effective
+        log.info("rate limiter %s penalized: %.1f per %.3f s", self.key, effective, self.period_s)
+        return effective
+
+    def penalize(self) -> Observable[float]:
+        return _defer_async(self.penalize_async)
+
+    def current_rate(self) -> float:
+        """The effective allowed per period as of the last reply from Redis (``allowed`` before any)."""
+        with self._lock:
+            return self._effective
+
+
+def _defer_async(make: Callable[[], Coroutine[Any, Any, _T]]) -> Observable[_T]:
+    """An Observable that runs the coroutine ``make()`` on the event loop per subscription.
+
+    Subscribing from the loop's thread schedules it there; from another thread, it is handed to the loop
+    that was running where the Observable was made.
+    """
+    try:
+        home: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        home = None
+
+    def factory(_: abc.SchedulerBase | None) -> Observable[_T]:
+        coro = make()
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and (home is None or running is home):
+            return reactivex.from_future(asyncio.ensure_future(coro))
+        if home is not None:
+            future: ThreadFuture[_T] = asyncio.run_coroutine_threadsafe(coro, home)
+            return reactivex.from_future(future)  # type: ignore[arg-type]
+        coro.close()
+        raise RuntimeError("RedisTokenWindow must be used from a thread running an asyncio event loop")
+
+    return reactivex.defer(factory)
