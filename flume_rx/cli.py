@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flume_rx.errors import ConfigError, FlumeError
+from flume_rx.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 
 logger = logging.getLogger("flume_rx.cli")
 
@@ -20,10 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flume-rx", description="Background job pipelines on Redis, as reactive streams."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    _add_log_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        _add_log_options(p, defaults=False)
         p.add_argument("--config", required=True, metavar="FILE", help="the TOML config file")
         p.add_argument("--redis-url", metavar="URL", help="overrides redis_url from the config")
         return p
@@ -115,12 +117,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_log_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The logging options, accepted before the command and after it (``flume-rx worker --log-level debug``).
+
+    Only the top-level parser holds defaults, so a subcommand that is not given an option keeps what was given
+    before the command.
+    """
+    unset: Any = None if defaults else argparse.SUPPRESS
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False if defaults else unset,
+        help="same as --log-level DEBUG",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default="INFO" if defaults else unset,
+        help="the least severe records logged (default INFO; failed attempts are WARNING, dead jobs ERROR)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text" if defaults else unset,
+        help="text for people, json for log shippers: one object per line (default text)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(_log_level(args), args.log_format)
     try:
         return _dispatch(args)
     except FlumeError as exc:
@@ -128,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _log_level(args: argparse.Namespace) -> str:
+    return "DEBUG" if args.verbose else str(args.log_level)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -163,6 +195,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             redis_url=args.redis_url,
             burst=args.burst,
             metrics_port=args.metrics_port,
+            log_level=_log_level(args),
+            log_format=args.log_format,
         )
     if args.command == "schedules":
         from flume_rx.schedules import print_schedules

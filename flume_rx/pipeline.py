@@ -448,6 +448,7 @@ class Settler:
                 settlement = Settlement(
                     delivery.payload, "dead", codec.encode(failed, source.max_payload_bytes)
                 )
+                _log_dead(job, job_error, source.retry.max_retries, permanent)
                 telemetry.emit(
                     "job.dead",
                     queue=job.queue,
@@ -466,6 +467,7 @@ class Settler:
                     codec.encode(failed, source.max_payload_bytes),
                     int(delay_s * 1000),
                 )
+                _log_retry(job, job_error, source.retry.max_retries, delay_s)
                 telemetry.emit(
                     "job.retried",
                     queue=job.queue,
@@ -502,6 +504,56 @@ class Settler:
     async def drained(self) -> None:
         """Wait until every outcome received so far is settled in Redis."""
         await self._idle.wait()
+
+
+def _job_fields(job: Job, error: JobError, max_retries: int) -> dict[str, Any]:
+    """A failed job's fields for a log record (the JSON log format shows them beside the message)."""
+    return {
+        "queue": job.queue,
+        "worker": job.worker,
+        "job_id": job.id,
+        "attempt": job.attempt + 1,
+        "max_attempts": max_retries + 1,
+        "error": f"{error.kind}: {error.message}",
+    }
+
+
+def _log_retry(job: Job, error: JobError, max_retries: int, delay_s: float) -> None:
+    fields = _job_fields(job, error, max_retries)
+    fields["retry_in_s"] = round(delay_s, 3)
+    logger.warning(
+        "job %s of %r (worker %s) failed on attempt %d of %d: %s; next try in %.1f s",
+        job.id,
+        job.queue,
+        job.worker,
+        fields["attempt"],
+        fields["max_attempts"],
+        fields["error"],
+        delay_s,
+        extra=fields,
+    )
+
+
+_LOGGED_TRACEBACK_LINES = 12
+
+
+def _log_dead(job: Job, error: JobError, max_retries: int, permanent: bool) -> None:
+    fields = _job_fields(job, error, max_retries)
+    tail = "\n".join(error.traceback.rstrip().splitlines()[-_LOGGED_TRACEBACK_LINES:])
+    fields["traceback"] = tail
+    why = "a permanent failure" if permanent else "its last attempt"
+    logger.error(
+        "job %s of %r (worker %s) went to the dead letters after %s (attempt %d of %d): %s%s",
+        job.id,
+        job.queue,
+        job.worker,
+        why,
+        fields["attempt"],
+        fields["max_attempts"],
+        fields["error"],
+        "\n" + tail if tail else "",
+        extra=fields,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

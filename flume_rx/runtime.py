@@ -40,6 +40,7 @@ from flume_rx.config import (
     pacing_burst,
 )
 from flume_rx.errors import ConfigError, StoreError
+from flume_rx.logs import LogFormat, configure_logging
 from flume_rx.pipeline import JobSource, Settler, assemble
 from flume_rx.priorities import WeightedSource
 from flume_rx.schedules import CronTicker
@@ -438,9 +439,14 @@ def _exit_if_stages_hang() -> None:
 
 
 def _child_main(
-    config_path: str, redis_url: str | None, burst: bool, metrics_port: int | None = None
+    config_path: str,
+    redis_url: str | None,
+    burst: bool,
+    metrics_port: int | None = None,
+    log_level: str = "INFO",
+    log_format: LogFormat = "text",
 ) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(name)s %(message)s")
+    configure_logging(log_level, log_format)
     config = load(config_path, redis_url=redis_url)
     raise SystemExit(run_worker_process(config, burst=burst, metrics_port=metrics_port))
 
@@ -452,6 +458,8 @@ def supervise(
     redis_url: str | None = None,
     burst: bool = False,
     metrics_port: int | None = None,
+    log_level: str = "INFO",
+    log_format: LogFormat = "text",
 ) -> int:
     """Run ``processes`` worker processes; SIGTERM/SIGINT stop them all gracefully; a crashed one is restarted.
 
@@ -463,7 +471,14 @@ def supervise(
     def spawn(index: int) -> multiprocessing.process.BaseProcess:
         process = context.Process(
             target=_child_main,
-            args=(config_path, redis_url, burst, None if metrics_port is None else metrics_port + index),
+            args=(
+                config_path,
+                redis_url,
+                burst,
+                None if metrics_port is None else metrics_port + index,
+                log_level,
+                log_format,
+            ),
             name=f"flume-worker-{index}",
             daemon=False,
         )

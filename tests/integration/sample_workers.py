@@ -56,3 +56,14 @@ def record_batch(batch: list[list[Any]]) -> None:
         pipe.hincrby("test:runs", args[0], 1)
         pipe.rpush("test:starts", repr(time.time()))
     pipe.execute()
+
+
+@worker("FailingWorker")
+def always_fail(token: str) -> None:
+    """Counts the run of ``token``, then fails, so its job is retried and then goes to the dead letters."""
+    _redis().hincrby("test:runs", token, 1)
+    _lookup_user(token)
+
+
+def _lookup_user(token: str) -> None:
+    raise LookupError(f"no user {token!r}")
