@@ -3,15 +3,18 @@ cannot make a worker process run arbitrary code."""
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from flume_rx.errors import ConfigError, UnknownWorker
+from flume_rx.job import UniqueUntil
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,15 +38,176 @@ class WorkerSpec:
 _workers: dict[str, WorkerSpec] = {}
 
 
-def worker(name: str | None = None, *, batch: bool = False) -> Callable[[_F], _F]:
-    """Register a function as the worker called ``name`` (default: the function's ``__name__``).
+class Enqueuer(Protocol):
+    """What a handle enqueues through: :class:`~flume_rx.Flume`, or :class:`~flume_rx.testing.FlumeTest`."""
 
-    >>> @worker("EmailWorker")
-    ... async def send_email(user_id, template): ...
+    def enqueue(
+        self,
+        queue: str,
+        worker: str,
+        args: Sequence[Any] = (),
+        *,
+        cost: int = ...,
+        unique_key: str | None = ...,
+        unique_for: float = ...,
+        unique_until: UniqueUntil = ...,
+    ) -> str: ...
+
+    def enqueue_in(
+        self,
+        queue: str,
+        seconds: float,
+        worker: str,
+        args: Sequence[Any] = (),
+        *,
+        cost: int = ...,
+        unique_key: str | None = ...,
+        unique_for: float = ...,
+        unique_until: UniqueUntil = ...,
+    ) -> str: ...
+
+    def enqueue_at(
+        self,
+        queue: str,
+        unix_ts: float,
+        worker: str,
+        args: Sequence[Any] = (),
+        *,
+        cost: int = ...,
+        unique_key: str | None = ...,
+        unique_for: float = ...,
+        unique_until: UniqueUntil = ...,
+    ) -> str: ...
+
+
+class WorkerHandle(Generic[_P, _R]):
+    """What ``@worker`` returns: the function itself when called, and the way to enqueue its jobs by it.
+
+    Enqueuing through the handle rather than by name catches a misspelt worker where it is written (a
+    ``NameError``, or mypy), and arguments the function cannot take at the call site, not in a worker's
+    dead letters hours later.
+
+    >>> @worker("EmailWorker", queue="email_service")
+    ... def send_email(user_id: int, template: str) -> None: ...
+    >>> send_email.enqueue(flume, 42, "welcome")  # doctest: +SKIP
+    >>> send_email.enqueue_in(flume, 60, 42, "reminder", unique_key="reminder:42")  # doctest: +SKIP
+    >>> send_email(42, "welcome")  # runs it here, as a plain call  # doctest: +SKIP
+
+    Attributes:
+        name: the registered worker name jobs carry.
+        queue: the queue its jobs go to unless ``queue=`` says otherwise; None if it has none.
+        fn: the decorated function.
     """
 
-    def register(fn: _F) -> _F:
-        worker_name = name or getattr(fn, "__name__", "")
+    def __init__(self, spec: WorkerSpec, queue: str | None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.queue = queue
+        self.fn: Callable[_P, _R] = spec.fn
+        functools.update_wrapper(self, spec.fn)
+        self._signature: inspect.Signature | None = None
+
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<worker {self.name!r} ({_qualname(self.fn)})>"
+
+    def enqueue(self, flume: Enqueuer, *args: Any, queue: str | None = None, **options: Any) -> str:
+        """Put a job calling this worker with ``args`` on its queue; returns the job id.
+
+        Args:
+            flume: the :class:`~flume_rx.Flume` (or ``FlumeTest``) to enqueue through.
+            args: the worker's positional arguments (for a batch worker: one item's args).
+            queue: the queue, if not the one given to ``@worker(queue=...)``.
+            options: ``cost``, ``unique_key``, ``unique_for``, ``unique_until``, as for ``Flume.enqueue``.
+
+        Raises:
+            ConfigError: the function cannot take ``args``, or no queue is known.
+        """
+        return flume.enqueue(self._queue(queue), self.name, self.check_args(args), **options)
+
+    def enqueue_in(
+        self, flume: Enqueuer, seconds: float, *args: Any, queue: str | None = None, **options: Any
+    ) -> str:
+        """As :meth:`enqueue`, to run ``seconds`` from now (on Redis's clock)."""
+        return flume.enqueue_in(self._queue(queue), seconds, self.name, self.check_args(args), **options)
+
+    def enqueue_at(
+        self, flume: Enqueuer, unix_ts: float, *args: Any, queue: str | None = None, **options: Any
+    ) -> str:
+        """As :meth:`enqueue`, to run at ``unix_ts`` (seconds since the epoch)."""
+        return flume.enqueue_at(self._queue(queue), unix_ts, self.name, self.check_args(args), **options)
+
+    def check_args(self, args: Sequence[Any]) -> list[Any]:
+        """``args`` as a list, once the function is known to accept them positionally.
+
+        Raises:
+            ConfigError: it cannot (too many, too few, or a required keyword-only parameter).
+        """
+        if self.spec.batch:
+            return list(
+                args
+            )  # the function takes a list of these; each item's shape is the worker's to judge
+        if self._signature is None:
+            try:
+                self._signature = inspect.signature(self.fn)
+            except (TypeError, ValueError):  # a builtin or C function without one: nothing to check against
+                return list(args)
+        try:
+            self._signature.bind(*args)
+        except TypeError as exc:
+            raise ConfigError(
+                f"worker {self.name!r} cannot take the args {list(args)!r} ({exc}); call it as "
+                f"{self.fn.__name__}{_bare(self._signature)}"
+            ) from None
+        return list(args)
+
+    def _queue(self, queue: str | None) -> str:
+        chosen = queue or self.queue
+        if chosen is None:
+            raise ConfigError(
+                f"worker {self.name!r} has no queue; pass queue=... or register it with "
+                f"@worker({self.name!r}, queue=...)"
+            )
+        return chosen
+
+
+@overload
+def worker(name: Callable[_P, _R], *, batch: bool = ..., queue: str | None = ...) -> WorkerHandle[_P, _R]: ...
+
+
+@overload
+def worker(
+    name: str | None = ..., *, batch: bool = ..., queue: str | None = ...
+) -> Callable[[Callable[_P, _R]], WorkerHandle[_P, _R]]: ...
+
+
+def worker(
+    name: str | Callable[_P, _R] | None = None, *, batch: bool = False, queue: str | None = None
+) -> WorkerHandle[_P, _R] | Callable[[Callable[_P, _R]], WorkerHandle[_P, _R]]:
+    """Register a function as the worker called ``name`` (default: the function's ``__name__``).
+
+    Returns a :class:`WorkerHandle`: calling it calls the function; ``.enqueue(flume, *args)`` enqueues a job
+    for it on ``queue``.
+
+    >>> @worker("EmailWorker", queue="email_service")
+    ... async def send_email(user_id, template): ...
+    >>> @worker  # registered as "resize"
+    ... def resize(image_id): ...
+
+    Args:
+        name: the name jobs carry; keep it stable, as queued jobs refer to it.
+        batch: the function takes one list holding each job's args list.
+        queue: the queue ``.enqueue`` puts jobs on when not told another.
+    """
+    if queue is not None and (not isinstance(queue, str) or not queue or "{" in queue or "}" in queue):
+        raise ConfigError(f"worker queue must be a non-empty string without braces (got {queue!r})")
+
+    def register(fn: Callable[_P, _R]) -> WorkerHandle[_P, _R]:
+        if isinstance(fn, WorkerHandle):
+            fn = fn.fn
+        worker_name = name if isinstance(name, str) else getattr(fn, "__name__", "")
         if not worker_name or not isinstance(worker_name, str):
             raise ConfigError(f"worker name must be a non-empty string (got {worker_name!r})")
         existing = _workers.get(worker_name)
@@ -52,9 +216,12 @@ def worker(name: str | None = None, *, batch: bool = False) -> Callable[[_F], _F
                 f"worker name {worker_name!r} is already registered by {_qualname(existing.fn)}; "
                 "give one of them another name"
             )
-        _workers[worker_name] = WorkerSpec(worker_name, fn, batch, inspect.iscoroutinefunction(fn))
-        return fn
+        spec = WorkerSpec(worker_name, fn, batch, inspect.iscoroutinefunction(fn))
+        _workers[worker_name] = spec
+        return WorkerHandle(spec, queue)
 
+    if callable(name):
+        return register(name)
     return register
 
 
@@ -81,3 +248,12 @@ def unregister(name: str) -> None:
 
 def _qualname(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _bare(signature: inspect.Signature) -> inspect.Signature:
+    """The signature without annotations: ``(user_id, template='welcome')``, what a call has to match."""
+    empty = inspect.Parameter.empty
+    return signature.replace(
+        parameters=[p.replace(annotation=empty) for p in signature.parameters.values()],
+        return_annotation=empty,
+    )
