@@ -10,7 +10,7 @@ at the tick enqueues it. A tick missed while no worker ran is enqueued once when
 .. code-block:: toml
 
     [schedules.nightly_report]
-    cron = "0 3 * * *"          # croniter syntax; a 6th field counts seconds
+    cron = "0 3 * * *"          # croniter syntax; a 6th field is seconds: "* * * * * */10" = every 10 s
     queue = "reports"
     worker = "NightlyReport"
     args = ["daily"]
@@ -92,6 +92,27 @@ class ScheduleConfig:
         return tick, self.next_run(tick) - tick
 
 
+def check_not_every_second(cron: str, where: str) -> None:
+    """Refuse a 6-field expression whose seconds field is ``*``: croniter reads the 6th field as seconds, so
+    ``"*/10 * * * * *"`` is every second of every tenth minute, not every ten seconds. Writing the seconds
+    as ``*/1`` says that every second is meant.
+
+    Raises:
+        ConfigError: naming the expression and what to write for the likely intents.
+    """
+    fields = cron.split()
+    if len(fields) != 6 or fields[5] != "*":
+        return
+    five = " ".join(fields[:5])
+    meant = f'"{five}" for once in each minute it matches'
+    if fields[0] != "*":  # "*/10 * * * * *" was most likely meant as "every 10 seconds"
+        meant += f', "* * * * * {fields[0]}" for seconds {fields[0]} of every minute'
+    raise ConfigError(
+        f"{where} {cron!r} fires every second of the minutes it matches (croniter reads a 6th field as "
+        f'seconds); write {meant}, or "{five} */1" if every second is what you mean'
+    )
+
+
 def parse_schedules(raw: Any) -> tuple[ScheduleConfig, ...]:
     """Check the ``schedules`` table of a config and build one :class:`ScheduleConfig` per entry.
 
@@ -122,6 +143,7 @@ def _schedule(name: str, table: Any) -> ScheduleConfig:
     cron = table["cron"]
     if not croniter.is_valid(cron):
         raise ConfigError(f'{where}.cron {cron!r} is not a valid cron expression; write it like "0 3 * * *"')
+    check_not_every_second(cron, f"{where}.cron")
     queue = table["queue"]
     if "{" in queue or "}" in queue:
         raise ConfigError(f"{where}.queue must be without braces (got {queue!r})")

@@ -59,6 +59,32 @@ def test_bad_schedule_tables_are_named(table: dict[str, Any], message: str) -> N
         config_module.parse({"pipelines": {"p": {}}, "schedules": {"s": table}})
 
 
+def test_a_sixth_field_of_star_fires_every_second_and_is_refused_unless_written_as_every_second() -> None:
+    # The README's old example: croniter reads it as every second of every tenth minute.
+    with pytest.raises(ConfigError) as refused:
+        config_module.parse(
+            {
+                "pipelines": {"p": {}},
+                "schedules": {"s": {"cron": "*/10 * * * * *", "queue": "q", "worker": "W"}},
+            }
+        )
+    assert str(refused.value) == (
+        "schedules.s.cron '*/10 * * * * *' fires every second of the minutes it matches (croniter reads a 6th "
+        'field as seconds); write "*/10 * * * *" for once in each minute it matches, "* * * * * */10" for '
+        'seconds */10 of every minute, or "*/10 * * * * */1" if every second is what you mean'
+    )
+
+    def parsed(cron: str) -> ScheduleConfig:
+        raw = {"pipelines": {"p": {}}, "schedules": {"s": {"cron": cron, "queue": "q", "worker": "W"}}}
+        return config_module.parse(raw).schedules[0]
+
+    midnight = _ts("2026-03-10T00:00:00")
+    every_ten_s = parsed("* * * * * */10")  # the README's example now
+    assert every_ten_s.next_run(midnight) == midnight + 10
+    on_purpose = parsed("* * * * * */1")
+    assert on_purpose.next_run(midnight) == midnight + 1
+
+
 def test_latest_tick_includes_a_tick_falling_exactly_now_and_next_run_is_strictly_after() -> None:
     schedule = ScheduleConfig("n", "0 3 * * *", "q", "W")
     three = _ts("2026-03-10T03:00:00")
@@ -134,7 +160,7 @@ def test_several_runtimes_enqueue_exactly_one_job_per_tick(redis_url: str) -> No
             "pipelines": {"idle": {"queue": "idle"}},
             "schedules": {
                 "every_second": {
-                    "cron": "* * * * * *",
+                    "cron": "* * * * * */1",
                     "queue": QUEUE,
                     "worker": "Tick",
                     "args": [7],
