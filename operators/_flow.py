@@ -43,7 +43,7 @@ class Demand:
     0
     """
 
-    __slots__ = ("_listeners", "_lock", "_pending", "_unbounded")
+    __slots__ = ("_invalid", "_invalid_listeners", "_listeners", "_lock", "_pending", "_unbounded")
 
     def __init__(self, initial: int = 0, *, unbounded: bool = False) -> None:
         if initial < 0:
@@ -52,6 +52,8 @@ class Demand:
         self._pending = initial
         self._unbounded = unbounded
         self._listeners: list[Callable[[], None]] = []
+        self._invalid: ValueError | None = None
+        self._invalid_listeners: list[Callable[[ValueError], None]] = []
 
     @classmethod
     def unlimited(cls) -> Demand:
@@ -67,10 +69,21 @@ class Demand:
         """Items requested and not yet delivered (``UNBOUNDED`` for an unlimited demand)."""
         return UNBOUNDED if self._unbounded else self._pending
 
+    @property
+    def invalid(self) -> ValueError | None:
+        """The error of the first ``request(n)`` with ``n <= 0``, if there was one."""
+        return self._invalid
+
     def request(self, n: int) -> None:
-        """Ask the producer for ``n`` more items."""
+        """Ask the producer for ``n`` more items.
+
+        Returns normally whatever ``n`` is (Reactive Streams rule 3.16). A count below 1 is the subscriber's
+        mistake: it is told through ``on_error``, with an error naming ``n``, and its subscription ends
+        (rule 3.9; :class:`Flowable` does this for every producer, see :meth:`on_invalid`).
+        """
         if n <= 0:
-            raise ValueError(f"request(n) needs n >= 1 (got {n}), as in Reactive Streams rule 3.9")
+            self._reject(n)
+            return
         if not self._unbounded:
             with self._lock:
                 self._pending = min(UNBOUNDED, self._pending + n)
@@ -103,6 +116,28 @@ class Demand:
             for listener in list(self._listeners):
                 listener()
         return withdrawn
+
+    def _reject(self, n: int) -> None:
+        with self._lock:
+            first = self._invalid is None
+            if first:
+                self._invalid = ValueError(
+                    f"request(n) needs n >= 1 (got {n}); ask for at least one item (Reactive Streams rule 3.9)"
+                )
+            error = self._invalid
+        if first and error is not None:
+            for listener in list(self._invalid_listeners):
+                listener(error)
+
+    def on_invalid(self, listener: Callable[[ValueError], None]) -> abc.DisposableBase:
+        """Call ``listener`` with the error of the first ``request(n <= 0)``; dispose the result to stop."""
+        self._invalid_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._invalid_listeners:
+                self._invalid_listeners.remove(listener)
+
+        return Disposable(remove)
 
     def on_request(self, listener: Callable[[], None]) -> abc.DisposableBase:
         """Call ``listener`` after every :meth:`request` (and :meth:`withdraw`); dispose the result to stop."""
@@ -192,17 +227,29 @@ class Flowable(Observable[_T]):
         demand: Demand,
         scheduler: abc.SchedulerBase | None = None,
     ) -> abc.DisposableBase:
-        """Subscribe ``observer``, emitting no more items than ``demand`` has requested."""
-        auto: AutoDetachObserver[_T] = AutoDetachObserver(
-            observer.on_next, observer.on_error, observer.on_completed
-        )
+        """Subscribe ``observer``, emitting no more items than ``demand`` has requested.
+
+        Whatever the producer, a ``demand.request(n)`` with ``n <= 0`` reaches ``observer`` as ``on_error``
+        (never between the halves of an ``on_next``) and cancels the subscription; an ``observer.on_next``
+        that raises cancels it too, and the exception goes on to the producer's caller.
+        """
+        subscriber: _Subscriber[_T] = _Subscriber(observer)
+        listener = demand.on_invalid(subscriber.reject)
+
+        def cancel() -> None:
+            subscriber.dispose()
+            listener.dispose()
+
+        subscription = Disposable(cancel)
+        if demand.invalid is not None:
+            subscriber.reject(demand.invalid)
+            return subscription
         try:
-            auto.subscription = self._subscribe_with_demand(auto, demand, scheduler)
+            subscriber.subscription = self._subscribe_with_demand(subscriber, demand, scheduler)
         except Exception as exc:
-            if not auto.fail(exc):
+            if not subscriber.fail(exc):
                 raise
-        # AutoDetachObserver can dispose but is not a DisposableBase; hand back a real one.
-        return Disposable(auto.dispose)
+        return subscription
 
     def pipe(self, *operators: Callable[[Any], Any]) -> Any:
         """Compose operators left to right, keeping request-n across plain reactivex operators."""
@@ -210,6 +257,51 @@ class Flowable(Observable[_T]):
         for operator in operators:
             result = _lift(operator, result)
         return result
+
+
+class _Subscriber(AutoDetachObserver[_T]):
+    """The observer a Flowable's producer signals: it delivers an invalid request's error in series with
+    ``on_next`` (rule 1.3), and treats a subscriber that raises as one that cancelled (rule 2.13).
+
+    ``_depth`` counts the ``on_next`` calls under way (more than one only when re-entered on the same thread);
+    only the emitting thread writes it. A rejection sets ``_invalid`` first and reads ``_depth`` after, the
+    emitter the other way round, so at least one of them sees the other and sends the error; ``_once`` makes
+    it exactly one.
+    """
+
+    def __init__(self, observer: abc.ObserverBase[_T]) -> None:
+        super().__init__(observer.on_next, observer.on_error, observer.on_completed)
+        self._depth = 0
+        self._invalid: ValueError | None = None
+        self._once = threading.Lock()
+        self._signalled = False
+
+    def on_next(self, value: _T) -> None:
+        if self.is_stopped:
+            return
+        self._depth += 1
+        try:
+            if self._invalid is None:
+                self._on_next(value)
+        except BaseException:
+            self.dispose()
+            raise
+        finally:
+            self._depth -= 1
+        if self._invalid is not None and self._depth == 0:
+            self._signal_invalid()
+
+    def reject(self, error: ValueError) -> None:
+        self._invalid = error
+        if self._depth == 0:
+            self._signal_invalid()
+
+    def _signal_invalid(self) -> None:
+        with self._once:
+            if self._signalled or self._invalid is None:
+                return
+            self._signalled = True
+        self.on_error(self._invalid)
 
 
 def subscribe_upstream(

@@ -9,6 +9,8 @@ import threading
 import pytest
 import reactivex
 from _flowkit import TimedSource
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from reactivex import abc
 from reactivex import operators as ops
 from reactivex.testing import TestScheduler
@@ -49,10 +51,98 @@ def test_unlimited_demand_grants_everything() -> None:
     assert demand.pending == UNBOUNDED
 
 
-@pytest.mark.parametrize("n", [0, -1])
-def test_request_needs_a_positive_count(n: int) -> None:
-    with pytest.raises(ValueError, match=str(n)):
-        Demand().request(n)
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(max_value=0), delivered=st.integers(0, 3))
+def test_request_of_less_than_one_returns_and_reaches_the_subscriber_as_on_error(
+    n: int, delivered: int
+) -> None:
+    # Rules 3.9 and 3.16: request returns normally, the subscriber hears on_error naming n, the source stops.
+    scheduler = TestScheduler()
+    source = TimedSource(scheduler, [0.0] * 5)
+    lifted = source.pipe(ops.map(lambda x: x * 10))
+    demand = Demand(delivered)
+    seen: list[int] = []
+    errors: list[Exception] = []
+    completions: list[bool] = []
+    subscription = lifted.subscribe_with_demand(
+        reactivex.Observer(seen.append, errors.append, lambda: completions.append(True)), demand, scheduler
+    )
+    scheduler.advance_to(1.0)
+    demand.request(n)
+    assert len(errors) == 1 and f"got {n}" in str(errors[0])
+    demand.request(5)
+    scheduler.advance_to(2.0)
+    assert seen == [x * 10 for x in range(delivered)]
+    assert len(source.emitted) == delivered
+    assert completions == []
+    subscription.dispose()
+
+
+def test_an_invalid_request_made_before_subscribing_fails_the_subscription_at_once() -> None:
+    scheduler = TestScheduler()
+    source = TimedSource(scheduler, [0.0] * 3)
+    demand = Demand(2)
+    demand.request(0)
+    errors: list[Exception] = []
+    source.subscribe_with_demand(reactivex.Observer(on_error=errors.append), demand, scheduler)
+    scheduler.advance_to(1.0)
+    assert [str(e) for e in errors] == [str(demand.invalid)]
+    assert source.emitted == []
+
+
+def test_an_invalid_request_from_another_thread_waits_for_the_on_next_under_way() -> None:
+    # Rule 1.3: on_error must not overlap an on_next. The subscriber holds its on_next open until the other
+    # thread's request(0) has returned; the error must come after that on_next, on the emitting thread.
+    scheduler = TestScheduler()
+    source = TimedSource(scheduler, [0.0] * 3)
+    demand = Demand(3)
+    events: list[str] = []
+    in_on_next = threading.Event()
+    rejected = threading.Event()
+
+    def on_next(item: int) -> None:
+        events.append(f"next {item} starts")
+        if item == 0:
+            in_on_next.set()
+            assert rejected.wait(10)
+        events.append(f"next {item} ends")
+
+    def reject() -> None:
+        assert in_on_next.wait(10)
+        demand.request(-3)
+        events.append("request returned")
+        rejected.set()
+
+    other = threading.Thread(target=reject)
+    other.start()
+    source.subscribe_with_demand(
+        reactivex.Observer(on_next, lambda e: events.append(f"error: {e}")), demand, scheduler
+    )
+    scheduler.advance_to(1.0)
+    other.join()
+    assert events[:3] == ["next 0 starts", "request returned", "next 0 ends"]
+    assert events[3:] == [f"error: {demand.invalid}"]
+
+
+def test_a_subscriber_that_raises_cancels_its_subscription() -> None:
+    # Rule 2.13: a subscriber that breaks the rule by raising is treated as one that cancelled; the error goes
+    # on to whoever made the producer emit, here the caller of request.
+    scheduler = TestScheduler()
+    source = TimedSource(scheduler, [0.0] * 3)
+    seen: list[int] = []
+
+    def on_next(item: int) -> None:
+        seen.append(item)
+        raise RuntimeError("subscriber bug")
+
+    demand = Demand()
+    source.subscribe_with_demand(reactivex.Observer(on_next), demand, scheduler)
+    scheduler.advance_to(1.0)
+    with pytest.raises(RuntimeError, match="subscriber bug"):
+        demand.request(3)
+    demand.request(1)
+    assert seen == [0]
+    assert [item for _, item in source.emitted] == [0]
 
 
 def test_initial_demand_must_not_be_negative() -> None:
