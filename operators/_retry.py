@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -12,7 +13,7 @@ from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposab
 from reactivex.observer import Observer
 from reactivex.scheduler import TimeoutScheduler
 
-from ._flow import Demand, Flowable, subscribe_upstream
+from ._flow import Demand, Flowable, serialize, subscribe_upstream
 
 _jitter = random.Random()
 
@@ -94,7 +95,10 @@ def retry_with_backoff(
     so pair this with sources that resume (or dedupe downstream).
 
     Demand-aware: when the source is a :class:`Flowable`, each (re)subscription is given the downstream
-    demand still pending, so the source never emits more in total than was requested.
+    demand still pending, so the source never emits more in total than was requested. A plain source pushes
+    what it has; items beyond the downstream demand are held and sent as requests come, and its completion
+    follows the last of them. An error that ends the stream goes downstream at once (held items are dropped),
+    as in ``throttle``, ``buffer_with_time_or_count`` and ``process``.
 
     Args:
         max_retries: retries after the first subscription (>= 0); 3 means at most 4 subscriptions.
@@ -140,87 +144,141 @@ def retry_with_backoff(
             timer_scheduler = scheduler or scheduler_ or TimeoutScheduler.singleton()
             lock = threading.RLock()
             attempt = 0
+            # Each (re)subscription has its own generation. Signals of an older one are ignored, and its
+            # subscription is never installed over a newer one: a source that fails inside subscribe can have
+            # its retry timer fire, on another thread, before that subscribe returns.
+            generation = 0
             stopped = False
             upstream_demand: Demand | None = None
+            upstream_subscription: abc.DisposableBase | None = None
             requested = 0  # asked of the current subscription and not yet received
-            current = SerialDisposable()
-            # Separate from `current`: a source that fails during subscribe schedules the retry before
-            # subscribe_upstream returns, and assigning its subscription must not cancel that timer.
+            # Items received and not yet requested downstream: a plain upstream pushes whatever it has.
+            held: deque[_V] = deque()
+            finished: Callable[[], None] | None = None  # the completion, sent once `held` is empty
+            failure: list[Exception] = []
             timer = SerialDisposable()
 
-            def forward_request() -> None:
-                # Counts its own requests: the source's Demand drops before the item reaches on_next, and a
-                # request racing in between must not ask for that item twice.
-                nonlocal requested
-                with lock:
-                    target = upstream_demand
-                    missing = 0 if target is None or target.unbounded else demand.pending - requested
-                    if missing > 0:
-                        requested += missing
-                if target is not None and missing > 0:
-                    target.request(missing)
-
-            def on_next(item: _V) -> None:
-                nonlocal requested
-                with lock:
-                    if stopped:
-                        return
-                    requested = max(0, requested - 1)
-                    demand.take(1)
-                observer.on_next(item)
-
-            def on_error(error: Exception) -> None:
-                nonlocal attempt, upstream_demand
-                delay = 0.0
-                with lock:
-                    if stopped:
-                        return
-                    retryable = isinstance(error, retry_types) and attempt < max_retries
-                    if retryable:
-                        delay = backoff_delay(attempt, initial, cap, rng, jitter)
-                        attempt += 1
-                        upstream_demand = None
-                if not retryable:
-                    finish(lambda: observer.on_error(error))
-                    return
-                timer.disposable = timer_scheduler.schedule_relative(delay, lambda _s, _st: attach())
-
-            def on_completed() -> None:
-                finish(observer.on_completed)
-
-            def finish(signal: Callable[[], None]) -> None:
+            def next_signal() -> Callable[[], None] | None:
+                # Called with the lock held.
                 nonlocal stopped
-                with lock:
-                    if stopped:
-                        return
+                if stopped:
+                    return None
+                if failure:
+                    # An error ends the stream at once, as in throttle, batch and process; held items drop.
                     stopped = True
-                signal()
+                    held.clear()
+                    error = failure[0]
+                    return lambda: observer.on_error(error)
+                if held and demand.take(1):
+                    item = held.popleft()
+                    return lambda: observer.on_next(item)
+                if finished is not None and not held:
+                    stopped = True
+                    return finished
+                return None
+
+            def request_more() -> tuple[Demand | None, int]:
+                # Called with the lock held. Counts its own requests: the source's Demand drops before the item
+                # reaches on_next, and a request racing in between must not ask for that item twice.
+                nonlocal requested
+                target = upstream_demand
+                if stopped or target is None or target.unbounded:
+                    return None, 0
+                missing = demand.pending - len(held) - requested
+                if missing > 0:
+                    requested += missing
+                    return target, missing
+                # Downstream withdrew requests: pass that on, as a pass-through stage does.
+                return target, -min(-missing, requested)
+
+            def step() -> None:
+                nonlocal requested
+                while True:
+                    with lock:
+                        signal = next_signal()
+                        target, wanted = request_more()
+                    if target is not None and wanted > 0:
+                        target.request(wanted)
+                    elif target is not None and wanted < 0:
+                        withdrawn = target.withdraw(-wanted)
+                        with lock:
+                            if upstream_demand is target:
+                                requested = max(0, requested - withdrawn)
+                    if signal is None:
+                        return
+                    signal()
+
+            drain = serialize(step)
 
             def attach() -> None:
-                nonlocal upstream_demand, requested
+                nonlocal upstream_demand, requested, generation, upstream_subscription
                 with lock:
                     if stopped:
                         return
-                    requested = 0 if demand.unbounded else demand.pending
+                    generation += 1
+                    mine = generation
+                    requested = 0 if demand.unbounded else max(0, demand.pending - len(held))
                     fresh = Demand.unlimited() if demand.unbounded else Demand(requested)
                     upstream_demand = fresh
-                current.disposable = subscribe_upstream(
-                    source,
-                    Observer(on_next, on_error, on_completed),
-                    fresh,
-                    scheduler_,
+
+                def on_next(item: _V) -> None:
+                    nonlocal requested
+                    with lock:
+                        if stopped or mine != generation:
+                            return
+                        requested = max(0, requested - 1)
+                        held.append(item)
+                    drain()
+
+                def on_error(error: Exception) -> None:
+                    nonlocal attempt, upstream_demand
+                    with lock:
+                        if stopped or mine != generation:
+                            return
+                        retryable = isinstance(error, retry_types) and attempt < max_retries
+                        if retryable:
+                            delay = backoff_delay(attempt, initial, cap, rng, jitter)
+                            attempt += 1
+                            upstream_demand = None
+                        else:
+                            failure.append(error)
+                    if retryable:
+                        timer.disposable = timer_scheduler.schedule_relative(delay, lambda _s, _st: attach())
+                    else:
+                        drain()
+
+                def on_completed() -> None:
+                    nonlocal finished
+                    with lock:
+                        if stopped or mine != generation:
+                            return
+                        finished = observer.on_completed
+                    drain()
+
+                subscription = subscribe_upstream(
+                    source, Observer(on_next, on_error, on_completed), fresh, scheduler_
                 )
+                with lock:
+                    current = mine == generation and not stopped
+                    if current:
+                        upstream_subscription, subscription = subscription, upstream_subscription
+                # Outside the lock: the one replaced, or this one if a newer attempt (or a cancel) came first.
+                if subscription is not None:
+                    subscription.dispose()
 
             def stop() -> None:
-                nonlocal stopped
+                nonlocal stopped, upstream_subscription
                 with lock:
                     stopped = True
+                    held.clear()
+                    subscription, upstream_subscription = upstream_subscription, None
+                if subscription is not None:
+                    subscription.dispose()
 
-            subscription = CompositeDisposable(
-                demand.on_request(forward_request), current, timer, Disposable(stop)
-            )
+            cancel = CompositeDisposable(demand.on_request(drain), timer, Disposable(stop))
             attach()
-            return subscription
+            drain()
+            return cancel
 
         return Flowable(subscribe)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import threading
 from typing import Any
 
 import pytest
@@ -11,7 +12,8 @@ import reactivex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reactivex import abc
-from reactivex.disposable import CompositeDisposable
+from reactivex.disposable import CompositeDisposable, Disposable
+from reactivex.scheduler import VirtualTimeScheduler
 from reactivex.testing import ReactiveTest, TestScheduler
 
 from flume_rx.operators import Demand, Flowable, backoff_delay, retry_with_backoff
@@ -241,3 +243,97 @@ def test_plain_subscription_works_as_an_ordinary_operator() -> None:
             observer.on_completed()
 
     assert reactivex.create(flaky).pipe(retry_with_backoff(5, 0.001, 0.002)).run() == 3
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    n_items=st.integers(0, 12),
+    requests=st.lists(st.integers(1, 5), max_size=6),
+    failures=st.integers(0, 2),
+)
+def test_a_plain_upstream_is_held_to_the_downstream_demand(
+    n_items: int, requests: list[int], failures: int
+) -> None:
+    # Rule 1.1 over a plain reactivex source, which pushes everything at once: retry holds what was not
+    # requested, and completes only once all of it went downstream.
+    attempts: list[int] = []
+
+    def flaky(observer: abc.ObserverBase[int], _scheduler: abc.SchedulerBase | None = None) -> None:
+        attempts.append(1)
+        if len(attempts) <= failures:
+            observer.on_error(OSError("not yet"))
+            return
+        for item in range(n_items):
+            observer.on_next(item)
+        observer.on_completed()
+
+    scheduler = TestScheduler()
+    demand = Demand()
+    seen: list[int] = []
+    completed: list[bool] = []
+    reactivex.create(flaky).pipe(
+        retry_with_backoff(3, 1.0, 1.0, jitter=0.0, scheduler=scheduler)
+    ).subscribe_with_demand(
+        reactivex.Observer(seen.append, on_completed=lambda: completed.append(True)), demand, scheduler
+    )
+    scheduler.advance_to(10.0)
+    assert seen == []
+    total = 0
+    for n in requests:
+        demand.request(n)
+        total += n
+        assert seen == list(range(min(total, n_items)))
+        assert completed == ([True] if total >= n_items else [])
+    if not requests:
+        assert completed == ([True] if n_items == 0 else [])
+
+
+class _RunsAtOnceOnAThread(VirtualTimeScheduler):
+    """Runs every relative action at once on a new thread, and says when it has run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ran = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def schedule_relative(
+        self, duetime: Any, action: abc.ScheduledAction[Any], state: Any = None
+    ) -> abc.DisposableBase:
+        def run() -> None:
+            action(self, state)
+            self.ran.set()
+
+        thread = threading.Thread(target=run)
+        self.threads.append(thread)
+        thread.start()
+        return Disposable()
+
+
+def test_a_retry_that_fires_before_the_failed_subscribe_returns_keeps_the_new_subscription() -> None:
+    # The race: the source fails inside subscribe, the retry timer fires on its own thread and subscribes
+    # again, and only then does the first subscribe return. Its late assignment must not cancel the new one.
+    timer = _RunsAtOnceOnAThread()
+    second: list[abc.ObserverBase[str]] = []
+    second_disposed: list[bool] = []
+
+    def source(observer: abc.ObserverBase[str], _scheduler: abc.SchedulerBase | None = None) -> Disposable:
+        if not second and not timer.threads:
+            observer.on_error(OSError("first attempt fails inside subscribe"))
+            assert timer.ran.wait(10)  # the retry has subscribed again, on the timer's thread
+            return Disposable()
+        second.append(observer)
+        return Disposable(lambda: second_disposed.append(True))
+
+    seen: list[str] = []
+    completed: list[bool] = []
+    reactivex.create(source).pipe(retry_with_backoff(3, 1.0, 1.0, scheduler=timer)).subscribe_with_demand(
+        reactivex.Observer(seen.append, on_completed=lambda: completed.append(True)), Demand(1)
+    )
+    for thread in timer.threads:
+        thread.join()
+    assert len(second) == 1
+    assert second_disposed == []
+    second[0].on_next("ok")
+    second[0].on_completed()
+    assert seen == ["ok"]
+    assert completed == [True]
