@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck pytest wheel-check bench clean
+.PHONY: demo test system-deps lint typecheck pytest wheel-check bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,11 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/flume-rx demo
 
-test: lint typecheck pytest wheel-check
+test: system-deps lint typecheck pytest wheel-check
+
+# redis-server, redis-tools, openssl and chromium, from apt-get when missing (see the script).
+system-deps:
+	.ci/system-deps
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
@@ -23,7 +27,7 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-pytest: $(BIN)/.installed
+pytest: system-deps $(BIN)/.installed
 	$(BIN)/pytest -q -ra
 
 # The wheel must carry flume_rx.operators (mapped from operators/) and the Lua scripts, and import from a
