@@ -35,6 +35,8 @@ pytest: system-deps $(BIN)/.installed
 wheel-check: $(BIN)/.installed
 	rm -rf build/wheel-check dist
 	$(BIN)/python -m build --wheel --outdir build/wheel-check/dist . > build-wheel.log 2>&1 || (cat build-wheel.log; exit 1)
+	@# setuptools announces what it will stop accepting as warnings; every user's install would print them.
+	@if grep -E "^WARNING |Warning:" build-wheel.log; then echo "wheel-check: the build warns (above); fix pyproject.toml"; exit 1; fi
 	rm -f build-wheel.log
 	$(PYTHON) -m venv build/wheel-check/venv
 	build/wheel-check/venv/bin/pip install -q build/wheel-check/dist/*.whl
