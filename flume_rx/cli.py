@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--burst", action="store_true", help="exit once the queues are drained")
     worker.add_argument(
+        "--path",
+        action="append",
+        metavar="DIR",
+        help="import the config's `imports` (and operators) from DIR, first on sys.path; repeatable "
+        "(default: the current directory)",
+    )
+    worker.add_argument(
         "--metrics-port", type=int, metavar="N", help="serve Prometheus /metrics on N (process i on N + i)"
     )
 
@@ -185,6 +192,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if args.processes < 1:
             raise ConfigError(f"--processes must be 1 or more (got {args.processes})")
+        runtime.add_import_paths(args.path or ["."])
         runtime.import_worker_modules(config.imports)
         _check_reachable(config)
         if args.processes == 1:

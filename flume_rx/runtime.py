@@ -61,6 +61,27 @@ def new_consumer_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def add_import_paths(directories: Sequence[str]) -> None:
+    """Put ``directories`` first on ``sys.path``, so ``imports`` and ``"module:function"`` names resolve there.
+
+    The CLI passes the current directory (or its ``--path`` options), as Celery, Dramatiq, RQ and arq do: an
+    installed console script, unlike ``python -m``, does not have it on ``sys.path``. Worker processes
+    spawned by the supervisor inherit the parent's ``sys.path``.
+
+    Raises:
+        ConfigError: a directory does not exist.
+    """
+    for directory in reversed(directories):
+        absolute = os.path.abspath(directory)
+        if not os.path.isdir(absolute):
+            raise ConfigError(
+                f"--path {directory!r} is not a directory; give the directory your worker modules are imported from"
+            )
+        if absolute in sys.path:
+            sys.path.remove(absolute)
+        sys.path.insert(0, absolute)
+
+
 def import_worker_modules(modules: Sequence[str]) -> None:
     """Import the modules whose import registers the workers (config ``imports``)."""
     for module in modules:
