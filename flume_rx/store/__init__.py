@@ -25,7 +25,6 @@ Modules, each with one concern:
 # The underscored names are imported from here by tests and benchmarks written against the single module.
 from flume_rx.store.commands import (  # noqa: F401
     DEAD_RETRY_CHUNK,
-    ENQUEUE_CHUNK,
     LATENCY_SAMPLES,
     RATE_MINUTES,
     RATE_SECONDS,
@@ -56,7 +55,6 @@ from flume_rx.store.windows import RedisTokenWindow
 __all__ = [
     "CLUSTER_SCHEMES",
     "DEAD_RETRY_CHUNK",
-    "ENQUEUE_CHUNK",
     "LATENCY_SAMPLES",
     "OUTAGE_LOG",
     "RATE_MINUTES",

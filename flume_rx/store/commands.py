@@ -17,9 +17,6 @@ import msgpack
 from flume_rx.store.keys import Keys
 from flume_rx.store.scripts import Arg, _Cmd, _Eval, _Op
 
-ENQUEUE_CHUNK = 1000
-"""Payloads per EVALSHA of a bulk enqueue: big enough to be cheap, small enough not to stall Redis."""
-
 DEAD_RETRY_CHUNK = 1000
 
 LATENCY_SAMPLES = 1000
@@ -128,25 +125,21 @@ class TokenReply(NamedTuple):
 
 
 def _ops_enqueue(keys: Keys, queue: str, payloads: Sequence[bytes]) -> list[_Op]:
+    # One script call for the whole bulk: Redis decides once whether it has the memory, so a full Redis
+    # writes all of the jobs or none of them (chunks were decided one by one: the first ones landed, then the
+    # call failed). The queue's registration goes in the same MULTI (the stores ask for a transaction).
     k = keys.of(queue)
-    ops: list[_Op] = [_Cmd(("SADD", keys.queues, queue))]
-    for start in range(0, len(payloads), ENQUEUE_CHUNK):
-        chunk = payloads[start : start + ENQUEUE_CHUNK]
-        ops.append(_Eval("enqueue", (k.queue, k.scheduled), ("now", *chunk)))
-    return ops
+    return [_Cmd(("SADD", keys.queues, queue)), _Eval("enqueue", (k.queue, k.scheduled), ("now", *payloads))]
 
 
 def _ops_schedule(
     keys: Keys, queue: str, items: Sequence[tuple[bytes, float]], mode: Literal["at", "in"]
 ) -> list[_Op]:
     k = keys.of(queue)
-    ops: list[_Op] = [_Cmd(("SADD", keys.queues, queue))]
-    for start in range(0, len(items), ENQUEUE_CHUNK):
-        flat: list[Arg] = [mode]
-        for payload, when_s in items[start : start + ENQUEUE_CHUNK]:
-            flat += [round(when_s * 1000), payload]
-        ops.append(_Eval("enqueue", (k.queue, k.scheduled), tuple(flat)))
-    return ops
+    flat: list[Arg] = [mode]
+    for payload, when_s in items:
+        flat += [round(when_s * 1000), payload]
+    return [_Cmd(("SADD", keys.queues, queue)), _Eval("enqueue", (k.queue, k.scheduled), tuple(flat))]
 
 
 def _ops_fetch(keys: Keys, queue: str, consumer: str, n: int) -> _Eval:
@@ -184,18 +177,18 @@ def _ops_enqueue_unique(
     mode: Literal["now", "at", "in"],
 ) -> list[_Op]:
     k = keys.of(queue)
-    ops: list[_Op] = [_Cmd(("SADD", keys.queues, queue))]
-    for start in range(0, len(jobs), ENQUEUE_CHUNK):
-        unique_keys: list[str] = []
-        flat: list[Arg] = [mode, max(1, int(unique_for_ms))]
-        for job in jobs[start : start + ENQUEUE_CHUNK]:
-            index = 0
-            if job.unique_key is not None:
-                unique_keys.append(k.unique(job.unique_key))
-                index = 2 + len(unique_keys)
-            flat += [index, job.job_id, job.payload, 0 if mode == "now" else round(job.due_s * 1000)]
-        ops.append(_Eval("enqueue_unique", (k.queue, k.scheduled, *unique_keys), tuple(flat)))
-    return ops
+    unique_keys: list[str] = []
+    flat: list[Arg] = [mode, max(1, int(unique_for_ms))]
+    for job in jobs:
+        index = 0
+        if job.unique_key is not None:
+            unique_keys.append(k.unique(job.unique_key))
+            index = 2 + len(unique_keys)
+        flat += [index, job.job_id, job.payload, 0 if mode == "now" else round(job.due_s * 1000)]
+    return [
+        _Cmd(("SADD", keys.queues, queue)),
+        _Eval("enqueue_unique", (k.queue, k.scheduled, *unique_keys), tuple(flat)),
+    ]
 
 
 def _ops_cron_tick(
@@ -233,11 +226,9 @@ def _ops_fetch_weighted(
 
 
 def _parse_unique(replies: Sequence[Any]) -> list[tuple[bool, str]]:
-    # The first reply is the SADD of the queue name; each later one is a chunk's flat (added, id) pairs.
-    parsed: list[tuple[bool, str]] = []
-    for chunk in replies[1:]:
-        parsed += [(bool(int(chunk[i])), _text(chunk[i + 1])) for i in range(0, len(chunk), 2)]
-    return parsed
+    # The first reply is the SADD of the queue name; the second the script's flat (added, id) pairs.
+    pairs = replies[1]
+    return [(bool(int(pairs[i])), _text(pairs[i + 1])) for i in range(0, len(pairs), 2)]
 
 
 def _ops_latency(keys: Keys, queue: str, settlements: Sequence[Settlement]) -> list[_Op]:

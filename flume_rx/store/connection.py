@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -75,7 +76,19 @@ def _store_error(client: redis.Redis | redis.asyncio.Redis, exc: Exception) -> S
             f"cannot reach Redis at {where} ({type(exc).__name__}: {exc}); "
             "check that it runs and that redis_url is right"
         )
-    return StoreError(f"Redis at {where} answered with an error ({exc}); check its version (>= 6.2) and logs")
+    # redis-py prefixes a pipeline's error with the command, payloads and all: keep Redis's own words only.
+    said = _PIPELINE_PREFIX.sub("", str(exc))
+    if said.startswith("OOM ") or "used memory > 'maxmemory'" in said:
+        return StoreError(
+            f"Redis at {where} is full (used memory over maxmemory) and refused the write; free memory, raise "
+            "maxmemory or drain the queues, then try again"
+        )
+    return StoreError(
+        f"Redis at {where} answered with an error ({said}); check its version (>= 6.2) and logs"
+    )
+
+
+_PIPELINE_PREFIX = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.DOTALL)
 
 
 def _check_client(client: redis.Redis | redis.asyncio.Redis) -> None:

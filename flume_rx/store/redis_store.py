@@ -146,17 +146,17 @@ class RedisStore:
     async def enqueue(self, queue: str, payloads: Sequence[bytes]) -> None:
         """Push payloads onto the queue, in order, in one round trip however many there are."""
         if payloads:
-            await self._run.run(_ops_enqueue(self.keys, queue, payloads))
+            await self._run.run(_ops_enqueue(self.keys, queue, payloads), transaction=True)
 
     async def schedule(self, queue: str, items: Sequence[tuple[bytes, float]]) -> None:
         """Hold each payload until its due time (unix seconds), then :meth:`promote_due` queues it."""
         if items:
-            await self._run.run(_ops_schedule(self.keys, queue, items, "at"))
+            await self._run.run(_ops_schedule(self.keys, queue, items, "at"), transaction=True)
 
     async def schedule_in(self, queue: str, items: Sequence[tuple[bytes, float]]) -> None:
         """Hold each payload for a delay in seconds, counted on the Redis clock (immune to client skew)."""
         if items:
-            await self._run.run(_ops_schedule(self.keys, queue, items, "in"))
+            await self._run.run(_ops_schedule(self.keys, queue, items, "in"), transaction=True)
 
     async def enqueue_unique(
         self,
@@ -177,7 +177,9 @@ class RedisStore:
         if not jobs:
             return []
         return _parse_unique(
-            await self._run.run(_ops_enqueue_unique(self.keys, queue, jobs, unique_for_ms, mode))
+            await self._run.run(
+                _ops_enqueue_unique(self.keys, queue, jobs, unique_for_ms, mode), transaction=True
+            )
         )
 
     async def cron_tick(

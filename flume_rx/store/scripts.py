@@ -133,6 +133,10 @@ class AsyncRunner:
     async def run(self, ops: Sequence[_Op], *, transaction: bool = False) -> list[Any]:
         if not ops:
             return []
+        if transaction and len(ops) > 1 and is_cluster(self.client):
+            # A cluster has no MULTI across slots: the steps go one by one and the first refused one stops
+            # the rest, so nothing lands after a step that failed.
+            return [(await self.run([op]))[0] for op in ops]
         plan = _plan(ops, transaction)
         try:
             step = next(plan)
@@ -159,8 +163,8 @@ class AsyncRunner:
                     return [exc]
                 raise
         if is_cluster(self.client):
-            # A cluster pipeline routes each command to its slot's node; it has no MULTI across slots, and
-            # the one transaction the store asks for (dead_purge) touches a single key.
+            # A cluster pipeline routes each command to its slot's node (run() split up the transactions of
+            # several steps).
             cluster: Any = self.client.pipeline()
             for op in step.ops:
                 cluster.execute_command(*op.command())
@@ -183,6 +187,8 @@ class SyncRunner:
     def run(self, ops: Sequence[_Op], *, transaction: bool = False) -> list[Any]:
         if not ops:
             return []
+        if transaction and len(ops) > 1 and is_cluster(self.client):
+            return [self.run([op])[0] for op in ops]  # as in the async runner: no MULTI across slots
         plan = _plan(ops, transaction)
         try:
             step = next(plan)

@@ -99,15 +99,15 @@ class SyncStore:
 
     def enqueue(self, queue: str, payloads: Sequence[bytes]) -> None:
         if payloads:
-            self._run.run(_ops_enqueue(self.keys, queue, payloads))
+            self._run.run(_ops_enqueue(self.keys, queue, payloads), transaction=True)
 
     def schedule(self, queue: str, items: Sequence[tuple[bytes, float]]) -> None:
         if items:
-            self._run.run(_ops_schedule(self.keys, queue, items, "at"))
+            self._run.run(_ops_schedule(self.keys, queue, items, "at"), transaction=True)
 
     def schedule_in(self, queue: str, items: Sequence[tuple[bytes, float]]) -> None:
         if items:
-            self._run.run(_ops_schedule(self.keys, queue, items, "in"))
+            self._run.run(_ops_schedule(self.keys, queue, items, "in"), transaction=True)
 
     def cron_last(self, queue: str, schedule: str) -> int | None:
         """The last tick (unix ms) the cron schedule decided, or None if it never ran."""
@@ -124,7 +124,9 @@ class SyncStore:
         """Like :meth:`RedisStore.enqueue_unique`."""
         if not jobs:
             return []
-        return _parse_unique(self._run.run(_ops_enqueue_unique(self.keys, queue, jobs, unique_for_ms, mode)))
+        return _parse_unique(
+            self._run.run(_ops_enqueue_unique(self.keys, queue, jobs, unique_for_ms, mode), transaction=True)
+        )
 
     def heartbeat(self, queues: Sequence[str], consumer: str) -> None:
         self._run.run(_ops_heartbeat(self.keys, queues, consumer))
