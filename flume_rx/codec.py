@@ -56,6 +56,40 @@ def encode(job: Job, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
     return payload
 
 
+def encode_cut_to_fit(job: Job, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
+    """Encode a failed job, cutting its error's message (keeping the head) and traceback (keeping the tail)
+    as much as it takes to fit ``max_bytes``: the record of a retry or a dead letter is stored anyway.
+
+    Raises:
+        EncodeError: the job does not fit even with an empty message and traceback.
+    """
+    try:
+        return encode(job, max_bytes)
+    except EncodeError:
+        if job.error is None:
+            raise
+    error = job.error
+    kind = error.kind[:_KIND_CHARS]
+    bare = dataclasses.replace(job, error=JobError(kind, "", ""))
+    # Each of the two strings gains a header of at most 5 bytes as it grows.
+    room = max_bytes - len(encode(bare, max_bytes)) - 10
+    message = _utf8_head(error.message, room)
+    traceback = _utf8_tail(error.traceback, room - len(message.encode("utf-8")))
+    return encode(dataclasses.replace(job, error=JobError(kind, message, traceback)), max_bytes)
+
+
+_KIND_CHARS = 200
+
+
+def _utf8_head(text: str, max_bytes: int) -> str:
+    return text.encode("utf-8")[: max(0, max_bytes)].decode("utf-8", errors="ignore")
+
+
+def _utf8_tail(text: str, max_bytes: int) -> str:
+    data = text.encode("utf-8")
+    return data[len(data) - max(0, max_bytes) :].decode("utf-8", errors="ignore") if max_bytes > 0 else ""
+
+
 def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Job:
     """Decode and validate a payload read from Redis.
 

@@ -37,6 +37,15 @@ class UnknownWorker(FlumeError):
         self.name = name
 
 
+class BadArguments(FlumeError):
+    """Raised when a job's args cannot bind to its worker's parameters (too few, too many, unknown names).
+
+    No retry can fix that, so the job goes to the dead letters at once, with this message as the reason.
+    """
+
+    permanent = True
+
+
 class Throttled(FlumeError):
     """Raised by a worker when its downstream refused the call for going too fast.
 

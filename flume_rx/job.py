@@ -10,6 +10,8 @@ from typing import Any, Literal
 UniqueUntil = Literal["finish", "start", "expiry"]
 """How long a unique job holds its key (see ``Flume.enqueue``)."""
 UNIQUE_UNTIL: tuple[UniqueUntil, ...] = ("finish", "start", "expiry")
+MAX_ATTEMPT = 2**64 - 1
+"""The largest attempt count a record can hold (msgpack's largest integer); counting stops there."""
 
 
 def new_job_id() -> str:
@@ -58,5 +60,6 @@ class Job:
     unique_until: UniqueUntil = "finish"
 
     def next_attempt(self, error: JobError) -> Job:
-        """The same job, one attempt further on, remembering why this attempt failed."""
-        return replace(self, attempt=self.attempt + 1, error=error)
+        """The same job, one attempt further on (counting stops at :data:`MAX_ATTEMPT`), remembering why this
+        attempt failed."""
+        return replace(self, attempt=min(self.attempt + 1, MAX_ATTEMPT), error=error)

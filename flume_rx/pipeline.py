@@ -33,7 +33,15 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from flume_rx import codec
 from flume_rx import operators as fo
 from flume_rx.config import PipelineConfig, RetryConfig, pacing_burst
-from flume_rx.errors import BatchFailed, DecodeError, JobTimeout, StoreError, Throttled, UnknownWorker
+from flume_rx.errors import (
+    BadArguments,
+    BatchFailed,
+    DecodeError,
+    JobTimeout,
+    StoreError,
+    Throttled,
+    UnknownWorker,
+)
 from flume_rx.job import Job, JobError
 from flume_rx.registry import get_worker
 from flume_rx.store import Outage, RedisStore, Settlement
@@ -242,6 +250,36 @@ def _non_empty(batch: Sequence[Delivery]) -> bool:
     return len(batch) > 0
 
 
+def _unbound_arguments(job: Job, error: TypeError) -> BaseException:
+    """The TypeError of a call whose args cannot bind to the worker's parameters, as the permanent fault it is.
+
+    Checked only after a TypeError, so a job that runs pays nothing for it; a TypeError the worker's own code
+    raised (its args bind) stays an ordinary, retried failure.
+    """
+    try:
+        spec = get_worker(job.worker)
+    except UnknownWorker:
+        return error
+    reason = spec.bind_error(job.args)
+    if reason is None:
+        return error
+    shown = repr(list(job.args))
+    if len(shown) > 200:
+        shown = shown[:200] + "...]"
+    return BadArguments(
+        f"the args {shown} of job {job.id} do not fit worker {job.worker!r}{spec.signature} ({reason}); "
+        "enqueue it again with args that match those parameters"
+    )
+
+
+def _safe_str(error: BaseException) -> str:
+    """``str(error)``, or a stand-in when the exception cannot even be printed."""
+    try:
+        return str(error)
+    except Exception as exc:
+        return f"<its message cannot be printed: {type(exc).__name__}: {exc}>"
+
+
 def _reason_of(settlement: Settlement) -> str:
     try:
         job = codec.decode(settlement.new_payload or b"")
@@ -402,6 +440,20 @@ class Settler:
         pass
 
     def _settle_one(self, delivery: Delivery, error: BaseException | None, duration_ms: float) -> None:
+        try:
+            settlement = self._settlement_of(delivery, error, duration_ms)
+        except Exception as exc:  # a fault of settling itself costs this one job, never the pipeline
+            settlement = self._settle_fault(delivery, exc)
+        pending = self._pending.get(id(delivery.source))
+        if pending is None:
+            pending = self._pending[id(delivery.source)] = (delivery.source, [], [])
+        _, settlements, deliveries = pending
+        settlements.append(settlement)
+        deliveries.append(delivery)
+
+    def _settlement_of(
+        self, delivery: Delivery, error: BaseException | None, duration_ms: float
+    ) -> Settlement:
         source, job = delivery.source, delivery.job
         telemetry = self.telemetry
         if error is None:
@@ -428,6 +480,8 @@ class Settler:
         else:
             if isinstance(error, TimeoutError):
                 error = JobTimeout(f"job {job.id} ran longer than the processor timeout")
+            elif isinstance(error, TypeError):
+                error = _unbound_arguments(job, error)
             job_error = JobError(
                 type(error).__name__,
                 str(error),
@@ -446,7 +500,7 @@ class Settler:
             permanent = isinstance(error, UnknownWorker) or bool(getattr(error, "permanent", False))
             if permanent or failed.attempt > source.retry.max_retries:
                 settlement = Settlement(
-                    delivery.payload, "dead", codec.encode(failed, source.max_payload_bytes)
+                    delivery.payload, "dead", codec.encode_cut_to_fit(failed, source.max_payload_bytes)
                 )
                 _log_dead(job, job_error, source.retry.max_retries, permanent)
                 telemetry.emit(
@@ -464,7 +518,7 @@ class Settler:
                 settlement = Settlement(
                     delivery.payload,
                     "retry",
-                    codec.encode(failed, source.max_payload_bytes),
+                    codec.encode_cut_to_fit(failed, source.max_payload_bytes),
                     int(delay_s * 1000),
                 )
                 _log_retry(job, job_error, source.retry.max_retries, delay_s)
@@ -479,12 +533,34 @@ class Settler:
         if job.unique_key is not None and job.unique_until != "expiry":
             # For unique_until="start" the key went at the start; this is the safety net if that call was lost.
             settlement = replace(settlement, unique=(job.unique_key, job.id))
-        pending = self._pending.get(id(source))
-        if pending is None:
-            pending = self._pending[id(source)] = (source, [], [])
-        _, settlements, deliveries = pending
-        settlements.append(settlement)
-        deliveries.append(delivery)
+        return settlement
+
+    def _settle_fault(self, delivery: Delivery, fault: Exception) -> Settlement:
+        """The job's outcome could not be turned into a settlement: it goes to the dead letters, saying why."""
+        job = delivery.job
+        reason = (
+            f"flume_rx could not settle this job's outcome ({type(fault).__name__}: {_safe_str(fault)}); "
+            "it was not retried, see the worker's log"
+        )
+        logger.error("job %s of %r went to the dead letters: %s", job.id, job.queue, reason, exc_info=fault)
+        self.telemetry.emit(
+            "job.dead",
+            queue=job.queue,
+            worker=job.worker,
+            job_id=job.id,
+            attempt=job.attempt,
+            reason=f"SettleError: {reason}",
+        )
+        unique = None
+        if job.unique_key is not None and job.unique_until != "expiry":
+            unique = (job.unique_key, job.id)
+        try:
+            record = codec.encode_cut_to_fit(
+                job.next_attempt(JobError("SettleError", reason)), delivery.source.max_payload_bytes
+            )
+        except Exception:  # not even that fits: the job goes to the dead letters as it was fetched
+            return Settlement(delivery.payload, "dead", unique=unique)
+        return Settlement(delivery.payload, "dead", record, unique=unique)
 
     def _schedule_flush(self) -> None:
         self._idle.clear()
@@ -497,9 +573,40 @@ class Settler:
         while self._pending:
             batches, self._pending = self._pending, {}
             for source, settlements, deliveries in batches.values():
-                await source._settle_with_retries(settlements)
+                try:
+                    await source._settle_with_retries(settlements)
+                except Exception as exc:  # not an outage (those are retried): find the outcome at fault
+                    await self._settle_apart(source, settlements, exc)
                 source.release(deliveries)
         self._idle.set()
+
+    async def _settle_apart(
+        self, source: JobSource, settlements: Sequence[Settlement], fault: Exception
+    ) -> None:
+        """A batch Redis would not take: settle its outcomes one by one, and the ones that still fail go to the
+        dead letters as they were fetched, so one bad outcome costs one job and the pipeline goes on."""
+        logger.error(
+            "settling %d outcome(s) on %r failed; settling them one by one",
+            len(settlements),
+            source.queue,
+            exc_info=fault,
+        )
+        for settlement in settlements:
+            try:
+                await source._settle_with_retries([settlement])
+            except Exception as exc:
+                logger.error(
+                    "an outcome on %r could not be settled (%s: %s); its job goes to the dead letters",
+                    source.queue,
+                    type(exc).__name__,
+                    _safe_str(exc),
+                )
+                try:
+                    await source._settle_with_retries([Settlement(settlement.payload, "dead")])
+                except Exception:
+                    logger.exception(
+                        "the job stays in flight; orphan recovery returns it when this consumer is gone"
+                    )
 
     async def drained(self) -> None:
         """Wait until every outcome received so far is settled in Redis."""

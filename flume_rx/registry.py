@@ -27,12 +27,30 @@ class WorkerSpec:
             holding each job's args list.
         batch: whether it takes a batch.
         is_async: coroutine functions run on the event loop; plain functions run in the stage threads.
+        signature: the function's parameters, read once at registration, to tell a job whose args cannot
+            bind to them (no retry can fix that) from a worker that raised TypeError itself; None when
+            Python cannot tell them.
     """
 
     name: str
     fn: Callable[..., Any]
     batch: bool
     is_async: bool
+    signature: inspect.Signature | None = None
+
+    def bind_error(self, args: Sequence[Any]) -> str | None:
+        """Why a job's ``args`` cannot be passed to this worker (None when they can, or it cannot tell).
+
+        A batch worker takes a list of these, so only the worker's own code can judge each item's shape; a
+        builtin or C function may have no signature to check against.
+        """
+        if self.batch or self.signature is None:
+            return None
+        try:
+            self.signature.bind(*args)
+        except TypeError as exc:
+            return str(exc)
+        return None
 
 
 _workers: dict[str, WorkerSpec] = {}
@@ -105,7 +123,6 @@ class WorkerHandle(Generic[_P, _R]):
         self.queue = queue
         self.fn: Callable[_P, _R] = spec.fn
         functools.update_wrapper(self, spec.fn)
-        self._signature: inspect.Signature | None = None
 
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         return self.fn(*args, **kwargs)
@@ -145,22 +162,12 @@ class WorkerHandle(Generic[_P, _R]):
         Raises:
             ConfigError: it cannot (too many, too few, or a required keyword-only parameter).
         """
-        if self.spec.batch:
-            return list(
-                args
-            )  # the function takes a list of these; each item's shape is the worker's to judge
-        if self._signature is None:
-            try:
-                self._signature = inspect.signature(self.fn)
-            except (TypeError, ValueError):  # a builtin or C function without one: nothing to check against
-                return list(args)
-        try:
-            self._signature.bind(*args)
-        except TypeError as exc:
+        reason = self.spec.bind_error(args)
+        if reason is not None and self.spec.signature is not None:
             raise ConfigError(
-                f"worker {self.name!r} cannot take the args {list(args)!r} ({exc}); call it as "
-                f"{self.fn.__name__}{_bare(self._signature)}"
-            ) from None
+                f"worker {self.name!r} cannot take the args {list(args)!r} ({reason}); call it as "
+                f"{self.fn.__name__}{_bare(self.spec.signature)}"
+            )
         return list(args)
 
     def _queue(self, queue: str | None) -> str:
@@ -216,7 +223,7 @@ def worker(
                 f"worker name {worker_name!r} is already registered by {_qualname(existing.fn)}; "
                 "give one of them another name"
             )
-        spec = WorkerSpec(worker_name, fn, batch, inspect.iscoroutinefunction(fn))
+        spec = WorkerSpec(worker_name, fn, batch, inspect.iscoroutinefunction(fn), _signature_of(fn))
         _workers[worker_name] = spec
         return WorkerHandle(spec, queue)
 
@@ -244,6 +251,13 @@ def registered_workers() -> Mapping[str, WorkerSpec]:
 def unregister(name: str) -> None:
     """Forget a worker (for tests)."""
     _workers.pop(name, None)
+
+
+def _signature_of(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins and C callables have none Python can read
+        return None
 
 
 def _qualname(fn: Callable[..., Any]) -> str:

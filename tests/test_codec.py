@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from flume_rx import codec
 from flume_rx.errors import DecodeError, EncodeError
-from flume_rx.job import UNIQUE_UNTIL, Job, JobError
+from flume_rx.job import MAX_ATTEMPT, UNIQUE_UNTIL, Job, JobError
 
 scalars = (
     st.none()
@@ -121,3 +121,39 @@ def test_unique_until_is_written_only_when_it_is_not_the_default() -> None:
     finish = msgpack.unpackb(codec.encode(Job("1", "q", "W", [1], unique_key="k")))
     start = msgpack.unpackb(codec.encode(Job("1", "q", "W", [1], unique_key="k", unique_until="start")))
     assert len(finish) == 11 and start[11] == "start"
+
+
+@given(
+    args=st.lists(st.text(max_size=300), max_size=4),
+    kind=st.text(max_size=300),
+    message=st.text(max_size=3000),
+    trace=st.text(max_size=3000),
+    limit=st.integers(200, 4000),
+)
+def test_a_failed_job_is_stored_with_its_error_cut_to_fit_or_refused(
+    args: list[str], kind: str, message: str, trace: str, limit: int
+) -> None:
+    job = Job("id", "q", "W", args, attempt=2, created_at=1.0, error=JobError(kind, message, trace))
+    try:
+        payload = codec.encode_cut_to_fit(job, limit)
+    except EncodeError:
+        # Only when the job does not fit even with an empty message and traceback.
+        bare = replace(job, error=JobError(kind[:200], "", ""))
+        with pytest.raises(EncodeError):
+            codec.encode(bare, limit)
+        return
+    assert len(payload) <= limit
+    back = codec.decode(payload, limit)
+    assert back.args == args and back.attempt == 2 and back.error is not None
+    assert kind.startswith(back.error.kind)
+    assert message.startswith(back.error.message)  # the head of the message
+    assert trace.endswith(back.error.traceback)  # the tail of the traceback
+    if len(codec.encode(job, 10**9)) <= limit:
+        assert back.error == job.error  # nothing cut when it fits
+
+
+def test_counting_attempts_stops_at_the_largest_a_record_holds() -> None:
+    job = Job("id", "q", "W", [], attempt=MAX_ATTEMPT)
+    failed = job.next_attempt(JobError("E", "m"))
+    assert failed.attempt == MAX_ATTEMPT
+    assert codec.decode(codec.encode(failed)).attempt == MAX_ATTEMPT

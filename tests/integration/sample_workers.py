@@ -67,3 +67,26 @@ def always_fail(token: str) -> None:
 
 def _lookup_user(token: str) -> None:
     raise LookupError(f"no user {token!r}")
+
+
+@worker("FailOnceWorker")
+def fail_once(token: str, padding: str = "", message_chars: int = 0) -> None:
+    """Fails the first run of ``token`` with a message of ``message_chars`` characters, then counts its runs.
+
+    ``padding`` only makes the job as large as a test needs.
+    """
+    if _redis().hincrby("test:attempts", token, 1) == 1:
+        raise ValueError("first run fails: " + "m" * message_chars)
+    _redis().hincrby("test:runs", token, 1)
+
+
+class _UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("this error cannot be printed")
+
+
+@worker("UnprintableErrorWorker")
+def unprintable_error(token: str) -> None:
+    """Raises an exception whose ``str()`` itself raises: a fault of the settle path, not of the job."""
+    _redis().hincrby("test:attempts", token, 1)
+    raise _UnprintableError()
