@@ -1,0 +1,147 @@
+"""Assembly of a configured pipeline: the reactivex graph from its source to the outcomes of its jobs."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from reactivex import Observable
+from reactivex.scheduler.eventloop import AsyncIOScheduler
+
+from flume_rx import operators as fo
+from flume_rx.config import PipelineConfig, pacing_burst
+from flume_rx.engine.processor import run_workers
+from flume_rx.engine.source import Delivery, JobSource
+from flume_rx.job import Job
+
+
+def load_callable(path: str) -> Any:
+    """Import ``module:attribute``."""
+    import importlib
+
+    from flume_rx.errors import ConfigError
+
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"cannot import module {module_name!r} named in {path!r} ({exc}); check the path"
+        ) from exc
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ConfigError(f"module {module_name!r} has no attribute {attribute!r} (from {path!r})") from None
+
+
+def cost_of(cost_path: str | None) -> Callable[[Any], int]:
+    """The throttle cost of an item (a Delivery or a batch of them): the job's own cost, or a named function."""
+    job_cost: Callable[[Job], int]
+    if cost_path is None:
+        job_cost = _own_cost
+    else:
+        fn = load_callable(cost_path)
+        job_cost = functools.partial(_cost_from_args, fn)
+
+    def cost(item: Delivery | list[Delivery]) -> int:
+        if isinstance(item, list):
+            return sum(job_cost(d.job) for d in item)
+        return job_cost(item.job)
+
+    return cost
+
+
+def _own_cost(job: Job) -> int:
+    return job.cost
+
+
+def _cost_from_args(fn: Callable[..., int], job: Job) -> int:
+    return max(0, int(fn(*job.args)))
+
+
+def grant_batch(allowed: int, stages: int, burst: int | None) -> int:
+    """The fewest tokens worth one Redis call: the window's pacing burst (a twentieth of the limit by
+    default), at most what the stages can start.
+
+    With one token per call, a full window answers every take with a one-token reservation and the limiter
+    costs a Redis call per job; twenty calls per period keep it near 0.05 calls per job. The stages bound keeps
+    a grant startable at once (within the grant's hold), and the burst bound keeps a configured burst in force
+    (the window grants max(burst, min_tokens) at once).
+    """
+    return max(1, min(stages, burst or max(1, allowed // 20)))
+
+
+def assemble(
+    config: PipelineConfig,
+    source: JobSource,
+    *,
+    executor: Executor,
+    scheduler: AsyncIOScheduler,
+) -> Observable[fo.Outcome[Any, Any]]:
+    """The reactivex graph of a configured pipeline, from its source to the outcomes of its jobs."""
+    stages: list[Callable[[Any], Any]] = [load_callable(path) for path in config.operators]
+    telemetry = source.telemetry
+    key_from = None if config.rate_limiter is None else config.rate_limiter.key_from
+    if config.rate_limiter is not None and key_from is not None:
+        from flume_rx.keyed_throttle import RedisKeyedWindow, key_of, throttle_by_key
+
+        # Per-key tokens are taken per job, before the batcher, since a batch can mix keys. A released job
+        # then starts at most batcher.timeout later: the batcher asks the throttle only for items of
+        # batches the processor requested (one per free stage), withdraws what a batch closed by its timer
+        # no longer has room for, so every item it receives has a requested batch that leaves (and starts
+        # at once) within its timeout. Counting each grant that much longer keeps every key's window exact.
+        limiter = config.rate_limiter
+        keyed = RedisKeyedWindow(
+            source.store,
+            limiter.key,
+            limiter.allowed,
+            limiter.period_s,
+            limiter.hold_s,
+            lag_s=0.0 if config.batcher is None else config.batcher.timeout_s,
+        )
+        stages.append(throttle_by_key(keyed, key=key_of(key_from), cost=cost_of(limiter.cost)))
+    if config.batcher is not None:
+        stages.append(
+            fo.buffer_with_time_or_count(
+                config.batcher.timeout_s,
+                config.batcher.size,
+                scheduler=scheduler,
+                on_flush=lambda size, trigger: telemetry.emit(
+                    "batch.flushed", queue=config.queue, size=size, trigger=trigger
+                ),
+            )
+        )
+    if key_from is None and source.window is not None and config.rate_limiter is not None:
+        window = source.window
+        key = config.rate_limiter.key
+
+        def on_throttle_event(kind: str, fields: dict[str, Any]) -> None:
+            telemetry.emit(f"throttle.{kind}", key=key, rate=window.current_rate(), **fields)
+
+        # The throttle sits right before the processor: tokens are taken when a job can start at once,
+        # so the shared window counts starts, not fetches.
+        stages.append(
+            fo.throttle(
+                window,
+                cost=cost_of(config.rate_limiter.cost),
+                min_tokens=grant_batch(
+                    window.allowed,
+                    config.processor.stages,
+                    pacing_burst(window.allowed, config.rate_limiter.burst),
+                ),
+                scheduler=scheduler,
+                on_event=on_throttle_event,
+            )
+        )
+    stages.append(
+        run_workers(
+            stages=config.processor.stages,
+            executor=executor,
+            timeout_s=config.processor.timeout_s,
+            scheduler=scheduler,
+        )
+    )
+    result: Observable[fo.Outcome[Any, Any]] = source.flowable.pipe(*stages)
+    return result

@@ -1,0 +1,129 @@
+"""The processor stage: runs each job's registered worker, one job or one batch at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor
+from typing import Any
+
+import reactivex
+from reactivex import Observable, abc
+
+from flume_rx import operators as fo
+from flume_rx.engine.source import Delivery, NotStarted
+from flume_rx.errors import (
+    BatchFailed,
+    Throttled,
+    UnknownWorker,
+)
+from flume_rx.job import Job
+from flume_rx.registry import get_worker
+from flume_rx.telemetry import Telemetry
+
+
+def run_workers(
+    *,
+    stages: int,
+    executor: Executor,
+    timeout_s: float | None = None,
+    scheduler: abc.SchedulerBase | None = None,
+) -> Callable[[Observable[Any]], Observable[fo.Outcome[Any, Any]]]:
+    """The processor stage: runs each job's registered worker with at most ``stages`` at once.
+
+    Items are :class:`Delivery` objects, or lists of them after a batcher. Async workers run on the loop,
+    sync workers in ``executor``'s threads.
+    """
+    return fo.process(
+        functools.partial(_call, executor=executor), stages, timeout_s=timeout_s, scheduler=scheduler
+    )
+
+
+def _call(
+    item: Delivery | list[Delivery], *, executor: Executor
+) -> Observable[Any] | asyncio.Future[Any] | Coroutine[Any, Any, Any]:
+    if isinstance(item, list):
+        return _call_many(item, executor)
+    # The per-job hot path: the worker's coroutine, which process runs as a task, or an executor future.
+    source = item.source
+    if source.stopping:
+        return reactivex.throw(NotStarted())
+    source.started(item)
+    job = item.job
+    if source.telemetry.active:
+        _emit_started(source.telemetry, job, time.time())
+    spec = get_worker(job.worker)  # UnknownWorker becomes this job's outcome
+    args = ([list(job.args)],) if spec.batch else job.args
+    if spec.is_async:
+        coro: Coroutine[Any, Any, Any] = spec.fn(*args)
+        return coro
+    return asyncio.get_running_loop().run_in_executor(executor, functools.partial(spec.fn, *args))
+
+
+def _call_many(deliveries: list[Delivery], executor: Executor) -> Observable[Any] | asyncio.Future[Any]:
+    source = deliveries[0].source
+    if source.stopping:
+        return reactivex.throw(NotStarted())
+    now = time.time()
+    for delivery in deliveries:
+        delivery.source.started(delivery)
+        if source.telemetry.active:
+            _emit_started(source.telemetry, delivery.job, now)
+    return asyncio.ensure_future(_call_batch(deliveries, executor))
+
+
+def _emit_started(telemetry: Telemetry, job: Job, now: float) -> None:
+    telemetry.emit(
+        "job.started",
+        queue=job.queue,
+        worker=job.worker,
+        job_id=job.id,
+        attempt=job.attempt,
+        wait_ms=(now - job.enqueued_at) * 1000 if job.enqueued_at else None,
+    )
+
+
+async def _invoke(fn: Callable[..., Any], is_async: bool, executor: Executor, *args: Any) -> Any:
+    if is_async:
+        return await fn(*args)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(executor, functools.partial(fn, *args))
+
+
+async def _call_batch(deliveries: list[Delivery], executor: Executor) -> dict[int, BaseException]:
+    """Run a batch; returns the failures by index (an empty dict when all succeeded)."""
+    failures: dict[int, BaseException] = {}
+    groups: dict[str, list[int]] = {}
+    for index, delivery in enumerate(deliveries):
+        groups.setdefault(delivery.job.worker, []).append(index)
+    for name, indices in groups.items():
+        try:
+            spec = get_worker(name)
+        except UnknownWorker as exc:
+            failures.update(dict.fromkeys(indices, exc))
+            continue
+        if not spec.batch:
+            results = await asyncio.gather(
+                *(_invoke(spec.fn, spec.is_async, executor, *deliveries[i].job.args) for i in indices),
+                return_exceptions=True,
+            )
+            failures.update(
+                {i: r for i, r in zip(indices, results, strict=True) if isinstance(r, BaseException)}
+            )
+            continue
+        try:
+            await _invoke(spec.fn, spec.is_async, executor, [list(deliveries[i].job.args) for i in indices])
+        except BatchFailed as exc:
+            for local in exc.failed:
+                if 0 <= local < len(indices):
+                    message = exc.errors.get(local, str(exc))
+                    if local in exc.throttled:
+                        failures[indices[local]] = Throttled(message)
+                        continue
+                    permanent = [local] if local in exc.permanent else []
+                    failures[indices[local]] = BatchFailed([local], message, permanent=permanent)
+        except Exception as exc:
+            failures.update(dict.fromkeys(indices, exc))
+    return failures

@@ -1,0 +1,323 @@
+"""The sink of every pipeline: outcomes become acks, retries and dead letters, one Redis call per batch."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from flume_rx import codec
+from flume_rx import operators as fo
+from flume_rx.engine.source import Delivery, JobSource, NotStarted
+from flume_rx.errors import (
+    BadArguments,
+    JobTimeout,
+    Throttled,
+    UnknownWorker,
+)
+from flume_rx.job import Job, JobError
+from flume_rx.registry import get_worker
+from flume_rx.store import Settlement
+from flume_rx.telemetry import Telemetry
+
+logger = logging.getLogger("flume_rx.pipeline")
+
+
+_TRACEBACK_TAIL_CHARS = 2000
+
+
+def _unbound_arguments(job: Job, error: TypeError) -> BaseException:
+    """The TypeError of a call whose args cannot bind to the worker's parameters, as the permanent fault it is.
+
+    Checked only after a TypeError, so a job that runs pays nothing for it; a TypeError the worker's own code
+    raised (its args bind) stays an ordinary, retried failure.
+    """
+    try:
+        spec = get_worker(job.worker)
+    except UnknownWorker:
+        return error
+    reason = spec.bind_error(job.args)
+    if reason is None:
+        return error
+    shown = repr(list(job.args))
+    if len(shown) > 200:
+        shown = shown[:200] + "...]"
+    return BadArguments(
+        f"the args {shown} of job {job.id} do not fit worker {job.worker!r}{spec.signature} ({reason}); "
+        "enqueue it again with args that match those parameters"
+    )
+
+
+def _safe_str(error: BaseException) -> str:
+    """``str(error)``, or a stand-in when the exception cannot even be printed."""
+    try:
+        return str(error)
+    except Exception as exc:
+        return f"<its message cannot be printed: {type(exc).__name__}: {exc}>"
+
+
+class Settler:
+    """The sink of every pipeline: turns outcomes into acks, retries and dead letters, one Redis call per batch.
+
+    Outcomes arriving in the same loop iteration are settled together; a job's credit goes back to its source
+    only once Redis has confirmed, so the in-flight list never holds more than ``max_demand`` jobs.
+    """
+
+    def __init__(self, telemetry: Telemetry, *, rng: random.Random | None = None) -> None:
+        self.telemetry = telemetry
+        self._pending: dict[int, tuple[JobSource, list[Settlement], list[Delivery]]] = {}
+        self._flushing: asyncio.Task[None] | None = None
+        self._rng = rng or random.Random()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def on_next(self, outcome: fo.Outcome[Any, Any]) -> None:
+        item = outcome.item
+        if isinstance(outcome.error, NotStarted):
+            return  # handed back by JobSource.hand_back_unstarted
+        duration_ms = (outcome.finished_at - outcome.started_at) * 1000
+        if isinstance(item, list):
+            failures: dict[int, BaseException] = {}
+            if outcome.error is not None:
+                failures = dict.fromkeys(range(len(item)), outcome.error)
+            elif isinstance(outcome.value, dict):
+                failures = outcome.value
+            for index, delivery in enumerate(item):
+                self._settle_one(delivery, failures.get(index), duration_ms)
+        else:
+            self._settle_one(item, outcome.error, duration_ms)
+        self._schedule_flush()
+
+    def on_error(self, error: Exception) -> None:
+        logger.error("pipeline failed: %s", error, exc_info=error)
+
+    def on_completed(self) -> None:
+        pass
+
+    def _settle_one(self, delivery: Delivery, error: BaseException | None, duration_ms: float) -> None:
+        try:
+            settlement = self._settlement_of(delivery, error, duration_ms)
+        except Exception as exc:  # a fault of settling itself costs this one job, never the pipeline
+            settlement = self._settle_fault(delivery, exc)
+        pending = self._pending.get(id(delivery.source))
+        if pending is None:
+            pending = self._pending[id(delivery.source)] = (delivery.source, [], [])
+        _, settlements, deliveries = pending
+        settlements.append(settlement)
+        deliveries.append(delivery)
+
+    def _settlement_of(
+        self, delivery: Delivery, error: BaseException | None, duration_ms: float
+    ) -> Settlement:
+        source, job = delivery.source, delivery.job
+        telemetry = self.telemetry
+        if error is None:
+            # Enqueue-to-done latency for the cluster-wide p50/p99 (stats and dashboard); clocks of two hosts.
+            latency_ms = (time.time() - job.enqueued_at) * 1000 if job.enqueued_at else None
+            settlement = Settlement(delivery.payload, "ack", latency_ms=latency_ms)
+            if telemetry.active:  # the one event of every job: skip building its fields when nobody listens
+                telemetry.emit(
+                    "job.succeeded",
+                    queue=job.queue,
+                    worker=job.worker,
+                    job_id=job.id,
+                    attempt=job.attempt,
+                    duration_ms=duration_ms,
+                )
+        elif isinstance(error, Throttled):
+            settlement = Settlement(delivery.payload, "requeue")
+            telemetry.emit("job.throttled", queue=job.queue, worker=job.worker, job_id=job.id)
+            if source.window is not None:
+                source.window.penalize().subscribe(
+                    lambda rate: telemetry.emit("throttle.penalized", key=job.queue, rate=rate),
+                    lambda exc: logger.warning("could not lower the shared rate: %s", exc),
+                )
+        else:
+            if isinstance(error, TimeoutError):
+                error = JobTimeout(f"job {job.id} ran longer than the processor timeout")
+            elif isinstance(error, TypeError):
+                error = _unbound_arguments(job, error)
+            job_error = JobError(
+                type(error).__name__,
+                str(error),
+                "".join(traceback.format_exception(error))[-_TRACEBACK_TAIL_CHARS:],
+            )
+            failed = job.next_attempt(job_error)
+            telemetry.emit(
+                "job.failed",
+                queue=job.queue,
+                worker=job.worker,
+                job_id=job.id,
+                attempt=job.attempt,
+                duration_ms=duration_ms,
+                error=f"{job_error.kind}: {job_error.message}",
+            )
+            permanent = isinstance(error, UnknownWorker) or bool(getattr(error, "permanent", False))
+            if permanent or failed.attempt > source.retry.max_retries:
+                settlement = Settlement(
+                    delivery.payload, "dead", codec.encode_cut_to_fit(failed, source.max_payload_bytes)
+                )
+                _log_dead(job, job_error, source.retry.max_retries, permanent)
+                telemetry.emit(
+                    "job.dead",
+                    queue=job.queue,
+                    worker=job.worker,
+                    job_id=job.id,
+                    attempt=job.attempt,
+                    reason=f"{job_error.kind}: {job_error.message}",
+                )
+            else:
+                delay_s = fo.backoff_delay(
+                    job.attempt, source.retry.backoff_initial_s, source.retry.backoff_max_s, self._rng
+                )
+                settlement = Settlement(
+                    delivery.payload,
+                    "retry",
+                    codec.encode_cut_to_fit(failed, source.max_payload_bytes),
+                    int(delay_s * 1000),
+                )
+                _log_retry(job, job_error, source.retry.max_retries, delay_s)
+                telemetry.emit(
+                    "job.retried",
+                    queue=job.queue,
+                    worker=job.worker,
+                    job_id=job.id,
+                    attempt=failed.attempt,
+                    delay_ms=delay_s * 1000,
+                )
+        if job.unique_key is not None and job.unique_until != "expiry":
+            # For unique_until="start" the key went at the start; this is the safety net if that call was lost.
+            settlement = replace(settlement, unique=(job.unique_key, job.id))
+        return settlement
+
+    def _settle_fault(self, delivery: Delivery, fault: Exception) -> Settlement:
+        """The job's outcome could not be turned into a settlement: it goes to the dead letters, saying why."""
+        job = delivery.job
+        reason = (
+            f"flume_rx could not settle this job's outcome ({type(fault).__name__}: {_safe_str(fault)}); "
+            "it was not retried, see the worker's log"
+        )
+        logger.error("job %s of %r went to the dead letters: %s", job.id, job.queue, reason, exc_info=fault)
+        self.telemetry.emit(
+            "job.dead",
+            queue=job.queue,
+            worker=job.worker,
+            job_id=job.id,
+            attempt=job.attempt,
+            reason=f"SettleError: {reason}",
+        )
+        unique = None
+        if job.unique_key is not None and job.unique_until != "expiry":
+            unique = (job.unique_key, job.id)
+        try:
+            record = codec.encode_cut_to_fit(
+                job.next_attempt(JobError("SettleError", reason)), delivery.source.max_payload_bytes
+            )
+        except Exception:  # not even that fits: the job goes to the dead letters as it was fetched
+            return Settlement(delivery.payload, "dead", unique=unique)
+        return Settlement(delivery.payload, "dead", record, unique=unique)
+
+    def _schedule_flush(self) -> None:
+        self._idle.clear()
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        # Yield once so every outcome of this loop iteration joins the same round trip.
+        await asyncio.sleep(0)
+        while self._pending:
+            batches, self._pending = self._pending, {}
+            for source, settlements, deliveries in batches.values():
+                try:
+                    await source._settle_with_retries(settlements)
+                except Exception as exc:  # not an outage (those are retried): find the outcome at fault
+                    await self._settle_apart(source, settlements, exc)
+                source.release(deliveries)
+        self._idle.set()
+
+    async def _settle_apart(
+        self, source: JobSource, settlements: Sequence[Settlement], fault: Exception
+    ) -> None:
+        """A batch Redis would not take: settle its outcomes one by one, and the ones that still fail go to the
+        dead letters as they were fetched, so one bad outcome costs one job and the pipeline goes on."""
+        logger.error(
+            "settling %d outcome(s) on %r failed; settling them one by one",
+            len(settlements),
+            source.queue,
+            exc_info=fault,
+        )
+        for settlement in settlements:
+            try:
+                await source._settle_with_retries([settlement])
+            except Exception as exc:
+                logger.error(
+                    "an outcome on %r could not be settled (%s: %s); its job goes to the dead letters",
+                    source.queue,
+                    type(exc).__name__,
+                    _safe_str(exc),
+                )
+                try:
+                    await source._settle_with_retries([Settlement(settlement.payload, "dead")])
+                except Exception:
+                    logger.exception(
+                        "the job stays in flight; orphan recovery returns it when this consumer is gone"
+                    )
+
+    async def drained(self) -> None:
+        """Wait until every outcome received so far is settled in Redis."""
+        await self._idle.wait()
+
+
+def _job_fields(job: Job, error: JobError, max_retries: int) -> dict[str, Any]:
+    """A failed job's fields for a log record (the JSON log format shows them beside the message)."""
+    return {
+        "queue": job.queue,
+        "worker": job.worker,
+        "job_id": job.id,
+        "attempt": job.attempt + 1,
+        "max_attempts": max_retries + 1,
+        "error": f"{error.kind}: {error.message}",
+    }
+
+
+def _log_retry(job: Job, error: JobError, max_retries: int, delay_s: float) -> None:
+    fields = _job_fields(job, error, max_retries)
+    fields["retry_in_s"] = round(delay_s, 3)
+    logger.warning(
+        "job %s of %r (worker %s) failed on attempt %d of %d: %s; next try in %.1f s",
+        job.id,
+        job.queue,
+        job.worker,
+        fields["attempt"],
+        fields["max_attempts"],
+        fields["error"],
+        delay_s,
+        extra=fields,
+    )
+
+
+_LOGGED_TRACEBACK_LINES = 12
+
+
+def _log_dead(job: Job, error: JobError, max_retries: int, permanent: bool) -> None:
+    fields = _job_fields(job, error, max_retries)
+    tail = "\n".join(error.traceback.rstrip().splitlines()[-_LOGGED_TRACEBACK_LINES:])
+    fields["traceback"] = tail
+    why = "a permanent failure" if permanent else "its last attempt"
+    logger.error(
+        "job %s of %r (worker %s) went to the dead letters after %s (attempt %d of %d): %s%s",
+        job.id,
+        job.queue,
+        job.worker,
+        why,
+        fields["attempt"],
+        fields["max_attempts"],
+        fields["error"],
+        "\n" + tail if tail else "",
+        extra=fields,
+    )

@@ -1,0 +1,233 @@
+"""The Redis side of a pipeline: fetching jobs on demand, what is outstanding, and stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import reactivex
+from reactivex import Observable
+from reactivex import operators as ops
+
+from flume_rx import codec
+from flume_rx import operators as fo
+from flume_rx.config import RetryConfig
+from flume_rx.errors import (
+    DecodeError,
+    StoreError,
+)
+from flume_rx.job import Job, JobError
+from flume_rx.store import Outage, RedisStore, Settlement
+from flume_rx.telemetry import Telemetry
+
+logger = logging.getLogger("flume_rx.pipeline")
+
+
+class NotStarted(Exception):
+    """The pipeline was stopping when this job's turn came; it was handed back to the queue unstarted."""
+
+
+@dataclass(eq=False, slots=True)
+class Delivery:
+    """A fetched job on its way through a pipeline; it knows the source it must be settled with."""
+
+    job: Job
+    payload: bytes
+    source: JobSource
+
+
+@dataclass(eq=False)
+class JobSource:
+    """The Redis side of one pipeline in one process: fetching, what is outstanding, and stopping."""
+
+    store: RedisStore
+    queue: str
+    consumer: str
+    max_demand: int
+    telemetry: Telemetry
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    window: fo.TokenWindow | None = None
+    block_s: float = 1.0
+    max_payload_bytes: int = codec.DEFAULT_MAX_PAYLOAD_BYTES
+    stopping: bool = False
+    outstanding: set[Delivery] = field(default_factory=set)
+    running: set[Delivery] = field(default_factory=set)
+    flowable: fo.PullSource[Delivery] = field(init=False)
+    exhausted: bool = False
+    burst: bool = False
+
+    def __post_init__(self) -> None:
+        self._outage = Outage(f"fetch from {self.queue!r}")
+        self._unique_releases: list[Settlement] = []
+        self._releasing: asyncio.Task[None] | None = None
+        self.flowable = fo.request_n(self._fetch, self.max_demand, on_pressure=self._on_pressure)
+
+    def _fetch(self, n: int) -> Observable[Sequence[Delivery]]:
+        if self.stopping:
+            return reactivex.empty()
+        # An empty answer (burst mode on an empty queue, or stopping) completes without emitting: exhausted.
+        fetched: Observable[list[Delivery]] = reactivex.from_future(
+            asyncio.ensure_future(self._fetch_async(n))
+        )
+        return fetched.pipe(ops.filter(_non_empty))
+
+    async def _fetch_async(self, n: int) -> list[Delivery]:
+        reply_lost = False
+        while not self.stopping:
+            started = time.monotonic()
+            try:
+                if reply_lost:
+                    await self._return_unseen()
+                    reply_lost = False
+                payloads = await self.store.fetch(
+                    self.queue, self.consumer, n, 0.0 if self.burst else self.block_s
+                )
+            except StoreError as exc:
+                # The fetch may have run in Redis although its reply never came (a timeout, a dropped link).
+                reply_lost = True
+                await asyncio.sleep(self._outage.failed(exc))
+                continue
+            self._outage.ok()
+            if not payloads:
+                if self.burst:
+                    return []
+                if time.monotonic() - started < self.block_s / 2:
+                    # A paused queue answers at once; do not spin.
+                    await asyncio.sleep(min(0.2, self.block_s))
+                continue
+            deliveries = await self._decode(payloads)
+            if deliveries:
+                return deliveries
+        return []
+
+    @property
+    def fetch_queues(self) -> tuple[str, ...]:
+        """Every queue this source fetches from."""
+        return (self.queue,)
+
+    async def _return_unseen(self) -> None:
+        """Give back jobs a fetch with a lost reply moved into our in-flight lists.
+
+        No pipeline holds them, and this consumer is alive, so orphan recovery would never return them. (A
+        process runs one pipeline per queue, so every other job in these lists is one we hold.)
+        """
+        known = {d.payload for d in self.outstanding}
+        for queue in self.fetch_queues:
+            unseen = [p for p in await self.store.inflight(queue, self.consumer) if p not in known]
+            if unseen:
+                returned = await self.store.requeue_all(queue, self.consumer, unseen)
+                logger.warning("returned %d job(s) of a fetch whose reply was lost to %r", returned, queue)
+
+    async def _decode(self, payloads: Sequence[bytes]) -> list[Delivery]:
+        deliveries: list[Delivery] = []
+        bad: list[Settlement] = []
+        for payload in payloads:
+            try:
+                job = codec.decode(payload, self.max_payload_bytes)
+            except DecodeError as exc:
+                bad.append(Settlement(payload, "dead", self._undecodable_record(payload, exc)))
+                continue
+            delivery = Delivery(job, payload, self)
+            deliveries.append(delivery)
+        if bad:
+            await self._settle_with_retries(bad)
+            for settlement in bad:
+                self.telemetry.emit(
+                    "job.dead",
+                    queue=self.queue,
+                    worker="",
+                    job_id="",
+                    attempt=0,
+                    reason=_reason_of(settlement),
+                )
+            logger.error("%d undecodable payload(s) from %r went to the dead letters", len(bad), self.queue)
+        self.outstanding.update(deliveries)
+        if deliveries:
+            self.telemetry.emit("job.fetched", queue=self.queue, count=len(deliveries))
+        return deliveries
+
+    def _undecodable_record(self, payload: bytes, error: DecodeError) -> bytes:
+        digest = hashlib.sha1(payload).hexdigest()[:16]
+        record = Job(
+            id=f"undecodable-{digest}",
+            queue=self.queue,
+            worker="",
+            args=[payload[: max(0, self.max_payload_bytes - 4096)]],
+            error=JobError("DecodeError", str(error)),
+            enqueued_at=time.time(),
+        )
+        return codec.encode(record, self.max_payload_bytes)
+
+    async def _settle_with_retries(self, settlements: Sequence[Settlement]) -> None:
+        await self._settle_queue(self.queue, settlements)
+
+    async def _settle_queue(self, queue: str, settlements: Sequence[Settlement]) -> None:
+        """Settle on ``queue``, retrying with backoff through an outage (settling is idempotent)."""
+        outage = Outage(f"settle on {queue!r}")
+        while True:
+            try:
+                await self.store.settle(queue, self.consumer, settlements)
+            except StoreError as exc:
+                await asyncio.sleep(outage.failed(exc))
+                continue
+            outage.ok()
+            return
+
+    def _on_pressure(self, engaged: bool, held_s: float) -> None:
+        if engaged:
+            self.telemetry.emit(
+                "backpressure.engaged", queue=self.queue, in_flight=self.flowable.credits.in_flight
+            )
+        else:
+            self.telemetry.emit("backpressure.released", queue=self.queue, held_ms=held_s * 1000)
+
+    def started(self, delivery: Delivery) -> None:
+        """Note that a worker starts ``delivery``: a job of ``unique_until="start"`` gives up its key.
+
+        Releases of one loop iteration share one Redis call. If that call is lost (the process stops first),
+        settling the job releases the key instead.
+        """
+        self.running.add(delivery)
+        job = delivery.job
+        if job.unique_key is None or job.unique_until != "start":
+            return
+        if not self._unique_releases:
+            self._releasing = asyncio.get_running_loop().create_task(self._release_unique_keys())
+        self._unique_releases.append(Settlement(delivery.payload, "release", unique=(job.unique_key, job.id)))
+
+    async def _release_unique_keys(self) -> None:
+        await asyncio.sleep(0)  # let every start of this loop iteration join the call
+        releases, self._unique_releases = self._unique_releases, []
+        await self._settle_with_retries(releases)
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            self.outstanding.discard(delivery)
+            self.running.discard(delivery)
+        self.flowable.release(len(deliveries))
+
+    async def hand_back_unstarted(self) -> int:
+        """At stop: give every fetched, unstarted job back to the queue at once."""
+        unstarted = [d for d in self.outstanding if d not in self.running]
+        if not unstarted:
+            return 0
+        await self._settle_with_retries([Settlement(d.payload, "requeue") for d in unstarted])
+        for delivery in unstarted:
+            self.outstanding.discard(delivery)
+        return len(unstarted)
+
+
+def _non_empty(batch: Sequence[Delivery]) -> bool:
+    return len(batch) > 0
+
+
+def _reason_of(settlement: Settlement) -> str:
+    try:
+        job = codec.decode(settlement.new_payload or b"")
+    except DecodeError:
+        return ""
+    return "" if job.error is None else f"{job.error.kind}: {job.error.message}"
