@@ -242,8 +242,12 @@ class Flume:
     # ---- looking and acting -------------------------------------------------------------------------------------
 
     def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
-        """Per queue: queued, in_flight, scheduled, retry, dead, processed, failed."""
-        return self._store.stats(queues)
+        """Per queue: queued, in_flight, scheduled, retry, dead, processed, failed, and more.
+
+        ``consumers`` counts the live ones only (heard from within the config's ``orphan_timeout``);
+        ``consumers_silent`` those taken for dead.
+        """
+        return self._store.stats(queues, self.config.orphan_timeout_s)
 
     def dead_list(self, queue: str, limit: int = 100) -> list[Job]:
         return [codec.decode(payload) for payload, _ in self._store.dead_list(queue, limit)]
@@ -270,8 +274,9 @@ class Flume:
         self._store.resume(queue)
 
     def consumers(self, queues: Sequence[str] | None = None) -> list[ConsumerInfo]:
-        """Every consumer of the queues (all known by default): last heartbeat, its age, jobs in flight."""
-        return self._store.consumers(queues)
+        """Every consumer of the queues (all known by default): last heartbeat, its age, jobs in flight, and
+        ``alive`` (False once silent for the config's ``orphan_timeout``: taken for dead)."""
+        return self._store.consumers(queues, self.config.orphan_timeout_s)
 
     def rates(
         self, queue: str, resolution: Literal["second", "minute"] = "second", count: int = 60

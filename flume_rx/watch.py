@@ -52,7 +52,7 @@ def snapshot(store: SyncStore, config: FlumeConfig) -> list[PipelineRow]:
     pipelines = [(p.name, p.queue, p.rate_limiter) for p in config.pipelines]
     if not pipelines:
         pipelines = [(q, q, None) for q in store.known_queues()]
-    stats = store.stats(sorted({queue for _, queue, _ in pipelines}))
+    stats = store.stats(sorted({queue for _, queue, _ in pipelines}), config.orphan_timeout_s)
     rows: list[PipelineRow] = []
     for name, queue, limiter in pipelines:
         s = stats[queue]
@@ -179,8 +179,12 @@ def print_consumers(consumers: Sequence[ConsumerInfo], as_json: bool = False) ->
         table.add_column(column)
     for column in ("last heartbeat", "in flight"):
         table.add_column(column, justify="right")
+    table.add_column("state", no_wrap=True)
     for c in sorted(consumers, key=lambda c: (c["queue"], c["consumer"])):
-        table.add_row(c["queue"], c["consumer"], f"{c['age_s']:.1f} s ago", str(c["in_flight"]))
+        state = "alive" if c["alive"] else "[red]dead (silent)[/]"
+        table.add_row(c["queue"], c["consumer"], f"{c['age_s']:.1f} s ago", str(c["in_flight"]), state)
+    if not all(c["alive"] for c in consumers):
+        table.caption = "dead: silent for orphan_timeout or longer; a worker gives back its jobs"
     Console().print(table)
 
 

@@ -92,7 +92,7 @@ def create_app(config: FlumeConfig, *, allow_actions: bool = False) -> Starlette
         return JSONResponse({"queue": queue, "jobs": jobs})
 
     def consumers(request: Request) -> Response:
-        return JSONResponse({"consumers": store.consumers(queues())})
+        return JSONResponse({"consumers": store.consumers(queues(), config.orphan_timeout_s)})
 
     def act(request: Request, body: dict[str, Any]) -> dict[str, Any]:
         action = request.path_params["action"]

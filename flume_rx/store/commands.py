@@ -80,6 +80,10 @@ class QueueStats(TypedDict):
     failed: int
     requeued: int
     consumers: int
+    """Consumers alive: a heartbeat within the orphan timeout."""
+    consumers_silent: int
+    """Consumers silent for longer than the orphan timeout: taken for dead, their jobs come back at the next
+    orphan recovery."""
     paused: bool
     processed_per_s: float
     """Cluster-wide, over the last 60 complete seconds (from the per-second buckets in Redis)."""
@@ -98,6 +102,8 @@ class ConsumerInfo(TypedDict):
     """Its last heartbeat or fetch, unix seconds on the Redis clock."""
     age_s: float
     in_flight: int
+    alive: bool
+    """False once its heartbeat is older than the orphan timeout: it is taken for dead."""
 
 
 class RatePoint(TypedDict):
@@ -260,7 +266,7 @@ def _ops_stats_first(keys: Keys, queue: str) -> list[_Op]:
         _Cmd(("ZCARD", k.dead)),
         _Cmd(("HGETALL", k.stats)),
         _Cmd(("EXISTS", k.paused)),
-        _Cmd(("ZRANGE", k.consumers, 0, -1)),
+        _Cmd(("ZRANGE", k.consumers, 0, -1, "WITHSCORES")),
         _Cmd(("TIME",)),
         _Cmd(("HGETALL", k.seconds)),
         _Cmd(("LRANGE", k.latency, 0, LATENCY_SAMPLES - 1)),
@@ -270,10 +276,18 @@ def _ops_stats_first(keys: Keys, queue: str) -> list[_Op]:
 _STATS_FIRST = 10
 
 
-def _parse_stats(first: Sequence[Any]) -> tuple[QueueStats, list[str]]:
-    queued, scheduled, retry, dead, counters, paused, consumers, now, seconds, latency = first
+DEFAULT_ORPHAN_TIMEOUT_S = 15.0
+"""The config's default ``orphan_timeout``: a consumer silent for longer is taken for dead."""
+
+
+def _parse_stats(first: Sequence[Any], orphan_timeout_s: float) -> tuple[QueueStats, list[str]]:
+    """The counts of one queue, and every consumer in its heartbeat set (a silent one may still hold jobs)."""
+    queued, scheduled, retry, dead, counters, paused, beats, now, seconds, latency = first
     counts = _hash(counters)
-    now_s = _redis_ms(now) // 1000
+    now_ms = _redis_ms(now)
+    now_s = now_ms // 1000
+    consumers = _pairs(beats)
+    alive = sum(1 for _, beat in consumers if _is_alive(now_ms, beat, orphan_timeout_s))
     # The 60 complete seconds before the current one: a partial second would read as a dip.
     recent = _ring(_hash(seconds), RATE_SECONDS, now_s - 60, now_s - 1)
     p50, p99 = _percentiles(sorted(float(_text(x)) for x in latency), (0.5, 0.99))
@@ -286,14 +300,21 @@ def _parse_stats(first: Sequence[Any]) -> tuple[QueueStats, list[str]]:
         processed=int(counts.get("processed", 0)),
         failed=int(counts.get("failed", 0)),
         requeued=int(counts.get("requeued", 0)),
-        consumers=len(consumers),
+        consumers=alive,
+        consumers_silent=len(consumers) - alive,
         paused=bool(paused),
         processed_per_s=sum(p["processed"] for p in recent) / 60,
         failed_per_s=sum(p["failed"] for p in recent) / 60,
         latency_p50_ms=p50,
         latency_p99_ms=p99,
     )
-    return stats, [_text(c) for c in consumers]
+    return stats, [_text(c) for c, _ in consumers]
+
+
+def _is_alive(now_ms: int, beat_ms: float, orphan_timeout_s: float) -> bool:
+    # The same rule as orphan recovery (silent for the timeout or longer is dead), so the views and the
+    # recovery never disagree about a consumer.
+    return now_ms - beat_ms < orphan_timeout_s * 1000
 
 
 def _ring(fields: dict[str, Any], size: int, first: int, last: int) -> list[RatePoint]:
@@ -335,7 +356,7 @@ def _ops_consumers(keys: Keys, queue: str) -> list[_Op]:
     return [_Cmd(("TIME",)), _Cmd(("ZRANGE", keys.of(queue).consumers, 0, -1, "WITHSCORES"))]
 
 
-def _parse_consumers(queue: str, reply: Sequence[Any]) -> list[ConsumerInfo]:
+def _parse_consumers(queue: str, reply: Sequence[Any], orphan_timeout_s: float) -> list[ConsumerInfo]:
     now, beats = reply
     now_ms = _redis_ms(now)
     return [
@@ -345,6 +366,7 @@ def _parse_consumers(queue: str, reply: Sequence[Any]) -> list[ConsumerInfo]:
             last_seen=beat / 1000,
             age_s=max(0.0, (now_ms - beat) / 1000),
             in_flight=0,
+            alive=_is_alive(now_ms, beat, orphan_timeout_s),
         )
         for c, beat in _pairs(beats)
     ]

@@ -16,6 +16,7 @@ from flume_rx.errors import ConfigError
 from flume_rx.store.commands import (
     _STATS_FIRST,
     DEAD_RETRY_CHUNK,
+    DEFAULT_ORPHAN_TIMEOUT_S,
     ConsumerInfo,
     PeekWhere,
     QueueStats,
@@ -332,15 +333,24 @@ class RedisStore:
         """Names of every queue ever enqueued to in this namespace."""
         return sorted(_text(q) for q in await self._run.one(_Cmd(("SMEMBERS", self.keys.queues))))
 
-    async def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
-        """Counts per queue (all known queues by default), in two round trips."""
+    async def stats(
+        self, queues: Sequence[str] | None = None, orphan_timeout_s: float = DEFAULT_ORPHAN_TIMEOUT_S
+    ) -> dict[str, QueueStats]:
+        """Counts per queue (all known queues by default), in two round trips.
+
+        ``consumers`` counts only those heard from within ``orphan_timeout_s`` (the workers' orphan_timeout);
+        ``consumers_silent`` the others, which orphan recovery takes for dead. ``in_flight`` counts the jobs
+        of both (a dead consumer's jobs are in flight until they come back).
+        """
         names = list(queues) if queues is not None else await self.known_queues()
         first = await self._run.run([op for q in names for op in _ops_stats_first(self.keys, q)])
         result: dict[str, QueueStats] = {}
         inflight_ops: list[_Op] = []
         owners: list[str] = []
         for i, q in enumerate(names):
-            stats, consumers = _parse_stats(first[i * _STATS_FIRST : (i + 1) * _STATS_FIRST])
+            stats, consumers = _parse_stats(
+                first[i * _STATS_FIRST : (i + 1) * _STATS_FIRST], orphan_timeout_s
+            )
             result[q] = stats
             inflight_ops += [_Cmd(("LLEN", self.keys.of(q).inflight(c))) for c in consumers]
             owners += [q] * len(consumers)
@@ -348,11 +358,18 @@ class RedisStore:
             result[q]["in_flight"] += int(length)
         return result
 
-    async def consumers(self, queues: Sequence[str] | None = None) -> list[ConsumerInfo]:
-        """Every consumer of the queues (all known by default) with its last heartbeat and in-flight count."""
+    async def consumers(
+        self, queues: Sequence[str] | None = None, orphan_timeout_s: float = DEFAULT_ORPHAN_TIMEOUT_S
+    ) -> list[ConsumerInfo]:
+        """Every consumer of the queues (all known by default) with its last heartbeat and in-flight count;
+        ``alive`` is False for one silent for ``orphan_timeout_s`` or longer (taken for dead)."""
         names = list(queues) if queues is not None else await self.known_queues()
         replies = await self._run.run([op for q in names for op in _ops_consumers(self.keys, q)])
-        found = [c for i, q in enumerate(names) for c in _parse_consumers(q, replies[2 * i : 2 * i + 2])]
+        found = [
+            c
+            for i, q in enumerate(names)
+            for c in _parse_consumers(q, replies[2 * i : 2 * i + 2], orphan_timeout_s)
+        ]
         lengths = await self._run.run(
             [_Cmd(("LLEN", self.keys.of(c["queue"]).inflight(c["consumer"]))) for c in found]
         )

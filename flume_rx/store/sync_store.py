@@ -14,6 +14,7 @@ from flume_rx.errors import ConfigError
 from flume_rx.store.commands import (
     _STATS_FIRST,
     DEAD_RETRY_CHUNK,
+    DEFAULT_ORPHAN_TIMEOUT_S,
     ConsumerInfo,
     PeekWhere,
     QueueStats,
@@ -143,14 +144,18 @@ class SyncStore:
     def known_queues(self) -> list[str]:
         return sorted(_text(q) for q in self._run.one(_Cmd(("SMEMBERS", self.keys.queues))))
 
-    def stats(self, queues: Sequence[str] | None = None) -> dict[str, QueueStats]:
+    def stats(
+        self, queues: Sequence[str] | None = None, orphan_timeout_s: float = DEFAULT_ORPHAN_TIMEOUT_S
+    ) -> dict[str, QueueStats]:
         names = list(queues) if queues is not None else self.known_queues()
         first = self._run.run([op for q in names for op in _ops_stats_first(self.keys, q)])
         result: dict[str, QueueStats] = {}
         inflight_ops: list[_Op] = []
         owners: list[str] = []
         for i, q in enumerate(names):
-            stats, consumers = _parse_stats(first[i * _STATS_FIRST : (i + 1) * _STATS_FIRST])
+            stats, consumers = _parse_stats(
+                first[i * _STATS_FIRST : (i + 1) * _STATS_FIRST], orphan_timeout_s
+            )
             result[q] = stats
             inflight_ops += [_Cmd(("LLEN", self.keys.of(q).inflight(c))) for c in consumers]
             owners += [q] * len(consumers)
@@ -158,10 +163,16 @@ class SyncStore:
             result[q]["in_flight"] += int(length)
         return result
 
-    def consumers(self, queues: Sequence[str] | None = None) -> list[ConsumerInfo]:
+    def consumers(
+        self, queues: Sequence[str] | None = None, orphan_timeout_s: float = DEFAULT_ORPHAN_TIMEOUT_S
+    ) -> list[ConsumerInfo]:
         names = list(queues) if queues is not None else self.known_queues()
         replies = self._run.run([op for q in names for op in _ops_consumers(self.keys, q)])
-        found = [c for i, q in enumerate(names) for c in _parse_consumers(q, replies[2 * i : 2 * i + 2])]
+        found = [
+            c
+            for i, q in enumerate(names)
+            for c in _parse_consumers(q, replies[2 * i : 2 * i + 2], orphan_timeout_s)
+        ]
         lengths = self._run.run(
             [_Cmd(("LLEN", self.keys.of(c["queue"]).inflight(c["consumer"]))) for c in found]
         )
