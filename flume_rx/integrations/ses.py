@@ -37,6 +37,7 @@ import functools
 import json
 import logging
 import math
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ __all__ = [
     "plan_bulk_calls",
     "rate_from_ses",
     "register_ses_workers",
+    "resolve_region",
     "ses_bulk_sender",
     "ses_cost",
     "ses_error",
@@ -467,7 +469,7 @@ class SESDownstream:
     Args:
         client: a ready SESv2 client (tests, custom sessions); the other client options are then ignored.
         from_address: the default sender, an SES-verified address or an address of a verified domain.
-        region: the AWS region; default from boto3's chain (AWS_REGION, ~/.aws/config, ...).
+        region: the AWS region; default from boto3's chain (AWS_DEFAULT_REGION, ~/.aws/config, ...).
         endpoint_url: another SES endpoint (an emulator, a VPC endpoint); default from boto3's chain.
         configuration_set: the SES configuration set to send through (event publishing, IP pools).
         max_pool_connections: HTTP connections kept per process.
@@ -497,6 +499,11 @@ class SESDownstream:
         self.from_address = from_address
         self.configuration_set = configuration_set
         self._client = client
+        if client is None:
+            # Validate the client options now, where the mistake is made (the worker's start), not in the
+            # first job, where a missing region would be retried as a transient error and nothing sent.
+            _check_client_options(max_pool_connections, connect_timeout_s, read_timeout_s)
+            region = resolve_region(region)
         self._make_client: Callable[[], SESV2Client] = functools.partial(
             default_client,
             region,
@@ -505,9 +512,6 @@ class SESDownstream:
             connect_timeout_s=connect_timeout_s,
             read_timeout_s=read_timeout_s,
         )
-        if client is None:
-            # Validate the client options now, where the mistake is made, not in the first job.
-            _check_client_options(max_pool_connections, connect_timeout_s, read_timeout_s)
         self._lock = threading.Lock()
 
     @property
@@ -701,6 +705,28 @@ def _check_client_options(max_pool_connections: int, connect_timeout_s: float, r
         )
 
 
+def resolve_region(region: str | None = None) -> str:
+    """The AWS region an SES client will use: ``region``, else boto3's (``AWS_DEFAULT_REGION``, the profile's).
+
+    Reads the environment and the AWS config files; nothing connects.
+
+    Raises:
+        ConfigError: no region is set anywhere boto3 looks. boto3 does not read ``AWS_REGION`` (other AWS
+            SDKs and Lambda do), so a region set only there is named in the message.
+    """
+    if region:
+        return region
+    found = boto3.session.Session().region_name
+    if found:
+        return found
+    only_aws_region = os.environ.get("AWS_REGION")
+    unread = f" (AWS_REGION={only_aws_region} is set, but boto3 does not read it)" if only_aws_region else ""
+    raise ConfigError(
+        f"SES needs an AWS region and none is set{unread}; export AWS_DEFAULT_REGION=<region>, set `region` "
+        "in your AWS profile, or pass region= to register_ses_workers"
+    )
+
+
 def default_client(
     region: str | None = None,
     endpoint_url: str | None = None,
@@ -712,14 +738,15 @@ def default_client(
     """An SESv2 client from boto3's default chain that makes exactly one attempt per call.
 
     Credentials, region and endpoint come from boto3's usual sources unless given: environment
-    (``AWS_ACCESS_KEY_ID``, ``AWS_REGION``, ``AWS_ENDPOINT_URL_SESV2``...), shared config files, an instance
-    or task role. botocore's own retries are off: each would be an SES call the token window never granted,
+    (``AWS_ACCESS_KEY_ID``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_SESV2``...), shared config files, an
+    instance or task role. botocore's own retries are off: each would be an SES call the token window never granted,
     and would hide the throttling the adaptive limiter listens for. Retries are the pipeline's job.
 
     Raises:
-        ConfigError: a limit is not positive.
+        ConfigError: a limit is not positive, or no region is set (see `resolve_region`).
     """
     _check_client_options(max_pool_connections, connect_timeout_s, read_timeout_s)
+    region = resolve_region(region)
     config = Config(
         retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=connect_timeout_s,

@@ -33,8 +33,8 @@ _DUMMY_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_SESSION_TOKEN": "testing",
+    # Only the variable boto3 reads: setting AWS_REGION too once hid that boto3 ignores it.
     "AWS_DEFAULT_REGION": REGION,
-    "AWS_REGION": REGION,
     # No shared config or credentials file of the machine may leak into the tests.
     "AWS_CONFIG_FILE": os.devnull,
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,

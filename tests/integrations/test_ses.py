@@ -42,15 +42,18 @@ from flume_rx.integrations.ses import (
     SESMessage,
     TransientSESError,
     account_send_rate,
+    default_client,
     parse_message,
     plan_bulk_calls,
     rate_from_ses,
     register_ses_workers,
+    resolve_region,
     ses_bulk_sender,
     ses_cost,
     ses_sender,
 )
 from flume_rx.registry import get_worker
+from tests.integrations.conftest import REGION
 
 if TYPE_CHECKING:
     from mypy_boto3_ses import SESClient
@@ -62,8 +65,9 @@ SENDER = "sender@flume.example"  # verified by the ses_server fixture
 PIPELINE_WORKER = "SESPipelineTestWorker"
 
 # The 3-process pipeline test imports this module in each worker process to register its worker; the client
-# is made on first use from boto3's default chain, which the moto fixture points at the server.
-register_ses_workers(PIPELINE_WORKER, None, from_address=SENDER)
+# is made on first use from boto3's default chain, which the moto fixture points at the server. The region is
+# given: registration checks it, and pytest imports this module before any fixture has set the environment.
+register_ses_workers(PIPELINE_WORKER, None, from_address=SENDER, region=REGION)
 
 
 def _simple(index: int, recipients: int = 1) -> dict[str, Any]:
@@ -506,6 +510,70 @@ def test_register_ses_workers_registers_a_send_and_a_batch_worker() -> None:
     assert isinstance(downstream, SESDownstream)
     assert not get_worker("SESRegTest").batch and get_worker("SESRegTestBulk").batch
     assert not get_worker("SESRegTest").is_async
+
+
+@pytest.fixture
+def no_aws_region(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine with no region in boto3's chain: no AWS_DEFAULT_REGION and no AWS config file."""
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+
+
+@pytest.mark.usefixtures("no_aws_region")
+def test_a_region_set_only_in_aws_region_is_refused_at_registration_naming_both_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")  # what other AWS SDKs read; boto3 does not
+    with pytest.raises(
+        ConfigError, match=r"AWS_REGION=eu-west-1 is set, but boto3 does not read it.*AWS_DEFAULT_REGION"
+    ):
+        register_ses_workers("SESNoRegion", None, from_address=SENDER)
+    with pytest.raises(ConfigError, match="AWS_DEFAULT_REGION"):
+        default_client()
+
+
+@pytest.mark.usefixtures("no_aws_region")
+def test_the_region_comes_from_the_argument_or_aws_default_region(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="none is set; export AWS_DEFAULT_REGION"):
+        resolve_region()
+    assert resolve_region("ap-south-1") == "ap-south-1"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
+    assert resolve_region() == "eu-central-1"
+    assert default_client().meta.region_name == "eu-central-1"
+
+
+@pytest.mark.usefixtures("no_aws_region")
+def test_a_worker_whose_ses_workers_have_no_region_stops_at_start_with_the_fix(
+    redis_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "mail.py").write_text(
+        "from flume_rx.integrations.ses import register_ses_workers\n"
+        "register_ses_workers(from_address='news@mail.example.com')\n"
+    )
+    config = tmp_path / "flume.toml"
+    config.write_text(f'redis_url = "{redis_url}"\nimports = ["mail"]\n[pipelines.email]\n')
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flume_rx.cli",
+            "worker",
+            "--burst",
+            "--config",
+            str(config),
+            "--path",
+            str(tmp_path),
+        ],
+        env={**os.environ, "AWS_REGION": "eu-west-1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "AWS_DEFAULT_REGION" in result.stderr and "AWS_REGION=eu-west-1" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_sender_needs_an_address() -> None:
