@@ -8,7 +8,7 @@ from ._async_bridge import to_async_iterable, to_async_observable
 from ._batch import FlushHook, buffer_with_time_or_count
 from ._flow import UNBOUNDED, Demand, Flowable, subscribe_upstream
 from ._process import Outcome, from_async, in_thread, process
-from ._request_n import Credits, PullSource, from_iterable, request_n
+from ._request_n import Credits, Fetch, HandBack, PullSource, from_iterable, last_batch, request_n
 from ._retry import backoff_delay, retry_with_backoff
 from ._throttle import EventHook, Grant, InProcessWindow, TokenWindow, throttle
 
@@ -17,9 +17,11 @@ __all__ = [
     "Credits",
     "Demand",
     "EventHook",
+    "Fetch",
     "Flowable",
     "FlushHook",
     "Grant",
+    "HandBack",
     "InProcessWindow",
     "Outcome",
     "PullSource",
@@ -29,6 +31,7 @@ __all__ = [
     "from_async",
     "from_iterable",
     "in_thread",
+    "last_batch",
     "process",
     "request_n",
     "retry_with_backoff",

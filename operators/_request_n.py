@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from itertools import islice
+from typing import Any, TypeVar
 
 import reactivex
 from reactivex import Observable, abc
-from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposable
+from reactivex.disposable import CompositeDisposable, Disposable
 
 from ._flow import Demand, Flowable, serialize
 
@@ -17,7 +19,13 @@ _T = TypeVar("_T")
 
 Fetch = Callable[[int], Observable[Sequence[_T]]]
 """Asked for up to ``n`` items; emits one sequence of at most ``n`` (maybe empty, after waiting a while)
-and completes, or completes without emitting when the source is exhausted."""
+and completes, or completes without emitting when the source is exhausted. A sequence made with
+:func:`last_batch` says it is the last. Disposing the fetch's subscription cancels it: a fetch that has
+taken items from where it reads them by then and cannot emit them any more must put them back itself."""
+
+HandBack = Callable[[Sequence[_T]], None]
+"""Given fetched items that never went downstream (the subscriber cancelled, or the source failed, while
+they waited for demand), to return them where the fetch took them from. Their credits are already back."""
 
 PressureHook = Callable[[bool, float], None]
 """Told ``(True, 0.0)`` when downstream wants more but the in-flight cap holds the source back, and
@@ -72,13 +80,39 @@ class Credits:
         return Disposable(lambda: self._listeners.remove(listener) if listener in self._listeners else None)
 
 
+class _LastBatch(list[Any]):
+    """A batch after which the fetch function has no more items (see :func:`last_batch`)."""
+
+
+def last_batch(items: Iterable[_T]) -> Sequence[_T]:
+    """Mark a fetch's batch as the last: the source completes once its items are delivered.
+
+    Without the mark a source learns it is exhausted only from a fetch that completes without a batch, which
+    it asks for only when downstream wants more: a subscriber that requested exactly what there was would
+    never see the completion.
+
+    >>> from reactivex import operators as ops
+    >>> source = request_n(lambda n: reactivex.of(last_batch([1, 2])), max_in_flight=2)
+    >>> source.pipe(ops.to_list()).run()
+    [1, 2]
+    """
+    return _LastBatch(items)
+
+
 class PullSource(Flowable[_T]):
     """A Flowable over a fetch function; :attr:`credits` must be released as items leave the pipeline."""
 
-    def __init__(self, fetch: Fetch[_T], credits: Credits, on_pressure: PressureHook | None = None) -> None:
+    def __init__(
+        self,
+        fetch: Fetch[_T],
+        credits: Credits,
+        on_pressure: PressureHook | None = None,
+        hand_back: HandBack[_T] | None = None,
+    ) -> None:
         self.credits = credits
         self._fetch = fetch
         self._on_pressure = on_pressure
+        self._hand_back = hand_back
         super().__init__(self._subscribe_pull)
 
     def release(self, n: int = 1) -> None:
@@ -87,91 +121,172 @@ class PullSource(Flowable[_T]):
     def _subscribe_pull(
         self, observer: abc.ObserverBase[_T], demand: Demand, scheduler: abc.SchedulerBase | None
     ) -> abc.DisposableBase:
+        credits = self.credits
+        lock = threading.Lock()
+        # Fetched, not yet requested: a batch bigger than the demand left once it arrives (a withdraw came
+        # while it was fetched). They keep their credits until they go downstream or are handed back.
+        held: deque[_T] = deque()
         fetching = False
-        done = False
+        granted = 0  # credits of the fetch under way until its batch arrives
+        fetches = 0  # numbers the fetches, so a late signal of an older one is recognised
+        exhausted = False  # the fetch function said there is no more
+        stopped = False  # a terminal signal was sent, or the subscriber cancelled
+        failure: list[Exception] = []
         held_since: float | None = None
-        current_fetch = SerialDisposable()
+        fetch_subscription: abc.DisposableBase | None = None
 
-        def step() -> None:
-            nonlocal fetching, held_since
-            if fetching or done:
-                return
-            wanted = demand.pending
+        def give_back(items: list[_T], credits_held: int) -> None:
+            # Items that never went downstream: the credits they held return and the source takes them back.
+            credits.release(credits_held)
+            if items and self._hand_back is not None:
+                self._hand_back(items)
+
+        def next_signal() -> Callable[[], None] | None:
+            # Called with the lock held.
+            nonlocal stopped
+            if stopped:
+                return None
+            if failure:
+                stopped = True
+                error, undelivered = failure[0], list(held)
+                held.clear()
+
+                def fail() -> None:
+                    give_back(undelivered, len(undelivered))
+                    observer.on_error(error)
+
+                return fail
+            if held and demand.take(1):
+                item = held.popleft()
+                return lambda: observer.on_next(item)
+            if exhausted and not held and not fetching:
+                stopped = True
+                return observer.on_completed
+            return None
+
+        def plan_fetch() -> tuple[int, int, float | None]:
+            # Called with the lock held: (size, fetch number, pressure) where size 0 means no fetch now, and
+            # pressure is -1.0 when the cap starts holding the source back, the seconds held when it lets go.
+            nonlocal fetching, granted, fetches, held_since
+            if stopped or fetching or exhausted or failure:
+                return 0, fetches, None
+            wanted = demand.pending - len(held)
             if wanted <= 0:
-                return
-            granted = self.credits.acquire(wanted)
-            if granted == 0:
+                return 0, fetches, None
+            size = credits.acquire(wanted)
+            if size == 0:
                 if held_since is None:
                     held_since = time.monotonic()
-                    if self._on_pressure:
-                        self._on_pressure(True, 0.0)
-                return
+                    return 0, fetches, -1.0
+                return 0, fetches, None
+            pressure = None
             if held_since is not None:
-                held = time.monotonic() - held_since
-                held_since = None
-                if self._on_pressure:
-                    self._on_pressure(False, held)
-            fetching = True
+                pressure, held_since = time.monotonic() - held_since, None
+            fetching, granted = True, size
+            fetches += 1
+            return size, fetches, pressure
+
+        def start_fetch(size: int, number: int) -> None:
+            nonlocal fetch_subscription
             got_batch = False
 
-            def on_batch(items: Sequence[_T]) -> None:
-                nonlocal got_batch, done
-                got_batch = True
-                items = list(items)
-                if len(items) > granted:
-                    # Stop before anything else: a failed source must not fetch (move jobs) again, and the
-                    # credits of a batch never emitted go back.
-                    done = True
-                    self.credits.release(granted)
-                    observer.on_error(ValueError(f"fetch({granted}) returned {len(items)} items"))
-                    return
-                self.credits.release(granted - len(items)) if len(items) < granted else None
-                demand.take(len(items))
-                for item in items:
-                    observer.on_next(item)
-
-            def on_fetch_error(error: Exception) -> None:
-                nonlocal done
-                done = True
-                self.credits.release(granted) if not got_batch else None
-                observer.on_error(error)
-
-            def on_fetch_completed() -> None:
-                nonlocal fetching, done
-                fetching = False
-                if not got_batch:
-                    # done first: releasing wakes pump(), which must not fetch (and strand items) again.
-                    done = True
-                    self.credits.release(granted)
-                    observer.on_completed()
-                    return
+            def on_batch(batch: Sequence[_T]) -> None:
+                nonlocal got_batch, granted, exhausted
+                items = list(batch)
+                unused = 0
+                with lock:
+                    if stopped or number != fetches:
+                        late = items  # arrived after a cancel, which returned the credits: hand them back
+                    else:
+                        late = []
+                        if got_batch or len(items) > size:
+                            # Stop before anything else: a failed source must not fetch (move jobs) again.
+                            problem = "more than one batch" if got_batch else f"{len(items)} items"
+                            failure.append(ValueError(f"fetch({size}) returned {problem}"))
+                            late, unused = items, 0 if got_batch else size
+                        else:
+                            unused = size - len(items)
+                            held.extend(items)
+                            exhausted = exhausted or isinstance(batch, _LastBatch)
+                        granted = 0
+                    got_batch = True
+                give_back(late, unused)
                 pump()
 
-            current_fetch.disposable = self._fetch(granted).subscribe(
+            def on_fetch_error(error: Exception) -> None:
+                nonlocal fetching, granted
+                with lock:
+                    if stopped or number != fetches:
+                        return
+                    fetching, unused, granted = False, granted, 0
+                    failure.append(error)
+                credits.release(unused)
+                pump()
+
+            def on_fetch_completed() -> None:
+                nonlocal fetching, granted, exhausted
+                with lock:
+                    if stopped or number != fetches:
+                        return
+                    fetching, unused, granted = False, granted, 0
+                    if not got_batch:
+                        exhausted = True  # completed without a batch: there will be no more
+                credits.release(unused)
+                pump()
+
+            subscription = self._fetch(size).subscribe(
                 on_batch, on_fetch_error, on_fetch_completed, scheduler=scheduler
             )
+            with lock:
+                if number == fetches and fetching and not stopped:
+                    fetch_subscription, subscription = subscription, fetch_subscription
+            if subscription is not None:
+                subscription.dispose()  # the finished fetch before this one, or this one after a cancel
+
+        def step() -> None:
+            while True:
+                with lock:
+                    signal = next_signal()
+                    size, number, pressure = plan_fetch()
+                if pressure is not None and self._on_pressure is not None:
+                    self._on_pressure(pressure < 0, max(0.0, pressure))
+                if size:
+                    start_fetch(size, number)
+                if signal is None:
+                    if size:
+                        continue  # the fetch may have answered at once
+                    return
+                signal()
 
         pump = serialize(step)
 
-        def on_request() -> None:
-            # Downstream asks once per item it finishes with. While a fetch is under way the request waits in
-            # `demand`, and the fetch's end pumps after clearing `fetching`, so it is read then.
-            if not fetching and not done:
-                pump()
-
-        def stop() -> None:
-            nonlocal done
-            done = True
+        def cancel() -> None:
+            # Rules 3.5 and 3.13: idempotent, and everything this subscription holds goes back: the credits of
+            # a fetch under way (which is disposed), and the fetched items nobody received.
+            nonlocal stopped, fetching, granted, fetch_subscription
+            with lock:
+                stopped = True
+                undelivered = list(held)
+                held.clear()
+                unused, granted, fetching = granted, 0, False
+                subscription, fetch_subscription = fetch_subscription, None
+            if subscription is not None:
+                subscription.dispose()
+            give_back(undelivered, unused + len(undelivered))
 
         subscription = CompositeDisposable(
-            demand.on_request(on_request), self.credits.on_release(pump), current_fetch, Disposable(stop)
+            demand.on_request(pump), credits.on_release(pump), Disposable(cancel)
         )
         pump()
         return subscription
 
 
 def request_n(
-    fetch: Fetch[_T], max_in_flight: int, *, on_pressure: PressureHook | None = None
+    fetch: Fetch[_T],
+    max_in_flight: int,
+    *,
+    on_pressure: PressureHook | None = None,
+    hand_back: HandBack[_T] | None = None,
 ) -> PullSource[_T]:
     """Create a source that emits only what downstream requested, never more than ``max_in_flight`` at once.
 
@@ -179,11 +294,18 @@ def request_n(
     holds its credit until :meth:`PullSource.release` returns it, so however slow the consumer, no more than
     ``max_in_flight`` items are ever out of the source: the rest stay where ``fetch`` reads them from.
 
+    Items a fetch brings beyond the demand left when they arrive (downstream withdrew requests meanwhile)
+    wait, with their credits, for the next request. Cancelling disposes the fetch under way and returns its
+    credits; fetched items that never went downstream are given to ``hand_back`` and their credits return.
+    The source completes after a batch marked with :func:`last_batch`, or when a fetch completes without one.
+
     Args:
         fetch: called with ``n >= 1``; its Observable emits one sequence of at most ``n`` items and
-            completes, or completes without emitting when there will be no more items.
+            completes, or completes without emitting when there will be no more items (see :data:`Fetch`).
         max_in_flight: the cap on emitted, unreleased items.
         on_pressure: optional hook told when the cap holds the source back and when it lets go.
+        hand_back: optional; takes back fetched items that were never delivered (see :data:`HandBack`).
+            Without it they are dropped.
 
     Returns:
         A :class:`PullSource` (a Flowable).
@@ -203,15 +325,22 @@ def request_n(
     >>> seen
     [0, 1, 2, 3, 4]
     """
-    return PullSource(fetch, Credits(max_in_flight), on_pressure)
+    return PullSource(fetch, Credits(max_in_flight), on_pressure, hand_back)
 
 
 def from_iterable(items: Iterable[_T], max_in_flight: int) -> PullSource[_T]:
-    """A :func:`request_n` source over an in-memory iterable (for tests, notebooks and examples)."""
+    """A :func:`request_n` source over an in-memory iterable (for tests, notebooks and examples).
+
+    It looks one item ahead, so the batch that empties the iterable is the :func:`last_batch`.
+    """
     iterator = iter(items)
+    lookahead: list[_T] = []
 
     def fetch(n: int) -> Observable[Sequence[_T]]:
-        batch = [item for _, item in zip(range(n), iterator, strict=False)]
-        return reactivex.of(batch) if batch else reactivex.empty()
+        batch = lookahead[:n]
+        del lookahead[:n]
+        batch.extend(islice(iterator, n - len(batch)))
+        lookahead.extend(islice(iterator, 1))
+        return reactivex.of(batch if lookahead else last_batch(batch))
 
     return request_n(fetch, max_in_flight)

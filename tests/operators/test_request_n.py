@@ -9,8 +9,9 @@ import reactivex
 from _flowkit import Probe
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reactivex import Observable
+from reactivex import Observable, abc
 from reactivex import operators as ops
+from reactivex.subject import Subject
 from reactivex.testing import TestScheduler
 
 from flume_rx.operators import (
@@ -20,6 +21,7 @@ from flume_rx.operators import (
     Outcome,
     buffer_with_time_or_count,
     from_iterable,
+    last_batch,
     process,
     request_n,
     throttle,
@@ -204,3 +206,170 @@ def test_request_n_holds_through_throttle_batches_and_process(
         assert processed == list(range(n_items))
         assert completed == [True]
         assert source.credits.in_flight == 0
+
+
+def test_cancelling_mid_fetch_gives_the_fetch_credits_back() -> None:
+    # Rules 3.5 and 3.13: before, the two credits of the cancelled fetch stayed in flight, and the next
+    # subscription that asked for two got none and hung.
+    answers: list[Subject[Sequence[int]]] = []
+    calls: list[int] = []
+
+    def fetch(n: int) -> Observable[Sequence[int]]:
+        calls.append(n)
+        answers.append(Subject())
+        return answers[-1]
+
+    source = request_n(fetch, max_in_flight=2)
+    first = source.subscribe_with_demand(reactivex.Observer(), Demand(2))
+    assert calls == [2] and source.credits.in_flight == 2
+    first.dispose()
+    first.dispose()  # idempotent: the credits go back once
+    assert source.credits.in_flight == 0
+    assert not answers[0].observers  # the fetch itself is cancelled
+    seen: list[int] = []
+    source.subscribe_with_demand(reactivex.Observer(seen.append), Demand(2))
+    assert calls == [2, 2]
+    answers[1].on_next([7, 8])
+    assert seen == [7, 8]
+
+
+@settings(max_examples=100, deadline=None)
+@given(batch_size=st.integers(1, 8), cancel_after=st.integers(1, 8), max_in_flight=st.integers(8, 12))
+def test_cancelling_hands_back_the_fetched_items_nobody_received(
+    batch_size: int, cancel_after: int, max_in_flight: int
+) -> None:
+    # The subscriber cancels from inside on_next, part way through a batch: every fetched item is either
+    # delivered (and keeps its credit until released) or handed back (and its credit returns).
+    handed_back: list[int] = []
+    source = request_n(
+        lambda n: reactivex.of(list(range(min(n, batch_size)))),
+        max_in_flight,
+        hand_back=handed_back.extend,
+    )
+    seen: list[int] = []
+    subscription: list[abc.DisposableBase] = []
+
+    def on_next(item: int) -> None:
+        seen.append(item)
+        if len(seen) == cancel_after:
+            subscription[0].dispose()
+
+    demand = Demand()
+    subscription.append(source.subscribe_with_demand(reactivex.Observer(on_next), demand))
+    demand.request(batch_size)
+    delivered = min(cancel_after, batch_size)
+    assert seen == list(range(delivered))
+    assert handed_back == list(range(delivered, batch_size))
+    assert source.credits.in_flight == delivered
+
+
+def test_a_withdraw_during_a_fetch_is_honoured() -> None:
+    # Requested 3, withdrew 2 while fetch(3) was under way: only 1 arrives; the other 2 wait, credits held,
+    # for the next request, which they serve without another fetch.
+    answers: list[Subject[Sequence[int]]] = []
+    calls: list[int] = []
+
+    def fetch(n: int) -> Observable[Sequence[int]]:
+        calls.append(n)
+        answers.append(Subject())
+        return answers[-1]
+
+    source = request_n(fetch, max_in_flight=10)
+    demand = Demand()
+    seen: list[int] = []
+    source.subscribe_with_demand(reactivex.Observer(seen.append), demand)
+    demand.request(3)
+    assert demand.withdraw(2) == 2
+    answers[0].on_next([0, 1, 2])
+    answers[0].on_completed()
+    assert seen == [0]
+    assert source.credits.in_flight == 3
+    demand.request(2)
+    assert seen == [0, 1, 2]
+    assert calls == [3]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    n_items=st.integers(0, 30),
+    batch=st.integers(1, 6),
+    actions=st.lists(st.tuples(st.sampled_from(["request", "withdraw", "answer"]), st.integers(1, 5))),
+)
+def test_never_more_delivered_than_requested_and_not_withdrawn(
+    n_items: int, batch: int, actions: list[tuple[str, int]]
+) -> None:
+    # Rule 1.1 with asynchronous fetches and withdraws in any order.
+    items = iter(range(n_items))
+    answers: list[tuple[Subject[Sequence[int]], int]] = []
+
+    def fetch(n: int) -> Observable[Sequence[int]]:
+        answers.append((Subject(), n))
+        return answers[-1][0]
+
+    source = request_n(fetch, max_in_flight=100)
+    demand = Demand()
+    seen: list[int] = []
+    source.subscribe_with_demand(reactivex.Observer(seen.append), demand)
+    net = 0
+    for action, n in actions:
+        if action == "request":
+            demand.request(n)
+            net += n
+        elif action == "withdraw":
+            net -= demand.withdraw(n)
+        elif answers:
+            subject, size = answers.pop(0)
+            got = [item for _, item in zip(range(min(size, batch)), items, strict=False)]
+            if got:
+                subject.on_next(got)
+            subject.on_completed()
+        assert len(seen) <= net
+        assert seen == list(range(len(seen)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    n_items=st.integers(0, 20),
+    max_in_flight=st.integers(1, 8),
+    chunks=st.lists(st.integers(1, 4), max_size=20),
+)
+def test_completes_once_the_last_batch_is_delivered_with_demand_exactly_equal(
+    n_items: int, max_in_flight: int, chunks: list[int]
+) -> None:
+    # Decided: a source completes when its fetch function says it is exhausted (last_batch), without
+    # waiting for a request beyond the items it had.
+    source = from_iterable(range(n_items), max_in_flight)
+    demand = Demand()
+    seen: list[int] = []
+    completed: list[bool] = []
+
+    def on_next(item: int) -> None:
+        seen.append(item)
+        source.release()
+
+    source.subscribe_with_demand(
+        reactivex.Observer(on_next, on_completed=lambda: completed.append(True)), demand
+    )
+    asked = 0
+    for n in chunks:
+        n = min(n, n_items - asked)
+        if n <= 0:
+            break
+        demand.request(n)
+        asked += n
+    assert seen == list(range(asked))
+    assert completed == ([True] if asked == n_items and asked > 0 else [])
+
+
+def test_a_fetch_marked_last_completes_the_source_without_another_fetch() -> None:
+    calls: list[int] = []
+
+    def fetch(n: int) -> Observable[Sequence[int]]:
+        calls.append(n)
+        return reactivex.of(last_batch([1, 2, 3]))
+
+    completed: list[bool] = []
+    source = request_n(fetch, max_in_flight=5)
+    source.subscribe_with_demand(reactivex.Observer(on_completed=lambda: completed.append(True)), Demand(3))
+    assert calls == [3]
+    assert completed == [True]
