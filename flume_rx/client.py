@@ -21,7 +21,7 @@ from flume_rx.config import (
     queue_weights,
 )
 from flume_rx.errors import ConfigError, DecodeError
-from flume_rx.job import UNIQUE_UNTIL, Job, UniqueUntil, new_job_id
+from flume_rx.job import UNIQUE_UNTIL, Job, UniqueUntil, check_name, new_job_id
 from flume_rx.keyed_throttle import RedisKeyedWindow
 from flume_rx.pipeline import Delivery, JobSource, run_workers
 from flume_rx.priorities import WeightedSource
@@ -493,8 +493,7 @@ def build_job(queue: str, worker: str, args: Sequence[Any], cost: int = 1) -> Jo
     Raises:
         ConfigError: one of them is not what enqueue takes.
     """
-    if not isinstance(queue, str) or not queue or "{" in queue or "}" in queue:
-        raise ConfigError(f"queue must be a non-empty string without braces (got {queue!r})")
+    check_name(queue)
     if not isinstance(worker, str) or not worker:
         raise ConfigError(f"worker must be the registered worker's name, a non-empty string (got {worker!r})")
     if isinstance(args, str | bytes) or not isinstance(args, Sequence):

@@ -14,7 +14,9 @@ from typing import Any, Literal
 
 from flume_rx.codec import DEFAULT_MAX_PAYLOAD_BYTES
 from flume_rx.errors import ConfigError
+from flume_rx.job import check_name
 from flume_rx.schedules import ScheduleConfig, parse_schedules
+from flume_rx.store.connection import redact_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -156,7 +158,7 @@ def parse(raw: Mapping[str, Any]) -> FlumeConfig:
     ):
         raise ConfigError(
             f"redis_url must start with redis://, rediss://, unix:// or redis+cluster:// (got "
-            f"{_redact(redis_url)!r}); write it like redis://127.0.0.1:6379/0"
+            f"{redact_url(redis_url)!r}); write it like redis://127.0.0.1:6379/0"
         )
     namespace = _str(raw, "namespace", "", default="flume")
     if not namespace or any(c in namespace for c in "{}: "):
@@ -224,8 +226,7 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
     _reject_unknown(table, _PIPELINE_KEYS, where)
     queues = _queues(table.get("queues"), where)
     queue = _str(table, "queue", where, default=queues[0].name if queues else name)
-    if not queue or any(c in queue for c in "{}"):
-        raise ConfigError(f"{where}queue must be non-empty and without braces (got {queue!r})")
+    check_name(queue, f"{where}queue")
     if queues and queue not in {q.name for q in queues}:
         raise ConfigError(f"{where}queue {queue!r} is not in {where}queues; drop queue or list it in queues")
     order = table.get("order", "weighted")
@@ -383,8 +384,7 @@ def _queues(raw: Any, where: str) -> tuple[QueueWeight, ...]:
         _table(entry, f"{where}queues[{index}]")
         _reject_unknown(entry, {"name", "weight"}, at)
         name = _str(entry, "name", at, default="")
-        if not name or any(c in name for c in "{}"):
-            raise ConfigError(f"{at}name must be a non-empty queue name without braces (got {name!r})")
+        check_name(name, f"{at}name")
         result.append(QueueWeight(name, _positive_int(entry, "weight", at, default=1)))
     names = [q.name for q in result]
     if len(set(names)) != len(names):
@@ -446,16 +446,3 @@ def _ms(table: Mapping[str, Any], key: str, where: str, *, default: float, allow
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{where}{key} must be a number of milliseconds {bound} (got {value!r})")
     return float(value) / 1000.0
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user + ':***' if user else '***'}@{host}"
-
-
-redact_url = _redact

@@ -7,11 +7,29 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from flume_rx.errors import ConfigError
+
 UniqueUntil = Literal["finish", "start", "expiry"]
 """How long a unique job holds its key (see ``Flume.enqueue``)."""
 UNIQUE_UNTIL: tuple[UniqueUntil, ...] = ("finish", "start", "expiry")
 MAX_ATTEMPT = 2**64 - 1
 """The largest attempt count a record can hold (msgpack's largest integer); counting stops there."""
+
+
+def check_name(name: object, what: str = "queue") -> str:
+    """``name`` if it can name a queue, a namespace or a rate limiter: a non-empty string without braces.
+
+    Every Redis key of a queue starts with the hash tag ``{<namespace>:<queue>}``; a brace in a name would
+    end the tag early and scatter the queue's keys over cluster slots.
+
+    Raises:
+        ConfigError: it cannot; the message names ``what`` and the value.
+    """
+    if not isinstance(name, str) or not name or "{" in name or "}" in name:
+        raise ConfigError(
+            f"{what} must be a non-empty string without braces (got {name!r}); pick another name"
+        )
+    return name
 
 
 def new_job_id() -> str:

@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from flume_rx.errors import ConfigError, UnknownWorker
-from flume_rx.job import UniqueUntil
+from flume_rx.job import UniqueUntil, check_name
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -208,8 +208,8 @@ def worker(
         batch: the function takes one list holding each job's args list.
         queue: the queue ``.enqueue`` puts jobs on when not told another.
     """
-    if queue is not None and (not isinstance(queue, str) or not queue or "{" in queue or "}" in queue):
-        raise ConfigError(f"worker queue must be a non-empty string without braces (got {queue!r})")
+    if queue is not None:
+        check_name(queue, "worker queue")
 
     def register(fn: Callable[_P, _R]) -> WorkerHandle[_P, _R]:
         if isinstance(fn, WorkerHandle):

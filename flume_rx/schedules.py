@@ -33,6 +33,7 @@ from croniter import croniter  # type: ignore[import-untyped]
 
 from flume_rx import codec
 from flume_rx.errors import ConfigError, StoreError
+from flume_rx.job import check_name
 from flume_rx.telemetry import Telemetry
 
 logger = logging.getLogger("flume_rx.schedules")
@@ -145,8 +146,7 @@ def _schedule(name: str, table: Any) -> ScheduleConfig:
         raise ConfigError(f'{where}.cron {cron!r} is not a valid cron expression; write it like "0 3 * * *"')
     check_not_every_second(cron, f"{where}.cron")
     queue = table["queue"]
-    if "{" in queue or "}" in queue:
-        raise ConfigError(f"{where}.queue must be without braces (got {queue!r})")
+    check_name(queue, f"{where}.queue")
     args = table.get("args", [])
     if not isinstance(args, list):
         raise ConfigError(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flume_rx.errors import ConfigError
+from flume_rx.job import check_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,7 @@ class Keys:
     namespace: str = "flume"
 
     def __post_init__(self) -> None:
-        _check_name(self.namespace, "namespace")
+        check_name(self.namespace, "namespace")
 
     @property
     def queues(self) -> str:
@@ -77,7 +77,7 @@ class Keys:
         Raises:
             ConfigError: the name is empty or holds a brace (it would break the hash tag).
         """
-        _check_name(queue, "queue name")
+        check_name(queue, "queue name")
         group, _, rest = queue.partition("/")
         grouped = bool(group and rest)
         tag = f"{{{self.namespace}:{group}}}/{rest}" if grouped else f"{{{self.namespace}:{queue}}}"
@@ -97,17 +97,12 @@ class Keys:
 
     def rate(self, key: str) -> tuple[str, str]:
         """The ``(log, meta)`` keys of the token window named ``key``."""
-        _check_name(key, "rate limiter key")
+        check_name(key, "rate limiter key")
         tag = f"{{{self.namespace}:rate:{key}}}"
         return f"{tag}:log", f"{tag}:meta"
 
     def keyed_rate(self, key: str, sub: str) -> tuple[str, str]:
         """The ``(log, meta)`` keys of window ``sub`` of the per-key limiter ``key`` (all in one slot)."""
-        _check_name(key, "rate limiter key")
+        check_name(key, "rate limiter key")
         tag = f"{{{self.namespace}:rate:{key}}}"
         return f"{tag}:k:{sub}:log", f"{tag}:k:{sub}:meta"
-
-
-def _check_name(name: str, what: str) -> None:
-    if not name or "{" in name or "}" in name:
-        raise ConfigError(f"{what} {name!r} must be non-empty and free of '{{' and '}}'; pick another name")
