@@ -66,7 +66,12 @@ def test_workers_and_enqueuers_ride_out_a_redis_crash(
     try:
         wait_until(lambda: records.hlen("test:runs") >= 500, 60, "500 jobs done before the crash")
         server.kill()
-        time.sleep(2.0)  # long enough for every loop to notice and back off
+        # Restart only once every worker and the enqueuer have met the outage, so the test is of riding one out.
+        wait_until(
+            lambda: enqueuer.failures > 0 and all("Redis unreachable" in w.log() for w in workers),
+            60,
+            "every worker and the enqueuer to notice the outage",
+        )
         server.start()
         before = len(enqueuer.confirmed)
         wait_until(lambda: len(enqueuer.confirmed) > before + 100, 60, "the enqueuer to resume")

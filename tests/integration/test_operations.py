@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.client import Monitor
 
 from flume_rx import Flume
 
 QUEUE = "ops"
 NS = "op"
 ROOT = Path(__file__).resolve().parents[2]
-# The runtime's idle fetch blocks in Redis for up to 1 s; a pause is seen by every worker once that returns.
-PAUSE_TAKES_EFFECT_S = 1.0
 
 
 @pytest.fixture
@@ -81,6 +80,23 @@ def workers(redis_url: str, config_file: Path) -> Iterator[list[subprocess.Popen
         assert process.returncode == 0, stderr.decode()
 
 
+def _wait_for_a_fetch_by_each(monitor: Monitor, consumers: list[str], timeout_s: float = 30.0) -> None:
+    """Read Redis's MONITOR stream until each consumer has run fetch.lua since the monitor started.
+
+    fetch.lua checks the pause flag and moves jobs in one atomic step, and a worker's fetches follow one
+    another, so once a consumer's fetch came after a change, that consumer has seen it: an idle fetch that
+    was blocking in Redis when the queue was paused has returned by then.
+    """
+    pending = set(consumers)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for a fetch by {sorted(pending)}")
+        command = monitor.next_command()["command"]
+        if command.startswith("EVALSHA") and f"{{{NS}:{QUEUE}}}:paused" in command:
+            pending -= {c for c in pending if c in command.split()}
+
+
 def _runs(client: redis.Redis, tokens: list[str]) -> dict[str, int]:
     values: list[bytes | None] = client.hmget("test:runs", tokens)  # type: ignore[assignment]
     return {t: int(v or 0) for t, v in zip(tokens, values, strict=True)}
@@ -96,13 +112,17 @@ def test_pause_stops_every_worker_and_resume_runs_every_job_once(
     _wait(lambda: len(flume.consumers([QUEUE])) == 2, what="both workers to register")
     _wait(lambda: all(n == 1 for n in _runs(client, warmup).values()), what="the warm-up jobs")
 
+    consumers = [c["consumer"] for c in flume.consumers([QUEUE])]
     assert "'ops' paused" in _cli(redis_url, "pause", QUEUE, "--config", str(config_file))
     assert flume.stats([QUEUE])[QUEUE]["paused"]
-    time.sleep(PAUSE_TAKES_EFFECT_S + 0.5)
-
-    held = [f"p{i}" for i in range(30)]
-    flume.bulk_enqueue(QUEUE, [("RecordWorker", [t]) for t in held])
-    time.sleep(PAUSE_TAKES_EFFECT_S + 0.5)  # long enough for any worker that ignored the pause to take some
+    # socket_timeout: a stream silent that long (workers fetch every second) fails the test, not hangs it.
+    watcher = redis.Redis.from_url(redis_url, socket_timeout=30)
+    with watcher.monitor() as monitor:
+        _wait_for_a_fetch_by_each(monitor, consumers)  # every worker has seen the pause
+        held = [f"p{i}" for i in range(30)]
+        flume.bulk_enqueue(QUEUE, [("RecordWorker", [t]) for t in held])
+        _wait_for_a_fetch_by_each(monitor, consumers)  # a worker ignoring the pause would have taken some
+    watcher.close()
     stats = flume.stats([QUEUE])[QUEUE]
     assert set(_runs(client, held).values()) == {0}
     assert stats["queued"] == 30 and stats["in_flight"] == 0

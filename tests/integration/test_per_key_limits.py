@@ -146,7 +146,12 @@ def test_no_tokens_are_taken_for_items_downstream_withdrew() -> None:
             fo.buffer_with_time_or_count(0.01, 3, scheduler=AsyncIOScheduler(loop)),
         )
         graph.subscribe_with_demand(reactivex.Observer(batches.append), Demand(1))
-        await asyncio.sleep(0.5)
+        async with asyncio.timeout(30):
+            while not batches:  # the batch leaves on its timer, however late a busy machine runs it
+                await asyncio.sleep(0.01)
+        # Not a wait for anything: a few more of a's periods, in which a throttle that kept asking for the
+        # withdrawn requests would call the window again.
+        await asyncio.sleep(4 * 0.05)
         return batches
 
     assert asyncio.run(main()) == [["a1"]]

@@ -170,10 +170,18 @@ def test_several_runtimes_enqueue_exactly_one_job_per_tick(redis_url: str) -> No
         }
     )
     runtimes = [WorkerRuntime(config, block_s=0.2) for _ in range(4)]
+    claim_pattern = f"{{t:{QUEUE}}}:cron:every_second:1*"
 
     async def main() -> None:
         tasks = [asyncio.create_task(r.run()) for r in runtimes]
-        await asyncio.sleep(3.5)
+        # Three ticks decided: the first may be skipped (see below), so at least two were enqueued.
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            async with asyncio.timeout(60):
+                while len([k async for k in client.scan_iter(match=claim_pattern)]) < 3:
+                    await asyncio.sleep(0.1)
+        finally:
+            await client.aclose()
         for runtime in runtimes:
             runtime.stop()
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
@@ -182,10 +190,7 @@ def test_several_runtimes_enqueue_exactly_one_job_per_tick(redis_url: str) -> No
     client = redis.Redis.from_url(redis_url)
     payloads: list[bytes] = client.lrange(f"{{t:{QUEUE}}}:queue", 0, -1)  # type: ignore[assignment]
     jobs = [codec.decode(p) for p in payloads]
-    claims = {
-        int(k.rsplit(b":", 1)[1]): client.get(k)
-        for k in client.scan_iter(match=f"{{t:{QUEUE}}}:cron:every_second:1*")
-    }
+    claims = {int(k.rsplit(b":", 1)[1]): client.get(k) for k in client.scan_iter(match=claim_pattern)}
     ticks = sorted(claims)
     assert len(ticks) >= 2, "the runtimes saw at least two ticks"
     # Consecutive seconds, each decided once, each with one job: no tick lost and none doubled. Only the first
