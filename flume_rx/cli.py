@@ -7,30 +7,57 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from flume_rx.errors import ConfigError, FlumeError
 from flume_rx.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
+
+if TYPE_CHECKING:
+    from flume_rx.client import Flume
+    from flume_rx.config import FlumeConfig
 
 logger = logging.getLogger("flume_rx.cli")
 
 EXIT_USAGE = 2
 
 
+CONFIG_HELP = (
+    "the TOML config file (default: $FLUME_CONFIG, else ./flume.toml if there is one; stats, enqueue, dead, "
+    "queue, consumers, pause and resume work without one)"
+)
+REDIS_URL_HELP = "the Redis to use, over $FLUME_REDIS_URL and the config's redis_url"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="flume-rx", description="Background job pipelines on Redis, as reactive streams."
+        prog="flume-rx",
+        description="Background job pipelines on Redis, as reactive streams.",
+        epilog="Run 'flume-rx COMMAND --help' for a command's options.",
     )
+    parser.add_argument("--version", action="version", version=f"flume-rx {_version()}")
     _add_log_options(parser, defaults=True)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
-    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    def command(
+        where: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        text: str,
+        *,
+        config: bool = True,
+    ) -> argparse.ArgumentParser:
+        p = where.add_parser(name, help=text, description=text[:1].upper() + text[1:] + ".")
         _add_log_options(p, defaults=False)
-        p.add_argument("--config", required=True, metavar="FILE", help="the TOML config file")
-        p.add_argument("--redis-url", metavar="URL", help="overrides redis_url from the config")
+        if config:
+            p.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+            p.add_argument("--redis-url", metavar="URL", help=REDIS_URL_HELP)
         return p
 
-    worker = with_config(commands.add_parser("worker", help="run every pipeline of the config"))
+    def json_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    worker = command(commands, "worker", "run the pipelines of the config until SIGTERM or Ctrl-C")
     worker.add_argument(
         "--processes", type=int, default=1, metavar="N", help="worker processes in all (default 1)"
     )
@@ -45,16 +72,36 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--metrics-port", type=int, metavar="N", help="serve Prometheus /metrics on N (process i on N + i)"
     )
+    worker.add_argument(
+        "--queues",
+        type=_names,
+        metavar="Q1,Q2",
+        help="run only the pipelines serving these queues (a multi-queue pipeline runs whole; default: all)",
+    )
 
-    enqueue = with_config(commands.add_parser("enqueue", help="put one job on a queue"))
-    enqueue.add_argument("queue")
-    enqueue.add_argument("worker")
+    enqueue = command(commands, "enqueue", "put one job on a queue")
+    enqueue.add_argument("queue", help="the queue, e.g. email_service")
+    enqueue.add_argument("worker", help="the registered worker name, e.g. EmailWorker")
     enqueue.add_argument(
         "args", nargs="?", default="[]", metavar="JSON_ARGS", help="a JSON list, e.g. '[42, \"welcome\"]'"
     )
+    when = enqueue.add_mutually_exclusive_group()
+    when.add_argument(
+        "--in", dest="in_s", type=_seconds, metavar="SECONDS", help="run it this many seconds from now"
+    )
+    when.add_argument(
+        "--at",
+        type=_when,
+        metavar="TIME",
+        help="run it at this time: ISO 8601 (2026-12-24T08:00:00+01:00; no offset = local time) or unix seconds",
+    )
     enqueue.add_argument("--unique-key", metavar="KEY", help="add nothing while a job with this key holds it")
     enqueue.add_argument(
-        "--unique-for", type=float, default=3600.0, metavar="SECONDS", help="most seconds the key is held"
+        "--unique-for",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="most seconds the key is held (default 3600)",
     )
     enqueue.add_argument(
         "--unique-until",
@@ -63,51 +110,75 @@ def build_parser() -> argparse.ArgumentParser:
         help="when the job gives up its key (default: finish)",
     )
 
-    stats = with_config(commands.add_parser("stats", help="queue depths and counters"))
-    stats.add_argument("--json", action="store_true", help="print JSON for scripts")
+    stats = command(commands, "stats", "queue depths, counters, rates and consumers")
+    json_option(stats)
     stats.add_argument("--watch", action="store_true", help="a live table, refreshed each second")
 
-    queue = commands.add_parser("queue", help="look at or delete jobs waiting on a queue")
-    queue_actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
-    peek = with_config(queue_actions.add_parser("peek", help="jobs of a queue, without taking them"))
-    peek.add_argument("queue")
-    peek.add_argument("--where", choices=["queued", "scheduled", "retry", "dead"], default="queued")
-    peek.add_argument("--limit", type=int, default=20)
-    peek.add_argument("--json", action="store_true")
-    delete = with_config(queue_actions.add_parser("delete", help="remove jobs by id (not those in flight)"))
-    delete.add_argument("queue")
-    delete.add_argument("job_ids", nargs="+", metavar="JOB_ID")
-
-    consumers = with_config(commands.add_parser("consumers", help="consumers with their last heartbeat"))
-    consumers.add_argument("--json", action="store_true")
-
-    dashboard = with_config(
-        commands.add_parser("dashboard", help="a web page of the queues (read-only default)")
+    queue = commands.add_parser(
+        "queue",
+        help="look at or delete jobs waiting on a queue",
+        description="Look at or delete jobs waiting on a queue.",
     )
-    dashboard.add_argument("--port", type=int, default=8642)
+    queue_actions = queue.add_subparsers(dest="action", metavar="ACTION", title="actions")
+    peek = command(queue_actions, "peek", "show jobs of a queue without taking them")
+    peek.add_argument("queue", help="the queue")
+    peek.add_argument(
+        "--where",
+        choices=["queued", "scheduled", "retry", "dead"],
+        default="queued",
+        help="which jobs: waiting to run (default), scheduled for later, waiting to retry, or dead",
+    )
+    peek.add_argument("--limit", type=int, default=20, metavar="N", help="show at most N jobs (default 20)")
+    json_option(peek)
+    delete = command(queue_actions, "delete", "remove jobs by id (not those a worker has taken)")
+    delete.add_argument("queue", help="the queue")
+    delete.add_argument("job_ids", nargs="+", metavar="JOB_ID", help="ids of the jobs to remove")
+
+    consumers = command(commands, "consumers", "list consumers with their last heartbeat")
+    json_option(consumers)
+
+    dashboard = command(commands, "dashboard", "serve a web page of the queues (read-only by default)")
+    dashboard.add_argument("--port", type=int, default=8642, help="port to listen on (default 8642)")
     dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     dashboard.add_argument("--allow-actions", action="store_true", help="enable the retry and delete buttons")
 
-    schedules = with_config(commands.add_parser("schedules", help="the cron schedules and their next runs"))
-    schedules.add_argument("--json", action="store_true", help="print JSON for scripts")
+    schedules = command(commands, "schedules", "list the cron schedules and their next runs")
+    json_option(schedules)
 
-    dead = commands.add_parser("dead", help="list, retry or purge dead letters")
-    dead_actions = dead.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action in ("list", "retry", "purge"):
-        p = with_config(dead_actions.add_parser(action))
-        p.add_argument("queue")
-        if action == "list":
-            p.add_argument("--limit", type=int, default=20)
-            p.add_argument("--json", action="store_true")
+    dead = commands.add_parser(
+        "dead",
+        help="list, retry or purge dead letters",
+        description="Dead letters: jobs that failed their last attempt, or failed for good.",
+    )
+    dead_actions = dead.add_subparsers(dest="action", metavar="ACTION", title="actions")
+    dead_list = command(
+        dead_actions, "list", "show dead jobs, newest first, with time of death and traceback"
+    )
+    dead_list.add_argument("queue", help="the queue")
+    dead_list.add_argument("--limit", type=int, default=20, metavar="N", help="show at most N (default 20)")
+    json_option(dead_list)
+    dead_retry = command(dead_actions, "retry", "put dead jobs back on their queue (all, or those named)")
+    dead_retry.add_argument("queue", help="the queue")
+    dead_retry.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="retry only these (default: all)")
+    dead_retry.add_argument(
+        "--keep-attempts",
+        action="store_true",
+        help="keep each job's attempt count (default: start afresh with all its retries)",
+    )
+    dead_purge = command(dead_actions, "purge", "delete every dead job of a queue for good")
+    dead_purge.add_argument("queue", help="the queue")
+    dead_purge.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
 
     for name, text in (
-        ("pause", "stop fetching from a queue on every worker"),
-        ("resume", "resume a paused queue"),
+        ("pause", "stop every worker fetching from a queue"),
+        ("resume", "let workers fetch from a paused queue again"),
     ):
-        p = with_config(commands.add_parser(name, help=text))
-        p.add_argument("queue")
+        p = command(commands, name, text)
+        p.add_argument("queue", help="the queue")
 
-    demo = commands.add_parser("demo", help="the SES demo: 3 processes at 400/s under a 450/s fake SES")
+    demo = command(
+        commands, "demo", "the SES demo: 3 processes at 400/s under a 450/s fake SES", config=False
+    )
     demo.add_argument("--redis-url", metavar="URL", help="use this Redis instead of an embedded one")
     demo.add_argument("--jobs", type=int, default=3000, help="emails to send (default 3000)")
     demo.add_argument("--processes", type=int, default=3, help="worker processes (default 3)")
@@ -121,7 +192,53 @@ def build_parser() -> argparse.ArgumentParser:
         "--ses-endpoint", metavar="URL", help="send through a real or emulated SES at this endpoint"
     )
     demo.add_argument("--plain", action="store_true", help="no live view, just the summary")
+    parser.set_defaults(help_of=parser)
+    queue.set_defaults(help_of=queue)
+    dead.set_defaults(help_of=dead)
     return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("flume_rx")
+    except metadata.PackageNotFoundError:  # a checkout on sys.path, not installed
+        from flume_rx import __version__
+
+        return __version__
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected queue names separated by commas (got {text!r})")
+    return names
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds (got {text!r})") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0 (got {text!r})")
+    return value
+
+
+def _when(text: str) -> float:
+    """Unix seconds of ``text``: a number, or an ISO 8601 time (local time when it has no offset)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time like 2026-12-24T08:00:00+01:00, or unix seconds (got {text!r})"
+        ) from None
+    return moment.timestamp()  # a naive time is read as local time
 
 
 def _add_log_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
@@ -155,6 +272,9 @@ def _add_log_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command is None or (args.command in ("queue", "dead") and args.action is None):
+        args.help_of.print_help()
+        return 0
     configure_logging(_log_level(args), args.log_format)
     try:
         return _dispatch(args)
@@ -167,6 +287,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _log_level(args: argparse.Namespace) -> str:
     return "DEBUG" if args.verbose else str(args.log_level)
+
+
+NEEDS_CONFIG = ("worker", "schedules")
+"""Commands that run what a config file describes; the others need only a Redis URL."""
+
+
+def _config(args: argparse.Namespace) -> tuple[FlumeConfig, Path | None]:
+    """The config and the file it came from: ``--config``, $FLUME_CONFIG, ./flume.toml, or none at all."""
+    from flume_rx import config as config_module
+
+    path = config_module.find_config(args.config)
+    if path is not None:
+        return config_module.load(path, redis_url=args.redis_url), path
+    if args.command in NEEDS_CONFIG:
+        raise ConfigError(
+            f"{args.command} needs a config file and none was found; pass --config FILE, set FLUME_CONFIG, or "
+            f"write {config_module.CONFIG_FILE} in this directory"
+        )
+    return config_module.parse({"redis_url": args.redis_url or config_module.default_redis_url()}), None
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -183,28 +322,31 @@ def _dispatch(args: argparse.Namespace) -> int:
             live=not args.plain,
         )
 
-    from flume_rx import config as config_module
     from flume_rx.client import Flume
 
-    config = config_module.load(args.config, redis_url=args.redis_url)
+    config, config_path = _config(args)
     if args.command == "worker":
         from flume_rx import runtime
+        from flume_rx.config import select_pipelines
 
         if args.processes < 1:
             raise ConfigError(f"--processes must be 1 or more (got {args.processes})")
+        if args.queues:
+            config = select_pipelines(config, args.queues)
         runtime.add_import_paths(args.path or ["."])
         runtime.import_worker_modules(config.imports)
         _check_reachable(config)
         if args.processes == 1:
             return runtime.run_worker_process(config, burst=args.burst, metrics_port=args.metrics_port)
         return runtime.supervise(
-            args.config,
+            str(config_path),
             args.processes,
             redis_url=args.redis_url,
             burst=args.burst,
             metrics_port=args.metrics_port,
             log_level=_log_level(args),
             log_format=args.log_format,
+            queues=args.queues,
         )
     if args.command == "schedules":
         from flume_rx.schedules import print_schedules
@@ -217,72 +359,96 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     flume = Flume.from_config(config)
     try:
-        if args.command == "enqueue":
-            try:
-                job_args = json.loads(args.args)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"JSON_ARGS is not valid JSON ({exc}); e.g. '[42, \"welcome\"]'") from None
-            if not isinstance(job_args, list):
-                raise ConfigError(f"JSON_ARGS must be a JSON list (got {args.args}); e.g. '[42]'")
-            print(
-                flume.enqueue(
-                    args.queue,
-                    args.worker,
-                    job_args,
-                    unique_key=args.unique_key,
-                    unique_for=args.unique_for,
-                    unique_until=args.unique_until,
-                )
-            )
-        elif args.command == "stats" and args.watch:
-            from flume_rx.watch import watch
-
-            watch(config, as_json=args.json)
-        elif args.command == "stats":
-            queues = [q for p in config.pipelines for q in p.all_queues] or None
-            _print_stats(flume.stats(queues), as_json=args.json)
-        elif args.command in ("queue", "consumers"):
-            from flume_rx import watch as views
-
-            if args.command == "consumers":
-                served = [q for p in config.pipelines for q in p.all_queues]
-                views.print_consumers(flume.consumers(served or None), args.json)
-            elif args.action == "peek":
-                views.print_jobs(flume.peek(args.queue, args.where, args.limit), args.json)
-            else:
-                print(f"{flume.delete(args.queue, args.job_ids)} job(s) deleted from {args.queue!r}")
-        elif args.command == "dead":
-            if args.action == "list":
-                jobs = flume.dead_list(args.queue, args.limit)
-                rows = [
-                    {
-                        "id": j.id,
-                        "worker": j.worker,
-                        "attempt": j.attempt,
-                        "args": _jsonable(j.args),
-                        "error": None if j.error is None else f"{j.error.kind}: {j.error.message}",
-                    }
-                    for j in jobs
-                ]
-                if args.json:
-                    print(json.dumps(rows, indent=2))
-                else:
-                    for row in rows:
-                        print(f"{row['id']}  {row['worker']}  attempt={row['attempt']}  {row['error']}")
-                    print(f"{len(rows)} dead job(s) shown")
-            elif args.action == "retry":
-                print(f"{flume.dead_retry(args.queue)} dead job(s) put back on {args.queue!r}")
-            else:
-                print(f"{flume.dead_purge(args.queue)} dead job(s) purged from {args.queue!r}")
-        elif args.command == "pause":
-            flume.pause(args.queue)
-            print(f"{args.queue!r} paused")
-        elif args.command == "resume":
-            flume.resume(args.queue)
-            print(f"{args.queue!r} resumed")
+        return _run_command(args, config, flume)
     finally:
         flume.close()
+
+
+def _run_command(args: argparse.Namespace, config: FlumeConfig, flume: Flume) -> int:
+    from flume_rx import watch as views
+
+    if args.command == "enqueue":
+        _enqueue(args, flume)
+    elif args.command == "stats" and args.watch:
+        views.watch(config, as_json=args.json)
+    elif args.command == "stats":
+        queues = [q for p in config.pipelines for q in p.all_queues] or None
+        _print_stats(flume.stats(queues), as_json=args.json)
+    elif args.command == "consumers":
+        served = [q for p in config.pipelines for q in p.all_queues]
+        views.print_consumers(flume.consumers(served or None), args.json)
+    elif args.command == "queue" and args.action == "peek":
+        views.print_jobs(flume.peek_entries(args.queue, args.where, args.limit), args.where, args.json)
+    elif args.command == "queue":
+        print(f"{flume.delete(args.queue, args.job_ids)} job(s) deleted from {args.queue!r}")
+    elif args.command == "dead":
+        return _dead(args, flume)
+    elif args.command == "pause":
+        flume.pause(args.queue)
+        print(f"{args.queue!r} paused")
+    elif args.command == "resume":
+        flume.resume(args.queue)
+        print(f"{args.queue!r} resumed")
     return 0
+
+
+def _enqueue(args: argparse.Namespace, flume: Flume) -> None:
+    try:
+        job_args = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"JSON_ARGS is not valid JSON ({exc}); e.g. '[42, \"welcome\"]'") from None
+    if not isinstance(job_args, list):
+        raise ConfigError(f"JSON_ARGS must be a JSON list (got {args.args}); e.g. '[42]'")
+    unique = {"unique_key": args.unique_key, "unique_for": args.unique_for, "unique_until": args.unique_until}
+    if args.in_s is not None:
+        job_id = flume.enqueue_in(args.queue, args.in_s, args.worker, job_args, **unique)
+    elif args.at is not None:
+        job_id = flume.enqueue_at(args.queue, args.at, args.worker, job_args, **unique)
+    else:
+        job_id = flume.enqueue(args.queue, args.worker, job_args, **unique)
+    print(job_id)
+
+
+def _dead(args: argparse.Namespace, flume: Flume) -> int:
+    from flume_rx import watch as views
+
+    queue = args.queue
+    if args.action == "list":
+        views.print_dead(queue, flume.dead_letters(queue, args.limit), flume.dead_count(queue), args.json)
+        return 0
+    if args.action == "retry":
+        ids = args.job_ids or None
+        moved = flume.dead_retry(queue, ids, keep_attempts=args.keep_attempts)
+        fresh = "with their attempts kept" if args.keep_attempts else "with all their retries"
+        print(f"{moved} dead job(s) put back on {queue!r} {fresh}")
+        if ids is not None and moved < len(set(ids)):
+            print(
+                f"flume-rx: {len(set(ids)) - moved} of the JOB_IDs are not dead letters of {queue!r} (retried or "
+                "purged already, or mistyped); see 'flume-rx dead list'",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    count = flume.dead_count(queue)
+    if (
+        count
+        and not args.yes
+        and not _confirm(f"Delete the {count} dead job(s) of {queue!r} for good? [y/N] ")
+    ):
+        print("nothing purged", file=sys.stderr)
+        return 1
+    print(f"{flume.dead_purge(queue)} dead job(s) purged from {queue!r}")
+    return 0
+
+
+def _confirm(question: str) -> bool:
+    """Ask on stderr, read the answer from stdin; anything but y/yes (or no stdin at all) is a no."""
+    print(question, end="", file=sys.stderr, flush=True)
+    try:
+        answer = sys.stdin.readline()
+    except (OSError, ValueError):
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _check_reachable(config: Any) -> None:
@@ -310,16 +476,6 @@ def _print_stats(stats: dict[str, Any], *, as_json: bool) -> None:
     for queue, row in sorted(stats.items()):
         table.add_row(queue, *(str(row.get(c, 0)) for c in columns))
     Console().print(table)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value
 
 
 if __name__ == "__main__":

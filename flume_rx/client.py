@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from reactivex import Observable
@@ -250,18 +250,56 @@ class Flume:
         return self._store.stats(queues, self.config.orphan_timeout_s)
 
     def dead_list(self, queue: str, limit: int = 100) -> list[Job]:
-        return [codec.decode(payload) for payload, _ in self._store.dead_list(queue, limit)]
+        """The newest ``limit`` dead jobs of ``queue``, newest first; :meth:`dead_letters` adds their time of
+        death."""
+        return [entry.job for entry in self.dead_letters(queue, limit)]
 
-    def dead_retry(self, queue: str, job_ids: Sequence[str] | None = None) -> int:
-        """Put dead jobs (all, or those with ``job_ids``) back on their queue; returns how many."""
-        if job_ids is None:
+    def dead_letters(self, queue: str, limit: int = 100) -> list[PeekedJob]:
+        """The newest ``limit`` dead jobs of ``queue``, newest first, each with its time of death (``at``).
+
+        ``job.error`` holds the last attempt's error and the tail of its traceback. Payloads that no longer
+        decode are left out.
+        """
+        return _decoded(self._store.dead_list(queue, limit))
+
+    def dead_retry(
+        self, queue: str, job_ids: Sequence[str] | None = None, *, keep_attempts: bool = False
+    ) -> int:
+        """Put dead jobs (all, or those with ``job_ids``) back on their queue; returns how many.
+
+        Each starts afresh with all its retries (attempt 0, no error) unless ``keep_attempts``, with which it
+        keeps its attempt count, so one more failure sends it back to the dead letters.
+        """
+        if job_ids is None and keep_attempts:
             return self._store.dead_retry(queue, None)
-        wanted = set(job_ids)
-        payloads = [p for p, _ in self._store.dead_list(queue, 1_000_000) if _job_id(p) in wanted]
-        return self._store.dead_retry(queue, payloads) if payloads else 0
+        if job_ids is not None:
+            wanted = set(job_ids)
+            payloads = [p for p, _ in self._store.dead_list(queue, 1_000_000) if _job_id(p) in wanted]
+            return self._move_dead(queue, payloads, keep_attempts)
+        # All of them, newest first, a chunk at a time: at most as many as were dead when we started, so jobs
+        # that die again meanwhile are not taken round a second time.
+        budget, moved = self.dead_count(queue), 0
+        while moved < budget:
+            chunk = self._store.dead_list(queue, min(_SCAN_CHUNK, budget - moved))
+            step = self._move_dead(queue, [p for p, _ in chunk], keep_attempts)
+            if step == 0:
+                break
+            moved += step
+        return moved
+
+    def _move_dead(self, queue: str, payloads: Sequence[bytes], keep_attempts: bool) -> int:
+        if not payloads:
+            return 0
+        fresh = None if keep_attempts else [_fresh(p, self.max_payload_bytes) for p in payloads]
+        return self._store.dead_retry(queue, payloads, fresh)
 
     def dead_purge(self, queue: str) -> int:
+        """Delete every dead job of ``queue`` for good; returns how many."""
         return self._store.dead_purge(queue)
+
+    def dead_count(self, queue: str) -> int:
+        """How many dead jobs ``queue`` holds."""
+        return self._store.stats([queue])[queue]["dead"]
 
     def window_counts(self, key: str) -> tuple[int, int]:
         """Token grants so far, and how many of them made the caller wait, for the shared window ``key``."""
@@ -288,15 +326,14 @@ class Flume:
         """Jobs of ``queue`` without taking them (payloads that no longer decode are left out).
 
         ``queued`` lists them in the order they will run, ``scheduled`` and ``retry`` by due time, ``dead``
-        oldest first.
+        oldest first. :meth:`peek_entries` adds each one's due time or time of death.
         """
-        jobs: list[Job] = []
-        for payload, _ in self._store.peek(queue, where, limit):
-            try:
-                jobs.append(codec.decode(payload))
-            except DecodeError:
-                continue
-        return jobs
+        return [entry.job for entry in self.peek_entries(queue, where, limit)]
+
+    def peek_entries(self, queue: str, where: PeekWhere = "queued", limit: int = 20) -> list[PeekedJob]:
+        """As :meth:`peek`, each job with ``at``: its due time (scheduled, retry), its time of death (dead), or
+        None (queued)."""
+        return _decoded(self._store.peek(queue, where, limit))
 
     def delete(self, queue: str, job_ids: Sequence[str]) -> int:
         """Remove the jobs with ``job_ids`` from the queue, its scheduled and retry sets and its dead letters;
@@ -539,6 +576,34 @@ def check_unique(unique_for: float, unique_until: str) -> None:
         raise ConfigError(
             f"unique_until must be one of {', '.join(repr(u) for u in UNIQUE_UNTIL)} (got {unique_until!r})"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PeekedJob:
+    """A job looked at where it waits, with ``at``: when it is due (scheduled, retry) or when it died (dead),
+    in unix seconds on Redis's clock; None for a queued job."""
+
+    job: Job
+    at: float | None
+
+
+def _decoded(entries: Iterable[tuple[bytes, float | None]]) -> list[PeekedJob]:
+    found: list[PeekedJob] = []
+    for payload, at in entries:
+        try:
+            found.append(PeekedJob(codec.decode(payload), at))
+        except DecodeError:
+            continue
+    return found
+
+
+def _fresh(payload: bytes, max_payload_bytes: int) -> bytes:
+    """A dead job's payload as a new first attempt, with all its retries; one that does not decode as is."""
+    try:
+        job = codec.decode(payload)
+    except DecodeError:
+        return payload
+    return codec.encode(replace(job, attempt=0, error=None, enqueued_at=time.time()), max_payload_bytes)
 
 
 def _job_id(payload: bytes) -> str:

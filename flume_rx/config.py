@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,8 +131,28 @@ def default_redis_url() -> str:
     return os.environ.get("FLUME_REDIS_URL") or DEFAULT_REDIS_URL
 
 
+CONFIG_FILE = "flume.toml"
+"""The config file looked for in the current directory when neither ``--config`` nor FLUME_CONFIG names one."""
+
+
+def find_config(path: str | Path | None = None) -> Path | None:
+    """The config file to use: ``path``, else FLUME_CONFIG, else ``./flume.toml`` if it exists, else None.
+
+    An explicit choice (the argument, then the environment) wins over the file found by looking.
+    """
+    chosen = path or os.environ.get("FLUME_CONFIG")
+    if chosen:
+        return Path(chosen)
+    found = Path(CONFIG_FILE)
+    return found if found.is_file() else None
+
+
 def load(path: str | Path, *, redis_url: str | None = None) -> FlumeConfig:
-    """Read and check a TOML config file; ``redis_url`` (e.g. from the CLI) overrides the file's."""
+    """Read and check a TOML config file.
+
+    The Redis URL is, first found: ``redis_url`` (e.g. from the CLI), FLUME_REDIS_URL, the file's
+    ``redis_url``, ``redis://127.0.0.1:6379/0``; so one file serves every environment.
+    """
     file = Path(path)
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
@@ -140,13 +160,43 @@ def load(path: str | Path, *, redis_url: str | None = None) -> FlumeConfig:
         raise ConfigError(
             f"config file {str(file)!r} does not exist; pass the path of your TOML file"
         ) from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"config file {str(file)!r} is a directory; pass the TOML file itself, e.g. {str(file / CONFIG_FILE)!r}"
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            f"config file {str(file)!r} cannot be read (permission denied); check its mode"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {str(file)!r} is not UTF-8 text ({exc}); pass the TOML file"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             f"config file {str(file)!r} is not valid TOML ({exc}); fix the syntax there"
         ) from None
+    redis_url = redis_url or os.environ.get("FLUME_REDIS_URL")
     if redis_url:
         raw["redis_url"] = redis_url
     return parse(raw)
+
+
+def select_pipelines(config: FlumeConfig, queues: Sequence[str]) -> FlumeConfig:
+    """The config with only the pipelines serving one of ``queues`` (a multi-queue pipeline is kept whole).
+
+    Raises:
+        ConfigError: a queue no pipeline of the config serves.
+    """
+    served = {q for p in config.pipelines for q in p.all_queues}
+    unknown = [q for q in queues if q not in served]
+    if unknown:
+        raise ConfigError(
+            f"--queues names {', '.join(repr(q) for q in unknown)}, which no pipeline of the config serves "
+            f"(served: {', '.join(sorted(served)) or 'none'}); fix the name or add a pipeline"
+        )
+    wanted = set(queues)
+    return replace(config, pipelines=tuple(p for p in config.pipelines if wanted & set(p.all_queues)))
 
 
 def parse(raw: Mapping[str, Any]) -> FlumeConfig:

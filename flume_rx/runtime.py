@@ -38,6 +38,7 @@ from flume_rx.config import (
     check_one_pipeline_per_queue,
     load,
     pacing_burst,
+    select_pipelines,
 )
 from flume_rx.errors import ConfigError, StoreError
 from flume_rx.logs import LogFormat, configure_logging
@@ -466,9 +467,12 @@ def _child_main(
     metrics_port: int | None = None,
     log_level: str = "INFO",
     log_format: LogFormat = "text",
+    queues: Sequence[str] | None = None,
 ) -> None:
     configure_logging(log_level, log_format)
     config = load(config_path, redis_url=redis_url)
+    if queues:
+        config = select_pipelines(config, queues)
     raise SystemExit(run_worker_process(config, burst=burst, metrics_port=metrics_port))
 
 
@@ -481,6 +485,7 @@ def supervise(
     metrics_port: int | None = None,
     log_level: str = "INFO",
     log_format: LogFormat = "text",
+    queues: Sequence[str] | None = None,
 ) -> int:
     """Run ``processes`` worker processes; SIGTERM/SIGINT stop them all gracefully; a crashed one is restarted.
 
@@ -499,6 +504,7 @@ def supervise(
                 None if metrics_port is None else metrics_port + index,
                 log_level,
                 log_format,
+                queues,
             ),
             name=f"flume-worker-{index}",
             daemon=False,

@@ -13,7 +13,8 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, TypedDict
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from rich.console import Console
 from rich.live import Live
@@ -21,7 +22,10 @@ from rich.table import Table
 
 from flume_rx.config import FlumeConfig
 from flume_rx.job import Job
-from flume_rx.store import ConsumerInfo, SyncStore
+from flume_rx.store import ConsumerInfo, PeekWhere, SyncStore
+
+if TYPE_CHECKING:
+    from flume_rx.client import PeekedJob
 
 
 class PipelineRow(TypedDict):
@@ -188,32 +192,69 @@ def print_consumers(consumers: Sequence[ConsumerInfo], as_json: bool = False) ->
     Console().print(table)
 
 
-def job_row(job: Job) -> dict[str, Any]:
-    """A job as JSON-friendly fields (args with bytes shown as hex)."""
-    return {
+def job_row(job: Job, at: float | None = None, where: PeekWhere = "queued") -> dict[str, Any]:
+    """A job as JSON-friendly fields (args with bytes shown as hex), with its last error and that error's
+    traceback tail, and ``died_at`` (dead) or ``due_at`` (scheduled, retry) in unix seconds."""
+    row: dict[str, Any] = {
         "id": job.id,
         "worker": job.worker,
         "args": _jsonable(job.args),
         "attempt": job.attempt,
         "enqueued_at": job.enqueued_at,
         "error": None if job.error is None else f"{job.error.kind}: {job.error.message}",
+        "traceback": None if job.error is None else job.error.traceback or None,
     }
+    if where == "dead":
+        row["died_at"] = at
+    elif where in ("scheduled", "retry"):
+        row["due_at"] = at
+    return row
 
 
-def print_jobs(jobs: Sequence[Job], as_json: bool = False) -> None:
-    """The jobs of ``flume-rx queue peek``."""
-    rows = [job_row(j) for j in jobs]
+def utc_time(unix_s: float | None) -> str:
+    """``2026-12-02 07:41:03 UTC``, or an empty string for None."""
+    if unix_s is None:
+        return ""
+    return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def print_jobs(entries: Sequence[PeekedJob], where: PeekWhere = "queued", as_json: bool = False) -> None:
+    """The jobs of ``flume-rx queue peek``: JSON with every field, or a table of the main ones."""
+    rows = [job_row(e.job, e.at, where) for e in entries]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
+    when = {"dead": "died", "scheduled": "due", "retry": "due"}.get(where)
     table = Table(title=f"{len(rows)} job(s)", title_justify="left")
-    for column in ("id", "worker", "args", "attempt", "error"):
+    for column in ("id", "worker", "args", "attempt", *([when] if when else []), "error"):
         table.add_column(column)
-    for row in rows:
+    for entry, row in zip(entries, rows, strict=True):
         table.add_row(
-            row["id"], row["worker"], json.dumps(row["args"])[:60], str(row["attempt"]), row["error"] or ""
+            row["id"],
+            row["worker"],
+            json.dumps(row["args"])[:60],
+            str(row["attempt"]),
+            *([utc_time(entry.at)] if when else []),
+            row["error"] or "",
         )
     Console().print(table)
+
+
+def print_dead(queue: str, entries: Sequence[PeekedJob], total: int, as_json: bool = False) -> None:
+    """The dead letters of ``flume-rx dead list``, newest first: each with its time of death, its last error
+    and the stored tail of that error's traceback."""
+    rows = [job_row(e.job, e.at, "dead") for e in entries]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        print(
+            f"{row['id']}  {row['worker']}  attempts={row['attempt']}  died {utc_time(row['died_at'])}  "
+            f"{row['error'] or ''}"
+        )
+        for line in (row["traceback"] or "").rstrip().splitlines():
+            print(f"    {line}")
+    print(f"{len(rows)} of {total} dead job(s) of {queue!r} shown, newest first")
 
 
 def _jsonable(value: Any) -> Any:

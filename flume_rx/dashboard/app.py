@@ -88,7 +88,7 @@ def create_app(config: FlumeConfig, *, allow_actions: bool = False) -> Starlette
     def dead(request: Request) -> Response:
         queue = known(request.query_params.get("queue", ""))
         limit = min(DEAD_SHOWN, max(1, int(request.query_params.get("limit", "10"))))
-        jobs = [job_row(job) for job in flume.dead_list(queue, limit)]
+        jobs = [job_row(entry.job, entry.at, "dead") for entry in flume.dead_letters(queue, limit)]
         return JSONResponse({"queue": queue, "jobs": jobs})
 
     def consumers(request: Request) -> Response:
