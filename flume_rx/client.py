@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -165,8 +166,9 @@ class Flume:
     ) -> str:
         """Run the job ``seconds`` from now, counted on Redis's clock, so a producer's skewed clock cannot
         make it early or late; ``unique_key`` and the rest as for :meth:`enqueue`."""
+        delay_s = check_time(seconds, "seconds", "5.0 (seconds from now)")
         job = self._job(queue, worker, args, cost)
-        return self._put(job, "in", float(seconds), unique_key, unique_for, unique_until)
+        return self._put(job, "in", delay_s, unique_key, unique_for, unique_until)
 
     def enqueue_at(
         self,
@@ -182,8 +184,9 @@ class Flume:
     ) -> str:
         """Run the job at ``unix_ts`` (float seconds since the epoch); ``unique_key`` and the rest as for
         :meth:`enqueue`."""
+        due = check_time(unix_ts, "unix_ts", "time.time() + 60")
         job = self._job(queue, worker, args, cost)
-        return self._put(job, "at", float(unix_ts), unique_key, unique_for, unique_until)
+        return self._put(job, "at", due, unique_key, unique_for, unique_until)
 
     def _put(
         self,
@@ -541,6 +544,17 @@ def build_job(queue: str, worker: str, args: Sequence[Any], cost: int = 1) -> Jo
     return Job(new_job_id(), queue, worker, list(args), 0, now, now, cost)
 
 
+def check_time(value: float, name: str, example: str) -> float:
+    """Check a due time or delay of ``enqueue_at``/``enqueue_in``: a finite number; returns it as a float.
+
+    Raises:
+        ConfigError: naming the argument, for a non-number, NaN or an infinity (no moment to run the job at).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number of seconds (got {value!r}); e.g. {example}")
+    return float(value)
+
+
 def check_unique_key(unique_key: str) -> None:
     """Check one ``unique_key``.
 
@@ -570,7 +584,11 @@ def check_unique(unique_for: float, unique_until: str) -> None:
     Raises:
         ConfigError: ``unique_for`` is not a positive number of seconds, or ``unique_until`` is unknown.
     """
-    if isinstance(unique_for, bool) or not isinstance(unique_for, int | float) or not unique_for > 0:
+    if (
+        isinstance(unique_for, bool)
+        or not isinstance(unique_for, int | float)
+        or not 0 < unique_for < math.inf
+    ):
         raise ConfigError(f"unique_for must be a positive number of seconds (got {unique_for!r}); e.g. 3600")
     if unique_until not in UNIQUE_UNTIL:
         raise ConfigError(

@@ -165,6 +165,7 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Job:
 
 
 _NUMBER_TYPES = (int, float)
+_INF = float("inf")
 _JOB_FIELDS = (
     "id",
     "queue",
@@ -248,6 +249,8 @@ def _well_formed(record: list[Any]) -> bool:
         and cost >= 0
         and type(created_at) in _NUMBER_TYPES
         and type(enqueued_at) in _NUMBER_TYPES
+        and -_INF < created_at < _INF  # false for NaN too
+        and -_INF < enqueued_at < _INF
         and error is None
         and (n == _FIELDS or record[_FIELDS] is None or type(record[_FIELDS]) is str)
     )
@@ -266,3 +269,6 @@ def _expect_int(value: Any, name: str) -> None:
 def _expect_number(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise DecodeError(f"job record field {name!r} is {type(value).__name__}, expected a number")
+    if not -_INF < value < _INF:
+        # NaN and the infinities are no moment in time; they would poison every latency figure downstream.
+        raise DecodeError(f"job record field {name!r} is {value!r}, expected a finite number")

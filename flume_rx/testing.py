@@ -32,6 +32,7 @@ from flume_rx import codec
 from flume_rx.client import (
     DEFAULT_UNIQUE_FOR_S,
     build_job,
+    check_time,
     check_unique,
     check_unique_key,
     check_unique_keys,
@@ -155,9 +156,10 @@ class FlumeTest:
         unique_until: UniqueUntil = "finish",
     ) -> str:
         """Like ``Flume.enqueue_in``; in inline mode the job runs at once (no test waits for a delay)."""
+        delay_s = check_time(seconds, "seconds", "5.0 (seconds from now)")
         uniqueness = _uniqueness(unique_key, unique_for, unique_until)
         job = self._build(queue, worker, args, cost)
-        return self._accept(job, self.clock() + float(seconds), uniqueness)
+        return self._accept(job, self.clock() + delay_s, uniqueness)
 
     def enqueue_at(
         self,
@@ -172,8 +174,9 @@ class FlumeTest:
         unique_until: UniqueUntil = "finish",
     ) -> str:
         """Like ``Flume.enqueue_at``; in inline mode the job runs at once."""
+        due = check_time(unix_ts, "unix_ts", "time.time() + 60")
         uniqueness = _uniqueness(unique_key, unique_for, unique_until)
-        return self._accept(self._build(queue, worker, args, cost), float(unix_ts), uniqueness)
+        return self._accept(self._build(queue, worker, args, cost), due, uniqueness)
 
     def close(self) -> None:
         """Nothing to close; here so code that closes its ``Flume`` runs unchanged."""

@@ -290,7 +290,7 @@ def _parse_stats(first: Sequence[Any], orphan_timeout_s: float) -> tuple[QueueSt
     alive = sum(1 for _, beat in consumers if _is_alive(now_ms, beat, orphan_timeout_s))
     # The 60 complete seconds before the current one: a partial second would read as a dip.
     recent = _ring(_hash(seconds), RATE_SECONDS, now_s - 60, now_s - 1)
-    p50, p99 = _percentiles(sorted(float(_text(x)) for x in latency), (0.5, 0.99))
+    p50, p99 = _percentiles(sorted(_latency_samples(latency)), (0.5, 0.99))
     stats = QueueStats(
         queued=int(queued),
         in_flight=0,
@@ -328,6 +328,20 @@ def _ring(fields: dict[str, Any], size: int, first: int, last: int) -> list[Rate
         failed = int(_text(fields.get(f"f{slot}", 0))) if current else 0
         points.append(RatePoint(t=bucket, processed=processed, failed=failed))
     return points
+
+
+def _latency_samples(raw: Sequence[Any]) -> list[float]:
+    """The latency samples that are finite numbers: anything else in the list is bad data, left out, so the
+    percentiles (and the JSON of every view) stay finite."""
+    samples: list[float] = []
+    for item in raw:
+        try:
+            value = float(_text(item))
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if math.isfinite(value):
+            samples.append(value)
+    return samples
 
 
 def _percentiles(ordered: Sequence[float], quantiles: Sequence[float]) -> list[float | None]:
