@@ -7,6 +7,7 @@ a private Redis is started; otherwise a small launcher of the system binary.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import socket
 import subprocess
@@ -99,3 +100,41 @@ def private_redis() -> Iterator[str]:
         return
     with RedisServer() as embedded:
         yield str(embedded.url)
+
+
+# Set in a database the suite has taken: keys found next to it later (a run that crashed) are the suite's own.
+OWNER_KEY = "flume-bench:owned"
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+@contextlib.contextmanager
+def given_database(url: str) -> Iterator[str]:
+    """Take the database of ``url``, a Redis the user runs, for one run; yield ``url``.
+
+    The suite empties its database (``FLUSHDB``: that database only, never the server) before every
+    measurement and once more at the end, so the database must be empty, or hold only what an earlier run of
+    the suite left.
+
+    Raises:
+        RuntimeError: the database holds keys that are not the suite's.
+    """
+    client = redis.Redis.from_url(url)
+    try:
+        size = int(client.dbsize())  # type: ignore[arg-type]
+        if size and not client.exists(OWNER_KEY):
+            raise RuntimeError(
+                f"the database at {redacted(url)} holds {size} keys, and the benchmarks empty their database "
+                "before each measurement; point them at an empty database (e.g. /15 of your Redis)"
+            )
+        client.set(OWNER_KEY, "1")
+        try:
+            yield url
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                client.flushdb()
+    finally:
+        client.close()

@@ -30,7 +30,7 @@ import redis
 
 from benchmarks import probe, stats
 from benchmarks.peers import PEERS, PeerModule, PeerSpec
-from benchmarks.redis_server import private_redis
+from benchmarks.redis_server import OWNER_KEY, given_database, private_redis, redacted
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -106,8 +106,10 @@ class Bench:
         self.probe = redis.Redis.from_url(self.probe_url)
 
     def reset(self) -> None:
-        self.client.flushall()
-        self.probe.flushall()
+        # FLUSHDB, not FLUSHALL: with --redis-url the server is the user's, and only this database is ours.
+        for client in (self.client, self.probe):
+            client.flushdb()
+            client.set(OWNER_KEY, "1")
         self.client.config_resetstat()
 
     # -- producing -----------------------------------------------------------------------------------
@@ -501,6 +503,11 @@ def redis_ceiling(bench: Bench, quick: bool) -> dict[str, Any]:
     bench.reset()
     conn = bench.client.connection_pool.connection_kwargs
     host, port = str(conn.get("host", "127.0.0.1")), str(conn.get("port"))
+    target = ["-h", host, "-p", port, "--dbnum", str(conn.get("db", 0))]
+    if conn.get("username"):
+        target += ["--user", str(conn["username"])]
+    if conn.get("password"):
+        target += ["-a", str(conn["password"])]
     bench.client.rpush("bench:rot", *range(1000))
     sha = str(bench.client.script_load("return redis.call('LLEN', KEYS[1])"))
     tests: dict[str, list[str]] = {
@@ -515,7 +522,7 @@ def redis_ceiling(bench: Bench, quick: bool) -> dict[str, Any]:
     for pipeline in (1, 16):
         for name, cmd in tests.items():
             done = subprocess.run(
-                ["redis-benchmark", "-h", host, "-p", port, "-n", str(requests), "-P", str(pipeline),
+                ["redis-benchmark", *target, "-n", str(requests), "-P", str(pipeline),
                  "-r", "100000", "-q", "--csv", *cmd],
                 capture_output=True, text=True, timeout=300,
             )  # fmt: skip
@@ -610,9 +617,17 @@ def run(
     out: Path | None = None,
     jobs: int | None = None,
     reps: int | None = None,
+    redis_url: str | None = None,
+    probe_url: str | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Run the suite and write its JSON; returns the file's path."""
+    """Run the suite and write its JSON; returns the file's path.
+
+    Args:
+        redis_url: the Redis under test, one the user runs (an empty database of it; see `given_database`);
+            default a private redis-server started for the run.
+        probe_url: where jobs record their starts (a second database); default a private redis-server.
+    """
     settings = Settings.for_mode(quick)
     if jobs:
         settings.jobs = jobs
@@ -624,7 +639,16 @@ def run(
         raise SystemExit(f"unknown scenario(s) {sorted(unknown)}; pick from {', '.join(SCENARIOS)}")
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": quick}
     began = time.time()
-    with private_redis() as url, private_redis() as probe_url:
+    results["redis"] = {
+        "under_test": "given" if redis_url else "private",
+        "probe": "given" if probe_url else "private",
+    }
+    with _database(redis_url, "the Redis under test") as url, _database(probe_url, "the probe") as probe_url:
+        if url == probe_url:
+            raise SystemExit(
+                "--probe-url must name another database than --redis-url (the suite flushes both)"
+            )
+        log(f"Redis under test: {redacted(url)}; probe: {redacted(probe_url)}")
         bench = Bench(url, probe_url, settings, log)
         results["machine"] = machine_info(url)
         results["versions"] = package_versions()
@@ -677,6 +701,27 @@ def run(
     return path
 
 
+@contextlib.contextmanager
+def _database(url: str | None, role: str) -> Iterator[str]:
+    """The given database (checked and flushed by `given_database`), else a private redis-server."""
+    if url:
+        try:
+            with given_database(url) as taken:
+                yield taken
+        except (RuntimeError, redis.RedisError) as exc:
+            raise SystemExit(f"{role}: {exc}") from None
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            taken = stack.enter_context(private_redis())
+        except FileNotFoundError as exc:
+            raise SystemExit(
+                f"{role} is a private redis-server by default, and none can start ({exc}); or pass a URL "
+                "(--redis-url, --probe-url: an empty database each)"
+            ) from None
+        yield taken
+
+
 def _brief(scenario: str, entry: dict[str, Any]) -> str:
     if entry["status"] != "ok":
         return f"FAILED: {entry['error'][:300]}"
@@ -718,6 +763,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--peer", action="append", default=[], metavar="NAME", help="run only this peer (repeatable)"
     )
     cmd.add_argument("--out", type=Path, help="where to write the JSON")
+    cmd.add_argument(
+        "--redis-url",
+        default=os.environ.get("FLUME_BENCH_REDIS_URL") or None,
+        metavar="URL",
+        help="benchmark this Redis (an empty database of it, which the suite flushes; env FLUME_BENCH_REDIS_URL) "
+        "instead of a private redis-server",
+    )
+    cmd.add_argument(
+        "--probe-url",
+        default=os.environ.get("FLUME_BENCH_PROBE_URL") or None,
+        metavar="URL",
+        help="where jobs record their starts: another empty database (env FLUME_BENCH_PROBE_URL); "
+        "default a private redis-server",
+    )
     cmd.add_argument("--jobs", type=int, help="jobs per throughput drain (overrides the mode's default)")
     cmd.add_argument("--reps", type=int, help="repetitions (overrides the mode's default)")
     table = sub.add_parser("table", help="print a results JSON as the Markdown tables the README quotes")
@@ -730,5 +789,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     only = [name for item in args.only for name in item.split(",")]
     peers = [name for item in args.peer for name in item.split(",")]
-    run(quick=args.quick, only=only, peers=peers, out=args.out, jobs=args.jobs, reps=args.reps)
+    run(
+        quick=args.quick,
+        only=only,
+        peers=peers,
+        out=args.out,
+        jobs=args.jobs,
+        reps=args.reps,
+        redis_url=args.redis_url,
+        probe_url=args.probe_url,
+    )
     return 0

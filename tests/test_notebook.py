@@ -13,18 +13,27 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pytest
+import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks import plots, stats
+from benchmarks.redis_server import OWNER_KEY, given_database
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "benchmarks.ipynb"
 
 
 @pytest.mark.timeout(240)
-def test_notebook_runs_quick_mode_and_saves_plots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notebook_runs_quick_mode_against_the_users_redis_and_saves_plots(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "The user's Redis": database 7 of the session's private server, with a key of the user's in database 0.
+    users_redis = redis_url.rsplit("/", 1)[0] + "/7"
+    keeper = redis.Redis.from_url(redis_url)
+    keeper.set("users:own:key", "kept")
     out = tmp_path / "results.json"
+    monkeypatch.setenv("FLUME_BENCH_REDIS_URL", users_redis)
     monkeypatch.setenv("FLUME_BENCH_ONLY", "throughput,latency")
     monkeypatch.setenv("FLUME_BENCH_PEERS", "flume_rx,huey")
     monkeypatch.setenv("FLUME_BENCH_SOURCE", "fresh")
@@ -38,6 +47,9 @@ def test_notebook_runs_quick_mode_and_saves_plots(tmp_path: Path, monkeypatch: p
 
     results = json.loads(out.read_text())
     assert results["quick"] is True
+    assert results["redis"] == {"under_test": "given", "probe": "private"}
+    assert keeper.get("users:own:key") == b"kept", "only the given database is flushed"
+    assert redis.Redis.from_url(users_redis).dbsize() == 0, "the run leaves its database empty"
     assert set(results["scenarios"]) == {"throughput", "latency"}
     # Every peer asked for is in the results, as measured or as failed with its error: never silently dropped.
     for scenario in ("throughput", "latency"):
@@ -81,6 +93,31 @@ def test_save_all_draws_standalone_results_only_when_their_json_exists(tmp_path:
     )
     written = plots.save_all({}, tmp_path / "both", results)
     assert [p.name for p in written] == ["priorities.png", "per_key_limits.png"]
+
+
+def test_a_given_database_must_be_empty_or_the_suites_and_is_emptied_after(redis_url: str) -> None:
+    base = redis_url.rsplit("/", 1)[0]
+    users = redis.Redis.from_url(f"{base}/3")
+    users.set("orders:1", "paid")
+    with pytest.raises(RuntimeError, match=r"holds 1 keys.*empty database"), given_database(f"{base}/3"):
+        pass
+    assert users.get("orders:1") == b"paid"
+
+    leftover = redis.Redis.from_url(f"{base}/4")
+    leftover.mset({OWNER_KEY: "1", "bench:queue": "x"})  # what a crashed run left
+    with given_database(f"{base}/4") as url:
+        assert url == f"{base}/4"
+        leftover.set("bench:new", "y")
+    assert leftover.dbsize() == 0
+    assert users.get("orders:1") == b"paid"
+
+
+def test_a_password_never_reaches_the_message() -> None:
+    from benchmarks.redis_server import redacted
+
+    assert redacted("redis://:s3cret@db.internal:6379/15") == "redis://***@db.internal:6379/15"
+    assert redacted("rediss://bench:s3cret@db.internal/2") == "rediss://***@db.internal/2"
+    assert redacted("redis://127.0.0.1:6380/0") == "redis://127.0.0.1:6380/0"
 
 
 # The numbers the notebook plots come from these pure helpers: checked against brute force.
