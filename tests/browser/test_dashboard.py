@@ -47,7 +47,7 @@ def _chromium() -> str:
     if path is None:
         pytest.fail(
             "chromium is not on PATH, and the dashboard test needs a real browser; "
-            "install it with `apt-get install -y chromium` (CI's .ci/run does)"
+            "install it with `apt-get install -y chromium` (`make test` does, through .ci/system-deps)"
         )
     return path
 
