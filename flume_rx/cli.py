@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flume_rx.errors import ConfigError, FlumeError
+from flume_rx.errors import ConfigError, FlumeError, WorkerModuleFailed
 from flume_rx.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 
 if TYPE_CHECKING:
@@ -279,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except FlumeError as exc:
+        if isinstance(exc, WorkerModuleFailed):
+            print(exc.details, end="", file=sys.stderr)
         print(f"flume-rx: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ from flume_rx.codec import DEFAULT_MAX_PAYLOAD_BYTES
 from flume_rx.errors import ConfigError
 from flume_rx.job import check_name
 from flume_rx.schedules import ScheduleConfig, parse_schedules
-from flume_rx.store.connection import redact_url
+from flume_rx.store.connection import REDIS_URL_SCHEMES, invalid_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -203,13 +203,8 @@ def parse(raw: Mapping[str, Any]) -> FlumeConfig:
     """Check a config mapping (the TOML document) and build a :class:`FlumeConfig`."""
     _reject_unknown(raw, _TOP_KEYS, "")
     redis_url = _str(raw, "redis_url", "", default=default_redis_url())
-    if not redis_url.startswith(
-        ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
-    ):
-        raise ConfigError(
-            f"redis_url must start with redis://, rediss://, unix:// or redis+cluster:// (got "
-            f"{redact_url(redis_url)!r}); write it like redis://127.0.0.1:6379/0"
-        )
+    if not redis_url.startswith(REDIS_URL_SCHEMES):
+        raise invalid_url(redis_url, "an unknown scheme")
     namespace = _str(raw, "namespace", "", default="flume")
     if not namespace or any(c in namespace for c in "{}: "):
         raise ConfigError(

@@ -13,6 +13,18 @@ class ConfigError(FlumeError):
     """Raised when a config file, a CLI argument or an API argument is invalid."""
 
 
+class WorkerModuleFailed(ConfigError):
+    """Raised when a worker module listed in ``imports`` exists but raised while being imported.
+
+    ``details`` holds the traceback of what it raised (its own frames, not the import machinery's), which
+    the command line prints above the one-line message.
+    """
+
+    def __init__(self, message: str, details: str) -> None:
+        super().__init__(message)
+        self.details = details
+
+
 class StoreError(FlumeError):
     """Raised when Redis cannot be reached or answers with an error."""
 

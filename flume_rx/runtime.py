@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +41,7 @@ from flume_rx.config import (
     pacing_burst,
     select_pipelines,
 )
-from flume_rx.errors import ConfigError, StoreError
+from flume_rx.errors import ConfigError, StoreError, WorkerModuleFailed
 from flume_rx.logs import LogFormat, configure_logging
 from flume_rx.pipeline import JobSource, Settler, assemble
 from flume_rx.priorities import WeightedSource
@@ -84,15 +85,39 @@ def add_import_paths(directories: Sequence[str]) -> None:
 
 
 def import_worker_modules(modules: Sequence[str]) -> None:
-    """Import the modules whose import registers the workers (config ``imports``)."""
+    """Import the modules whose import registers the workers (config ``imports``).
+
+    Raises:
+        ConfigError: a module cannot be found.
+        WorkerModuleFailed: a module was found but raised while importing (its own import of something
+            missing, a syntax error, ...); it carries that error's traceback.
+    """
     for module in modules:
         try:
             importlib.import_module(module)
-        except ImportError as exc:
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+                raise _module_failed(module, exc) from exc
             raise ConfigError(
-                f"cannot import worker module {module!r} listed in imports ({exc}); "
-                "check the name and that it is on PYTHONPATH"
+                f"cannot find worker module {module!r} listed in imports ({exc}); check the name, and run the "
+                "worker from the directory that holds it or pass --path DIR"
             ) from exc
+        except Exception as exc:
+            raise _module_failed(module, exc) from exc
+
+
+def _module_failed(module: str, exc: BaseException) -> WorkerModuleFailed:
+    """The error of a worker module that exists but raised ``exc`` while being imported."""
+    frames = traceback.TracebackException.from_exception(exc)
+    # The import machinery's own frames say nothing about the user's code.
+    frames.stack = traceback.StackSummary.from_list(
+        [f for f in frames.stack if not f.filename.startswith("<frozen importlib")]
+    )
+    return WorkerModuleFailed(
+        f"worker module {module!r} listed in imports raised {type(exc).__name__} while being imported ({exc}); "
+        "fix the error in the traceback above",
+        "".join(frames.format()),
+    )
 
 
 @dataclass

@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -854,6 +855,7 @@ def account_send_rate(client: SESV2Client | SESClient) -> float:
         flume_rx.Throttled, TransientSESError, PermanentSESError: the call itself failed.
     """
     service = client.meta.service_model.service_name
+    operation = "GetAccount" if service == "sesv2" else "GetSendQuota"
     try:
         if service == "sesv2":
             quota = cast("SESV2Client", client).get_account().get("SendQuota")
@@ -861,14 +863,32 @@ def account_send_rate(client: SESV2Client | SESClient) -> float:
         else:
             rate = cast("SESClient", client).get_send_quota().get("MaxSendRate")
     except Exception as exc:
-        _raise_translated(exc)
-        raise
+        if ses_error(exc) is None:
+            raise
+        # At start, not in a job: nothing will be retried, and an emulator's answer may be a whole HTML page.
+        raise ConfigError(
+            f"rate_limiter.from_ses could not read the account's send rate: {service} {operation} at "
+            f"{client.meta.endpoint_url} failed ({_one_line(exc)}); point the worker at SES (an emulator needs "
+            f"{operation}) or set rate_limiter.allowed instead of from_ses"
+        ) from exc
     if rate is None:
         raise ConfigError(
             f"SES ({service}) returned no MaxSendRate for this account; enable sending in SES or set "
             "rate_limiter.allowed instead of from_ses"
         )
     return float(rate)
+
+
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    """``exc`` as one short line: an HTTP error body's tags and line breaks dropped, cut at ``limit``."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        text = f"HTTP {status} {error.get('Code') or ''}: {error.get('Message') or ''}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    text = " ".join(re.sub(r"<[^>]*>", " ", text).split()).rstrip(": ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def rate_from_ses(client: SESV2Client | SESClient, fraction: float, *, period_s: float = 1.0) -> int:

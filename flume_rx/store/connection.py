@@ -10,10 +10,22 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flume_rx.errors import ConfigError, StoreError
+
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+"""The URL schemes flume_rx takes: plain, TLS, a Unix socket, and a Redis Cluster (plain or TLS)."""
+
+
+def invalid_url(url: str, problem: str) -> ConfigError:
+    """The error for a Redis URL that is not one flume_rx can use, naming every scheme it takes."""
+    return ConfigError(
+        f"redis_url {redact_url(url)!r} is not a valid Redis URL ({problem}); write it as one of "
+        f"{', '.join(s + '...' for s in REDIS_URL_SCHEMES)}, e.g. redis://127.0.0.1:6379/0"
+    )
 
 
 def redact_url(url: str) -> str:
@@ -71,6 +83,12 @@ def describe_endpoint(client: redis.Redis | redis.asyncio.Redis) -> str:
 
 def _store_error(client: redis.Redis | redis.asyncio.Redis, exc: Exception) -> StoreError:
     where = describe_endpoint(client)
+    if isinstance(exc, AuthenticationError):
+        # A subclass of ConnectionError, but Redis was reached: it refused who we said we are.
+        return StoreError(
+            f"Redis at {where} refused to authenticate us ({exc}); check the user and password in redis_url "
+            "(redis://user:password@host:port/db)"
+        )
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         return StoreError(
             f"cannot reach Redis at {where} ({type(exc).__name__}: {exc}); "
@@ -78,6 +96,16 @@ def _store_error(client: redis.Redis | redis.asyncio.Redis, exc: Exception) -> S
         )
     # redis-py prefixes a pipeline's error with the command, payloads and all: keep Redis's own words only.
     said = _PIPELINE_PREFIX.sub("", str(exc))
+    if "DB index is out of range" in said:
+        return StoreError(
+            f"Redis at {where} has no database with that number ({said}); pick one below its `databases` "
+            "setting (16 by default) at the end of redis_url, e.g. /0"
+        )
+    if said.startswith("NOPERM") or "has no permissions" in said:
+        return StoreError(
+            f"Redis at {where} does not let our user run a command flume_rx needs ({said}); grant the ACL user "
+            "the commands and keys of docs/reliability.md, or use another user"
+        )
     if said.startswith("OOM ") or "used memory > 'maxmemory'" in said:
         return StoreError(
             f"Redis at {where} is full (used memory over maxmemory) and refused the write; free memory, raise "

@@ -58,7 +58,7 @@ from flume_rx.store.connection import (
     _client_kwargs,
     _connection_kwargs,
     cluster_url,
-    redact_url,
+    invalid_url,
 )
 from flume_rx.store.keys import Keys
 from flume_rx.store.scripts import Arg, AsyncRunner, _Cmd, _Eval, _Op
@@ -124,9 +124,7 @@ class RedisStore:
             else:
                 client = redis.asyncio.Redis.from_url(url, **_client_kwargs(socket_timeout_s))
         except ValueError as exc:
-            raise ConfigError(
-                f"redis_url {redact_url(url)!r} is not a valid Redis URL ({exc}); fix it"
-            ) from None
+            raise invalid_url(url, str(exc)) from None
         store = cls(client, namespace, dead_max=dead_max, dead_ttl_ms=dead_ttl_ms)
         store._owns_client = True
         return store

@@ -10,7 +10,6 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
-from flume_rx.errors import ConfigError
 from flume_rx.store.commands import (
     _STATS_FIRST,
     DEAD_RETRY_CHUNK,
@@ -41,7 +40,7 @@ from flume_rx.store.commands import (
     _parse_unique,
     _text,
 )
-from flume_rx.store.connection import _check_client, _client_kwargs, cluster_url, redact_url
+from flume_rx.store.connection import _check_client, _client_kwargs, cluster_url, invalid_url
 from flume_rx.store.keys import Keys
 from flume_rx.store.scripts import SyncRunner, _Cmd, _Op
 
@@ -81,9 +80,7 @@ class SyncStore:
             else:
                 client = redis.Redis.from_url(url, **_client_kwargs(socket_timeout_s))
         except ValueError as exc:
-            raise ConfigError(
-                f"redis_url {redact_url(url)!r} is not a valid Redis URL ({exc}); fix it"
-            ) from None
+            raise invalid_url(url, str(exc)) from None
         store = cls(client, namespace)
         store._owns_client = True
         return store
