@@ -87,16 +87,17 @@ class WeightedSource(JobSource):
 
     async def _fetch_async(self, n: int) -> list[Delivery]:
         idle_s = 0.005
-        reply_lost = False
         while not self.stopping:
             try:
-                if reply_lost:
+                if self._reply_lost:
                     await self._return_unseen()
-                    reply_lost = False
+                    self._reply_lost = False
+                self._reply_lost = True  # until the reply is in (see JobSource._fetch_async)
                 pairs = await self.store.fetch_weighted(self.queues, self.consumer, n, self._shares.quotas(n))
+                self._reply_lost = False
             except StoreError as exc:
                 # The fetch may have run in Redis although its reply never came (see JobSource._fetch_async).
-                reply_lost = True
+                self._reply_lost = True
                 await asyncio.sleep(self._outage.failed(exc))
                 continue
             self._outage.ok()
@@ -109,7 +110,7 @@ class WeightedSource(JobSource):
             for queue, payload in pairs:
                 self._queue_of[payload] = queue
                 self.fetched_from[queue] += 1
-            deliveries = await self._decode([payload for _, payload in pairs])
+            deliveries = await self._decode_or_give_back([payload for _, payload in pairs])
             if deliveries:
                 return deliveries
         return []

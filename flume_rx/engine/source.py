@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -10,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import reactivex
-from reactivex import Observable
-from reactivex import operators as ops
+from reactivex import Observable, abc
+from reactivex.disposable import Disposable
 
 from flume_rx import codec
 from flume_rx import operators as fo
@@ -64,31 +65,79 @@ class JobSource:
         self._outage = Outage(f"fetch from {self.queue!r}")
         self._unique_releases: list[Settlement] = []
         self._releasing: asyncio.Task[None] | None = None
-        self.flowable = fo.request_n(self._fetch, self.max_demand, on_pressure=self._on_pressure)
+        self._handing_back: set[asyncio.Task[None]] = set()
+        # A fetch cancelled while its Lua call was under way may have moved jobs we never saw.
+        self._reply_lost = False
+        self.flowable = fo.request_n(
+            self._fetch, self.max_demand, on_pressure=self._on_pressure, hand_back=self._hand_back
+        )
 
     def _fetch(self, n: int) -> Observable[Sequence[Delivery]]:
         if self.stopping:
             return reactivex.empty()
         # An empty answer (burst mode on an empty queue, or stopping) completes without emitting: exhausted.
-        fetched: Observable[list[Delivery]] = reactivex.from_future(
-            asyncio.ensure_future(self._fetch_async(n))
-        )
-        return fetched.pipe(ops.filter(_non_empty))
+        return reactivex.create(functools.partial(self._subscribe_fetch, n))
+
+    def _subscribe_fetch(
+        self,
+        n: int,
+        observer: abc.ObserverBase[Sequence[Delivery]],
+        _scheduler: abc.SchedulerBase | None = None,
+    ) -> abc.DisposableBase:
+        """Run one fetch as a task; disposing it cancels the task, and hands back whatever jobs it brought."""
+        brought: list[list[Delivery]] = []  # set in the task's last step, so a cancel racing its end sees it
+        emitted = False
+
+        async def fetch() -> list[Delivery]:
+            deliveries = await self._fetch_async(n)
+            brought.append(deliveries)
+            return deliveries
+
+        def done(task: asyncio.Task[list[Delivery]]) -> None:
+            nonlocal emitted
+            if task.cancelled():
+                return
+            error = task.exception()
+            if isinstance(error, Exception):
+                observer.on_error(error)
+                return
+            emitted = True
+            if deliveries := task.result():
+                observer.on_next(deliveries)
+            observer.on_completed()
+
+        def after_cancel(_task: asyncio.Task[list[Delivery]]) -> None:
+            if brought and not emitted:
+                self._hand_back(brought[0])
+
+        task = asyncio.ensure_future(fetch())
+        task.add_done_callback(done)
+
+        def cancel() -> None:
+            task.remove_done_callback(done)
+            if task.done():
+                after_cancel(task)  # fetched, but the subscriber left before they were emitted
+            else:
+                task.add_done_callback(after_cancel)  # a task cancelled as it returns loses its result
+                task.cancel()
+
+        return Disposable(cancel)
 
     async def _fetch_async(self, n: int) -> list[Delivery]:
-        reply_lost = False
         while not self.stopping:
             started = time.monotonic()
             try:
-                if reply_lost:
+                if self._reply_lost:
                     await self._return_unseen()
-                    reply_lost = False
+                    self._reply_lost = False
+                self._reply_lost = True  # until the reply is in: a cancel now may strand moved jobs
                 payloads = await self.store.fetch(
                     self.queue, self.consumer, n, 0.0 if self.burst else self.block_s
                 )
+                self._reply_lost = False
             except StoreError as exc:
                 # The fetch may have run in Redis although its reply never came (a timeout, a dropped link).
-                reply_lost = True
+                self._reply_lost = True
                 await asyncio.sleep(self._outage.failed(exc))
                 continue
             self._outage.ok()
@@ -99,10 +148,34 @@ class JobSource:
                     # A paused queue answers at once; do not spin.
                     await asyncio.sleep(min(0.2, self.block_s))
                 continue
-            deliveries = await self._decode(payloads)
+            deliveries = await self._decode_or_give_back(payloads)
             if deliveries:
                 return deliveries
         return []
+
+    async def _decode_or_give_back(self, payloads: Sequence[bytes]) -> list[Delivery]:
+        try:
+            return await self._decode(payloads)
+        except asyncio.CancelledError:
+            # Cancelled while dead-lettering the undecodable ones: the others were never seen downstream.
+            # (Requeueing one that did reach the dead letters moves nothing: settle finds it gone.)
+            self._requeue(payloads)
+            raise
+
+    def _hand_back(self, deliveries: Sequence[Delivery]) -> None:
+        """Take back fetched jobs that never reached a worker: the subscription was cancelled first."""
+        for delivery in deliveries:
+            self.outstanding.discard(delivery)
+        self._requeue([delivery.payload for delivery in deliveries])
+
+    def _requeue(self, payloads: Sequence[bytes]) -> None:
+        if not payloads or self.stopping:
+            return  # stopping: the stop returns everything still in our in-flight lists
+        task = asyncio.get_running_loop().create_task(
+            self._settle_with_retries([Settlement(payload, "requeue") for payload in payloads])
+        )
+        self._handing_back.add(task)
+        task.add_done_callback(self._handing_back.discard)
 
     @property
     def fetch_queues(self) -> tuple[str, ...]:
@@ -212,6 +285,8 @@ class JobSource:
 
     async def hand_back_unstarted(self) -> int:
         """At stop: give every fetched, unstarted job back to the queue at once."""
+        if self._handing_back:
+            await asyncio.gather(*self._handing_back)
         unstarted = [d for d in self.outstanding if d not in self.running]
         if not unstarted:
             return 0
@@ -219,10 +294,6 @@ class JobSource:
         for delivery in unstarted:
             self.outstanding.discard(delivery)
         return len(unstarted)
-
-
-def _non_empty(batch: Sequence[Delivery]) -> bool:
-    return len(batch) > 0
 
 
 def _reason_of(settlement: Settlement) -> str:
