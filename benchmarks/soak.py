@@ -26,6 +26,7 @@ import redis
 
 from flume_rx import Flume, worker
 from flume_rx.embedded import RedisServer
+from flume_rx.store.keys import Keys
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "soak"
@@ -87,7 +88,7 @@ def _keys(client: redis.Redis) -> dict[str, list[str]]:
 
 
 def _processed(client: redis.Redis) -> int:
-    raw: Any = client.hget(f"{{{NAMESPACE}:{QUEUE}}}:stats", "processed")
+    raw: Any = client.hget(Keys(NAMESPACE).of(QUEUE).stats, "processed")
     return int(raw or 0)
 
 

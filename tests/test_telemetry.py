@@ -16,6 +16,7 @@ from flume_rx import Flume, worker
 from flume_rx import config as config_module
 from flume_rx.registry import unregister
 from flume_rx.runtime import WorkerRuntime
+from flume_rx.store.keys import Keys
 from flume_rx.telemetry import EVENT_NAMES, Event, Telemetry
 
 QUEUE = "tq"
@@ -317,8 +318,8 @@ def test_consumers_join_beat_and_recover_the_jobs_of_a_dead_one(
     # A consumer that fetched the three jobs and died long ago: its heartbeat is from 1970.
     client = redis.Redis.from_url(redis_url)
     for _ in range(3):
-        client.lmove(f"{{tel:{QUEUE}}}:queue", f"{{tel:{QUEUE}}}:inflight:ghost", "RIGHT", "LEFT")
-    client.zadd(f"{{tel:{QUEUE}}}:consumers", {"ghost": 1})
+        client.lmove(Keys("tel").of(QUEUE).queue, Keys("tel").of(QUEUE).inflight("ghost"), "RIGHT", "LEFT")
+    client.zadd(Keys("tel").of(QUEUE).consumers, {"ghost": 1})
 
     runtime = WorkerRuntime(_config(redis_url), telemetry=telemetry)
     _run(runtime, until=lambda: len(ran) == 3 and len(_named(events, "consumer.heartbeat")) >= 2)

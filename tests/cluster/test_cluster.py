@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import redis.cluster
 from faults.harness import QUEUE, WorkerProcess, runs, wait_until, write_config
+from redis.crc import key_slot
 
 from flume_rx import Flume, codec
 from flume_rx.job import Job
-from flume_rx.store import RedisStore, Settlement
+from flume_rx.store import RedisStore, Settlement, UniqueEnqueue
+from flume_rx.store.scripts import AsyncRunner, _Eval, _Op
 
 from .conftest import LocalCluster
 
@@ -110,23 +115,49 @@ def _consumer_known(nodes: redis.cluster.RedisCluster, pid: int) -> bool:
     return any(f":{pid}:" in c.decode() for c in nodes.zrange("{t:jobs}:consumers", 0, -1))
 
 
-def test_every_lua_call_keeps_its_keys_in_one_slot() -> None:
-    from redis.crc import key_slot
+def test_every_lua_script_keeps_its_keys_in_one_slot(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every store verb runs against a plain Redis while each script call is recorded; every script file in
+    flume_rx/lua must have been called, with all its keys in one cluster slot, so a new script cannot slip
+    past this test."""
+    calls: list[_Eval] = []
+    run = AsyncRunner.run
 
-    from flume_rx import store as s
+    async def recording(self: AsyncRunner, ops: Sequence[_Op], *, transaction: bool = False) -> list[Any]:
+        calls.extend(op for op in ops if isinstance(op, _Eval))
+        return await run(self, ops, transaction=transaction)
 
-    keys = s.Keys("t")
-    k = keys.of("email")
-    payload = b"p"
-    evals = [
-        *[op for op in s._ops_enqueue(keys, "email", [payload]) if isinstance(op, s._Eval)],
-        s._ops_fetch(keys, "email", "host:1:abc", 5),
-        s._ops_settle(keys, "email", "host:1:abc", [Settlement(payload, "ack")], 10, 1000),
-        s._ops_requeue(keys, "email", "host:1:abc", None),
-        s._Eval("promote", (k.scheduled, k.retry, k.queue), (10,)),
-        s._Eval("recover", (k.consumers, k.queue, k.inflight("host:1:abc")), ("host:1:abc", 1000)),
-        s._Eval("take_tokens", keys.rate("ses"), ()),
-    ]
-    for op in evals:
-        slots = {key_slot(key.encode()) for key in op.keys}
-        assert len(slots) == 1, (op.script, op.keys)
+    monkeypatch.setattr(AsyncRunner, "run", recording)
+    payload = codec.encode(Job(id="id1", queue="email", worker="W", args=[1]))
+
+    async def every_verb() -> None:
+        async with RedisStore.from_url(redis_url, "t") as store:
+            await store.enqueue("email", [payload])
+            await store.schedule("email", [(payload, 1.0)])
+            await store.schedule_in("email", [(payload, 0.0)])
+            await store.enqueue_unique("email", [UniqueEnqueue("u1", payload, "k1")], 60_000)
+            await store.cron_tick(
+                "email", "daily", 60_000, payload, claim_ttl_ms=1000, on_time_ms=1000, missed="skip"
+            )
+            await store.promote_due("email")
+            got = await store.fetch("email", "host:1:abc", 2, 0.0)
+            await store.settle("email", "host:1:abc", [Settlement(p, "dead") for p in got])
+            await store.dead_retry("email")
+            await store.dead_retry("email", [payload])
+            await store.fetch_weighted(["email/a", "email/b"], "host:1:abc", 2, [1, 1])
+            await store.requeue_all("email", "host:1:abc")
+            await store.heartbeat(["email"], "host:1:old")
+            await store.recover_orphans("email", 0)
+            await store.take_tokens("ses", allowed=10, period_ms=1000.0, hold_ms=20.0, want=1)
+            await store.take_tokens_multi(
+                "ses", [("a", 1, 1), ("b", 1, 1)], allowed=10, period_ms=1000.0, hold_ms=20.0
+            )
+            await store.penalize_window(
+                "ses", allowed=10, period_ms=1000.0, decrease_factor=0.5, recover_per_s=1.0
+            )
+
+    asyncio.run(every_verb())
+    lua = importlib.resources.files("flume_rx") / "lua"
+    files = {entry.name.removesuffix(".lua") for entry in lua.iterdir() if entry.name.endswith(".lua")}
+    assert {call.script for call in calls} == files
+    for call in calls:
+        assert len({key_slot(key.encode()) for key in call.keys}) == 1, (call.script, call.keys)

@@ -23,10 +23,11 @@ from flume_rx.embedded import free_port
 from flume_rx.errors import DecodeError, EncodeError
 from flume_rx.registry import unregister
 from flume_rx.runtime import WorkerRuntime
+from flume_rx.store.keys import Keys
 
 from .harness import QUEUE, ROOT, toml_value, wait_until, write_config
 
-KEYS = "{t:jobs}"
+KEYS = Keys("t").of(QUEUE)
 
 
 class _LiveWorker:
@@ -104,19 +105,17 @@ def test_garbage_in_queue_scheduled_and_retry_goes_to_the_dead_letters(
 ) -> None:
     running, client, flume = live
     n = next(_good_job_numbers)
-    client.delete(f"{KEYS}:dead")
+    client.delete(KEYS.dead)
     for i, blob in enumerate(items):
         if i % 3 == 0:
-            client.lpush(f"{KEYS}:queue", blob)
+            client.lpush(KEYS.queue, blob)
         elif i % 3 == 1:
-            client.zadd(f"{KEYS}:scheduled", {blob: 0})  # due long ago: promotion moves it to the queue
+            client.zadd(KEYS.scheduled, {blob: 0})  # due long ago: promotion moves it to the queue
         else:
-            client.zadd(f"{KEYS}:retry", {blob: 0})
+            client.zadd(KEYS.retry, {blob: 0})
     flume.enqueue(QUEUE, "GarbageTestOk", [n])
 
-    wait_until(
-        lambda: n in running.seen and client.zcard(f"{KEYS}:dead") == len(items), 15, "garbage settled"
-    )
+    wait_until(lambda: n in running.seen and client.zcard(KEYS.dead) == len(items), 15, "garbage settled")
 
     assert running.thread.is_alive() and running.error is None  # the worker kept running
     dead = flume.dead_list(QUEUE, limit=100)
@@ -142,8 +141,8 @@ def test_oversized_jobs_are_refused_at_enqueue_and_nothing_is_written(redis_url:
         flume.enqueue(QUEUE, "AnyWorker", [b"x" * (512 * 1024)])  # under the limit: fine
     with Flume(redis_url, "big", max_payload_bytes=1000) as small, pytest.raises(EncodeError, match="1000"):
         small.enqueue(QUEUE, "AnyWorker", ["z" * 1000])
-    assert client.llen("{big:jobs}:queue") == 1
-    assert client.zcard("{big:jobs}:scheduled") == 0
+    assert client.llen(Keys("big").of(QUEUE).queue) == 1
+    assert client.zcard(Keys("big").of(QUEUE).scheduled) == 0
 
 
 def _bad_configs(redis_url: str) -> dict[str, tuple[str, str]]:
@@ -211,7 +210,7 @@ def test_a_valid_config_next_to_the_bad_ones_does_start(redis_url: str, tmp_path
     )
     client = redis.Redis.from_url(redis_url)
     try:
-        wait_until(lambda: client.zcard("{good:jobs}:consumers") == 1, 30, "the worker to join")
+        wait_until(lambda: client.zcard(Keys("good").of(QUEUE).consumers) == 1, 30, "the worker to join")
     finally:
         process.terminate()
         _, err = process.communicate(timeout=30)

@@ -10,6 +10,7 @@ import redis
 from flume_rx import Flume, codec
 from flume_rx.embedded import RedisServer
 from flume_rx.errors import StoreError
+from flume_rx.store.keys import Keys
 
 QUEUE = "bulk"
 JOBS = 2500
@@ -34,7 +35,7 @@ def full_redis() -> Iterator[tuple[RedisServer, redis.Redis]]:
 
 
 def _queued_ids(client: redis.Redis) -> set[str]:
-    return {codec.decode(p).id for p in client.lrange("{t:bulk}:queue", 0, -1)}
+    return {codec.decode(p).id for p in client.lrange(Keys("t").of(QUEUE).queue, 0, -1)}
 
 
 @pytest.mark.parametrize("unique", [False, True], ids=["plain", "unique_keys"])
@@ -58,8 +59,10 @@ def test_a_bulk_into_a_redis_that_fills_mid_call_writes_all_or_nothing(
             except StoreError as exc:
                 refused += 1
                 assert "full" in str(exc) and "maxmemory" in str(exc), exc
-                assert client.llen("{t:bulk}:queue") == 0, f"a refused bulk wrote jobs (attempt {refused})"
-                assert not client.keys("{t:bulk}:unique:*"), "a refused bulk claimed unique keys"
+                assert client.llen(Keys("t").of(QUEUE).queue) == 0, (
+                    f"a refused bulk wrote jobs (attempt {refused})"
+                )
+                assert not client.keys(Keys("t").of(QUEUE).unique("*")), "a refused bulk claimed unique keys"
                 assert filler, "the Redis had room for nothing at all"
                 client.delete(*filler[:100])
                 del filler[:100]

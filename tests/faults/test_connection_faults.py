@@ -22,11 +22,12 @@ from flume_rx.priorities import WeightedSource
 from flume_rx.registry import unregister
 from flume_rx.runtime import WorkerRuntime
 from flume_rx.store import RedisStore, Settlement
+from flume_rx.store.keys import Keys
 from flume_rx.telemetry import Telemetry
 
 from .harness import QUEUE
 
-INFLIGHT_PREFIX = "{t:jobs}:inflight:"
+INFLIGHT_PREFIX = Keys("t").of(QUEUE).inflight("")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_a_fetch_whose_reply_was_lost_gives_its_jobs_back(url: str) -> None:
 
     got = asyncio.run(main())
     assert sorted(got) == [0, 1, 2, 3, 4]
-    assert client.llen("{t:jobs}:queue") == 0
+    assert client.llen(Keys("t").of(QUEUE).queue) == 0
 
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["one queue", "weighted queues"])

@@ -17,11 +17,12 @@ import redis
 
 from flume_rx import Flume, codec
 from flume_rx.job import MAX_ATTEMPT, Job
+from flume_rx.store.keys import Keys
 
 from .harness import QUEUE, ROOT, WorkerProcess, runs, wait_until, write_config
 
 LIMIT = 20_000
-KEYS = "{t:jobs}"
+KEYS = Keys("t").of(QUEUE)
 
 
 @pytest.fixture
@@ -75,7 +76,7 @@ def test_a_failing_job_whose_retry_record_cannot_fit_keeps_the_reason_when_it_di
     """With no retries left the record goes to the dead letters, its error cut to fit, never dropped."""
     process, client, flume, _ = running
     record = Job("huge-error", QUEUE, "FailOnceWorker", ["dies", "p" * (LIMIT - 400), 30_000], attempt=3)
-    client.lpush(f"{KEYS}:queue", codec.encode(record, LIMIT))
+    client.lpush(KEYS.queue, codec.encode(record, LIMIT))
 
     wait_until(lambda: flume.stats([QUEUE])[QUEUE]["dead"] == 1, 30, "the job to die")
 
@@ -83,7 +84,7 @@ def test_a_failing_job_whose_retry_record_cannot_fit_keeps_the_reason_when_it_di
     assert dead.id == "huge-error" and dead.attempt == 4 and dead.args == record.args
     assert dead.error is not None and dead.error.kind == "ValueError"
     assert dead.error.message.startswith("first run fails: mmm")
-    assert len(client.zrange(f"{KEYS}:dead", 0, 0)[0]) <= LIMIT
+    assert len(client.zrange(KEYS.dead, 0, 0)[0]) <= LIMIT
     _goes_on(process, client, flume, "after-dies")
 
 
@@ -92,7 +93,7 @@ def test_a_raw_record_with_the_largest_attempt_dies_with_its_reason_and_the_work
 ) -> None:
     process, client, flume, _ = running
     record = Job("max-attempt", QUEUE, "FailOnceWorker", ["max"], attempt=2**64 - 1)
-    client.lpush(f"{KEYS}:queue", codec.encode(record))
+    client.lpush(KEYS.queue, codec.encode(record))
 
     wait_until(lambda: flume.stats([QUEUE])[QUEUE]["dead"] == 1, 30, "the record to die")
 

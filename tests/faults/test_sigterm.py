@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from flume_rx import Flume
+from flume_rx.store.keys import Keys
 
 from .harness import QUEUE, WorkerProcess, leftover_keys, runs, wait_until, write_config
 
@@ -29,7 +30,7 @@ def _accounted(client: redis.Redis, flume: Flume, tokens: set[str]) -> None:
 def _queued_tokens(client: redis.Redis) -> list[str]:
     from flume_rx import codec
 
-    return [str(codec.decode(p).args[0]) for p in client.lrange("{t:jobs}:queue", 0, -1)]
+    return [str(codec.decode(p).args[0]) for p in client.lrange(Keys("t").of(QUEUE).queue, 0, -1)]
 
 
 @pytest.mark.parametrize("processes", [1, 2])

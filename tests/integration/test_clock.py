@@ -10,6 +10,7 @@ import redis
 
 import flume_rx.client as client_module
 from flume_rx import Flume
+from flume_rx.store.keys import Keys
 
 
 def test_enqueue_in_is_due_after_the_delay_on_redis_clock_even_if_the_producer_clock_is_an_hour_off(
@@ -21,7 +22,7 @@ def test_enqueue_in_is_due_after_the_delay_on_redis_clock_even_if_the_producer_c
     flume.enqueue_in("jobs", 0.5, "Anything", [])
 
     client = redis.Redis.from_url(redis_url)
-    [(_, due_ms)] = client.zrange("{t:jobs}:scheduled", 0, -1, withscores=True)
+    [(_, due_ms)] = client.zrange(Keys("t").of("jobs").scheduled, 0, -1, withscores=True)
     seconds, micros = client.time()
     redis_now_ms = seconds * 1000 + micros // 1000
     assert 0 < due_ms - redis_now_ms <= 500  # not an hour late

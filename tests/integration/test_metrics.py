@@ -165,6 +165,8 @@ def test_worker_metrics_port_serves_the_workers_counters(redis_url: str, tmp_pat
     config_file = tmp_path / "flume.toml"
     config_file.write_text(
         f'redis_url = "{redis_url}"\nnamespace = "mw"\nimports = ["tests.integration.sample_workers"]\n'
+        # A heartbeat every second (a third of the orphan timeout), so one is counted within the test.
+        "orphan_timeout = 3000\n"
         f'[pipelines.main]\nqueue = "{QUEUE}"\n'
     )
     flume = Flume(redis_url, "mw")
@@ -189,15 +191,16 @@ def test_worker_metrics_port_serves_the_workers_counters(redis_url: str, tmp_pat
     )
     try:
         deadline = time.monotonic() + 30
-        succeeded = 0.0
-        while succeeded < 20 and time.monotonic() < deadline:
+        succeeded = heartbeats = 0.0
+        while (succeeded < 20 or heartbeats < 1) and time.monotonic() < deadline:
             samples = _samples(_scrape(port))
             succeeded = samples.get(
                 ("flume_jobs_succeeded_total", (("queue", QUEUE), ("worker", "RecordWorker"))), 0
             )
+            heartbeats = samples.get(("flume_consumer_heartbeats_total", ()), 0)
             time.sleep(0.1)
         assert succeeded == 20
-        assert samples[("flume_consumer_heartbeats_total", ())] >= 0
+        assert heartbeats >= 1
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)

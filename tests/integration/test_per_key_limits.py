@@ -25,6 +25,7 @@ from flume_rx.operators import Demand
 from flume_rx.registry import unregister
 from flume_rx.runtime import WorkerRuntime
 from flume_rx.store import RedisStore
+from flume_rx.store.keys import Keys
 
 QUEUE = "perkey"
 
@@ -60,11 +61,11 @@ def test_quiet_keys_expire(redis_url: str) -> None:
 
     asyncio.run(main())
     client = redis.Redis.from_url(redis_url)
-    assert client.exists("{t:rate:lim}:k:quiet:log", "{t:rate:lim}:k:quiet:meta") == 2
+    assert client.exists(*Keys("t").keyed_rate("lim", "quiet")) == 2
     deadline = time.monotonic() + 5
-    while client.exists("{t:rate:lim}:k:quiet:log") and time.monotonic() < deadline:
+    while client.exists(Keys("t").keyed_rate("lim", "quiet")[0]) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert client.exists("{t:rate:lim}:k:quiet:log", "{t:rate:lim}:k:quiet:meta") == 0
+    assert client.exists(*Keys("t").keyed_rate("lim", "quiet")) == 0
 
 
 @settings(max_examples=15, deadline=None)

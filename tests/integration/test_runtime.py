@@ -16,6 +16,7 @@ from flume_rx import config as config_module
 from flume_rx import operators as fo
 from flume_rx.registry import unregister
 from flume_rx.runtime import WorkerRuntime
+from flume_rx.store.keys import Keys
 from flume_rx.telemetry import Event
 
 QUEUE = "jobs"
@@ -105,7 +106,7 @@ def test_in_flight_never_exceeds_max_demand_with_a_slow_worker(redis_url: str, c
 
     assert len(seen) == 300
     assert max(peaks) <= 7
-    assert client.llen(f"{{t:{QUEUE}}}:queue") == 0
+    assert client.llen(Keys("t").of(QUEUE).queue) == 0
 
 
 def test_failures_retry_with_backoff_then_go_to_the_dead_letters(redis_url: str, calls: Any) -> None:
@@ -144,7 +145,7 @@ def test_unknown_worker_and_garbage_go_to_the_dead_letters_and_valid_jobs_contin
     flume = Flume(redis_url, "t")
     flume.enqueue(QUEUE, "Ok", [1])
     flume.enqueue(QUEUE, "NobodyRegisteredThis", [2])
-    redis.Redis.from_url(redis_url).lpush(f"{{t:{QUEUE}}}:queue", b"\xc1not msgpack", b"\x93\x01\x02\x03")
+    redis.Redis.from_url(redis_url).lpush(Keys("t").of(QUEUE).queue, b"\xc1not msgpack", b"\x93\x01\x02\x03")
     flume.enqueue(QUEUE, "Ok", [3])
 
     _run(WorkerRuntime(_config(redis_url), burst=True))

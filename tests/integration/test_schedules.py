@@ -20,8 +20,10 @@ from flume_rx.job import Job
 from flume_rx.runtime import WorkerRuntime
 from flume_rx.schedules import ScheduleConfig, parse_schedules
 from flume_rx.store import RedisStore
+from flume_rx.store.keys import Keys
 
 QUEUE = "cron"
+K = Keys("t").of(QUEUE)
 
 
 def _ts(text: str) -> float:
@@ -133,17 +135,17 @@ def test_each_tick_is_decided_once_and_missed_ticks_follow_the_policy(redis_url:
     statuses = [status for status, _ in asyncio.run(main())]
     assert statuses == ["enqueued", "old", "old", "skipped", "enqueued", "skipped", "skipped"]
     client = redis.Redis.from_url(redis_url)
-    assert client.llen(f"{{t:{QUEUE}}}:queue") == 2
+    assert client.llen(K.queue) == 2
     assert client.sismember("t:queues", QUEUE)
     # Even with the schedule's last tick lost, the tick's own claim keeps it from running twice.
-    client.delete(f"{{t:{QUEUE}}}:cron:a:last")
+    client.delete(K.cron_last("a"))
     assert asyncio.run(_tick_again(redis_url, "a"))[0] == "taken"
 
 
 async def _tick_again(redis_url: str, name: str) -> tuple[str, int]:
     async with RedisStore.from_url(redis_url, "t") as store:
         client = redis.asyncio.Redis.from_url(redis_url)
-        claims: list[bytes] = [k async for k in client.scan_iter(match=f"{{t:{QUEUE}}}:cron:{name}:1*")]
+        claims: list[bytes] = [k async for k in client.scan_iter(match=K.cron_tick(name, 1) + "*")]
         (claim,) = claims
         await client.aclose()
         tick_ms = int(claim.rsplit(b":", 1)[1])
@@ -170,7 +172,7 @@ def test_several_runtimes_enqueue_exactly_one_job_per_tick(redis_url: str) -> No
         }
     )
     runtimes = [WorkerRuntime(config, block_s=0.2) for _ in range(4)]
-    claim_pattern = f"{{t:{QUEUE}}}:cron:every_second:1*"
+    claim_pattern = K.cron_tick("every_second", 1) + "*"
 
     async def main() -> None:
         tasks = [asyncio.create_task(r.run()) for r in runtimes]
@@ -188,7 +190,7 @@ def test_several_runtimes_enqueue_exactly_one_job_per_tick(redis_url: str) -> No
 
     asyncio.run(main())
     client = redis.Redis.from_url(redis_url)
-    payloads: list[bytes] = client.lrange(f"{{t:{QUEUE}}}:queue", 0, -1)  # type: ignore[assignment]
+    payloads: list[bytes] = client.lrange(K.queue, 0, -1)  # type: ignore[assignment]
     jobs = [codec.decode(p) for p in payloads]
     claims = {int(k.rsplit(b":", 1)[1]): client.get(k) for k in client.scan_iter(match=claim_pattern)}
     ticks = sorted(claims)
@@ -212,7 +214,7 @@ def test_the_cli_lists_schedules_with_their_next_run(
         '[schedules.nightly]\ncron = "0 3 * * *"\nqueue = "reports"\nworker = "Nightly"\n'
         'missed = "run_once"\n'
     )
-    redis.Redis.from_url(redis_url).set("{t:reports}:cron:nightly:last", 1_700_000_000_000)
+    redis.Redis.from_url(redis_url).set(Keys("t").of("reports").cron_last("nightly"), 1_700_000_000_000)
     assert cli_main(["schedules", "--config", str(path), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["name"] == "nightly" and row["missed"] == "run_once"

@@ -20,9 +20,10 @@ from flume_rx.errors import ConfigError
 from flume_rx.registry import unregister
 from flume_rx.runtime import WorkerRuntime
 from flume_rx.store import RedisStore, Settlement
+from flume_rx.store.keys import Keys
 
 QUEUE = "uniq"
-KEY = f"{{t:{QUEUE}}}:unique:welcome:42"
+KEY = Keys("t").of(QUEUE).unique("welcome:42")
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ def test_soak_with_kills_leaks_nothing(redis_url: str, tmp_path: Path) -> None:
     result = json.loads(out.read_text())
 
     assert result["kills"] == 5
-    assert result["processed"] >= JOBS and result["acked_twice"] >= 0  # each job acked at least once
+    assert result["processed"] >= JOBS  # each job acked at least once (a killed worker's job may run twice)
     assert (result["queued"], result["in_flight"], result["retry"], result["dead"]) == (0, 0, 0, 0)
     assert result["exit_codes"] == [0, 0, 0, 0]
     assert result["leaked_inflight"] == [] and result["leaked_consumers"] == []

@@ -53,13 +53,13 @@ from flume_rx.integrations.ses import (
     ses_sender,
 )
 from flume_rx.registry import get_worker
-from tests.integrations.conftest import REGION
+from tests.integration.conftest import REGION
 
 if TYPE_CHECKING:
     from mypy_boto3_ses import SESClient
     from mypy_boto3_sesv2 import SESV2Client
 
-    from tests.integrations.conftest import MotoServer
+    from tests.integration.conftest import MotoServer
 
 SENDER = "sender@flume.example"  # verified by the ses_server fixture
 PIPELINE_WORKER = "SESPipelineTestWorker"
@@ -741,7 +741,7 @@ def test_three_worker_processes_send_every_job_through_the_pipeline(
                 f"""
                 redis_url = "{redis_server.url}"
                 namespace = "ses-test"
-                imports = ["tests.integrations.test_ses"]
+                imports = ["tests.integration.test_ses"]
                 [pipelines.email]
                 max_demand = 50
                 processor = {{ stages = 5 }}
