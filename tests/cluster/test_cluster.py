@@ -17,6 +17,7 @@ from redis.crc import key_slot
 from flume_rx import Flume, codec
 from flume_rx.job import Job
 from flume_rx.store import RedisStore, Settlement, UniqueEnqueue
+from flume_rx.store.keys import Keys
 from flume_rx.store.scripts import AsyncRunner, _Eval, _Op
 
 from .conftest import LocalCluster
@@ -107,7 +108,8 @@ def test_three_worker_processes_on_the_cluster(cluster: LocalCluster, redis_url:
 def _holds_jobs(nodes: redis.cluster.RedisCluster, pid: int) -> bool:
     marker = f":{pid}:"
     return any(
-        marker in k.decode() and nodes.llen(k) > 0 for k in nodes.scan_iter(match="{t:jobs}:inflight:*")
+        marker in k.decode() and nodes.llen(k) > 0
+        for k in nodes.scan_iter(match=Keys("t").of("jobs").inflight("*"))
     )
 
 

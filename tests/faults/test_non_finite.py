@@ -19,6 +19,7 @@ from flume_rx import Flume, codec
 from flume_rx import config as config_module
 from flume_rx.errors import ConfigError, DecodeError
 from flume_rx.store import SyncStore
+from flume_rx.store.keys import Keys
 from flume_rx.testing import FlumeTest
 from flume_rx.watch import snapshot
 
@@ -85,7 +86,7 @@ def test_raw_records_with_non_finite_times_go_to_the_dead_letters_and_stats_stay
         flume.enqueue(QUEUE, "RecordWorker", ["good"])  # registers the queue, and one sample that is fine
     now = time.time()
     bad = [_raw_record(f"bad{i}", now, value) for i, value in enumerate(NON_FINITE)]
-    client.lpush("{t:jobs}:queue", *bad)
+    client.lpush(Keys("t").of("jobs").queue, *bad)
     config_file = write_config(tmp_path / "flume.toml", redis_url)
     _cli(redis_url, "worker", "--config", str(config_file), "--burst")
 
@@ -108,7 +109,9 @@ def test_bad_latency_samples_in_redis_are_left_out_of_stats_and_views(redis_url:
     client = redis.Redis.from_url(redis_url)
     with Flume(redis_url, "t") as flume:
         flume.enqueue(QUEUE, "RecordWorker", ["x"])
-    client.lpush("{t:jobs}:latency", b"12.5", b"inf", b"-inf", b"nan", b"Infinity", b"garbage", b"7.5")
+    client.lpush(
+        Keys("t").of("jobs").latency, b"12.5", b"inf", b"-inf", b"nan", b"Infinity", b"garbage", b"7.5"
+    )
     config_file = write_config(tmp_path / "flume.toml", redis_url)
     config = config_module.load(config_file)
     with Flume(config=config) as flume:
@@ -139,7 +142,7 @@ def test_enqueue_in_and_at_refuse_non_finite_times_naming_the_argument(redis_url
             flume.enqueue_at(QUEUE, value, "RecordWorker", ["x"])
         with pytest.raises(ConfigError, match=r"^unique_for must be"):
             flume.enqueue(QUEUE, "RecordWorker", ["x"], unique_key="k", unique_for=value)
-    assert client.keys("{t:jobs}*") == []
+    assert client.keys(Keys("t").of("jobs").tag + "*") == []
     test_mode = FlumeTest()
     with pytest.raises(ConfigError, match=r"^seconds must be a finite number"):
         test_mode.enqueue_in(QUEUE, value, "RecordWorker", ["x"])

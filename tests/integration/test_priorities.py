@@ -174,7 +174,8 @@ def test_one_call_fetches_each_quota_then_fills_from_the_queues_in_order(redis_u
     # Grouped by queue: urgent's quota of 2 plus the 1 bulk could not fill, then bulk's 3.
     assert [q for q, _ in first] == [URGENT] * 3 + [BULK] * 3
     assert [q for q, _ in second] == [URGENT] * 6
-    assert client.llen("{t:mail}/urgent:inflight:c1") == 9 and client.llen("{t:mail}/bulk:inflight:c1") == 3
+    keys = Keys("t")
+    assert client.llen(keys.of(URGENT).inflight("c1")) == 9 and client.llen(keys.of(BULK).inflight("c1")) == 3
 
 
 # ---- pipelines in code -----------------------------------------------------------------------------
