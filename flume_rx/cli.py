@@ -61,7 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--processes", type=int, default=1, metavar="N", help="worker processes in all (default 1)"
     )
-    worker.add_argument("--burst", action="store_true", help="exit once the queues are drained")
+    worker.add_argument(
+        "--burst",
+        nargs="?",
+        const="drained",
+        choices=("drained", "ready"),
+        metavar="MODE",
+        help="exit once no work is left, code 0. --burst (or --burst=drained): once the queues, the due "
+        "scheduled jobs, the retries (not yet due too) and every in-flight list are empty, so failed jobs are "
+        "retried first (scheduled jobs not yet due are left). --burst=ready: once nothing is ready to run "
+        "now, leaving retries and scheduled jobs for later. A paused queue counts as empty",
+    )
     worker.add_argument(
         "--path",
         action="append",
@@ -339,12 +349,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         runtime.import_worker_modules(config.imports)
         _check_reachable(config)
         if args.processes == 1:
-            return runtime.run_worker_process(config, burst=args.burst, metrics_port=args.metrics_port)
+            return runtime.run_worker_process(
+                config, burst=args.burst or False, metrics_port=args.metrics_port
+            )
         return runtime.supervise(
             str(config_path),
             args.processes,
             redis_url=args.redis_url,
-            burst=args.burst,
+            burst=args.burst or False,
             metrics_port=args.metrics_port,
             log_level=_log_level(args),
             log_format=args.log_format,

@@ -21,6 +21,7 @@ from flume_rx.config import (
     pacing_burst,
     queue_weights,
 )
+from flume_rx.engine.source import BurstMode
 from flume_rx.errors import ConfigError, DecodeError
 from flume_rx.job import UNIQUE_UNTIL, Job, UniqueUntil, check_name, new_job_id
 from flume_rx.keyed_throttle import RedisKeyedWindow
@@ -490,8 +491,13 @@ class Flume:
             self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="flume-stage")
         return run_workers(stages=stages, executor=self._executor, timeout_s=timeout_s)
 
-    async def run(self, *graphs: Observable[Any], burst: bool = False) -> None:
-        """Run pipelines built with :meth:`source` until cancelled (or, with ``burst``, until drained)."""
+    async def run(self, *graphs: Observable[Any], burst: bool | BurstMode = False) -> None:
+        """Run pipelines built with :meth:`source` until cancelled (or, with ``burst``, until no work is left).
+
+        Args:
+            burst: True or ``"drained"``: stop once the queues, the due scheduled jobs, the retries (not yet
+                due too) and every in-flight list are empty; ``"ready"``: once nothing is ready to run now.
+        """
         from flume_rx.runtime import WorkerRuntime
 
         if not graphs:
@@ -513,7 +519,7 @@ class Flume:
                 graphs=[(s, g) for (s, _), g in zip(self._sources, graphs, strict=False)],
             )
             for source, _ in self._sources:
-                source.burst = burst
+                source.burst, source.burst_until = runtime.burst, runtime.burst_until
             await runtime.run()
         finally:
             # Sources belong to the run that consumed them (or refused them); a later run builds new ones on a

@@ -102,7 +102,7 @@ class WeightedSource(JobSource):
                 continue
             self._outage.ok()
             if not pairs:
-                if self.burst:
+                if self.burst and await self._burst_wait() is None:
                     return []
                 idle_s = min(IDLE_POLL_MAX_S, self.block_s, idle_s * 2)
                 await asyncio.sleep(idle_s)

@@ -41,6 +41,7 @@ from flume_rx.config import (
     pacing_burst,
     select_pipelines,
 )
+from flume_rx.engine.source import BurstMode, burst_mode
 from flume_rx.errors import ConfigError, StoreError, WorkerModuleFailed
 from flume_rx.logs import LogFormat, configure_logging
 from flume_rx.pipeline import JobSource, Settler, assemble
@@ -134,7 +135,9 @@ class WorkerRuntime:
     Args:
         config: the checked configuration.
         telemetry: the event bus (a new one by default).
-        burst: stop by itself once every pipeline's queue is empty and nothing is in flight.
+        burst: stop by itself once there is no work left: True or ``"drained"`` waits for the queues, the due
+            scheduled jobs, the retries (not yet due too) and every in-flight list to be empty; ``"ready"``
+            stops once nothing is ready to run now (see :data:`~flume_rx.engine.source.BurstMode`).
         block_s: how long an idle fetch blocks in Redis before it asks again.
     """
 
@@ -143,7 +146,7 @@ class WorkerRuntime:
         config: FlumeConfig,
         *,
         telemetry: Telemetry | None = None,
-        burst: bool = False,
+        burst: bool | BurstMode = False,
         block_s: float = 1.0,
         consumer_id: str | None = None,
         graphs: Sequence[tuple[JobSource, Observable[Any]]] = (),
@@ -155,7 +158,9 @@ class WorkerRuntime:
         check_one_pipeline_per_queue(config.pipelines)
         self.config = config
         self.telemetry = telemetry or Telemetry()
-        self.burst = burst
+        mode = burst_mode(burst)
+        self.burst = mode is not None
+        self.burst_until: BurstMode = mode or "drained"
         self.block_s = block_s
         self.consumer = consumer_id or new_consumer_id()
         self._stop_requested = threading.Event()
@@ -288,6 +293,7 @@ class WorkerRuntime:
             block_s=self.block_s,
             max_payload_bytes=self.config.max_payload_bytes,
             burst=self.burst,
+            burst_until=self.burst_until,
             **source_fields,
         )
         graph = assemble(config, source, executor=executor, scheduler=scheduler)
@@ -429,7 +435,9 @@ class _Heartbeat(threading.Thread):
 # Process entry points
 
 
-def run_worker_process(config: FlumeConfig, *, burst: bool = False, metrics_port: int | None = None) -> int:
+def run_worker_process(
+    config: FlumeConfig, *, burst: bool | BurstMode = False, metrics_port: int | None = None
+) -> int:
     """Run a worker in this process until SIGTERM/SIGINT (or drained, in burst mode); returns the exit code.
 
     With ``metrics_port``, Prometheus metrics of this process are served on it at ``/metrics``.
@@ -488,7 +496,7 @@ def _exit_if_stages_hang() -> None:
 def _child_main(
     config_path: str,
     redis_url: str | None,
-    burst: bool,
+    burst: bool | BurstMode,
     metrics_port: int | None = None,
     log_level: str = "INFO",
     log_format: LogFormat = "text",
@@ -506,7 +514,7 @@ def supervise(
     processes: int,
     *,
     redis_url: str | None = None,
-    burst: bool = False,
+    burst: bool | BurstMode = False,
     metrics_port: int | None = None,
     log_level: str = "INFO",
     log_format: LogFormat = "text",

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import reactivex
 from reactivex import Observable, abc
@@ -26,6 +27,31 @@ from flume_rx.store import Outage, RedisStore, Settlement
 from flume_rx.telemetry import Telemetry
 
 logger = logging.getLogger("flume_rx.pipeline")
+
+
+BurstMode = Literal["drained", "ready"]
+"""When a burst run stops. ``"drained"``: once its queues hold no work at all: nothing queued, no due scheduled
+job, no job waiting to retry (due or not), nothing in any consumer's in-flight list, and nothing held here, so
+a job that fails is retried before the run ends (scheduled jobs not yet due are left). ``"ready"``: once nothing
+is ready to run now (the queue is empty); jobs waiting to retry and scheduled ones are left for later."""
+
+BURST_POLL_S = 0.02
+"""How often a draining burst run looks again while jobs it holds are still running."""
+
+
+def burst_mode(burst: bool | BurstMode) -> BurstMode | None:
+    """``burst`` as given to a run (True means ``"drained"``); None when it is not a burst run.
+
+    Raises:
+        ValueError: naming the value, when it is neither a bool nor a mode.
+    """
+    if burst is False:
+        return None
+    if burst is True:
+        return "drained"
+    if burst in ("drained", "ready"):
+        return burst
+    raise ValueError(f"burst must be True, False, 'drained' or 'ready' (got {burst!r})")
 
 
 class NotStarted(Exception):
@@ -60,6 +86,7 @@ class JobSource:
     flowable: fo.PullSource[Delivery] = field(init=False)
     exhausted: bool = False
     burst: bool = False
+    burst_until: BurstMode = "drained"
 
     def __post_init__(self) -> None:
         self._outage = Outage(f"fetch from {self.queue!r}")
@@ -124,6 +151,7 @@ class JobSource:
         return Disposable(cancel)
 
     async def _fetch_async(self, n: int) -> list[Delivery]:
+        block_s = 0.0 if self.burst else self.block_s
         while not self.stopping:
             started = time.monotonic()
             try:
@@ -131,9 +159,7 @@ class JobSource:
                     await self._return_unseen()
                     self._reply_lost = False
                 self._reply_lost = True  # until the reply is in: a cancel now may strand moved jobs
-                payloads = await self.store.fetch(
-                    self.queue, self.consumer, n, 0.0 if self.burst else self.block_s
-                )
+                payloads = await self.store.fetch(self.queue, self.consumer, n, block_s)
                 self._reply_lost = False
             except StoreError as exc:
                 # The fetch may have run in Redis although its reply never came (a timeout, a dropped link).
@@ -143,7 +169,11 @@ class JobSource:
             self._outage.ok()
             if not payloads:
                 if self.burst:
-                    return []
+                    wait = await self._burst_wait()
+                    if wait is None:
+                        return []
+                    block_s = wait
+                    continue
                 if time.monotonic() - started < self.block_s / 2:
                     # A paused queue answers at once; do not spin.
                     await asyncio.sleep(min(0.2, self.block_s))
@@ -181,6 +211,23 @@ class JobSource:
     def fetch_queues(self) -> tuple[str, ...]:
         """Every queue this source fetches from."""
         return (self.queue,)
+
+    async def _burst_wait(self) -> float | None:
+        """After an empty fetch in a burst run: None when the run is over, else how long the next fetch may
+        block (0 while jobs held here still run; they may fail and come back through the retry set)."""
+        if self.burst_until == "ready":
+            return None
+        if self.outstanding:
+            await asyncio.sleep(BURST_POLL_S)
+            return 0.0
+        try:
+            left = await self.store.work_left(self.fetch_queues)
+        except StoreError as exc:
+            await asyncio.sleep(self._outage.failed(exc))
+            return 0.0
+        # Work elsewhere (a retry not yet due, another consumer's jobs): promotion or recovery will put it on
+        # the queue, where a blocking fetch sees it at once.
+        return self.block_s if left else None
 
     async def _return_unseen(self) -> None:
         """Give back jobs a fetch with a lost reply moved into our in-flight lists.

@@ -366,6 +366,35 @@ def _parse_rates(
     return [RatePoint(t=p["t"] * unit, processed=p["processed"], failed=p["failed"]) for p in points]
 
 
+def _ops_work_left_first(keys: Keys, queue: str) -> list[_Op]:
+    k = keys.of(queue)
+    return [
+        _Cmd(("TIME",)),
+        _Cmd(("EXISTS", k.paused)),
+        _Cmd(("LLEN", k.queue)),
+        _Cmd(("ZCARD", k.retry)),
+        _Cmd(("ZRANGE", k.consumers, 0, -1)),
+    ]
+
+
+_WORK_LEFT_FIRST = 5
+
+
+def _ops_work_left_then(keys: Keys, queue: str, first: Sequence[Any]) -> bool | list[_Op]:
+    """What ``first`` says of one queue: True (jobs queued or waiting to retry), False (paused: counts as no
+    work), else the operations still to ask: due scheduled jobs and every consumer's in-flight length."""
+    now, paused, queued, retry, consumers = first
+    if paused:
+        return False
+    if int(queued) or int(retry):
+        return True
+    k = keys.of(queue)
+    return [
+        _Cmd(("ZCOUNT", k.scheduled, "-inf", _redis_ms(now))),
+        *(_Cmd(("LLEN", k.inflight(_text(c)))) for c in consumers),
+    ]
+
+
 def _ops_consumers(keys: Keys, queue: str) -> list[_Op]:
     return [_Cmd(("TIME",)), _Cmd(("ZRANGE", keys.of(queue).consumers, 0, -1, "WITHSCORES"))]
 

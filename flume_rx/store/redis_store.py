@@ -15,6 +15,7 @@ import redis.cluster
 from flume_rx.errors import ConfigError
 from flume_rx.store.commands import (
     _STATS_FIRST,
+    _WORK_LEFT_FIRST,
     DEAD_RETRY_CHUNK,
     DEFAULT_ORPHAN_TIMEOUT_S,
     ConsumerInfo,
@@ -42,6 +43,8 @@ from flume_rx.store.commands import (
     _ops_schedule,
     _ops_settle,
     _ops_stats_first,
+    _ops_work_left_first,
+    _ops_work_left_then,
     _pairs,
     _parse_consumers,
     _parse_peek,
@@ -355,6 +358,22 @@ class RedisStore:
         for q, length in zip(owners, await self._run.run(inflight_ops), strict=True):
             result[q]["in_flight"] += int(length)
         return result
+
+    async def work_left(self, queues: Sequence[str]) -> bool:
+        """Whether any of ``queues`` has work a worker could still get: jobs queued, due scheduled jobs, jobs
+        waiting to retry (due or not), or jobs in any consumer's in-flight list (running, or coming back from a
+        dead consumer). A paused queue counts as having none. Two round trips."""
+        first = await self._run.run([op for q in queues for op in _ops_work_left_first(self.keys, q)])
+        then: list[_Op] = []
+        for i, q in enumerate(queues):
+            found = _ops_work_left_then(
+                self.keys, q, first[i * _WORK_LEFT_FIRST : (i + 1) * _WORK_LEFT_FIRST]
+            )
+            if found is True:
+                return True
+            if found is not False:
+                then += found
+        return any(int(n) for n in await self._run.run(then))
 
     async def consumers(
         self, queues: Sequence[str] | None = None, orphan_timeout_s: float = DEFAULT_ORPHAN_TIMEOUT_S

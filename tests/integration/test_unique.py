@@ -73,7 +73,8 @@ def _drain(redis_url: str, max_retries: int = 0) -> None:
     )
 
     async def main() -> None:
-        await asyncio.wait_for(WorkerRuntime(config, burst=True).run(), 30)
+        # "ready": stop once the queue is empty, leaving a failed job in the retry set for the test to see.
+        await asyncio.wait_for(WorkerRuntime(config, burst="ready").run(), 30)
 
     asyncio.run(main())
 
