@@ -42,7 +42,7 @@ from flume_rx.config import (
     select_pipelines,
 )
 from flume_rx.engine.source import BurstMode, burst_mode
-from flume_rx.errors import ConfigError, StoreError, WorkerModuleFailed
+from flume_rx.errors import ConfigError, FlumeError, StoreError, WorkerModuleFailed
 from flume_rx.logs import LogFormat, configure_logging
 from flume_rx.pipeline import JobSource, Settler, assemble
 from flume_rx.priorities import WeightedSource
@@ -103,6 +103,8 @@ def import_worker_modules(modules: Sequence[str]) -> None:
                 f"cannot find worker module {module!r} listed in imports ({exc}); check the name, and run the "
                 "worker from the directory that holds it or pass --path DIR"
             ) from exc
+        except FlumeError:
+            raise  # flume_rx refusing something at import (no SES region, ...) already says what to fix
         except Exception as exc:
             raise _module_failed(module, exc) from exc
 

@@ -851,8 +851,10 @@ def account_send_rate(client: SESV2Client | SESClient) -> float:
     ``get_send_quota()["MaxSendRate"]``, the same figure.
 
     Raises:
-        ConfigError: SES answered without a send quota (an account not enabled for sending).
-        flume_rx.Throttled, TransientSESError, PermanentSESError: the call itself failed.
+        ConfigError: SES answered without a send quota (an account not enabled for sending), or the call
+            failed (an endpoint without the operation, no credentials, SES down): one line naming
+            ``rate_limiter.from_ses`` and the fix.
+        flume_rx.Throttled: SES refused the call for going too fast.
     """
     service = client.meta.service_model.service_name
     operation = "GetAccount" if service == "sesv2" else "GetSendQuota"
@@ -863,8 +865,11 @@ def account_send_rate(client: SESV2Client | SESClient) -> float:
         else:
             rate = cast("SESClient", client).get_send_quota().get("MaxSendRate")
     except Exception as exc:
-        if ses_error(exc) is None:
+        translated = ses_error(exc)
+        if translated is None:
             raise
+        if isinstance(translated, Throttled):  # SES itself, asking us to slow down: the caller may wait
+            raise translated from exc
         # At start, not in a job: nothing will be retried, and an emulator's answer may be a whole HTML page.
         raise ConfigError(
             f"rate_limiter.from_ses could not read the account's send rate: {service} {operation} at "
