@@ -2,6 +2,15 @@
 time-or-count batching, retry with backoff and bounded-concurrency processing.
 
 They know nothing of jobs or Redis; flume_rx builds its pipelines from them and users compose them freely.
+
+Reactive Streams rules: a :class:`Demand` is the subscription's ``request(n)`` and the disposable returned by
+:meth:`Flowable.subscribe_with_demand` is its ``cancel``. Every operator emits no more than was requested, in
+series, and nothing after its end (rules 1.1, 1.3, 1.7); ``request(n <= 0)`` returns and reaches the subscriber
+as ``on_error`` naming ``n`` (3.9, 3.16); a subscriber that raises is cancelled (2.13); cancel is idempotent
+and lets go of everything the subscription held: listeners, timers, the fetch under way and its credits, and
+fetched items nobody received, which go to ``request_n``'s ``hand_back`` (3.5 to 3.7, 3.13); demand adds up
+to ``UNBOUNDED`` (3.8, 3.17). docs/operators.md maps each rule onto ``Demand`` and dispose and names the test
+that checks it.
 """
 
 from ._async_bridge import to_async_iterable, to_async_observable

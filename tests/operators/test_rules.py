@@ -7,11 +7,14 @@ which pushes whatever it has.
 
 from __future__ import annotations
 
+import ast
 import gc
+import re
 import sys
 import threading
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -241,3 +244,31 @@ def test_rule_3_17_demand_adds_up_to_the_unbounded_cap() -> None:
     )
     assert recorder.items == [0, 1, 2, 3, 4]
     assert recorder.terminals() == ["completed"]
+
+
+def test_the_rules_table_covers_every_rule_and_names_only_tests_that_exist() -> None:
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "operators.md").read_text()
+    table_rules = set(re.findall(r"^\| (\d+\.\d+) \|", doc, flags=re.MULTILINE))
+    assert table_rules >= {
+        "1.1",
+        "1.3",
+        "1.7",
+        "2.13",
+        "3.5",
+        "3.6",
+        "3.7",
+        "3.8",
+        "3.9",
+        "3.13",
+        "3.16",
+        "3.17",
+    }
+    references = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", doc)
+    assert references
+    for path, name in references:
+        tree = ast.parse((root / path).read_text())
+        defined = {
+            node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        }
+        assert name in defined, f"docs/operators.md names {path}::{name}, which does not exist"
