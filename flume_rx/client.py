@@ -17,6 +17,7 @@ from flume_rx.config import (
     FlumeConfig,
     PipelineConfig,
     RetryConfig,
+    check_min_demand,
     default_redis_url,
     pacing_burst,
     queue_weights,
@@ -485,11 +486,37 @@ class Flume:
         """
         return RedisKeyedWindow(self.async_store, name, allowed, period_s, hold_s, lag_s=lag_s)
 
-    def process(self, *, stages: int = 10, timeout_s: float | None = None) -> Any:
-        """The processor stage: runs each job's registered worker, at most ``stages`` at once."""
+    def process(
+        self,
+        *,
+        stages: int = 10,
+        max_demand: int = 100,
+        min_demand: int | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        """The processor stage: runs each job's registered worker, at most ``stages`` at once.
+
+        It holds up to ``max_demand`` jobs and fetches more once it holds ``min_demand`` (half of
+        ``max_demand`` when None), so fetches come in batches whatever ``stages`` is; right after a throttle
+        it holds only what its stages can start. The source's ``max_demand`` still caps unsettled jobs.
+
+        Raises:
+            ConfigError: ``min_demand`` is not an integer from 0 to ``max_demand - 1``.
+        """
+        if max_demand < 1:
+            raise ConfigError(
+                f"process(max_demand=...) must be >= 1 (got {max_demand}); the most jobs it holds"
+            )
+        check_min_demand(min_demand, max_demand, "process(min_demand=...)")
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="flume-stage")
-        return run_workers(stages=stages, executor=self._executor, timeout_s=timeout_s)
+        return run_workers(
+            stages=stages,
+            executor=self._executor,
+            max_demand=max_demand,
+            min_demand=min_demand,
+            timeout_s=timeout_s,
+        )
 
     async def run(self, *graphs: Observable[Any], burst: bool | BurstMode = False) -> None:
         """Run pipelines built with :meth:`source` until cancelled (or, with ``burst``, until no work is left).

@@ -60,6 +60,8 @@ class PipelineConfig:
     name: str
     queue: str
     max_demand: int = 100
+    min_demand: int | None = None
+    """The processor asks for more jobs once it holds this few (half of ``max_demand`` when None)."""
     processor: ProcessorConfig = field(default_factory=ProcessorConfig)
     rate_limiter: RateLimiterConfig | None = None
     batcher: BatcherConfig | None = None
@@ -235,7 +237,7 @@ def parse(raw: Mapping[str, Any]) -> FlumeConfig:
 
 
 _PIPELINE_KEYS = {
-    "queue", "max_demand", "processor", "rate_limiter", "batcher", "retry", "operators", "queues", "order",
+    "queue", "max_demand", "min_demand", "processor", "rate_limiter", "batcher", "retry", "operators", "queues", "order",
 }  # fmt: skip
 
 
@@ -278,6 +280,7 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
     if order not in ("weighted", "strict"):
         raise ConfigError(f'{where}order must be "weighted" or "strict" (got {order!r})')
     max_demand = _positive_int(table, "max_demand", where, default=100)
+    min_demand = check_min_demand(table.get("min_demand"), max_demand, f"{where}min_demand")
 
     processor_raw = table.get("processor", {})
     _table(processor_raw, f"{where}processor")
@@ -387,6 +390,7 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
         name=name,
         queue=queue,
         max_demand=max_demand,
+        min_demand=min_demand,
         processor=processor,
         rate_limiter=rate_limiter,
         batcher=batcher,
@@ -395,6 +399,22 @@ def _pipeline(name: str, table: Any) -> PipelineConfig:
         queues=queues,
         order=order,
     )
+
+
+def check_min_demand(value: Any, max_demand: int, name: str) -> int | None:
+    """``min_demand`` (None, or an integer from 0 to ``max_demand - 1``), as given.
+
+    Raises:
+        ConfigError: naming ``name``, the value and the bound.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < max_demand:
+        raise ConfigError(
+            f"{name} must be an integer from 0 to max_demand - 1 = {max_demand - 1} (got {value!r}); it is how "
+            "few jobs the processor holds before it fetches more (default: half of max_demand)"
+        )
+    return value
 
 
 def queue_weights(queues: Sequence[str | tuple[str, int]], order: str) -> tuple[QueueWeight, ...]:

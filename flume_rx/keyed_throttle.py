@@ -283,7 +283,8 @@ def throttle_by_key(
             top_up()
             return disposables
 
-        return Flowable(subscribe)
+        # Released jobs must start within their grant's hold (plus lag_s): nothing below may buffer them.
+        return Flowable(subscribe, prompt=True)
 
     return operator
 

@@ -15,7 +15,7 @@ that checks it.
 
 from ._async_bridge import to_async_iterable, to_async_observable
 from ._batch import FlushHook, buffer_with_time_or_count
-from ._flow import UNBOUNDED, Demand, Flowable, subscribe_upstream
+from ._flow import UNBOUNDED, Demand, Flowable, is_prompt, subscribe_upstream
 from ._process import Outcome, from_async, in_thread, process
 from ._request_n import Credits, Fetch, HandBack, PullSource, from_iterable, last_batch, request_n
 from ._retry import backoff_delay, retry_with_backoff
@@ -40,6 +40,7 @@ __all__ = [
     "from_async",
     "from_iterable",
     "in_thread",
+    "is_prompt",
     "last_batch",
     "process",
     "request_n",

@@ -12,7 +12,7 @@ from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposab
 from reactivex.observer import Observer
 from reactivex.scheduler import TimeoutScheduler
 
-from ._flow import Demand, Flowable, drain_loop, subscribe_upstream
+from ._flow import Demand, Flowable, drain_loop, is_prompt, subscribe_upstream
 
 _T = TypeVar("_T")
 
@@ -185,7 +185,8 @@ def buffer_with_time_or_count(
             drain()
             return subscription
 
-        return Flowable(subscribe)
+        # Batches of a prompt source (a per-key throttle above) must start at once too.
+        return Flowable(subscribe, prompt=is_prompt(source))
 
     return operator
 

@@ -210,11 +210,17 @@ SubscribeWithDemand = Callable[[abc.ObserverBase[_T], Demand, abc.SchedulerBase 
 
 
 class Flowable(Observable[_T]):
-    """An Observable that honours request-n when subscribed with :meth:`subscribe_with_demand`."""
+    """An Observable that honours request-n when subscribed with :meth:`subscribe_with_demand`.
 
-    def __init__(self, subscribe: SubscribeWithDemand[_T]) -> None:
+    ``prompt`` marks a Flowable whose items must start as soon as they arrive: a throttle's tokens lapse after
+    their hold, so a stage below must not buffer what it emits (``process`` then asks for no more than its free
+    stages instead of reading ahead). Plain operators lifted onto a prompt Flowable stay prompt.
+    """
+
+    def __init__(self, subscribe: SubscribeWithDemand[_T], *, prompt: bool = False) -> None:
         super().__init__()
         self._subscribe_with_demand = subscribe
+        self.prompt = prompt
 
     def _subscribe_core(
         self, observer: abc.ObserverBase[_T], scheduler: abc.SchedulerBase | None = None
@@ -334,4 +340,9 @@ def _lift(operator: Callable[[Observable[_T]], Observable[_U]], upstream: Observ
         pinned: Observable[_T] = Observable(subscribe_pinned)
         return operator(pinned).subscribe(observer, scheduler=scheduler)
 
-    return Flowable(subscribe)
+    return Flowable(subscribe, prompt=upstream.prompt)
+
+
+def is_prompt(source: Observable[Any]) -> bool:
+    """Whether ``source``'s items must start as soon as they arrive (see :class:`Flowable`)."""
+    return isinstance(source, Flowable) and source.prompt

@@ -19,7 +19,7 @@ from reactivex.disposable import CompositeDisposable, Disposable
 from reactivex.observer import Observer
 from reactivex.scheduler import TimeoutScheduler, VirtualTimeScheduler
 
-from ._flow import Demand, Flowable, subscribe_upstream
+from ._flow import Demand, Flowable, is_prompt, subscribe_upstream
 
 _T = TypeVar("_T")
 _U = TypeVar("_U")
@@ -67,6 +67,8 @@ def process(
     fn: Callable[[_T], Observable[_U] | asyncio.Future[_U] | Coroutine[Any, Any, _U]],
     stages: int,
     *,
+    max_demand: int | None = None,
+    min_demand: int | None = None,
     scheduler: abc.SchedulerBase | None = None,
     timeout_s: float | None = None,
 ) -> Callable[[Observable[_T]], Flowable[Outcome[_T, _U]]]:
@@ -77,8 +79,13 @@ def process(
     failing item never fails the stream. The stream completes when the source has and every call has
     finished; an error of the source is passed on after the running calls' outcomes.
 
-    Demand-aware: requests ``stages`` items from a Flowable source at subscribe (fewer if downstream asked
-    for fewer outcomes) and one more each time a call finishes, so it never holds an item it cannot start.
+    Demand in batches, as GenStage does it: the processor holds at most ``max_demand`` items (waiting,
+    running, and requested but not yet arrived). It requests up to ``max_demand`` from a Flowable source at
+    subscribe (fewer if downstream asked for fewer outcomes) and asks again only when what it holds falls to
+    ``min_demand``, then for enough to hold ``max_demand`` again. So a fetching source answers in batches of
+    about ``max_demand - min_demand`` however many stages there are and however long a call takes, and the
+    next batch is on its way while the stages still have work. A *prompt* source (a throttle, whose tokens
+    lapse; see :class:`Flowable`) is never read ahead: the processor then asks for one item per free stage.
     A plain source that pushes more is queued, and still at most ``stages`` calls run.
 
     Args:
@@ -86,6 +93,10 @@ def process(
             Future, or a coroutine, run as a task on the running loop; see :func:`from_async` and
             :func:`in_thread` for the usual shapes.
         stages: the most calls running at once (>= 1).
+        max_demand: the most items held at once, waiting or running or requested (>= 1); ``stages`` when
+            None.
+        min_demand: ask upstream again once the items held fall to this many (``0 <= min_demand <
+            max_demand``); half of ``max_demand`` when None.
         scheduler: the clock of ``started_at``/``finished_at`` and of timeouts, and the scheduler the calls
             are subscribed on (else the subscriber's; TimeoutScheduler for the clock and timeouts).
         timeout_s: the longest a call may take, in seconds; a call past it gets a ``TimeoutError`` Outcome
@@ -113,6 +124,15 @@ def process(
         raise ValueError(f"stages must be >= 1 (got {stages}); it is the number of calls running at once")
     if timeout_s is not None and not timeout_s > 0:
         raise ValueError(f"timeout_s must be a positive number of seconds or None (got {timeout_s})")
+    high = stages if max_demand is None else max_demand
+    if high < 1:
+        raise ValueError(f"max_demand must be >= 1 (got {high}); it is the most items the processor holds")
+    low = high // 2 if min_demand is None else min_demand
+    if not 0 <= low < high:
+        raise ValueError(
+            f"min_demand must be >= 0 and below max_demand={high} (got {low}); it is how few items the "
+            "processor holds before it asks for more"
+        )
 
     def operator(source: Observable[_T]) -> Flowable[Outcome[_T, _U]]:
         def subscribe(
@@ -121,6 +141,8 @@ def process(
             clock = scheduler or scheduler_ or TimeoutScheduler.singleton()
             call_scheduler = scheduler or scheduler_
             now = _clock_of(clock)
+            # Items a prompt source emits must start at once: hold no more than the stages can start.
+            most, least = (min(high, stages), min(high, stages) - 1) if is_prompt(source) else (high, low)
             lock = threading.Lock()
             upstream = Demand()
             waiting: deque[_T] = deque()
@@ -174,7 +196,9 @@ def process(
                 # Counts what it asked for itself: the upstream Demand's pending drops before the item reaches
                 # on_next, and a request racing in between would overshoot.
                 outstanding = len(running) + len(waiting) + requested
-                wanted = stages - outstanding
+                if outstanding > least:
+                    return emit, begin, 0, end  # refill only at the low mark
+                wanted = most - outstanding
                 if not unbounded:
                     wanted = min(wanted, demand.pending - outstanding - len(outcomes))
                 if wanted > 0:

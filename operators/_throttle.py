@@ -444,7 +444,8 @@ def throttle(
             drain()
             return subscription
 
-        return Flowable(subscribe)
+        # A grant's tokens lapse after its hold: whatever consumes these items must start them at once.
+        return Flowable(subscribe, prompt=True)
 
     return operator
 

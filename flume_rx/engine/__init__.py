@@ -4,8 +4,9 @@
       (fetch into the                                                     (tokens right             (ack / retry /
        in-flight list)                                                     before start)             dead, batched)
 
-Demand flows right to left: ``process`` requests one item per free stage, the batcher asks for what fills the
-batches it was asked for, and the source fetches only that, never more than ``max_demand`` unsettled jobs.
+Demand flows right to left: ``process`` holds up to ``max_demand`` items and asks again when it holds
+``min_demand`` (one item per free stage behind a throttle, whose tokens lapse), the batcher asks for what fills
+the batches it was asked for, and the source fetches only that, never more than ``max_demand`` unsettled jobs.
 A per-key limit (``key_from``) takes each job's tokens before the batcher instead, as a batch can mix keys.
 The same parts serve config pipelines (:func:`assemble`) and pipelines written in code
 (``Flume.source(...).pipe(...)``, then ``Flume.run``).

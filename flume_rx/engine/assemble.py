@@ -139,6 +139,8 @@ def assemble(
         run_workers(
             stages=config.processor.stages,
             executor=executor,
+            max_demand=config.max_demand,
+            min_demand=config.min_demand,
             timeout_s=config.processor.timeout_s,
             scheduler=scheduler,
         )

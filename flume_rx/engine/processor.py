@@ -28,16 +28,25 @@ def run_workers(
     *,
     stages: int,
     executor: Executor,
+    max_demand: int | None = None,
+    min_demand: int | None = None,
     timeout_s: float | None = None,
     scheduler: abc.SchedulerBase | None = None,
 ) -> Callable[[Observable[Any]], Observable[fo.Outcome[Any, Any]]]:
     """The processor stage: runs each job's registered worker with at most ``stages`` at once.
 
-    Items are :class:`Delivery` objects, or lists of them after a batcher. Async workers run on the loop,
-    sync workers in ``executor``'s threads.
+    It holds up to ``max_demand`` items and asks for more once it holds ``min_demand`` (see
+    :func:`flume_rx.operators.process`), so fetches come in batches; behind a throttle it holds only what
+    its stages can start. Items are :class:`Delivery` objects, or lists of them after a batcher. Async
+    workers run on the loop, sync workers in ``executor``'s threads.
     """
     return fo.process(
-        functools.partial(_call, executor=executor), stages, timeout_s=timeout_s, scheduler=scheduler
+        functools.partial(_call, executor=executor),
+        stages,
+        max_demand=max_demand,
+        min_demand=min_demand,
+        timeout_s=timeout_s,
+        scheduler=scheduler,
     )
 
 

@@ -166,6 +166,7 @@ def _bad_configs(redis_url: str) -> dict[str, tuple[str, str]]:
             "rate_limiter.allowed",
         ),
         "batch_over_demand": (doc({**good, "batcher": {"size": 50, "timeout": 10}}), "batcher.size"),
+        "min_demand_at_max": (doc({**good, "min_demand": 10}), "pipelines.main.min_demand"),
         "unreachable_redis": (doc(redis_url=f"redis://127.0.0.1:{free_port()}/0"), "cannot reach Redis"),
         "missing_module": (doc(imports=["no_such_module_for_flume"]), "no_such_module_for_flume"),
         "not_toml": ("redis_url = ", "TOML"),

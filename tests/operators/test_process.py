@@ -93,13 +93,14 @@ def test_a_source_error_follows_the_running_calls_outcomes() -> None:
     assert results.messages == [on_next(220, Outcome("a", "a", None, 210.0, 220.0)), on_error(220, failure)]
 
 
-def test_requests_stages_items_at_subscribe_and_one_per_finished_call() -> None:
+def test_with_min_demand_one_below_stages_it_requests_one_per_finished_call() -> None:
     scheduler = TestScheduler()
     source = TimedSource(scheduler, [0.0] * 7)
     probe = Probe("source")
     outcomes: list[Outcome[int, str]] = []
     source.pipe(
-        probe, process(lambda i: after(scheduler, 10.0 + i, str(i)), 3, scheduler=scheduler)
+        probe,
+        process(lambda i: after(scheduler, 10.0 + i, str(i)), 3, min_demand=2, scheduler=scheduler),
     ).subscribe(outcomes.append, scheduler=scheduler)
     assert probe.requested == 3
     scheduler.advance_to(1000.0)
