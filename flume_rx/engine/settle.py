@@ -61,16 +61,43 @@ def _safe_str(error: BaseException) -> str:
         return f"<its message cannot be printed: {type(exc).__name__}: {exc}>"
 
 
+SETTLE_AFTER_S = 0.001
+"""The longest an outcome waits for others to share its settle call, while other jobs still run."""
+
+SETTLE_COUNT = 256
+"""Outcomes that make a settle call at once, however recent the first of them."""
+
+
 class Settler:
     """The sink of every pipeline: turns outcomes into acks, retries and dead letters, one Redis call per batch.
 
-    Outcomes arriving in the same loop iteration are settled together; a job's credit goes back to its source
-    only once Redis has confirmed, so the in-flight list never holds more than ``max_demand`` jobs.
+    Outcomes wait for each other: a settle call goes when ``flush_count`` outcomes are pending, when the
+    first of them has waited ``flush_after_s``, or at once when no job of that source is still running
+    (nothing would join the call, and its credits are what the source waits for). Sync workers finish one
+    job per loop iteration, so without the wait every settle carried one job. A job's credit goes back to
+    its source only once Redis has confirmed, so the in-flight list never holds more than ``max_demand``
+    jobs; an outcome not yet settled when the process dies is still in the in-flight list, and comes back.
     """
 
-    def __init__(self, telemetry: Telemetry, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        *,
+        rng: random.Random | None = None,
+        flush_after_s: float = SETTLE_AFTER_S,
+        flush_count: int = SETTLE_COUNT,
+    ) -> None:
+        if not flush_after_s >= 0:
+            raise ValueError(f"flush_after_s must be >= 0 seconds (got {flush_after_s})")
+        if flush_count < 1:
+            raise ValueError(f"flush_count must be >= 1 outcome (got {flush_count})")
         self.telemetry = telemetry
+        self.flush_after_s = flush_after_s
+        self.flush_count = flush_count
         self._pending: dict[int, tuple[JobSource, list[Settlement], list[Delivery]]] = {}
+        self._count = 0  # outcomes in _pending
+        self._first_at = 0.0  # loop time the oldest of them arrived
+        self._wake: asyncio.Future[None] | None = None  # the flush waiting for more outcomes
         self._flushing: asyncio.Task[None] | None = None
         self._rng = rng or random.Random()
         self._idle = asyncio.Event()
@@ -89,8 +116,10 @@ class Settler:
                 failures = outcome.value
             for index, delivery in enumerate(item):
                 self._settle_one(delivery, failures.get(index), duration_ms)
+            self._count += len(item)
         else:
             self._settle_one(item, outcome.error, duration_ms)
+            self._count += 1
         self._schedule_flush()
 
     def on_error(self, error: Exception) -> None:
@@ -223,15 +252,39 @@ class Settler:
         return Settlement(delivery.payload, "dead", record, unique=unique)
 
     def _schedule_flush(self) -> None:
-        self._idle.clear()
+        if self._idle.is_set():
+            self._idle.clear()
+        loop = asyncio.get_running_loop()
+        if not self._first_at:
+            self._first_at = loop.time()
         if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+            self._flushing = loop.create_task(self._flush())
+        elif self._wake is not None and self._due():
+            _wake_up(self._wake)
+
+    def _due(self) -> bool:
+        """Whether the pending outcomes should go now rather than wait for company."""
+        if self._count >= self.flush_count:
+            return True
+        # A source with nothing running sends no more outcomes until it gets its credits back.
+        return any(len(source.running) <= len(deliveries) for source, _, deliveries in self._pending.values())
 
     async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
         # Yield once so every outcome of this loop iteration joins the same round trip.
         await asyncio.sleep(0)
         while self._pending:
+            wait_s = self._first_at + self.flush_after_s - loop.time()
+            if wait_s > 0 and not self._due():
+                wake = self._wake = loop.create_future()
+                timer = loop.call_later(wait_s, _wake_up, wake)
+                try:
+                    await wake
+                finally:
+                    timer.cancel()
+                    self._wake = None
             batches, self._pending = self._pending, {}
+            self._count, self._first_at = 0, 0.0
             for source, settlements, deliveries in batches.values():
                 try:
                     await source._settle_with_retries(settlements)
@@ -271,6 +324,11 @@ class Settler:
     async def drained(self) -> None:
         """Wait until every outcome received so far is settled in Redis."""
         await self._idle.wait()
+
+
+def _wake_up(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _job_fields(job: Job, error: JobError, max_retries: int) -> dict[str, Any]:

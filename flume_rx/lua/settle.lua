@@ -1,9 +1,12 @@
 -- settle(KEYS[1]=inflight of the consumer, KEYS[2]=queue, KEYS[3]=retry, KEYS[4]=dead, KEYS[5]=stats,
---        KEYS[6]=per-second rate ring, KEYS[7]=per-minute rate ring (both optional),
+--        KEYS[6]=per-second rate ring, KEYS[7]=per-minute rate ring, KEYS[8]=latency samples list,
 --        ARGV[1]=dead_max, ARGV[2]=dead_ttl_ms,
---        KEYS[8..]=unique keys held by settled jobs,
+--        KEYS[9..]=unique keys held by settled jobs,
 --        ARGV[3]=msgpack array of (action, payload, new_payload or "", delay_ms, unique key index into KEYS
---        or 0, job id) per outcome, flattened) -> count of stale outcomes
+--        or 0, job id) per outcome, flattened,
+--        ARGV[4]=msgpack array of enqueue-to-settle latency samples (ms, as strings) or "",
+--        ARGV[5]=how many samples the list keeps) -> count of stale outcomes
+-- The latency samples ride in this call rather than in an LPUSH and an LTRIM of their own per settle.
 -- The outcomes travel as one msgpack blob: as separate arguments, the client spent more time encoding a
 -- batch of hundreds of them than running the jobs.
 -- action is "ack", "retry" (into retry at now+delay_ms), "dead" (into the dead letters, bounded by count and
@@ -72,8 +75,16 @@ local function count_in(key, size, bucket)
     if failed > 0 then redis.call('HINCRBY', key, 'f' .. slot, failed) end
   end
 end
-if KEYS[7] and (processed > 0 or failed > 0) then
+if processed > 0 or failed > 0 then
   count_in(KEYS[6], 120, math.floor(now_ms / 1000))
   count_in(KEYS[7], 60, math.floor(now_ms / 60000))
+end
+if ARGV[4] ~= '' then
+  local samples = cmsgpack.unpack(ARGV[4])
+  -- LPUSH in slices: unpack() of thousands of values would overflow Lua's C stack.
+  for first = 1, #samples, 500 do
+    redis.call('LPUSH', KEYS[8], unpack(samples, first, math.min(first + 499, #samples)))
+  end
+  redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[5]) - 1)
 end
 return stale

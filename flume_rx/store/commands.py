@@ -158,7 +158,7 @@ def _ops_settle(
 ) -> _Eval:
     k = keys.of(queue)
     flat: list[object] = []
-    base = (k.inflight(consumer), k.queue, k.retry, k.dead, k.stats, k.seconds, k.minutes)
+    base = (k.inflight(consumer), k.queue, k.retry, k.dead, k.stats, k.seconds, k.minutes, k.latency)
     unique_keys: list[str] = []
     for s in settlements:
         if s.action not in ("ack", "retry", "dead", "requeue", "release"):
@@ -172,7 +172,14 @@ def _ops_settle(
         flat += [s.action, s.payload, s.new_payload or b"", max(0, int(s.delay_ms)), unique_index, holder]
     # Redis's cmsgpack reads only the old raw type, hence use_bin_type=False (bytes stay bytes in Lua).
     outcomes: bytes = msgpack.packb(flat, use_bin_type=False)
-    return _Eval("settle", (*base, *unique_keys), (dead_max, dead_ttl_ms, outcomes))
+    # Latency samples ride in the same script call (formatted here: one short string each, newest last).
+    samples = [b"%.1f" % s.latency_ms for s in settlements if s.latency_ms is not None]
+    latencies: bytes = msgpack.packb(samples[-LATENCY_SAMPLES:], use_bin_type=False) if samples else b""
+    return _Eval(
+        "settle",
+        (*base, *unique_keys),
+        (dead_max, dead_ttl_ms, outcomes, latencies, LATENCY_SAMPLES),
+    )
 
 
 def _ops_enqueue_unique(
@@ -235,15 +242,6 @@ def _parse_unique(replies: Sequence[Any]) -> list[tuple[bool, str]]:
     # The first reply is the SADD of the queue name; the second the script's flat (added, id) pairs.
     pairs = replies[1]
     return [(bool(int(pairs[i])), _text(pairs[i + 1])) for i in range(0, len(pairs), 2)]
-
-
-def _ops_latency(keys: Keys, queue: str, settlements: Sequence[Settlement]) -> list[_Op]:
-    # Formatted here: redis-py's per-argument encoding of a float costs twice the formatting (one per job).
-    samples = [b"%.1f" % s.latency_ms for s in settlements if s.latency_ms is not None]
-    if not samples:
-        return []
-    k = keys.of(queue)
-    return [_Cmd(("LPUSH", k.latency, *samples)), _Cmd(("LTRIM", k.latency, 0, LATENCY_SAMPLES - 1))]
 
 
 def _ops_heartbeat(keys: Keys, queues: Sequence[str], consumer: str) -> list[_Op]:

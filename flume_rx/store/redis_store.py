@@ -35,7 +35,6 @@ from flume_rx.store.commands import (
     _ops_fetch,
     _ops_fetch_weighted,
     _ops_heartbeat,
-    _ops_latency,
     _ops_peek,
     _ops_rate_use,
     _ops_rates,
@@ -281,7 +280,7 @@ class RedisStore:
             return 0
         op = _ops_settle(self.keys, queue, consumer, settlements, self.dead_max, self.dead_ttl_ms)
         # Latency samples ride in the same round trip; the counters stay in the script, which knows the stale.
-        return int((await self._run.run([op, *_ops_latency(self.keys, queue, settlements)]))[0])
+        return int(await self._run.one(op))
 
     async def promote_due(self, queue: str, limit: int = 1000) -> int:
         """Move scheduled and retry payloads that are due onto the queue; safe from any number of workers."""
