@@ -279,7 +279,7 @@ class RedisStore:
         if not settlements:
             return 0
         op = _ops_settle(self.keys, queue, consumer, settlements, self.dead_max, self.dead_ttl_ms)
-        # Latency samples ride in the same round trip; the counters stay in the script, which knows the stale.
+        # One script call: the outcomes, the counters (the script knows the stale) and the latency samples.
         return int(await self._run.one(op))
 
     async def promote_due(self, queue: str, limit: int = 1000) -> int:
