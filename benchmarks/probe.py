@@ -7,6 +7,10 @@ queue pays an extra round trip per job for being counted.
 
 The same thread reads ``bench:delay_ms`` from the probe Redis, so the runner can make the job slower mid-run
 (the slow-downstream scenario) without restarting workers.
+
+``BENCH_SHAPE`` gives the job a body in the shape users run (the ``shapes`` scenario): ``incr`` makes one
+redis-py ``INCR`` to a third private Redis (``BENCH_WORK_URL``; ``redis.asyncio`` in async jobs), ``sleep1``
+and ``await1`` wait 1 ms (``time.sleep`` in sync jobs, ``asyncio.sleep`` in async ones). Unset: a no-op.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Final
+from typing import Any, Final
 
 import redis
 
@@ -32,6 +36,12 @@ _starts: deque[float] = deque()
 _waits: deque[float] = deque()
 _record = os.environ.get("BENCH_RECORD") == "1"
 _delay_s = float(os.environ.get("BENCH_DELAY_MS", "0")) / 1000.0
+SHAPES: Final = ("noop", "incr", "sleep1", "await1")
+_shape = os.environ.get("BENCH_SHAPE", "noop") or "noop"
+if _shape not in SHAPES:
+    raise RuntimeError(f"BENCH_SHAPE must be one of {', '.join(SHAPES)} (got {_shape!r})")
+_work_sync: redis.Redis | None = None
+_work_async: dict[int, Any] = {}  # one redis.asyncio client per event loop
 _sync_client: redis.Redis | None = None
 _lock = threading.Lock()
 _flush_lock = threading.Lock()
@@ -118,9 +128,23 @@ def flush_now() -> None:
     _flush(_sync_client)
 
 
+def _work_url() -> str:
+    url = os.environ.get("BENCH_WORK_URL")
+    if not url:
+        raise RuntimeError("BENCH_SHAPE=incr needs BENCH_WORK_URL, the Redis the job talks to")
+    return url
+
+
 def run_sync(enqueued_at: float = 0.0) -> None:
     """The whole benchmark job for queues that run plain functions."""
+    global _work_sync
     delay = started(enqueued_at)
+    if _shape == "incr":
+        if _work_sync is None:
+            _work_sync = redis.Redis.from_url(_work_url())  # thread-safe: a pool of connections
+        _work_sync.incr("bench:hits")
+    elif _shape != "noop":
+        time.sleep(0.001)
     if delay:
         time.sleep(delay)
     finished()
@@ -128,9 +152,19 @@ def run_sync(enqueued_at: float = 0.0) -> None:
 
 async def run_async(enqueued_at: float = 0.0) -> None:
     """The whole benchmark job for asyncio queues."""
-    delay = started(enqueued_at)
-    if delay:
-        import asyncio
+    import asyncio
 
+    delay = started(enqueued_at)
+    if _shape == "incr":
+        loop = id(asyncio.get_running_loop())
+        client = _work_async.get(loop)
+        if client is None:
+            import redis.asyncio
+
+            client = _work_async[loop] = redis.asyncio.Redis.from_url(_work_url())
+        await client.incr("bench:hits")
+    elif _shape != "noop":
+        await asyncio.sleep(0.001)
+    if delay:
         await asyncio.sleep(delay)
     finished()

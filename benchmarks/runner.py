@@ -29,6 +29,7 @@ import psutil  # type: ignore[import-untyped, unused-ignore]
 import redis
 
 from benchmarks import probe, stats
+from benchmarks.commands import MonitorCounter
 from benchmarks.peers import PEERS, PeerModule, PeerSpec
 from benchmarks.redis_server import OWNER_KEY, given_database, private_redis, redacted
 
@@ -43,6 +44,8 @@ SCENARIOS = (
     "memory",
     "slow_downstream",
     "batching",
+    "shapes",
+    "latency_sync",
 )
 LIMIT = 400
 LIMIT_PROCESSES = 3
@@ -63,6 +66,9 @@ class Settings:
     memory_job_ms: float = 10.0
     slow_phase_s: float = 10.0
     batch_jobs: int = 50_000
+    shape_jobs: int = 10_000
+    shape_count_jobs: int = 3_000
+    shape_latency_rate: float = 200.0
     drain_timeout_s: float = 300.0
     memory_peers: tuple[str, ...] = ("flume_rx",)
     slow_peers: tuple[str, ...] = ("flume_rx", "dramatiq", "arq", "celery")
@@ -80,6 +86,8 @@ class Settings:
                 memory_jobs=50_000,
                 slow_phase_s=2.5,
                 batch_jobs=5_000,
+                shape_jobs=2_000,
+                shape_count_jobs=1_000,
                 drain_timeout_s=60.0,
                 slow_peers=("flume_rx", "dramatiq"),
             )
@@ -98,6 +106,8 @@ class Bench:
     probe_url: str
     settings: Settings
     log: Callable[[str], None] = print
+    work_url: str = ""
+    """The Redis the jobs of the ``incr`` shape talk to: neither the one under test nor the probe's."""
     client: redis.Redis = field(init=False)
     probe: redis.Redis = field(init=False)
 
@@ -110,6 +120,8 @@ class Bench:
         for client in (self.client, self.probe):
             client.flushdb()
             client.set(OWNER_KEY, "1")
+        if self.work_url:
+            redis.Redis.from_url(self.work_url).flushdb()
         self.client.config_resetstat()
 
     # -- producing -----------------------------------------------------------------------------------
@@ -146,6 +158,7 @@ class Bench:
             **os.environ,
             "BENCH_REDIS_URL": self.url,
             "BENCH_PROBE_URL": self.probe_url,
+            "BENCH_WORK_URL": self.work_url,
             "BENCH_VARIANT": spec.variant if variant is None else variant,
             **(env or {}),
         }
@@ -278,13 +291,19 @@ def _backlog(spec: PeerSpec, url: str) -> int:
 
 # -- scenarios -------------------------------------------------------------------------------------------
 def drain_once(
-    bench: Bench, spec: PeerSpec, n: int, processes: int, *, variant: str | None = None
+    bench: Bench,
+    spec: PeerSpec,
+    n: int,
+    processes: int,
+    *,
+    variant: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Enqueue ``n`` no-op jobs, start the workers, time until all are done."""
+    """Enqueue ``n`` jobs (no-ops unless ``env`` gives them a shape), start the workers, time until all are done."""
     bench.reset()
     bench.agent(spec, "bulk", str(n), variant=variant)
     calls_before = bench.commands()
-    with bench.workers(spec, processes, variant=variant) as workers:
+    with bench.workers(spec, processes, variant=variant, env=env) as workers:
         drained_at = bench.wait_done(n, workers)
         first, last = bench.done_times()
     calls = bench.commands() - calls_before
@@ -323,25 +342,28 @@ def scenario_enqueue(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
     return {"samples": samples, "median_jobs_per_s": stats.median([s["jobs_per_s"] for s in samples])}
 
 
-def scenario_latency(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
+def scenario_latency(
+    bench: Bench, spec: PeerSpec, *, rate: float | None = None, variant: str | None = None
+) -> dict[str, Any]:
     s = bench.settings
+    rate = rate or s.latency_rate
     samples = []
     for _ in range(s.reps):
         bench.reset()
-        with bench.workers(spec, 1, env={"BENCH_RECORD": "1"}) as workers:
+        with bench.workers(spec, 1, variant=variant, env={"BENCH_RECORD": "1"}) as workers:
             warm = 20
-            bench.agent(spec, "bulk", str(warm))
+            bench.agent(spec, "bulk", str(warm), variant=variant)
             bench.wait_done(warm, workers)
             time.sleep(probe.FLUSH_INTERVAL_S * 3)
             bench.probe.delete(probe.WAITS_KEY, probe.STARTS_KEY)
-            sent = bench.agent(spec, "paced", str(s.latency_rate), str(s.latency_s))
+            sent = bench.agent(spec, "paced", str(rate), str(s.latency_s), variant=variant)
             bench.wait_done(warm + int(sent["n"]), workers)
             waits = bench.floats(probe.WAITS_KEY)
         if not waits:
             raise PeerFailed("no job recorded its wait")
         samples.append(
             {
-                "offered_per_s": s.latency_rate,
+                "offered_per_s": rate,
                 "producer_max_behind_s": sent["max_behind_s"],
                 "jobs": len(waits),
                 "p50_ms": stats.percentile(waits, 50) * 1000,
@@ -498,6 +520,65 @@ def scenario_batching(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
     return out
 
 
+def count_commands(
+    bench: Bench, spec: PeerSpec, n: int, *, variant: str | None = None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Drain ``n`` jobs under MONITOR: the clients' commands per job, and the scripts' own apart."""
+    bench.reset()
+    bench.agent(spec, "bulk", str(n), variant=variant)
+    counter = MonitorCounter(bench.url)
+    counter.start()
+    try:
+        with bench.workers(spec, 1, variant=variant, env=env) as workers:
+            bench.wait_done(n, workers)
+    finally:
+        counted = counter.stop()
+    return counted.as_dict(n)
+
+
+def _shape_configs(spec: PeerSpec, kind: str) -> dict[str, str | None]:
+    """The configurations a peer runs a shape in: flume_rx its defaults and the seed's; a peer its own."""
+    if spec.name != "flume_rx":
+        return {"defaults": None}
+    return {config: f"{config}:{kind}" for config in ("defaults", "seed")}  # peers.flume's variants
+
+
+SHAPE_KINDS = {"noop": "sync", "incr": "sync", "sleep1": "sync", "await1": "async"}
+"""Which flume_rx worker runs each shape: the issue's (a) and (c) are sync jobs, (b) an async one."""
+
+
+def scenario_shapes(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
+    """Jobs in the shapes users run, one process: throughput, Redis commands, and client commands per job."""
+    out: dict[str, Any] = {}
+    s = bench.settings
+    for shape, kind in SHAPE_KINDS.items():
+        env = {"BENCH_SHAPE": shape}
+        for config, variant in _shape_configs(spec, kind).items():
+            n = max(100, int(s.shape_jobs * spec.jobs_scale))
+            samples = [drain_once(bench, spec, n, 1, variant=variant, env=env) for _ in range(s.reps)]
+            counted = count_commands(
+                bench, spec, max(100, int(s.shape_count_jobs * spec.jobs_scale)), variant=variant, env=env
+            )
+            out[f"{shape}/{config}"] = {
+                "shape": shape,
+                "config": config,
+                "worker_kind": kind if spec.name == "flume_rx" else spec.variant or "default",
+                "samples": samples,
+                "median_jobs_per_s": stats.median([x["jobs_per_s"] for x in samples if x["jobs_per_s"]]),
+                "median_redis_calls_per_job": stats.median([x["redis_calls_per_job"] for x in samples]),
+                "commands": counted,
+            }
+    return out
+
+
+def scenario_latency_sync(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
+    """Enqueue-to-start at a steady 200 jobs/s, for flume_rx with a sync worker (defaults and the seed's)."""
+    out: dict[str, Any] = {}
+    for config, variant in _shape_configs(spec, "sync").items():
+        out[config] = scenario_latency(bench, spec, rate=bench.settings.shape_latency_rate, variant=variant)
+    return out
+
+
 def redis_ceiling(bench: Bench, quick: bool) -> dict[str, Any]:
     """redis-benchmark for the commands flume_rx's hot path uses, unpipelined and pipelined by 16."""
     bench.reset()
@@ -544,6 +625,8 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench, PeerSpec], dict[str, Any]]] = {
     "memory": scenario_memory,
     "slow_downstream": scenario_slow_downstream,
     "batching": scenario_batching,
+    "shapes": scenario_shapes,
+    "latency_sync": scenario_latency_sync,
 }
 
 
@@ -643,13 +726,17 @@ def run(
         "under_test": "given" if redis_url else "private",
         "probe": "given" if probe_url else "private",
     }
-    with _database(redis_url, "the Redis under test") as url, _database(probe_url, "the probe") as probe_url:
+    with (
+        _database(redis_url, "the Redis under test") as url,
+        _database(probe_url, "the probe") as probe_url,
+        private_redis() as work_url,  # the incr shape's jobs talk to it: always a private one
+    ):
         if url == probe_url:
             raise SystemExit(
                 "--probe-url must name another database than --redis-url (the suite flushes both)"
             )
         log(f"Redis under test: {redacted(url)}; probe: {redacted(probe_url)}")
-        bench = Bench(url, probe_url, settings, log)
+        bench = Bench(url, probe_url, settings, log, work_url)
         results["machine"] = machine_info(url)
         results["versions"] = package_versions()
         results["configuration"] = {
@@ -743,6 +830,16 @@ def _brief(scenario: str, entry: dict[str, Any]) -> str:
         return (
             f"{r['jobs_per_s_at_5ms'] or 0:,.0f} -> {r['jobs_per_s_at_200ms'] or 0:,.0f} jobs/s, "
             f"max in flight {r['max_in_flight']}, max RSS {r['rss_max_mb']:.0f} MB"
+        )
+    if scenario == "shapes":
+        return ", ".join(
+            f"{k}: {v['median_jobs_per_s'] or 0:,.0f} jobs/s "
+            f"{v['commands']['client_commands_per_job'] or 0:.3f} client cmds/job"
+            for k, v in r.items()
+        )
+    if scenario == "latency_sync":
+        return ", ".join(
+            f"{k}: p50 {v['median_p50_ms']:.2f}, p99 {v['median_p99_ms']:.2f} ms" for k, v in r.items()
         )
     if scenario == "batching":
         return ", ".join(

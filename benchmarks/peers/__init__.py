@@ -61,7 +61,9 @@ class PeerSpec:
     scenario_variants: dict[str, str] = field(default_factory=dict)
 
 
-_GENERIC = frozenset({"throughput", "enqueue", "latency", "slow_downstream", "memory"})
+_GENERIC = frozenset(
+    {"throughput", "enqueue", "latency", "slow_downstream", "memory", "shapes", "latency_sync"}
+)
 _FLUME = frozenset({*_GENERIC, "rate_limit", "batching"})
 
 PEERS: tuple[PeerSpec, ...] = (

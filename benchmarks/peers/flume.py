@@ -1,7 +1,10 @@
 """flume_rx, through its public contract only: ``Flume`` to enqueue, a TOML config and a worker process.
 
 Variants: ``""`` (no-op pipeline), ``"rate_limit"`` (the pipeline's shared limiter at 400 per 1000 ms, hold
-20 ms as the design card describes) and ``"batch:N"`` (a batch worker fed by the batcher, size N).
+20 ms as the design card describes), ``"batch:N"`` (a batch worker fed by the batcher, size N), and the
+users' shapes ``"CONFIG:KIND"``: CONFIG ``defaults`` (no demand or stage settings: flume_rx's defaults) or
+``seed`` (the seed's ``stages = 5``), KIND ``sync`` (a plain function, run on the stage threads) or ``async``.
+A ``:limit`` suffix adds the 400/s limiter to a shape.
 """
 
 from __future__ import annotations
@@ -27,14 +30,34 @@ async def bench_job(enqueued_at: float = 0.0) -> None:
     await probe.run_async(enqueued_at)
 
 
+@worker("BenchSync")
+def bench_sync(enqueued_at: float = 0.0) -> None:
+    probe.run_sync(enqueued_at)
+
+
 @worker("BenchBatch", batch=True)
 async def bench_batch(batch: list[list[Any]]) -> None:
     for args in batch:
         await probe.run_async(*args)
 
 
+SHAPE_CONFIGS = ("defaults", "seed")
+SEED_STAGES = 5
+
+
+def _shape(variant: str) -> tuple[str, str] | None:
+    """(config, kind) of a users' shape variant, else None."""
+    config, _, rest = variant.partition(":")
+    if config not in SHAPE_CONFIGS:
+        return None
+    return config, rest.partition(":")[0] or "async"
+
+
 def _worker_name(variant: str) -> str:
-    return "BenchBatch" if variant.startswith("batch:") else "BenchJob"
+    if variant.startswith("batch:"):
+        return "BenchBatch"
+    shape = _shape(variant)
+    return "BenchSync" if shape is not None and shape[1] == "sync" else "BenchJob"
 
 
 class _Producer:
@@ -69,11 +92,14 @@ def config_toml(url: str, variant: str) -> str:
         'imports = ["benchmarks.peers.flume"]',
         f"[pipelines.{QUEUE}]",
         f'queue = "{QUEUE}"',
-        f"max_demand = {MAX_DEMAND}",
-        f"processor = {{ stages = {STAGES} }}",
         "retry = { max_retries = 0 }",
     ]
-    if variant == "rate_limit":
+    shape = _shape(variant)
+    if shape is None:
+        lines += [f"max_demand = {MAX_DEMAND}", f"processor = {{ stages = {STAGES} }}"]
+    elif shape[0] == "seed":
+        lines.append(f"processor = {{ stages = {SEED_STAGES} }}")
+    if variant == "rate_limit" or variant.endswith(":limit"):
         lines.append(f"rate_limiter = {{ allowed = {LIMIT}, period = 1000 }}")
     if variant.startswith("batch:"):
         size = int(variant.split(":", 1)[1])
