@@ -6,18 +6,15 @@ import asyncio
 import logging
 import random
 import time
-import traceback
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from flume_rx import codec
 from flume_rx import operators as fo
+from flume_rx.engine.decide import Verdict, decide
 from flume_rx.engine.source import Delivery, JobSource, NotStarted
 from flume_rx.errors import (
     BadArguments,
-    JobTimeout,
-    Throttled,
     UnknownWorker,
 )
 from flume_rx.job import Job, JobError
@@ -26,9 +23,6 @@ from flume_rx.store import Settlement
 from flume_rx.telemetry import Telemetry
 
 logger = logging.getLogger("flume_rx.pipeline")
-
-
-_TRACEBACK_TAIL_CHARS = 2000
 
 
 def _unbound_arguments(job: Job, error: TypeError) -> BaseException:
@@ -144,11 +138,16 @@ class Settler:
         self, delivery: Delivery, error: BaseException | None, duration_ms: float
     ) -> Settlement:
         source, job = delivery.source, delivery.job
+        if isinstance(error, TypeError):
+            error = _unbound_arguments(job, error)
+        verdict = decide(job, delivery.payload, error, source.settle_policy, now_s=time.time(), rng=self._rng)
+        self._report(verdict, job, source, duration_ms)
+        return verdict.settlement
+
+    def _report(self, verdict: Verdict, job: Job, source: JobSource, duration_ms: float) -> None:
+        """The telemetry and logs of a verdict (and the penalty a throttled job puts on a shared window)."""
         telemetry = self.telemetry
-        if error is None:
-            # Enqueue-to-done latency for the cluster-wide p50/p99 (stats and dashboard); clocks of two hosts.
-            latency_ms = (time.time() - job.enqueued_at) * 1000 if job.enqueued_at else None
-            settlement = Settlement(delivery.payload, "ack", latency_ms=latency_ms)
+        if verdict.kind == "succeeded":
             if telemetry.active:  # the one event of every job: skip building its fields when nobody listens
                 telemetry.emit(
                     "job.succeeded",
@@ -158,71 +157,47 @@ class Settler:
                     attempt=job.attempt,
                     duration_ms=duration_ms,
                 )
-        elif isinstance(error, Throttled):
-            settlement = Settlement(delivery.payload, "requeue")
+            return
+        if verdict.kind == "throttled":
             telemetry.emit("job.throttled", queue=job.queue, worker=job.worker, job_id=job.id)
             if source.window is not None:
                 source.window.penalize().subscribe(
                     lambda rate: telemetry.emit("throttle.penalized", key=job.queue, rate=rate),
                     lambda exc: logger.warning("could not lower the shared rate: %s", exc),
                 )
-        else:
-            if isinstance(error, TimeoutError):
-                error = JobTimeout(f"job {job.id} ran longer than the processor timeout")
-            elif isinstance(error, TypeError):
-                error = _unbound_arguments(job, error)
-            job_error = JobError(
-                type(error).__name__,
-                str(error),
-                "".join(traceback.format_exception(error))[-_TRACEBACK_TAIL_CHARS:],
-            )
-            failed = job.next_attempt(job_error)
+            return
+        job_error, failed = verdict.error, verdict.failed
+        assert job_error is not None and failed is not None  # a retried or dead verdict records its failure
+        telemetry.emit(
+            "job.failed",
+            queue=job.queue,
+            worker=job.worker,
+            job_id=job.id,
+            attempt=job.attempt,
+            duration_ms=duration_ms,
+            error=f"{job_error.kind}: {job_error.message}",
+        )
+        max_retries = source.retry.max_retries
+        if verdict.kind == "dead":
+            _log_dead(job, job_error, max_retries, verdict.permanent)
             telemetry.emit(
-                "job.failed",
+                "job.dead",
                 queue=job.queue,
                 worker=job.worker,
                 job_id=job.id,
                 attempt=job.attempt,
-                duration_ms=duration_ms,
-                error=f"{job_error.kind}: {job_error.message}",
+                reason=f"{job_error.kind}: {job_error.message}",
             )
-            permanent = isinstance(error, UnknownWorker) or bool(getattr(error, "permanent", False))
-            if permanent or failed.attempt > source.retry.max_retries:
-                settlement = Settlement(
-                    delivery.payload, "dead", codec.encode_cut_to_fit(failed, source.max_payload_bytes)
-                )
-                _log_dead(job, job_error, source.retry.max_retries, permanent)
-                telemetry.emit(
-                    "job.dead",
-                    queue=job.queue,
-                    worker=job.worker,
-                    job_id=job.id,
-                    attempt=job.attempt,
-                    reason=f"{job_error.kind}: {job_error.message}",
-                )
-            else:
-                delay_s = fo.backoff_delay(
-                    job.attempt, source.retry.backoff_initial_s, source.retry.backoff_max_s, self._rng
-                )
-                settlement = Settlement(
-                    delivery.payload,
-                    "retry",
-                    codec.encode_cut_to_fit(failed, source.max_payload_bytes),
-                    int(delay_s * 1000),
-                )
-                _log_retry(job, job_error, source.retry.max_retries, delay_s)
-                telemetry.emit(
-                    "job.retried",
-                    queue=job.queue,
-                    worker=job.worker,
-                    job_id=job.id,
-                    attempt=failed.attempt,
-                    delay_ms=delay_s * 1000,
-                )
-        if job.unique_key is not None and job.unique_until != "expiry":
-            # For unique_until="start" the key went at the start; this is the safety net if that call was lost.
-            settlement = replace(settlement, unique=(job.unique_key, job.id))
-        return settlement
+        else:
+            _log_retry(job, job_error, max_retries, verdict.delay_s)
+            telemetry.emit(
+                "job.retried",
+                queue=job.queue,
+                worker=job.worker,
+                job_id=job.id,
+                attempt=failed.attempt,
+                delay_ms=verdict.delay_s * 1000,
+            )
 
     def _settle_fault(self, delivery: Delivery, fault: Exception) -> Settlement:
         """The job's outcome could not be turned into a settlement: it goes to the dead letters, saying why."""

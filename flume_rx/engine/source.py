@@ -18,6 +18,7 @@ from reactivex.disposable import Disposable
 from flume_rx import codec
 from flume_rx import operators as fo
 from flume_rx.config import RetryConfig
+from flume_rx.engine.decide import SettlePolicy
 from flume_rx.errors import (
     DecodeError,
     StoreError,
@@ -89,6 +90,7 @@ class JobSource:
     burst_until: BurstMode = "drained"
 
     def __post_init__(self) -> None:
+        self.settle_policy = SettlePolicy(self.retry, self.max_payload_bytes)
         self._outage = Outage(f"fetch from {self.queue!r}")
         self._unique_releases: list[Settlement] = []
         self._releasing: asyncio.Task[None] | None = None
