@@ -386,8 +386,7 @@ def _run_command(args: argparse.Namespace, config: FlumeConfig, flume: Flume) ->
     elif args.command == "stats" and args.watch:
         views.watch(config, as_json=args.json)
     elif args.command == "stats":
-        queues = [q for p in config.pipelines for q in p.all_queues] or None
-        _print_stats(flume.stats(queues), as_json=args.json)
+        _print_stats(config, as_json=args.json)
     elif args.command == "consumers":
         served = [q for p in config.pipelines for q in p.all_queues]
         views.print_consumers(flume.consumers(served or None), args.json)
@@ -475,21 +474,27 @@ def _check_reachable(config: Any) -> None:
         store.close()
 
 
-def _print_stats(stats: dict[str, Any], *, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(stats, indent=2, sort_keys=True))
-        return
-    from rich.console import Console
-    from rich.table import Table
+def _print_stats(config: FlumeConfig, *, as_json: bool) -> None:
+    """``stats``: one table (or JSON object) of every queue of the config, and of any other queue that holds
+    jobs no pipeline serves."""
+    from flume_rx import watch as views
+    from flume_rx.store import SyncStore
+    from flume_rx.terminal import table_console
 
-    table = Table(title="flume_rx queues")
-    columns = ["queued", "in_flight", "scheduled", "retry", "dead", "processed", "failed"]
-    table.add_column("queue")
-    for column in columns:
-        table.add_column(column, justify="right")
-    for queue, row in sorted(stats.items()):
-        table.add_row(queue, *(str(row.get(c, 0)) for c in columns))
-    Console().print(table)
+    with SyncStore.from_url(config.redis_url, config.namespace) as store:
+        if as_json:
+            by_queue = views.queue_stats(store, config)
+            print(
+                json.dumps(
+                    {q: {**s, "pipeline": p} for q, (p, s) in by_queue.items()}, indent=2, sort_keys=True
+                )
+            )
+            return
+        rows = views.snapshot(store, config)
+    table_console().print(views.render(rows, title="flume_rx queues"))
+    if config.pipelines:
+        for warning in views.unserved_warnings(rows):
+            print(f"flume-rx: {warning}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -296,8 +296,9 @@ def print_schedules(config: Any, *, as_json: bool = False) -> int:
     if not rows:
         print("no [schedules.NAME] tables in the config")
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from flume_rx.terminal import table_console
 
     table = Table("schedule", "cron", "queue", "worker", "missed", "next run (UTC)", "last tick (UTC)")
     for row in rows:
@@ -305,5 +306,5 @@ def print_schedules(config: Any, *, as_json: bool = False) -> int:
             row["name"], f"{row['cron']} ({row['timezone']})", row["queue"], row["worker"], row["missed"],
             row["next_run"], row["last_tick"] or "never",
         )  # fmt: skip
-    Console().print(table)
+    table_console().print(table)
     return 0

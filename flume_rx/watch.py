@@ -22,16 +22,19 @@ from rich.table import Table
 
 from flume_rx.config import FlumeConfig
 from flume_rx.job import Job
-from flume_rx.store import ConsumerInfo, PeekWhere, SyncStore
+from flume_rx.store import ConsumerInfo, PeekWhere, QueueStats, SyncStore
+from flume_rx.terminal import table_console
 
 if TYPE_CHECKING:
     from flume_rx.client import PeekedJob
 
 
 class PipelineRow(TypedDict):
-    """One line of the live table: a pipeline's queue, counts, cluster-wide rates and latency."""
+    """One line of the live table: a queue, the pipeline serving it, counts, cluster-wide rates and latency."""
 
-    pipeline: str
+    pipeline: str | None
+    """The configured pipeline serving the queue; None for a queue that holds jobs no pipeline of the config
+    serves (a misspelt queue name at enqueue, or a pipeline removed while jobs waited)."""
     queue: str
     queued: int
     in_flight: int
@@ -42,27 +45,52 @@ class PipelineRow(TypedDict):
     failed: int
     processed_per_s: float
     failed_per_s: float
+    processed_per_s_5s: float
+    failed_per_s_5s: float
     rate_limit_use: float | None
     """Tokens of the pipeline's shared window granted within its last period, over its allowed; None without
     a rate limiter."""
     latency_p50_ms: float | None
     latency_p99_ms: float | None
     consumers: int
+    """Live consumers only: those silent past the orphan timeout are taken for dead."""
     paused: bool
 
 
+def queue_stats(store: SyncStore, config: FlumeConfig) -> dict[str, tuple[str | None, QueueStats]]:
+    """Per queue: the pipeline serving it and its counts. Every queue of the config's pipelines, then every other
+    known queue that holds jobs (pipeline None); every known queue, each its own pipeline, when the config has
+    no pipelines."""
+    served = {q: p.name for p in config.pipelines for q in p.all_queues}
+    known = store.known_queues()
+    if not served:
+        served = {q: q for q in known}
+    others = [q for q in known if q not in served]
+    stats = store.stats([*served, *others], config.orphan_timeout_s)
+    result: dict[str, tuple[str | None, QueueStats]] = {q: (name, stats[q]) for q, name in served.items()}
+    for queue in others:
+        if holds_jobs(stats[queue]):
+            result[queue] = (None, stats[queue])
+    return result
+
+
+def holds_jobs(stats: QueueStats) -> bool:
+    """Whether a queue has any job waiting, running, scheduled, retrying or dead."""
+    return any(stats[k] for k in ("queued", "in_flight", "scheduled", "retry", "dead"))
+
+
 def snapshot(store: SyncStore, config: FlumeConfig) -> list[PipelineRow]:
-    """One row per configured pipeline (per known queue when the config has none)."""
-    pipelines = [(p.name, p.queue, p.rate_limiter) for p in config.pipelines]
-    if not pipelines:
-        pipelines = [(q, q, None) for q in store.known_queues()]
-    stats = store.stats(sorted({queue for _, queue, _ in pipelines}), config.orphan_timeout_s)
+    """One row per queue of :func:`queue_stats`, with the serving pipeline's rate-limit use."""
+    limiters = {q: p.rate_limiter for p in config.pipelines for q in p.all_queues}
+    uses: dict[str, float] = {}
     rows: list[PipelineRow] = []
-    for name, queue, limiter in pipelines:
-        s = stats[queue]
+    for queue, (name, s) in queue_stats(store, config).items():
         use: float | None = None
+        limiter = limiters.get(queue)
         if limiter is not None:
-            use = store.rate_use(limiter.key, limiter.period_s * 1000) / limiter.allowed
+            if limiter.key not in uses:
+                uses[limiter.key] = store.rate_use(limiter.key, limiter.period_s * 1000) / limiter.allowed
+            use = uses[limiter.key]
         rows.append(
             PipelineRow(
                 pipeline=name,
@@ -76,6 +104,8 @@ def snapshot(store: SyncStore, config: FlumeConfig) -> list[PipelineRow]:
                 failed=s["failed"],
                 processed_per_s=s["processed_per_s"],
                 failed_per_s=s["failed_per_s"],
+                processed_per_s_5s=s["processed_per_s_5s"],
+                failed_per_s_5s=s["failed_per_s_5s"],
                 rate_limit_use=use,
                 latency_p50_ms=s["latency_p50_ms"],
                 latency_p99_ms=s["latency_p99_ms"],
@@ -86,6 +116,20 @@ def snapshot(store: SyncStore, config: FlumeConfig) -> list[PipelineRow]:
     return rows
 
 
+def unserved_warnings(rows: Sequence[PipelineRow]) -> list[str]:
+    """One line per queue that holds jobs no pipeline serves, saying what to look at."""
+    return [
+        f"queue {row['queue']!r} holds {_jobs_in(row)} job(s) that no pipeline of this config serves: a misspelt "
+        f"queue name at enqueue? look with `flume-rx queue peek {row['queue']}`"
+        for row in rows
+        if row["pipeline"] is None
+    ]
+
+
+def _jobs_in(row: PipelineRow) -> int:
+    return row["queued"] + row["in_flight"] + row["scheduled"] + row["retry"] + row["dead"]
+
+
 def _ms(value: float | None) -> str:
     if value is None:
         return "-"
@@ -93,11 +137,14 @@ def _ms(value: float | None) -> str:
 
 
 def render(rows: Sequence[PipelineRow], *, title: str = "flume_rx") -> Table:
-    """The live table of :func:`snapshot` rows."""
+    """The table of :func:`snapshot` rows."""
     table = Table(title=title, title_justify="left", expand=False)
     table.add_column("pipeline")
     table.add_column("queue")
-    for column in ("queued", "in flight", "scheduled", "retry", "dead", "processed/s", "failed/s"):
+    table.add_column("state")
+    for column in ("queued", "in flight", "scheduled", "retry", "dead"):
+        table.add_column(column, justify="right")
+    for column in ("done/s 5s", "done/s 60s", "failed/s 5s", "failed/s 60s"):
         table.add_column(column, justify="right")
     table.add_column("rate-limit use", justify="right")
     table.add_column("p50", justify="right")
@@ -106,21 +153,24 @@ def render(rows: Sequence[PipelineRow], *, title: str = "flume_rx") -> Table:
     for row in rows:
         use = "-" if row["rate_limit_use"] is None else f"{row['rate_limit_use']:.0%}"
         table.add_row(
-            row["pipeline"] + (" [yellow](paused)[/]" if row["paused"] else ""),
+            "[red](no pipeline)[/]" if row["pipeline"] is None else row["pipeline"],
             row["queue"],
+            "[yellow]paused[/]" if row["paused"] else "active",
             f"{row['queued']:,}",
             f"{row['in_flight']:,}",
             f"{row['scheduled']:,}",
             f"{row['retry']:,}",
             f"[red]{row['dead']:,}[/]" if row["dead"] else "0",
+            f"{row['processed_per_s_5s']:,.1f}",
             f"{row['processed_per_s']:,.1f}",
+            f"[red]{row['failed_per_s_5s']:,.1f}[/]" if row["failed_per_s_5s"] else "0.0",
             f"[red]{row['failed_per_s']:,.1f}[/]" if row["failed_per_s"] else "0.0",
             use,
             _ms(row["latency_p50_ms"]),
             _ms(row["latency_p99_ms"]),
             str(row["consumers"]),
         )
-    table.caption = "rates and latency: whole cluster, last 60 s"
+    table.caption = "rates: whole cluster, last 5 s and 60 s; latency: last samples; consumers: live ones"
     return table
 
 
@@ -136,7 +186,7 @@ def watch(
 
     With ``as_json``, prints one JSON object per refresh and line (``{"time": ..., "pipelines": [...]}``).
     """
-    console = console or Console()
+    console = console or table_console()
     stop = threading.Event()
     with _stop_on_signals(stop), SyncStore.from_url(config.redis_url, config.namespace) as store:
         count = 0
@@ -189,7 +239,7 @@ def print_consumers(consumers: Sequence[ConsumerInfo], as_json: bool = False) ->
         table.add_row(c["queue"], c["consumer"], f"{c['age_s']:.1f} s ago", str(c["in_flight"]), state)
     if not all(c["alive"] for c in consumers):
         table.caption = "dead: silent for orphan_timeout or longer; a worker gives back its jobs"
-    Console().print(table)
+    table_console().print(table)
 
 
 def job_row(job: Job, at: float | None = None, where: PeekWhere = "queued") -> dict[str, Any]:
@@ -237,7 +287,7 @@ def print_jobs(entries: Sequence[PeekedJob], where: PeekWhere = "queued", as_jso
             *([utc_time(entry.at)] if when else []),
             row["error"] or "",
         )
-    Console().print(table)
+    table_console().print(table)
 
 
 def print_dead(queue: str, entries: Sequence[PeekedJob], total: int, as_json: bool = False) -> None:

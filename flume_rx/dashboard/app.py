@@ -66,7 +66,8 @@ def create_app(config: FlumeConfig, *, allow_actions: bool = False) -> Starlette
         return sorted({p.queue for p in config.pipelines}) or store.known_queues()
 
     def known(queue: str) -> str:
-        if queue not in queues():
+        # The overview also lists queues that hold jobs no pipeline serves; their dead letters can be acted on.
+        if queue not in queues() and queue not in store.known_queues():
             raise _BadRequest(f"unknown queue {queue!r}; pick one of {', '.join(queues())}")
         return queue
 

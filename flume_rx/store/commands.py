@@ -68,6 +68,11 @@ class UniqueEnqueue:
     """Unix seconds when the call's mode is ``at``, seconds from Redis TIME when ``in``; unused for ``now``."""
 
 
+SHORT_RATE_S = 5
+"""The short window of ``stats``' rates, beside the 60 s one: long enough to smooth one slow second out,
+short enough to show a stall or a burst as it happens."""
+
+
 class QueueStats(TypedDict):
     """Counts of one queue, as :meth:`RedisStore.stats` reports them."""
 
@@ -88,6 +93,9 @@ class QueueStats(TypedDict):
     processed_per_s: float
     """Cluster-wide, over the last 60 complete seconds (from the per-second buckets in Redis)."""
     failed_per_s: float
+    processed_per_s_5s: float
+    """As ``processed_per_s``, over the last :data:`SHORT_RATE_S` complete seconds: what happens now."""
+    failed_per_s_5s: float
     latency_p50_ms: float | None
     """Enqueue to settle, over the last :data:`LATENCY_SAMPLES` settled jobs; None before any."""
     latency_p99_ms: float | None
@@ -303,6 +311,8 @@ def _parse_stats(first: Sequence[Any], orphan_timeout_s: float) -> tuple[QueueSt
         paused=bool(paused),
         processed_per_s=sum(p["processed"] for p in recent) / 60,
         failed_per_s=sum(p["failed"] for p in recent) / 60,
+        processed_per_s_5s=sum(p["processed"] for p in recent[-SHORT_RATE_S:]) / SHORT_RATE_S,
+        failed_per_s_5s=sum(p["failed"] for p in recent[-SHORT_RATE_S:]) / SHORT_RATE_S,
         latency_p50_ms=p50,
         latency_p99_ms=p99,
     )
