@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+import signal
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -518,12 +522,23 @@ class Flume:
             timeout_s=timeout_s,
         )
 
-    async def run(self, *graphs: Observable[Any], burst: bool | BurstMode = False) -> None:
-        """Run pipelines built with :meth:`source` until cancelled (or, with ``burst``, until no work is left).
+    async def run(
+        self, *graphs: Observable[Any], burst: bool | BurstMode = False, handle_signals: bool = True
+    ) -> None:
+        """Run pipelines built with :meth:`source` until SIGTERM, Ctrl-C or cancelled (or, with ``burst``, until
+        no work is left).
+
+        A stop is graceful, as for ``flume-rx worker``: no new fetches, unstarted jobs go back to the queue at
+        once, running ones get ``shutdown_timeout``, and what still runs then goes back too. After SIGTERM or
+        Ctrl-C, ``run`` returns; when its task is cancelled, it stops the same way and re-raises
+        ``CancelledError``.
 
         Args:
             burst: True or ``"drained"``: stop once the queues, the due scheduled jobs, the retries (not yet
                 due too) and every in-flight list are empty; ``"ready"``: once nothing is ready to run now.
+            handle_signals: while it runs in the main thread, take SIGINT and SIGTERM as a graceful stop (the
+                previous handlers come back after); False leaves signals to the application, which can cancel
+                the task instead.
         """
         from flume_rx.runtime import WorkerRuntime
 
@@ -547,7 +562,8 @@ class Flume:
             )
             for source, _ in self._sources:
                 source.burst, source.burst_until = runtime.burst, runtime.burst_until
-            await runtime.run()
+            with _stop_on_signals(runtime.stop) if handle_signals else contextlib.nullcontext():
+                await runtime.run()
         finally:
             # Sources belong to the run that consumed them (or refused them); a later run builds new ones on a
             # new connection.
@@ -558,6 +574,30 @@ class Flume:
 
 
 _SCAN_CHUNK = 1000
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``stop`` (on the running loop) while the block runs, as in ``flume-rx worker``;
+    the handlers before it come back after. Outside the main thread signals are not ours to take."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous: dict[signal.Signals, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        before = signal.getsignal(signum)
+        try:
+            loop.add_signal_handler(signum, stop)
+        except (NotImplementedError, RuntimeError, ValueError):  # a loop without signal support
+            continue
+        previous[signum] = before
+    try:
+        yield
+    finally:
+        for signum, before in previous.items():
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, before if before is not None else signal.SIG_DFL)
 
 
 def build_job(queue: str, worker: str, args: Sequence[Any], cost: int = 1) -> Job:

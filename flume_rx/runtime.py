@@ -229,16 +229,13 @@ class WorkerRuntime:
                     max_payload_bytes=config.max_payload_bytes,
                 )
                 tasks.append(loop.create_task(ticker.run()))
-            waiters = [loop.create_task(self._stop_event.wait())]
-            if self.burst:
-                waiters += [loop.create_task(r.completed.wait()) for r in self.running]
-                done_all = loop.create_task(_all(waiters[1:]))
-                await asyncio.wait([waiters[0], done_all], return_when=asyncio.FIRST_COMPLETED)
-                done_all.cancel()
-            else:
-                await waiters[0]
-            for waiter in waiters:
-                waiter.cancel()
+            try:
+                await self._until_stopped(self._stop_event)
+            except asyncio.CancelledError:
+                # A cancelled run (asyncio.run's Ctrl-C, a caller's task.cancel()) stops as SIGTERM does: jobs
+                # handed back, nothing left in flight. Then the cancellation goes on.
+                await self._shutdown(store, settler)
+                raise
             await self._shutdown(store, settler)
         finally:
             for task in tasks:
@@ -248,6 +245,20 @@ class WorkerRuntime:
             await store.aclose()
             sync_store.close()
             self._loop = None
+
+    async def _until_stopped(self, stop: asyncio.Event) -> None:
+        """Until :meth:`stop` is called (or, in burst mode, every pipeline has completed)."""
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+        try:
+            if self.burst:
+                waiters += [asyncio.ensure_future(r.completed.wait()) for r in self.running]
+                waiters.append(asyncio.ensure_future(_all(waiters[1:])))
+                await asyncio.wait([waiters[0], waiters[-1]], return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await waiters[0]
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def _window_for(self, store: RedisStore, config: PipelineConfig) -> fo.TokenWindow | None:
         limiter = config.rate_limiter
@@ -381,7 +392,7 @@ class WorkerRuntime:
         return time.monotonic() - self._loop_tick
 
 
-async def _all(waiters: Sequence[asyncio.Task[Any]]) -> None:
+async def _all(waiters: Sequence[asyncio.Future[Any]]) -> None:
     await asyncio.gather(*waiters)
 
 
