@@ -19,7 +19,7 @@ from flume_rx.errors import (
     UnknownWorker,
 )
 from flume_rx.job import Job, JobError
-from flume_rx.registry import worker
+from flume_rx.registry import WorkerHandle, worker
 
 if TYPE_CHECKING:
     from flume_rx.client import Flume
@@ -40,6 +40,7 @@ __all__ = [
     "StoreError",
     "Throttled",
     "UnknownWorker",
+    "WorkerHandle",
     "from_args",
     "throttle_by_key",
     "worker",

@@ -118,11 +118,11 @@ class WorkerHandle(Generic[_P, _R]):
     """
 
     def __init__(self, spec: WorkerSpec, queue: str | None) -> None:
+        functools.update_wrapper(self, spec.fn)  # first: it copies the function's __dict__ over ours
         self.spec = spec
         self.name = spec.name
         self.queue = queue
         self.fn: Callable[_P, _R] = spec.fn
-        functools.update_wrapper(self, spec.fn)
 
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         return self.fn(*args, **kwargs)

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from flume_rx import ConfigError, Flume, worker
-from flume_rx.registry import WorkerHandle, get_worker, unregister
+from flume_rx import ConfigError, Flume, WorkerHandle, worker
+from flume_rx.registry import get_worker, unregister
 from flume_rx.testing import FlumeTest
 
 
@@ -91,3 +91,15 @@ def test_enqueue_through_a_real_flume_writes_the_job_to_redis(
         [job] = flume.peek("mail")
         assert (job.id, job.worker, job.args) == (job_id, "HandleEmail", [42, "welcome"])
         assert [j.id for j in flume.peek("mail", "scheduled")] == [later]
+
+
+def test_a_function_attribute_does_not_shadow_the_handles_own() -> None:
+    def tagged(x: int) -> int:
+        return x
+
+    tagged.name = "not the worker name"  # type: ignore[attr-defined]
+    handle = worker("HandleTagged", queue="tags")(tagged)
+    try:
+        assert (handle.name, handle.queue, handle(3)) == ("HandleTagged", "tags", 3)
+    finally:
+        unregister("HandleTagged")
