@@ -49,7 +49,10 @@ def test_failed_attempts_are_warnings_and_the_dead_letter_an_error_with_its_trac
 def test_json_log_format_gives_one_object_per_line_with_the_jobs_fields(
     redis_url: str, tmp_path: Path
 ) -> None:
-    job_id, log = _fail_one_job(redis_url, tmp_path, "--log-format", "json", "--log-level", "warning")
+    # Two processes: the worker processes the supervisor spawns log in the format asked for too.
+    job_id, log = _fail_one_job(
+        redis_url, tmp_path, "--log-format", "json", "--log-level", "warning", "--processes", "2"
+    )
     records = [json.loads(line) for line in log.splitlines() if line.strip()]
     mine = [r for r in records if r.get("job_id") == job_id]
     assert [r["level"] for r in mine] == ["WARNING", "ERROR"], records
@@ -58,5 +61,6 @@ def test_json_log_format_gives_one_object_per_line_with_the_jobs_fields(
     assert (retried["attempt"], retried["max_attempts"]) == (1, 2)
     assert retried["error"] == "LookupError: no user 'ada'" and retried["retry_in_s"] > 0
     assert (dead["attempt"], dead["max_attempts"]) == (2, 2)
+    assert retried["process"].startswith("flume-worker-") and dead["process"].startswith("flume-worker-")
     assert "in _lookup_user" in dead["traceback"]
     assert all(r["level"] in ("WARNING", "ERROR") for r in records), "--log-level warning drops INFO"
