@@ -198,6 +198,20 @@ def test_read_only_by_default_no_buttons_and_actions_refused(
     expect(page.locator("#mode")).to_have_text("read-only")
     dead_row = page.locator(f'#dead tr[data-job="{dead_id}"]')
     expect(dead_row).to_contain_text("mailbox 13")
+    # The error opens onto the stored traceback, which stays open across the page's refreshes.
+    traceback = dead_row.locator("details pre.traceback")
+    expect(traceback).to_be_hidden()
+    dead_row.locator("details summary").click()
+    expect(traceback).to_be_visible()
+    expect(traceback).to_contain_text("in send")
+    expect(traceback).to_contain_text('raise ValueError("mailbox 13 does not exist")')
+    # Mark the table's nodes, then wait for the next poll to replace them.
+    page.evaluate(
+        "document.querySelectorAll('#dead details').forEach((d) => d.setAttribute('data-stale', ''))"
+    )
+    expect(page.locator("#dead details[data-stale]")).to_have_count(0)
+    expect(traceback).to_be_visible()
+    expect(dead_row.locator("td.died")).not_to_be_empty()
     expect(page.locator("button")).to_have_count(0)
     status = page.evaluate(
         """async ([queue, id]) => (await fetch('/api/retry', {
