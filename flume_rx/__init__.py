@@ -23,7 +23,8 @@ from flume_rx.registry import WorkerHandle, worker
 
 if TYPE_CHECKING:
     from flume_rx.client import Flume
-    from flume_rx.keyed_throttle import from_args, throttle_by_key
+    from flume_rx.engine.keyed import from_args
+    from flume_rx.operators import throttle_by_key
 
 __version__ = "0.1.0"
 
@@ -54,8 +55,12 @@ def __getattr__(name: str) -> Any:
         from flume_rx.client import Flume
 
         return Flume
-    if name in ("throttle_by_key", "from_args"):
-        from flume_rx import keyed_throttle
+    if name == "throttle_by_key":
+        from flume_rx.operators import throttle_by_key
 
-        return getattr(keyed_throttle, name)
+        return throttle_by_key
+    if name == "from_args":
+        from flume_rx.engine.keyed import from_args
+
+        return from_args
     raise AttributeError(f"module 'flume_rx' has no attribute {name!r}")

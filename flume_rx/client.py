@@ -28,15 +28,16 @@ from flume_rx.config import (
 )
 from flume_rx.engine.source import BurstMode
 from flume_rx.errors import ConfigError, DecodeError
-from flume_rx.job import UNIQUE_UNTIL, Job, UniqueUntil, check_name, new_job_id
-from flume_rx.keyed_throttle import RedisKeyedWindow
+from flume_rx.job import UNIQUE_UNTIL, Job, UniqueUntil, build_job
 from flume_rx.pipeline import Delivery, JobSource, run_workers
 from flume_rx.priorities import WeightedSource
+from flume_rx.runtime import WorkerRuntime, new_consumer_id
 from flume_rx.store import (
     ConsumerInfo,
     PeekWhere,
     QueueStats,
     RatePoint,
+    RedisKeyedWindow,
     RedisStore,
     RedisTokenWindow,
     SyncStore,
@@ -383,8 +384,6 @@ class Flume:
     @property
     def consumer(self) -> str:
         if self._consumer is None:
-            from flume_rx.runtime import new_consumer_id
-
             self._consumer = new_consumer_id()
         return self._consumer
 
@@ -540,8 +539,6 @@ class Flume:
                 previous handlers come back after); False leaves signals to the application, which can cancel
                 the task instead.
         """
-        from flume_rx.runtime import WorkerRuntime
-
         if not graphs:
             raise ConfigError("run() needs at least one pipeline built from flume.source(...)")
         if not self._sources:
@@ -598,23 +595,6 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
         for signum, before in previous.items():
             loop.remove_signal_handler(signum)
             signal.signal(signum, before if before is not None else signal.SIG_DFL)
-
-
-def build_job(queue: str, worker: str, args: Sequence[Any], cost: int = 1) -> Job:
-    """A new job after checking its queue, worker name, args and cost (shared with :mod:`flume_rx.testing`).
-
-    Raises:
-        ConfigError: one of them is not what enqueue takes.
-    """
-    check_name(queue)
-    if not isinstance(worker, str) or not worker:
-        raise ConfigError(f"worker must be the registered worker's name, a non-empty string (got {worker!r})")
-    if isinstance(args, str | bytes) or not isinstance(args, Sequence):
-        raise ConfigError(f'args must be a list of positional arguments (got {args!r}); e.g. [42, "welcome"]')
-    if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
-        raise ConfigError(f"cost must be an integer >= 0 (got {cost!r})")
-    now = time.time()
-    return Job(new_job_id(), queue, worker, list(args), 0, now, now, cost)
 
 
 def check_time(value: float, name: str, example: str) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -81,3 +82,20 @@ class Job:
         """The same job, one attempt further on (counting stops at :data:`MAX_ATTEMPT`), remembering why this
         attempt failed."""
         return replace(self, attempt=min(self.attempt + 1, MAX_ATTEMPT), error=error)
+
+
+def build_job(queue: str, worker: str, args: Sequence[Any], cost: int = 1) -> Job:
+    """A new job after checking its queue, worker name, args and cost (for the client, test mode and schedules).
+
+    Raises:
+        ConfigError: one of them is not what enqueue takes.
+    """
+    check_name(queue)
+    if not isinstance(worker, str) or not worker:
+        raise ConfigError(f"worker must be the registered worker's name, a non-empty string (got {worker!r})")
+    if isinstance(args, str | bytes) or not isinstance(args, Sequence):
+        raise ConfigError(f'args must be a list of positional arguments (got {args!r}); e.g. [42, "welcome"]')
+    if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
+        raise ConfigError(f"cost must be an integer >= 0 (got {cost!r})")
+    now = time.time()
+    return Job(new_job_id(), queue, worker, list(args), 0, now, now, cost)

@@ -4,6 +4,7 @@ cannot make a worker process run arbitrary code."""
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -271,3 +272,22 @@ def _bare(signature: inspect.Signature) -> inspect.Signature:
         parameters=[p.replace(annotation=empty) for p in signature.parameters.values()],
         return_annotation=empty,
     )
+
+
+def load_callable(path: str) -> Any:
+    """Import ``module:attribute`` (the operators, cost and key functions a config names).
+
+    Raises:
+        ConfigError: the module cannot be imported or lacks the attribute.
+    """
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"cannot import module {module_name!r} named in {path!r} ({exc}); check the path"
+        ) from exc
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ConfigError(f"module {module_name!r} has no attribute {attribute!r} (from {path!r})") from None

@@ -33,7 +33,7 @@ from croniter import croniter  # type: ignore[import-untyped]
 
 from flume_rx import codec
 from flume_rx.errors import ConfigError, StoreError
-from flume_rx.job import check_name
+from flume_rx.job import build_job, check_name
 from flume_rx.telemetry import Telemetry
 
 logger = logging.getLogger("flume_rx.schedules")
@@ -174,8 +174,6 @@ def _schedule(name: str, table: Any) -> ScheduleConfig:
 
 
 def _job(schedule: ScheduleConfig) -> Any:
-    from flume_rx.client import build_job
-
     return build_job(schedule.queue, schedule.worker, list(schedule.args), schedule.cost)
 
 

@@ -31,13 +31,12 @@ from typing import Any, Literal
 from flume_rx import codec
 from flume_rx.client import (
     DEFAULT_UNIQUE_FOR_S,
-    build_job,
     check_time,
     check_unique,
     check_unique_key,
     check_unique_keys,
 )
-from flume_rx.job import Job, UniqueUntil
+from flume_rx.job import Job, UniqueUntil, build_job
 from flume_rx.registry import get_worker
 
 __all__ = ["FlumeTest", "Run"]

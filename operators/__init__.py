@@ -1,5 +1,5 @@
-"""Generic reactive-streams operators for reactivex: request-n back pressure, a token-window throttle,
-time-or-count batching, retry with backoff and bounded-concurrency processing.
+"""Generic reactive-streams operators for reactivex: request-n back pressure, a token-window throttle (one
+window, or one per key), time-or-count batching, retry with backoff and bounded-concurrency processing.
 
 They know nothing of jobs or Redis; flume_rx builds its pipelines from them and users compose them freely.
 
@@ -16,6 +16,7 @@ that checks it.
 from ._async_bridge import to_async_iterable, to_async_observable
 from ._batch import FlushHook, buffer_with_time_or_count
 from ._flow import UNBOUNDED, Demand, Flowable, is_prompt, subscribe_upstream
+from ._keyed_throttle import InProcessKeyedWindow, KeyedWindow, throttle_by_key
 from ._process import Outcome, from_async, in_thread, process
 from ._request_n import Credits, Fetch, HandBack, PullSource, from_iterable, last_batch, request_n
 from ._retry import backoff_delay, retry_with_backoff
@@ -31,7 +32,9 @@ __all__ = [
     "FlushHook",
     "Grant",
     "HandBack",
+    "InProcessKeyedWindow",
     "InProcessWindow",
+    "KeyedWindow",
     "Outcome",
     "PullSource",
     "TokenWindow",
@@ -47,6 +50,7 @@ __all__ = [
     "retry_with_backoff",
     "subscribe_upstream",
     "throttle",
+    "throttle_by_key",
     "to_async_iterable",
     "to_async_observable",
 ]

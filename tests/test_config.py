@@ -86,7 +86,7 @@ def test_a_wrong_pipeline_is_refused_naming_the_key(pipeline: dict[str, Any], sa
 
 
 def test_a_bad_redis_url_is_refused_without_showing_its_password() -> None:
-    with pytest.raises(ConfigError, match="redis_url must start with") as caught:
+    with pytest.raises(ConfigError, match="redis_url") as caught:
         parse({"redis_url": "http://admin:s3cret@10.0.0.1:6379/0"})
     assert "s3cret" not in str(caught.value)
     assert "10.0.0.1:6379" in str(caught.value)

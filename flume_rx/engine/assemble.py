@@ -12,28 +12,12 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from flume_rx import operators as fo
 from flume_rx.config import PipelineConfig, pacing_burst
+from flume_rx.engine.keyed import key_of
 from flume_rx.engine.processor import run_workers
 from flume_rx.engine.source import Delivery, JobSource
 from flume_rx.job import Job
-
-
-def load_callable(path: str) -> Any:
-    """Import ``module:attribute``."""
-    import importlib
-
-    from flume_rx.errors import ConfigError
-
-    module_name, _, attribute = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"cannot import module {module_name!r} named in {path!r} ({exc}); check the path"
-        ) from exc
-    try:
-        return getattr(module, attribute)
-    except AttributeError:
-        raise ConfigError(f"module {module_name!r} has no attribute {attribute!r} (from {path!r})") from None
+from flume_rx.registry import load_callable
+from flume_rx.store.windows import RedisKeyedWindow
 
 
 def cost_of(cost_path: str | None) -> Callable[[Any], int]:
@@ -85,8 +69,6 @@ def assemble(
     telemetry = source.telemetry
     key_from = None if config.rate_limiter is None else config.rate_limiter.key_from
     if config.rate_limiter is not None and key_from is not None:
-        from flume_rx.keyed_throttle import RedisKeyedWindow, key_of, throttle_by_key
-
         # Per-key tokens are taken per job, before the batcher, since a batch can mix keys. A released job
         # then starts at most batcher.timeout later: the batcher asks the throttle only for items of
         # batches the processor requested (one per free stage), withdraws what a batch closed by its timer
@@ -101,7 +83,7 @@ def assemble(
             limiter.hold_s,
             lag_s=0.0 if config.batcher is None else config.batcher.timeout_s,
         )
-        stages.append(throttle_by_key(keyed, key=key_of(key_from), cost=cost_of(limiter.cost)))
+        stages.append(fo.throttle_by_key(keyed, key=key_of(key_from), cost=cost_of(limiter.cost)))
     if config.batcher is not None:
         stages.append(
             fo.buffer_with_time_or_count(

@@ -14,7 +14,7 @@ Modules, each with one concern:
 - :mod:`~flume_rx.store.connection`: Redis URLs and clients (cluster URLs, redaction, endpoint names).
 - :mod:`~flume_rx.store.outage`: the backoff through an outage and its one log line.
 - :mod:`~flume_rx.store.redis_store` and :mod:`~flume_rx.store.sync_store`: the two stores.
-- :mod:`~flume_rx.store.windows`: the token window shared through Redis.
+- :mod:`~flume_rx.store.windows`: the token windows shared through Redis (one window, or one per key).
 
 >>> store = RedisStore.from_url("redis://127.0.0.1:6380/0")  # doctest: +SKIP
 >>> await store.enqueue("email", [payload])  # doctest: +SKIP
@@ -50,7 +50,7 @@ from flume_rx.store.outage import (
 from flume_rx.store.redis_store import RedisStore
 from flume_rx.store.scripts import SCRIPTS, Arg, _Cmd, _Eval, _Op, _sha, lua_source  # noqa: F401
 from flume_rx.store.sync_store import SyncStore
-from flume_rx.store.windows import RedisTokenWindow
+from flume_rx.store.windows import RedisKeyedWindow, RedisTokenWindow
 
 __all__ = [
     "CLUSTER_SCHEMES",
@@ -68,6 +68,7 @@ __all__ = [
     "QueueKeys",
     "QueueStats",
     "RatePoint",
+    "RedisKeyedWindow",
     "RedisStore",
     "RedisTokenWindow",
     "Settlement",

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future as ThreadFuture
 from typing import Any, TypeVar
 
@@ -183,3 +183,60 @@ def _defer_async(make: Callable[[], Coroutine[Any, Any, _T]]) -> Observable[_T]:
         raise RuntimeError("RedisTokenWindow must be used from a thread running an asyncio event loop")
 
     return reactivex.defer(factory)
+
+
+class RedisKeyedWindow:
+    """Per-key windows in Redis, all keys of one batch in one call.
+
+    Args:
+        store: the worker's store.
+        name: the limiter's name (its windows' shared hash tag).
+        allowed: starts (or cost units) per key per period.
+        period_s: the sliding period.
+        hold_s: how long a grant may still be used after its start.
+        lag_s: the most an item may wait between the throttle and its start, e.g. the timeout of a batcher
+            placed after the throttle. The window counts each grant that much longer, so starts, not
+            releases from the throttle, stay within ``allowed`` per period.
+    """
+
+    def __init__(
+        self,
+        store: RedisStore,
+        name: str,
+        allowed: int,
+        period_s: float,
+        hold_s: float = 0.02,
+        *,
+        lag_s: float = 0.0,
+    ) -> None:
+        if allowed < 1:
+            raise ValueError(f"allowed must be >= 1 token per period (got {allowed})")
+        if not period_s > 0:
+            raise ValueError(f"period_s must be a positive number of seconds (got {period_s})")
+        if not hold_s >= 0 or not lag_s >= 0:
+            raise ValueError(f"hold_s and lag_s must be seconds >= 0 (got {hold_s}, {lag_s})")
+        store.keys.rate(name)  # validates the name now
+        self.store = store
+        self.name = name
+        self._allowed = allowed
+        self.period_s = period_s
+        self.hold_s = hold_s
+        self.lag_s = lag_s
+        self.calls = 0
+        """Redis calls made so far (for benchmarks and telemetry)."""
+
+    @property
+    def allowed(self) -> int:
+        return self._allowed
+
+    async def take_many(self, wants: Sequence[tuple[str, int, int]]) -> list[Grant]:
+        self.calls += 1
+        replies = await self.store.take_tokens_multi(
+            self.name,
+            wants,
+            allowed=self._allowed,
+            period_ms=self.period_s * 1000,
+            # A grant's items start within hold (the throttle's deadline) plus lag (downstream of it).
+            hold_ms=(self.hold_s + self.lag_s) * 1000,
+        )
+        return [Grant(tokens, delay_us / 1e6, self.hold_s) for tokens, delay_us, _ in replies]
