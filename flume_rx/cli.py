@@ -151,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--port", type=int, default=8642, help="port to listen on (default 8642)")
     dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     dashboard.add_argument("--allow-actions", action="store_true", help="enable the retry and delete buttons")
+    dashboard.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="answer requests for NAME too (a name a proxy serves it by); repeatable. By default only the "
+        "bound address's names are answered, which stops DNS rebinding",
+    )
 
     schedules = command(commands, "schedules", "list the cron schedules and their next runs")
     json_option(schedules)
@@ -369,7 +377,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "dashboard":
         from flume_rx.dashboard import serve
 
-        return serve(config, host=args.host, port=args.port, allow_actions=args.allow_actions)
+        return serve(
+            config,
+            host=args.host,
+            port=args.port,
+            allow_actions=args.allow_actions,
+            allowed_hosts=args.allow_host,
+        )
 
     flume = Flume.from_config(config)
     try:

@@ -20,6 +20,7 @@ from .harness import ROOT
 @dataclass(frozen=True)
 class Reply:
     status: int
+    # Header names in lower case.
     headers: Mapping[str, str]
     body: str
 
@@ -48,9 +49,8 @@ class Dashboard:
                 connection.putheader("Content-Length", str(len(data)))
             connection.endheaders(data)
             response = connection.getresponse()
-            return Reply(
-                response.status, dict(response.getheaders()), response.read().decode("utf-8", "replace")
-            )
+            headers = {name.lower(): value for name, value in response.getheaders()}
+            return Reply(response.status, headers, response.read().decode("utf-8", "replace"))
         finally:
             connection.close()
 

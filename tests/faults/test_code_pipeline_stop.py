@@ -17,7 +17,7 @@ from flume_rx import Flume
 
 from .harness import QUEUE, ROOT, leftover_keys, runs, wait_until
 
-JOBS = 40
+JOBS = 100
 
 APP = textwrap.dedent(
     """
@@ -56,11 +56,13 @@ APP = textwrap.dedent(
 
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "cancel"])
 def test_a_pipeline_in_code_stops_gracefully(redis_url: str, tmp_path: Path, how: str) -> None:
-    """Before: Ctrl-C printed a traceback (exit -2) and SIGTERM killed the process (exit -15), both leaving the
+    """Jobs take 2 s, so the stop lands while the first ones run, whatever the load on the machine.
+
+    Before: Ctrl-C printed a traceback (exit -2) and SIGTERM killed the process (exit -15), both leaving the
     running jobs in the in-flight list until orphan recovery."""
     client = redis.Redis.from_url(redis_url)
     with Flume(redis_url, "t") as flume:
-        flume.bulk_enqueue(QUEUE, [("RecordWorker", [f"j{i}", 0.3]) for i in range(JOBS)])
+        flume.bulk_enqueue(QUEUE, [("RecordWorker", [f"j{i}", 2.0]) for i in range(JOBS)])
     app = tmp_path / "app.py"
     app.write_text(APP, encoding="utf-8")
     process = subprocess.Popen(
