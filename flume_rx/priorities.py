@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from flume_rx.errors import StoreError
-from flume_rx.pipeline import Delivery, JobSource
+from flume_rx.pipeline import JobSource
 from flume_rx.store import Settlement
 
+IDLE_POLL_MIN_S = 0.005
 IDLE_POLL_MAX_S = 0.25
 """Longest pause between fetches while every queue is empty (a multi-queue fetch cannot block in Redis)."""
 
@@ -80,42 +80,27 @@ class WeightedSource(JobSource):
         if len(self.queues) != len(self.weights) or not self.queues:
             raise ValueError(f"WeightedSource needs one weight per queue (got {self.queues}, {self.weights})")
         self._shares = WeightedShares(self.weights, self.order)
+        self._idle_s = IDLE_POLL_MIN_S
 
     @property
     def fetch_queues(self) -> tuple[str, ...]:
         return self.queues
 
-    async def _fetch_async(self, n: int) -> list[Delivery]:
-        idle_s = 0.005
-        while not self.stopping:
-            try:
-                if self._reply_lost:
-                    await self._return_unseen()
-                    self._reply_lost = False
-                self._reply_lost = True  # until the reply is in (see JobSource._fetch_async)
-                pairs = await self.store.fetch_weighted(self.queues, self.consumer, n, self._shares.quotas(n))
-                self._reply_lost = False
-            except StoreError as exc:
-                # The fetch may have run in Redis although its reply never came (see JobSource._fetch_async).
-                self._reply_lost = True
-                await asyncio.sleep(self._outage.failed(exc))
-                continue
-            self._outage.ok()
-            if not pairs:
-                if self.burst and await self._burst_wait() is None:
-                    return []
-                idle_s = min(IDLE_POLL_MAX_S, self.block_s, idle_s * 2)
-                await asyncio.sleep(idle_s)
-                continue
-            for queue, payload in pairs:
-                self._queue_of[payload] = queue
-                self.fetched_from[queue] += 1
-            deliveries = await self._decode_or_give_back([payload for _, payload in pairs])
-            if deliveries:
-                return deliveries
-        return []
+    async def _fetch_payloads(self, n: int, block_s: float) -> list[bytes]:
+        pairs = await self.store.fetch_weighted(self.queues, self.consumer, n, self._shares.quotas(n))
+        for queue, payload in pairs:
+            self._queue_of[payload] = queue
+            self.fetched_from[queue] += 1
+        if pairs:
+            self._idle_s = IDLE_POLL_MIN_S
+        return [payload for _, payload in pairs]
 
-    async def _settle_with_retries(self, settlements: Sequence[Settlement]) -> None:
+    async def _when_empty(self, started: float, waited_for_burst: bool) -> None:
+        # fetch_weighted never blocks (one Lua call over several lists): poll, backing off while idle.
+        self._idle_s = min(IDLE_POLL_MAX_S, self.block_s, self._idle_s * 2)
+        await asyncio.sleep(self._idle_s)
+
+    async def settle(self, settlements: Sequence[Settlement]) -> None:
         by_queue: dict[str, list[Settlement]] = defaultdict(list)
         for settlement in settlements:
             by_queue[self._queue_of.get(settlement.payload, self.queues[0])].append(settlement)

@@ -15,6 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flume_rx import operators as fo
+from flume_rx.config import RetryConfig
+from flume_rx.engine.decide import SettlePolicy
 from flume_rx.job import Job
 from flume_rx.pipeline import Delivery, Settler
 from flume_rx.store import Settlement
@@ -26,13 +28,15 @@ class RecordingSource:
 
     def __init__(self, queue: str = "q") -> None:
         self.queue = queue
+        self.settle_policy = SettlePolicy(RetryConfig())
         self.running: set[Any] = set()
         self.calls: list[list[bytes]] = []
         self.released: list[bytes] = []
         self.settled = asyncio.Event()
 
-    async def _settle_with_retries(self, settlements: Sequence[Settlement]) -> None:
+    async def settle(self, settlements: Sequence[Settlement]) -> None:
         await asyncio.sleep(0)  # a round trip: other outcomes may arrive meanwhile
+        assert all(s.action == "ack" for s in settlements), settlements  # not dead letters of a settle fault
         self.calls.append([s.payload for s in settlements])
         self.settled.set()
 

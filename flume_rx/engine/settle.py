@@ -262,7 +262,7 @@ class Settler:
             self._count, self._first_at = 0, 0.0
             for source, settlements, deliveries in batches.values():
                 try:
-                    await source._settle_with_retries(settlements)
+                    await source.settle(settlements)
                 except Exception as exc:  # not an outage (those are retried): find the outcome at fault
                     await self._settle_apart(source, settlements, exc)
                 source.release(deliveries)
@@ -281,7 +281,7 @@ class Settler:
         )
         for settlement in settlements:
             try:
-                await source._settle_with_retries([settlement])
+                await source.settle([settlement])
             except Exception as exc:
                 logger.error(
                     "an outcome on %r could not be settled (%s: %s); its job goes to the dead letters",
@@ -290,7 +290,7 @@ class Settler:
                     _safe_str(exc),
                 )
                 try:
-                    await source._settle_with_retries([Settlement(settlement.payload, "dead")])
+                    await source.settle([Settlement(settlement.payload, "dead")])
                 except Exception:
                     logger.exception(
                         "the job stays in flight; orphan recovery returns it when this consumer is gone"

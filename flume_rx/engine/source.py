@@ -153,6 +153,9 @@ class JobSource:
         return Disposable(cancel)
 
     async def _fetch_async(self, n: int) -> list[Delivery]:
+        """The one fetch loop of every source: up to ``n`` decoded jobs, riding out outages; ``[]`` when
+        stopping or (burst mode) when no work is left. Subclasses change only :meth:`_fetch_payloads` (which
+        Redis call) and :meth:`_when_empty` (how to wait when it brought nothing)."""
         block_s = 0.0 if self.burst else self.block_s
         while not self.stopping:
             started = time.monotonic()
@@ -161,7 +164,7 @@ class JobSource:
                     await self._return_unseen()
                     self._reply_lost = False
                 self._reply_lost = True  # until the reply is in: a cancel now may strand moved jobs
-                payloads = await self.store.fetch(self.queue, self.consumer, n, block_s)
+                payloads = await self._fetch_payloads(n, block_s)
                 self._reply_lost = False
             except StoreError as exc:
                 # The fetch may have run in Redis although its reply never came (a timeout, a dropped link).
@@ -170,20 +173,28 @@ class JobSource:
                 continue
             self._outage.ok()
             if not payloads:
+                waited = False
                 if self.burst:
                     wait = await self._burst_wait()
                     if wait is None:
                         return []
-                    block_s = wait
-                    continue
-                if time.monotonic() - started < self.block_s / 2:
-                    # A paused queue answers at once; do not spin.
-                    await asyncio.sleep(min(0.2, self.block_s))
+                    block_s, waited = wait, True
+                await self._when_empty(started, waited)
                 continue
             deliveries = await self._decode_or_give_back(payloads)
             if deliveries:
                 return deliveries
         return []
+
+    async def _fetch_payloads(self, n: int, block_s: float) -> list[bytes]:
+        """One fetch of up to ``n`` payloads into our in-flight list, blocking up to ``block_s`` for the first."""
+        return await self.store.fetch(self.queue, self.consumer, n, block_s)
+
+    async def _when_empty(self, started: float, waited_for_burst: bool) -> None:
+        """A fetch brought nothing (the blocking fetch already waited, unless the queue is paused)."""
+        if not waited_for_burst and time.monotonic() - started < self.block_s / 2:
+            # A paused queue answers at once; do not spin.
+            await asyncio.sleep(min(0.2, self.block_s))
 
     async def _decode_or_give_back(self, payloads: Sequence[bytes]) -> list[Delivery]:
         try:
@@ -204,7 +215,7 @@ class JobSource:
         if not payloads or self.stopping:
             return  # stopping: the stop returns everything still in our in-flight lists
         task = asyncio.get_running_loop().create_task(
-            self._settle_with_retries([Settlement(payload, "requeue") for payload in payloads])
+            self.settle([Settlement(payload, "requeue") for payload in payloads])
         )
         self._handing_back.add(task)
         task.add_done_callback(self._handing_back.discard)
@@ -256,7 +267,7 @@ class JobSource:
             delivery = Delivery(job, payload, self)
             deliveries.append(delivery)
         if bad:
-            await self._settle_with_retries(bad)
+            await self.settle(bad)
             for settlement in bad:
                 self.telemetry.emit(
                     "job.dead",
@@ -284,7 +295,7 @@ class JobSource:
         )
         return codec.encode(record, self.max_payload_bytes)
 
-    async def _settle_with_retries(self, settlements: Sequence[Settlement]) -> None:
+    async def settle(self, settlements: Sequence[Settlement]) -> None:
         await self._settle_queue(self.queue, settlements)
 
     async def _settle_queue(self, queue: str, settlements: Sequence[Settlement]) -> None:
@@ -324,7 +335,7 @@ class JobSource:
     async def _release_unique_keys(self) -> None:
         await asyncio.sleep(0)  # let every start of this loop iteration join the call
         releases, self._unique_releases = self._unique_releases, []
-        await self._settle_with_retries(releases)
+        await self.settle(releases)
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
@@ -339,7 +350,7 @@ class JobSource:
         unstarted = [d for d in self.outstanding if d not in self.running]
         if not unstarted:
             return 0
-        await self._settle_with_retries([Settlement(d.payload, "requeue") for d in unstarted])
+        await self.settle([Settlement(d.payload, "requeue") for d in unstarted])
         for delivery in unstarted:
             self.outstanding.discard(delivery)
         return len(unstarted)
