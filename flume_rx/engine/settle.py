@@ -92,6 +92,7 @@ class Settler:
         self._count = 0  # outcomes in _pending
         self._first_at = 0.0  # loop time the oldest of them arrived
         self._wake: asyncio.Future[None] | None = None  # the flush waiting for more outcomes
+        self._checking = False  # a look at _due is scheduled
         self._flushing: asyncio.Task[None] | None = None
         self._rng = rng or random.Random()
         self._idle = asyncio.Event()
@@ -234,7 +235,18 @@ class Settler:
             self._first_at = loop.time()
         if self._flushing is None or self._flushing.done():
             self._flushing = loop.create_task(self._flush())
-        elif self._wake is not None and self._due():
+        elif self._wake is not None and not self._checking:
+            if self._count >= self.flush_count:
+                _wake_up(self._wake)
+            else:
+                # Looked at once the processor has started what this outcome's stage frees: it emits the
+                # outcome first, so right now the source looks idle although its next job is about to start.
+                self._checking = True
+                loop.call_soon(self._check_due)
+
+    def _check_due(self) -> None:
+        self._checking = False
+        if self._wake is not None and self._due():
             _wake_up(self._wake)
 
     def _due(self) -> bool:
