@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -27,6 +26,7 @@ from flume_rx.config import (
     queue_weights,
 )
 from flume_rx.engine.source import BurstMode
+from flume_rx.engine.threads import StageThreads
 from flume_rx.errors import ConfigError, DecodeError
 from flume_rx.job import UNIQUE_UNTIL, Job, UniqueUntil, build_job
 from flume_rx.pipeline import Delivery, JobSource, run_workers
@@ -79,7 +79,7 @@ class Flume:
         self._store = SyncStore.from_url(self.redis_url, self.namespace)
         self._async_store: RedisStore | None = None
         self._sources: list[tuple[JobSource, PipelineConfig]] = []
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: StageThreads | None = None
         self._consumer: str | None = None
 
     @classmethod
@@ -512,7 +512,7 @@ class Flume:
             )
         check_min_demand(min_demand, max_demand, "process(min_demand=...)")
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="flume-stage")
+            self._executor = StageThreads(64)
         return run_workers(
             stages=stages,
             executor=self._executor,

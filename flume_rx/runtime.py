@@ -24,7 +24,6 @@ import time
 import traceback
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +41,7 @@ from flume_rx.config import (
     select_pipelines,
 )
 from flume_rx.engine.source import BurstMode, burst_mode
+from flume_rx.engine.threads import StageThreads
 from flume_rx.errors import ConfigError, FlumeError, StoreError, WorkerModuleFailed
 from flume_rx.logs import LogFormat, configure_logging
 from flume_rx.pipeline import JobSource, Settler, assemble
@@ -195,7 +195,7 @@ class WorkerRuntime:
         sync_store = SyncStore.from_url(config.redis_url, config.namespace)
         queues = [q for p in config.pipelines for q in p.all_queues]
         stages = sum(p.processor.stages for p in config.pipelines)
-        executor = ThreadPoolExecutor(max_workers=stages, thread_name_prefix="flume-stage")
+        executor = StageThreads(stages)
         scheduler = AsyncIOScheduler(loop)
         settler = Settler(self.telemetry)
         heartbeat = _Heartbeat(self, sync_store, queues)
@@ -282,7 +282,7 @@ class WorkerRuntime:
         config: PipelineConfig,
         store: RedisStore,
         window: fo.TokenWindow | None,
-        executor: ThreadPoolExecutor,
+        executor: StageThreads,
         scheduler: AsyncIOScheduler,
         settler: Settler,
     ) -> _Running:

@@ -14,6 +14,7 @@ from reactivex import Observable, abc
 
 from flume_rx import operators as fo
 from flume_rx.engine.source import Delivery, NotStarted
+from flume_rx.engine.threads import StageThreads
 from flume_rx.errors import (
     BatchFailed,
     Throttled,
@@ -38,7 +39,8 @@ def run_workers(
     It holds up to ``max_demand`` items and asks for more once it holds ``min_demand`` (see
     :func:`flume_rx.operators.process`), so fetches come in batches; behind a throttle it holds only what
     its stages can start. Items are :class:`Delivery` objects, or lists of them after a batcher. Async
-    workers run on the loop, sync workers in ``executor``'s threads.
+    workers run on the loop, sync workers in ``executor``'s threads (with :class:`StageThreads`, their
+    outcomes come back to the loop in batches rather than with one wake-up of the loop per job).
     """
     return fo.process(
         functools.partial(_call, executor=executor),
@@ -68,6 +70,8 @@ def _call(
     if spec.is_async:
         coro: Coroutine[Any, Any, Any] = spec.fn(*args)
         return coro
+    if isinstance(executor, StageThreads):
+        return executor.run_soon(spec.fn, *args)
     return asyncio.get_running_loop().run_in_executor(executor, functools.partial(spec.fn, *args))
 
 
@@ -97,6 +101,8 @@ def _emit_started(telemetry: Telemetry, job: Job, now: float) -> None:
 async def _invoke(fn: Callable[..., Any], is_async: bool, executor: Executor, *args: Any) -> Any:
     if is_async:
         return await fn(*args)
+    if isinstance(executor, StageThreads):
+        return await executor.run_soon(fn, *args)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(executor, functools.partial(fn, *args))
 

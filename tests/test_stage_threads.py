@@ -1,0 +1,100 @@
+"""StageThreads: each call's outcome reaches its own future on the loop, however the threads interleave."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flume_rx.engine.threads import StageThreads
+
+
+def _fails(n: int) -> int:
+    if n % 3 == 0:
+        raise ValueError(f"no {n}")
+    return n * n
+
+
+@settings(max_examples=30, deadline=None)
+@given(calls=st.integers(0, 200), threads=st.integers(1, 6))
+def test_every_call_gets_its_own_outcome_on_the_loop(calls: int, threads: int) -> None:
+    async def main() -> tuple[list[object], set[int]]:
+        pool = StageThreads(threads, "test-stage")
+        delivered_on: set[int] = set()
+        futures = [pool.run_soon(_fails, n) for n in range(calls)]
+        for future in futures:
+            future.add_done_callback(lambda _f: delivered_on.add(threading.get_ident()))
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        pool.shutdown()
+        return outcomes, delivered_on
+
+    outcomes, delivered_on = asyncio.run(main())
+    for n, outcome in enumerate(outcomes):
+        if n % 3 == 0:
+            assert isinstance(outcome, ValueError) and str(outcome) == f"no {n}"
+        else:
+            assert outcome == n * n
+    assert delivered_on <= {threading.get_ident()}  # futures complete on the loop's thread only
+
+
+def test_no_more_threads_than_asked_and_named_for_the_stages() -> None:
+    started = threading.Barrier(3, timeout=30)
+
+    async def main() -> list[str]:
+        pool = StageThreads(3, "flume-stage")
+        names = await asyncio.gather(
+            *(pool.run_soon(lambda: (started.wait(), threading.current_thread().name)[1]) for _ in range(3))
+        )
+        more = await asyncio.gather(
+            *(pool.run_soon(lambda: threading.current_thread().name) for _ in range(9))
+        )
+        pool.shutdown()
+        return [*names, *more]
+
+    names = asyncio.run(main())
+    assert set(names) == {"flume-stage_0", "flume-stage_1", "flume-stage_2"}
+
+
+def test_a_base_exception_of_a_call_reaches_the_loop_wrapped() -> None:
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    async def main() -> BaseException:
+        pool = StageThreads(1)
+        try:
+            await pool.run_soon(interrupt)
+        except RuntimeError as error:
+            return error
+        finally:
+            pool.shutdown()
+        raise AssertionError("no error")
+
+    error = asyncio.run(main())
+    assert isinstance(error.__cause__, KeyboardInterrupt)
+
+
+def test_submit_and_shutdown_behave_as_an_executor() -> None:
+    pool = StageThreads(1)
+    running, release = threading.Event(), threading.Event()
+
+    def block() -> bool:
+        running.set()
+        return release.wait(30)
+
+    blocker = pool.submit(block)
+    assert running.wait(30)  # the one thread is busy: the next call waits in the queue
+    queued = pool.submit(pow, 2, 5)
+    pool.shutdown(wait=False, cancel_futures=True)
+    release.set()
+    assert blocker.result(30) is True
+    assert queued.cancelled()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(pow, 2, 2)
+
+
+def test_threads_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        StageThreads(0)
