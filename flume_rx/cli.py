@@ -498,9 +498,12 @@ def _print_stats(config: FlumeConfig, *, as_json: bool) -> None:
     with SyncStore.from_url(config.redis_url, config.namespace) as store:
         if as_json:
             by_queue = views.queue_stats(store, config)
+            limits = views.rate_limits(store, config)
             print(
                 json.dumps(
-                    {q: {**s, "pipeline": p} for q, (p, s) in by_queue.items()}, indent=2, sort_keys=True
+                    {q: {**s, "pipeline": p, "rate_limit": limits.get(q)} for q, (p, s) in by_queue.items()},
+                    indent=2,
+                    sort_keys=True,
                 )
             )
             return

@@ -311,6 +311,11 @@ class Flume:
         """How many dead jobs ``queue`` holds."""
         return self._store.stats([queue])[queue]["dead"]
 
+    def window_rate(self, key: str) -> tuple[float, int] | None:
+        """The shared window ``key``'s effective rate at its last grant or refusal and its allowed (both per
+        period); None while it is quiet (then the rate is its configured allowed)."""
+        return self._store.window_rate(key)
+
     def window_counts(self, key: str) -> tuple[int, int]:
         """Token grants so far, and how many of them made the caller wait, for the shared window ``key``."""
         return self._store.window_counts(key)
@@ -411,7 +416,8 @@ class Flume:
                 ones cannot fill.
             max_demand: most jobs fetched and not yet settled in this process.
             retry: the durable retry policy of failed jobs (default: 5 retries, 1 s initial, 1 h cap).
-            window: the token window, so a worker raising ``Throttled`` lowers an adaptive shared rate.
+            window: the token window, so a worker raising ``Throttled`` aims an adaptive shared rate at what
+                the downstream accepts.
 
         Raises:
             ConfigError: the queues do not share one group, a weight is below 1, or ``order`` is unknown.
@@ -426,6 +432,7 @@ class Flume:
             "telemetry": self.telemetry,
             "retry": retry or RetryConfig(),
             "window": window,
+            "window_key": window.key if isinstance(window, RedisTokenWindow) else "",
             "max_payload_bytes": self.max_payload_bytes,
         }
         source: JobSource

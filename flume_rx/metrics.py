@@ -84,7 +84,11 @@ class PrometheusMetrics:
             "throttle_waits", "Grants that started in the future (the limit was binding).", ("key",)
         )
         self.lapsed = counter("throttle_tokens_lapsed", "Granted tokens that expired unused.", ("key",))
-        self.penalties = counter("throttle_penalties", "Times the adaptive rate was lowered.", ("key",))
+        self.penalties = counter(
+            "throttle_penalties",
+            "Reports of refusals by the downstream (one per settled batch with any).",
+            ("key",),
+        )
         self.pressure = counter(
             "backpressure_engaged", "Times max_demand held the source back (demand exhausted).", ("queue",)
         )
@@ -143,6 +147,7 @@ class PrometheusMetrics:
             "throttle.waited": lambda f: self._at(self.waits, f["key"]).inc(),
             "throttle.lapsed": lambda f: self._at(self.lapsed, f["key"]).inc(f.get("tokens", 0)),
             "throttle.penalized": self._on_penalized,
+            "throttle.rate_changed": lambda f: self._at(self.rate, f["key"]).set(f["rate"]),
             "backpressure.engaged": self._on_engaged,
             "backpressure.released": self._on_released,
             "consumer.heartbeat": lambda f: self.heartbeats.inc(),

@@ -303,6 +303,7 @@ class WorkerRuntime:
             telemetry=self.telemetry,
             retry=config.retry,
             window=window,
+            window_key=config.rate_limiter.key if config.rate_limiter is not None else "",
             block_s=self.block_s,
             max_payload_bytes=self.config.max_payload_bytes,
             burst=self.burst,

@@ -30,7 +30,8 @@ EVENT_NAMES = (
     "batch.flushed",  # queue, size, trigger ("count" | "time" | "complete")
     "throttle.granted",  # key, tokens, wait_ms, rate
     "throttle.waited",  # key, wait_ms, rate
-    "throttle.penalized",  # key, rate
+    "throttle.penalized",  # key, rate, refused (the downstream refused calls; an adaptive rate is re-aimed)
+    "throttle.rate_changed",  # key, rate, previous, cause ("refused" | "probe"): an adaptive rate moved
     "throttle.lapsed",  # key, tokens (granted, expired unused), rate
     "backpressure.engaged",  # queue, in_flight
     "backpressure.released",  # queue, held_ms

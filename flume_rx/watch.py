@@ -50,6 +50,11 @@ class PipelineRow(TypedDict):
     rate_limit_use: float | None
     """Tokens of the pipeline's shared window granted within its last period, over its allowed; None without
     a rate limiter."""
+    rate_limit: float | None
+    """The shared window's effective allowed per period (below the configured allowed while an adaptive
+    window follows a slower downstream); None without a rate limiter."""
+    rate_limit_allowed: int | None
+    """The window's configured allowed per period (from SES's quota with ``from_ses``); None without one."""
     latency_p50_ms: float | None
     latency_p99_ms: float | None
     consumers: int
@@ -74,6 +79,39 @@ def queue_stats(store: SyncStore, config: FlumeConfig) -> dict[str, tuple[str | 
     return result
 
 
+class RateLimit(TypedDict):
+    """A pipeline's shared token window as it stands: its limit, its effective rate and how much is in use."""
+
+    key: str
+    allowed: int
+    """Per period, as configured (from SES's quota with ``from_ses``)."""
+    rate: float
+    """The effective allowed per period: below ``allowed`` while an adaptive window follows a slower
+    downstream (as of the window's last grant or refusal)."""
+    adaptive: bool
+    use: float
+    """Tokens granted within the last period, over ``allowed``."""
+
+
+def rate_limits(store: SyncStore, config: FlumeConfig) -> dict[str, RateLimit]:
+    """The shared window of each queue served by a rate-limited pipeline (per-key limiters have none)."""
+    by_key: dict[str, RateLimit] = {}
+    result: dict[str, RateLimit] = {}
+    for pipeline in config.pipelines:
+        limiter = pipeline.rate_limiter
+        if limiter is None or limiter.key_from is not None:
+            continue
+        if limiter.key not in by_key:
+            rate, allowed = store.window_rate(limiter.key) or (float(limiter.allowed), limiter.allowed)
+            use = store.rate_use(limiter.key, limiter.period_s * 1000) / max(1, allowed)
+            by_key[limiter.key] = RateLimit(
+                key=limiter.key, allowed=allowed, rate=rate, adaptive=limiter.adaptive, use=use
+            )
+        for queue in pipeline.all_queues:
+            result[queue] = by_key[limiter.key]
+    return result
+
+
 def holds_jobs(stats: QueueStats) -> bool:
     """Whether a queue has any job waiting, running, scheduled, retrying or dead."""
     return any(stats[k] for k in ("queued", "in_flight", "scheduled", "retry", "dead"))
@@ -81,16 +119,10 @@ def holds_jobs(stats: QueueStats) -> bool:
 
 def snapshot(store: SyncStore, config: FlumeConfig) -> list[PipelineRow]:
     """One row per queue of :func:`queue_stats`, with the serving pipeline's rate-limit use."""
-    limiters = {q: p.rate_limiter for p in config.pipelines for q in p.all_queues}
-    uses: dict[str, float] = {}
+    limits = rate_limits(store, config)
     rows: list[PipelineRow] = []
     for queue, (name, s) in queue_stats(store, config).items():
-        use: float | None = None
-        limiter = limiters.get(queue)
-        if limiter is not None:
-            if limiter.key not in uses:
-                uses[limiter.key] = store.rate_use(limiter.key, limiter.period_s * 1000) / limiter.allowed
-            use = uses[limiter.key]
+        limit = limits.get(queue)
         rows.append(
             PipelineRow(
                 pipeline=name,
@@ -106,7 +138,9 @@ def snapshot(store: SyncStore, config: FlumeConfig) -> list[PipelineRow]:
                 failed_per_s=s["failed_per_s"],
                 processed_per_s_5s=s["processed_per_s_5s"],
                 failed_per_s_5s=s["failed_per_s_5s"],
-                rate_limit_use=use,
+                rate_limit_use=None if limit is None else limit["use"],
+                rate_limit=None if limit is None else limit["rate"],
+                rate_limit_allowed=None if limit is None else limit["allowed"],
                 latency_p50_ms=s["latency_p50_ms"],
                 latency_p99_ms=s["latency_p99_ms"],
                 consumers=s["consumers"],
@@ -136,6 +170,15 @@ def _ms(value: float | None) -> str:
     return f"{value:.0f} ms" if value < 10_000 else f"{value / 1000:.1f} s"
 
 
+def _rate_limit(rate: float | None, allowed: int | None) -> str:
+    """``400``, or ``291 of 400`` (in yellow) while an adaptive window runs below its allowed."""
+    if rate is None or allowed is None:
+        return "-"
+    if rate < allowed:
+        return f"[yellow]{rate:,.0f}[/] of {allowed:,}"
+    return f"{allowed:,}"
+
+
 def render(rows: Sequence[PipelineRow], *, title: str = "flume_rx") -> Table:
     """The table of :func:`snapshot` rows."""
     table = Table(title=title, title_justify="left", expand=False)
@@ -146,6 +189,7 @@ def render(rows: Sequence[PipelineRow], *, title: str = "flume_rx") -> Table:
         table.add_column(column, justify="right")
     for column in ("done/s 5s", "done/s 60s", "failed/s 5s", "failed/s 60s"):
         table.add_column(column, justify="right")
+    table.add_column("rate limit", justify="right")
     table.add_column("rate-limit use", justify="right")
     table.add_column("p50", justify="right")
     table.add_column("p99", justify="right")
@@ -165,6 +209,7 @@ def render(rows: Sequence[PipelineRow], *, title: str = "flume_rx") -> Table:
             f"{row['processed_per_s']:,.1f}",
             f"[red]{row['failed_per_s_5s']:,.1f}[/]" if row["failed_per_s_5s"] else "0.0",
             f"[red]{row['failed_per_s']:,.1f}[/]" if row["failed_per_s"] else "0.0",
+            _rate_limit(row["rate_limit"], row["rate_limit_allowed"]),
             use,
             _ms(row["latency_p50_ms"]),
             _ms(row["latency_p99_ms"]),

@@ -13,6 +13,7 @@ to ``UNBOUNDED`` (3.8, 3.17). docs/operators.md maps each rule onto ``Demand`` a
 that checks it.
 """
 
+from ._adaptive import AdaptiveTuning, accepted_per_period, ceiling_after_refusal, probed_rate, recovery_s
 from ._async_bridge import to_async_iterable, to_async_observable
 from ._batch import FlushHook, buffer_with_time_or_count
 from ._flow import UNBOUNDED, Demand, Flowable, is_prompt, subscribe_upstream
@@ -24,6 +25,7 @@ from ._throttle import EventHook, Grant, InProcessWindow, TokenWindow, throttle
 
 __all__ = [
     "UNBOUNDED",
+    "AdaptiveTuning",
     "Credits",
     "Demand",
     "EventHook",
@@ -38,14 +40,18 @@ __all__ = [
     "Outcome",
     "PullSource",
     "TokenWindow",
+    "accepted_per_period",
     "backoff_delay",
     "buffer_with_time_or_count",
+    "ceiling_after_refusal",
     "from_async",
     "from_iterable",
     "in_thread",
     "is_prompt",
     "last_batch",
+    "probed_rate",
     "process",
+    "recovery_s",
     "request_n",
     "retry_with_backoff",
     "subscribe_upstream",

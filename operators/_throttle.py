@@ -21,6 +21,7 @@ from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposab
 from reactivex.observer import Observer
 from reactivex.scheduler import TimeoutScheduler, VirtualTimeScheduler
 
+from ._adaptive import AdaptiveTuning, accepted_per_period, ceiling_after_refusal, probed_rate
 from ._flow import Demand, Flowable, drain_loop, subscribe_upstream
 
 _T = TypeVar("_T")
@@ -62,8 +63,9 @@ class TokenWindow(Protocol):
         """Ask for up to ``tokens``; emits one Grant of at least ``min(tokens, min_tokens)`` and completes."""
         ...
 
-    def penalize(self) -> Observable[float]:
-        """Cut the shared rate (adaptive mode) after the limited service pushed back; emits the new rate."""
+    def penalize(self, refused: int = 1) -> Observable[float]:
+        """Report ``refused`` calls the limited service refused; in adaptive mode the shared rate is aimed at
+        what it accepted (see :mod:`._adaptive`). Emits the new effective rate."""
         ...
 
     def current_rate(self) -> float:
@@ -86,9 +88,9 @@ class InProcessWindow:
     earliest time they are free. So any ``period_s`` of starts holds at most ``allowed`` tokens, and a
     steady backlog gets ``period_s / (period_s + hold_s)`` of the rate.
 
-    Adaptive mode: :meth:`penalize` multiplies the effective rate by ``decrease_factor`` (never below 1) and
-    it recovers by ``recover_per_s`` tokens per second up to ``allowed`` (additive increase, multiplicative
-    decrease).
+    Adaptive mode: :meth:`penalize` sets the rate from what the downstream accepted over the last period
+    (tokens started minus calls refused) and then probes upward, never above ``allowed`` (see
+    :func:`probed_rate` and :func:`ceiling_after_refusal`).
 
     Args:
         allowed: tokens per period (>= 1).
@@ -97,8 +99,7 @@ class InProcessWindow:
         clock: seconds as a float: a function, or a scheduler (use the pipeline's, so virtual time works);
             ``time.monotonic`` when None.
         adaptive: whether :meth:`penalize` lowers the rate (otherwise it only reports it).
-        decrease_factor: the factor a penalty applies, within (0, 1).
-        recover_per_s: tokens per second the rate regains; ``allowed * 0.05`` when None.
+        tuning: how the adaptive rate cuts and probes (:class:`AdaptiveTuning` defaults when None).
         burst: pace grants to one token every ``period_s / allowed``, at most ``burst`` at once (GCRA), so a
             backlog is served smoothly rather than in one burst per period; None for the plain window.
 
@@ -124,8 +125,7 @@ class InProcessWindow:
         *,
         clock: Callable[[], float] | abc.SchedulerBase | None = None,
         adaptive: bool = False,
-        decrease_factor: float = 0.5,
-        recover_per_s: float | None = None,
+        tuning: AdaptiveTuning | None = None,
         burst: int | None = None,
     ) -> None:
         if burst is not None and burst < 1:
@@ -136,17 +136,11 @@ class InProcessWindow:
             raise ValueError(f"period_s must be a positive number of seconds (got {period_s})")
         if not hold_s >= 0:
             raise ValueError(f"hold_s must be >= 0 seconds (got {hold_s})")
-        if not 0 < decrease_factor < 1:
-            raise ValueError(f"decrease_factor must be within (0, 1) (got {decrease_factor})")
-        recover = allowed * 0.05 if recover_per_s is None else recover_per_s
-        if not recover >= 0:
-            raise ValueError(f"recover_per_s must be >= 0 tokens per second (got {recover_per_s})")
         self._allowed = allowed
         self._period_s = period_s
         self.hold_s = hold_s
         self.adaptive = adaptive
-        self.decrease_factor = decrease_factor
-        self.recover_per_s = recover
+        self.tuning = tuning or AdaptiveTuning()
         if clock is None:
             self._clock: Callable[[], float] = time.monotonic
         elif isinstance(clock, abc.SchedulerBase):
@@ -160,8 +154,10 @@ class InProcessWindow:
         self._last_start = -math.inf
         self.burst = burst
         self._paced_until = -math.inf  # GCRA's theoretical arrival time of the next token
-        self._rate = float(allowed)
-        self._rate_at = self._clock()
+        # The adaptive state: the ceiling the last refusal measured and when (None: never refused).
+        self._ceiling: float | None = None
+        self._cut_at = 0.0
+        self._refusals: deque[tuple[float, int]] = deque()  # (when, how many) within the last period
 
     @property
     def allowed(self) -> int:
@@ -171,17 +167,16 @@ class InProcessWindow:
     def period_s(self) -> float:
         return self._period_s
 
-    def _recover(self, now: float) -> None:
+    def _rate_at(self, now: float) -> float:
         # Called with the lock held.
-        if now > self._rate_at:
-            self._rate = min(float(self._allowed), self._rate + self.recover_per_s * (now - self._rate_at))
-        self._rate_at = max(self._rate_at, now)
+        if self._ceiling is None:
+            return float(self._allowed)
+        return probed_rate(self._ceiling, now - self._cut_at, self._allowed, self._period_s, self.tuning)
 
     def current_rate(self) -> float:
-        """The effective tokens per period now (``allowed`` unless penalized and not yet recovered)."""
+        """The effective tokens per period now (``allowed`` unless refused and not yet probed back up)."""
         with self._lock:
-            self._recover(self._clock())
-            return self._rate
+            return self._rate_at(self._clock())
 
     def grant(self, tokens: int, min_tokens: int) -> Grant:
         """The synchronous core of :meth:`take`: up to ``tokens``, at least ``min(tokens, min_tokens)``.
@@ -195,8 +190,7 @@ class InProcessWindow:
             raise ValueError(f"min_tokens must be >= 1 (got {min_tokens})")
         with self._lock:
             now = self._clock()
-            self._recover(now)
-            capacity = max(1, math.floor(self._rate))
+            capacity = max(1, math.floor(self._rate_at(now)))
             wanted = min(tokens, self._allowed)
             need = min(wanted, min_tokens, capacity)
             grants = self._grants
@@ -231,17 +225,41 @@ class InProcessWindow:
         """A cold Observable that computes one :meth:`grant` when subscribed, emits it and completes."""
         return reactivex.defer(lambda _scheduler: reactivex.just(self.grant(tokens, min_tokens)))
 
-    def penalize(self) -> Observable[float]:
-        """A cold Observable that cuts the rate when subscribed (adaptive mode) and emits the new rate."""
+    def refuse(self, refused: int = 1) -> float:
+        """The synchronous core of :meth:`penalize`: record ``refused`` refusals now; returns the new rate.
 
-        def cut() -> float:
-            with self._lock:
-                self._recover(self._clock())
-                if self.adaptive:
-                    self._rate = max(1.0, self._rate * self.decrease_factor)
-                return self._rate
+        Raises:
+            ValueError: when ``refused`` is below 1.
+        """
+        if refused < 1:
+            raise ValueError(f"refused must be >= 1 (got {refused})")
+        with self._lock:
+            now = self._clock()
+            current = self._rate_at(now)
+            if not self.adaptive:
+                return current
+            period = self._period_s
+            refusals = self._refusals
+            refusals.append((now, refused))
+            # The last period and a hold before it (the refusal was decided a little before it was reported,
+            # and a grant's calls may start up to a hold after g): as penalize.lua measures.
+            since = now - period - self.hold_s
+            while refusals and refusals[0][0] <= since:
+                refusals.popleft()
+            # Grants stay in the deque until g + hold + period, so every start since then is there.
+            started = sum(
+                count
+                for expires_at, count in self._grants
+                if since < expires_at - self.hold_s - period <= now
+            )
+            accepted = accepted_per_period(started, sum(count for _at, count in refusals), period, period)
+            self._ceiling = ceiling_after_refusal(current, accepted, self.tuning)
+            self._cut_at = now
+            return self._rate_at(now)
 
-        return reactivex.defer(lambda _scheduler: reactivex.just(cut()))
+    def penalize(self, refused: int = 1) -> Observable[float]:
+        """A cold Observable that records ``refused`` refusals when subscribed and emits the new rate."""
+        return reactivex.defer(lambda _scheduler: reactivex.just(self.refuse(refused)))
 
 
 def throttle(

@@ -98,9 +98,11 @@ def assemble(
     if key_from is None and source.window is not None and config.rate_limiter is not None:
         window = source.window
         key = config.rate_limiter.key
+        watch = source.rate_watch
 
         def on_throttle_event(kind: str, fields: dict[str, Any]) -> None:
-            telemetry.emit(f"throttle.{kind}", key=key, rate=window.current_rate(), **fields)
+            rate = watch.seen() if watch is not None and kind == "granted" else window.current_rate()
+            telemetry.emit(f"throttle.{kind}", key=key, rate=rate, **fields)
 
         # The throttle sits right before the processor: tokens are taken when a job can start at once,
         # so the shared window counts starts, not fetches.

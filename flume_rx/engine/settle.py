@@ -18,6 +18,7 @@ from flume_rx.errors import (
     UnknownWorker,
 )
 from flume_rx.job import Job, JobError
+from flume_rx.rate_watch import RateWatch
 from flume_rx.registry import get_worker
 from flume_rx.store import Settlement
 from flume_rx.telemetry import Telemetry
@@ -97,6 +98,12 @@ class Settler:
         self._rng = rng or random.Random()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._refused: dict[RateWatch, int] = {}  # refusals not yet reported, by window
+
+    def _report_refused(self) -> None:
+        refused, self._refused = self._refused, {}
+        for watch, count in refused.items():
+            watch.refused(count)
 
     def on_next(self, outcome: fo.Outcome[Any, Any]) -> None:
         item = outcome.item
@@ -161,11 +168,13 @@ class Settler:
             return
         if verdict.kind == "throttled":
             telemetry.emit("job.throttled", queue=job.queue, worker=job.worker, job_id=job.id)
-            if source.window is not None:
-                source.window.penalize().subscribe(
-                    lambda rate: telemetry.emit("throttle.penalized", key=job.queue, rate=rate),
-                    lambda exc: logger.warning("could not lower the shared rate: %s", exc),
-                )
+            watch = source.rate_watch
+            if watch is not None:
+                # One report per window and loop iteration, at once rather than with the settle batch: the
+                # sooner the shared rate follows the downstream, the fewer calls it refuses.
+                if not self._refused:
+                    asyncio.get_running_loop().call_soon(self._report_refused)
+                self._refused[watch] = self._refused.get(watch, 0) + 1
             return
         job_error, failed = verdict.error, verdict.failed
         assert job_error is not None and failed is not None  # a retried or dead verdict records its failure

@@ -24,6 +24,7 @@ from flume_rx.errors import (
     StoreError,
 )
 from flume_rx.job import Job, JobError
+from flume_rx.rate_watch import RateWatch
 from flume_rx.store import Outage, RedisStore, Settlement
 from flume_rx.telemetry import Telemetry
 
@@ -79,6 +80,8 @@ class JobSource:
     telemetry: Telemetry
     retry: RetryConfig = field(default_factory=RetryConfig)
     window: fo.TokenWindow | None = None
+    window_key: str = ""
+    """The rate limiter's key, as telemetry names the window (the queue's name when empty)."""
     block_s: float = 1.0
     max_payload_bytes: int = codec.DEFAULT_MAX_PAYLOAD_BYTES
     stopping: bool = False
@@ -100,6 +103,9 @@ class JobSource:
         self.flowable = fo.request_n(
             self._fetch, self.max_demand, on_pressure=self._on_pressure, hand_back=self._hand_back
         )
+        self.rate_watch: RateWatch | None = None
+        if self.window is not None:
+            self.rate_watch = RateWatch(self.window, self.window_key or self.queue, self.telemetry)
 
     def _fetch(self, n: int) -> Observable[Sequence[Delivery]]:
         if self.stopping:

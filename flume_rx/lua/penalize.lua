@@ -1,30 +1,71 @@
--- penalize(KEYS[1]=meta, ARGV[1]=allowed, ARGV[2]=period_ms, ARGV[3]=decrease_factor, ARGV[4]=recover_per_s)
---   -> effective allowed after the penalty (string)
--- Multiplies the shared effective allowed by decrease_factor (never below 1), at most once per period: many
--- callers refused in the same burst report one congestion event, not one each.
+-- penalize(KEYS[1]=log, KEYS[2]=meta, KEYS[3]=refusals, ARGV[1]=allowed, ARGV[2]=period_ms, ARGV[3]=hold_ms,
+--          ARGV[4]=refused, ARGV[5]=margin, ARGV[6]=probe, ARGV[7]=most_cut)
+--   -> {effective allowed after it (string), ceiling (string), accepted per period (string, '' if unmeasured),
+--       now_us}
+-- The downstream refused `refused` calls: aim the shared rate at what it accepted. The accepted rate is the
+-- tokens started (grants of take_tokens.lua whose start g lies in the last period and not in the future) minus
+-- the calls refused over the same span (the refusals zset, "seq:count" scored by time), per period. The new
+-- ceiling and the time of this refusal go into meta; take_tokens.lua probes upward from them. The formulas are
+-- those of operators/_adaptive.py (probed_rate, accepted_per_period, ceiling_after_refusal, recovery_s).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local allowed = tonumber(ARGV[1])
 local period = math.floor(tonumber(ARGV[2]) * 1000)
-local factor = tonumber(ARGV[3])
-local recover_per_s = tonumber(ARGV[4])
-local meta = redis.call('HMGET', KEYS[1], 'eff', 'eff_at', 'penalized_at')
-local effective = allowed
-local eff, eff_at = tonumber(meta[1]), tonumber(meta[2])
-if eff and eff_at then
-  effective = math.min(allowed, eff + recover_per_s * math.max(0, now - eff_at) / 1000000)
+local hold = math.floor(tonumber(ARGV[3]) * 1000)
+local refused = tonumber(ARGV[4])
+local margin = tonumber(ARGV[5])
+local probe = tonumber(ARGV[6])
+local most_cut = tonumber(ARGV[7])
+local plateau = (margin / probe) ^ (1 / 3)
+
+local meta = redis.call('HMGET', KEYS[2], 'ceiling', 'cut_at', 'last_g', 'rseq')
+local current = allowed
+local ceiling = tonumber(meta[1])
+local cut_at = tonumber(meta[2])
+if ceiling and cut_at then
+  local offset = math.max(0, now - cut_at) / 1000000 / (period / 1000000) - plateau
+  current = math.max(1, math.min(allowed, ceiling * (1 + probe * offset * offset * offset)))
 end
-local penalized_at = tonumber(meta[3])
-if not penalized_at or now - penalized_at >= period then
-  effective = math.max(1, effective * factor)
-  penalized_at = now
+
+-- The starts of the last period and a hold before it: the refusal being reported was decided by the downstream
+-- a little before now (its reply and our settling took time), over its own last period, and a grant's calls may
+-- start up to a hold after g. take_tokens.lua drops grants with g <= last_g - period - hold, so the log holds
+-- every start after `since`.
+local since = now - period - hold
+local last_g = tonumber(meta[3])
+if last_g and redis.call('EXISTS', KEYS[1]) == 1 then
+  since = math.max(since, last_g - period - hold)
 end
-redis.call('HSET', KEYS[1], 'eff', tostring(effective), 'eff_at', now, 'penalized_at', penalized_at)
-local ttl_ms = math.ceil(period / 1000) + 1000
-if recover_per_s > 0 then
-  ttl_ms = math.max(ttl_ms, math.ceil((allowed - effective) / recover_per_s * 1000) + 1000)
+local started = 0
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%.0f', since + hold), now + hold)) do
+  started = started + tonumber(string.match(member, ':(%d+)$'))
 end
--- Never shorten the life take_tokens gave meta: it also holds the running sum of a live log.
-ttl_ms = math.max(ttl_ms, redis.call('PTTL', KEYS[1]))
-redis.call('PEXPIRE', KEYS[1], ttl_ms)
-return tostring(effective)
+local rseq = redis.call('HINCRBY', KEYS[2], 'rseq', 1)
+redis.call('ZADD', KEYS[3], now, rseq .. ':' .. refused)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - period - hold)
+local refusals = 0
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], string.format('(%.0f', since), now)) do
+  refusals = refusals + tonumber(string.match(member, ':(%d+)$'))
+end
+
+local accepted = nil
+local span = now - since - hold
+if span > 0 then
+  accepted = math.max(0, started - refusals) * period / span
+end
+if accepted == nil then
+  ceiling = math.max(1, current)
+else
+  ceiling = math.max(1, math.min(current / (1 - margin), math.max(accepted, current * most_cut)))
+end
+local offset = -plateau
+local effective = math.max(1, math.min(allowed, ceiling * (1 + probe * offset * offset * offset)))
+redis.call('HSET', KEYS[2], 'ceiling', tostring(ceiling), 'cut_at', now, 'rate', tostring(effective))
+
+-- Keep the state until the probe is back at allowed; never shorten the life take_tokens gave meta (it also
+-- holds the running sum of a live log).
+local back_s = (plateau + (math.max(0, allowed / ceiling - 1) / probe) ^ (1 / 3)) * period / 1000000
+local ttl_ms = math.max(math.ceil(back_s * 1000) + 1000, redis.call('PTTL', KEYS[2]))
+redis.call('PEXPIRE', KEYS[2], ttl_ms)
+redis.call('PEXPIRE', KEYS[3], math.ceil(period / 1000) + 1000)
+return {tostring(effective), tostring(ceiling), accepted == nil and '' or tostring(accepted), now}

@@ -1,12 +1,13 @@
 -- take_tokens(KEYS[1]=log, KEYS[2]=meta, ARGV[1]=allowed, ARGV[2]=period_ms, ARGV[3]=hold_ms, ARGV[4]=want,
---             ARGV[5]=min_tokens, ARGV[6]=adaptive (0/1), ARGV[7]=decrease_factor, ARGV[8]=recover_per_s,
+--             ARGV[5]=min_tokens, ARGV[6]=adaptive (0/1), ARGV[7]=margin, ARGV[8]=probe,
 --             ARGV[9]=burst (0: no pacing))
 --   -> {tokens, delay_us, hold_us, effective allowed (string), g_us}
 -- An exact sliding-window limit. Each grant is recorded at its start time g (unix us, Redis TIME), handed out
 -- in non-decreasing g, and counted until g + hold + period: the log is a zset of "seq:tokens" scored g + hold,
 -- and an entry stops counting once its score is <= g' - period for the grant g' being decided. meta keeps the
 -- running sum of the counted tokens, the last g, a sequence number (grants so far), how many grants were
--- reservations (waits) and, when adaptive, the effective allowed.
+-- reservations (waits) and, when adaptive, the ceiling and time of the last refusal (penalize.lua sets them;
+-- the effective allowed is the cubic probe of operators/_adaptive.py, computed by the same formula here).
 -- When fewer than min(want, min_tokens) tokens are free now, the grant is a reservation at the earliest g at
 -- which that many are free; so a grant always has at least one token.
 -- With a burst B > 0, grants are also paced (GCRA, one token every period/allowed, at most B at once), so the
@@ -19,10 +20,11 @@ local hold = math.floor(tonumber(ARGV[3]) * 1000)
 local want = tonumber(ARGV[4])
 local min_tokens = tonumber(ARGV[5])
 local adaptive = ARGV[6] == '1'
-local recover_per_s = tonumber(ARGV[8])
+local margin = tonumber(ARGV[7])
+local probe = tonumber(ARGV[8])
 local burst = tonumber(ARGV[9]) or 0
 
-local meta = redis.call('HMGET', KEYS[2], 'sum', 'last_g', 'seq', 'eff', 'eff_at', 'tat')
+local meta = redis.call('HMGET', KEYS[2], 'sum', 'last_g', 'seq', 'ceiling', 'cut_at', 'tat')
 local sum = tonumber(meta[1]) or 0
 local last_g = tonumber(meta[2]) or 0
 local seq = tonumber(meta[3]) or 0
@@ -36,14 +38,14 @@ elseif not meta[1] then
   end
 end
 
+-- probed_rate of operators/_adaptive.py: a cubic from a margin below the ceiling, within [1, allowed].
 local effective = allowed
-if adaptive then
-  local eff = tonumber(meta[4])
-  local eff_at = tonumber(meta[5])
-  if eff and eff_at then
-    effective = math.min(allowed, eff + recover_per_s * math.max(0, now - eff_at) / 1000000)
-  end
-  redis.call('HSET', KEYS[2], 'eff', tostring(effective), 'eff_at', now)
+local ceiling = tonumber(meta[4])
+local cut_at = tonumber(meta[5])
+local plateau = (margin / probe) ^ (1 / 3)
+if adaptive and ceiling and cut_at then
+  local offset = math.max(0, now - cut_at) / 1000000 / (period / 1000000) - plateau
+  effective = math.max(1, math.min(allowed, ceiling * (1 + probe * offset * offset * offset)))
 end
 local cap = math.max(1, math.floor(effective))
 want = math.max(1, math.min(want, cap))
@@ -112,18 +114,21 @@ end
 seq = seq + 1
 redis.call('ZADD', KEYS[1], g + hold, seq .. ':' .. tokens)
 sum = sum + tokens
-redis.call('HSET', KEYS[2], 'sum', sum, 'last_g', g, 'seq', seq)
+-- allowed and rate are for readers (stats, the dashboard): the window's limit and its rate at this grant.
+redis.call('HSET', KEYS[2], 'sum', sum, 'last_g', g, 'seq', seq, 'allowed', allowed, 'rate', tostring(effective))
 if g > now then
   -- A reservation: the caller waits. Counted for the operators' views (flume-rx demo, stats).
   redis.call('HINCRBY', KEYS[2], 'waits', 1)
 end
 
--- Quiet windows vanish; a lowered adaptive rate is kept until it would have recovered fully.
+-- Quiet windows vanish; a lowered adaptive rate is kept until the probe is back at allowed (recovery_s of
+-- operators/_adaptive.py), and never shorter than penalize.lua made it.
 local ttl_ms = math.ceil((g + hold + period - now) / 1000) + 1000
 redis.call('PEXPIRE', KEYS[1], ttl_ms)
 local meta_ttl_ms = ttl_ms
-if adaptive and recover_per_s > 0 then
-  meta_ttl_ms = math.max(ttl_ms, math.ceil((allowed - effective) / recover_per_s * 1000) + 1000)
+if adaptive and ceiling and cut_at then
+  local back_s = (plateau + (math.max(0, allowed / ceiling - 1) / probe) ^ (1 / 3)) * period / 1000000
+  meta_ttl_ms = math.max(ttl_ms, math.ceil((cut_at - now) / 1000 + back_s * 1000) + 1000)
 end
-redis.call('PEXPIRE', KEYS[2], meta_ttl_ms)
+redis.call('PEXPIRE', KEYS[2], math.max(meta_ttl_ms, redis.call('PTTL', KEYS[2])))
 return {tokens, g - now, hold, tostring(effective), g}

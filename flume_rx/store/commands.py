@@ -133,6 +133,18 @@ class TokenReply(NamedTuple):
     """The grant's start time ``g`` in unix microseconds (Redis TIME)."""
 
 
+class RefusalReply(NamedTuple):
+    """The reply of ``penalize.lua``: the adaptive rate after some refusals and what it was aimed at."""
+
+    effective_allowed: float
+    ceiling: float
+    """The accepted rate the probe restarts below (see ``flume_rx.operators.ceiling_after_refusal``)."""
+    accepted: float | None
+    """Tokens per period the downstream accepted over the last period, as measured; None if unmeasurable."""
+    at_us: int
+    """When, in unix microseconds (Redis TIME)."""
+
+
 # ------------------------------------------------------------------------------ call builders and parsers
 # Each store verb is a pure function from arguments to the Redis operations it needs, shared by the async
 # and the sync store; each returns operations that go to Redis in one round trip.

@@ -101,6 +101,11 @@ class Keys:
         tag = f"{{{self.namespace}:rate:{key}}}"
         return f"{tag}:log", f"{tag}:meta"
 
+    def rate_refusals(self, key: str) -> str:
+        """The zset of recent refusals an adaptive token window ``key`` measures its accepted rate with."""
+        check_name(key, "rate limiter key")
+        return f"{{{self.namespace}:rate:{key}}}:refusals"
+
     def keyed_rate(self, key: str, sub: str) -> tuple[str, str]:
         """The ``(log, meta)`` keys of window ``sub`` of the per-key limiter ``key`` (all in one slot)."""
         check_name(key, "rate limiter key")

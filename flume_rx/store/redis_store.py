@@ -13,6 +13,7 @@ import redis.asyncio.cluster
 import redis.cluster
 
 from flume_rx.errors import ConfigError
+from flume_rx.operators import AdaptiveTuning
 from flume_rx.store.commands import (
     _STATS_FIRST,
     _WORK_LEFT_FIRST,
@@ -22,6 +23,7 @@ from flume_rx.store.commands import (
     PeekWhere,
     QueueStats,
     RatePoint,
+    RefusalReply,
     Settlement,
     TokenReply,
     UniqueEnqueue,
@@ -66,6 +68,7 @@ from flume_rx.store.keys import Keys
 from flume_rx.store.scripts import Arg, AsyncRunner, _Cmd, _Eval, _Op
 
 log = logging.getLogger("flume_rx.store")
+_DEFAULT_TUNING = AdaptiveTuning()
 
 
 class RedisStore:
@@ -465,8 +468,7 @@ class RedisStore:
         want: int,
         min_tokens: int = 1,
         adaptive: bool = False,
-        decrease_factor: float = 0.5,
-        recover_per_s: float = 0.0,
+        tuning: AdaptiveTuning = _DEFAULT_TUNING,
         burst: int = 0,
     ) -> TokenReply:
         """One grant from the shared sliding window ``key`` (see DEVELOPERS.md, "The token window")."""
@@ -478,8 +480,8 @@ class RedisStore:
             want,
             min_tokens,
             1 if adaptive else 0,
-            repr(float(decrease_factor)),
-            repr(float(recover_per_s)),
+            repr(float(tuning.margin)),
+            repr(float(tuning.probe)),
             burst,
         )
         return _parse_token_reply(await self._run.one(_Eval("take_tokens", (log_key, meta_key), args)))
@@ -509,14 +511,30 @@ class RedisStore:
         return [(int(reply[i]), int(reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)]
 
     async def penalize_window(
-        self, key: str, *, allowed: int, period_ms: float, decrease_factor: float, recover_per_s: float
-    ) -> float:
-        """Lower the shared effective rate of window ``key``; returns the new effective allowed."""
-        _, meta_key = self.keys.rate(key)
+        self,
+        key: str,
+        *,
+        allowed: int,
+        period_ms: float,
+        hold_ms: float,
+        refused: int = 1,
+        tuning: AdaptiveTuning = _DEFAULT_TUNING,
+    ) -> RefusalReply:
+        """Record ``refused`` refusals of the downstream behind window ``key`` and aim its shared adaptive rate
+        at what the downstream accepted (see ``penalize.lua``)."""
+        log_key, meta_key = self.keys.rate(key)
         args: tuple[Arg, ...] = (
             allowed,
             repr(float(period_ms)),
-            repr(float(decrease_factor)),
-            repr(float(recover_per_s)),
+            repr(float(hold_ms)),
+            max(1, int(refused)),
+            repr(float(tuning.margin)),
+            repr(float(tuning.probe)),
+            repr(float(tuning.most_cut)),
         )
-        return float(_text(await self._run.one(_Eval("penalize", (meta_key,), args))))
+        keys = (log_key, meta_key, self.keys.rate_refusals(key))
+        effective, ceiling, accepted, at_us = await self._run.one(_Eval("penalize", keys, args))
+        measured = _text(accepted)
+        return RefusalReply(
+            float(_text(effective)), float(_text(ceiling)), float(measured) if measured else None, int(at_us)
+        )

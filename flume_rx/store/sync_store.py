@@ -195,6 +195,16 @@ class SyncStore:
     def rate_use(self, key: str, period_ms: float) -> int:
         return _parse_rate_use(self._run.run(_ops_rate_use(self.keys, key, period_ms)), period_ms)
 
+    def window_rate(self, key: str) -> tuple[float, int] | None:
+        """The effective rate (tokens per period) of the shared window ``key`` at its last grant or refusal,
+        and its allowed; None while the window is quiet (its state expired, so the rate is the configured
+        allowed again)."""
+        _, meta = self.keys.rate(key)
+        rate, allowed = self._run.one(_Cmd(("HMGET", meta, "rate", "allowed")))
+        if rate is None or allowed is None:
+            return None
+        return float(_text(rate)), int(allowed)
+
     def window_counts(self, key: str) -> tuple[int, int]:
         """Grants and waits (grants that were reservations) of the shared window ``key`` while it is active."""
         _, meta = self.keys.rate(key)

@@ -14,8 +14,8 @@ import reactivex
 from reactivex import Observable, abc
 
 from flume_rx.errors import StoreError
-from flume_rx.operators import Grant
-from flume_rx.store.commands import TokenReply
+from flume_rx.operators import AdaptiveTuning, Grant
+from flume_rx.store.commands import RefusalReply, TokenReply
 from flume_rx.store.outage import Outage
 from flume_rx.store.redis_store import RedisStore
 
@@ -30,8 +30,9 @@ class RedisTokenWindow:
     At most ``allowed`` items start in any sliding ``period_s``, across all processes and hosts, with time
     from Redis. A grant that cannot start now is a reservation (``delay_s > 0``), so each Redis call hands
     out as many tokens as the caller can use. With ``adaptive=True``, :meth:`penalize` (the downstream
-    refused a call) multiplies the shared rate by ``decrease_factor``; it recovers by ``recover_per_s``
-    tokens per period each second, up to ``allowed``.
+    refused calls) aims the shared rate at what the downstream accepted over the last period, and the rate
+    then probes upward, never above ``allowed`` (``flume_rx.operators.probed_rate``; DEVELOPERS.md, "The
+    adaptive rate").
 
     Args:
         store: the store whose client carries the calls.
@@ -39,10 +40,8 @@ class RedisTokenWindow:
         allowed: items allowed to start per period.
         period_s: the sliding period.
         hold_s: how long after its start a grant may still be used; utilization is period / (period + hold).
-        adaptive: lower the rate on :meth:`penalize` and let it recover.
-        decrease_factor: multiplier applied by a penalty (at most once per period).
-        recover_per_s: tokens per period regained each second; ``allowed * 0.05`` by default (as
-            :class:`~flume_rx.operators.InProcessWindow`).
+        adaptive: aim the rate at the downstream's on :meth:`penalize` and probe upward.
+        tuning: how the adaptive rate cuts and probes (``AdaptiveTuning()`` when None).
         burst: pace grants to one token every ``period_s / allowed``, at most ``burst`` at once, so the window
             fills smoothly rather than in one burst per period (None: no pacing, the plain sliding window).
 
@@ -60,8 +59,7 @@ class RedisTokenWindow:
         *,
         hold_s: float = 0.02,
         adaptive: bool = False,
-        decrease_factor: float = 0.5,
-        recover_per_s: float | None = None,
+        tuning: AdaptiveTuning | None = None,
         burst: int | None = None,
     ) -> None:
         # ValueError, as InProcessWindow raises: the two are interchangeable behind TokenWindow.
@@ -71,10 +69,6 @@ class RedisTokenWindow:
             raise ValueError(f"period_s must be a positive number of seconds (got {period_s})")
         if not (hold_s >= 0 and math.isfinite(hold_s)):
             raise ValueError(f"hold_s must be >= 0 seconds (got {hold_s})")
-        if not 0 < decrease_factor < 1:
-            raise ValueError(f"decrease_factor must be within (0, 1) (got {decrease_factor})")
-        if recover_per_s is not None and not recover_per_s >= 0:
-            raise ValueError(f"recover_per_s must be >= 0 tokens per second (got {recover_per_s})")
         store.keys.rate(key)  # validates the key now rather than at the first take
         self.store = store
         self.key = key
@@ -82,8 +76,7 @@ class RedisTokenWindow:
         self.period_s = period_s
         self.hold_s = hold_s
         self.adaptive = adaptive
-        self.decrease_factor = decrease_factor
-        self.recover_per_s = allowed * 0.05 if recover_per_s is None else recover_per_s
+        self.tuning = tuning or AdaptiveTuning()
         if burst is not None and burst < 1:
             raise ValueError(f"burst must be >= 1 token or None for no pacing (got {burst})")
         self.burst = burst or 0
@@ -120,8 +113,7 @@ class RedisTokenWindow:
             want=tokens,
             min_tokens=min(min_tokens, tokens),
             adaptive=self.adaptive,
-            decrease_factor=self.decrease_factor,
-            recover_per_s=self.recover_per_s,
+            tuning=self.tuning,
             burst=self.burst,
         )
         with self._lock:
@@ -132,24 +124,45 @@ class RedisTokenWindow:
         """Emits one :class:`Grant` and completes; each subscription asks Redis once."""
         return _defer_async(lambda: self.take_async(tokens, min_tokens))
 
-    async def penalize_async(self) -> float:
-        """Report a refusal by the downstream; returns the new effective allowed per period."""
+    async def penalize_async(self, refused: int = 1) -> float:
+        """Report ``refused`` refusals by the downstream; returns the new effective allowed per period."""
         if not self.adaptive:
-            return float(self.allowed)
-        effective = await self.store.penalize_window(
+            return self.current_rate()
+        return (await self.refuse(refused)).effective_allowed
+
+    async def refuse(self, refused: int = 1) -> RefusalReply:
+        """Like :meth:`penalize_async`, with the measurement the new rate was aimed at (adaptive mode only).
+
+        Raises:
+            ValueError: when ``refused`` is below 1 or the window is not adaptive.
+        """
+        if refused < 1:
+            raise ValueError(f"refused must be >= 1 (got {refused})")
+        if not self.adaptive:
+            raise ValueError(f"rate limiter {self.key!r} is not adaptive; create it with adaptive=True")
+        reply = await self.store.penalize_window(
             self.key,
             allowed=self.allowed,
             period_ms=self.period_s * 1000,
-            decrease_factor=self.decrease_factor,
-            recover_per_s=self.recover_per_s,
+            hold_ms=self.hold_s * 1000,
+            refused=refused,
+            tuning=self.tuning,
         )
         with self._lock:
-            self._effective = effective
-        log.info("rate limiter %s penalized: %.1f per %.3f s", self.key, effective, self.period_s)
-        return effective
+            self._effective = reply.effective_allowed
+        accepted = "unmeasured" if reply.accepted is None else f"{reply.accepted:.1f}"
+        log.info(
+            "rate limiter %s: %d refused, %s accepted per %.3f s; rate now %.1f",
+            self.key,
+            refused,
+            accepted,
+            self.period_s,
+            reply.effective_allowed,
+        )
+        return reply
 
-    def penalize(self) -> Observable[float]:
-        return _defer_async(self.penalize_async)
+    def penalize(self, refused: int = 1) -> Observable[float]:
+        return _defer_async(lambda: self.penalize_async(refused))
 
     def current_rate(self) -> float:
         """The effective allowed per period as of the last reply from Redis (``allowed`` before any)."""

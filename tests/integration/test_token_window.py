@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reactivex import Observable
 
-from flume_rx.operators import Grant, InProcessWindow, TokenWindow
+from flume_rx.operators import AdaptiveTuning, Grant, InProcessWindow, TokenWindow
 from flume_rx.store import RedisStore, RedisTokenWindow, TokenReply
 
 pytestmark = pytest.mark.anyio
@@ -146,7 +146,7 @@ def test_no_sliding_period_ever_holds_more_than_allowed(
                 if i % 4 == 3 and pause:
                     # Let real time pass, so grants also start "now" after old ones expired.
                     if adaptive and pause > 1:
-                        await windows[0].penalize_async()
+                        await windows[0].penalize_async(1 + i % 5)
                     await asyncio.sleep(pause * period_ms / 1000)
             return list(await asyncio.gather(*calls))
         finally:
@@ -173,22 +173,32 @@ async def test_one_redis_call_per_grant(store: RedisStore, raw_client: redis.Red
     assert all(g.tokens == 10 for g in grants)  # so 1/10 of a call per token
 
 
-async def test_penalize_cuts_the_shared_rate_once_per_period(store: RedisStore) -> None:
-    a = RedisTokenWindow(store, "ses", 40, 60.0, adaptive=True, recover_per_s=0.0)
-    b = RedisTokenWindow(store, "ses", 40, 60.0, adaptive=True, recover_per_s=0.0)
-    assert await a.penalize_async() == 20.0
-    assert await b.penalize_async() == 20.0  # the same burst of refusals counts once
-    assert a.current_rate() == 20.0
+async def test_refusals_aim_the_shared_rate_at_what_was_accepted(store: RedisStore) -> None:
+    a = RedisTokenWindow(store, "ses", 40, 60.0, adaptive=True)
+    b = RedisTokenWindow(store, "ses", 40, 60.0, adaptive=True)
+    assert (await a.take_async(30, 30)).tokens == 30
+    reply = await b.refuse(6)
+    # 30 started within the period, 6 refused: 24 accepted; the probe restarts a margin below it.
+    assert reply.accepted == 24.0 and reply.ceiling == 24.0
+    assert reply.effective_allowed == pytest.approx(24 * 0.97)
+    # A second burst of refusals from another process measures again rather than compounding a cut.
+    again = await a.refuse(1)
+    assert again.accepted == 23.0 and again.ceiling == 23.0
     grant = await b.take_async(35, 1)
-    assert grant.tokens == 20
-    assert b.current_rate() == 20.0
+    assert grant.delay_s > 0  # the 30 started already exceed the new rate: wait for them to expire
+    assert b.current_rate() == pytest.approx(23 * 0.97, rel=1e-3)
 
 
-async def test_the_rate_recovers_up_to_allowed(store: RedisStore) -> None:
-    window = RedisTokenWindow(store, "ses", 40, 60.0, adaptive=True, recover_per_s=1e9)
-    assert await window.penalize_async() < 40
-    grant = await window.take_async(35, 1)
-    assert grant.tokens == 35
+async def test_the_rate_probes_back_up_to_allowed(store: RedisStore) -> None:
+    window = RedisTokenWindow(store, "ses", 40, 0.05, adaptive=True)
+    await window.take_async(30, 30)
+    assert (await window.refuse(20)).effective_allowed < 40
+    # recovery_s after the cut the probe is back at allowed: a few periods of 50 ms.
+    for _ in range(400):
+        if window.current_rate() >= 40:
+            break
+        await asyncio.sleep(0.05)
+        await window.take_async(1, 1)
     assert window.current_rate() == 40.0
 
 
@@ -239,8 +249,8 @@ def test_window_arguments_are_checked() -> None:
     store = RedisStore(redis.asyncio.Redis(port=1))  # never connects
     with pytest.raises(ValueError, match="allowed"):
         RedisTokenWindow(store, "ses", 0, 1.0)
-    with pytest.raises(ValueError, match="decrease_factor"):
-        RedisTokenWindow(store, "ses", 1, 1.0, decrease_factor=1.5)
+    with pytest.raises(ValueError, match="margin"):
+        RedisTokenWindow(store, "ses", 1, 1.0, tuning=AdaptiveTuning(margin=1.5))
 
 
 @pytest.fixture

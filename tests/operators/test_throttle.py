@@ -181,8 +181,7 @@ def test_throttle_validates_eagerly(kwargs: dict[str, Any], message: str) -> Non
         ((0, 1.0), {}, "allowed"),
         ((1, 0.0), {}, "period_s"),
         ((1, 1.0, -1.0), {}, "hold_s"),
-        ((1, 1.0), {"decrease_factor": 1.5}, "decrease_factor"),
-        ((1, 1.0), {"recover_per_s": -1.0}, "recover_per_s"),
+        ((1, 1.0), {"burst": 0}, "burst"),
     ],
 )
 def test_window_validates_eagerly(args: tuple[Any, ...], kwargs: dict[str, Any], message: str) -> None:
@@ -199,23 +198,6 @@ def test_window_reserves_instead_of_refusing() -> None:
     now[0] = 3.0
     # Grants never start before an earlier one; 1 token is left at 11.
     assert window.grant(4, 1) == Grant(1, 8.0, 1.0)
-
-
-def test_adaptive_window_cuts_and_recovers_its_rate() -> None:
-    now = [0.0]
-    window = InProcessWindow(
-        10, 1.0, 0.0, clock=lambda: now[0], adaptive=True, decrease_factor=0.5, recover_per_s=2.0
-    )
-    assert window.penalize().run() == 5.0
-    assert window.penalize().run() == 2.5
-    assert window.grant(10, 1).tokens == 2
-    now[0] = 1.0
-    assert window.current_rate() == pytest.approx(4.5)
-    now[0] = 100.0
-    assert window.current_rate() == 10.0
-    for _ in range(10):
-        window.penalize().run()
-    assert window.current_rate() == 1.0
 
 
 def test_non_adaptive_window_reports_but_keeps_its_rate() -> None:

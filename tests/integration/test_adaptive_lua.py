@@ -1,0 +1,113 @@
+"""take_tokens.lua and penalize.lua compute the adaptive rate with the formulas of operators/_adaptive.py:
+Hypothesis drives both with the same state and compares the numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flume_rx.operators import AdaptiveTuning, accepted_per_period, ceiling_after_refusal, probed_rate
+from flume_rx.store import RedisStore, RedisTokenWindow
+
+tunings = st.builds(
+    AdaptiveTuning, margin=st.floats(0.005, 0.2), probe=st.floats(0.002, 0.2), most_cut=st.floats(0.1, 1.0)
+)
+
+
+def _set_state(url: str, store: RedisStore, key: str, ceiling: float, ago_s: float) -> int:
+    """Write an adaptive state as if a refusal ``ago_s`` before Redis's now set ``ceiling``; returns cut_at."""
+    client = redis.Redis.from_url(url)
+    try:
+        seconds, micros = client.time()
+        cut_at = seconds * 1_000_000 + micros - round(ago_s * 1_000_000)
+        client.hset(store.keys.rate(key)[1], mapping={"ceiling": repr(ceiling), "cut_at": cut_at})
+        return cut_at
+    finally:
+        client.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    allowed=st.integers(1, 5000),
+    period_ms=st.sampled_from([50, 1000, 60_000]),
+    ceiling=st.floats(1.0, 6000.0),
+    ago_periods=st.floats(0.0, 20.0),
+    tuning=tunings,
+)
+def test_take_tokens_probes_as_probed_rate_does(
+    redis_url: str, allowed: int, period_ms: int, ceiling: float, ago_periods: float, tuning: AdaptiveTuning
+) -> None:
+    period_s = period_ms / 1000
+
+    async def run() -> None:
+        store = RedisStore.from_url(redis_url)
+        try:
+            key = uuid.uuid4().hex
+            window = RedisTokenWindow(store, key, allowed, period_s, adaptive=True, tuning=tuning)
+            cut_at = _set_state(redis_url, store, key, ceiling, ago_periods * period_s)
+            reply = await window.take_reply(1, 1)  # an empty log and no pacing: the grant starts now
+            elapsed_s = (reply.start_us - cut_at) / 1e6
+            expected = probed_rate(ceiling, elapsed_s, allowed, period_s, tuning)
+            assert reply.effective_allowed == pytest.approx(expected, rel=1e-9)
+        finally:
+            await store.aclose()
+
+    asyncio.run(run())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    allowed=st.integers(1, 500),
+    grants=st.lists(st.integers(1, 50), max_size=6),
+    refused=st.lists(st.integers(1, 20), min_size=1, max_size=3),
+    state=st.none() | st.tuples(st.floats(1.0, 600.0), st.floats(0.0, 10.0)),
+    tuning=tunings,
+)
+def test_penalize_aims_as_ceiling_after_refusal_does(
+    redis_url: str,
+    allowed: int,
+    grants: list[int],
+    refused: list[int],
+    state: tuple[float, float] | None,
+    tuning: AdaptiveTuning,
+) -> None:
+    period_s = 60.0  # everything below happens well within one period
+
+    async def run() -> None:
+        store = RedisStore.from_url(redis_url)
+        try:
+            key = uuid.uuid4().hex
+            window = RedisTokenWindow(store, key, allowed, period_s, adaptive=True, tuning=tuning)
+            started = 0
+            for want in grants:
+                # Within allowed, so every grant starts now (reservations, which start later, do not count).
+                if allowed - started > 0:
+                    started += (await window.take_reply(min(want, allowed - started), 1)).tokens
+            ceiling, cut_at = float(allowed), None
+            if state is not None:
+                ceiling, ago_periods = state
+                cut_at = _set_state(redis_url, store, key, ceiling, ago_periods * period_s)
+            refused_so_far = 0
+            for count in refused:
+                answer = await window.refuse(count)
+                refused_so_far += count
+                current = float(allowed)
+                if cut_at is not None:
+                    current = probed_rate(ceiling, (answer.at_us - cut_at) / 1e6, allowed, period_s, tuning)
+                accepted = accepted_per_period(started, refused_so_far, period_s, period_s)
+                assert answer.accepted == pytest.approx(accepted)
+                expected = ceiling_after_refusal(current, accepted, tuning)
+                assert answer.ceiling == pytest.approx(expected, rel=1e-9)
+                assert answer.effective_allowed == pytest.approx(
+                    probed_rate(expected, 0.0, allowed, period_s, tuning), rel=1e-9
+                )
+                ceiling, cut_at = answer.ceiling, answer.at_us
+        finally:
+            await store.aclose()
+
+    asyncio.run(run())

@@ -1,0 +1,258 @@
+"""The adaptive rate: its pure core (operators/_adaptive.py) and the in-process window driven by synthetic
+traces of a downstream with its own sliding limit that changes over (virtual) time."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flume_rx.operators import (
+    AdaptiveTuning,
+    InProcessWindow,
+    accepted_per_period,
+    ceiling_after_refusal,
+    probed_rate,
+    recovery_s,
+)
+
+tunings = st.builds(
+    AdaptiveTuning,
+    margin=st.floats(0.005, 0.2),
+    probe=st.floats(0.002, 0.2),
+    most_cut=st.floats(0.1, 1.0),
+)
+
+
+# ------------------------------------------------------------------------------------------ the pure core
+
+
+@given(
+    ceiling=st.floats(1.0, 1e5),
+    elapsed=st.floats(0.0, 1e4),
+    later=st.floats(0.0, 1e3),
+    allowed=st.integers(1, 100_000),
+    period_s=st.floats(0.01, 120.0),
+    tuning=tunings,
+)
+def test_the_probe_stays_within_one_and_allowed_and_never_falls(
+    ceiling: float, elapsed: float, later: float, allowed: int, period_s: float, tuning: AdaptiveTuning
+) -> None:
+    now = probed_rate(ceiling, elapsed, allowed, period_s, tuning)
+    then = probed_rate(ceiling, elapsed + later, allowed, period_s, tuning)
+    assert 1.0 <= now <= then <= allowed
+
+
+@given(
+    ceiling=st.floats(1.0, 1e5),
+    allowed=st.integers(1, 100_000),
+    period_s=st.floats(0.01, 120.0),
+    tuning=tunings,
+)
+def test_the_probe_restarts_a_margin_below_the_ceiling_and_regains_it_after_the_plateau(
+    ceiling: float, allowed: int, period_s: float, tuning: AdaptiveTuning
+) -> None:
+    start = probed_rate(ceiling, 0.0, allowed, period_s, tuning)
+    assert start == pytest.approx(max(1.0, min(allowed, ceiling * (1 - tuning.margin))))
+    back = probed_rate(ceiling, tuning.plateau_periods * period_s, allowed, period_s, tuning)
+    assert back == pytest.approx(max(1.0, min(allowed, ceiling)))
+    # And it is at allowed once recovery_s has passed (the state may then be forgotten).
+    done = probed_rate(
+        ceiling, recovery_s(ceiling, allowed, period_s, tuning) * (1 + 1e-9), allowed, period_s, tuning
+    )
+    assert done == pytest.approx(allowed)
+
+
+@given(current=st.floats(1.0, 1e5), accepted=st.none() | st.floats(0.0, 2e5), tuning=tunings)
+def test_a_refusal_never_raises_the_rate_and_cuts_at_most_to_the_evidence(
+    current: float, accepted: float | None, tuning: AdaptiveTuning
+) -> None:
+    ceiling = ceiling_after_refusal(current, accepted, tuning)
+    restart = ceiling * (1 - tuning.margin)
+    assert restart <= current * (1 + 1e-12) or ceiling == 1.0
+    if accepted is not None:
+        # Aimed at what was accepted, but never more than most_cut at once.
+        assert restart >= min(current, max(accepted, current * tuning.most_cut)) * (1 - tuning.margin) * (
+            1 - 1e-12
+        )
+        assert ceiling <= max(1.0, max(accepted, current * tuning.most_cut)) * (1 + 1e-12)
+
+
+def test_accepted_is_starts_minus_refusals_per_period() -> None:
+    assert accepted_per_period(310, 10, 1.0, 1.0) == 300.0
+    assert accepted_per_period(5, 9, 1.0, 1.0) == 0.0
+    assert accepted_per_period(30, 0, 30.0, 60.0) == 60.0
+    assert accepted_per_period(30, 0, 0.0, 60.0) is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"margin": 0.0}, "margin"),
+        ({"margin": 1.0}, "margin"),
+        ({"probe": 0.0}, "probe"),
+        ({"most_cut": 0.0}, "most_cut"),
+    ],
+)
+def test_tuning_is_checked(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AdaptiveTuning(**kwargs)
+
+
+# --------------------------------------------------------------------- synthetic traces, in virtual time
+
+
+@dataclass
+class Downstream:
+    """Accepts at most ``limit`` calls in any sliding second, as SES and the demo's fake SES do."""
+
+    limit: int
+    accepted: list[float] = field(default_factory=list)
+    refused: list[float] = field(default_factory=list)
+
+    def call(self, now: float) -> bool:
+        if len(self.accepted) - bisect.bisect_right(self.accepted, now - 1.0) >= self.limit:
+            self.refused.append(now)
+            return False
+        self.accepted.append(now)
+        return True
+
+    def accepted_between(self, start: float, end: float) -> int:
+        return bisect.bisect_left(self.accepted, end) - bisect.bisect_left(self.accepted, start)
+
+    def refused_between(self, start: float, end: float) -> int:
+        return bisect.bisect_left(self.refused, end) - bisect.bisect_left(self.refused, start)
+
+
+@dataclass
+class Trace:
+    downstream: Downstream
+    rates: list[tuple[float, float]]  # (time, the window's effective rate)
+
+
+def drive(
+    allowed: int, limits: list[tuple[float, int]], until: float, *, stages: int = 10, latency: float = 0.005
+) -> Trace:
+    """A backlog through an adaptive InProcessWindow (period 1 s, hold 20 ms, paced) into the downstream:
+    ``stages`` calls at a time, each ``latency`` long, refusals reported when they come back."""
+    now = [0.0]
+    window = InProcessWindow(
+        allowed, 1.0, 0.02, clock=lambda: now[0], adaptive=True, burst=max(1, allowed // 20)
+    )
+    downstream = Downstream(limits[0][1])
+    step = 0.001
+    busy: list[tuple[float, bool]] = []  # (done at, accepted)
+    grant_at, grant_until, tokens = 0.0, -1.0, 0
+    rates: list[tuple[float, float]] = []
+    changes = iter(limits[1:])
+    change = next(changes, None)
+    tick = 0
+    while now[0] < until:
+        t = now[0]
+        if change is not None and t >= change[0]:
+            downstream.limit = change[1]
+            change = next(changes, None)
+        finished = [ok for done_at, ok in busy if done_at <= t]
+        busy = [(done_at, ok) for done_at, ok in busy if done_at > t]
+        refused = finished.count(False)
+        if refused:
+            window.refuse(refused)
+        if tokens and t > grant_until:
+            tokens = 0  # lapsed
+        free = stages - len(busy)
+        if not tokens and free and grant_until < t:
+            grant = window.grant(free, 1)
+            grant_at, grant_until, tokens = t + grant.delay_s, t + grant.delay_s + grant.hold_s, grant.tokens
+        while tokens and free and grant_at <= t <= grant_until:
+            busy.append((t + latency, downstream.call(t)))
+            tokens -= 1
+            free -= 1
+        if tick % 50 == 0:
+            rates.append((t, window.current_rate()))
+        tick += 1
+        now[0] = tick * step
+    return Trace(downstream, rates)
+
+
+@settings(max_examples=12, deadline=None)
+@given(allowed=st.integers(60, 400), share=st.floats(0.3, 0.95))
+def test_a_slower_downstream_is_found_and_followed_closely(allowed: int, share: float) -> None:
+    limit = max(10, math.floor(allowed * share))
+    trace = drive(allowed, [(0.0, limit)], until=12.0)
+    ds = trace.downstream
+    # Converges: from 3 s on, at least 90% of what the downstream allows gets through ...
+    assert ds.accepted_between(3.0, 12.0) >= 0.9 * limit * 9.0
+    # ... with few refusals (a probe now and then), and never above allowed.
+    assert ds.refused_between(3.0, 12.0) <= 0.02 * limit * 9.0 + 10
+    assert all(1.0 <= rate <= allowed for _, rate in trace.rates)
+
+
+@settings(max_examples=12, deadline=None)
+@given(allowed=st.integers(80, 400), low=st.floats(0.3, 0.7), raise_by=st.floats(1.1, 1.35))
+def test_a_raised_downstream_is_found_within_five_seconds(allowed: int, low: float, raise_by: float) -> None:
+    first = math.floor(allowed * low)
+    second = math.floor(first * raise_by)
+    trace = drive(allowed, [(0.0, first), (8.0, second)], until=16.0)
+    after = [rate for t, rate in trace.rates if t >= 13.0]
+    assert min(after) >= 0.9 * second
+    assert trace.downstream.accepted_between(13.0, 16.0) >= 0.85 * second * 3.0
+    assert all(rate <= allowed for _, rate in trace.rates)
+
+
+@settings(max_examples=8, deadline=None)
+@given(allowed=st.integers(80, 400), low=st.floats(0.2, 0.5), high=st.floats(0.8, 1.5))
+def test_any_raise_is_found_and_allowed_is_never_exceeded(allowed: int, low: float, high: float) -> None:
+    # The probe is cubic: it gains little near the last ceiling and ever more past it, so even a five-fold
+    # raise is found within ten seconds.
+    first, second = math.floor(allowed * low), math.floor(allowed * high)
+    trace = drive(allowed, [(0.0, first), (8.0, second)], until=20.0)
+    target = min(allowed, second)
+    assert min(rate for t, rate in trace.rates if t >= 18.0) >= 0.9 * target
+    assert all(rate <= allowed for _, rate in trace.rates)
+
+
+@settings(max_examples=12, deadline=None)
+@given(allowed=st.integers(80, 400), high=st.floats(0.6, 0.95), low=st.floats(0.2, 0.55))
+def test_a_lowered_downstream_is_followed_within_three_seconds(allowed: int, high: float, low: float) -> None:
+    first, second = math.floor(allowed * high), max(10, math.floor(allowed * low))
+    trace = drive(allowed, [(0.0, first), (8.0, second)], until=16.0)
+    ds = trace.downstream
+    assert ds.accepted_between(11.0, 16.0) >= 0.9 * second * 5.0
+    assert ds.refused_between(11.0, 16.0) <= 0.02 * second * 5.0 + 10
+    # The probe passes the limit now and then (a refusal comes only once the starts of a period do), but on
+    # average the rate stays close to the new limit.
+    settled = [rate for t, rate in trace.rates if t >= 11.0]
+    assert sum(settled) / len(settled) <= 1.15 * second
+
+
+def test_the_300_then_380_trace_meets_the_goals() -> None:
+    # The benchmark's shape in virtual time: 400/s window, downstream at 300/s, then raised to 380/s.
+    trace = drive(400, [(0.0, 300), (12.0, 380)], until=24.0)
+    ds = trace.downstream
+    assert ds.accepted_between(3.0, 12.0) >= 0.9 * 300 * 9
+    assert ds.accepted_between(15.0, 24.0) >= 0.9 * 380 * 9
+    assert ds.refused_between(0.0, 12.0) <= 30
+    assert ds.refused_between(12.0, 24.0) <= 30
+
+
+def test_refuse_aims_at_what_was_accepted() -> None:
+    now = [0.0]
+    window = InProcessWindow(10, 1.0, 0.0, clock=lambda: now[0], adaptive=True)
+    assert window.grant(10, 1).tokens == 10
+    now[0] = 0.5
+    # 10 started in the last period, 4 of them refused: 6 accepted, and the rate restarts a margin below.
+    assert window.refuse(4) == pytest.approx(6 * (1 - window.tuning.margin))
+    assert window.current_rate() == pytest.approx(6 * 0.97)
+    now[0] = 100.0
+    assert window.current_rate() == 10.0
+
+
+def test_refuse_without_adaptive_keeps_the_rate() -> None:
+    window = InProcessWindow(10, 1.0, clock=lambda: 0.0)
+    assert window.refuse(3) == 10.0
+    with pytest.raises(ValueError, match="refused"):
+        window.refuse(0)
