@@ -22,15 +22,14 @@ from flume_rx.config import (
     RetryConfig,
     check_min_demand,
     default_redis_url,
-    pacing_burst,
     queue_weights,
 )
+from flume_rx.engine.build import make_source, shared_window
 from flume_rx.engine.source import BurstMode
 from flume_rx.engine.threads import StageThreads
 from flume_rx.errors import ConfigError, DecodeError
 from flume_rx.job import UNIQUE_UNTIL, Job, UniqueUntil, build_job
 from flume_rx.pipeline import Delivery, JobSource, run_workers
-from flume_rx.priorities import WeightedSource
 from flume_rx.runtime import WorkerRuntime, new_consumer_id
 from flume_rx.store import (
     ConsumerInfo,
@@ -424,25 +423,23 @@ class Flume:
         """
         queues = () if isinstance(queue, str) else queue_weights(queue, order)
         name = queues[0].name if queues else str(queue)
-        fields: dict[str, Any] = {
-            "store": self.async_store,
-            "queue": name,
-            "consumer": self.consumer,
-            "max_demand": max_demand,
-            "telemetry": self.telemetry,
-            "retry": retry or RetryConfig(),
-            "window": window,
-            "window_key": window.key if isinstance(window, RedisTokenWindow) else "",
-            "max_payload_bytes": self.max_payload_bytes,
-        }
-        source: JobSource
-        if queues:
-            names, weights = tuple(q.name for q in queues), tuple(q.weight for q in queues)
-            source = WeightedSource(**fields, queues=names, weights=weights, order=order)
-        else:
-            source = JobSource(**fields)
         # The runtime heartbeats, promotes, recovers and hands back every queue of this config.
-        config = PipelineConfig(name=name, queue=name, max_demand=max_demand, queues=queues, order=order)
+        config = PipelineConfig(
+            name=name,
+            queue=name,
+            max_demand=max_demand,
+            retry=retry or RetryConfig(),
+            queues=queues,
+            order=order,
+        )
+        source = make_source(
+            config,
+            store=self.async_store,
+            consumer=self.consumer,
+            telemetry=self.telemetry,
+            window=window,
+            max_payload_bytes=self.max_payload_bytes,
+        )
         self._sources.append((source, config))
         return source.flowable
 
@@ -461,14 +458,8 @@ class Flume:
         Grants are paced at ``allowed / period_s``, at most ``burst`` at once (default a twentieth of the
         limit; 0 for the plain sliding window).
         """
-        return RedisTokenWindow(
-            self.async_store,
-            key,
-            allowed,
-            period_s,
-            hold_s=hold_s,
-            adaptive=adaptive,
-            burst=pacing_burst(allowed, burst),
+        return shared_window(
+            self.async_store, key, allowed, period_s, hold_s=hold_s, adaptive=adaptive, burst=burst
         )
 
     def keyed_window(
@@ -550,6 +541,12 @@ class Flume:
             raise ConfigError("run() needs at least one pipeline built from flume.source(...)")
         if not self._sources:
             raise ConfigError("no source was made with flume.source(...); build the pipeline from one")
+        if len(graphs) != len(self._sources):
+            raise ConfigError(
+                f"run() got {len(graphs)} pipeline(s) but {len(self._sources)} source(s) were made with "
+                "flume.source(...); pass every pipeline built since the last run, each once, in the order "
+                "their sources were made"
+            )
         try:
             config = FlumeConfig(
                 redis_url=self.redis_url,
@@ -562,7 +559,7 @@ class Flume:
                 telemetry=self.telemetry,
                 burst=burst,
                 consumer_id=self.consumer,
-                graphs=[(s, g) for (s, _), g in zip(self._sources, graphs, strict=False)],
+                graphs=[(s, g) for (s, _), g in zip(self._sources, graphs, strict=True)],
             )
             for source, _ in self._sources:
                 source.burst, source.burst_until = runtime.burst, runtime.burst_until

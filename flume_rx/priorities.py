@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from flume_rx.pipeline import JobSource
+from flume_rx.engine.source import JobSource
 from flume_rx.store import Settlement
 
 IDLE_POLL_MIN_S = 0.005

@@ -37,17 +37,16 @@ from flume_rx.config import (
     RateLimiterConfig,
     check_one_pipeline_per_queue,
     load,
-    pacing_burst,
     select_pipelines,
 )
+from flume_rx.engine.build import make_source, shared_window
 from flume_rx.engine.source import BurstMode, burst_mode
 from flume_rx.engine.threads import StageThreads
 from flume_rx.errors import ConfigError, FlumeError, StoreError, WorkerModuleFailed
 from flume_rx.logs import LogFormat, configure_logging
 from flume_rx.pipeline import JobSource, Settler, assemble
-from flume_rx.priorities import WeightedSource
 from flume_rx.schedules import CronTicker
-from flume_rx.store import OUTAGE_LOG, RedisStore, RedisTokenWindow, SyncStore
+from flume_rx.store import OUTAGE_LOG, RedisStore, SyncStore
 from flume_rx.telemetry import Telemetry
 
 logger = logging.getLogger("flume_rx.runtime")
@@ -208,7 +207,7 @@ class WorkerRuntime:
             self.telemetry.emit("consumer.joined", consumer=self.consumer, queues=queues)
             logger.info("consumer %s serving %s", self.consumer, ", ".join(queues))
             if self._graphs:
-                for (source, graph), pipeline_config in zip(self._graphs, config.pipelines, strict=False):
+                for (source, graph), pipeline_config in zip(self._graphs, config.pipelines, strict=True):
                     self.running.append(self._subscribe(pipeline_config, source, graph, scheduler, settler))
             else:
                 for pipeline_config in config.pipelines:
@@ -267,14 +266,14 @@ class WorkerRuntime:
         allowed = limiter.allowed
         if limiter.from_ses is not None:
             allowed = await asyncio.to_thread(_allowed_from_ses, limiter)
-        return RedisTokenWindow(
+        return shared_window(
             store,
             limiter.key,
             allowed,
             limiter.period_s,
             hold_s=limiter.hold_s,
             adaptive=limiter.adaptive,
-            burst=pacing_burst(allowed, limiter.burst),
+            burst=limiter.burst,
         )
 
     def _start(
@@ -286,29 +285,16 @@ class WorkerRuntime:
         scheduler: AsyncIOScheduler,
         settler: Settler,
     ) -> _Running:
-        source_fields: dict[str, Any] = {}
-        source_class = JobSource
-        if config.queues:
-            source_class = WeightedSource
-            source_fields = {
-                "queues": config.all_queues,
-                "weights": tuple(q.weight for q in config.queues),
-                "order": config.order,
-            }
-        source = source_class(
+        source = make_source(
+            config,
             store=store,
-            queue=config.queue,
             consumer=self.consumer,
-            max_demand=config.max_demand,
             telemetry=self.telemetry,
-            retry=config.retry,
             window=window,
-            window_key=config.rate_limiter.key if config.rate_limiter is not None else "",
-            block_s=self.block_s,
             max_payload_bytes=self.config.max_payload_bytes,
+            block_s=self.block_s,
             burst=self.burst,
             burst_until=self.burst_until,
-            **source_fields,
         )
         graph = assemble(config, source, executor=executor, scheduler=scheduler)
         return self._subscribe(config, source, graph, scheduler, settler)

@@ -11,7 +11,8 @@ from reactivex import Observable
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from flume_rx import operators as fo
-from flume_rx.config import PipelineConfig, pacing_burst
+from flume_rx.config import PipelineConfig
+from flume_rx.engine.build import pacing_of
 from flume_rx.engine.keyed import key_of
 from flume_rx.engine.processor import run_workers
 from flume_rx.engine.source import Delivery, JobSource
@@ -65,7 +66,7 @@ def assemble(
     scheduler: AsyncIOScheduler,
 ) -> Observable[fo.Outcome[Any, Any]]:
     """The reactivex graph of a configured pipeline, from its source to the outcomes of its jobs."""
-    stages: list[Callable[[Any], Any]] = [load_callable(path) for path in config.operators]
+    steps: list[Callable[[Any], Any]] = [load_callable(path) for path in config.operators]
     telemetry = source.telemetry
     key_from = None if config.rate_limiter is None else config.rate_limiter.key_from
     if config.rate_limiter is not None and key_from is not None:
@@ -83,9 +84,9 @@ def assemble(
             limiter.hold_s,
             lag_s=0.0 if config.batcher is None else config.batcher.timeout_s,
         )
-        stages.append(fo.throttle_by_key(keyed, key=key_of(key_from), cost=cost_of(limiter.cost)))
+        steps.append(fo.throttle_by_key(keyed, key=key_of(key_from), cost=cost_of(limiter.cost)))
     if config.batcher is not None:
-        stages.append(
+        steps.append(
             fo.buffer_with_time_or_count(
                 config.batcher.timeout_s,
                 config.batcher.size,
@@ -106,20 +107,16 @@ def assemble(
 
         # The throttle sits right before the processor: tokens are taken when a job can start at once,
         # so the shared window counts starts, not fetches.
-        stages.append(
+        steps.append(
             fo.throttle(
                 window,
                 cost=cost_of(config.rate_limiter.cost),
-                min_tokens=grant_batch(
-                    window.allowed,
-                    config.processor.stages,
-                    pacing_burst(window.allowed, config.rate_limiter.burst),
-                ),
+                min_tokens=grant_batch(window.allowed, config.processor.stages, pacing_of(window)),
                 scheduler=scheduler,
                 on_event=on_throttle_event,
             )
         )
-    stages.append(
+    steps.append(
         run_workers(
             stages=config.processor.stages,
             executor=executor,
@@ -129,5 +126,5 @@ def assemble(
             scheduler=scheduler,
         )
     )
-    result: Observable[fo.Outcome[Any, Any]] = source.flowable.pipe(*stages)
+    result: Observable[fo.Outcome[Any, Any]] = source.flowable.pipe(*steps)
     return result
