@@ -87,7 +87,9 @@ class WeightedSource(JobSource):
         return self.queues
 
     async def _fetch_payloads(self, n: int, block_s: float) -> list[bytes]:
-        pairs = await self.store.fetch_weighted(self.queues, self.consumer, n, self._shares.quotas(n))
+        pairs = await self.store.fetch_weighted(
+            self.queues, self.consumer, n, self._shares.quotas(n), self.max_payload_bytes
+        )
         for queue, payload in pairs:
             self._queue_of[payload] = queue
             self.fetched_from[queue] += 1

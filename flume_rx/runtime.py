@@ -46,7 +46,7 @@ from flume_rx.errors import ConfigError, FlumeError, StoreError, WorkerModuleFai
 from flume_rx.logs import LogFormat, configure_logging
 from flume_rx.pipeline import JobSource, Settler, assemble
 from flume_rx.schedules import CronTicker
-from flume_rx.store import OUTAGE_LOG, RedisStore, SyncStore
+from flume_rx.store import OUTAGE_LOG, Outage, RedisStore, SyncStore
 from flume_rx.telemetry import Telemetry
 
 logger = logging.getLogger("flume_rx.runtime")
@@ -200,9 +200,7 @@ class WorkerRuntime:
         heartbeat = _Heartbeat(self, sync_store, queues)
         tasks: list[asyncio.Task[None]] = []
         try:
-            await store.heartbeat(
-                queues, self.consumer
-            )  # before the first fetch, so nobody takes us for dead
+            await self._join(store, queues, self._stop_event)
             heartbeat.start()
             self.telemetry.emit("consumer.joined", consumer=self.consumer, queues=queues)
             logger.info("consumer %s serving %s", self.consumer, ", ".join(queues))
@@ -258,6 +256,23 @@ class WorkerRuntime:
         finally:
             for waiter in waiters:
                 waiter.cancel()
+
+    async def _join(self, store: RedisStore, queues: Sequence[str], stop: asyncio.Event) -> None:
+        """The first heartbeat, before the first fetch, so nobody takes us for dead.
+
+        Through an outage (Redis down, full, or refusing the call) it retries with backoff until it lands or
+        we are asked to stop: exiting would only make a supervisor start us again, in a loop.
+        """
+        outage = Outage("heartbeat")
+        while not stop.is_set():
+            try:
+                await store.heartbeat(queues, self.consumer)
+            except StoreError as exc:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), outage.failed(exc))
+                continue
+            outage.ok()
+            return
 
     async def _window_for(self, store: RedisStore, config: PipelineConfig) -> fo.TokenWindow | None:
         limiter = config.rate_limiter

@@ -194,7 +194,7 @@ class JobSource:
 
     async def _fetch_payloads(self, n: int, block_s: float) -> list[bytes]:
         """One fetch of up to ``n`` payloads into our in-flight list, blocking up to ``block_s`` for the first."""
-        return await self.store.fetch(self.queue, self.consumer, n, block_s)
+        return await self.store.fetch(self.queue, self.consumer, n, block_s, self.max_payload_bytes)
 
     async def _when_empty(self, started: float, waited_for_burst: bool) -> None:
         """A fetch brought nothing (the blocking fetch already waited, unless the queue is paused)."""

@@ -4,8 +4,14 @@
 -- consumer leaves the consumers zset once its in-flight list is empty.
 local moved = 0
 if #ARGV == 1 then
-  while redis.call('LMOVE', KEYS[3], KEYS[2], 'LEFT', 'RIGHT') do
-    moved = moved + 1
+  -- Popped, then pushed: a full Redis (maxmemory, noeviction) refuses a script whose first write may grow memory.
+  while true do
+    local popped = redis.call('LPOP', KEYS[3], 1000)
+    if not popped then
+      break
+    end
+    redis.call('RPUSH', KEYS[2], unpack(popped))
+    moved = moved + #popped
   end
 else
   for i = 2, #ARGV do

@@ -79,11 +79,14 @@ if processed > 0 or failed > 0 then
   count_in(KEYS[6], 120, math.floor(now_ms / 1000))
   count_in(KEYS[7], 60, math.floor(now_ms / 60000))
 end
+-- The samples come last: under maxmemory (noeviction) Redis refuses a script whose first write is one that
+-- may grow memory, not one whose first write is an LREM above, and a full Redis must take acks. pcall: when
+-- nothing was removed (a batch of releases) a full Redis refuses the push, and samples are not worth an error.
 if ARGV[4] ~= '' then
   local samples = cmsgpack.unpack(ARGV[4])
   -- LPUSH in slices: unpack() of thousands of values would overflow Lua's C stack.
   for first = 1, #samples, 500 do
-    redis.call('LPUSH', KEYS[8], unpack(samples, first, math.min(first + 499, #samples)))
+    redis.pcall('LPUSH', KEYS[8], unpack(samples, first, math.min(first + 499, #samples)))
   end
   redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[5]) - 1)
 end

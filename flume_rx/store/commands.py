@@ -14,12 +14,17 @@ from typing import Any, Literal, NamedTuple, TypedDict
 
 import msgpack
 
+from flume_rx.codec import DEFAULT_MAX_PAYLOAD_BYTES
 from flume_rx.store.keys import Keys
 from flume_rx.store.scripts import Arg, _Cmd, _Eval, _Op
 
 DEAD_RETRY_CHUNK = 1000
 
 LATENCY_SAMPLES = 1000
+DEFAULT_DEAD_MAX = 10_000
+"""Most dead letters kept per queue (the oldest go first)."""
+DEFAULT_DEAD_TTL_MS = 7 * 24 * 3600 * 1000
+"""How long a dead letter is kept."""
 """Recent enqueue-to-settle latencies kept per queue (a list trimmed at each settle) for p50/p99."""
 
 RATE_SECONDS = 120
@@ -168,9 +173,21 @@ def _ops_schedule(
     return [_Cmd(("SADD", keys.queues, queue)), _Eval("enqueue", (k.queue, k.scheduled), tuple(flat))]
 
 
-def _ops_fetch(keys: Keys, queue: str, consumer: str, n: int) -> _Eval:
+def _ops_fetch(
+    keys: Keys,
+    queue: str,
+    consumer: str,
+    n: int,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    dead_max: int = DEFAULT_DEAD_MAX,
+    dead_ttl_ms: int = DEFAULT_DEAD_TTL_MS,
+) -> _Eval:
     k = keys.of(queue)
-    return _Eval("fetch", (k.queue, k.inflight(consumer), k.paused, k.consumers), (consumer, n))
+    return _Eval(
+        "fetch",
+        (k.queue, k.inflight(consumer), k.paused, k.consumers, k.dead, k.stats, k.arrivals(consumer)),
+        (consumer, n, max_payload_bytes, dead_max, dead_ttl_ms, queue),
+    )
 
 
 def _ops_settle(
@@ -247,15 +264,28 @@ def _ops_cron_tick(
 
 
 def _ops_fetch_weighted(
-    keys: Keys, queues: Sequence[str], consumer: str, n: int, quotas: Sequence[int]
+    keys: Keys,
+    queues: Sequence[str],
+    consumer: str,
+    n: int,
+    quotas: Sequence[int],
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    dead_max: int = DEFAULT_DEAD_MAX,
+    dead_ttl_ms: int = DEFAULT_DEAD_TTL_MS,
 ) -> _Eval:
     if len(quotas) != len(queues):
         raise ValueError(f"fetch_weighted got {len(queues)} queues but {len(quotas)} quotas; pass one each")
     flat_keys: list[str] = []
-    for queue in queues:
+    per_queue: list[Arg] = []
+    for queue, quota in zip(queues, quotas, strict=True):
         k = keys.of(queue)
-        flat_keys += [k.queue, k.inflight(consumer), k.paused, k.consumers]
-    return _Eval("fetch_weighted", tuple(flat_keys), (consumer, n, *(max(0, int(q)) for q in quotas)))
+        flat_keys += [k.queue, k.inflight(consumer), k.paused, k.consumers, k.dead, k.stats]
+        per_queue += [max(0, int(quota)), queue]
+    return _Eval(
+        "fetch_weighted",
+        tuple(flat_keys),
+        (consumer, n, max_payload_bytes, dead_max, dead_ttl_ms, *per_queue),
+    )
 
 
 def _parse_unique(replies: Sequence[Any]) -> list[tuple[bool, str]]:

@@ -34,6 +34,11 @@ class QueueKeys:
         """The in-flight list of one consumer of this queue."""
         return f"{self.tag}:inflight:{consumer}"
 
+    def arrivals(self, consumer: str) -> str:
+        """Where one consumer's blocking wait moves the job that ended it; its next fetch script takes it from
+        there, so the job never travels to the worker unchecked. Empty (so absent) between calls."""
+        return f"{self.tag}:arrivals:{consumer}"
+
     def unique(self, key: str) -> str:
         """The claim of a unique job key on this queue (its value is the holder's job id)."""
         return f"{self.tag}:unique:{key}"

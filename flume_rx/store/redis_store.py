@@ -5,19 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
+from flume_rx.codec import DEFAULT_MAX_PAYLOAD_BYTES
 from flume_rx.errors import ConfigError
 from flume_rx.operators import AdaptiveTuning
 from flume_rx.store.commands import (
     _STATS_FIRST,
     _WORK_LEFT_FIRST,
     DEAD_RETRY_CHUNK,
+    DEFAULT_DEAD_MAX,
+    DEFAULT_DEAD_TTL_MS,
     DEFAULT_ORPHAN_TIMEOUT_S,
     ConsumerInfo,
     PeekWhere,
@@ -87,8 +90,8 @@ class RedisStore:
         client: redis.asyncio.Redis,
         namespace: str = "flume",
         *,
-        dead_max: int = 10_000,
-        dead_ttl_ms: int = 7 * 24 * 3600 * 1000,
+        dead_max: int = DEFAULT_DEAD_MAX,
+        dead_ttl_ms: int = DEFAULT_DEAD_TTL_MS,
     ) -> None:
         _check_client(client)
         if dead_max < 1:
@@ -109,8 +112,8 @@ class RedisStore:
         namespace: str = "flume",
         *,
         socket_timeout_s: float = 30.0,
-        dead_max: int = 10_000,
-        dead_ttl_ms: int = 7 * 24 * 3600 * 1000,
+        dead_max: int = DEFAULT_DEAD_MAX,
+        dead_ttl_ms: int = DEFAULT_DEAD_TTL_MS,
     ) -> RedisStore:
         """A store with its own client; :meth:`aclose` closes it.
 
@@ -211,7 +214,12 @@ class RedisStore:
         return _text(status), int(last)
 
     async def fetch_weighted(
-        self, queues: Sequence[str], consumer: str, n: int, quotas: Sequence[int]
+        self,
+        queues: Sequence[str],
+        consumer: str,
+        n: int,
+        quotas: Sequence[int],
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> list[tuple[str, bytes]]:
         """Move up to ``n`` payloads from several queues into the consumer's in-flight lists, in one call.
 
@@ -224,8 +232,12 @@ class RedisStore:
         """
         if n < 1:
             raise ValueError(f"fetch n must be >= 1 (got {n})")
-        reply = await self._run.one(_ops_fetch_weighted(self.keys, queues, consumer, n, quotas))
-        counts, payloads = reply[: len(queues)], reply[len(queues) :]
+        op = _ops_fetch_weighted(
+            self.keys, queues, consumer, n, quotas, max_payload_bytes, self.dead_max, self.dead_ttl_ms
+        )  # fmt: skip
+        reply = await self._run.one(op)
+        counts, oversized, payloads = reply[: len(queues)], reply[len(queues)], reply[len(queues) + 1 :]
+        self._log_oversized(", ".join(queues), int(oversized), max_payload_bytes)
         out: list[tuple[str, bytes]] = []
         position = 0
         for queue, count in zip(queues, counts, strict=True):
@@ -239,30 +251,53 @@ class RedisStore:
 
     # consumer verbs
 
-    async def fetch(self, queue: str, consumer: str, n: int, block_s: float) -> list[bytes]:
+    async def fetch(
+        self,
+        queue: str,
+        consumer: str,
+        n: int,
+        block_s: float,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> list[bytes]:
         """Move up to ``n`` payloads into the consumer's in-flight list and return them, oldest first.
 
         When the queue is empty, waits up to ``block_s`` on one blocking move, so a new job starts within
-        milliseconds without polling; then takes up to ``n - 1`` more. Returns ``[]`` when nothing came,
-        and while the queue is paused (after waiting ``block_s``).
+        milliseconds without polling; the fetch script runs the moment it ends, in the same round trip.
+        Returns ``[]`` when nothing came, and while the queue is paused (after waiting ``block_s``).
+        Payloads over ``max_payload_bytes`` never come back: Redis moves them to the dead letters.
         """
         if n < 1:
             raise ValueError(f"fetch n must be >= 1 (got {n})")
         self._check_block(block_s)
         k = self.keys.of(queue)
-        paused, *payloads = await self._run.one(_ops_fetch(self.keys, queue, consumer, n))
+        op = _ops_fetch(
+            self.keys, queue, consumer, n, max_payload_bytes, self.dead_max, self.dead_ttl_ms
+        )  # fmt: skip
+        paused, payloads = self._fetched(queue, await self._run.one(op), max_payload_bytes)
         if payloads or block_s <= 0:
-            return list(payloads)
+            return payloads
         if paused:
             await asyncio.sleep(block_s)
             return []
-        first = await self._run.one(_Cmd(("BLMOVE", k.queue, k.inflight(consumer), "RIGHT", "LEFT", block_s)))
-        if first is None:
-            return []
-        if n == 1:
-            return [bytes(first)]
-        _, *more = await self._run.one(_ops_fetch(self.keys, queue, consumer, n - 1))
-        return [first, *more]
+        # The wait moves the job that ends it into our arrivals list and sends nothing back: the fetch script
+        # checks its size like any other before it reaches us.
+        wait = _Cmd(("BLMOVE", k.queue, k.arrivals(consumer), "RIGHT", "LEFT", block_s))
+        _, payloads = self._fetched(queue, await self._run.after_wait(wait, op), max_payload_bytes)
+        return payloads
+
+    def _fetched(self, queue: str, reply: Sequence[Any], max_payload_bytes: int) -> tuple[bool, list[bytes]]:
+        paused, oversized, *payloads = reply
+        self._log_oversized(queue, int(oversized), max_payload_bytes)
+        return bool(int(paused)), payloads
+
+    def _log_oversized(self, queues: str, count: int, max_payload_bytes: int) -> None:
+        if count:
+            log.error(
+                "%d payload(s) over max_payload_bytes (%d) on %s went to the dead letters unread",
+                count,
+                max_payload_bytes,
+                queues,
+            )
 
     def _check_block(self, block_s: float) -> None:
         timeout = _connection_kwargs(self.client).get("socket_timeout")
@@ -304,7 +339,8 @@ class RedisStore:
         if not stale:
             return 0
         ops: list[_Op] = [
-            _Eval("recover", (k.consumers, k.queue, k.inflight(c)), (c, timeout_ms)) for c in stale
+            _Eval("recover", (k.consumers, k.queue, k.inflight(c), k.arrivals(c)), (c, timeout_ms))
+            for c in stale
         ]
         moved = sum(max(0, int(r)) for r in await self._run.run(ops))
         if moved:

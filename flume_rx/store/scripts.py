@@ -8,6 +8,7 @@ operation in one round trip, load the scripts of the operations Redis did not kn
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import importlib.resources
@@ -43,9 +44,17 @@ SCRIPTS = (
 )
 
 
+_PRELUDES: dict[str, tuple[str, ...]] = {"fetch": ("_oversized",), "fetch_weighted": ("_oversized",)}
+"""Shared Lua a script begins with, as Redis scripts cannot include files: ``lua/_<part>.lua``."""
+
+
 @functools.cache
 def lua_source(name: str) -> str:
-    """The text of ``flume_rx/lua/<name>.lua``, read from the installed package."""
+    """The text of script ``name`` (``flume_rx/lua/<name>.lua`` after its preludes), from the installed package."""
+    return "".join(_lua_file(part) + "\n" for part in _PRELUDES.get(name, ())) + _lua_file(name)
+
+
+def _lua_file(name: str) -> str:
     return importlib.resources.files("flume_rx").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
@@ -126,6 +135,7 @@ class AsyncRunner:
         self.client = client
         # redis.asyncio leaves execute_command untyped; replies are checked by the parsers anyway.
         self._untyped: Any = client
+        self._skip_replies: bool | None = None  # whether Redis takes CLIENT REPLY SKIP (None: not asked yet)
 
     async def one(self, op: _Op) -> Any:
         return (await self.run([op]))[0]
@@ -152,6 +162,61 @@ class AsyncRunner:
             return results
         except _TRANSPORT_ERRORS as exc:
             raise _store_error(self.client, exc) from exc
+
+    async def after_wait(self, wait: _Cmd, op: _Eval) -> Any:
+        """Run ``op`` as soon as the blocking command ``wait`` returns, in one round trip, without reading
+        ``wait``'s reply (the element a blocking list move would send, whatever its size).
+
+        Redis runs a connection's commands in order, so ``op`` starts the moment the wait ends, and
+        ``CLIENT REPLY SKIP`` drops the wait's reply at the server. Where Redis refuses that command (a proxy,
+        or an ACL), the wait's reply is read and dropped instead.
+        """
+        try:
+            if self._skip_replies is None:
+                try:
+                    await self._untyped.execute_command("CLIENT", "REPLY", "ON")
+                    self._skip_replies = True
+                except ResponseError:
+                    self._skip_replies = False
+            if not self._skip_replies:
+                await self._untyped.execute_command(*wait.command())
+                return (await self.run([op]))[0]
+            commands = [("CLIENT", "REPLY", "SKIP"), wait.command(), op.command()]
+            try:
+                return await self._last_reply(op.keys[0], commands)
+            except NoScriptError:
+                return (await self.run([op]))[0]  # loads the script; the wait's job waits in its list
+        except _TRANSPORT_ERRORS as exc:
+            raise _store_error(self.client, exc) from exc
+
+    async def _last_reply(self, key: str, commands: Sequence[tuple[Arg, ...]]) -> Any:
+        """Send ``commands`` in one write on one connection of ``key``'s node and read the one reply they
+        give (every command but the last has its reply skipped)."""
+        release: Any
+        if is_cluster(self.client):
+            node: Any = self._untyped.get_node_from_key(key)
+            connection: Any = node.acquire_connection()
+            release = node.release
+        else:
+            pool: Any = self.client.connection_pool
+            connection = await pool.get_connection()
+            release = pool.release
+        clean = False
+        try:
+            await connection.send_packed_command(connection.pack_commands(commands))
+            try:
+                reply = await connection.read_response()
+            except ResponseError:
+                clean = True  # the error was the reply
+                raise
+            clean = True
+            return reply
+        finally:
+            if not clean:  # a reply may still be on its way: this connection cannot serve another command
+                await connection.disconnect()
+            released = release(connection)
+            if asyncio.iscoroutine(released):
+                await released
 
     async def _send(self, step: _Send) -> list[Any]:
         if len(step.ops) == 1 and not step.transaction:

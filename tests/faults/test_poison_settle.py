@@ -49,8 +49,8 @@ def _goes_on(process: WorkerProcess, client: redis.Redis, flume: Flume, token: s
     flume.enqueue(QUEUE, "RecordWorker", [token])
     wait_until(lambda: runs(client).get(token) == 1, 30, f"{token} to run after the poison")
     assert process.alive(), process.log()
-    stats = flume.stats([QUEUE])[QUEUE]
-    assert stats["in_flight"] == 0 and stats["queued"] == 0
+    wait_until(lambda: flume.stats([QUEUE])[QUEUE]["in_flight"] == 0, 30, f"the ack of {token}")
+    assert flume.stats([QUEUE])[QUEUE]["queued"] == 0
 
 
 def test_a_job_just_under_the_limit_that_fails_once_is_retried_with_its_error_cut_to_fit(

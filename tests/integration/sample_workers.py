@@ -26,8 +26,8 @@ def _redis() -> redis.Redis:
 
 
 @worker("RecordWorker")
-def record(token: str, sleep_s: float = 0.0) -> None:
-    """Sleeps, then counts the run of ``token`` and logs its start time."""
+def record(token: str, sleep_s: float = 0.0, padding: str = "") -> None:
+    """Sleeps, then counts the run of ``token`` and logs its start time (``padding`` only makes a job large)."""
     started = time.time()
     if sleep_s:
         time.sleep(sleep_s)
