@@ -302,7 +302,12 @@ def _ops_heartbeat(keys: Keys, queues: Sequence[str], consumer: str) -> list[_Op
 
 def _ops_requeue(keys: Keys, queue: str, consumer: str, payloads: Sequence[bytes] | None) -> _Eval:
     k = keys.of(queue)
-    return _Eval("requeue_all", (k.consumers, k.queue, k.inflight(consumer)), (consumer, *(payloads or ())))
+    if payloads:
+        return _Eval("requeue_all", (k.consumers, k.queue, k.inflight(consumer)), (consumer, *payloads))
+    # All: with the arrivals list, where a wait that ended as the process stopped may have left a job.
+    return _Eval(
+        "requeue_all", (k.consumers, k.queue, k.inflight(consumer), k.arrivals(consumer)), (consumer,)
+    )
 
 
 def _ops_stats_first(keys: Keys, queue: str) -> list[_Op]:

@@ -174,7 +174,7 @@ class AsyncRunner:
         try:
             if self._skip_replies is None:
                 try:
-                    await self._untyped.execute_command("CLIENT", "REPLY", "ON")
+                    await self._last_reply(op.keys[0], [("CLIENT", "REPLY", "ON")])
                     self._skip_replies = True
                 except ResponseError:
                     self._skip_replies = False

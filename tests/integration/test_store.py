@@ -401,3 +401,23 @@ async def test_jobs_survive_a_redis_crash_with_appendonly(fresh_redis_server: Re
         assert await store.requeue_all(Q, "c1") == 1
     finally:
         await store.aclose()
+
+
+async def test_a_blocking_fetch_after_a_script_flush_still_returns_the_job_that_woke_it(
+    store: RedisStore, redis_url: str, raw: redis.Redis
+) -> None:
+    """The script behind the wait meets NOSCRIPT: it is loaded and run again, and takes the parked job."""
+    await store.fetch(Q, "c1", 1, 0)  # the scripts are loaded
+    raw.script_flush()
+    producer = RedisStore.from_url(redis_url)
+    try:
+        waiting = asyncio.create_task(store.fetch(Q, "c1", 3, 10.0))
+        await asyncio.sleep(0.05)  # let the fetch reach its wait; correctness holds either way
+        await producer.enqueue(Q, jobs(1))
+        got = await waiting
+    finally:
+        await producer.aclose()
+    assert got == jobs(1)
+    keys = Keys("flume").of(Q)
+    assert raw.lrange(keys.inflight("c1"), 0, -1) == jobs(1) and raw.llen(keys.arrivals("c1")) == 0
+    assert await store.fetch(Q, "c1", 3, 0) == []  # the connection that waited serves the next call
