@@ -45,11 +45,19 @@ DEMO_WORKER = "DemoSESWorker"
 
 @dataclass
 class FakeSES:
-    """Accepts at most ``limit`` calls in any sliding ``period_s``; rejects the rest like SES does."""
+    """Accepts at most ``limit`` calls in any sliding ``period_s``; rejects the rest like SES does.
+
+    It answers the demo's own worker (any POST: ``MessageId`` or HTTP 400 "Throttling") and, for
+    ``flume_rx.integrations.ses`` pointed at it, enough of the SESv2 API: ``SendEmail`` (refusals as SES sends
+    them: HTTP 429 ``TooManyRequestsException``), ``CreateEmailIdentity`` and ``GetAccount``, whose
+    ``MaxSendRate`` is ``quota`` (``limit`` when None): an account quota above what the downstream really
+    accepts is what an adaptive window must correct. ``limit`` may change while it serves.
+    """
 
     limit: int = 450
     period_s: float = 1.0
     latency_s: float = 0.01
+    quota: float | None = None
     accepted: list[float] = field(default_factory=list)
     rejected: int = 0
     rejected_times: list[float] = field(default_factory=list)
@@ -93,18 +101,45 @@ class FakeSES:
             # Headers and body go out in two writes; with Nagle on, delayed ACKs would add 40 ms a call.
             disable_nagle_algorithm = True
 
+            def do_GET(self) -> None:
+                if self.path.startswith("/v2/email/account"):
+                    rate = ses.limit if ses.quota is None else ses.quota
+                    account = {
+                        "SendQuota": {"Max24HourSend": 1e9, "MaxSendRate": rate, "SentLast24Hours": 0},
+                        "SendingEnabled": True,
+                        "ProductionAccessEnabled": True,
+                    }
+                    self._answer(200, json.dumps(account).encode())
+                else:
+                    self._answer(404, b'{"message": "not found"}', "NotFoundException")
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 self.rfile.read(length)
+                if self.path.startswith("/v2/email/identities"):
+                    self._answer(200, b"{}")
+                    return
                 ok = ses.call()
                 time.sleep(ses.latency_s)
+                if self.path.startswith("/v2/email/outbound-emails"):
+                    if ok:
+                        self._answer(200, b'{"MessageId": "fake"}')
+                    else:
+                        refusal = b'{"message": "Maximum sending rate exceeded."}'
+                        self._answer(429, refusal, "TooManyRequestsException")
+                    return
                 body = (
                     b'{"MessageId": "fake"}'
                     if ok
                     else b'{"Error": {"Code": "Throttling", "Message": "Maximum sending rate exceeded."}}'
                 )
-                self.send_response(200 if ok else 400)
+                self._answer(200 if ok else 400, body)
+
+            def _answer(self, status: int, body: bytes, error_type: str | None = None) -> None:
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                if error_type is not None:
+                    self.send_header("x-amzn-ErrorType", error_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
