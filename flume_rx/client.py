@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import signal
 import threading
 import time
@@ -28,8 +27,9 @@ from flume_rx.engine.build import make_source, shared_window
 from flume_rx.engine.source import BurstMode
 from flume_rx.engine.threads import StageThreads
 from flume_rx.errors import ConfigError, DecodeError
-from flume_rx.job import UNIQUE_UNTIL, Job, UniqueUntil, build_job
+from flume_rx.job import Job
 from flume_rx.pipeline import Delivery, JobSource, run_workers
+from flume_rx.producer import Producer, Uniqueness, When
 from flume_rx.runtime import WorkerRuntime, new_consumer_id
 from flume_rx.store import (
     ConsumerInfo,
@@ -44,11 +44,10 @@ from flume_rx.store import (
 )
 from flume_rx.telemetry import Event, Telemetry
 
-DEFAULT_UNIQUE_FOR_S = 3600.0
 """How long a unique key is held at most when ``unique_for`` is not given."""
 
 
-class Flume:
+class Flume(Producer):
     """A connection to one flume_rx namespace on one Redis.
 
     >>> flume = Flume(redis_url="redis://127.0.0.1:6379/0", namespace="flume")  # doctest: +SKIP
@@ -87,162 +86,39 @@ class Flume:
 
     # ---- enqueueing ---------------------------------------------------------------------------------------------
 
-    def enqueue(
-        self,
-        queue: str,
-        worker: str,
-        args: Sequence[Any] = (),
-        *,
-        cost: int = 1,
-        unique_key: str | None = None,
-        unique_for: float = DEFAULT_UNIQUE_FOR_S,
-        unique_until: UniqueUntil = "finish",
-    ) -> str:
-        """Put one job on ``queue`` for the worker registered as ``worker``; returns its id.
-
-        Args:
-            unique_key: while a job enqueued with this key on this queue holds it, enqueue adds nothing and
-                returns that job's id; decided atomically in Redis.
-            unique_for: the most seconds a unique key is held, from the job's due time (a safety net for a
-                job that is never settled, and the whole hold with ``unique_until="expiry"``).
-            unique_until: how long the job holds its key. ``"finish"`` (default): while it is queued,
-                scheduled, running or waiting to retry, until it is acked or dead. ``"start"``: while it is
-                queued or scheduled, until a worker starts it (a job enqueued while it runs will run again
-                after it). ``"expiry"``: for the whole ``unique_for``, however soon it finishes (at most one
-                such job per key per ``unique_for``).
-
-        Raises:
-            EncodeError: ``args`` cannot be encoded as msgpack or the job is too large; nothing is written.
-            ConfigError: a unique argument is not one enqueue takes.
-        """
-        job = self._job(queue, worker, args, cost)
-        return self._put(job, "now", 0.0, unique_key, unique_for, unique_until)
-
-    def bulk_enqueue(
-        self,
-        queue: str,
-        jobs: Iterable[tuple[str, Sequence[Any]]],
-        *,
-        unique_keys: Sequence[str | None] | None = None,
-        unique_for: float = DEFAULT_UNIQUE_FOR_S,
-        unique_until: UniqueUntil = "finish",
-    ) -> list[str]:
-        """Put many ``(worker, args)`` jobs on ``queue`` in one round trip; returns their ids in order.
-
-        All or nothing: the whole call is one script call in one MULTI/EXEC, so Redis writes every job or none
-        (a Redis at ``maxmemory`` refuses the call before it writes anything, however many jobs it carries).
-        When it raises ``StoreError`` because Redis refused, nothing was written and the call can be retried
-        as a whole. Only a reply lost on the way back (the connection dropped after Redis ran the call)
-        leaves the outcome unknown, as for :meth:`enqueue`. A very large call holds Redis for its whole
-        run (0.1 to 0.4 s per 100,000 small jobs, measured on a shared 2-core machine); split it where
-        other clients must not wait that long.
-
-        Args:
-            unique_keys: one per job (None for a job without one), as ``unique_key`` of :meth:`enqueue`: a
-                job whose key is held (by an earlier job, or by an earlier job of this call) is not added,
-                and the holder's id stands in its place.
-            unique_for: as for :meth:`enqueue`, for every unique job of the call.
-            unique_until: as for :meth:`enqueue`, for every unique job of the call.
-
-        Raises:
-            EncodeError: a job's args cannot be encoded or a job is too large; nothing is written.
-            StoreError: Redis is unreachable or refused the call (full, for one); nothing is written.
-        """
-        built = [self._job(queue, worker, args, 1) for worker, args in jobs]
-        if unique_keys is not None:
-            keys = check_unique_keys(unique_keys, len(built))
-            return self._enqueue_unique(built, keys, unique_for, unique_until, "now", [0.0] * len(built))
-        payloads = [codec.encode(job, self.max_payload_bytes) for job in built]
-        if payloads:
-            self._store.enqueue(queue, payloads)
-            self.telemetry.emit("job.enqueued", queue=queue, count=len(payloads))
-        return [job.id for job in built]
-
-    def enqueue_in(
-        self,
-        queue: str,
-        seconds: float,
-        worker: str,
-        args: Sequence[Any] = (),
-        *,
-        cost: int = 1,
-        unique_key: str | None = None,
-        unique_for: float = DEFAULT_UNIQUE_FOR_S,
-        unique_until: UniqueUntil = "finish",
-    ) -> str:
-        """Run the job ``seconds`` from now, counted on Redis's clock, so a producer's skewed clock cannot
-        make it early or late; ``unique_key`` and the rest as for :meth:`enqueue`."""
-        delay_s = check_time(seconds, "seconds", "5.0 (seconds from now)")
-        job = self._job(queue, worker, args, cost)
-        return self._put(job, "in", delay_s, unique_key, unique_for, unique_until)
-
-    def enqueue_at(
-        self,
-        queue: str,
-        unix_ts: float,
-        worker: str,
-        args: Sequence[Any] = (),
-        *,
-        cost: int = 1,
-        unique_key: str | None = None,
-        unique_for: float = DEFAULT_UNIQUE_FOR_S,
-        unique_until: UniqueUntil = "finish",
-    ) -> str:
-        """Run the job at ``unix_ts`` (float seconds since the epoch); ``unique_key`` and the rest as for
-        :meth:`enqueue`."""
-        due = check_time(unix_ts, "unix_ts", "time.time() + 60")
-        job = self._job(queue, worker, args, cost)
-        return self._put(job, "at", due, unique_key, unique_for, unique_until)
-
     def _put(
-        self,
-        job: Job,
-        mode: Literal["now", "at", "in"],
-        due: float,
-        unique_key: str | None,
-        unique_for: float,
-        unique_until: UniqueUntil,
-    ) -> str:
-        """Write one job: now, at ``due`` (unix s) or in ``due`` s (Redis clock), unique or not."""
-        if unique_key is not None:
-            return self._enqueue_unique([job], [unique_key], unique_for, unique_until, mode, [due])[0]
-        payload = codec.encode(job, self.max_payload_bytes)
-        if mode == "now":
-            self._store.enqueue(job.queue, [payload])
-        elif mode == "in":
-            self._store.schedule_in(job.queue, [(payload, due)])
+        self, jobs: Sequence[Job], when: When, dues: Sequence[float], unique: Sequence[Uniqueness | None]
+    ) -> list[str]:
+        """Write checked jobs of one queue in one round trip: now, at ``due`` (unix s) or in ``due`` s (Redis
+        clock), through the unique-key script when any job has a key."""
+        if not jobs:
+            return []
+        queue = jobs[0].queue
+        if any(u is not None for u in unique):
+            return self._enqueue_unique(jobs, unique, when, dues)
+        payloads = [codec.encode(job, self.max_payload_bytes) for job in jobs]
+        if when == "now":
+            self._store.enqueue(queue, payloads)
+        elif when == "in":
+            self._store.schedule_in(queue, list(zip(payloads, dues, strict=True)))
         else:
-            self._store.schedule(job.queue, [(payload, due)])
-        self.telemetry.emit("job.enqueued", queue=job.queue, count=1)
-        return job.id
-
-    def _job(self, queue: str, worker: str, args: Sequence[Any], cost: int) -> Job:
-        return build_job(queue, worker, args, cost)
+            self._store.schedule(queue, list(zip(payloads, dues, strict=True)))
+        self.telemetry.emit("job.enqueued", queue=queue, count=len(payloads))
+        return [job.id for job in jobs]
 
     def _enqueue_unique(
-        self,
-        jobs: Sequence[Job],
-        unique_keys: Sequence[str | None],
-        unique_for: float,
-        unique_until: UniqueUntil,
-        mode: Literal["now", "at", "in"],
-        dues: Sequence[float],
+        self, jobs: Sequence[Job], unique: Sequence[Uniqueness | None], when: When, dues: Sequence[float]
     ) -> list[str]:
-        check_unique(unique_for, unique_until)
-        for key in unique_keys:
-            if key is not None:
-                check_unique_key(key)
+        held = next(u for u in unique if u is not None)  # one unique_for and unique_until per call
         marked = [
-            job if key is None else replace(job, unique_key=key, unique_until=unique_until)
-            for job, key in zip(jobs, unique_keys, strict=True)
+            job if u is None else replace(job, unique_key=u.key, unique_until=u.until)
+            for job, u in zip(jobs, unique, strict=True)
         ]
         requests = [
             UniqueEnqueue(job.id, codec.encode(job, self.max_payload_bytes), job.unique_key, due)
             for job, due in zip(marked, dues, strict=True)
         ]
-        if not requests:
-            return []
-        results = self._store.enqueue_unique(jobs[0].queue, requests, round(unique_for * 1000), mode)
+        results = self._store.enqueue_unique(jobs[0].queue, requests, round(held.for_s * 1000), when)
         added = sum(1 for was_added, _ in results if was_added)
         if added:
             self.telemetry.emit("job.enqueued", queue=jobs[0].queue, count=added)
@@ -599,58 +475,6 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
         for signum, before in previous.items():
             loop.remove_signal_handler(signum)
             signal.signal(signum, before if before is not None else signal.SIG_DFL)
-
-
-def check_time(value: float, name: str, example: str) -> float:
-    """Check a due time or delay of ``enqueue_at``/``enqueue_in``: a finite number; returns it as a float.
-
-    Raises:
-        ConfigError: naming the argument, for a non-number, NaN or an infinity (no moment to run the job at).
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number of seconds (got {value!r}); e.g. {example}")
-    return float(value)
-
-
-def check_unique_key(unique_key: str) -> None:
-    """Check one ``unique_key``.
-
-    Raises:
-        ConfigError: the key is empty or not a string.
-    """
-    if not isinstance(unique_key, str) or not unique_key:
-        raise ConfigError(f'unique_key must be a non-empty string (got {unique_key!r}); e.g. "welcome:42"')
-
-
-def check_unique_keys(unique_keys: Sequence[str | None], jobs: int) -> Sequence[str | None]:
-    """Check ``bulk_enqueue``'s ``unique_keys``: one key (or None) per job; returns them.
-
-    Raises:
-        ConfigError: not a list of ``jobs`` entries. (Each key is checked as it is used.)
-    """
-    if isinstance(unique_keys, str) or len(unique_keys) != jobs:
-        raise ConfigError(
-            f"unique_keys must be a list with one key (or None) per job: got {unique_keys!r} for {jobs} jobs"
-        )
-    return unique_keys
-
-
-def check_unique(unique_for: float, unique_until: str) -> None:
-    """Check ``enqueue``'s ``unique_for`` and ``unique_until``.
-
-    Raises:
-        ConfigError: ``unique_for`` is not a positive number of seconds, or ``unique_until`` is unknown.
-    """
-    if (
-        isinstance(unique_for, bool)
-        or not isinstance(unique_for, int | float)
-        or not 0 < unique_for < math.inf
-    ):
-        raise ConfigError(f"unique_for must be a positive number of seconds (got {unique_for!r}); e.g. 3600")
-    if unique_until not in UNIQUE_UNTIL:
-        raise ConfigError(
-            f"unique_until must be one of {', '.join(repr(u) for u in UNIQUE_UNTIL)} (got {unique_until!r})"
-        )
 
 
 @dataclass(frozen=True, slots=True)

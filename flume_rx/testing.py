@@ -24,19 +24,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from flume_rx import codec
-from flume_rx.client import (
-    DEFAULT_UNIQUE_FOR_S,
-    check_time,
-    check_unique,
-    check_unique_key,
-    check_unique_keys,
-)
-from flume_rx.job import Job, UniqueUntil, build_job
+from flume_rx.job import Job
+from flume_rx.producer import Producer, Uniqueness, When
 from flume_rx.registry import get_worker
 
 __all__ = ["FlumeTest", "Run"]
@@ -63,14 +57,7 @@ class _Recorded:
     due_at: float | None  # unix seconds for enqueue_in/at, None for "now"
 
 
-@dataclass(frozen=True, slots=True)
-class _Uniqueness:
-    key: str
-    for_s: float
-    until: UniqueUntil
-
-
-class FlumeTest:
+class FlumeTest(Producer):
     """A stand-in for :class:`~flume_rx.Flume` in users' tests; see the module docstring.
 
     Args:
@@ -107,75 +94,15 @@ class FlumeTest:
 
     # ---- the Flume enqueue API -----------------------------------------------------------------------------
 
-    def enqueue(
-        self,
-        queue: str,
-        worker: str,
-        args: Sequence[Any] = (),
-        *,
-        cost: int = 1,
-        unique_key: str | None = None,
-        unique_for: float = DEFAULT_UNIQUE_FOR_S,
-        unique_until: UniqueUntil = "finish",
-    ) -> str:
-        """Like :meth:`Flume.enqueue <flume_rx.Flume.enqueue>`; runs the job at once in inline mode.
-
-        With ``unique_key``, returns the id of the job holding the key instead of adding one: a job still
-        waiting (fake mode; in inline mode a job has finished by the time enqueue returns), or, with
-        ``unique_until="expiry"``, the last such job until ``unique_for`` has passed on :attr:`clock`.
-        """
-        uniqueness = _uniqueness(unique_key, unique_for, unique_until)
-        return self._accept(self._build(queue, worker, args, cost), None, uniqueness)
-
-    def bulk_enqueue(
-        self,
-        queue: str,
-        jobs: Iterable[tuple[str, Sequence[Any]]],
-        *,
-        unique_keys: Sequence[str | None] | None = None,
-        unique_for: float = DEFAULT_UNIQUE_FOR_S,
-        unique_until: UniqueUntil = "finish",
+    def _put(
+        self, jobs: Sequence[Job], when: When, dues: Sequence[float], unique: Sequence[Uniqueness | None]
     ) -> list[str]:
-        """Like ``Flume.bulk_enqueue``: every job is checked before any is added."""
-        built = [self._build(queue, worker, args, 1) for worker, args in jobs]
-        keys = [None] * len(built) if unique_keys is None else check_unique_keys(unique_keys, len(built))
-        uniqueness = [_uniqueness(key, unique_for, unique_until) for key in keys]
-        return [self._accept(job, None, u) for job, u in zip(built, uniqueness, strict=True)]
-
-    def enqueue_in(
-        self,
-        queue: str,
-        seconds: float,
-        worker: str,
-        args: Sequence[Any] = (),
-        *,
-        cost: int = 1,
-        unique_key: str | None = None,
-        unique_for: float = DEFAULT_UNIQUE_FOR_S,
-        unique_until: UniqueUntil = "finish",
-    ) -> str:
-        """Like ``Flume.enqueue_in``; in inline mode the job runs at once (no test waits for a delay)."""
-        delay_s = check_time(seconds, "seconds", "5.0 (seconds from now)")
-        uniqueness = _uniqueness(unique_key, unique_for, unique_until)
-        job = self._build(queue, worker, args, cost)
-        return self._accept(job, self.clock() + delay_s, uniqueness)
-
-    def enqueue_at(
-        self,
-        queue: str,
-        unix_ts: float,
-        worker: str,
-        args: Sequence[Any] = (),
-        *,
-        cost: int = 1,
-        unique_key: str | None = None,
-        unique_for: float = DEFAULT_UNIQUE_FOR_S,
-        unique_until: UniqueUntil = "finish",
-    ) -> str:
-        """Like ``Flume.enqueue_at``; in inline mode the job runs at once."""
-        due = check_time(unix_ts, "unix_ts", "time.time() + 60")
-        uniqueness = _uniqueness(unique_key, unique_for, unique_until)
-        return self._accept(self._build(queue, worker, args, cost), due, uniqueness)
+        """Record (or, inline, run) checked jobs; ``enqueue_in`` counts from :attr:`clock`."""
+        ids: list[str] = []
+        for job, due, uniqueness in zip(jobs, dues, unique, strict=True):
+            due_at = None if when == "now" else self.clock() + due if when == "in" else due
+            ids.append(self._accept(job, due_at, uniqueness))
+        return ids
 
     def close(self) -> None:
         """Nothing to close; here so code that closes its ``Flume`` runs unchanged."""
@@ -286,12 +213,12 @@ class FlumeTest:
     # ---- internals -----------------------------------------------------------------------------------------
 
     def _build(self, queue: str, worker: str, args: Sequence[Any], cost: int) -> Job:
-        job = build_job(queue, worker, args, cost)
+        job = super()._build(queue, worker, args, cost)
         # The real codec, both ways: what cannot be encoded fails here as it would in production, and the
         # worker later sees exactly what a worker process would decode.
         return codec.decode(codec.encode(job, self.max_payload_bytes), self.max_payload_bytes)
 
-    def _accept(self, job: Job, due_at: float | None, uniqueness: _Uniqueness | None) -> str:
+    def _accept(self, job: Job, due_at: float | None, uniqueness: Uniqueness | None) -> str:
         with self._lock:
             if uniqueness is not None:
                 holder = self._holder(job.queue, uniqueness.key)
@@ -345,14 +272,6 @@ class FlumeTest:
         with self._lock:
             self.runs.append(run)
         return run
-
-
-def _uniqueness(key: str | None, for_s: float, until: UniqueUntil) -> _Uniqueness | None:
-    if key is None:
-        return None
-    check_unique_key(key)
-    check_unique(for_s, until)
-    return _Uniqueness(key, float(for_s), until)
 
 
 def _run_coroutine(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:

@@ -15,6 +15,8 @@ import pytest
 from flume_rx import Flume
 from flume_rx.errors import ConfigError
 from flume_rx.priorities import WeightedSource
+from flume_rx.producer import Producer
+from flume_rx.testing import FlumeTest
 
 NOWHERE = "redis://127.0.0.1:9/0"  # the discard port: nothing answers
 
@@ -84,3 +86,14 @@ def test_run_refuses_pipelines_that_do_not_match_the_sources_made(flume: Flume) 
 def test_run_needs_a_pipeline_and_a_source(flume: Flume) -> None:
     with pytest.raises(ConfigError, match="at least one pipeline"):
         asyncio.run(flume.run())
+
+
+@pytest.mark.parametrize("verb", ["enqueue", "bulk_enqueue", "enqueue_in", "enqueue_at"])
+def test_the_test_stand_in_enqueues_through_the_same_code(verb: str) -> None:
+    """FlumeTest and Flume share one enqueue API (flume_rx.producer), so they accept and refuse alike."""
+    assert getattr(Flume, verb) is getattr(Producer, verb) is getattr(FlumeTest, verb)
+
+
+def test_the_test_stand_in_refuses_what_flume_refuses() -> None:
+    with FlumeTest() as fake, pytest.raises(ConfigError, match="unique_until must be one of"):
+        fake.enqueue("q", "W", [], unique_key="k", unique_until="never")  # type: ignore[arg-type]
