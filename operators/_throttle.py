@@ -267,6 +267,7 @@ def throttle(
     *,
     cost: Callable[[_T], int] = lambda _item: 1,
     min_tokens: int | None = None,
+    prefetch: int = 0,
     scheduler: abc.SchedulerBase | None = None,
     on_event: EventHook | None = None,
 ) -> Callable[[Observable[_T]], Flowable[_T]]:
@@ -279,13 +280,23 @@ def throttle(
     still has tokens use them. Waiting never errors; an error from ``window.take`` goes downstream.
 
     Demand-aware: requests from upstream only as many items as downstream has requested, so it never holds
-    more than that. Subscribed plainly it is an ordinary rate-limiting operator.
+    more than that, unless ``prefetch`` lets it hold more. Subscribed plainly it is an ordinary
+    rate-limiting operator.
+
+    With ``prefetch``, it holds up to that many items (or downstream's demand, if more), asking upstream
+    again when they fall to half, and a take may ask tokens for more items than downstream wants right
+    now: the rest are emitted as downstream asks, within the grant's hold, and lapse after it. How many
+    items a take covers adapts: it grows by half while grants are used up, and falls to what was used when
+    tokens lapse, so a fast consumer makes few takes and a slow one wastes few tokens. Items still go
+    downstream only as requested, so a consumer that starts what it receives keeps the window exact.
 
     Args:
         window: the token window, shared by every throttle that must stay under one limit.
         cost: tokens an item needs, clamped to ``[1, window.allowed]``.
         min_tokens: the fewest tokens worth a grant (fewer means more takes per item, more means waiting
             for a bigger grant); the first item's cost when None, and never less than it.
+        prefetch: items held even when downstream asks for fewer, so a take can cover more than downstream
+            asks for at once (0: hold only what downstream requested).
         scheduler: where delays run and time is read (else the subscriber's, else TimeoutScheduler).
         on_event: optional telemetry hook, see :data:`EventHook`.
 
@@ -309,6 +320,8 @@ def throttle(
     """
     if min_tokens is not None and min_tokens < 1:
         raise ValueError(f"min_tokens must be >= 1 (got {min_tokens}); None means the first item's cost")
+    if prefetch < 0:
+        raise ValueError(f"prefetch must be >= 0 items (got {prefetch}); 0 holds only what was requested")
     allowed = window.allowed
     if allowed < 1:
         raise ValueError(f"window.allowed must be >= 1 (got {allowed})")
@@ -331,6 +344,8 @@ def throttle(
             stopped = False
             take_subscription = SerialDisposable()
             delay_timer = SerialDisposable()
+            goal = max(1, min_tokens or 1)  # items a take covers beyond the demand (with prefetch)
+            granted_tokens = 0  # of the active grant, to tell how many were used when it ends
 
             def event(name: str, **fields: Any) -> None:
                 if on_event is not None:
@@ -338,7 +353,7 @@ def throttle(
 
             def next_signal() -> Callable[[], None] | None:
                 # Called with the lock held: what to do next outside the lock, or None.
-                nonlocal phase, tokens, stopped, cost_cap
+                nonlocal phase, tokens, stopped, cost_cap, goal
                 if stopped:
                     return None
                 if failure:
@@ -349,10 +364,15 @@ def throttle(
                     lapsed = 0
                     if _now_s(clock) > deadline:
                         lapsed, tokens = tokens, 0
+                        if prefetch:
+                            # Downstream could not use them in time: cover only what it did use next time.
+                            goal = max(1, granted_tokens - lapsed)
                     elif held and min(held[0][1], cost_cap) <= tokens:
                         if demand.take(1):
                             item, item_cost = held.popleft()
                             tokens -= min(item_cost, cost_cap)
+                            if tokens == 0 and prefetch:
+                                goal = min(prefetch, goal + max(1, goal // 2))  # all used: ask for more
                             return lambda: observer.on_next(item)
                         return None
                     elif held:
@@ -364,9 +384,10 @@ def throttle(
                         return lambda: event("lapsed", tokens=lapsed)
                 if phase == _IDLE and held and demand.pending > 0:
                     cap = max(1, min(allowed, math.floor(window.current_rate())))
+                    covered = max(demand.pending, goal) if prefetch else demand.pending
                     wanted = 0
                     for index, (_item, item_cost) in enumerate(held):
-                        if index >= demand.pending or wanted >= allowed:
+                        if index >= covered or wanted >= allowed:
                             break
                         wanted += min(item_cost, cap)
                     first = min(held[0][1], cap)
@@ -407,10 +428,10 @@ def throttle(
                     activate(grant, sent_at)
 
             def activate(grant: Grant, sent_at: float) -> None:
-                nonlocal phase, tokens, deadline
+                nonlocal phase, tokens, deadline, granted_tokens
                 with lock:
                     phase = _ACTIVE
-                    tokens = grant.tokens
+                    tokens = granted_tokens = grant.tokens
                     deadline = sent_at + grant.delay_s + grant.hold_s
                 drain()
 
@@ -421,6 +442,9 @@ def throttle(
                 if upstream.unbounded or stopped:
                     return 0
                 wanted = max(0, demand.pending - len(held) - requested)
+                if prefetch and len(held) + requested <= prefetch // 2:
+                    # Read ahead in batches, as the processor does: refill once half is gone.
+                    wanted = max(wanted, prefetch - len(held) - requested)
                 requested += wanted
                 return wanted
 

@@ -112,6 +112,9 @@ def assemble(
                 window,
                 cost=cost_of(config.rate_limiter.cost),
                 min_tokens=grant_batch(window.allowed, config.processor.stages, pacing_of(window)),
+                # Holds fetched jobs while it waits, so a take can cover more than the free stages: with
+                # few stages, one take per free stage cost the limiter a call every few jobs.
+                prefetch=config.max_demand,
                 scheduler=scheduler,
                 on_event=on_throttle_event,
             )

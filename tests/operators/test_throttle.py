@@ -311,3 +311,97 @@ def test_a_steady_backlog_gets_the_promised_utilization(allowed: int, period: fl
     rate_per_period = (count - allowed) / (times[-1] - times[0]) * period
     assert rate_per_period >= period / (period + hold) * allowed * 0.99
     assert max_in_window([(t, 1) for t in times], period) <= allowed
+
+
+class CountingWindow(InProcessWindow):
+    """An InProcessWindow that counts its takes."""
+
+    takes = 0
+
+    def take(self, tokens: int, min_tokens: int) -> Observable[Grant]:
+        self.takes += 1
+        return super().take(tokens, min_tokens)
+
+
+def _drain_one_at_a_time(
+    prefetch: int, work: float, items: int = 200, lapsed: list[int] | None = None
+) -> tuple[CountingWindow, list[float]]:
+    """A consumer with one stage that takes ``work`` ticks per item, behind a throttle of 50 per 10 ticks."""
+    scheduler = TestScheduler()
+    window = CountingWindow(50, 10.0, 0.2, clock=scheduler, burst=20)
+    source = TimedSource(scheduler, [0.0] * items)
+    demand = Demand()
+    starts: list[float] = []
+
+    def start(_item: int) -> None:
+        starts.append(float(scheduler.clock))
+        scheduler.schedule_relative(work, lambda _s, _st: demand.request(1))
+
+    def on_event(kind: str, fields: dict[str, Any]) -> None:
+        if kind == "lapsed" and lapsed is not None:
+            lapsed.append(fields["tokens"])
+
+    limited = throttle(window, min_tokens=1, prefetch=prefetch, scheduler=scheduler, on_event=on_event)
+    source.pipe(limited).subscribe_with_demand(reactivex.Observer(start), demand, scheduler)
+    demand.request(1)
+    scheduler.advance_to(1_000.0)
+    return window, starts
+
+
+def test_prefetch_lets_a_one_stage_consumer_take_tokens_in_batches() -> None:
+    plain, plain_starts = _drain_one_at_a_time(0, 0.001)
+    ahead, ahead_starts = _drain_one_at_a_time(100, 0.001)
+    assert len(plain_starts) == len(ahead_starts) == 200
+    assert plain.takes == 200  # one take per item: downstream only ever wants one
+    assert ahead.takes <= 200 / 5  # grants grow toward the burst while they are used up
+    assert max_in_window([(t, 1) for t in ahead_starts], 10.0) <= 50
+
+
+def test_prefetch_shrinks_its_takes_when_tokens_lapse() -> None:
+    # Each item takes longer than the hold: only one token of a grant can ever be used, so a take for the
+    # burst (20) would waste 19 tokens per item; the takes shrink back to what was used instead.
+    lapsed: list[int] = []
+    _window, starts = _drain_one_at_a_time(100, 0.5, items=40, lapsed=lapsed)
+    assert len(starts) == 40
+    assert max_in_window([(t, 1) for t in starts], 10.0) <= 50
+    assert sum(lapsed) <= len(starts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    allowed=st.integers(1, 8),
+    period=st.integers(1, 20),
+    hold=st.sampled_from([0.0, 0.5, 1.0, 3.0]),
+    arrivals=st.lists(st.integers(0, 160).map(lambda half_ticks: half_ticks / 2), min_size=1, max_size=25),
+    prefetch=st.integers(1, 30),
+    requests=st.lists(st.tuples(st.integers(0, 120), st.integers(1, 6)), max_size=8),
+)
+def test_with_prefetch_the_window_holds_and_nothing_goes_unrequested(
+    allowed: int,
+    period: int,
+    hold: float,
+    arrivals: list[float],
+    prefetch: int,
+    requests: list[tuple[int, int]],
+) -> None:
+    scheduler = TestScheduler()
+    window = InProcessWindow(allowed, float(period), hold, clock=scheduler)
+    source = TimedSource(scheduler, arrivals)
+    emitted: list[tuple[float, int]] = []
+    probe = Probe("throttle")
+    demand = Demand()
+    source.pipe(
+        throttle(window, min_tokens=1, prefetch=prefetch, scheduler=scheduler), probe
+    ).subscribe_with_demand(
+        reactivex.Observer(lambda i: emitted.append((float(scheduler.clock), i))), demand, scheduler
+    )
+    for at, n in requests:
+        scheduler.schedule_absolute(float(at), lambda _s, _st, n=n: demand.request(n))
+    scheduler.advance_to(100_000.0)
+
+    requested = sum(n for _, n in requests)
+    assert probe.violations == []
+    assert [i for _, i in emitted] == list(range(len(emitted)))
+    assert max_in_window([(t, 1) for t, _ in emitted], float(period)) <= allowed
+    assert len(emitted) == min(requested, len(arrivals))
+    assert len(source.emitted) <= requested + prefetch  # what went downstream, and at most prefetch held
