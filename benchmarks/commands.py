@@ -24,6 +24,8 @@ class CommandCount:
     client: int = 0
     script_internal: int = 0
     by_name: Counter[str] = field(default_factory=Counter)
+    by_script: Counter[str] = field(default_factory=Counter)
+    """EVALSHA calls by script SHA1."""
 
     def as_dict(self, jobs: int) -> dict[str, Any]:
         return {
@@ -33,6 +35,10 @@ class CommandCount:
             "script_internal_commands_per_job": self.script_internal / jobs if jobs else None,
             "client_commands_by_name": dict(self.by_name.most_common()),
         }
+
+    def script_calls(self, sha: str) -> int:
+        """EVALSHA calls of the script with this SHA1."""
+        return self.by_script[sha.lower()]
 
 
 class MonitorCounter:
@@ -88,7 +94,10 @@ class MonitorCounter:
                         self._count.script_internal += 1
                     else:
                         self._count.client += 1
-                        self._count.by_name[command.split(" ", 1)[0].upper()] += 1
+                        name, _, rest = command.partition(" ")
+                        self._count.by_name[name.upper()] += 1
+                        if name.upper() == "EVALSHA":
+                            self._count.by_script[rest.partition(" ")[0].lower()] += 1
         except BaseException as error:  # reported by stop()
             self._error = error
             self._ready.set()
