@@ -1,0 +1,70 @@
+"""The sliding window is written twice, in Lua for the shared window (take_tokens.lua) and in Python for the
+in-process one (operators.InProcessWindow). Fed the same takes at the same instants, they must grant alike.
+
+Each take goes to Redis first; its reply says when Redis's clock stood (start - delay), and the Python window
+is asked the same at that instant (its clock in microseconds, like the script's). Hypothesis draws the limits
+and the takes; short periods and small pauses make grants expire, wait and reserve.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flume_rx.operators import InProcessWindow
+from flume_rx.store.keys import Keys
+from flume_rx.store.scripts import lua_source
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_url)
+    yield c
+    c.close()
+
+
+takes = st.lists(
+    st.tuples(st.integers(1, 12), st.integers(1, 12), st.sampled_from([0.0, 0.0, 0.0005, 0.002, 0.006])),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    allowed=st.integers(1, 10),
+    period_ms=st.integers(1, 20),
+    hold_ms=st.integers(0, 4),
+    burst=st.sampled_from([0, 0, 1, 2, 5]),
+    trace=takes,
+)
+def test_the_lua_and_the_python_window_grant_alike(
+    client: redis.Redis,
+    allowed: int,
+    period_ms: int,
+    hold_ms: int,
+    burst: int,
+    trace: list[tuple[int, int, float]],
+) -> None:
+    script = client.script_load(lua_source("take_tokens"))
+    log_key, meta_key = Keys("parity").rate(uuid.uuid4().hex)
+    now_us = [0.0]
+    period_us, hold_us = period_ms * 1000.0, hold_ms * 1000.0
+    python = InProcessWindow(allowed, period_us, hold_us, clock=lambda: now_us[0], burst=burst or None)
+    for want, least, pause_s in trace:
+        if pause_s:
+            time.sleep(pause_s)
+        # Not adaptive: margin and probe are unused but must be numbers.
+        args = (allowed, repr(period_ms * 1.0), repr(hold_ms * 1.0), want, least, 0, "0.03", "0.4", burst)
+        tokens, delay_us, _, _, start_us = client.evalsha(script, 2, log_key, meta_key, *args)  # type: ignore[misc]
+        now_us[0] = float(int(start_us) - int(delay_us))
+        grant = python.grant(want, least)
+        assert grant.tokens == int(tokens), (want, least, grant, tokens, delay_us)
+        # The script replies in whole microseconds (a paced start can fall between two).
+        assert abs(grant.delay_s - int(delay_us)) <= (2 if burst else 0), (want, least, grant, delay_us)
