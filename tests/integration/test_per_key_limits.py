@@ -194,7 +194,9 @@ def starts() -> Iterator[list[tuple[str, float]]]:
     unregister("KJob")
 
 
-def test_the_runtime_limits_each_tenant_on_its_own(redis_url: str, starts: list[tuple[str, float]]) -> None:
+def test_the_runtime_limits_each_tenant_on_its_own(
+    redis_url: str, starts: list[tuple[str, float]], grants: list[tuple[str, int, int, float]]
+) -> None:
     allowed, period_s = 3, 0.5
     with Flume(redis_url, "t") as flume:
         flume.bulk_enqueue(QUEUE, [("KJob", ["hot", i]) for i in range(9)] + [("KJob", ["cold", 0])])
@@ -203,9 +205,9 @@ def test_the_runtime_limits_each_tenant_on_its_own(redis_url: str, starts: list[
     assert len(hot) == 9 and [t for t, _ in starts].count("cold") == 1
     # The cold tenant does not queue behind the hot one's window: it starts before hot's fourth job.
     assert [t for t, _ in starts].index("cold") <= allowed
-    # At most `allowed` hot starts in any period (a little slack for the hop from grant to start).
-    for at in hot:
-        assert sum(1 for other in hot if at <= other < at + period_s - 0.05) <= allowed
+    # At most `allowed` hot hand-offs in any period, as hot's window counted them.
+    assert most_tokens_counted_at_once(grants, "hot", period_s) <= allowed
+    assert sum(tokens for key, tokens, _, _ in grants if key == "hot") >= 9
 
 
 @pytest.mark.parametrize(
@@ -277,10 +279,22 @@ def grants(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int, float]]
     return recorded
 
 
-def most_starts_in_any_period(starts_us: list[int], period_s: float) -> int:
-    """The most starts in one half-open period ``[s, s + period)``, checked from every start."""
+def most_tokens_counted_at_once(grants: list[tuple[str, int, int, float]], key: str, period_s: float) -> int:
+    """The most tokens ``key``'s window held counted at once, from the grants it recorded.
+
+    A grant starting at ``g`` counts until ``g + hold + period`` (hold includes a batcher's timeout), and grants
+    go out in order of start, so at each grant this sums every grant of the key that started no later and
+    still counted. Jobs start within their grant's hold, so this bounds the starts in any sliding period.
+    It is computed from Redis's clock as the window saw it, so a busy machine cannot change it: only the
+    moment a worker's first line runs after its hand-off can lag (``benchmarks/per_key_limits.py`` measures
+    that lag; a test cannot assert on it).
+    """
     period_us = period_s * 1_000_000
-    return max((sum(1 for other in starts_us if s <= other < s + period_us) for s in starts_us), default=0)
+    mine = [(start, tokens, hold_ms * 1000) for k, tokens, start, hold_ms in grants if k == key and tokens]
+    return max(
+        (sum(t for s, t, hold_us in mine if s <= g and s + hold_us + period_us > g) for g, _, _ in mine),
+        default=0,
+    )
 
 
 def _by_tenant(stamped: list[tuple[str, int]]) -> dict[str, list[int]]:
@@ -310,7 +324,7 @@ def test_key_from_with_a_batcher_limits_each_tenant_and_still_batches(
     )
     starts = _by_tenant(stamped)
     assert {tenant: len(at) for tenant, at in starts.items()} == {"hot": 12, "warm": 6, "cold": 1}
-    assert all(most_starts_in_any_period(at, period_s) <= allowed for at in starts.values())
+    assert all(most_tokens_counted_at_once(grants, tenant, period_s) <= allowed for tenant in starts)
     assert max(BATCH_SIZES) > 1  # jobs released together still go out in batches
     # The windows count each grant for the batcher's timeout too, so starts (not releases) stay exact.
     assert grants and {hold for *_, hold in grants} == {hold_ms + timeout_ms}
@@ -323,7 +337,7 @@ def test_key_from_with_a_batcher_limits_each_tenant_and_still_batches(
 
 @pytest.mark.parametrize("batched", [False, True], ids=["per-job", "batched"])
 def test_a_fluent_keyed_throttle_limits_each_tenant_on_its_own(
-    redis_url: str, stamped: list[tuple[str, int]], batched: bool
+    redis_url: str, stamped: list[tuple[str, int]], grants: list[tuple[str, int, int, float]], batched: bool
 ) -> None:
     allowed, period_s, timeout_s = 3, 0.4, 0.05
     worker_name = "KStampBatch" if batched else "KStamp"
@@ -343,7 +357,8 @@ def test_a_fluent_keyed_throttle_limits_each_tenant_on_its_own(
 
     starts = _by_tenant(stamped)
     assert {tenant: len(at) for tenant, at in starts.items()} == {"hot": 9, "cold": 1}
-    assert all(most_starts_in_any_period(at, period_s) <= allowed for at in starts.values())
+    assert all(most_tokens_counted_at_once(grants, tenant, period_s) <= allowed for tenant in starts)
+    assert all(sum(t for k, t, _, _ in grants if k == tenant) >= len(at) for tenant, at in starts.items())
     # The cold tenant has its own window: it starts before hot's fourth job, which waits a period.
     order = sorted((at, tenant) for tenant, ats in starts.items() for at in ats)
     assert [t for _, t in order].index("cold") <= allowed
