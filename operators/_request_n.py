@@ -156,13 +156,24 @@ class PullSource(Flowable[_T]):
                     observer.on_error(error)
 
                 return fail
-            if held and demand.take(1):
-                item = held.popleft()
-                return lambda: observer.on_next(item)
+            if held:
+                # Everything the demand allows goes in one signal: one lock round per batch, not per item.
+                granted = demand.take(len(held))
+                if granted:
+                    batch = [held.popleft() for _ in range(granted)]
+                    return lambda: emit(batch)
             if exhausted and not held and not fetching:
                 stopped = True
                 return observer.on_completed
             return None
+
+        def emit(batch: list[_T]) -> None:
+            for index, item in enumerate(batch):
+                if stopped:
+                    # Cancelled during an earlier on_next of this batch: the rest was never delivered.
+                    give_back(batch[index:], len(batch) - index)
+                    return
+                observer.on_next(item)
 
         def plan_fetch() -> tuple[int, int, float | None]:
             # Called with the lock held: (size, fetch number, pressure) where size 0 means no fetch now, and
