@@ -46,7 +46,7 @@ from flume_rx.errors import ConfigError, FlumeError, StoreError, WorkerModuleFai
 from flume_rx.logs import LogFormat, configure_logging
 from flume_rx.pipeline import JobSource, Settler, assemble
 from flume_rx.schedules import CronTicker
-from flume_rx.store import OUTAGE_LOG, Outage, RedisStore, SyncStore
+from flume_rx.store import Outage, RedisStore, SyncStore, through_outage
 from flume_rx.telemetry import Telemetry
 
 logger = logging.getLogger("flume_rx.runtime")
@@ -263,16 +263,7 @@ class WorkerRuntime:
         Through an outage (Redis down, full, or refusing the call) it retries with backoff until it lands or
         we are asked to stop: exiting would only make a supervisor start us again, in a loop.
         """
-        outage = Outage("heartbeat")
-        while not stop.is_set():
-            try:
-                await store.heartbeat(queues, self.consumer)
-            except StoreError as exc:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), outage.failed(exc))
-                continue
-            outage.ok()
-            return
+        await through_outage("heartbeat", lambda: store.heartbeat(queues, self.consumer), stop=stop)
 
     async def _window_for(self, store: RedisStore, config: PipelineConfig) -> fo.TokenWindow | None:
         limiter = config.rate_limiter
@@ -421,18 +412,14 @@ class _Heartbeat(threading.Thread):
         self._stopped.set()
 
     def run(self) -> None:
-        outage_since: float | None = None
+        outage = Outage("heartbeat")
         while not self._stopped.wait(self.interval_s):
             try:
                 self.store.heartbeat(self.queues, self.runtime.consumer)
             except StoreError as exc:
-                if outage_since is None:
-                    outage_since = time.monotonic()
-                OUTAGE_LOG.down("heartbeat", exc)
+                outage.failed(exc)  # the beat interval paces the retries; the backoff is not needed
                 continue
-            if outage_since is not None:
-                outage_since = None
-                OUTAGE_LOG.up()
+            outage.ok()
             self.runtime.telemetry.emit("consumer.heartbeat", consumer=self.runtime.consumer)
             lag = self.runtime.loop_lag_s()
             if lag > LOOP_BLOCKED_WARNING_S and not self._warned_blocked:

@@ -25,7 +25,7 @@ from flume_rx.errors import (
 )
 from flume_rx.job import Job, JobError
 from flume_rx.rate_watch import RateWatch
-from flume_rx.store import Outage, RedisStore, Settlement
+from flume_rx.store import Outage, RedisStore, Settlement, through_outage
 from flume_rx.telemetry import Telemetry
 
 logger = logging.getLogger("flume_rx.pipeline")
@@ -306,15 +306,9 @@ class JobSource:
 
     async def _settle_queue(self, queue: str, settlements: Sequence[Settlement]) -> None:
         """Settle on ``queue``, retrying with backoff through an outage (settling is idempotent)."""
-        outage = Outage(f"settle on {queue!r}")
-        while True:
-            try:
-                await self.store.settle(queue, self.consumer, settlements)
-            except StoreError as exc:
-                await asyncio.sleep(outage.failed(exc))
-                continue
-            outage.ok()
-            return
+        await through_outage(
+            f"settle on {queue!r}", lambda: self.store.settle(queue, self.consumer, settlements)
+        )
 
     def _on_pressure(self, engaged: bool, held_s: float) -> None:
         if engaged:

@@ -47,6 +47,7 @@ from flume_rx.store.outage import (
     OUTAGE_LOG,
     Outage,
     _OutageLog,  # noqa: F401
+    through_outage,
 )
 from flume_rx.store.redis_store import RedisStore
 from flume_rx.store.scripts import SCRIPTS, Arg, _Cmd, _Eval, _Op, _sha, lua_source  # noqa: F401
@@ -82,4 +83,5 @@ __all__ = [
     "is_cluster",
     "lua_source",
     "redact_url",
+    "through_outage",
 ]

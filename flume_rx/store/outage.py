@@ -1,19 +1,28 @@
-"""Riding out a Redis outage: one backoff per loop, one shared log line per outage."""
+"""Riding out a Redis outage: one backoff per loop, one shared log line per outage, and one retry loop
+(:func:`through_outage`) for every call that must land however long Redis is away."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import threading
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from redis.exceptions import ResponseError
+
+from flume_rx.errors import StoreError
 
 log = logging.getLogger("flume_rx.store")
 
 # Jitter comes from a private generator: drawing from the global one would perturb the random state of
 # the application (and of Hypothesis, which checks it) from our background loops.
 _jitter = random.Random()
+
+_T = TypeVar("_T")
 
 
 class _OutageLog:
@@ -81,3 +90,28 @@ class Outage:
         if self.since is not None:
             self.since = None
             OUTAGE_LOG.up()
+
+
+async def through_outage(
+    what: str, call: Callable[[], Awaitable[_T]], *, stop: asyncio.Event | None = None
+) -> _T | None:
+    """``await call()`` until it works, waiting with :class:`Outage`'s backoff after each ``StoreError``.
+
+    For calls that must land (settling, the first heartbeat, a rate limiter's grant): an outage must not end
+    the loop that makes them. With ``stop``, a wait ends early when it is set, and then None is returned.
+    """
+    outage = Outage(what)
+    while stop is None or not stop.is_set():
+        try:
+            result = await call()
+        except StoreError as exc:
+            wait_s = outage.failed(exc)
+            if stop is None:
+                await asyncio.sleep(wait_s)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait_s)
+            continue
+        outage.ok()
+        return result
+    return None

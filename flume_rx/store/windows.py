@@ -13,10 +13,9 @@ from typing import Any, TypeVar
 import reactivex
 from reactivex import Observable, abc
 
-from flume_rx.errors import StoreError
 from flume_rx.operators import AdaptiveTuning, Grant
 from flume_rx.store.commands import RefusalReply, TokenReply
-from flume_rx.store.outage import Outage
+from flume_rx.store.outage import through_outage
 from flume_rx.store.redis_store import RedisStore
 
 log = logging.getLogger("flume_rx.store")
@@ -89,14 +88,10 @@ class RedisTokenWindow:
         While Redis is unreachable it waits with backoff, as fetch and settle do: an outage must not end the
         pipeline the throttle sits in.
         """
-        outage = Outage(f"rate limiter {self.key!r}")
-        while True:
-            try:
-                reply = await self.take_reply(tokens, min_tokens)
-                break
-            except StoreError as exc:
-                await asyncio.sleep(outage.failed(exc))
-        outage.ok()
+        reply = await through_outage(
+            f"rate limiter {self.key!r}", lambda: self.take_reply(tokens, min_tokens)
+        )
+        assert reply is not None  # without a stop event it returns only once the call worked
         return Grant(tokens=reply.tokens, delay_s=reply.delay_us / 1e6, hold_s=reply.hold_us / 1e6)
 
     async def take_reply(self, tokens: int, min_tokens: int = 1) -> TokenReply:
