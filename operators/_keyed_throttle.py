@@ -89,7 +89,7 @@ def throttle_by_key(
             held: OrderedDict[str, deque[tuple[_T, int]]] = OrderedDict()
             busy: dict[str, int] = {}  # keys with a grant being used or awaited -> items it may release
             state = {"held": 0, "taking": False, "done": False, "stopped": False}
-            timers: list[asyncio.TimerHandle] = []
+            timers: set[asyncio.TimerHandle] = set()  # grants waiting to be used; each leaves when it fires
             tasks: set[asyncio.Task[None]] = set()
 
             def top_up() -> None:
@@ -146,10 +146,18 @@ def throttle_by_key(
                     return
                 for (item_key, _, _), grant in zip(wants, grants, strict=True):
                     deadline = sent_at + grant.delay_s + grant.hold_s
-                    timers.append(loop.call_later(grant.delay_s, use, item_key, grant.tokens, deadline))
+                    schedule_use(grant.delay_s, item_key, grant.tokens, deadline)
                 with lock:
                     state["taking"] = False
                 pump()
+
+            def schedule_use(delay_s: float, item_key: str, tokens: int, deadline: float) -> None:
+                def fire() -> None:
+                    timers.discard(handle)
+                    use(item_key, tokens, deadline)
+
+                handle = loop.call_later(delay_s, fire)
+                timers.add(handle)
 
             def use(item_key: str, tokens: int, deadline: float) -> None:
                 emit: list[_T] = []
@@ -192,8 +200,9 @@ def throttle_by_key(
             def cancel() -> None:
                 with lock:
                     state["stopped"] = True
-                for timer in timers:
+                for timer in list(timers):
                     timer.cancel()
+                timers.clear()
                 for task in list(tasks):
                     task.cancel()
 
