@@ -9,6 +9,10 @@ Optional keys in both forms: ``"from"`` (overrides the sender's ``from_address``
 and ``"tags"`` (a dict of SES message tags). ``"to"``, ``"cc"`` and ``"bcc"`` take a list or one address;
 a message needs at least one recipient and SES allows at most 50.
 
+(Longer than the ~600 lines flume_rx keeps its modules to, on purpose: message validation, both send paths,
+the cost function and the mapping of every SES error class belong to one downstream and change together; a
+user reads one file to know what the integration does with their mail.)
+
 The send worker makes one SESv2 ``send_email`` call per job. The bulk worker makes one ``send_bulk_email``
 call per group of templated messages that share template, sender and reply-to (at most 50 destinations a
 call) and sends the other messages of its batch one by one. SES counts recipients against the account's
