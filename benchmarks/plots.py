@@ -243,6 +243,42 @@ def per_key_limits(data: dict[str, Any]) -> Figure | None:
     return fig
 
 
+def adaptive_rate(data: dict[str, Any]) -> Figure | None:
+    """The adaptive window's effective rate and SES's limit over time, with what SES accepted in the trailing
+    second and each refusal, one panel per repetition (``benchmarks.rate_limit --mode adaptive``)."""
+    runs = [r for r in data.get("runs", []) if r.get("timeline")]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(len(runs), 1, figsize=(10, 2.8 * len(runs)), sharex=True, squeeze=False)
+    for index, (ax, run) in enumerate(zip(axes[:, 0], runs, strict=True)):
+        t, rate, limit, accepted = (list(column) for column in zip(*run["timeline"], strict=True))
+        ax.step(t, limit, where="post", color="black", linestyle="--", linewidth=1, label="SES's limit")
+        ax.plot(t, rate, color="tab:blue", linewidth=1.5, label="window's effective rate")
+        ax.plot(t, accepted, color="tab:green", linewidth=1, alpha=0.8, label="accepted by SES, trailing 1 s")
+        refusals = [x for x in run.get("refusals_at_s", []) if x <= t[-1]]
+        if refusals:
+            ax.plot(refusals, [min(limit) * 0.55] * len(refusals), "|", color="tab:red", markersize=10,
+                    label=f"refusals ({len(refusals)})")  # fmt: skip
+        allowed = run.get("limit_per_s")
+        if allowed:
+            ax.axhline(allowed, color="grey", linewidth=0.8, linestyle=":", label=f"allowed {allowed}/s")
+        ax.set_ylim(min(limit) * 0.5, (allowed or max(limit)) * 1.08)
+        ax.set_ylabel("per second")
+        shares = ", ".join(
+            f"{p['share_of_downstream']:.0%} of {p['downstream_limit_per_s']}/s" for p in run["phases"]
+        )
+        ax.set_title(
+            f"repetition {index + 1}: accepted from {run.get('settle_s', 3):g} s after each change: {shares}",
+            fontsize=9,
+        )
+        if index == 0:
+            ax.legend(fontsize=7, loc="lower right", ncol=3)
+    axes[-1, 0].set_xlabel("seconds since SES's first call")
+    fig.suptitle("Adaptive window (400/s allowed) following SES at 300/s, then 380/s")
+    fig.tight_layout()
+    return fig
+
+
 FIGURES = {
     "throughput": throughput,
     "rate_limit": rate_limit,
@@ -256,6 +292,7 @@ FIGURES = {
 STANDALONE = {
     "priorities": priorities,
     "per_key_limits": per_key_limits,
+    "adaptive_rate": adaptive_rate,
 }
 
 

@@ -38,11 +38,12 @@ class RateWatch:
         self._lock = threading.Lock()
         self._reported = float(window.allowed)
 
-    def refused(self, count: int) -> None:
-        """The downstream refused ``count`` calls (one report per settled batch, not one per job)."""
+    def refused(self, count: int, age_s: float = 0.0) -> None:
+        """The downstream refused ``count`` calls, the first of them started ``age_s`` ago (one report per loop
+        iteration, not one per job)."""
         if count < 1:
             return
-        self.window.penalize(count).subscribe(
+        self.window.penalize(count, max(0.0, age_s)).subscribe(
             lambda rate: self._changed(rate, "refused", refused=count),
             lambda exc: logger.warning(
                 "could not report %d refusal(s) to rate limiter %s: %s", count, self.key, exc

@@ -63,9 +63,10 @@ class TokenWindow(Protocol):
         """Ask for up to ``tokens``; emits one Grant of at least ``min(tokens, min_tokens)`` and completes."""
         ...
 
-    def penalize(self, refused: int = 1) -> Observable[float]:
-        """Report ``refused`` calls the limited service refused; in adaptive mode the shared rate is aimed at
-        what it accepted (see :mod:`._adaptive`). Emits the new effective rate."""
+    def penalize(self, refused: int = 1, age_s: float = 0.0) -> Observable[float]:
+        """Report ``refused`` calls the limited service refused, the first of them started ``age_s`` ago; in
+        adaptive mode the shared rate is aimed at what it accepted (see :mod:`._adaptive`). Emits the new
+        effective rate."""
         ...
 
     def current_rate(self) -> float:
@@ -225,14 +226,17 @@ class InProcessWindow:
         """A cold Observable that computes one :meth:`grant` when subscribed, emits it and completes."""
         return reactivex.defer(lambda _scheduler: reactivex.just(self.grant(tokens, min_tokens)))
 
-    def refuse(self, refused: int = 1) -> float:
-        """The synchronous core of :meth:`penalize`: record ``refused`` refusals now; returns the new rate.
+    def refuse(self, refused: int = 1, age_s: float = 0.0) -> float:
+        """The synchronous core of :meth:`penalize`: record ``refused`` refusals, the first of them of a call
+        started ``age_s`` ago; returns the new rate.
 
         Raises:
-            ValueError: when ``refused`` is below 1.
+            ValueError: when ``refused`` is below 1 or ``age_s`` is negative.
         """
         if refused < 1:
             raise ValueError(f"refused must be >= 1 (got {refused})")
+        if not age_s >= 0:
+            raise ValueError(f"age_s must be >= 0 seconds (got {age_s})")
         with self._lock:
             now = self._clock()
             current = self._rate_at(now)
@@ -240,26 +244,29 @@ class InProcessWindow:
                 return current
             period = self._period_s
             refusals = self._refusals
-            refusals.append((now, refused))
-            # The last period and a hold before it (the refusal was decided a little before it was reported,
-            # and a grant's calls may start up to a hold after g): as penalize.lua measures.
-            since = now - period - self.hold_s
-            while refusals and refusals[0][0] <= since:
+            # The period that ended when the refused call started, as penalize.lua measures: what the downstream
+            # had accepted when it refused. Calls started since are still under way (after a refusal, most will
+            # be refused too) and do not count.
+            until = now - age_s
+            since = until - period
+            refusals.append((until, refused))
+            while refusals and refusals[0][0] <= since - period:
                 refusals.popleft()
-            # Grants stay in the deque until g + hold + period, so every start since then is there.
+            # Grants stay in the deque until g + hold + period, so every start of the last period is there.
             started = sum(
                 count
                 for expires_at, count in self._grants
-                if since < expires_at - self.hold_s - period <= now
+                if since < expires_at - self.hold_s - period <= until
             )
-            accepted = accepted_per_period(started, sum(count for _at, count in refusals), period, period)
+            refused_then = sum(count for at, count in refusals if since < at <= until)
+            accepted = accepted_per_period(started, refused_then, period, period)
             self._ceiling = ceiling_after_refusal(current, accepted, self.tuning)
             self._cut_at = now
             return self._rate_at(now)
 
-    def penalize(self, refused: int = 1) -> Observable[float]:
+    def penalize(self, refused: int = 1, age_s: float = 0.0) -> Observable[float]:
         """A cold Observable that records ``refused`` refusals when subscribed and emits the new rate."""
-        return reactivex.defer(lambda _scheduler: reactivex.just(self.refuse(refused)))
+        return reactivex.defer(lambda _scheduler: reactivex.just(self.refuse(refused, age_s)))
 
 
 def throttle(

@@ -98,12 +98,13 @@ class Settler:
         self._rng = rng or random.Random()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._refused: dict[RateWatch, int] = {}  # refusals not yet reported, by window
+        # Refusals not yet reported, by window: how many, and how long ago the oldest refused call started.
+        self._refused: dict[RateWatch, tuple[int, float]] = {}
 
     def _report_refused(self) -> None:
         refused, self._refused = self._refused, {}
-        for watch, count in refused.items():
-            watch.refused(count)
+        for watch, (count, age_s) in refused.items():
+            watch.refused(count, age_s)
 
     def on_next(self, outcome: fo.Outcome[Any, Any]) -> None:
         item = outcome.item
@@ -172,9 +173,11 @@ class Settler:
             if watch is not None:
                 # One report per window and loop iteration, at once rather than with the settle batch: the
                 # sooner the shared rate follows the downstream, the fewer calls it refuses.
+                # The window measures what the downstream had accepted when the oldest refused call started.
                 if not self._refused:
                     asyncio.get_running_loop().call_soon(self._report_refused)
-                self._refused[watch] = self._refused.get(watch, 0) + 1
+                count, age_s = self._refused.get(watch, (0, 0.0))
+                self._refused[watch] = (count + 1, max(age_s, duration_ms / 1000))
             return
         job_error, failed = verdict.error, verdict.failed
         assert job_error is not None and failed is not None  # a retried or dead verdict records its failure

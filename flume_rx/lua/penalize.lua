@@ -1,10 +1,12 @@
 -- penalize(KEYS[1]=log, KEYS[2]=meta, KEYS[3]=refusals, ARGV[1]=allowed, ARGV[2]=period_ms, ARGV[3]=hold_ms,
---          ARGV[4]=refused, ARGV[5]=margin, ARGV[6]=probe, ARGV[7]=most_cut)
+--          ARGV[4]=refused, ARGV[5]=margin, ARGV[6]=probe, ARGV[7]=most_cut, ARGV[8]=age_ms)
 --   -> {effective allowed after it (string), ceiling (string), accepted per period (string, '' if unmeasured),
 --       now_us}
--- The downstream refused `refused` calls: aim the shared rate at what it accepted. The accepted rate is the
--- tokens started (grants of take_tokens.lua whose start g lies in the last period and not in the future) minus
--- the calls refused over the same span (the refusals zset, "seq:count" scored by time), per period. The new
+-- The downstream refused `refused` calls, the first of which started age_ms ago: aim the shared rate at what it
+-- accepted. That is measured over the period that ended when that call started (what the downstream had
+-- accepted when it refused; calls started since are still under way, and after a refusal most will be refused
+-- too): the tokens of grants of take_tokens.lua whose start g lies in it, minus the calls refused in it (the
+-- refusals zset, "seq:count" scored by the refused calls' start), per period. The new
 -- ceiling and the time of this refusal go into meta; take_tokens.lua probes upward from them. The formulas are
 -- those of operators/_adaptive.py (probed_rate, accepted_per_period, ceiling_after_refusal, recovery_s).
 local t = redis.call('TIME')
@@ -16,6 +18,7 @@ local refused = tonumber(ARGV[4])
 local margin = tonumber(ARGV[5])
 local probe = tonumber(ARGV[6])
 local most_cut = tonumber(ARGV[7])
+local age = math.max(0, math.floor(tonumber(ARGV[8]) * 1000))
 local plateau = (margin / probe) ^ (1 / 3)
 
 local meta = redis.call('HMGET', KEYS[2], 'ceiling', 'cut_at', 'last_g', 'rseq')
@@ -27,29 +30,27 @@ if ceiling and cut_at then
   current = math.max(1, math.min(allowed, ceiling * (1 + probe * offset * offset * offset)))
 end
 
--- The starts of the last period and a hold before it: the refusal being reported was decided by the downstream
--- a little before now (its reply and our settling took time), over its own last period, and a grant's calls may
--- start up to a hold after g. take_tokens.lua drops grants with g <= last_g - period - hold, so the log holds
--- every start after `since`.
-local since = now - period - hold
+-- take_tokens.lua drops grants with g <= last_g - period - hold, so the log holds every start after `since`.
+local upto = now - age
+local since = upto - period
 local last_g = tonumber(meta[3])
 if last_g and redis.call('EXISTS', KEYS[1]) == 1 then
   since = math.max(since, last_g - period - hold)
 end
 local started = 0
-for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%.0f', since + hold), now + hold)) do
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%.0f', since + hold), upto + hold)) do
   started = started + tonumber(string.match(member, ':(%d+)$'))
 end
 local rseq = redis.call('HINCRBY', KEYS[2], 'rseq', 1)
-redis.call('ZADD', KEYS[3], now, rseq .. ':' .. refused)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - period - hold)
+redis.call('ZADD', KEYS[3], upto, rseq .. ':' .. refused)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 2 * period)
 local refusals = 0
-for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], string.format('(%.0f', since), now)) do
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], string.format('(%.0f', since), upto)) do
   refusals = refusals + tonumber(string.match(member, ':(%d+)$'))
 end
 
 local accepted = nil
-local span = now - since - hold
+local span = upto - since
 if span > 0 then
   accepted = math.max(0, started - refusals) * period / span
 end
@@ -67,5 +68,5 @@ redis.call('HSET', KEYS[2], 'ceiling', tostring(ceiling), 'cut_at', now, 'rate',
 local back_s = (plateau + (math.max(0, allowed / ceiling - 1) / probe) ^ (1 / 3)) * period / 1000000
 local ttl_ms = math.max(math.ceil(back_s * 1000) + 1000, redis.call('PTTL', KEYS[2]))
 redis.call('PEXPIRE', KEYS[2], ttl_ms)
-redis.call('PEXPIRE', KEYS[3], math.ceil(period / 1000) + 1000)
+redis.call('PEXPIRE', KEYS[3], math.ceil(2 * period / 1000) + 1000)
 return {tostring(effective), tostring(ceiling), accepted == nil and '' or tostring(accepted), now}

@@ -554,10 +554,11 @@ class RedisStore:
         period_ms: float,
         hold_ms: float,
         refused: int = 1,
+        age_ms: float = 0.0,
         tuning: AdaptiveTuning = _DEFAULT_TUNING,
     ) -> RefusalReply:
-        """Record ``refused`` refusals of the downstream behind window ``key`` and aim its shared adaptive rate
-        at what the downstream accepted (see ``penalize.lua``)."""
+        """Record ``refused`` refusals of the downstream behind window ``key``, the first of a call started
+        ``age_ms`` ago, and aim its shared adaptive rate at what the downstream accepted (see ``penalize.lua``)."""
         log_key, meta_key = self.keys.rate(key)
         args: tuple[Arg, ...] = (
             allowed,
@@ -567,6 +568,7 @@ class RedisStore:
             repr(float(tuning.margin)),
             repr(float(tuning.probe)),
             repr(float(tuning.most_cut)),
+            repr(max(0.0, float(age_ms))),
         )
         keys = (log_key, meta_key, self.keys.rate_refusals(key))
         effective, ceiling, accepted, at_us = await self._run.one(_Eval("penalize", keys, args))

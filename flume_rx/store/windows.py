@@ -119,20 +119,23 @@ class RedisTokenWindow:
         """Emits one :class:`Grant` and completes; each subscription asks Redis once."""
         return _defer_async(lambda: self.take_async(tokens, min_tokens))
 
-    async def penalize_async(self, refused: int = 1) -> float:
-        """Report ``refused`` refusals by the downstream; returns the new effective allowed per period."""
+    async def penalize_async(self, refused: int = 1, age_s: float = 0.0) -> float:
+        """Report ``refused`` refusals by the downstream, the first of a call started ``age_s`` ago; returns the
+        new effective allowed per period."""
         if not self.adaptive:
             return self.current_rate()
-        return (await self.refuse(refused)).effective_allowed
+        return (await self.refuse(refused, age_s)).effective_allowed
 
-    async def refuse(self, refused: int = 1) -> RefusalReply:
+    async def refuse(self, refused: int = 1, age_s: float = 0.0) -> RefusalReply:
         """Like :meth:`penalize_async`, with the measurement the new rate was aimed at (adaptive mode only).
 
         Raises:
-            ValueError: when ``refused`` is below 1 or the window is not adaptive.
+            ValueError: when ``refused`` is below 1, ``age_s`` is negative, or the window is not adaptive.
         """
         if refused < 1:
             raise ValueError(f"refused must be >= 1 (got {refused})")
+        if not age_s >= 0:
+            raise ValueError(f"age_s must be >= 0 seconds (got {age_s})")
         if not self.adaptive:
             raise ValueError(f"rate limiter {self.key!r} is not adaptive; create it with adaptive=True")
         reply = await self.store.penalize_window(
@@ -141,6 +144,7 @@ class RedisTokenWindow:
             period_ms=self.period_s * 1000,
             hold_ms=self.hold_s * 1000,
             refused=refused,
+            age_ms=age_s * 1000,
             tuning=self.tuning,
         )
         with self._lock:
@@ -156,8 +160,8 @@ class RedisTokenWindow:
         )
         return reply
 
-    def penalize(self, refused: int = 1) -> Observable[float]:
-        return _defer_async(lambda: self.penalize_async(refused))
+    def penalize(self, refused: int = 1, age_s: float = 0.0) -> Observable[float]:
+        return _defer_async(lambda: self.penalize_async(refused, age_s))
 
     def current_rate(self) -> float:
         """The effective allowed per period as of the last reply from Redis (``allowed`` before any)."""

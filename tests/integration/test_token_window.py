@@ -189,6 +189,16 @@ async def test_refusals_aim_the_shared_rate_at_what_was_accepted(store: RedisSto
     assert b.current_rate() == pytest.approx(23 * 0.97, rel=1e-3)
 
 
+async def test_starts_after_the_refused_call_are_not_counted_as_accepted(store: RedisStore) -> None:
+    window = RedisTokenWindow(store, "ses", 40, 60.0, adaptive=True)
+    assert (await window.take_async(30, 30)).tokens == 30
+    # The refused call started 30 s ago, before those 30: when it was refused, nothing had been accepted (the
+    # 30 are still under way as far as that refusal knows), so the cut is the most one refusal may make.
+    reply = await window.refuse(1, age_s=30.0)
+    assert reply.accepted == 0.0
+    assert reply.ceiling == 20.0  # half the current rate: AdaptiveTuning.most_cut
+
+
 async def test_the_rate_probes_back_up_to_allowed(store: RedisStore) -> None:
     window = RedisTokenWindow(store, "ses", 40, 0.05, adaptive=True)
     await window.take_async(30, 30)

@@ -160,7 +160,7 @@ def drive(
         busy = [(done_at, ok) for done_at, ok in busy if done_at > t]
         refused = finished.count(False)
         if refused:
-            window.refuse(refused)
+            window.refuse(refused, age_s=latency)
         if tokens and t > grant_until:
             tokens = 0  # lapsed
         free = stages - len(busy)
@@ -181,7 +181,7 @@ def drive(
 @settings(max_examples=12, deadline=None)
 @given(allowed=st.integers(60, 400), share=st.floats(0.3, 0.95))
 def test_a_slower_downstream_is_found_and_followed_closely(allowed: int, share: float) -> None:
-    limit = max(10, math.floor(allowed * share))
+    limit = max(30, math.floor(allowed * share))
     trace = drive(allowed, [(0.0, limit)], until=12.0)
     ds = trace.downstream
     # Converges: from 3 s on, at least 90% of what the downstream allows gets through ...
@@ -218,7 +218,8 @@ def test_any_raise_is_found_and_allowed_is_never_exceeded(allowed: int, low: flo
 @settings(max_examples=12, deadline=None)
 @given(allowed=st.integers(80, 400), high=st.floats(0.6, 0.95), low=st.floats(0.2, 0.55))
 def test_a_lowered_downstream_is_followed_within_three_seconds(allowed: int, high: float, low: float) -> None:
-    first, second = math.floor(allowed * high), max(10, math.floor(allowed * low))
+    # From 30/s up: below, whole tokens per period (the window grants floor(rate)) cost more than 10%.
+    first, second = math.floor(allowed * high), max(30, math.floor(allowed * low))
     trace = drive(allowed, [(0.0, first), (8.0, second)], until=16.0)
     ds = trace.downstream
     assert ds.accepted_between(11.0, 16.0) >= 0.9 * second * 5.0
@@ -249,6 +250,20 @@ def test_refuse_aims_at_what_was_accepted() -> None:
     assert window.current_rate() == pytest.approx(6 * 0.97)
     now[0] = 100.0
     assert window.current_rate() == 10.0
+
+
+def test_refuse_measures_the_period_before_the_refused_call_started() -> None:
+    now = [0.0]
+    window = InProcessWindow(10, 1.0, 0.0, clock=lambda: now[0], adaptive=True)
+    assert window.grant(8, 8).tokens == 8
+    now[0] = 0.5
+    assert window.grant(2, 2).tokens == 2
+    now[0] = 0.6
+    # Refused a call that started at 0.2: the downstream had accepted the first 8 then (less that call), not
+    # the 2 started after it.
+    assert window.refuse(1, age_s=0.4) == pytest.approx(7 * (1 - window.tuning.margin))
+    with pytest.raises(ValueError, match="age_s"):
+        window.refuse(1, age_s=-1.0)
 
 
 def test_refuse_without_adaptive_keeps_the_rate() -> None:
