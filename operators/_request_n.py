@@ -158,9 +158,9 @@ class PullSource(Flowable[_T]):
                 return fail
             if held:
                 # Everything the demand allows goes in one signal: one lock round per batch, not per item.
-                granted = demand.take(len(held))
-                if granted:
-                    batch = [held.popleft() for _ in range(granted)]
+                allowed = demand.take(len(held))
+                if allowed:
+                    batch = [held.popleft() for _ in range(allowed)]
                     return lambda: emit(batch)
             if exhausted and not held and not fetching:
                 stopped = True
@@ -173,7 +173,12 @@ class PullSource(Flowable[_T]):
                     # Cancelled during an earlier on_next of this batch: the rest was never delivered.
                     give_back(batch[index:], len(batch) - index)
                     return
-                observer.on_next(item)
+                try:
+                    observer.on_next(item)
+                except BaseException:
+                    if stopped:  # a subscriber that raises is cancelled (rule 2.13); the rest goes back
+                        give_back(batch[index + 1 :], len(batch) - index - 1)
+                    raise
 
         def plan_fetch() -> tuple[int, int, float | None]:
             # Called with the lock held: (size, fetch number, pressure) where size 0 means no fetch now, and

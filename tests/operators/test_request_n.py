@@ -373,3 +373,19 @@ def test_a_fetch_marked_last_completes_the_source_without_another_fetch() -> Non
     source.subscribe_with_demand(reactivex.Observer(on_completed=lambda: completed.append(True)), Demand(3))
     assert calls == [3]
     assert completed == [True]
+
+
+def test_a_subscriber_that_raises_mid_batch_gets_the_rest_handed_back() -> None:
+    # Rule 2.13: the raise cancels the subscription; the items of the batch after it were never delivered.
+    handed_back: list[int] = []
+    source = request_n(lambda n: reactivex.of([0, 1, 2][:n]), 5, hand_back=handed_back.extend)
+
+    def on_next(item: int) -> None:
+        raise RuntimeError(f"subscriber bug at {item}")
+
+    demand = Demand()
+    source.subscribe_with_demand(reactivex.Observer(on_next), demand)
+    with pytest.raises(RuntimeError, match="at 0"):
+        demand.request(3)
+    assert handed_back == [1, 2]
+    assert source.credits.in_flight == 1
