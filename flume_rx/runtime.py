@@ -231,9 +231,9 @@ class WorkerRuntime:
             except asyncio.CancelledError:
                 # A cancelled run (asyncio.run's Ctrl-C, a caller's task.cancel()) stops as SIGTERM does: jobs
                 # handed back, nothing left in flight. Then the cancellation goes on.
-                await self._shutdown(store, settler)
+                await self._shutdown(store, settler, heartbeat)
                 raise
-            await self._shutdown(store, settler)
+            await self._shutdown(store, settler, heartbeat)
         finally:
             for task in tasks:
                 task.cancel()
@@ -323,7 +323,7 @@ class WorkerRuntime:
         subscription = graph.subscribe(settler.on_next, on_error, completed.set, scheduler=scheduler)
         return _Running(config, source, subscription, completed)
 
-    async def _shutdown(self, store: RedisStore, settler: Settler) -> None:
+    async def _shutdown(self, store: RedisStore, settler: Settler, heartbeat: _Heartbeat) -> None:
         for running in self.running:
             running.source.stopping = True
         handed_back = 0
@@ -338,6 +338,11 @@ class WorkerRuntime:
             logger.warning("settling outcomes did not finish within shutdown_timeout")
         for running in self.running:
             running.subscription.dispose()
+        # Giving the jobs back also takes us out of the consumers set: a beat landing after that would put us
+        # back for good, a dead consumer in every count until some worker recovers it. So the beats end first.
+        heartbeat.stop()
+        if heartbeat.is_alive():
+            await asyncio.to_thread(heartbeat.join, HEARTBEAT_JOIN_S)
         returned = 0
         for running in self.running:
             for queue in running.config.all_queues:
@@ -394,6 +399,10 @@ def _allowed_from_ses(limiter: RateLimiterConfig) -> int:
 
     allowed = ses.rate_from_ses(ses.default_client(), limiter.from_ses or 1.0, period_s=limiter.period_s)
     return int(allowed)
+
+
+HEARTBEAT_JOIN_S = 5.0
+"""How long a stopping worker waits for a heartbeat under way (its call times out on its own later)."""
 
 
 class _Heartbeat(threading.Thread):

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
 
 from flume_rx import Flume
 from flume_rx import config as config_module
+from flume_rx import runtime as runtime_module
+from flume_rx.runtime import WorkerRuntime
+from flume_rx.store import Keys, RedisStore
 
 from .harness import QUEUE, ROOT, WorkerProcess, wait_until, write_config
 
@@ -58,3 +68,50 @@ def test_killed_workers_are_reported_silent_and_not_counted_as_consumers(
     assert [c["alive"] for c in printed] == [False, False, False]
     table = _cli(redis_url, "consumers", "--config", str(config_file))
     assert table.count("dead (silent)") == 3, table
+
+
+def test_a_stopped_worker_leaves_no_heartbeat_behind(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A beat landing after the stop took the consumer out of the set put it back for good: a dead consumer in
+    every count (the soak saw one). Here the stop waits, after giving its jobs back, until a beat lands or the
+    heartbeat thread is gone; before the fix the thread was still beating, and the consumer came back."""
+    config = config_module.parse(
+        {
+            "redis_url": redis_url,
+            "namespace": "t",
+            "orphan_timeout": 300,  # a beat every 100 ms
+            "pipelines": {"main": {"queue": QUEUE}},
+        }
+    )
+    runtime = WorkerRuntime(config, block_s=0.05)
+    raw = redis.Redis.from_url(redis_url)
+    consumers_key = Keys("t").of(QUEUE).consumers
+    threads: list[threading.Thread] = []
+    start = runtime_module._Heartbeat.start
+
+    def record(self: threading.Thread) -> None:
+        threads.append(self)
+        start(self)
+
+    give_back = RedisStore.requeue_all
+
+    async def give_back_then_wait(self: RedisStore, queue: str, consumer: str, payloads: Any = None) -> int:
+        moved = await give_back(self, queue, consumer, payloads)
+        deadline = time.monotonic() + 30
+        while raw.zscore(consumers_key, consumer) is None and any(t.is_alive() for t in threads):
+            assert time.monotonic() < deadline, "the heartbeat thread neither beat nor ended"
+            await asyncio.sleep(0.01)
+        return moved
+
+    monkeypatch.setattr(runtime_module._Heartbeat, "start", record)
+    monkeypatch.setattr(RedisStore, "requeue_all", give_back_then_wait)
+
+    async def run_then_stop() -> None:
+        task = asyncio.create_task(runtime.run())
+        while not raw.zcard(consumers_key):
+            await asyncio.sleep(0.01)
+        runtime.stop()
+        await task
+
+    asyncio.run(run_then_stop())
+    assert raw.zrange(consumers_key, 0, -1) == []
+    raw.close()
