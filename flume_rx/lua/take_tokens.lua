@@ -56,14 +56,15 @@ local function tokens_of(member)
 end
 
 -- Entries scored <= upto no longer count for any grant at or after upto + period.
+-- The removal runs even when nothing expired, so it is the script's first write: under maxmemory (noeviction)
+-- Redis refuses a script whose first write may grow memory (ZADD, HSET), and the window's log is bounded and
+-- expires by itself, while a full Redis must still grant tokens, or no rate-limited pipeline could drain it.
 local function expire(upto)
   local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', upto)
-  if #old > 0 then
-    for _, member in ipairs(old) do
-      sum = sum - tokens_of(member)
-    end
-    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', upto)
+  for _, member in ipairs(old) do
+    sum = sum - tokens_of(member)
   end
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', upto)
 end
 
 local g = math.max(now, last_g)

@@ -30,14 +30,13 @@ local function grant(log_key, meta_key, want, min_tokens)
   end
   want = math.max(1, math.min(want, allowed))
   min_tokens = math.max(1, math.min(min_tokens, want))
+  -- Removes even when nothing expired, as the first write: see take_tokens.lua (a full Redis must grant).
   local function expire(upto)
     local old = redis.call('ZRANGEBYSCORE', log_key, '-inf', upto)
-    if #old > 0 then
-      for _, member in ipairs(old) do
-        sum = sum - tokens_of(member)
-      end
-      redis.call('ZREMRANGEBYSCORE', log_key, '-inf', upto)
+    for _, member in ipairs(old) do
+      sum = sum - tokens_of(member)
     end
+    redis.call('ZREMRANGEBYSCORE', log_key, '-inf', upto)
   end
   local g = math.max(now, last_g)
   expire(g - period)

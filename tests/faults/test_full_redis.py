@@ -119,3 +119,26 @@ def test_a_worker_whose_first_heartbeat_is_refused_waits_and_does_not_exit(
         worker.kill()
         flume.close()
     assert code == 0, worker.log()
+
+
+def test_a_rate_limited_pipeline_drains_a_full_redis(
+    full_server: RedisServer, redis_url: str, tmp_path: Path
+) -> None:
+    """Taking tokens writes to the shared window: that must not stall a pipeline on a full Redis either."""
+    record = redis.Redis.from_url(redis_url)
+    flume = Flume(full_server.url, "t")
+    config = write_config(
+        tmp_path / "worker.toml",
+        full_server.url,
+        {"rate_limiter": {"allowed": 100_000, "period": 1000}},
+    )
+    queued = len(_fill(flume, full_server.url))
+    worker = WorkerProcess(config, redis_url)
+    try:
+        wait_until(lambda: _drained(record, flume, queued), 120, "the full Redis to be drained")
+        assert worker.alive(), worker.log()
+        code = worker.terminate()
+    finally:
+        worker.kill()
+        flume.close()
+    assert code == 0, worker.log()
