@@ -144,6 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("queue", help="the queue")
     delete.add_argument("job_ids", nargs="+", metavar="JOB_ID", help="ids of the jobs to remove")
 
+    job = command(
+        commands, "job", "where one job is now: queued, scheduled, running, retry, dead or cancelled"
+    )
+    job.add_argument("job_id", metavar="JOB_ID", help="the id enqueue printed")
+    job.add_argument("--queue", metavar="QUEUE", help="look only on this queue (default: every known queue)")
+    json_option(job)
+    cancel = command(commands, "cancel", "cancel jobs still waiting (queued, scheduled or waiting to retry)")
+    cancel.add_argument("job_ids", nargs="+", metavar="JOB_ID", help="the ids enqueue printed")
+    cancel.add_argument(
+        "--queue", metavar="QUEUE", help="look only on this queue (default: every known queue)"
+    )
+
     consumers = command(commands, "consumers", "list consumers with their last heartbeat")
     json_option(consumers)
 
@@ -410,6 +422,12 @@ def _run_command(args: argparse.Namespace, config: FlumeConfig, flume: Flume) ->
         print(f"{flume.delete(args.queue, args.job_ids)} job(s) deleted from {args.queue!r}")
     elif args.command == "dead":
         return _dead(args, flume)
+    elif args.command == "job":
+        info = flume.job(args.job_id, args.queue)
+        views.print_job_info(info, args.json)
+        return 0 if info.state != "unknown" else 1
+    elif args.command == "cancel":
+        return _cancel(args, flume)
     elif args.command == "pause":
         flume.pause(args.queue)
         print(f"{args.queue!r} paused")
@@ -434,6 +452,18 @@ def _enqueue(args: argparse.Namespace, flume: Flume) -> None:
     else:
         job_id = flume.enqueue(args.queue, args.worker, job_args, **unique)
     print(job_id)
+
+
+def _cancel(args: argparse.Namespace, flume: Flume) -> int:
+    refused = 0
+    for job_id in args.job_ids:
+        info = flume.cancel(job_id, args.queue)
+        if info.state == "cancelled":
+            print(f"{job_id}: cancelled")
+        else:
+            refused += 1
+            print(f"{job_id}: not cancelled, it is {info.state} (only waiting jobs can be cancelled)")
+    return 1 if refused else 0
 
 
 def _dead(args: argparse.Namespace, flume: Flume) -> int:

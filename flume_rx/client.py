@@ -27,7 +27,8 @@ from flume_rx.engine.build import make_source, shared_window
 from flume_rx.engine.source import BurstMode
 from flume_rx.engine.threads import StageThreads
 from flume_rx.errors import ConfigError, DecodeError
-from flume_rx.job import Job
+from flume_rx.follow import JobInfo, cancel_job, find_job
+from flume_rx.job import Job, check_name
 from flume_rx.pipeline import Delivery, JobSource, run_workers
 from flume_rx.producer import Producer, Uniqueness, When
 from flume_rx.runtime import WorkerRuntime, new_consumer_id
@@ -236,6 +237,24 @@ class Flume(Producer):
                 found += [payload for payload, _ in chunk if _job_id(payload) in wanted]
                 start += len(chunk)
         return self._store.delete(queue, found)
+
+    def job(self, job_id: str, queue: str | None = None) -> JobInfo:
+        """Where job ``job_id`` is now: queued, scheduled, running (and on which consumer), retry (and when),
+        dead (and why), cancelled, or unknown, with its fields as stored.
+
+        It looks on ``queue``, or on every known queue; the cost grows with the queues' lengths (no per-job
+        index is kept, so enqueue and the workers pay nothing for it).
+        """
+        return find_job(self._store, job_id, self._queues(queue), self.config.orphan_timeout_s)
+
+    def cancel(self, job_id: str, queue: str | None = None) -> JobInfo:
+        """Cancel job ``job_id`` if it is still waiting (queued, scheduled or waiting to retry): it is taken
+        off and recorded as cancelled, in one step. Returns the job's state afterwards; a job that is running,
+        dead or unknown is left as it is and its state returned."""
+        return cancel_job(self._store, job_id, self._queues(queue), self.config.orphan_timeout_s)
+
+    def _queues(self, queue: str | None) -> list[str]:
+        return [check_name(queue)] if queue is not None else self._store.known_queues()
 
     @property
     def events(self) -> Observable[Event]:

@@ -21,6 +21,7 @@ from rich.live import Live
 from rich.table import Table
 
 from flume_rx.config import FlumeConfig
+from flume_rx.follow import JobInfo
 from flume_rx.job import Job
 from flume_rx.store import ConsumerInfo, PeekWhere, QueueStats, SyncStore
 from flume_rx.terminal import table_console
@@ -333,6 +334,31 @@ def print_jobs(entries: Sequence[PeekedJob], where: PeekWhere = "queued", as_jso
             row["error"] or "",
         )
     table_console().print(table)
+
+
+_AT_MEANS = {"scheduled": "due", "retry": "due", "dead": "died", "cancelled": "cancelled"}
+
+
+def print_job_info(info: JobInfo, as_json: bool = False) -> None:
+    """One job's state for ``flume-rx job``: JSON with every field, or a few lines for people."""
+    row = info.as_dict()
+    if as_json:
+        print(json.dumps(row, indent=2))
+        return
+    print(f"{info.id}  {info.state}" + (f"  on {info.queue!r}" if info.queue else ""))
+    if info.state == "unknown":
+        print("  not found: never enqueued, already done, or its record expired")
+        return
+    if info.at is not None:
+        print(f"  {_AT_MEANS.get(info.state, 'at')} {utc_time(info.at)}")
+    if info.consumer is not None:
+        print(f"  consumer {info.consumer}" + ("" if info.consumer_alive else " (silent: taken for dead)"))
+    if info.job is not None:
+        print(f"  worker {row['worker']}  attempt {row['attempt']}  args {json.dumps(row['args'])[:200]}")
+    if row["error"]:
+        print(f"  last error: {row['error']}")
+        for line in (row["traceback"] or "").rstrip().splitlines():
+            print(f"    {line}")
 
 
 def print_dead(queue: str, entries: Sequence[PeekedJob], total: int, as_json: bool = False) -> None:

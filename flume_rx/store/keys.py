@@ -43,6 +43,10 @@ class QueueKeys:
         """The claim of a unique job key on this queue (its value is the holder's job id)."""
         return f"{self.tag}:unique:{key}"
 
+    def record(self, job_id: str) -> str:
+        """What is known of one job beyond where it waits: a cancelled job's reason and time (a hash with a TTL)."""
+        return f"{self.tag}:job:{job_id}"
+
     def cron_tick(self, schedule: str, tick_ms: int) -> str:
         """The claim of one tick of a cron schedule that enqueues to this queue."""
         return f"{self.tag}:cron:{schedule}:{tick_ms}"

@@ -41,6 +41,7 @@ SCRIPTS = (
     "cron_tick",
     "fetch_weighted",
     "take_tokens_multi",
+    "cancel",
 )
 
 

@@ -19,6 +19,7 @@ from flume_rx.store.commands import (
     QueueStats,
     RatePoint,
     UniqueEnqueue,
+    _hash,
     _ops_consumers,
     _ops_dead_retry,
     _ops_dead_retry_oldest,
@@ -42,7 +43,7 @@ from flume_rx.store.commands import (
 )
 from flume_rx.store.connection import _check_client, _client_kwargs, cluster_url, invalid_url
 from flume_rx.store.keys import Keys
-from flume_rx.store.scripts import SyncRunner, _Cmd, _Op
+from flume_rx.store.scripts import SyncRunner, _Cmd, _Eval, _Op
 
 
 class SyncStore:
@@ -227,6 +228,24 @@ class SyncStore:
         while moved := int(self._run.one(_ops_dead_retry_oldest(self.keys, queue, DEAD_RETRY_CHUNK))):
             total += moved
         return total
+
+    def inflight(self, queue: str, consumer: str) -> list[bytes]:
+        """The payloads one consumer of ``queue`` has fetched and not settled."""
+        return [
+            bytes(p) for p in self._run.one(_Cmd(("LRANGE", self.keys.of(queue).inflight(consumer), 0, -1)))
+        ]
+
+    def job_record(self, queue: str, job_id: str) -> dict[str, bytes]:
+        """The record kept of job ``job_id`` beyond where it waits (a cancelled job's); empty when none."""
+        reply = self._run.one(_Cmd(("HGETALL", self.keys.of(queue).record(job_id))))
+        return {_text(k): bytes(v) for k, v in _hash(reply).items()}
+
+    def cancel(self, queue: str, job_id: str, payload: bytes, keep_ms: int) -> bool:
+        """Take the waiting job ``payload`` off ``queue`` (queued, scheduled or retry) and record it as
+        cancelled for ``keep_ms``; False when it was no longer waiting."""
+        k = self.keys.of(queue)
+        op = _Eval("cancel", (k.queue, k.scheduled, k.retry, k.record(job_id)), (payload, keep_ms))
+        return bool(self._run.one(op))
 
     def dead_purge(self, queue: str) -> int:
         dead = self.keys.of(queue).dead

@@ -16,9 +16,9 @@ from redis.crc import key_slot
 
 from flume_rx import Flume, codec
 from flume_rx.job import Job
-from flume_rx.store import RedisStore, Settlement, UniqueEnqueue
+from flume_rx.store import RedisStore, Settlement, SyncStore, UniqueEnqueue
 from flume_rx.store.keys import Keys
-from flume_rx.store.scripts import AsyncRunner, _Eval, _Op
+from flume_rx.store.scripts import AsyncRunner, SyncRunner, _Eval, _Op
 
 from .conftest import LocalCluster
 
@@ -129,6 +129,14 @@ def test_every_lua_script_keeps_its_keys_in_one_slot(redis_url: str, monkeypatch
         return await run(self, ops, transaction=transaction)
 
     monkeypatch.setattr(AsyncRunner, "run", recording)
+    sync_one = SyncRunner.one
+
+    def recording_one(self: SyncRunner, op: _Op) -> Any:
+        if isinstance(op, _Eval):
+            calls.append(op)
+        return sync_one(self, op)
+
+    monkeypatch.setattr(SyncRunner, "one", recording_one)
     payload = codec.encode(Job(id="id1", queue="email", worker="W", args=[1]))
 
     async def every_verb() -> None:
@@ -156,6 +164,9 @@ def test_every_lua_script_keeps_its_keys_in_one_slot(redis_url: str, monkeypatch
             await store.penalize_window("ses", allowed=10, period_ms=1000.0, hold_ms=20.0)
 
     asyncio.run(every_verb())
+    with SyncStore.from_url(redis_url, "t") as sync:
+        sync.enqueue("email", [payload])
+        sync.cancel("email", "id1", payload, 60_000)
     lua = importlib.resources.files("flume_rx") / "lua"
     # A file named _*.lua is a prelude that scripts include (store/scripts.py), never called by itself.
     files = {

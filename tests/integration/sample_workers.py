@@ -90,3 +90,10 @@ def unprintable_error(token: str) -> None:
     """Raises an exception whose ``str()`` itself raises: a fault of the settle path, not of the job."""
     _redis().hincrby("test:attempts", token, 1)
     raise _UnprintableError()
+
+
+@worker("WaitWorker")
+def wait_for_release(token: str) -> None:
+    """Runs until the test pushes to ``test:release:<token>`` (at most 60 s), so a test can look at a running job."""
+    _redis().blpop([f"test:release:{token}"], timeout=60)
+    _redis().hincrby("test:runs", token, 1)

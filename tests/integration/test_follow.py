@@ -1,0 +1,173 @@
+"""Following a job after enqueue: ``Flume.job`` and ``flume-rx job`` report where it is, ``Flume.cancel`` and
+``flume-rx cancel`` take a waiting job back, against a real worker process and a private Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from flume_rx import Flume
+from flume_rx.errors import ConfigError
+from flume_rx.store import Keys
+
+NS = "follow"
+SERVED = "served"
+IDLE = "idle"  # no pipeline serves it, so its jobs stay queued
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(redis_url: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "FLUME_TEST_REDIS_URL": redis_url}
+
+
+def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def worker_process(redis_url: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    config = tmp_path / "flume.toml"
+    config.write_text(
+        f'redis_url = "{redis_url}"\nnamespace = "{NS}"\nimports = ["tests.integration.sample_workers"]\n'
+        f'[pipelines.main]\nqueue = "{SERVED}"\n'
+        # A long first backoff keeps a failed job waiting in the retry set while the test looks at it.
+        "[pipelines.main.retry]\nmax_retries = 3\nbackoff_initial = 600000\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flume_rx.cli", "worker", "--config", str(config)],
+        env=_env(redis_url),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    yield process
+    redis.Redis.from_url(redis_url).lpush("test:release:running", "go")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr.decode()
+
+
+@pytest.fixture
+def flume(redis_url: str) -> Iterator[Flume]:
+    with Flume(redis_url=redis_url, namespace=NS) as client:
+        yield client
+
+
+def test_a_job_is_followed_through_every_place_it_can_be(
+    flume: Flume, worker_process: subprocess.Popen[bytes]
+) -> None:
+    queued = flume.enqueue(IDLE, "RecordWorker", ["q"])
+    scheduled = flume.enqueue_in(IDLE, 3600, "RecordWorker", ["s"])
+    running = flume.enqueue(SERVED, "WaitWorker", ["running"])
+    retrying = flume.enqueue(SERVED, "FailingWorker", ["r"])
+    dead = flume.enqueue(SERVED, "NoSuchWorker", [])
+    done = flume.enqueue(SERVED, "RecordWorker", ["d"])
+    before = time.time()
+
+    info = flume.job(queued)
+    assert (info.state, info.queue, info.job and info.job.args) == ("queued", IDLE, ["q"])
+    info = flume.job(scheduled, IDLE)
+    assert info.state == "scheduled" and info.at is not None and info.at > before + 3000
+
+    _wait(lambda: flume.job(running).state == "running", "the waiting job to run")
+    info = flume.job(running)
+    assert info.consumer is not None and info.consumer_alive is True
+
+    _wait(lambda: flume.job(retrying).state == "retry", "the failing job to wait for its retry")
+    info = flume.job(retrying)
+    assert info.error is not None and info.error.kind == "LookupError" and "no user 'r'" in info.error.message
+    assert info.job is not None and info.job.attempt == 1
+    assert info.at is not None and info.at > before + 300
+
+    _wait(lambda: flume.job(dead).state == "dead", "the job of an unknown worker to die")
+    info = flume.job(dead)
+    assert info.error is not None and info.error.kind == "UnknownWorker" and info.at is not None
+
+    # A finished job leaves nothing behind (no per-job record on the hot path), so it is unknown.
+    _wait(lambda: flume.stats([SERVED])[SERVED]["processed"] >= 1, "the plain job to finish")
+    assert flume.job(done).state == "unknown"
+    assert flume.job("0" * 32).state == "unknown"
+
+
+def test_waiting_jobs_are_cancelled_and_running_ones_are_not(
+    flume: Flume, worker_process: subprocess.Popen[bytes], redis_url: str
+) -> None:
+    queued = flume.enqueue(IDLE, "RecordWorker", ["q"])
+    kept = flume.enqueue(IDLE, "RecordWorker", ["k"])
+    scheduled = flume.enqueue_at(IDLE, time.time() + 3600, "RecordWorker", ["s"])
+    running = flume.enqueue(SERVED, "WaitWorker", ["running"])
+    retrying = flume.enqueue(SERVED, "FailingWorker", ["r"])
+    _wait(lambda: flume.job(running).state == "running", "the waiting job to run")
+    _wait(lambda: flume.job(retrying).state == "retry", "the failing job to wait for its retry")
+
+    for job_id in (queued, scheduled, retrying):
+        info = flume.cancel(job_id)
+        assert info.state == "cancelled", job_id
+        assert info.at is not None and info.job is not None and info.job.id == job_id
+        assert flume.job(job_id).state == "cancelled"
+    assert flume.cancel(running).state == "running"
+    assert flume.cancel("0" * 32).state == "unknown"
+
+    client = redis.Redis.from_url(redis_url)
+    idle, served = Keys(NS).of(IDLE), Keys(NS).of(SERVED)
+    assert (
+        client.llen(idle.queue) == 1 and client.zcard(idle.scheduled) == 0 and client.zcard(served.retry) == 0
+    )
+    assert flume.job(kept).state == "queued"
+    # The record of a cancellation expires rather than accumulating.
+    assert 0 < client.pttl(idle.record(queued)) <= 24 * 3600 * 1000
+
+
+def test_the_cli_shows_a_job_and_cancels_it(flume: Flume, redis_url: str, tmp_path: Path) -> None:
+    job_id = flume.enqueue(IDLE, "RecordWorker", ["cli"])
+    config = tmp_path / "flume.toml"
+    config.write_text(f'redis_url = "{redis_url}"\nnamespace = "{NS}"\n')
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flume_rx.cli", "--log-level", "error", *args, "--config", str(config)],
+            env=_env(redis_url),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    shown = cli("job", job_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    row = json.loads(shown.stdout)
+    assert (row["state"], row["queue"], row["worker"], row["args"]) == (
+        "queued",
+        IDLE,
+        "RecordWorker",
+        ["cli"],
+    )
+
+    cancelled = cli("cancel", job_id)
+    assert cancelled.returncode == 0 and f"{job_id}: cancelled" in cancelled.stdout
+    again = cli("cancel", job_id)  # cancelling twice is no fault
+    assert again.returncode == 0 and f"{job_id}: cancelled" in again.stdout
+    refused = cli("cancel", "e" * 32)
+    assert refused.returncode == 1 and "it is unknown" in refused.stdout
+    plain = cli("job", job_id)
+    assert plain.returncode == 0 and "cancelled" in plain.stdout
+    missing = cli("job", "f" * 32)
+    assert missing.returncode == 1 and "unknown" in missing.stdout
+
+
+def test_a_job_id_that_cannot_be_one_is_refused(flume: Flume) -> None:
+    with pytest.raises(ConfigError, match="job id"):
+        flume.job("")
