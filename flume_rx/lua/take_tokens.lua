@@ -25,19 +25,9 @@ local probe = tonumber(ARGV[8])
 local burst = tonumber(ARGV[9]) or 0
 
 local meta = redis.call('HMGET', KEYS[2], 'sum', 'last_g', 'seq', 'ceiling', 'cut_at', 'tat')
-local sum = tonumber(meta[1]) or 0
+local sum = window_sum(KEYS[1], meta[1])
 local last_g = tonumber(meta[2]) or 0
 local seq = tonumber(meta[3]) or 0
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  -- The log vanished (expired or evicted): nothing is counted any more.
-  sum = 0
-elseif not meta[1] then
-  -- meta vanished while the log lives: rebuild the running sum from the log rather than trust zero.
-  for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-    sum = sum + tonumber(string.match(member, ':(%d+)$'))
-  end
-end
-
 -- probed_rate of operators/_adaptive.py: a cubic from a margin below the ceiling, within [1, allowed].
 local effective = allowed
 local ceiling = tonumber(meta[4])
@@ -51,51 +41,8 @@ local cap = math.max(1, math.floor(effective))
 want = math.max(1, math.min(want, cap))
 min_tokens = math.max(1, math.min(min_tokens, want))
 
-local function tokens_of(member)
-  return tonumber(string.match(member, ':(%d+)$'))
-end
-
--- Entries scored <= upto no longer count for any grant at or after upto + period.
--- The removal runs even when nothing expired, so it is the script's first write: under maxmemory (noeviction)
--- Redis refuses a script whose first write may grow memory (ZADD, HSET), and the window's log is bounded and
--- expires by itself, while a full Redis must still grant tokens, or no rate-limited pipeline could drain it.
-local function expire(upto)
-  local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', upto)
-  for _, member in ipairs(old) do
-    sum = sum - tokens_of(member)
-  end
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', upto)
-end
-
-local g = math.max(now, last_g)
-expire(g - period)
-if cap - sum < min_tokens then
-  local need = min_tokens - (cap - sum)
-  local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-  local released = 0
-  local found = false
-  for i = 1, #entries, 2 do
-    released = released + tokens_of(entries[i])
-    if released >= need then
-      g = tonumber(entries[i + 1]) + period
-      found = true
-      break
-    end
-  end
-  if found then
-    expire(g - period)
-  else
-    -- The running sum disagrees with the log (it cannot when both keys live and die together): trust the log.
-    sum = 0
-    for i = 1, #entries, 2 do
-      sum = sum + tokens_of(entries[i])
-    end
-    if #entries > 0 then
-      g = math.max(g, tonumber(entries[#entries]) + period)
-      expire(g - period)
-    end
-  end
-end
+local g
+g, sum = window_walk(KEYS[1], sum, math.max(now, last_g), cap, min_tokens, period)
 local tokens = math.min(want, cap - sum)
 if tokens < 1 then
   tokens = 1

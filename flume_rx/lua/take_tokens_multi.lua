@@ -12,60 +12,15 @@ local allowed = tonumber(ARGV[1])
 local period = math.floor(tonumber(ARGV[2]) * 1000)
 local hold = math.floor(tonumber(ARGV[3]) * 1000)
 
-local function tokens_of(member)
-  return tonumber(string.match(member, ':(%d+)$'))
-end
-
 local function grant(log_key, meta_key, want, min_tokens)
   local meta = redis.call('HMGET', meta_key, 'sum', 'last_g', 'seq')
-  local sum = tonumber(meta[1]) or 0
+  local sum = window_sum(log_key, meta[1])
   local last_g = tonumber(meta[2]) or 0
   local seq = tonumber(meta[3]) or 0
-  if redis.call('EXISTS', log_key) == 0 then
-    sum = 0
-  elseif not meta[1] then
-    for _, member in ipairs(redis.call('ZRANGE', log_key, 0, -1)) do
-      sum = sum + tokens_of(member)
-    end
-  end
   want = math.max(1, math.min(want, allowed))
   min_tokens = math.max(1, math.min(min_tokens, want))
-  -- Removes even when nothing expired, as the first write: see take_tokens.lua (a full Redis must grant).
-  local function expire(upto)
-    local old = redis.call('ZRANGEBYSCORE', log_key, '-inf', upto)
-    for _, member in ipairs(old) do
-      sum = sum - tokens_of(member)
-    end
-    redis.call('ZREMRANGEBYSCORE', log_key, '-inf', upto)
-  end
-  local g = math.max(now, last_g)
-  expire(g - period)
-  if allowed - sum < min_tokens then
-    local need = min_tokens - (allowed - sum)
-    local entries = redis.call('ZRANGE', log_key, 0, -1, 'WITHSCORES')
-    local released = 0
-    local found = false
-    for i = 1, #entries, 2 do
-      released = released + tokens_of(entries[i])
-      if released >= need then
-        g = tonumber(entries[i + 1]) + period
-        found = true
-        break
-      end
-    end
-    if found then
-      expire(g - period)
-    else
-      sum = 0
-      for i = 1, #entries, 2 do
-        sum = sum + tokens_of(entries[i])
-      end
-      if #entries > 0 then
-        g = math.max(g, tonumber(entries[#entries]) + period)
-        expire(g - period)
-      end
-    end
-  end
+  local g
+  g, sum = window_walk(log_key, sum, math.max(now, last_g), allowed, min_tokens, period)
   local tokens = math.max(1, math.min(want, allowed - sum))
   seq = seq + 1
   redis.call('ZADD', log_key, g + hold, seq .. ':' .. tokens)

@@ -45,7 +45,12 @@ SCRIPTS = (
 )
 
 
-_PRELUDES: dict[str, tuple[str, ...]] = {"fetch": ("_oversized",), "fetch_weighted": ("_oversized",)}
+_PRELUDES: dict[str, tuple[str, ...]] = {
+    "fetch": ("_oversized",),
+    "fetch_weighted": ("_oversized",),
+    "take_tokens": ("_window",),
+    "take_tokens_multi": ("_window",),
+}
 """Shared Lua a script begins with, as Redis scripts cannot include files: ``lua/_<part>.lua``."""
 
 

@@ -68,3 +68,52 @@ def test_the_lua_and_the_python_window_grant_alike(
         assert grant.tokens == int(tokens), (want, least, grant, tokens, delay_us)
         # The script replies in whole microseconds (a paced start can fall between two).
         assert abs(grant.delay_s - int(delay_us)) <= (2 if burst else 0), (want, least, grant, delay_us)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    allowed=st.integers(1, 10),
+    period_ms=st.integers(1, 20),
+    hold_ms=st.integers(0, 4),
+    trace=st.lists(
+        st.tuples(
+            st.lists(
+                st.tuples(st.sampled_from("abc"), st.integers(1, 12), st.integers(1, 12)),
+                min_size=1,
+                max_size=3,
+            ),
+            st.sampled_from([0.0, 0.0, 0.002, 0.006]),
+        ),
+        min_size=1,
+        max_size=15,
+    ),
+)
+def test_the_keyed_lua_windows_grant_as_one_python_window_per_key(
+    client: redis.Redis,
+    allowed: int,
+    period_ms: int,
+    hold_ms: int,
+    trace: list[tuple[list[tuple[str, int, int]], float]],
+) -> None:
+    """take_tokens_multi.lua walks the same window (the shared _window.lua) once per key of a call."""
+    script = client.script_load(lua_source("take_tokens_multi"))
+    keys = Keys("parity")
+    limiter = uuid.uuid4().hex
+    now_us = [0.0]
+    windows: dict[str, InProcessWindow] = {}
+    for wants, pause_s in trace:
+        if pause_s:
+            time.sleep(pause_s)
+        flat_keys = [name for sub, _, _ in wants for name in keys.keyed_rate(limiter, sub)]
+        args: list[object] = [allowed, repr(period_ms * 1.0), repr(hold_ms * 1.0)]
+        for _, want, least in wants:
+            args += [want, least]
+        reply = client.evalsha(script, len(flat_keys), *flat_keys, *args)  # type: ignore[misc]
+        for i, (sub, want, least) in enumerate(wants):
+            tokens, delay_us, start_us = (int(x) for x in reply[3 * i : 3 * i + 3])
+            now_us[0] = float(start_us - delay_us)
+            window = windows.setdefault(
+                sub, InProcessWindow(allowed, period_ms * 1000.0, hold_ms * 1000.0, clock=lambda: now_us[0])
+            )
+            grant = window.grant(want, least)
+            assert (grant.tokens, grant.delay_s) == (tokens, delay_us), (sub, want, least)
