@@ -326,10 +326,21 @@ class WorkerRuntime:
     async def _shutdown(self, store: RedisStore, settler: Settler, heartbeat: _Heartbeat) -> None:
         for running in self.running:
             running.source.stopping = True
+        deadline = time.monotonic() + self.config.shutdown_timeout_s
         handed_back = 0
         for running in self.running:
-            handed_back += await running.source.hand_back_unstarted()
-        deadline = time.monotonic() + self.config.shutdown_timeout_s
+            # Handing back waits through an outage like any settle, but never past shutdown_timeout: with Redis
+            # gone, a stop must still stop (the jobs come back as orphans once it is back).
+            try:
+                handed_back += await asyncio.wait_for(
+                    running.source.hand_back_unstarted(), timeout=max(0.1, deadline - time.monotonic())
+                )
+            except TimeoutError:
+                logger.warning(
+                    "could not hand back the unstarted jobs of %r within shutdown_timeout (Redis unreachable); "
+                    "they come back as orphans",
+                    running.config.name,
+                )
         while any(r.source.running for r in self.running) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         try:

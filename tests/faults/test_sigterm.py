@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -81,3 +82,29 @@ def test_jobs_running_past_shutdown_timeout_go_back_to_the_queue(redis_url: str,
     stats = flume.stats([QUEUE])[QUEUE]
     assert stats["queued"] == 20 and stats["in_flight"] == 0  # the running ones and any waiting are all back
     assert leftover_keys(client) == []
+
+
+def test_sigterm_with_redis_gone_still_stops_within_shutdown_timeout(
+    redis_url: str, fresh_redis_server: Any, tmp_path: Path
+) -> None:
+    """Handing the unstarted jobs back waited through the outage like any settle, forever: a worker whose Redis
+    was gone ignored SIGTERM. Now it gives up at shutdown_timeout (the jobs come back as orphans)."""
+    record = redis.Redis.from_url(redis_url)  # the jobs' record lives on another server, which stays up
+    config = write_config(
+        tmp_path / "worker.toml",
+        fresh_redis_server.url,
+        {"max_demand": 20, "processor": {"stages": 1}},  # one job runs, the others wait unstarted
+        shutdown_timeout=1000,
+    )
+    with Flume(fresh_redis_server.url, "t") as flume:
+        flume.bulk_enqueue(QUEUE, [("RecordWorker", [f"t{i}", 0.5]) for i in range(40)])
+    worker = WorkerProcess(config, redis_url)
+    try:
+        wait_until(lambda: record.llen("test:starts") > 0, 60, "the first job to start")
+        fresh_redis_server.kill()
+        wait_until(lambda: "unreachable" in worker.log(), 60, "the worker to notice the outage")
+        assert worker.terminate(timeout_s=60) == 0, worker.log()
+    finally:
+        worker.kill()
+    assert "come back as orphans" in worker.log()
+    record.close()
