@@ -26,8 +26,8 @@ from flume_rx.config import (
 from flume_rx.engine.build import make_source, shared_window
 from flume_rx.engine.source import BurstMode
 from flume_rx.engine.threads import StageThreads
-from flume_rx.errors import ConfigError, DecodeError
-from flume_rx.follow import JobInfo, cancel_job, find_job
+from flume_rx.errors import ConfigError, DecodeError, ResultUnavailable
+from flume_rx.follow import JobInfo, await_result, cancel_job, find_job, wait_result
 from flume_rx.job import Job, check_name
 from flume_rx.pipeline import Delivery, JobSource, run_workers
 from flume_rx.producer import Producer, Uniqueness, When
@@ -252,6 +252,43 @@ class Flume(Producer):
         off and recorded as cancelled, in one step. Returns the job's state afterwards; a job that is running,
         dead or unknown is left as it is and its state returned."""
         return cancel_job(self._store, job_id, self._queues(queue), self.config.orphan_timeout_s)
+
+    def result(self, job_id: str, queue: str | None = None, timeout: float | None = None) -> Any:
+        """Wait for job ``job_id`` to finish and return its worker's return value.
+
+        The worker must keep results (``@worker(..., result_ttl=SECONDS)``). The wait blocks on a message
+        the job's settle publishes, not a poll. ``queue`` spares a lookup of where the job is.
+
+        Raises:
+            JobFailed: the job went to the dead letters (its error's kind, message and traceback).
+            JobCancelled: it was cancelled.
+            ResultTimeout: ``timeout`` seconds passed first.
+            ResultUnavailable: there is nothing to wait for (unknown job, or a worker that keeps no results).
+        """
+        return wait_result(
+            self._store, job_id, self._queue_of(job_id, queue), timeout, self.config.orphan_timeout_s
+        )
+
+    async def aresult(self, job_id: str, queue: str | None = None, timeout: float | None = None) -> Any:
+        """:meth:`result` for asyncio code: waits without blocking the event loop."""
+        where = queue if queue is not None else await asyncio.to_thread(self._queue_of, job_id, None)
+        # A client of this call's own: the caller's loop may end with this call (asyncio.run), and a client
+        # kept past its loop cannot be closed.
+        async with RedisStore.from_url(self.redis_url, self.namespace) as store:
+            return await await_result(
+                store, self._store, job_id, check_name(where), timeout, self.config.orphan_timeout_s
+            )
+
+    def _queue_of(self, job_id: str, queue: str | None) -> str:
+        if queue is not None:
+            return check_name(queue)
+        found = self.job(job_id)
+        if found.queue is None:
+            raise ResultUnavailable(
+                f"job {job_id} is on no known queue: it was never enqueued, or it finished under a worker that "
+                "keeps no results; pass queue= or register the worker with @worker(..., result_ttl=SECONDS)"
+            )
+        return found.queue
 
     def _queues(self, queue: str | None) -> list[str]:
         return [check_name(queue)] if queue is not None else self._store.known_queues()

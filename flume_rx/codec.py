@@ -90,6 +90,27 @@ def _utf8_tail(text: str, max_bytes: int) -> str:
     return data[len(data) - max(0, max_bytes) :].decode("utf-8", errors="ignore") if max_bytes > 0 else ""
 
 
+def encode_result(value: Any) -> bytes:
+    """A worker's return value as msgpack, for ``Flume.result``.
+
+    Raises:
+        EncodeError: msgpack cannot hold it.
+    """
+    try:
+        data: bytes = msgpack.packb(value, use_bin_type=True, datetime=False)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EncodeError(
+            f"the worker's return value cannot be kept as a result ({exc}); return only None, bool, int, "
+            "float, str, bytes, lists and dicts, or drop result_ttl"
+        ) from exc
+    return data
+
+
+def decode_result(data: bytes) -> Any:
+    """A kept result, as :func:`encode_result` wrote it."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
 def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Job:
     """Decode and validate a payload read from Redis.
 

@@ -96,3 +96,28 @@ class BatchFailed(FlumeError):
         self.permanent = frozenset(permanent)
         self.throttled = frozenset(throttled)
         super().__init__(message or f"{len(self.failed)} item(s) of the batch failed: {self.failed}")
+
+
+class JobFailed(FlumeError):
+    """Raised by ``Flume.result`` when the job went to the dead letters; ``kind``, ``message`` and
+    ``traceback`` are those of the error it died of."""
+
+    def __init__(self, job_id: str, kind: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"job {job_id} went to the dead letters with {kind}: {message}")
+        self.job_id = job_id
+        self.kind = kind
+        self.message = message
+        self.traceback = traceback
+
+
+class JobCancelled(FlumeError):
+    """Raised by ``Flume.result`` when the job was cancelled before it ran."""
+
+
+class ResultTimeout(FlumeError, TimeoutError):
+    """Raised by ``Flume.result`` when the job has not finished within the timeout."""
+
+
+class ResultUnavailable(FlumeError):
+    """Raised by ``Flume.result`` when there is no result to wait for: the job is unknown (never enqueued,
+    or finished by a worker that keeps no results: see ``@worker(result_ttl=...)``)."""

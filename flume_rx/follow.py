@@ -9,18 +9,31 @@ What leaves no payload behind (a cancelled job) is kept in a small record with a
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from flume_rx import codec
-from flume_rx.errors import ConfigError, DecodeError
+from flume_rx.errors import (
+    ConfigError,
+    DecodeError,
+    JobCancelled,
+    JobFailed,
+    ResultTimeout,
+    ResultUnavailable,
+)
 from flume_rx.job import Job, JobError
-from flume_rx.store import PeekWhere, SyncStore
+from flume_rx.store import PeekWhere, RedisStore, SyncStore
 
-JobState = Literal["queued", "scheduled", "running", "retry", "dead", "cancelled", "unknown"]
+JobState = Literal["queued", "scheduled", "running", "retry", "dead", "done", "cancelled", "unknown"]
 """Where a job is: waiting to run, due later, started by a consumer, waiting to retry after a failure, in the
-dead letters, cancelled before it ran, or not found (never enqueued, done, or its record expired)."""
+dead letters, done (only for workers that keep results), cancelled before it ran, or not found (never
+enqueued, done by a worker that keeps no results, or its record expired)."""
+
+RESULT_RECHECK_S = 5.0
+"""How often a result wait reads the record again even without a message (a message lost with a reconnect)."""
 
 CANCELLED_KEPT_S = 24 * 3600.0
 """How long ``Flume.job`` still answers "cancelled" for a cancelled job."""
@@ -42,6 +55,7 @@ class JobInfo:
             was cancelled (cancelled); None otherwise.
         consumer: the consumer running it (running), e.g. ``host:pid:...``.
         consumer_alive: whether that consumer still beats (a dead one's jobs come back at orphan recovery).
+        result: the worker's return value (done, for workers that keep results).
     """
 
     id: str
@@ -51,6 +65,7 @@ class JobInfo:
     at: float | None = None
     consumer: str | None = None
     consumer_alive: bool | None = None
+    result: Any = None
 
     @property
     def error(self) -> JobError | None:
@@ -74,6 +89,7 @@ class JobInfo:
             "enqueued_at": None if self.job is None else self.job.enqueued_at,
             "error": None if error is None else f"{error.kind}: {error.message}",
             "traceback": None if error is None else error.traceback or None,
+            "result": _jsonable(self.result),
         }
 
 
@@ -120,10 +136,9 @@ def cancel_job(store: SyncStore, job_id: str, queues: Sequence[str], orphan_time
 def _find_on(
     store: SyncStore, queue: str, job_id: str, orphan_timeout_s: float
 ) -> tuple[JobInfo, bytes | None] | None:
-    record = store.job_record(queue, job_id)
-    if record.get("state") == b"cancelled":
-        cancelled_at = int(record.get("at_ms", 0)) / 1000
-        return JobInfo(job_id, "cancelled", queue, _decoded(record.get("job", b"")), cancelled_at), None
+    recorded = _from_record(job_id, queue, store.job_record(queue, job_id))
+    if recorded is not None:
+        return recorded, None
     for where in _WAITING:
         start = 0
         while chunk := store.peek(queue, where, _SCAN_CHUNK, start):
@@ -139,6 +154,110 @@ def _find_on(
                 info = JobInfo(job_id, "running", queue, job, None, consumer["consumer"], consumer["alive"])
                 return info, payload
     return None
+
+
+def _from_record(job_id: str, queue: str, record: dict[str, bytes]) -> JobInfo | None:
+    """The state a job's record holds: done (with its result), dead or cancelled; None without a record."""
+    state = record.get("state")
+    at = int(record.get("at_ms", 0)) / 1000
+    if state == b"done":
+        return JobInfo(
+            job_id, "done", queue, None, at, result=codec.decode_result(record.get("result", b"\xc0"))
+        )
+    if state in (b"dead", b"cancelled"):
+        return JobInfo(
+            job_id, "dead" if state == b"dead" else "cancelled", queue, _decoded(record["job"]), at
+        )
+    return None
+
+
+def result_of(info: JobInfo) -> Any:
+    """The result a finished job's info holds.
+
+    Raises:
+        JobFailed: it went to the dead letters (with the error it died of).
+        JobCancelled: it was cancelled.
+    """
+    if info.state == "dead":
+        error = info.error or JobError("unknown", "no error was recorded")
+        raise JobFailed(info.id, error.kind, error.message, error.traceback)
+    if info.state == "cancelled":
+        raise JobCancelled(f"job {info.id} was cancelled before it ran, so it has no result")
+    return info.result
+
+
+def wait_result(
+    store: SyncStore, job_id: str, queue: str, timeout_s: float | None, orphan_timeout_s: float
+) -> Any:
+    """Block until job ``job_id`` of ``queue`` is done or dead, woken by the message its settle publishes.
+
+    Raises:
+        ResultTimeout, ResultUnavailable, JobFailed, JobCancelled: see ``Flume.result``.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    pubsub = store.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    try:
+        # Subscribed before the first read: an outcome settled in between is either read or announced.
+        pubsub.subscribe(store.keys.of(queue).record(job_id))
+        looked = False
+        while True:
+            info = _from_record(job_id, queue, store.job_record(queue, job_id))
+            if info is not None:
+                return result_of(info)
+            if not looked:
+                looked = True
+                _check_waitable(find_job(store, job_id, [queue], orphan_timeout_s), store, queue)
+            wait_s = _remaining(deadline, job_id)
+            pubsub.get_message(timeout=min(wait_s, RESULT_RECHECK_S))
+    finally:
+        pubsub.close()
+
+
+async def await_result(
+    store: RedisStore,
+    sync: SyncStore,
+    job_id: str,
+    queue: str,
+    timeout_s: float | None,
+    orphan_timeout_s: float,
+) -> Any:
+    """:func:`wait_result` for asyncio: awaits the message without blocking the loop."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    pubsub = store.client.pubsub(ignore_subscribe_messages=True)
+    try:
+        await pubsub.subscribe(store.keys.of(queue).record(job_id))
+        looked = False
+        while True:
+            info = _from_record(job_id, queue, await store.job_record(queue, job_id))
+            if info is not None:
+                return result_of(info)
+            if not looked:
+                looked = True
+                found = await asyncio.to_thread(find_job, sync, job_id, [queue], orphan_timeout_s)
+                _check_waitable(found, sync, queue)
+            wait_s = _remaining(deadline, job_id)
+            await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(wait_s, RESULT_RECHECK_S))
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
+
+
+def _check_waitable(found: JobInfo, store: SyncStore, queue: str) -> None:
+    if found.state == "unknown" and not store.job_record(queue, found.id):
+        raise ResultUnavailable(
+            f"job {found.id} is unknown on {queue!r}: it was never enqueued there, or it finished under a worker "
+            "that keeps no results; register the worker with @worker(..., result_ttl=SECONDS)"
+        )
+
+
+def _remaining(deadline: float | None, job_id: str) -> float:
+    if deadline is None:
+        return RESULT_RECHECK_S
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ResultTimeout(
+            f"job {job_id} did not finish within the timeout; wait longer or look with flume.job"
+        )
+    return left
 
 
 def _matching(payload: bytes, job_id: str) -> Job | None:

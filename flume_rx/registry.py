@@ -38,6 +38,8 @@ class WorkerSpec:
     batch: bool
     is_async: bool
     signature: inspect.Signature | None = None
+    result_ttl_s: float | None = None
+    """How long the outcome of each job is kept for ``Flume.result`` and ``Flume.job`` (None: not kept)."""
 
     def bind_error(self, args: Sequence[Any]) -> str | None:
         """Why a job's ``args`` cannot be passed to this worker (None when they can, or it cannot tell).
@@ -182,17 +184,23 @@ class WorkerHandle(Generic[_P, _R]):
 
 
 @overload
-def worker(name: Callable[_P, _R], *, batch: bool = ..., queue: str | None = ...) -> WorkerHandle[_P, _R]: ...
+def worker(
+    name: Callable[_P, _R], *, batch: bool = ..., queue: str | None = ..., result_ttl: float | None = ...
+) -> WorkerHandle[_P, _R]: ...
 
 
 @overload
 def worker(
-    name: str | None = ..., *, batch: bool = ..., queue: str | None = ...
+    name: str | None = ..., *, batch: bool = ..., queue: str | None = ..., result_ttl: float | None = ...
 ) -> Callable[[Callable[_P, _R]], WorkerHandle[_P, _R]]: ...
 
 
 def worker(
-    name: str | Callable[_P, _R] | None = None, *, batch: bool = False, queue: str | None = None
+    name: str | Callable[_P, _R] | None = None,
+    *,
+    batch: bool = False,
+    queue: str | None = None,
+    result_ttl: float | None = None,
 ) -> WorkerHandle[_P, _R] | Callable[[Callable[_P, _R]], WorkerHandle[_P, _R]]:
     """Register a function as the worker called ``name`` (default: the function's ``__name__``).
 
@@ -208,9 +216,20 @@ def worker(
         name: the name jobs carry; keep it stable, as queued jobs refer to it.
         batch: the function takes one list holding each job's args list.
         queue: the queue ``.enqueue`` puts jobs on when not told another.
+        result_ttl: keep each job's outcome (its return value, msgpack-encoded, or the error it died of) for
+            this many seconds, for ``Flume.result`` and ``Flume.job``; None (the default) keeps nothing, so
+            the hot path writes nothing per job. Not for batch workers (a batch has one return value).
     """
     if queue is not None:
         check_name(queue, "worker queue")
+    if result_ttl is not None and (
+        isinstance(result_ttl, bool) or not isinstance(result_ttl, int | float) or not 0 < result_ttl < 10**9
+    ):
+        raise ConfigError(f"result_ttl must be a positive number of seconds (got {result_ttl!r}); e.g. 3600")
+    if result_ttl is not None and batch:
+        raise ConfigError(
+            "result_ttl is not for batch workers, whose one return value covers many jobs; drop it"
+        )
 
     def register(fn: Callable[_P, _R]) -> WorkerHandle[_P, _R]:
         if isinstance(fn, WorkerHandle):
@@ -224,7 +243,9 @@ def worker(
                 f"worker name {worker_name!r} is already registered by {_qualname(existing.fn)}; "
                 "give one of them another name"
             )
-        spec = WorkerSpec(worker_name, fn, batch, inspect.iscoroutinefunction(fn), _signature_of(fn))
+        spec = WorkerSpec(
+            worker_name, fn, batch, inspect.iscoroutinefunction(fn), _signature_of(fn), result_ttl
+        )
         _workers[worker_name] = spec
         return WorkerHandle(spec, queue)
 
@@ -243,6 +264,12 @@ def get_worker(name: str) -> WorkerSpec:
         return _workers[name]
     except KeyError:
         raise UnknownWorker(name, _workers) from None
+
+
+def result_ttl_of(name: str) -> float | None:
+    """How long the outcomes of worker ``name``'s jobs are kept (None: not kept, or no such worker here)."""
+    spec = _workers.get(name)
+    return None if spec is None else spec.result_ttl_s
 
 
 def registered_workers() -> Mapping[str, WorkerSpec]:

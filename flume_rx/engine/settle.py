@@ -7,6 +7,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from flume_rx import codec
@@ -19,7 +20,7 @@ from flume_rx.errors import (
 )
 from flume_rx.job import Job, JobError
 from flume_rx.rate_watch import RateWatch
-from flume_rx.registry import get_worker
+from flume_rx.registry import get_worker, result_ttl_of
 from flume_rx.store import Settlement
 from flume_rx.telemetry import Telemetry
 
@@ -121,7 +122,7 @@ class Settler:
                 self._settle_one(delivery, failures.get(index), duration_ms)
             self._count += len(item)
         else:
-            self._settle_one(item, outcome.error, duration_ms)
+            self._settle_one(item, outcome.error, duration_ms, outcome.value)
             self._count += 1
         self._schedule_flush()
 
@@ -131,9 +132,11 @@ class Settler:
     def on_completed(self) -> None:
         pass
 
-    def _settle_one(self, delivery: Delivery, error: BaseException | None, duration_ms: float) -> None:
+    def _settle_one(
+        self, delivery: Delivery, error: BaseException | None, duration_ms: float, value: Any = None
+    ) -> None:
         try:
-            settlement = self._settlement_of(delivery, error, duration_ms)
+            settlement = self._settlement_of(delivery, error, duration_ms, value)
         except Exception as exc:  # a fault of settling itself costs this one job, never the pipeline
             settlement = self._settle_fault(delivery, exc)
         pending = self._pending.get(id(delivery.source))
@@ -144,14 +147,21 @@ class Settler:
         deliveries.append(delivery)
 
     def _settlement_of(
-        self, delivery: Delivery, error: BaseException | None, duration_ms: float
+        self, delivery: Delivery, error: BaseException | None, duration_ms: float, value: Any
     ) -> Settlement:
         source, job = delivery.source, delivery.job
         if isinstance(error, TypeError):
             error = _unbound_arguments(job, error)
         verdict = decide(job, delivery.payload, error, source.settle_policy, now_s=time.time(), rng=self._rng)
+        settlement = verdict.settlement
+        keep_s = result_ttl_of(job.worker)
+        if keep_s is not None and verdict.kind in ("succeeded", "dead"):
+            # Encoded before anything is reported: a result msgpack cannot hold sends the job to the dead
+            # letters with that reason (through _settle_fault), as any other fault of settling does.
+            result = codec.encode_result(value) if verdict.kind == "succeeded" else b""
+            settlement = replace(settlement, outcome=(job.id, result, round(keep_s * 1000)))
         self._report(verdict, job, source, duration_ms)
-        return verdict.settlement
+        return settlement
 
     def _report(self, verdict: Verdict, job: Job, source: JobSource, duration_ms: float) -> None:
         """The telemetry and logs of a verdict (and the penalty a throttled job puts on a shared window)."""
@@ -231,13 +241,16 @@ class Settler:
         unique = None
         if job.unique_key is not None and job.unique_until != "expiry":
             unique = (job.unique_key, job.id)
+        keep_s = result_ttl_of(job.worker)
+        # A worker that keeps results has its waiters told, as for any other dead letter.
+        outcome = None if keep_s is None else (job.id, b"", round(keep_s * 1000))
         try:
             record = codec.encode_cut_to_fit(
                 job.next_attempt(JobError("SettleError", reason)), delivery.source.max_payload_bytes
             )
         except Exception:  # not even that fits: the job goes to the dead letters as it was fetched
-            return Settlement(delivery.payload, "dead", unique=unique)
-        return Settlement(delivery.payload, "dead", record, unique=unique)
+            return Settlement(delivery.payload, "dead", unique=unique, outcome=outcome)
+        return Settlement(delivery.payload, "dead", record, unique=unique, outcome=outcome)
 
     def _schedule_flush(self) -> None:
         if self._idle.is_set():

@@ -1,11 +1,16 @@
 -- settle(KEYS[1]=inflight of the consumer, KEYS[2]=queue, KEYS[3]=retry, KEYS[4]=dead, KEYS[5]=stats,
 --        KEYS[6]=per-second rate ring, KEYS[7]=per-minute rate ring, KEYS[8]=latency samples list,
 --        ARGV[1]=dead_max, ARGV[2]=dead_ttl_ms,
---        KEYS[9..]=unique keys held by settled jobs,
+--        KEYS[9..]=unique keys held by settled jobs, and the records of kept outcomes,
 --        ARGV[3]=msgpack array of (action, payload, new_payload or "", delay_ms, unique key index into KEYS
 --        or 0, job id) per outcome, flattened,
 --        ARGV[4]=msgpack array of enqueue-to-settle latency samples (ms, as strings) or "",
---        ARGV[5]=how many samples the list keeps) -> count of stale outcomes
+--        ARGV[5]=how many samples the list keeps,
+--        ARGV[6]=msgpack array of (outcome number, record key index into KEYS, result, keep_ms) for the jobs
+--        whose worker keeps results, flattened, or "") -> count of stale outcomes
+-- A kept outcome is written in this same step: an ack records the job done with its result, a dead letter
+-- records it dead with its record; the record lives keep_ms and its name is also the channel on which the
+-- outcome is announced, so a waiting Flume.result wakes without polling.
 -- The latency samples ride in this call rather than in an LPUSH and an LTRIM of their own per settle.
 -- The outcomes travel as one msgpack blob: as separate arguments, the client spent more time encoding a
 -- batch of hundreds of them than running the jobs.
@@ -21,6 +26,10 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local stale = 0
 local processed, failed, dead, requeued = 0, 0, 0, 0
 local outcomes = cmsgpack.unpack(ARGV[3])
+local removed_of = nil
+if ARGV[6] and ARGV[6] ~= '' then
+  removed_of = {}
+end
 for i = 1, #outcomes, 6 do
   local action, payload, new_payload = outcomes[i], outcomes[i + 1], outcomes[i + 2]
   local unique = tonumber(outcomes[i + 4])
@@ -33,6 +42,9 @@ for i = 1, #outcomes, 6 do
     removed = redis.call('LPOS', KEYS[1], payload) and 1 or 0
   else
     removed = redis.call('LREM', KEYS[1], -1, payload)
+  end
+  if removed_of then
+    removed_of[(i + 5) / 6] = removed
   end
   if removed == 0 then
     stale = stale + 1
@@ -54,6 +66,26 @@ for i = 1, #outcomes, 6 do
   if unique > 0 and removed > 0 and action ~= 'retry' and action ~= 'requeue'
       and redis.call('GET', KEYS[unique]) == outcomes[i + 5] then
     redis.call('DEL', KEYS[unique])
+  end
+end
+if removed_of then
+  local kept = cmsgpack.unpack(ARGV[6])
+  for j = 1, #kept, 4 do
+    local n = kept[j]
+    local at = (n - 1) * 6 + 1
+    local action = outcomes[at]
+    if removed_of[n] > 0 and (action == 'ack' or action == 'dead') then
+      local record = KEYS[tonumber(kept[j + 1])]
+      if action == 'ack' then
+        redis.call('HSET', record, 'state', 'done', 'at_ms', now_ms, 'result', kept[j + 2])
+      else
+        local job = outcomes[at + 2]
+        if job == '' then job = outcomes[at + 1] end
+        redis.call('HSET', record, 'state', 'dead', 'at_ms', now_ms, 'job', job)
+      end
+      redis.call('PEXPIRE', record, tonumber(kept[j + 3]))
+      redis.call('PUBLISH', record, action)
+    end
   end
 end
 if processed > 0 then redis.call('HINCRBY', KEYS[5], 'processed', processed) end

@@ -59,6 +59,10 @@ class Settlement:
     unique: tuple[str, str] | None = None
     """``(unique_key, job_id)`` of a unique job: the settlement releases the key if that job still holds it
     (only ack, dead and release do; a retried job keeps it)."""
+    outcome: tuple[str, bytes, int] | None = None
+    """``(job_id, result, keep_ms)`` of a job whose worker keeps results: an ack records ``done`` with the
+    msgpack-encoded ``result``, a dead letter records ``dead`` with the job's record, in the same step, for
+    ``keep_ms``, and announces it on the record's channel (``Flume.result`` waits there)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +201,7 @@ def _ops_settle(
     flat: list[object] = []
     base = (k.inflight(consumer), k.queue, k.retry, k.dead, k.stats, k.seconds, k.minutes, k.latency)
     unique_keys: list[str] = []
+    kept: list[object] = []
     for s in settlements:
         if s.action not in ("ack", "retry", "dead", "requeue", "release"):
             raise ValueError(
@@ -207,15 +212,20 @@ def _ops_settle(
             unique_keys.append(k.unique(s.unique[0]))
             unique_index, holder = len(base) + len(unique_keys), s.unique[1]
         flat += [s.action, s.payload, s.new_payload or b"", max(0, int(s.delay_ms)), unique_index, holder]
+        if s.outcome is not None:
+            job_id, result, keep_ms = s.outcome
+            unique_keys.append(k.record(job_id))
+            kept += [len(flat) // 6, len(base) + len(unique_keys), result, max(1, int(keep_ms))]
     # Redis's cmsgpack reads only the old raw type, hence use_bin_type=False (bytes stay bytes in Lua).
     outcomes: bytes = msgpack.packb(flat, use_bin_type=False)
+    kept_blob: bytes = msgpack.packb(kept, use_bin_type=False) if kept else b""
     # Latency samples ride in the same script call (formatted here: one short string each, newest last).
     samples = [b"%.1f" % s.latency_ms for s in settlements if s.latency_ms is not None]
     latencies: bytes = msgpack.packb(samples[-LATENCY_SAMPLES:], use_bin_type=False) if samples else b""
     return _Eval(
         "settle",
         (*base, *unique_keys),
-        (dead_max, dead_ttl_ms, outcomes, latencies, LATENCY_SAMPLES),
+        (dead_max, dead_ttl_ms, outcomes, latencies, LATENCY_SAMPLES, kept_blob),
     )
 
 

@@ -30,6 +30,7 @@ from flume_rx.store.commands import (
     Settlement,
     TokenReply,
     UniqueEnqueue,
+    _hash,
     _ops_consumers,
     _ops_cron_tick,
     _ops_dead_retry,
@@ -485,6 +486,11 @@ class RedisStore:
         while moved := int(await self._run.one(_ops_dead_retry_oldest(self.keys, queue, DEAD_RETRY_CHUNK))):
             total += moved
         return total
+
+    async def job_record(self, queue: str, job_id: str) -> dict[str, bytes]:
+        """Like :meth:`SyncStore.job_record`."""
+        reply = await self._run.one(_Cmd(("HGETALL", self.keys.of(queue).record(job_id))))
+        return {_text(k): bytes(v) for k, v in _hash(reply).items()}
 
     async def dead_purge(self, queue: str) -> int:
         """Delete every dead letter of the queue; returns how many there were."""

@@ -97,3 +97,38 @@ def wait_for_release(token: str) -> None:
     """Runs until the test pushes to ``test:release:<token>`` (at most 60 s), so a test can look at a running job."""
     _redis().blpop([f"test:release:{token}"], timeout=60)
     _redis().hincrby("test:runs", token, 1)
+
+
+class _Hopeless(Exception):
+    permanent = True
+
+
+@worker("AddWorker", result_ttl=600)
+def add(a: int, b: int) -> dict[str, int]:
+    """Keeps its result: the sum."""
+    return {"sum": a + b}
+
+
+@worker("AsyncAddWorker", result_ttl=600)
+async def add_async(a: int, b: int) -> int:
+    await asyncio.sleep(0)
+    return a + b
+
+
+@worker("HopelessWorker", result_ttl=600)
+def hopeless(reason: str) -> None:
+    """Fails for good, so its job dies at once and its result raises."""
+    raise _Hopeless(reason)
+
+
+@worker("SetReturningWorker", result_ttl=600)
+def returns_a_set() -> set[int]:
+    """Returns what msgpack cannot hold."""
+    return {1, 2}
+
+
+@worker("SlowAddWorker", result_ttl=600)
+def slow_add(token: str, a: int) -> int:
+    """Returns once the test pushes to ``test:release:<token>``."""
+    _redis().blpop([f"test:release:{token}"], timeout=60)
+    return a
