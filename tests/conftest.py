@@ -6,8 +6,15 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
 from flume_rx.embedded import RedisServer
+
+# Speed is never what a test here checks (the machine is shared, its load unknown): no per-example deadline,
+# and no health check failing a test because drawing its inputs was slow (test_codec's round trip did, at a
+# load average of 18 on 2 cores).
+settings.register_profile("flume", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("flume")
 
 
 @pytest.fixture(scope="session")
