@@ -97,6 +97,8 @@ def _argv(command: str) -> list[str]:
     raise AssertionError(f"the Quickstart runs a command this test does not know: {command!r}")
 
 
+# Generous bounds: they catch a hang, and a shared machine may be slow to start five Python processes.
+@pytest.mark.timeout(900)
 def test_the_readme_quickstart_works_as_written(
     redis_url: str, workdir: Path, env: dict[str, str], background: list[subprocess.Popen[str]]
 ) -> None:
@@ -128,7 +130,7 @@ def test_the_readme_quickstart_works_as_written(
             background.append(worker)
             continue
         result = subprocess.run(
-            _argv(command), cwd=workdir, env=env, capture_output=True, text=True, timeout=60
+            _argv(command), cwd=workdir, env=env, capture_output=True, text=True, timeout=180
         )
         assert result.returncode == 0, f"`{command}` failed:\n{result.stdout}\n{result.stderr}"
         outputs[command] = result.stdout
@@ -144,11 +146,11 @@ def test_the_readme_quickstart_works_as_written(
             stats = flume.stats([QUEUE])[QUEUE]
             return stats["processed"] == 5 and stats["in_flight"] == 0
 
-        _wait(done, 60, "the Quickstart's jobs to be done")
+        _wait(done, 300, "the Quickstart's jobs to be done")
         stats = flume.stats([QUEUE])[QUEUE]
         assert (stats["queued"], stats["scheduled"], stats["retry"], stats["dead"]) == (0, 1, 0, 0)
         assert stats["failed"] == 0 and not stats["paused"]
 
     worker.send_signal(signal.SIGTERM)
-    assert worker.wait(60) == 0, worker_log.read_text()
+    assert worker.wait(120) == 0, worker_log.read_text()
     assert "Traceback" not in worker_log.read_text(), worker_log.read_text()
