@@ -1,4 +1,5 @@
-"""A bridge to asyncio: consume any Observable with ``async for``, or as an aioreactive AsyncObservable.
+"""A bridge to asyncio: consume any Observable with ``async for``, or as an aioreactive AsyncObservable; make a
+coroutine an Observable (:func:`from_coroutine`).
 
 When the source is a Flowable, the bridge keeps request-n: it asks for ``prefetch`` items and for one more
 each time the consumer takes one, so a slow ``async for`` body slows the pipeline instead of filling memory.
@@ -7,11 +8,13 @@ each time the consumer takes one, so a slow ``async for`` body slows the pipelin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import Future as ThreadFuture
 from typing import Any, Generic, TypeVar
 
 import aioreactive
-from reactivex import Observable
+import reactivex
+from reactivex import Observable, abc
 from reactivex.observer import Observer
 
 from ._flow import Demand, subscribe_upstream
@@ -70,3 +73,34 @@ class _Iterable(Generic[_T]):
 def to_async_observable(source: Observable[_T], *, prefetch: int = 16) -> Any:
     """The same stream as an aioreactive ``AsyncObservable`` (each subscription subscribes ``source`` anew)."""
     return aioreactive.from_async_iterable(_Iterable(source, prefetch))
+
+
+def from_coroutine(make: Callable[[], Coroutine[Any, Any, _T]]) -> Observable[_T]:
+    """An Observable that runs the coroutine ``make()`` on the event loop per subscription, emits its result
+    and completes (an async call, such as a shared window's Redis round trip, as a stream).
+
+    Subscribing from the loop's thread schedules it there; from another thread, it is handed to the loop
+    that was running where the Observable was made.
+    """
+    try:
+        home: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        home = None
+
+    def factory(_: abc.SchedulerBase | None) -> Observable[_T]:
+        coro = make()
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and (home is None or running is home):
+            return reactivex.from_future(asyncio.ensure_future(coro))
+        if home is not None:
+            future: ThreadFuture[_T] = asyncio.run_coroutine_threadsafe(coro, home)
+            return reactivex.from_future(future)  # type: ignore[arg-type]
+        coro.close()
+        raise RuntimeError(
+            "from_coroutine: subscribe from a thread running an asyncio event loop, or create it on one"
+        )
+
+    return reactivex.defer(factory)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import threading
-from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import Future as ThreadFuture
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
-import reactivex
-from reactivex import Observable, abc
+from reactivex import Observable
 
+from flume_rx import operators as fo
 from flume_rx.operators import AdaptiveTuning, Grant
 from flume_rx.store.commands import RefusalReply, TokenReply
 from flume_rx.store.outage import through_outage
@@ -117,7 +115,7 @@ class RedisTokenWindow:
 
     def take(self, tokens: int, min_tokens: int = 1) -> Observable[Grant]:
         """Emits one :class:`Grant` and completes; each subscription asks Redis once."""
-        return _defer_async(lambda: self.take_async(tokens, min_tokens))
+        return fo.from_coroutine(lambda: self.take_async(tokens, min_tokens))
 
     async def penalize_async(self, refused: int = 1, age_s: float = 0.0) -> float:
         """Report ``refused`` refusals by the downstream, the first of a call started ``age_s`` ago; returns the
@@ -161,40 +159,12 @@ class RedisTokenWindow:
         return reply
 
     def penalize(self, refused: int = 1, age_s: float = 0.0) -> Observable[float]:
-        return _defer_async(lambda: self.penalize_async(refused, age_s))
+        return fo.from_coroutine(lambda: self.penalize_async(refused, age_s))
 
     def current_rate(self) -> float:
         """The effective allowed per period as of the last reply from Redis (``allowed`` before any)."""
         with self._lock:
             return self._effective
-
-
-def _defer_async(make: Callable[[], Coroutine[Any, Any, _T]]) -> Observable[_T]:
-    """An Observable that runs the coroutine ``make()`` on the event loop per subscription.
-
-    Subscribing from the loop's thread schedules it there; from another thread, it is handed to the loop
-    that was running where the Observable was made.
-    """
-    try:
-        home: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        home = None
-
-    def factory(_: abc.SchedulerBase | None) -> Observable[_T]:
-        coro = make()
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is not None and (home is None or running is home):
-            return reactivex.from_future(asyncio.ensure_future(coro))
-        if home is not None:
-            future: ThreadFuture[_T] = asyncio.run_coroutine_threadsafe(coro, home)
-            return reactivex.from_future(future)  # type: ignore[arg-type]
-        coro.close()
-        raise RuntimeError("RedisTokenWindow must be used from a thread running an asyncio event loop")
-
-    return reactivex.defer(factory)
 
 
 class RedisKeyedWindow:
