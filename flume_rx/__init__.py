@@ -13,6 +13,7 @@ from flume_rx.errors import (
     DecodeError,
     EncodeError,
     FlumeError,
+    JobAborted,
     JobCancelled,
     JobFailed,
     JobTimeout,
@@ -27,6 +28,7 @@ from flume_rx.registry import WorkerHandle, worker
 
 if TYPE_CHECKING:
     from flume_rx.client import Flume
+    from flume_rx.engine.current import current_job
     from flume_rx.engine.keyed import from_args
     from flume_rx.operators import throttle_by_key
 
@@ -40,6 +42,7 @@ __all__ = [
     "Flume",
     "FlumeError",
     "Job",
+    "JobAborted",
     "JobCancelled",
     "JobError",
     "JobFailed",
@@ -50,6 +53,7 @@ __all__ = [
     "Throttled",
     "UnknownWorker",
     "WorkerHandle",
+    "current_job",
     "from_args",
     "throttle_by_key",
     "worker",
@@ -63,6 +67,10 @@ def __getattr__(name: str) -> Any:
         from flume_rx.client import Flume
 
         return Flume
+    if name == "current_job":
+        from flume_rx.engine.current import current_job
+
+        return current_job
     if name == "throttle_by_key":
         from flume_rx.operators import throttle_by_key
 

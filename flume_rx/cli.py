@@ -460,6 +460,8 @@ def _cancel(args: argparse.Namespace, flume: Flume) -> int:
         info = flume.cancel(job_id, args.queue)
         if info.state == "cancelled":
             print(f"{job_id}: cancelled")
+        elif info.state == "running":
+            print(f"{job_id}: running, abort asked (its worker stops it and records it as cancelled)")
         else:
             refused += 1
             print(f"{job_id}: not cancelled, it is {info.state} (only waiting jobs can be cancelled)")

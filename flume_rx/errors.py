@@ -121,3 +121,7 @@ class ResultTimeout(FlumeError, TimeoutError):
 class ResultUnavailable(FlumeError):
     """Raised by ``Flume.result`` when there is no result to wait for: the job is unknown (never enqueued,
     or finished by a worker that keeps no results: see ``@worker(result_ttl=...)``)."""
+
+
+class JobAborted(FlumeError):
+    """Raised by ``current_job().check_aborted()`` in a worker whose running job ``Flume.cancel`` aborted."""

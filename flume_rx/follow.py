@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from flume_rx import codec
@@ -24,7 +24,7 @@ from flume_rx.errors import (
     ResultTimeout,
     ResultUnavailable,
 )
-from flume_rx.job import Job, JobError
+from flume_rx.job import CANCELLED_KEPT_S, Job, JobError
 from flume_rx.store import PeekWhere, RedisStore, SyncStore
 
 JobState = Literal["queued", "scheduled", "running", "retry", "dead", "done", "cancelled", "unknown"]
@@ -35,8 +35,6 @@ enqueued, done by a worker that keeps no results, or its record expired)."""
 RESULT_RECHECK_S = 5.0
 """How often a result wait reads the record again even without a message (a message lost with a reconnect)."""
 
-CANCELLED_KEPT_S = 24 * 3600.0
-"""How long ``Flume.job`` still answers "cancelled" for a cancelled job."""
 
 _SCAN_CHUNK = 1000
 _WAITING: tuple[PeekWhere, ...] = ("queued", "scheduled", "retry", "dead")
@@ -56,6 +54,8 @@ class JobInfo:
         consumer: the consumer running it (running), e.g. ``host:pid:...``.
         consumer_alive: whether that consumer still beats (a dead one's jobs come back at orphan recovery).
         result: the worker's return value (done, for workers that keep results).
+        progress: the last fraction its worker reported through ``current_job().progress``, and
+            ``progress_message`` what it said.
     """
 
     id: str
@@ -66,6 +66,8 @@ class JobInfo:
     consumer: str | None = None
     consumer_alive: bool | None = None
     result: Any = None
+    progress: float | None = None
+    progress_message: str | None = None
 
     @property
     def error(self) -> JobError | None:
@@ -90,6 +92,8 @@ class JobInfo:
             "error": None if error is None else f"{error.kind}: {error.message}",
             "traceback": None if error is None else error.traceback or None,
             "result": _jsonable(self.result),
+            "progress": self.progress,
+            "progress_message": self.progress_message,
         }
 
 
@@ -120,11 +124,17 @@ def _locate(
 
 
 def cancel_job(store: SyncStore, job_id: str, queues: Sequence[str], orphan_timeout_s: float) -> JobInfo:
-    """Cancel job ``job_id`` if it is waiting (queued, scheduled or waiting to retry): it is taken off in one
-    step with a record saying so. Returns what the job is afterwards: ``cancelled``, or where it was found
-    when it could not be cancelled (running, dead, unknown)."""
+    """Cancel job ``job_id``: a waiting one (queued, scheduled or waiting to retry) is taken off in one step
+    with a record saying so; a running one is aborted by its worker, which records it as cancelled once it
+    stops. Returns what the job is afterwards: ``cancelled``, ``running`` (abort asked), or where it was
+    found when there was nothing to cancel (dead, unknown)."""
     for _ in range(3):
         info, payload = _locate(store, job_id, queues, orphan_timeout_s)
+        if info.state == "running":
+            # Its worker aborts it (an async job's task is cancelled; a sync job sees current_job().aborted)
+            # and records it as cancelled when it stops.
+            store.abort(job_id)
+            return info
         if info.state not in ("queued", "scheduled", "retry") or info.queue is None or payload is None:
             return info
         if store.cancel(info.queue, job_id, payload, round(CANCELLED_KEPT_S * 1000)):
@@ -136,9 +146,22 @@ def cancel_job(store: SyncStore, job_id: str, queues: Sequence[str], orphan_time
 def _find_on(
     store: SyncStore, queue: str, job_id: str, orphan_timeout_s: float
 ) -> tuple[JobInfo, bytes | None] | None:
-    recorded = _from_record(job_id, queue, store.job_record(queue, job_id))
+    record = store.job_record(queue, job_id)
+    recorded = _from_record(job_id, queue, record)
     if recorded is not None:
         return recorded, None
+    found = _find_payload(store, queue, job_id, orphan_timeout_s)
+    if found is None or "progress" not in record:
+        return found
+    info, payload = found
+    progress = float(record["progress"])
+    message = record.get("progress_message", b"").decode("utf-8", errors="replace")
+    return replace(info, progress=progress, progress_message=message), payload
+
+
+def _find_payload(
+    store: SyncStore, queue: str, job_id: str, orphan_timeout_s: float
+) -> tuple[JobInfo, bytes | None] | None:
     for where in _WAITING:
         start = 0
         while chunk := store.peek(queue, where, _SCAN_CHUNK, start):
@@ -223,6 +246,8 @@ async def await_result(
 ) -> Any:
     """:func:`wait_result` for asyncio: awaits the message without blocking the loop."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    if not hasattr(store.client, "pubsub"):  # the asyncio cluster client has none: wait in its thread
+        return await asyncio.to_thread(wait_result, sync, job_id, queue, timeout_s, orphan_timeout_s)
     pubsub = store.client.pubsub(ignore_subscribe_messages=True)
     try:
         await pubsub.subscribe(store.keys.of(queue).record(job_id))

@@ -13,6 +13,8 @@ from flume_rx.errors import ConfigError
 UniqueUntil = Literal["finish", "start", "expiry"]
 """How long a unique job holds its key (see ``Flume.enqueue``)."""
 UNIQUE_UNTIL: tuple[UniqueUntil, ...] = ("finish", "start", "expiry")
+CANCELLED_KEPT_S = 24 * 3600.0
+"""How long the record of a cancelled or aborted job says so (``Flume.job``)."""
 MAX_ATTEMPT = 2**64 - 1
 """The largest attempt count a record can hold (msgpack's largest integer); counting stops there."""
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from reactivex import Observable, abc
 from reactivex.scheduler.eventloop import AsyncIOScheduler
+from redis.exceptions import RedisError
 
 from flume_rx import operators as fo
 from flume_rx.config import (
@@ -40,6 +41,7 @@ from flume_rx.config import (
     select_pipelines,
 )
 from flume_rx.engine.build import make_source, shared_window
+from flume_rx.engine.current import abort
 from flume_rx.engine.source import BurstMode, burst_mode
 from flume_rx.engine.threads import StageThreads
 from flume_rx.errors import ConfigError, FlumeError, StoreError, WorkerModuleFailed
@@ -217,6 +219,7 @@ class WorkerRuntime:
                 loop.create_task(self._promote_forever(store, queues)),
                 loop.create_task(self._recover_forever(store, queues)),
                 loop.create_task(self._tick_forever()),
+                loop.create_task(self._abort_forever(store)),
             ]
             if config.schedules:
                 ticker = CronTicker(
@@ -391,6 +394,28 @@ class WorkerRuntime:
                 if recovered:
                     logger.warning("returned %d job(s) of dead consumers to %r", recovered, queue)
                     self.telemetry.emit("consumer.recovered", queue=queue, consumer="", jobs=recovered)
+
+    async def _abort_forever(self, store: RedisStore) -> None:
+        """Abort the running jobs that ``Flume.cancel`` names on the abort channel."""
+        if not hasattr(store.client, "pubsub"):
+            logger.info("this Redis client has no pub/sub (Redis Cluster): running jobs cannot be aborted")
+            return
+        outage = Outage("abort listener")
+        while True:
+            pubsub = store.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(store.keys.abort_channel)
+                outage.ok()
+                async for message in pubsub.listen():
+                    job_id = message["data"].decode("utf-8", errors="replace")
+                    found = [d for r in self.running for d in r.source.running if d.job.id == job_id]
+                    if found:
+                        logger.info("aborting job %s, as Flume.cancel asked", job_id)
+                        abort(found)
+            except (RedisError, OSError) as exc:
+                await asyncio.sleep(outage.failed(exc))
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     async def _tick_forever(self) -> None:
         while True:

@@ -351,6 +351,8 @@ def print_job_info(info: JobInfo, as_json: bool = False) -> None:
         return
     if info.at is not None:
         print(f"  {_AT_MEANS.get(info.state, 'at')} {utc_time(info.at)}")
+    if info.progress is not None:
+        print(f"  progress {info.progress:.0%}  {info.progress_message or ''}")
     if info.consumer is not None:
         print(f"  consumer {info.consumer}" + ("" if info.consumer_alive else " (silent: taken for dead)"))
     if info.job is not None:

@@ -13,6 +13,7 @@ import reactivex
 from reactivex import Observable, abc
 
 from flume_rx import operators as fo
+from flume_rx.engine.current import enter_async, run_as_job
 from flume_rx.engine.source import Delivery, NotStarted
 from flume_rx.engine.threads import StageThreads
 from flume_rx.errors import (
@@ -68,11 +69,12 @@ def _call(
     spec = get_worker(job.worker)  # UnknownWorker becomes this job's outcome
     args = ([list(job.args)],) if spec.batch else job.args
     if spec.is_async:
-        coro: Coroutine[Any, Any, Any] = spec.fn(*args)
+        coro: Coroutine[Any, Any, Any] = enter_async(item, spec.fn(*args))
         return coro
+    loop = asyncio.get_running_loop()
     if isinstance(executor, StageThreads):
-        return executor.run_soon(spec.fn, *args)
-    return asyncio.get_running_loop().run_in_executor(executor, functools.partial(spec.fn, *args))
+        return executor.run_soon(run_as_job, item, loop, spec.fn, args)
+    return loop.run_in_executor(executor, functools.partial(run_as_job, item, loop, spec.fn, args))
 
 
 def _call_many(deliveries: list[Delivery], executor: Executor) -> Observable[Any] | asyncio.Future[Any]:

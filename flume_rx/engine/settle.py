@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from flume_rx import codec
 from flume_rx import operators as fo
@@ -18,7 +18,7 @@ from flume_rx.errors import (
     BadArguments,
     UnknownWorker,
 )
-from flume_rx.job import Job, JobError
+from flume_rx.job import CANCELLED_KEPT_S, Job, JobError
 from flume_rx.rate_watch import RateWatch
 from flume_rx.registry import get_worker, result_ttl_of
 from flume_rx.store import Settlement
@@ -153,15 +153,28 @@ class Settler:
         if isinstance(error, TypeError):
             error = _unbound_arguments(job, error)
         verdict = decide(job, delivery.payload, error, source.settle_policy, now_s=time.time(), rng=self._rng)
+        if delivery.aborted and error is not None:  # it stopped because it was aborted (or failed meanwhile)
+            return self._aborted(delivery)
         settlement = verdict.settlement
         keep_s = result_ttl_of(job.worker)
         if keep_s is not None and verdict.kind in ("succeeded", "dead"):
             # Encoded before anything is reported: a result msgpack cannot hold sends the job to the dead
             # letters with that reason (through _settle_fault), as any other fault of settling does.
             result = codec.encode_result(value) if verdict.kind == "succeeded" else b""
-            settlement = replace(settlement, outcome=(job.id, result, round(keep_s * 1000)))
+            state: Literal["done", "dead"] = "done" if verdict.kind == "succeeded" else "dead"
+            settlement = replace(settlement, outcome=(job.id, result, round(keep_s * 1000), state))
         self._report(verdict, job, source, duration_ms)
         return settlement
+
+    def _aborted(self, delivery: Delivery) -> Settlement:
+        """A job ``Flume.cancel`` aborted while it ran: whatever it ended with, it is done with and recorded
+        as cancelled (no retry)."""
+        job = delivery.job
+        logger.warning("job %s (%s) of %r was aborted while it ran", job.id, job.worker, job.queue)
+        self.telemetry.emit("job.cancelled", queue=job.queue, worker=job.worker, job_id=job.id)
+        keep_ms = round(CANCELLED_KEPT_S * 1000)
+        unique = None if job.unique_key is None or job.unique_until == "expiry" else (job.unique_key, job.id)
+        return Settlement(delivery.payload, "ack", unique=unique, outcome=(job.id, b"", keep_ms, "cancelled"))
 
     def _report(self, verdict: Verdict, job: Job, source: JobSource, duration_ms: float) -> None:
         """The telemetry and logs of a verdict (and the penalty a throttled job puts on a shared window)."""
@@ -243,7 +256,9 @@ class Settler:
             unique = (job.unique_key, job.id)
         keep_s = result_ttl_of(job.worker)
         # A worker that keeps results has its waiters told, as for any other dead letter.
-        outcome = None if keep_s is None else (job.id, b"", round(keep_s * 1000))
+        outcome: tuple[str, bytes, int, Literal["dead"]] | None = None
+        if keep_s is not None:
+            outcome = (job.id, b"", round(keep_s * 1000), "dead")
         try:
             record = codec.encode_cut_to_fit(
                 job.next_attempt(JobError("SettleError", reason)), delivery.source.max_payload_bytes

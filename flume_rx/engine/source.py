@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import reactivex
 from reactivex import Observable, abc
@@ -67,6 +67,10 @@ class Delivery:
     job: Job
     payload: bytes
     source: JobSource
+    call: Any = None
+    """The worker's coroutine while an async job runs (how an abort finds its task)."""
+    aborted: bool = False
+    """Set when ``Flume.cancel`` asked to abort the running job (see :func:`flume_rx.current_job`)."""
 
 
 @dataclass(eq=False)

@@ -6,11 +6,11 @@
 --        or 0, job id) per outcome, flattened,
 --        ARGV[4]=msgpack array of enqueue-to-settle latency samples (ms, as strings) or "",
 --        ARGV[5]=how many samples the list keeps,
---        ARGV[6]=msgpack array of (outcome number, record key index into KEYS, result, keep_ms) for the jobs
---        whose worker keeps results, flattened, or "") -> count of stale outcomes
--- A kept outcome is written in this same step: an ack records the job done with its result, a dead letter
--- records it dead with its record; the record lives keep_ms and its name is also the channel on which the
--- outcome is announced, so a waiting Flume.result wakes without polling.
+--        ARGV[6]=msgpack array of (outcome number, record key index into KEYS, result, keep_ms, state) for
+--        the jobs whose outcome is kept, flattened, or "") -> count of stale outcomes
+-- A kept outcome is written in this same step: state "done" records the result, "dead" and "cancelled"
+-- (an aborted job) the job's record; the record lives keep_ms and its name is also the channel on which
+-- the outcome is announced, so a waiting Flume.result wakes without polling.
 -- The latency samples ride in this call rather than in an LPUSH and an LTRIM of their own per settle.
 -- The outcomes travel as one msgpack blob: as separate arguments, the client spent more time encoding a
 -- batch of hundreds of them than running the jobs.
@@ -70,21 +70,21 @@ for i = 1, #outcomes, 6 do
 end
 if removed_of then
   local kept = cmsgpack.unpack(ARGV[6])
-  for j = 1, #kept, 4 do
+  for j = 1, #kept, 5 do
     local n = kept[j]
     local at = (n - 1) * 6 + 1
-    local action = outcomes[at]
-    if removed_of[n] > 0 and (action == 'ack' or action == 'dead') then
+    local state = kept[j + 4]
+    if removed_of[n] > 0 then
       local record = KEYS[tonumber(kept[j + 1])]
-      if action == 'ack' then
+      if state == 'done' then
         redis.call('HSET', record, 'state', 'done', 'at_ms', now_ms, 'result', kept[j + 2])
       else
         local job = outcomes[at + 2]
         if job == '' then job = outcomes[at + 1] end
-        redis.call('HSET', record, 'state', 'dead', 'at_ms', now_ms, 'job', job)
+        redis.call('HSET', record, 'state', state, 'at_ms', now_ms, 'job', job)
       end
       redis.call('PEXPIRE', record, tonumber(kept[j + 3]))
-      redis.call('PUBLISH', record, action)
+      redis.call('PUBLISH', record, state)
     end
   end
 end

@@ -59,10 +59,11 @@ class Settlement:
     unique: tuple[str, str] | None = None
     """``(unique_key, job_id)`` of a unique job: the settlement releases the key if that job still holds it
     (only ack, dead and release do; a retried job keeps it)."""
-    outcome: tuple[str, bytes, int] | None = None
-    """``(job_id, result, keep_ms)`` of a job whose worker keeps results: an ack records ``done`` with the
-    msgpack-encoded ``result``, a dead letter records ``dead`` with the job's record, in the same step, for
-    ``keep_ms``, and announces it on the record's channel (``Flume.result`` waits there)."""
+    outcome: tuple[str, bytes, int, Literal["done", "dead", "cancelled"]] | None = None
+    """``(job_id, result, keep_ms, state)`` of a job whose outcome is kept (its worker keeps results, or it was
+    aborted): in the same step as the settlement, its record says ``done`` with the msgpack-encoded
+    ``result``, or ``dead``/``cancelled`` with the job's record, for ``keep_ms``, and the record's channel
+    announces it (``Flume.result`` waits there)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,9 +214,9 @@ def _ops_settle(
             unique_index, holder = len(base) + len(unique_keys), s.unique[1]
         flat += [s.action, s.payload, s.new_payload or b"", max(0, int(s.delay_ms)), unique_index, holder]
         if s.outcome is not None:
-            job_id, result, keep_ms = s.outcome
+            job_id, result, keep_ms, state = s.outcome
             unique_keys.append(k.record(job_id))
-            kept += [len(flat) // 6, len(base) + len(unique_keys), result, max(1, int(keep_ms))]
+            kept += [len(flat) // 6, len(base) + len(unique_keys), result, max(1, int(keep_ms)), state]
     # Redis's cmsgpack reads only the old raw type, hence use_bin_type=False (bytes stay bytes in Lua).
     outcomes: bytes = msgpack.packb(flat, use_bin_type=False)
     kept_blob: bytes = msgpack.packb(kept, use_bin_type=False) if kept else b""

@@ -80,6 +80,11 @@ class Keys:
         """The SET of queue names ever enqueued to (for stats and the dashboard)."""
         return f"{self.namespace}:queues"
 
+    @property
+    def abort_channel(self) -> str:
+        """The pub/sub channel on which ``Flume.cancel`` asks the workers to abort a running job (by id)."""
+        return f"{self.namespace}:abort"
+
     def of(self, queue: str) -> QueueKeys:
         """The keys of ``queue``.
 

@@ -487,6 +487,23 @@ class RedisStore:
             total += moved
         return total
 
+    async def set_progress(
+        self, queue: str, job_id: str, fraction: float, message: str, keep_ms: int
+    ) -> None:
+        """Record how far a running job is, readable for ``keep_ms`` (``Flume.job``)."""
+        record = self.keys.of(queue).record(job_id)
+        await self._run.run(
+            [
+                _Cmd(("HSET", record, "progress", repr(fraction), "progress_message", message)),
+                _Cmd(("PEXPIRE", record, keep_ms)),
+            ],
+            transaction=True,
+        )
+
+    async def abort(self, job_id: str) -> int:
+        """Ask whichever worker runs job ``job_id`` to abort it; the number of worker processes told."""
+        return int(await self._run.one(_Cmd(("PUBLISH", self.keys.abort_channel, job_id))))
+
     async def job_record(self, queue: str, job_id: str) -> dict[str, bytes]:
         """Like :meth:`SyncStore.job_record`."""
         reply = await self._run.one(_Cmd(("HGETALL", self.keys.of(queue).record(job_id))))

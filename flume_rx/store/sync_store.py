@@ -240,6 +240,10 @@ class SyncStore:
         reply = self._run.one(_Cmd(("HGETALL", self.keys.of(queue).record(job_id))))
         return {_text(k): bytes(v) for k, v in _hash(reply).items()}
 
+    def abort(self, job_id: str) -> int:
+        """Like :meth:`RedisStore.abort`."""
+        return int(self._run.one(_Cmd(("PUBLISH", self.keys.abort_channel, job_id))))
+
     def cancel(self, queue: str, job_id: str, payload: bytes, keep_ms: int) -> bool:
         """Take the waiting job ``payload`` off ``queue`` (queued, scheduled or retry) and record it as
         cancelled for ``keep_ms``; False when it was no longer waiting."""

@@ -132,3 +132,30 @@ def slow_add(token: str, a: int) -> int:
     """Returns once the test pushes to ``test:release:<token>``."""
     _redis().blpop([f"test:release:{token}"], timeout=60)
     return a
+
+
+@worker("AbortableAsyncWorker")
+async def abortable_async(token: str) -> None:
+    """Reports progress, then waits long enough to be aborted (its task is cancelled)."""
+    from flume_rx import current_job
+
+    job = current_job()
+    assert job is not None and job.job.args == [token]
+    job.progress(0.5, "halfway")
+    await asyncio.sleep(60)
+    _redis().hincrby("test:runs", token, 1)
+
+
+@worker("AbortableSyncWorker")
+def abortable_sync(token: str) -> None:
+    """Reports progress, then loops until its job is aborted, checking the flag as a sync worker must."""
+    from flume_rx import current_job
+
+    job = current_job()
+    assert job is not None
+    job.progress(0.25, "looping")
+    deadline = time.monotonic() + 60
+    while not job.aborted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    job.check_aborted()
+    _redis().hincrby("test:runs", token, 1)

@@ -171,3 +171,32 @@ def test_the_cli_shows_a_job_and_cancels_it(flume: Flume, redis_url: str, tmp_pa
 def test_a_job_id_that_cannot_be_one_is_refused(flume: Flume) -> None:
     with pytest.raises(ConfigError, match="job id"):
         flume.job("")
+
+
+@pytest.mark.parametrize("worker_name", ["AbortableAsyncWorker", "AbortableSyncWorker"])
+def test_a_running_job_reports_progress_and_is_aborted(
+    flume: Flume, worker_process: subprocess.Popen[bytes], redis_url: str, worker_name: str
+) -> None:
+    job_id = flume.enqueue(SERVED, worker_name, ["abort-me"])
+    _wait(lambda: flume.job(job_id).progress is not None, "the job to report progress")
+    info = flume.job(job_id)
+    assert info.state == "running"
+    assert (info.progress, info.progress_message) == (
+        (0.5, "halfway") if worker_name == "AbortableAsyncWorker" else (0.25, "looping")
+    )
+
+    assert flume.cancel(job_id).state == "running"  # the abort is asked; the worker stops it
+    _wait(lambda: flume.job(job_id).state == "cancelled", "the aborted job to be recorded as cancelled")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        served = Keys(NS).of(SERVED)
+        assert client.hget("test:runs", "abort-me") is None  # it stopped where it was
+        assert client.zcard(served.retry) == 0 and client.zcard(served.dead) == 0  # no retry, no dead letter
+    finally:
+        client.close()
+
+
+def test_current_job_is_none_outside_a_worker() -> None:
+    from flume_rx import current_job
+
+    assert current_job() is None
