@@ -116,6 +116,12 @@ def create_app(
         jobs = [job_row(entry.job, entry.at, "dead") for entry in flume.dead_letters(queue, limit)]
         return JSONResponse({"queue": queue, "jobs": jobs})
 
+    def job(request: Request) -> Response:
+        job_id = request.query_params.get("id", "").strip()
+        if not job_id or len(job_id) > 200:
+            raise _BadRequest("give the job's id as ?id=JOB_ID (the id enqueue returned)")
+        return JSONResponse(flume.job(job_id).as_dict())
+
     def consumers(request: Request) -> Response:
         return JSONResponse({"consumers": store.consumers(queues(), config.orphan_timeout_s)})
 
@@ -178,6 +184,7 @@ def create_app(
             Route("/api/rates", rates),
             Route("/api/dead", dead),
             Route("/api/consumers", consumers),
+            Route("/api/job", job),
             *(Route(f"/api/{name}", endpoint(name), methods=["POST"]) for name in ACTIONS),
         ],
         middleware=[Middleware(Guard, hosts=HostPolicy.for_bind(host, port, allowed_hosts))],

@@ -212,7 +212,7 @@ def test_read_only_by_default_no_buttons_and_actions_refused(
     expect(page.locator("#dead details[data-stale]")).to_have_count(0)
     expect(traceback).to_be_visible()
     expect(dead_row.locator("td.died")).not_to_be_empty()
-    expect(page.locator("button")).to_have_count(0)
+    expect(page.locator("main button:not(#lookup button)")).to_have_count(0)  # no action buttons
     status = page.evaluate(
         """async ([queue, id]) => (await fetch('/api/retry', {
             method: 'POST', headers: {'Content-Type': 'application/json'},
@@ -221,4 +221,18 @@ def test_read_only_by_default_no_buttons_and_actions_refused(
     )
     assert status == 403
     assert flume.stats([QUEUE])[QUEUE]["dead"] == 1, "a refused action changes nothing"
+    page.close()
+
+
+def test_a_dead_job_is_found_by_its_id(
+    browser: Browser, dashboard: Callable[[bool], str], filled: tuple[Flume, str]
+) -> None:
+    _, dead_id = filled
+    page = browser.new_page()
+    page.goto(dashboard(False))
+    page.locator("#job-id").fill(dead_id)
+    page.locator("#lookup button").click()
+
+    expect(page.locator("#job .state")).to_contain_text(f"{dead_id}: dead on {QUEUE}")
+    expect(page.locator("#job details summary")).to_contain_text("ValueError: mailbox 13 does not exist")
     page.close()

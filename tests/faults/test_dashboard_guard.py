@@ -199,3 +199,23 @@ def test_host_policy_for_the_bound_address() -> None:
     assert not same_origin("file://", "localhost:8642")
     tokens = PageTokens()
     assert tokens.valid(tokens.new()) and not PageTokens().valid(tokens.new()) and not tokens.valid(None)
+
+
+def test_a_job_is_looked_up_by_id_and_only_by_its_own_host(read_only: Dashboard, redis_url: str) -> None:
+    with Flume(redis_url, "t") as flume:
+        job_id = flume.enqueue(QUEUE, "RecordWorker", ["looked-up"])
+    host = {"Host": f"127.0.0.1:{read_only.port}"}
+    reply = read_only.request("GET", f"/api/job?id={job_id}", headers=host)
+    assert reply.status == 200, reply.body
+    found = json.loads(reply.body)
+    assert (found["state"], found["queue"], found["args"]) == ("queued", QUEUE, ["looked-up"])
+    assert (
+        json.loads(read_only.request("GET", "/api/job?id=" + "0" * 32, headers=host).body)["state"]
+        == "unknown"
+    )
+    assert read_only.request("GET", "/api/job", headers=host).status == 400
+    # A rebound name reads no job's args.
+    assert read_only.request("GET", f"/api/job?id={job_id}", headers={"Host": "evil.example"}).status in (
+        400,
+        403,
+    )
