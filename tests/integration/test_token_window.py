@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -281,15 +282,22 @@ async def test_pacing_spreads_a_backlog_at_the_rate_the_window_sustains(kind: st
         window = InProcessWindow(allowed, period_s, hold_s, burst=burst)
     else:
         window = RedisTokenWindow(store, uuid.uuid4().hex, allowed, period_s, hold_s=hold_s, burst=burst)
-    grants: list[Grant] = [await first(window.take(50, 20)) for _ in range(30)]
+    grants: list[Grant] = []
+    answered: list[float] = []  # when each grant's answer was back, on this process's clock
+    first_asked = time.monotonic()
+    for _ in range(30):
+        grants.append(await first(window.take(50, 20)))
+        answered.append(time.monotonic())
 
     assert all(g.tokens <= burst for g in grants)  # never more than the burst at once
-    # Asked back to back, the delays grow by the tokens' pacing interval: a smooth 400 per 1.02 s, not
-    # 400 at once and then nothing for a period. The first grant may use the whole burst at once.
+    # Asked back to back, the grants' start times grow by the tokens' pacing interval: a smooth 400 per
+    # 1.02 s, not 400 at once and then nothing for a period. The first grant may use the whole burst at once.
+    # A grant starts delay_s after the window decided, which was before its answer was back and after the
+    # first call was made: so however slowly the calls go, each start is at most answered + delay_s.
     interval = (period_s + hold_s) / allowed
     granted = 0
-    for grant in grants:
-        assert grant.delay_s >= (granted - burst) * interval - 0.01  # 10 ms for the time the calls take
+    for grant, back in zip(grants, answered, strict=True):
+        assert back + grant.delay_s - first_asked >= (granted - burst) * interval - 0.001
         granted += grant.tokens
     assert grants[-1].delay_s > 0.5  # 600 tokens could not all start at once
 
