@@ -40,11 +40,16 @@ class AdaptiveTuning:
         most_cut: one refusal lowers the rate to no less than this share of the current rate, within (0, 1],
             however little was measured: a refusal seen with few recent starts (a shared downstream, a quiet
             window) is weak evidence, and further refusals keep cutting.
+        headroom: while the window is not used, the probe stops: it never goes above the ceiling or this share
+            above the tokens granted over the last period, whichever is more (>= 0). A rate nobody used is no
+            evidence that the downstream takes it; without this, a pipeline held back by its workers lets the
+            probe climb far past the downstream's rate, and the burst when the workers catch up is refused.
     """
 
     margin: float = 0.03
     probe: float = 0.015
     most_cut: float = 0.5
+    headroom: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0 < self.margin < 1:
@@ -53,6 +58,8 @@ class AdaptiveTuning:
             raise ValueError(f"probe must be a positive number per period cubed (got {self.probe})")
         if not 0 < self.most_cut <= 1:
             raise ValueError(f"most_cut must be within (0, 1] (got {self.most_cut})")
+        if not (self.headroom >= 0 and math.isfinite(self.headroom)):
+            raise ValueError(f"headroom must be a share >= 0 (got {self.headroom})")
 
     @property
     def plateau_periods(self) -> float:
@@ -61,9 +68,15 @@ class AdaptiveTuning:
 
 
 def probed_rate(
-    ceiling: float, elapsed_s: float, allowed: float, period_s: float, tuning: AdaptiveTuning
+    ceiling: float,
+    elapsed_s: float,
+    allowed: float,
+    period_s: float,
+    tuning: AdaptiveTuning,
+    used: float | None = None,
 ) -> float:
-    """The rate ``elapsed_s`` after the refusal that set ``ceiling``: the cubic, within [1, allowed].
+    """The rate ``elapsed_s`` after the refusal that set ``ceiling``: the cubic, within [1, allowed], and with
+    ``used`` (tokens granted over the last period) no more than ``max(ceiling, used * (1 + headroom))``.
 
     >>> tuning = AdaptiveTuning(margin=0.03, probe=0.015)
     >>> round(probed_rate(300.0, 0.0, 400, 1.0, tuning), 6)  # a margin below the ceiling
@@ -72,10 +85,15 @@ def probed_rate(
     300.0
     >>> probed_rate(300.0, 60.0, 400, 1.0, tuning)  # never above allowed
     400.0
+    >>> round(probed_rate(300.0, 60.0, 400, 1.0, tuning, used=320.0), 6)  # nor far above what is used
+    352.0
     """
     periods = max(0.0, elapsed_s) / period_s
     offset = periods - tuning.plateau_periods
-    return max(1.0, min(float(allowed), ceiling * (1.0 + tuning.probe * offset * offset * offset)))
+    rate = min(float(allowed), ceiling * (1.0 + tuning.probe * offset * offset * offset))
+    if used is not None:
+        rate = min(rate, max(ceiling, used * (1.0 + tuning.headroom)))
+    return max(1.0, rate)
 
 
 def accepted_per_period(granted: int, refused: int, span_s: float, period_s: float) -> float | None:

@@ -21,7 +21,7 @@ from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposab
 from reactivex.observer import Observer
 from reactivex.scheduler import TimeoutScheduler, VirtualTimeScheduler
 
-from ._adaptive import AdaptiveTuning, accepted_per_period, ceiling_after_refusal, probed_rate
+from ._adaptive import AdaptiveTuning, accepted_per_period, ceiling_after_refusal, probed_rate, recovery_s
 from ._flow import Demand, Flowable, drain_loop, subscribe_upstream
 
 _T = TypeVar("_T")
@@ -172,7 +172,17 @@ class InProcessWindow:
         # Called with the lock held.
         if self._ceiling is None:
             return float(self._allowed)
-        return probed_rate(self._ceiling, now - self._cut_at, self._allowed, self._period_s, self.tuning)
+        # Tokens of the grants still counted: those of the last period (and hold), as take_tokens.lua's sum.
+        used = sum(count for expires_at, count in self._grants if expires_at > now)
+        if not used and now - self._cut_at >= recovery_s(
+            self._ceiling, self._allowed, self._period_s, self.tuning
+        ):
+            # Quiet since the probe would be back at allowed: forgotten, as the Redis window's state expires.
+            self._ceiling = None
+            return float(self._allowed)
+        return probed_rate(
+            self._ceiling, now - self._cut_at, self._allowed, self._period_s, self.tuning, used=used
+        )
 
     def current_rate(self) -> float:
         """The effective tokens per period now (``allowed`` unless refused and not yet probed back up)."""

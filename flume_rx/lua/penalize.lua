@@ -1,5 +1,6 @@
 -- penalize(KEYS[1]=log, KEYS[2]=meta, KEYS[3]=refusals, ARGV[1]=allowed, ARGV[2]=period_ms, ARGV[3]=hold_ms,
---          ARGV[4]=refused, ARGV[5]=margin, ARGV[6]=probe, ARGV[7]=most_cut, ARGV[8]=age_ms)
+--          ARGV[4]=refused, ARGV[5]=margin, ARGV[6]=probe, ARGV[7]=most_cut, ARGV[8]=age_ms,
+--          ARGV[9]=headroom)
 --   -> {effective allowed after it (string), ceiling (string), accepted per period (string, '' if unmeasured),
 --       now_us}
 -- The downstream refused `refused` calls, the first of which started age_ms ago: aim the shared rate at what it
@@ -19,6 +20,7 @@ local margin = tonumber(ARGV[5])
 local probe = tonumber(ARGV[6])
 local most_cut = tonumber(ARGV[7])
 local age = math.max(0, math.floor(tonumber(ARGV[8]) * 1000))
+local headroom = tonumber(ARGV[9])
 local plateau = (margin / probe) ^ (1 / 3)
 
 local meta = redis.call('HMGET', KEYS[2], 'ceiling', 'cut_at', 'last_g', 'rseq')
@@ -26,8 +28,15 @@ local current = allowed
 local ceiling = tonumber(meta[1])
 local cut_at = tonumber(meta[2])
 if ceiling and cut_at then
+  -- The rate in force, as take_tokens.lua computes it: the tokens still counted are those scored after
+  -- now - period.
+  local used = 0
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%.0f', now - period), '+inf')) do
+    used = used + tonumber(string.match(member, ':(%d+)$'))
+  end
   local offset = math.max(0, now - cut_at) / 1000000 / (period / 1000000) - plateau
-  current = math.max(1, math.min(allowed, ceiling * (1 + probe * offset * offset * offset)))
+  current = math.min(allowed, ceiling * (1 + probe * offset * offset * offset))
+  current = math.max(1, math.min(current, math.max(ceiling, used * (1 + headroom))))
 end
 
 -- take_tokens.lua drops grants with g <= last_g - period - hold, so the log holds every start after `since`.

@@ -1,6 +1,6 @@
 -- take_tokens(KEYS[1]=log, KEYS[2]=meta, ARGV[1]=allowed, ARGV[2]=period_ms, ARGV[3]=hold_ms, ARGV[4]=want,
 --             ARGV[5]=min_tokens, ARGV[6]=adaptive (0/1), ARGV[7]=margin, ARGV[8]=probe,
---             ARGV[9]=burst (0: no pacing))
+--             ARGV[9]=burst (0: no pacing), ARGV[10]=headroom)
 --   -> {tokens, delay_us, hold_us, effective allowed (string), g_us}
 -- An exact sliding-window limit. Each grant is recorded at its start time g (unix us, Redis TIME), handed out
 -- in non-decreasing g, and counted until g + hold + period: the log is a zset of "seq:tokens" scored g + hold,
@@ -23,19 +23,27 @@ local adaptive = ARGV[6] == '1'
 local margin = tonumber(ARGV[7])
 local probe = tonumber(ARGV[8])
 local burst = tonumber(ARGV[9]) or 0
+local headroom = tonumber(ARGV[10]) or 0.1
 
 local meta = redis.call('HMGET', KEYS[2], 'sum', 'last_g', 'seq', 'ceiling', 'cut_at', 'tat')
 local sum = window_sum(KEYS[1], meta[1])
 local last_g = tonumber(meta[2]) or 0
 local seq = tonumber(meta[3]) or 0
--- probed_rate of operators/_adaptive.py: a cubic from a margin below the ceiling, within [1, allowed].
+-- probed_rate of operators/_adaptive.py: a cubic from a margin below the ceiling, within [1, allowed], and
+-- while the window is not used no more than the ceiling or `headroom` above the tokens still counted.
 local effective = allowed
 local ceiling = tonumber(meta[4])
 local cut_at = tonumber(meta[5])
 local plateau = (margin / probe) ^ (1 / 3)
 if adaptive and ceiling and cut_at then
+  local used = 0
+  local counted = string.format('(%.0f', math.max(now, last_g) - period)
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], counted, '+inf')) do
+    used = used + window_tokens_of(member)
+  end
   local offset = math.max(0, now - cut_at) / 1000000 / (period / 1000000) - plateau
-  effective = math.max(1, math.min(allowed, ceiling * (1 + probe * offset * offset * offset)))
+  effective = math.min(allowed, ceiling * (1 + probe * offset * offset * offset))
+  effective = math.max(1, math.min(effective, math.max(ceiling, used * (1 + headroom))))
 end
 local cap = math.max(1, math.floor(effective))
 want = math.max(1, math.min(want, cap))

@@ -15,7 +15,11 @@ from flume_rx.operators import AdaptiveTuning, accepted_per_period, ceiling_afte
 from flume_rx.store import RedisStore, RedisTokenWindow
 
 tunings = st.builds(
-    AdaptiveTuning, margin=st.floats(0.005, 0.2), probe=st.floats(0.002, 0.2), most_cut=st.floats(0.1, 1.0)
+    AdaptiveTuning,
+    margin=st.floats(0.005, 0.2),
+    probe=st.floats(0.002, 0.2),
+    most_cut=st.floats(0.1, 1.0),
+    headroom=st.floats(0.0, 1.0),
 )
 
 
@@ -52,7 +56,8 @@ def test_take_tokens_probes_as_probed_rate_does(
             cut_at = _set_state(redis_url, store, key, ceiling, ago_periods * period_s)
             reply = await window.take_reply(1, 1)  # an empty log and no pacing: the grant starts now
             elapsed_s = (reply.start_us - cut_at) / 1e6
-            expected = probed_rate(ceiling, elapsed_s, allowed, period_s, tuning)
+            # The log held nothing before this grant: while unused, the probe stays at the ceiling at most.
+            expected = probed_rate(ceiling, elapsed_s, allowed, period_s, tuning, used=0.0)
             assert reply.effective_allowed == pytest.approx(expected, rel=1e-9)
         finally:
             await store.aclose()
@@ -98,7 +103,8 @@ def test_penalize_aims_as_ceiling_after_refusal_does(
                 refused_so_far += count
                 current = float(allowed)
                 if cut_at is not None:
-                    current = probed_rate(ceiling, (answer.at_us - cut_at) / 1e6, allowed, period_s, tuning)
+                    elapsed_s = (answer.at_us - cut_at) / 1e6
+                    current = probed_rate(ceiling, elapsed_s, allowed, period_s, tuning, used=started)
                 accepted = accepted_per_period(started, refused_so_far, period_s, period_s)
                 assert answer.accepted == pytest.approx(accepted)
                 expected = ceiling_after_refusal(current, accepted, tuning)

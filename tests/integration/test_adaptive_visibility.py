@@ -99,6 +99,7 @@ def test_every_change_of_the_rate_is_an_event() -> None:
     seen = []
     for step in range(1, 200):
         now[0] = 0.5 + step * 0.05
+        window.grant(100, 1)  # the window is used: the probe only climbs while it is
         seen.append(rate_watch.seen())
     probes = [e.fields for e in events if e.name == "throttle.rate_changed" and e.fields["cause"] == "probe"]
     assert probes and probes[-1]["rate"] == 100.0  # back at allowed, and said so
