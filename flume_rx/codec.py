@@ -15,7 +15,7 @@ FORMAT_VERSION = 1
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 _FIELDS = 10  # version, id, queue, worker, args, attempt, created_at, enqueued_at, cost, error
 # Optional trailing fields, written only when set, so jobs without them stay readable by older workers.
-_OPTIONAL_FIELDS = 2  # unique_key, unique_until (when not "finish")
+_OPTIONAL_FIELDS = 3  # unique_key, unique_until (when not "finish"), meta (a map, when set)
 
 
 def encode(job: Job, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
@@ -37,10 +37,12 @@ def encode(job: Job, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> bytes:
         job.cost,
         error,
     ]
-    if job.unique_key is not None:
+    if job.unique_key is not None or job.meta:
         record.append(job.unique_key)
-        if job.unique_until != "finish":
+        if job.unique_until != "finish" or job.meta:
             record.append(job.unique_until)
+        if job.meta:
+            record.append(job.meta)
     try:
         payload: bytes = msgpack.packb(record, use_bin_type=True, datetime=False)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -155,6 +157,11 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Job:
     unique_until = record[_FIELDS + 1] if len(record) > _FIELDS + 1 else "finish"
     if unique_until not in UNIQUE_UNTIL:
         raise DecodeError(f"job record field 'unique_until' is {unique_until!r}, not one of {UNIQUE_UNTIL}")
+    meta = record[_FIELDS + 2] if len(record) > _FIELDS + 2 else None
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(k, str) for k in meta)):
+        raise DecodeError(
+            f"job record field 'meta' is {type(meta).__name__}, expected a map with string keys"
+        )
     _expect(job_id, str, "id")
     _expect(queue, str, "queue")
     _expect(worker, str, "worker")
@@ -182,6 +189,7 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Job:
         error=job_error,
         unique_key=unique_key,
         unique_until=unique_until,
+        meta=meta or None,
     )
 
 
@@ -199,6 +207,7 @@ _JOB_FIELDS = (
     "error",
     "unique_key",
     "unique_until",
+    "meta",
 )
 
 
@@ -213,7 +222,7 @@ def _job_maker() -> Callable[..., Job]:
         return Job
     new = object.__new__
     slots: list[Any] = [getattr(Job, name) for name in _JOB_FIELDS]
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10 = (slot.__set__ for slot in slots)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11 = (slot.__set__ for slot in slots)
 
     def make(
         job_id: str,
@@ -227,6 +236,7 @@ def _job_maker() -> Callable[..., Job]:
         error: JobError | None,
         unique_key: str | None,
         unique_until: UniqueUntil,
+        meta: dict[str, Any] | None = None,
     ) -> Job:
         job: Job = new(Job)
         s0(job, job_id)
@@ -240,6 +250,7 @@ def _job_maker() -> Callable[..., Job]:
         s8(job, error)
         s9(job, unique_key)
         s10(job, unique_until)
+        s11(job, meta)
         return job
 
     return make

@@ -66,6 +66,7 @@ class Job:
         unique_key: the unique key this job holds (``enqueue(unique_key=...)``); None for ordinary jobs.
         unique_until: when the key is given up: ``finish`` (acked or dead), ``start`` (a worker starts it)
             or ``expiry`` (only when ``unique_for`` runs out).
+        meta: see below.
     """
 
     id: str
@@ -79,6 +80,9 @@ class Job:
     error: JobError | None = None
     unique_key: str | None = None
     unique_until: UniqueUntil = "finish"
+    meta: dict[str, Any] | None = None
+    """What travels with the job for flume_rx's own features (a trace context under ``"trace"``); None for
+    most jobs, which then keep the short record."""
 
     def next_attempt(self, error: JobError) -> Job:
         """The same job, one attempt further on (counting stops at :data:`MAX_ATTEMPT`), remembering why this

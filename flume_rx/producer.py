@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from flume_rx.errors import ConfigError
+from flume_rx.integrations.otel import enqueue_meta
 from flume_rx.job import UNIQUE_UNTIL, Job, UniqueUntil, build_job
 
 DEFAULT_UNIQUE_FOR_S = 3600.0
@@ -145,7 +146,9 @@ class Producer(ABC):
 
     def _build(self, queue: str, worker: str, args: Sequence[Any], cost: int) -> Job:
         """A checked job (a subclass may also round-trip it through the codec)."""
-        return build_job(queue, worker, args, cost)
+        job = build_job(queue, worker, args, cost)
+        meta = enqueue_meta()
+        return job if meta is None else replace(job, meta=meta)
 
     @abstractmethod
     def _put(

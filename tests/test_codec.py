@@ -113,8 +113,18 @@ def test_a_unique_key_of_the_wrong_type_is_named() -> None:
         codec.decode(msgpack.packb(record))
     with pytest.raises(DecodeError, match="unique_until"):
         codec.decode(msgpack.packb([*record[:10], "k", "extra"]))
-    with pytest.raises(DecodeError, match="fields"):
+    with pytest.raises(DecodeError, match="meta"):
         codec.decode(msgpack.packb([*record[:10], "k", "start", "extra"]))
+    with pytest.raises(DecodeError, match="fields"):
+        codec.decode(msgpack.packb([*record[:10], "k", "start", {}, "extra"]))
+
+
+def test_meta_travels_with_the_job_and_plain_jobs_keep_the_short_record() -> None:
+    traced = Job("1", "q", "W", [1], meta={"trace": {"traceparent": "00-ab-cd-01"}})
+    assert codec.decode(codec.encode(traced)) == traced
+    unique = Job("1", "q", "W", [1], unique_key="k", unique_until="start", meta={"x": [1]})
+    assert codec.decode(codec.encode(unique)) == unique
+    assert len(msgpack.unpackb(codec.encode(Job("1", "q", "W", [1])))) == 10
 
 
 def test_unique_until_is_written_only_when_it_is_not_the_default() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from flume_rx.engine.source import Delivery
 from flume_rx.errors import ConfigError, JobAborted
+from flume_rx.integrations.otel import in_span
 from flume_rx.job import Job
 
 logger = logging.getLogger("flume_rx.current")
@@ -100,7 +101,14 @@ def enter_async(delivery: Delivery, call: Any) -> Any:
     """Mark ``delivery`` as the current job of the task about to run its worker's coroutine ``call``."""
     delivery.call = call
     _ASYNC_JOB.set(delivery)
+    if delivery.span is not None:
+        return _in_span(delivery.span, call)
     return call
+
+
+async def _in_span(span: Any, call: Any) -> Any:
+    with in_span(span):
+        return await call
 
 
 def run_as_job(
@@ -110,6 +118,9 @@ def run_as_job(
     local = _SYNC_JOB
     local.delivery, local.loop = delivery, loop
     try:
+        if delivery.span is not None:
+            with in_span(delivery.span):
+                return fn(*args)
         return fn(*args)
     finally:
         local.delivery = None

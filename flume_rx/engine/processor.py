@@ -21,6 +21,7 @@ from flume_rx.errors import (
     Throttled,
     UnknownWorker,
 )
+from flume_rx.integrations.otel import is_traced, start_run_span
 from flume_rx.job import Job
 from flume_rx.registry import get_worker
 from flume_rx.telemetry import Telemetry
@@ -68,6 +69,8 @@ def _call(
         _emit_started(source.telemetry, job, time.time())
     spec = get_worker(job.worker)  # UnknownWorker becomes this job's outcome
     args = ([list(job.args)],) if spec.batch else job.args
+    if job.meta is not None and is_traced(job):
+        item.span = start_run_span(job)
     if spec.is_async:
         coro: Coroutine[Any, Any, Any] = enter_async(item, spec.fn(*args))
         return coro

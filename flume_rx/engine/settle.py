@@ -18,6 +18,7 @@ from flume_rx.errors import (
     BadArguments,
     UnknownWorker,
 )
+from flume_rx.integrations.otel import end_run_span
 from flume_rx.job import CANCELLED_KEPT_S, Job, JobError
 from flume_rx.rate_watch import RateWatch
 from flume_rx.registry import get_worker, result_ttl_of
@@ -153,6 +154,10 @@ class Settler:
         if isinstance(error, TypeError):
             error = _unbound_arguments(job, error)
         verdict = decide(job, delivery.payload, error, source.settle_policy, now_s=time.time(), rng=self._rng)
+        if delivery.span is not None:
+            reason = "" if verdict.error is None else f"{verdict.error.kind}: {verdict.error.message}"
+            end_run_span(delivery.span, verdict.kind, reason=reason, delay_s=verdict.delay_s)
+            delivery.span = None
         if delivery.aborted and error is not None:  # it stopped because it was aborted (or failed meanwhile)
             return self._aborted(delivery)
         settlement = verdict.settlement

@@ -71,6 +71,8 @@ class Delivery:
     """The worker's coroutine while an async job runs (how an abort finds its task)."""
     aborted: bool = False
     """Set when ``Flume.cancel`` asked to abort the running job (see :func:`flume_rx.current_job`)."""
+    span: Any = None
+    """The OpenTelemetry span a traced job runs in, ended when it is settled."""
 
 
 @dataclass(eq=False)
