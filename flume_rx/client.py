@@ -28,7 +28,7 @@ from flume_rx.engine.source import BurstMode
 from flume_rx.engine.threads import StageThreads
 from flume_rx.errors import ConfigError, DecodeError, ResultUnavailable
 from flume_rx.follow import JobInfo, await_result, cancel_job, find_job, wait_result
-from flume_rx.job import Job, check_name
+from flume_rx.job import Flow, Job, check_name
 from flume_rx.pipeline import Delivery, JobSource, run_workers
 from flume_rx.producer import Producer, Uniqueness, When
 from flume_rx.runtime import WorkerRuntime, new_consumer_id
@@ -42,8 +42,23 @@ from flume_rx.store import (
     RedisTokenWindow,
     SyncStore,
     UniqueEnqueue,
+    is_cluster,
 )
 from flume_rx.telemetry import Event, Telemetry
+from flume_rx.workflows import (
+    GROUP_KEPT_S,
+    Chain,
+    Group,
+    StepSpec,
+    check_one_slot,
+    group_members,
+    group_record,
+    job_of,
+    new_group_id,
+    pending_records,
+    steps_of,
+    to_queue,
+)
 
 """How long a unique key is held at most when ``unique_for`` is not given."""
 
@@ -278,6 +293,101 @@ class Flume(Producer):
             return await await_result(
                 store, self._store, job_id, check_name(where), timeout, self.config.orphan_timeout_s
             )
+
+    # ---- workflows ----------------------------------------------------------------------------------------------
+
+    def chain(self, steps: Sequence[StepSpec]) -> Chain:
+        """Run ``steps`` one after the other, each receiving the previous one's result as its last argument.
+
+        >>> flume.chain([("wf/resize", "resize", ["a.jpg"]), ("wf/upload", "upload")])  # doctest: +SKIP
+
+        Only the first step is enqueued now; each step's job carries the rest. When a step succeeds, its ack
+        and the next step's enqueue are one Redis script call, so a worker killed at any moment neither loses
+        nor doubles the hand-off. A step that goes to the dead letters stops the chain there (its record says
+        dead, for ``Flume.job``), and the later steps are recorded as cancelled, so
+        ``Flume.result`` of any of them raises ``JobCancelled`` naming the step that failed. The steps' job ids
+        are chosen now (``Chain.ids``), and ``Flume.result(chain.last, chain.last_queue)`` waits for the
+        chain's result before its last step exists (its worker must keep results).
+
+        Args:
+            steps: ``(queue, worker)`` or ``(queue, worker, args)`` each, or ``handle.step(*args)``.
+
+        Raises:
+            ConfigError: no steps, a malformed step, or (on Redis Cluster) queues of different groups: name
+                them in one group, such as ``wf/resize`` and ``wf/upload``, so they share a slot.
+        """
+        checked = steps_of(steps, "chain")
+        if not checked:
+            raise ConfigError("a chain needs at least one step; pass them as [(queue, worker, args), ...]")
+        self._check_slots([step.queue for step in checked], "chain")
+        first, rest = checked[0], tuple(checked[1:])
+        job = job_of(first, Flow(rest) if rest else None)
+        self._store.enqueue_workflow(
+            [(job.queue, codec.encode(job, self.max_payload_bytes))],
+            waiting=pending_records(checked),
+            waiting_ms=round(GROUP_KEPT_S * 1000),
+        )
+        self.telemetry.emit("job.enqueued", queue=job.queue, count=1)
+        return Chain([step.id for step in checked], [step.queue for step in checked])
+
+    def group(self, jobs: Sequence[StepSpec], then: StepSpec, *, keep_s: float = GROUP_KEPT_S) -> Group:
+        """Run ``jobs`` in parallel, then ``then`` once every one of them has finished for good.
+
+        >>> flume.group([("wf/resize", "resize", [p]) for p in photos],  # doctest: +SKIP
+        ...             then=("wf/notify", "album_ready", ["album-7"]))
+
+        The callback receives, after its own args, one entry per member in the order given:
+        ``{"id", "ok", "result", "error"}`` (``result`` the member's return value when ``ok``; ``error``
+        ``"Kind: message"`` when it went to the dead letters or was aborted). Each member's outcome is recorded
+        in the same script call as its ack or dead letter, and the member that completes the group enqueues
+        the callback in that same call: exactly once, even if workers are killed. A member that is retried
+        counts once it succeeds or goes dead. ``Flume.result(group.then, group.then_queue)`` waits for the
+        callback's result (its worker must keep results).
+
+        Args:
+            jobs: the members, ``(queue, worker, args)`` each (or ``handle.step(*args)``).
+            then: the callback, ``(queue, worker, args)``.
+            keep_s: how long the group waits for its members; outcomes after that are not gathered.
+
+        Raises:
+            ConfigError: no members, a malformed step, or (on Redis Cluster) queues of different groups.
+        """
+        if not keep_s > 0:
+            raise ConfigError(f"keep_s must be > 0 seconds (got {keep_s!r}); how long the group waits")
+        group_id = new_group_id()
+        members, callback = group_members(jobs, then, group_id)
+        self._check_slots([callback.queue, *(m.queue for m in members)], "group")
+        payloads = [(m.queue, codec.encode(m, self.max_payload_bytes)) for m in members]
+        codec.encode(callback, self.max_payload_bytes)  # its args are checked now, not when the group ends
+        record = group_record(callback, len(members))
+        keep_ms = round(keep_s * 1000)
+        self._store.enqueue_workflow(
+            payloads,
+            (callback.queue, group_id, record, keep_ms),
+            waiting=[(callback.queue, callback.id)],
+            waiting_ms=keep_ms,
+        )
+        for queue in dict.fromkeys(m.queue for m in members):
+            self.telemetry.emit(
+                "job.enqueued", queue=queue, count=sum(1 for m in members if m.queue == queue)
+            )
+        return Group(group_id, [m.id for m in members], callback.id, callback.queue)
+
+    def to_queue(self, queue: str, worker: str | None = None) -> Callable[[Observable[Any]], Observable[Any]]:
+        """The durable hop of a pipeline built in code: each job that succeeds sends its result on, as the one
+        argument of a new job of ``worker`` (default: named as ``queue``) on ``queue``, in the same Redis
+        script call as its ack.
+
+        >>> flume.source("wf/resize").pipe(flume.process(), flume.to_queue("wf/upload", "upload"))  # doctest: +SKIP
+
+        It goes after :meth:`process` (it marks outcomes). On Redis Cluster, the two queues must share a
+        group (``wf/resize``, ``wf/upload``); a job whose hop crosses slots goes to the dead letters saying so.
+        """
+        return to_queue(check_name(queue), worker or queue)
+
+    def _check_slots(self, queues: Sequence[str], what: str) -> None:
+        if is_cluster(self._store.client):
+            check_one_slot(self._store.keys, queues, what)
 
     def _queue_of(self, job_id: str, queue: str | None) -> str:
         if queue is not None:

@@ -50,6 +50,35 @@ class JobError:
 
 
 @dataclass(slots=True, frozen=True)
+class Step:
+    """A workflow step not yet enqueued: its job id is chosen up front, so it can be followed from the start."""
+
+    id: str
+    queue: str
+    worker: str
+    args: tuple[Any, ...] | list[Any]
+
+
+@dataclass(slots=True, frozen=True)
+class Flow:
+    """What a job of a workflow hands on when it is settled (see ``Flume.chain`` and ``Flume.group``).
+
+    Attributes:
+        chain: the steps after this one; when this job succeeds, the first of them is enqueued with this job's
+            result appended to its args, carrying the rest.
+        group: the id of the group this job is a member of ("" when none): its ack or dead letter records its
+            outcome in the group, and the last member to settle enqueues the group's callback.
+        then_queue: the queue of the group's callback (the group's record lives in its slot).
+        member: this job's place in the group (its outcome's index in the callback's list).
+    """
+
+    chain: tuple[Step, ...] = ()
+    group: str = ""
+    then_queue: str = ""
+    member: int = 0
+
+
+@dataclass(slots=True, frozen=True)
 class Job:
     """One unit of work.
 

@@ -159,6 +159,17 @@ class WorkerHandle(Generic[_P, _R]):
         """As :meth:`enqueue`, to run at ``unix_ts`` (seconds since the epoch)."""
         return flume.enqueue_at(self._queue(queue), unix_ts, self.name, self.check_args(args), **options)
 
+    def step(self, *args: Any, queue: str | None = None) -> tuple[str, str, list[Any]]:
+        """This worker as a step of ``Flume.chain`` or ``Flume.group``: ``(queue, name, args)``.
+
+        In a chain, every step after the first also receives the previous step's result, after ``args``;
+        so ``args`` are not checked against the function here.
+
+        Raises:
+            ConfigError: no queue is known.
+        """
+        return (self._queue(queue), self.name, list(args))
+
     def check_args(self, args: Sequence[Any]) -> list[Any]:
         """``args`` as a list, once the function is known to accept them positionally.
 

@@ -22,8 +22,17 @@ from flume_rx.integrations.otel import end_run_span
 from flume_rx.job import CANCELLED_KEPT_S, Job, JobError
 from flume_rx.rate_watch import RateWatch
 from flume_rx.registry import get_worker, result_ttl_of
-from flume_rx.store import Settlement
+from flume_rx.store import Handoff, Settlement, is_cluster
 from flume_rx.telemetry import Telemetry
+from flume_rx.workflows import (
+    chain_stopped,
+    check_one_slot,
+    flow_of,
+    hop_of,
+    is_workflow_job,
+    member_outcome,
+    next_in_chain,
+)
 
 logger = logging.getLogger("flume_rx.pipeline")
 
@@ -168,6 +177,8 @@ class Settler:
             result = codec.encode_result(value) if verdict.kind == "succeeded" else b""
             state: Literal["done", "dead"] = "done" if verdict.kind == "succeeded" else "dead"
             settlement = replace(settlement, outcome=(job.id, result, round(keep_s * 1000), state))
+        if (delivery.hop is not None or is_workflow_job(job)) and verdict.kind in ("succeeded", "dead"):
+            settlement = _with_handoffs(settlement, delivery, verdict, value)
         self._report(verdict, job, source, duration_ms)
         return settlement
 
@@ -179,7 +190,14 @@ class Settler:
         self.telemetry.emit("job.cancelled", queue=job.queue, worker=job.worker, job_id=job.id)
         keep_ms = round(CANCELLED_KEPT_S * 1000)
         unique = None if job.unique_key is None or job.unique_until == "expiry" else (job.unique_key, job.id)
-        return Settlement(delivery.payload, "ack", unique=unique, outcome=(job.id, b"", keep_ms, "cancelled"))
+        joined = member_outcome(job, False, None, "Aborted: the job was cancelled while it ran")
+        return Settlement(
+            delivery.payload,
+            "ack",
+            unique=unique,
+            outcome=(job.id, b"", keep_ms, "cancelled"),
+            handoffs=() if joined is None else (joined,),
+        )
 
     def _report(self, verdict: Verdict, job: Job, source: JobSource, duration_ms: float) -> None:
         """The telemetry and logs of a verdict (and the penalty a throttled job puts on a shared window)."""
@@ -264,13 +282,15 @@ class Settler:
         outcome: tuple[str, bytes, int, Literal["dead"]] | None = None
         if keep_s is not None:
             outcome = (job.id, b"", round(keep_s * 1000), "dead")
+        # A group member still tells its group, so the callback is not left waiting for it.
+        joined = _member_failed(job, f"SettleError: {reason}")
         try:
             record = codec.encode_cut_to_fit(
                 job.next_attempt(JobError("SettleError", reason)), delivery.source.max_payload_bytes
             )
         except Exception:  # not even that fits: the job goes to the dead letters as it was fetched
-            return Settlement(delivery.payload, "dead", unique=unique, outcome=outcome)
-        return Settlement(delivery.payload, "dead", record, unique=unique, outcome=outcome)
+            return Settlement(delivery.payload, "dead", unique=unique, outcome=outcome, handoffs=joined)
+        return Settlement(delivery.payload, "dead", record, unique=unique, outcome=outcome, handoffs=joined)
 
     def _schedule_flush(self) -> None:
         if self._idle.is_set():
@@ -356,6 +376,46 @@ class Settler:
     async def drained(self) -> None:
         """Wait until every outcome received so far is settled in Redis."""
         await self._idle.wait()
+
+
+def _with_handoffs(settlement: Settlement, delivery: Delivery, verdict: Verdict, value: Any) -> Settlement:
+    """A workflow job's settlement, with what it hands on: the next chain step, a hop's job, or its outcome as
+    a group member. A chain step that went dead stops its chain, and its record says so (``Flume.job``)."""
+    job, source = delivery.job, delivery.source
+    handoffs: list[Handoff] = []
+    if verdict.kind == "succeeded":
+        following = next_in_chain(job, value, source.max_payload_bytes)
+        if following is not None:
+            handoffs.append(following)
+        if delivery.hop is not None:
+            queue, worker = delivery.hop
+            if is_cluster(source.store.client):
+                check_one_slot(source.store.keys, [job.queue, queue], "to_queue hop")
+            handoffs.append(hop_of(queue, worker, value, source.max_payload_bytes))
+        joined = member_outcome(job, True, value, None)
+    else:
+        error = verdict.error
+        assert error is not None  # a dead verdict records its failure
+        joined = member_outcome(job, False, None, f"{error.kind}: {error.message}")
+        flow = flow_of(job)
+        if flow is not None and flow.chain:
+            keep_ms = round(CANCELLED_KEPT_S * 1000)
+            if settlement.outcome is None:
+                settlement = replace(settlement, outcome=(job.id, b"", keep_ms, "dead"))
+            handoffs += chain_stopped(
+                job, f"{error.kind}: {error.message}", keep_ms, source.max_payload_bytes
+            )
+    if joined is not None:
+        handoffs.append(joined)
+    return replace(settlement, handoffs=tuple(handoffs))
+
+
+def _member_failed(job: Job, error: str) -> tuple[Handoff, ...]:
+    try:
+        joined = member_outcome(job, False, None, error)
+    except Exception:  # its flow field is what failed: nothing to tell
+        return ()
+    return () if joined is None else (joined,)
 
 
 def _wake_up(future: asyncio.Future[None]) -> None:

@@ -7,7 +7,16 @@
 --        ARGV[4]=msgpack array of enqueue-to-settle latency samples (ms, as strings) or "",
 --        ARGV[5]=how many samples the list keeps,
 --        ARGV[6]=msgpack array of (outcome number, record key index into KEYS, result, keep_ms, state) for
---        the jobs whose outcome is kept, flattened, or "") -> count of stale outcomes
+--        the jobs whose outcome is kept, flattened, or "",
+--        ARGV[7]=msgpack array of workflow hand-offs (outcome number, "push" or "join", key index into KEYS,
+--        data, member) flattened, or "") -> count of stale outcomes. ("stop", record index, job, keep_ms): a
+--        later step of a chain that stopped is recorded as cancelled, and its waiters told.
+-- A hand-off happens only if its outcome took the job out of the in-flight list, which happens once, so a
+-- kill -9 anywhere neither loses nor doubles it. "push": data (a job) goes onto the queue KEYS[index].
+-- "join": data (a member's outcome) is recorded as field m<member> of the group KEYS[index], unless already
+-- there; the member that completes the group (its "size") pushes the callback onto the queue
+-- KEYS[index + 1]: the group's "head", every member's outcome in order and its "tail" make the callback's
+-- job record (the head ends with the header of the outcomes' list), and the group is gone.
 -- A kept outcome is written in this same step: state "done" records the result, "dead" and "cancelled"
 -- (an aborted job) the job's record; the record lives keep_ms and its name is also the channel on which
 -- the outcome is announced, so a waiting Flume.result wakes without polling.
@@ -27,7 +36,7 @@ local stale = 0
 local processed, failed, dead, requeued = 0, 0, 0, 0
 local outcomes = cmsgpack.unpack(ARGV[3])
 local removed_of = nil
-if ARGV[6] and ARGV[6] ~= '' then
+if (ARGV[6] and ARGV[6] ~= '') or (ARGV[7] and ARGV[7] ~= '') then
   removed_of = {}
 end
 for i = 1, #outcomes, 6 do
@@ -68,7 +77,7 @@ for i = 1, #outcomes, 6 do
     redis.call('DEL', KEYS[unique])
   end
 end
-if removed_of then
+if ARGV[6] and ARGV[6] ~= '' then
   local kept = cmsgpack.unpack(ARGV[6])
   for j = 1, #kept, 5 do
     local n = kept[j]
@@ -85,6 +94,33 @@ if removed_of then
       end
       redis.call('PEXPIRE', record, tonumber(kept[j + 3]))
       redis.call('PUBLISH', record, state)
+    end
+  end
+end
+if ARGV[7] and ARGV[7] ~= '' then
+  local flow = cmsgpack.unpack(ARGV[7])
+  for j = 1, #flow, 5 do
+    if removed_of[flow[j]] > 0 then
+      local key = KEYS[tonumber(flow[j + 2])]
+      if flow[j + 1] == 'push' then
+        redis.call('LPUSH', key, flow[j + 3])
+      elseif flow[j + 1] == 'stop' then
+        redis.call('HSET', key, 'state', 'cancelled', 'at_ms', now_ms, 'job', flow[j + 3])
+        redis.call('PEXPIRE', key, tonumber(flow[j + 4]))
+        redis.call('PUBLISH', key, 'cancelled')
+      else
+        local size = tonumber(redis.call('HGET', key, 'size'))
+        if size and redis.call('HSETNX', key, 'm' .. flow[j + 4], flow[j + 3]) == 1
+            and redis.call('HINCRBY', key, 'settled', 1) == size then
+          local parts = { redis.call('HGET', key, 'head') }
+          for m = 0, size - 1 do
+            parts[m + 2] = redis.call('HGET', key, 'm' .. m)
+          end
+          parts[size + 2] = redis.call('HGET', key, 'tail')
+          redis.call('LPUSH', KEYS[tonumber(flow[j + 2]) + 1], table.concat(parts))
+          redis.call('DEL', key)
+        end
+      end
     end
   end
 end

@@ -64,6 +64,28 @@ class Settlement:
     aborted): in the same step as the settlement, its record says ``done`` with the msgpack-encoded
     ``result``, or ``dead``/``cancelled`` with the job's record, for ``keep_ms``, and the record's channel
     announces it (``Flume.result`` waits there)."""
+    handoffs: tuple[Handoff, ...] = ()
+    """A workflow's next job or group outcome, written in the same step (see :class:`Handoff`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """What a settled job of a workflow hands on, in the same script call as its own settlement, and only if
+    that settlement took the job out of the in-flight list (so a hand-off happens exactly once).
+
+    With ``group`` empty, ``payload`` (a new job) goes onto ``queue``. With ``group`` set, ``outcome`` (msgpack)
+    is recorded as member ``member`` of the group whose callback goes to ``queue``; the member that completes
+    the group enqueues the callback. With ``stopped`` set (a job id of ``queue``), that job, a later step of
+    a chain that stopped, is recorded as cancelled with ``payload`` as its record, for ``keep_ms``.
+    """
+
+    queue: str
+    payload: bytes = b""
+    group: str = ""
+    member: int = 0
+    outcome: bytes = b""
+    stopped: str = ""
+    keep_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +225,7 @@ def _ops_settle(
     base = (k.inflight(consumer), k.queue, k.retry, k.dead, k.stats, k.seconds, k.minutes, k.latency)
     unique_keys: list[str] = []
     kept: list[object] = []
+    flow: list[object] = []
     for s in settlements:
         if s.action not in ("ack", "retry", "dead", "requeue", "release"):
             raise ValueError(
@@ -217,16 +240,28 @@ def _ops_settle(
             job_id, result, keep_ms, state = s.outcome
             unique_keys.append(k.record(job_id))
             kept += [len(flat) // 6, len(base) + len(unique_keys), result, max(1, int(keep_ms)), state]
+        for h in s.handoffs:
+            target = keys.of(h.queue)
+            if h.group:
+                unique_keys += [target.group(h.group), target.queue]
+                flow += [len(flat) // 6, "join", len(base) + len(unique_keys) - 1, h.outcome, h.member]
+            elif h.stopped:
+                unique_keys.append(target.record(h.stopped))
+                flow += [len(flat) // 6, "stop", len(base) + len(unique_keys), h.payload, max(1, h.keep_ms)]
+            else:
+                unique_keys.append(target.queue)
+                flow += [len(flat) // 6, "push", len(base) + len(unique_keys), h.payload, 0]
     # Redis's cmsgpack reads only the old raw type, hence use_bin_type=False (bytes stay bytes in Lua).
     outcomes: bytes = msgpack.packb(flat, use_bin_type=False)
     kept_blob: bytes = msgpack.packb(kept, use_bin_type=False) if kept else b""
+    flow_blob: bytes = msgpack.packb(flow, use_bin_type=False) if flow else b""
     # Latency samples ride in the same script call (formatted here: one short string each, newest last).
     samples = [b"%.1f" % s.latency_ms for s in settlements if s.latency_ms is not None]
     latencies: bytes = msgpack.packb(samples[-LATENCY_SAMPLES:], use_bin_type=False) if samples else b""
     return _Eval(
         "settle",
         (*base, *unique_keys),
-        (dead_max, dead_ttl_ms, outcomes, latencies, LATENCY_SAMPLES, kept_blob),
+        (dead_max, dead_ttl_ms, outcomes, latencies, LATENCY_SAMPLES, kept_blob, flow_blob),
     )
 
 

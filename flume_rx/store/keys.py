@@ -47,6 +47,16 @@ class QueueKeys:
         """What is known of one job beyond where it waits: a cancelled job's reason and time (a hash with a TTL)."""
         return f"{self.tag}:job:{job_id}"
 
+    def group(self, group_id: str) -> str:
+        """The record of a workflow group whose callback goes to this queue: the members' outcomes by place,
+        and the callback's job around them (a hash with a TTL)."""
+        return f"{self.tag}:group:{group_id}"
+
+    @property
+    def hash_tag(self) -> str:
+        """The ``{...}`` part of the keys, which picks the cluster slot: equal tags, one slot."""
+        return self.tag.partition("}")[0] + "}"
+
     def cron_tick(self, schedule: str, tick_ms: int) -> str:
         """The claim of one tick of a cron schedule that enqueues to this queue."""
         return f"{self.tag}:cron:{schedule}:{tick_ms}"

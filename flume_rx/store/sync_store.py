@@ -43,7 +43,7 @@ from flume_rx.store.commands import (
 )
 from flume_rx.store.connection import _check_client, _client_kwargs, cluster_url, invalid_url
 from flume_rx.store.keys import Keys
-from flume_rx.store.scripts import SyncRunner, _Cmd, _Eval, _Op
+from flume_rx.store.scripts import Arg, SyncRunner, _Cmd, _Eval, _Op
 
 
 class SyncStore:
@@ -99,6 +99,37 @@ class SyncStore:
     def enqueue(self, queue: str, payloads: Sequence[bytes]) -> None:
         if payloads:
             self._run.run(_ops_enqueue(self.keys, queue, payloads), transaction=True)
+
+    def enqueue_workflow(
+        self,
+        jobs: Sequence[tuple[str, bytes]],
+        group: tuple[str, str, dict[str, bytes | int], int] | None = None,
+        waiting: Sequence[tuple[str, str]] = (),
+        waiting_ms: int = 0,
+    ) -> None:
+        """Enqueue the first jobs of a workflow, ``(queue, payload)`` each, in one transaction; with ``group``
+        ``(callback queue, group id, fields, ttl_ms)``, the group's record is written first, so no member can
+        settle before its group exists. ``waiting`` ``(queue, job id)`` are jobs to come (later chain steps):
+        each gets a record for ``waiting_ms``, so ``Flume.result`` can wait for it before it is enqueued."""
+        ops: list[_Op] = []
+        for queue, job_id in waiting:
+            record = self.keys.of(queue).record(job_id)
+            ops += [_Cmd(("HSET", record, "chained", 1)), _Cmd(("PEXPIRE", record, waiting_ms))]
+        if group is not None:
+            then_queue, group_id, fields, ttl_ms = group
+            key = self.keys.of(then_queue).group(group_id)
+            flat: list[Arg] = [part for pair in fields.items() for part in pair]
+            ops += [
+                _Cmd(("HSET", key, *flat)),
+                _Cmd(("PEXPIRE", key, ttl_ms)),
+                _Cmd(("SADD", self.keys.queues, then_queue)),
+            ]
+        by_queue: dict[str, list[bytes]] = {}
+        for queue, payload in jobs:
+            by_queue.setdefault(queue, []).append(payload)
+        for queue, payloads in by_queue.items():
+            ops += _ops_enqueue(self.keys, queue, payloads)
+        self._run.run(ops, transaction=True)
 
     def schedule(self, queue: str, items: Sequence[tuple[bytes, float]]) -> None:
         if items:

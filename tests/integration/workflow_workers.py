@@ -1,0 +1,48 @@
+"""Workers of the workflow tests (imported via the config's `imports`); they count runs in ``test:runs``."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+
+from flume_rx import worker
+
+_client: redis.Redis | None = None
+
+
+def _redis() -> redis.Redis:
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(os.environ["FLUME_TEST_REDIS_URL"])
+    return _client
+
+
+@worker("wf.count", result_ttl=600)
+def count(token: str, so_far: int = 0, sleep_s: float = 0.0) -> int:
+    """A chain step: one more than the step before it (0 for the first)."""
+    _redis().hincrby("test:runs", token, 1)
+    if sleep_s:
+        time.sleep(sleep_s)
+    return so_far + 1
+
+
+@worker("wf.square")
+def square(n: int) -> int:
+    _redis().hincrby("test:runs", f"square:{n}", 1)
+    return n * n
+
+
+@worker("wf.fail")
+def fail(token: str, *previous: Any) -> None:
+    _redis().hincrby("test:runs", token, 1)
+    raise LookupError(f"no such photo {token!r}")
+
+
+@worker("wf.gather", result_ttl=600)
+def gather(tag: str, outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A group's callback: returns what it was given, so a test can read it with ``Flume.result``."""
+    _redis().hincrby("test:runs", f"gather:{tag}", 1)
+    return outcomes

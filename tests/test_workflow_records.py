@@ -1,0 +1,69 @@
+"""A workflow job's flow travels in its meta: it survives the codec, plain jobs carry none, and a malformed one
+is named (so the job goes to the dead letters saying why, rather than crashing the settle)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import msgpack
+import pytest
+
+from flume_rx import codec
+from flume_rx.errors import ConfigError, DecodeError
+from flume_rx.job import Flow, Job, Step
+from flume_rx.store import Keys
+from flume_rx.workflows import (
+    FLOW,
+    check_one_slot,
+    flow_of,
+    group_members,
+    group_record,
+    is_workflow_job,
+    job_of,
+    next_in_chain,
+)
+
+
+def test_a_chain_step_round_trips_through_the_codec_and_a_plain_job_stays_short() -> None:
+    flow = Flow((Step("s2", "wf/b", "B", [1]), Step("s3", "wf/c", "C", [])))
+    job = codec.decode(codec.encode(job_of(Step("s1", "wf/a", "A", ["x"]), flow)))
+    assert flow_of(job) == flow and is_workflow_job(job)
+    plain = codec.decode(codec.encode(Job("1", "q", "W", [1])))
+    assert flow_of(plain) is None and not is_workflow_job(plain)
+    assert len(msgpack.unpackb(codec.encode(Job("1", "q", "W", [1])))) == 10
+
+
+def test_the_next_step_gets_the_result_appended_and_carries_the_rest() -> None:
+    flow = Flow((Step("s2", "wf/b", "B", [1]), Step("s3", "wf/c", "C", [])))
+    handoff = next_in_chain(job_of(Step("s1", "wf/a", "A", []), flow), {"size": 3}, 1 << 20)
+    assert handoff is not None and handoff.queue == "wf/b"
+    following = codec.decode(handoff.payload)
+    assert (following.id, following.worker, following.args) == ("s2", "B", [1, {"size": 3}])
+    assert flow_of(following) == Flow((Step("s3", "wf/c", "C", []),))
+    last = next_in_chain(following, 4, 1 << 20)
+    assert last is not None and flow_of(codec.decode(last.payload)) is None
+
+
+@pytest.mark.parametrize(
+    "bad", [[[["s", "q"]], "g", "t", 0], [[], "g", "t", "zero"], [[["s", "q", "w", "args"]], "", "", 0], "x"]
+)
+def test_a_malformed_flow_is_named(bad: object) -> None:
+    with pytest.raises(DecodeError, match="flow"):
+        flow_of(Job("1", "q", "W", [], meta={FLOW: bad}))
+
+
+def test_the_group_record_completes_into_the_callback_job() -> None:
+    members, callback = group_members([("wf/a", "A", [1]), ("wf/a", "A", [2])], ("wf/t", "T", ["tag"]), "g")
+    assert [flow_of(m) for m in members] == [Flow((), "g", "wf/t", 0), Flow((), "g", "wf/t", 1)]
+    record = group_record(callback, 2)
+    outcomes = [codec.encode_result({"ok": True}), codec.encode_result({"ok": False})]
+    # What the settle script does: head, every member's outcome in order, tail.
+    payload = record["head"] + b"".join(outcomes) + record["tail"]  # type: ignore[operator]
+    job = codec.decode(payload)
+    assert job == dataclasses.replace(callback, args=["tag", [{"ok": True}, {"ok": False}]])
+
+
+def test_queues_of_different_groups_are_refused_for_one_slot() -> None:
+    check_one_slot(Keys("t"), ["wf/a", "wf/b", "wf"], "chain")
+    with pytest.raises(ConfigError, match="one group"):
+        check_one_slot(Keys("t"), ["resize", "upload"], "chain")
