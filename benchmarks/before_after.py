@@ -129,8 +129,11 @@ def drain(tree: Path, url: str, work_url: str, worker: str, settings: dict[str, 
     out: dict[str, Any] = {
         "flume_rx": subprocess.run(
             [sys.executable, "-c", "import flume_rx; print(flume_rx.__file__)"],
-            env=env, cwd=folder, capture_output=True, text=True,
-        ).stdout.strip(),  # fmt: skip
+            env=env,
+            cwd=folder,
+            capture_output=True,
+            text=True,
+        ).stdout.strip(),
         "jobs_per_s": jobs / wall,
         "worker_cpu_us_per_job": ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
         / jobs

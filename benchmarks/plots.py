@@ -279,12 +279,100 @@ def adaptive_rate(data: dict[str, Any]) -> Figure | None:
     return fig
 
 
+SHAPE_TITLES = {
+    "incr": "(a) one INCR",
+    "await1": "(b) await 1 ms",
+    "sleep1": "(c) sleep 1 ms",
+    "noop": "no-op",
+}
+
+
+def _shape_matrix(data: dict[str, Any], key: str) -> tuple[list[str], dict[str, list[float]]]:
+    """Series names (flume_rx per config, then each peer) and, per series, one value per shape."""
+    results = _ok(data, "shapes")
+    series: dict[str, list[float]] = {}
+    for peer, result in results.items():
+        for entry in result.values():
+            name = f"flume_rx ({entry['config']})" if peer == "flume_rx" else peer
+            values = series.setdefault(name, [0.0] * len(SHAPE_TITLES))
+            index = list(SHAPE_TITLES).index(entry["shape"])
+            value = (
+                entry.get(key)
+                if key != "client"
+                else entry.get("commands", {}).get("client_commands_per_job")
+            )
+            values[index] = float(value or 0.0)
+    names = sorted(series, key=lambda n: (not n.startswith("flume_rx"), n))
+    return names, series
+
+
+def _grouped_bars(ax: Any, names: list[str], series: dict[str, list[float]], fmt: str) -> None:
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        positions = [x + (i - (len(names) - 1) / 2) * width for x in range(len(SHAPE_TITLES))]
+        bars = ax.bar(positions, series[name], width, label=name)
+        ax.bar_label(bars, labels=[format(v, fmt) if v else "" for v in series[name]], fontsize=6,
+                     rotation=90, padding=2)  # fmt: skip
+    ax.set_xticks(range(len(SHAPE_TITLES)), list(SHAPE_TITLES.values()))
+
+
+def shapes(data: dict[str, Any]) -> Figure | None:
+    """Jobs/s per shape and peer, one process: the users' shapes, beside the no-op."""
+    names, series = _shape_matrix(data, "median_jobs_per_s")
+    if not names:
+        return None
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    _grouped_bars(ax, names, series, ",.0f")
+    ax.set_ylabel("jobs/s (median), 1 process")
+    ax.set_title("Jobs in users' shapes: flume_rx at its defaults and the seed's 5 stages, peers at theirs")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    return fig
+
+
+def client_commands(data: dict[str, Any]) -> Figure | None:
+    """Commands each job costs the clients (scripts' own calls left out), per shape and peer."""
+    names, series = _shape_matrix(data, "client")
+    if not names:
+        return None
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    _grouped_bars(ax, names, series, ".2f")
+    ax.set_yscale("log")
+    ax.set_ylabel("client commands to Redis per job (log)")
+    ax.set_title("Round trips each job costs, counted under MONITOR (script-internal calls apart)")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    return fig
+
+
+def latency_sync(data: dict[str, Any]) -> Figure | None:
+    results = _ok(data, "latency_sync")
+    if not results:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for peer, result in results.items():
+        for config, r in result.items():
+            cdf = r["samples"][0]["cdf_ms"]
+            name = f"flume_rx ({config})" if peer == "flume_rx" else peer
+            ax.plot(cdf, [i / (len(cdf) - 1) for i in range(len(cdf))], label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("enqueue to start (ms, log scale)")
+    ax.set_ylabel("fraction of jobs")
+    ax.set_title("Latency at 200 jobs/s offered, sync worker, 1 process")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 FIGURES = {
     "throughput": throughput,
     "rate_limit": rate_limit,
     "slow_downstream": slow_downstream,
     "memory": memory,
     "latency": latency,
+    "shapes": shapes,
+    "client_commands": client_commands,
+    "latency_sync": latency_sync,
 }
 
 

@@ -89,8 +89,67 @@ def tables(data: dict[str, Any]) -> str:
     if ceiling.get("status") == "ok":
         cells = ", ".join(f"{k} {_num(v['ops_per_s'])}" for k, v in ceiling["result"]["results"].items())
         out.append(f"\nRedis ceiling (redis-benchmark, ops/s): {cells}.")
+    out += _shape_tables(data)
     out += ["", _goals(data)]
     return "\n".join(out) + "\n"
+
+
+SHAPE_TITLES = {
+    "incr": "(a) one INCR to another Redis",
+    "await1": "(b) await 1 ms",
+    "sleep1": "(c) sleep 1 ms",
+    "noop": "no-op",
+}
+
+
+def shape_rows(data: dict[str, Any]) -> list[tuple[str, str, str, float | None, float | None, float | None]]:
+    """(shape, peer, config, jobs/s, client commands/job, script-internal commands/job) of the shapes scenario."""
+    rows = []
+    for peer, result in _ok(data, "shapes").items():
+        for entry in result.values():
+            commands = entry.get("commands", {})
+            rows.append(
+                (
+                    entry["shape"],
+                    peer,
+                    entry["config"],
+                    entry.get("median_jobs_per_s"),
+                    commands.get("client_commands_per_job"),
+                    commands.get("script_internal_commands_per_job"),
+                )
+            )
+    return rows
+
+
+def _shape_tables(data: dict[str, Any]) -> list[str]:
+    rows = shape_rows(data)
+    out: list[str] = []
+    if rows:
+        out += ["", "Jobs in users' shapes, 1 process (flume_rx at its defaults, stages 10, and at the seed's "
+                "stages = 5; every peer at its documented defaults):", "",
+                "| shape | peer | jobs/s | x Dramatiq | client commands/job | script-internal/job |",
+                "|---|---|---|---|---|---|"]  # fmt: skip
+        for shape in SHAPE_TITLES:
+            of_shape = [r for r in rows if r[0] == shape]
+            dramatiq = next((r[3] for r in of_shape if r[1] == "dramatiq"), None)
+            for _, peer, config, rate, client, internal in sorted(of_shape, key=lambda r: -(r[3] or 0)):
+                name = f"{peer} ({config})" if peer == "flume_rx" else peer
+                ratio = f"{rate / dramatiq:.2f}" if rate and dramatiq else "-"
+                out.append(
+                    f"| {SHAPE_TITLES[shape]} | {name} | {_num(rate)} | {ratio} | {_num(client, '.3f')} | "
+                    f"{_num(internal, '.2f')} |"
+                )
+    lat = _ok(data, "latency_sync")
+    if lat:
+        out += ["", "| enqueue to start at 200 jobs/s, sync worker | p50 (ms) | p99 (ms) | max (ms) |",
+                "|---|---|---|---|"]  # fmt: skip
+        for peer, result in sorted(lat.items()):
+            for config, r in result.items():
+                name = f"{peer} ({config})" if peer == "flume_rx" else peer
+                out.append(
+                    f"| {name} | {r['median_p50_ms']:.2f} | {r['median_p99_ms']:.2f} | {r['median_max_ms']:.1f} |"
+                )
+    return out
 
 
 def _goals(data: dict[str, Any]) -> str:
