@@ -69,8 +69,8 @@ class Settings:
     memory_job_ms: float = 10.0
     slow_phase_s: float = 10.0
     batch_jobs: int = 50_000
-    shape_jobs: int = 10_000
-    shape_count_jobs: int = 3_000
+    shape_jobs: int = 5_000  # x 4 shapes x 3 reps per peer and config, plus a MONITOR pass each
+    shape_count_jobs: int = 2_000
     shape_latency_rate: float = 200.0
     drain_timeout_s: float = 300.0
     memory_peers: tuple[str, ...] = ("flume_rx",)
