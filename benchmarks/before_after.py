@@ -6,7 +6,8 @@
 For each case (a worker shape and a config) both trees drain the same backlog with one worker process
 (``run_worker_process`` in burst mode, the CLI's entry), interleaved, on one private Redis; the ``incr`` jobs
 talk to a second one. Reported per tree, medians of the repetitions: jobs/s (wall time of the worker process,
-its start-up included, so compare the trees, not the figure with the suite's), the worker's CPU per job, and,
+less that of the same worker on an empty queue, so start-up and exit are left out), the worker's CPU per job
+(the same way), and,
 from a pass of its own under MONITOR, the client commands per job apart from the scripts' own. Writes
 ``benchmarks/results/before_after.json``.
 """
@@ -134,10 +135,8 @@ def drain(tree: Path, url: str, work_url: str, worker: str, settings: dict[str, 
             capture_output=True,
             text=True,
         ).stdout.strip(),
-        "jobs_per_s": jobs / wall,
-        "worker_cpu_us_per_job": ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
-        / jobs
-        * 1e6,
+        "wall_s": wall,
+        "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
     }
     if counter is not None:
         out = counter.stop().as_dict(jobs)
@@ -177,7 +176,20 @@ def main() -> None:
             runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
             for _ in range(args.reps):
                 for side, tree in trees.items():  # interleaved
-                    runs[side].append(drain(tree, url, work_url, worker, settings, args.jobs, folder))
+                    # The same worker on an empty queue: its start-up and exit, taken off the drain's figures.
+                    idle = drain(tree, url, work_url, worker, settings, 0, folder)
+                    full = drain(tree, url, work_url, worker, settings, args.jobs, folder)
+                    wall = full["wall_s"] - idle["wall_s"]
+                    cpu = full["cpu_s"] - idle["cpu_s"]
+                    runs[side].append(
+                        {
+                            **full,
+                            "idle_wall_s": idle["wall_s"],
+                            "idle_cpu_s": idle["cpu_s"],
+                            "jobs_per_s": args.jobs / wall if wall > 0 else None,
+                            "worker_cpu_us_per_job": cpu / args.jobs * 1e6,
+                        }
+                    )
             counted = {
                 side: drain(tree, url, work_url, worker, settings, args.count_jobs, folder, count=True)
                 for side, tree in trees.items()
@@ -185,7 +197,7 @@ def main() -> None:
             entry: dict[str, Any] = {"worker": worker, "settings": settings or "defaults", "runs": runs}
             for side in trees:
                 entry[side] = {
-                    "median_jobs_per_s": statistics.median(r["jobs_per_s"] for r in runs[side]),
+                    "median_jobs_per_s": statistics.median(r["jobs_per_s"] or 0.0 for r in runs[side]),
                     "median_worker_cpu_us_per_job": statistics.median(
                         r["worker_cpu_us_per_job"] for r in runs[side]
                     ),
