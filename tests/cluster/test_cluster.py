@@ -16,7 +16,7 @@ from redis.crc import key_slot
 
 from flume_rx import Flume, codec
 from flume_rx.job import Job
-from flume_rx.store import RedisStore, Settlement, SyncStore, UniqueEnqueue
+from flume_rx.store import Handoff, RedisStore, Settlement, SyncStore, UniqueEnqueue
 from flume_rx.store.keys import Keys
 from flume_rx.store.scripts import AsyncRunner, SyncRunner, _Eval, _Op
 
@@ -151,6 +151,13 @@ def test_every_lua_script_keeps_its_keys_in_one_slot(redis_url: str, monkeypatch
             await store.promote_due("email")
             got = await store.fetch("email", "host:1:abc", 2, 0.0)
             await store.settle("email", "host:1:abc", [Settlement(p, "dead") for p in got])
+            # A settlement with every kind of workflow hand-off (its job is not in flight: the keys count).
+            handoffs = (
+                Handoff("email/b", payload),
+                Handoff("email/c", group="g1", outcome=b"\xc0"),
+                Handoff("email/b", payload, stopped="id9", keep_ms=1000),
+            )
+            await store.settle("email/a", "host:1:abc", [Settlement(payload, "ack", handoffs=handoffs)])
             await store.dead_retry("email")
             await store.dead_retry("email", [payload])
             await store.fetch_weighted(["email/a", "email/b"], "host:1:abc", 2, [1, 1])
@@ -177,3 +184,30 @@ def test_every_lua_script_keeps_its_keys_in_one_slot(redis_url: str, monkeypatch
     assert {call.script for call in calls} == files
     for call in calls:
         assert len({key_slot(key.encode()) for key in call.keys}) == 1, (call.script, call.keys)
+
+
+def test_a_workflow_runs_on_the_cluster_and_one_across_slots_is_refused(
+    cluster: LocalCluster, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLUME_TEST_REDIS_URL", redis_url)  # where the workers count their runs
+    import integration.workflow_workers  # noqa: F401  (registers the workers in this process)
+
+    from flume_rx import ConfigError
+    from flume_rx.config import RetryConfig
+
+    with Flume(cluster.url, "t") as flume:
+        with pytest.raises(ConfigError, match="one group"):
+            flume.chain([("resize", "wf.count", ["a"]), ("upload", "wf.count", ["b"])])
+        with pytest.raises(ConfigError, match="one group"):
+            flume.group([("wf/a", "wf.count", ["a"])], then=("notify", "wf.gather", ["t"]))
+        chain = flume.chain([("wf/a", "wf.count", ["c1"]), ("wf/b", "wf.count", ["c2"])])
+        group = flume.group(
+            [("wf/a", "wf.count", ["m0"]), ("wf/b", "wf.count", ["m1"])], then=("wf/b", "wf.gather", ["g"])
+        )
+        sources = [
+            flume.source(q, retry=RetryConfig(max_retries=0)).pipe(flume.process()) for q in ("wf/a", "wf/b")
+        ]
+        asyncio.run(flume.run(*sources, burst=True, handle_signals=False))
+        assert flume.result(chain.last, chain.last_queue, timeout=30) == 2
+        outcomes = flume.result(group.then, group.then_queue, timeout=30)
+        assert [o["result"] for o in outcomes] == [1, 1]

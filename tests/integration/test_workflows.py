@@ -114,3 +114,17 @@ def test_to_queue_hops_each_result_to_the_next_queue(
     assert {k for k in runs(redis.Redis.from_url(redis_url)) if k.startswith("square:")} == {
         f"square:{n}" for n in range(1, 6)
     }
+
+
+def test_worker_handles_give_chain_steps(
+    flume: Flume, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLUME_TEST_REDIS_URL", redis_url)
+    from tests.integration.workflow_workers import count
+
+    chain = flume.chain([count.step("h1", queue="wf/a"), count.step("h2", queue="wf/a")])
+    with pytest.raises(ConfigError, match="has no queue"):
+        count.step("h3")
+    pipeline = flume.source("wf/a").pipe(flume.process())
+    asyncio.run(flume.run(pipeline, burst=True, handle_signals=False))
+    assert flume.result(chain.last, chain.last_queue, timeout=30) == 2

@@ -46,3 +46,11 @@ def gather(tag: str, outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A group's callback: returns what it was given, so a test can read it with ``Flume.result``."""
     _redis().hincrby("test:runs", f"gather:{tag}", 1)
     return outcomes
+
+
+@worker("wf.slow")
+def slow(token: str, sleep_s: float, so_far: int = 0) -> int:
+    """A chain step or group member that takes ``sleep_s``, so a kill lands while jobs are in flight."""
+    _redis().hincrby("test:runs", token, 1)
+    time.sleep(sleep_s)
+    return so_far + 1
