@@ -190,8 +190,7 @@ def test_a_workflow_runs_on_the_cluster_and_one_across_slots_is_refused(
     cluster: LocalCluster, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FLUME_TEST_REDIS_URL", redis_url)  # where the workers count their runs
-    import integration.workflow_workers  # noqa: F401  (registers the workers in this process)
-
+    import tests.integration.workflow_workers  # noqa: F401  (registers the workers in this process)
     from flume_rx import ConfigError
     from flume_rx.config import RetryConfig
 
