@@ -57,6 +57,8 @@ class WorkerSpec:
 
 
 _workers: dict[str, WorkerSpec] = {}
+results_kept = False
+"""Whether any worker of this process keeps results: the settler looks up result_ttl only then."""
 
 
 class Enqueuer(Protocol):
@@ -258,6 +260,9 @@ def worker(
             worker_name, fn, batch, inspect.iscoroutinefunction(fn), _signature_of(fn), result_ttl
         )
         _workers[worker_name] = spec
+        if result_ttl is not None:
+            global results_kept
+            results_kept = True
         return WorkerHandle(spec, queue)
 
     if callable(name):

@@ -22,7 +22,7 @@ from flume_rx.job import Job
 
 logger = logging.getLogger("flume_rx.current")
 
-_ASYNC_JOB: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar("flume_rx_job", default=None)
+ASYNC_JOB: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar("flume_rx_job", default=None)
 _SYNC_JOB = threading.local()
 
 PROGRESS_KEPT_S = 24 * 3600.0
@@ -84,7 +84,7 @@ class CurrentJob:
 
 def current_job() -> CurrentJob | None:
     """The job the calling worker runs, or None outside a worker."""
-    delivery = _ASYNC_JOB.get()
+    delivery = ASYNC_JOB.get()
     if delivery is None:
         delivery = getattr(_SYNC_JOB, "delivery", None)
         if delivery is None:
@@ -97,16 +97,8 @@ def current_job() -> CurrentJob | None:
     return CurrentJob(delivery, loop)
 
 
-def enter_async(delivery: Delivery, call: Any) -> Any:
-    """Mark ``delivery`` as the current job of the task about to run its worker's coroutine ``call``."""
-    delivery.call = call
-    _ASYNC_JOB.set(delivery)
-    if delivery.span is not None:
-        return _in_span(delivery.span, call)
-    return call
-
-
-async def _in_span(span: Any, call: Any) -> Any:
+async def in_span_async(span: Any, call: Any) -> Any:
+    """Run a traced async job's coroutine with its span current."""
     with in_span(span):
         return await call
 

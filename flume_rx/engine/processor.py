@@ -13,7 +13,7 @@ import reactivex
 from reactivex import Observable, abc
 
 from flume_rx import operators as fo
-from flume_rx.engine.current import enter_async, run_as_job
+from flume_rx.engine.current import ASYNC_JOB, in_span_async, run_as_job
 from flume_rx.engine.source import Delivery, NotStarted
 from flume_rx.engine.threads import StageThreads
 from flume_rx.errors import (
@@ -72,8 +72,11 @@ def _call(
     if job.meta is not None and is_traced(job):
         item.span = start_run_span(job)
     if spec.is_async:
-        coro: Coroutine[Any, Any, Any] = enter_async(item, spec.fn(*args))
-        return coro
+        coro: Coroutine[Any, Any, Any] = spec.fn(*args)
+        # The current job, for current_job() and for an abort to find its task.
+        item.call = coro
+        ASYNC_JOB.set(item)
+        return coro if item.span is None else in_span_async(item.span, coro)
     loop = asyncio.get_running_loop()
     if isinstance(executor, StageThreads):
         return executor.run_soon(run_as_job, item, loop, spec.fn, args)

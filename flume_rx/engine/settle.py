@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
-from flume_rx import codec
+from flume_rx import codec, registry
 from flume_rx import operators as fo
 from flume_rx.engine.decide import Verdict, decide
 from flume_rx.engine.source import Delivery, JobSource, NotStarted
@@ -170,14 +170,19 @@ class Settler:
         if delivery.aborted and error is not None:  # it stopped because it was aborted (or failed meanwhile)
             return self._aborted(delivery)
         settlement = verdict.settlement
-        keep_s = result_ttl_of(job.worker)
+        # Plain jobs of workers that keep no results skip both looks below (the registry says whether any
+        # worker keeps results; only jobs with meta or a hop can hand anything on).
+        keep_s = result_ttl_of(job.worker) if registry.results_kept else None
         if keep_s is not None and verdict.kind in ("succeeded", "dead"):
             # Encoded before anything is reported: a result msgpack cannot hold sends the job to the dead
             # letters with that reason (through _settle_fault), as any other fault of settling does.
             result = codec.encode_result(value) if verdict.kind == "succeeded" else b""
             state: Literal["done", "dead"] = "done" if verdict.kind == "succeeded" else "dead"
             settlement = replace(settlement, outcome=(job.id, result, round(keep_s * 1000), state))
-        if (delivery.hop is not None or is_workflow_job(job)) and verdict.kind in ("succeeded", "dead"):
+        if (delivery.hop is not None or (job.meta is not None and is_workflow_job(job))) and verdict.kind in (
+            "succeeded",
+            "dead",
+        ):
             settlement = _with_handoffs(settlement, delivery, verdict, value)
         self._report(verdict, job, source, duration_ms)
         return settlement
