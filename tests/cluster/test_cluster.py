@@ -210,3 +210,22 @@ def test_a_workflow_runs_on_the_cluster_and_one_across_slots_is_refused(
         assert flume.result(chain.last, chain.last_queue, timeout=30) == 2
         outcomes = flume.result(group.then, group.then_queue, timeout=30)
         assert [o["result"] for o in outcomes] == [1, 1]
+
+
+def test_a_to_queue_hop_across_slots_sends_its_job_to_the_dead_letters_saying_why(
+    cluster: LocalCluster, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLUME_TEST_REDIS_URL", redis_url)
+    import tests.integration.workflow_workers  # noqa: F401  (registers the workers in this process)
+
+    with Flume(cluster.url, "t") as flume:
+        flume.enqueue("wf/a", "wf.count", ["x"])
+        flume.enqueue("wf/c", "wf.count", ["y"])
+        crossing = flume.source("wf/a").pipe(flume.process(), flume.to_queue("elsewhere", "wf.count"))
+        within = flume.source("wf/c").pipe(flume.process(), flume.to_queue("wf/d", "wf.square"))
+        asyncio.run(flume.run(crossing, within, burst=True, handle_signals=False))
+        (dead,) = flume.dead_letters("wf/a")
+        assert dead.job.error is not None and "different cluster slots" in dead.job.error.message
+        assert flume.stats(["elsewhere"])["elsewhere"]["queued"] == 0
+        (hopped,) = flume.peek("wf/d")
+        assert (hopped.worker, hopped.args) == ("wf.square", [1])

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from flume_rx import ConfigError, Flume, JobCancelled, JobFailed
-from tests.faults.harness import WorkerProcess, runs, write_config
+from tests.faults.harness import WorkerProcess, runs, wait_until, write_config
 
 NS = "t"
 
@@ -128,3 +128,17 @@ def test_worker_handles_give_chain_steps(
     pipeline = flume.source("wf/a").pipe(flume.process())
     asyncio.run(flume.run(pipeline, burst=True, handle_signals=False))
     assert flume.result(chain.last, chain.last_queue, timeout=30) == 2
+
+
+def test_an_aborted_member_counts_as_failed_and_the_callback_still_runs(
+    workers: WorkerProcess, flume: Flume
+) -> None:
+    group = flume.group(
+        [("wf/a", "wf.count", ["m0"]), ("wf/a", "wf.wait", ["m1"])], then=("wf/b", "wf.gather", ["aborted"])
+    )
+    waiting = group.members[1]
+    wait_until(lambda: flume.job(waiting, "wf/a").state == "running", 30, "the member to start")
+    assert flume.cancel(waiting, "wf/a").state == "running"  # the abort is asked; the worker stops it
+    outcomes = flume.result(group.then, group.then_queue, timeout=60)
+    assert [o["ok"] for o in outcomes] == [True, False]
+    assert outcomes[1]["error"].startswith("Aborted")

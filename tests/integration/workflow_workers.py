@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -54,3 +55,10 @@ def slow(token: str, sleep_s: float, so_far: int = 0) -> int:
     _redis().hincrby("test:runs", token, 1)
     time.sleep(sleep_s)
     return so_far + 1
+
+
+@worker("wf.wait")
+async def wait(token: str) -> None:
+    """Waits long enough to be aborted (its task is cancelled)."""
+    _redis().hincrby("test:runs", token, 1)
+    await asyncio.sleep(60)
