@@ -40,7 +40,7 @@ class AdaptiveTuning:
         most_cut: one refusal lowers the rate to no less than this share of the current rate, within (0, 1],
             however little was measured: a refusal seen with few recent starts (a shared downstream, a quiet
             window) is weak evidence, and further refusals keep cutting.
-        headroom: while the window is not used, the probe stops: it never goes above the ceiling or this share
+        headroom: None (the default) or, while the window is not used, the probe stops: it never goes above the ceiling or this share
             above the tokens granted over the last period, whichever is more (>= 0). A rate nobody used is no
             evidence that the downstream takes it; without this, a pipeline held back by its workers lets the
             probe climb far past the downstream's rate, and the burst when the workers catch up is refused.
@@ -49,7 +49,7 @@ class AdaptiveTuning:
     margin: float = 0.03
     probe: float = 0.015
     most_cut: float = 0.5
-    headroom: float = 0.1
+    headroom: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.margin < 1:
@@ -58,7 +58,7 @@ class AdaptiveTuning:
             raise ValueError(f"probe must be a positive number per period cubed (got {self.probe})")
         if not 0 < self.most_cut <= 1:
             raise ValueError(f"most_cut must be within (0, 1] (got {self.most_cut})")
-        if not (self.headroom >= 0 and math.isfinite(self.headroom)):
+        if self.headroom is not None and not (self.headroom >= 0 and math.isfinite(self.headroom)):
             raise ValueError(f"headroom must be a share >= 0 (got {self.headroom})")
 
     @property
@@ -85,13 +85,14 @@ def probed_rate(
     300.0
     >>> probed_rate(300.0, 60.0, 400, 1.0, tuning)  # never above allowed
     400.0
-    >>> round(probed_rate(300.0, 60.0, 400, 1.0, tuning, used=320.0), 6)  # nor far above what is used
+    >>> capped = AdaptiveTuning(headroom=0.1)
+    >>> round(probed_rate(300.0, 60.0, 400, 1.0, capped, used=320.0), 6)  # nor far above what is used
     352.0
     """
     periods = max(0.0, elapsed_s) / period_s
     offset = periods - tuning.plateau_periods
     rate = min(float(allowed), ceiling * (1.0 + tuning.probe * offset * offset * offset))
-    if used is not None:
+    if used is not None and tuning.headroom is not None:
         rate = min(rate, max(ceiling, used * (1.0 + tuning.headroom)))
     return max(1.0, rate)
 

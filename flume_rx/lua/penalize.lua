@@ -36,7 +36,10 @@ if ceiling and cut_at then
   end
   local offset = math.max(0, now - cut_at) / 1000000 / (period / 1000000) - plateau
   current = math.min(allowed, ceiling * (1 + probe * offset * offset * offset))
-  current = math.max(1, math.min(current, math.max(ceiling, used * (1 + headroom))))
+  if headroom then
+    current = math.min(current, math.max(ceiling, used * (1 + headroom)))
+  end
+  current = math.max(1, current)
 end
 
 -- take_tokens.lua drops grants with g <= last_g - period - hold, so the log holds every start after `since`.

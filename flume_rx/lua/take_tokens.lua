@@ -23,7 +23,7 @@ local adaptive = ARGV[6] == '1'
 local margin = tonumber(ARGV[7])
 local probe = tonumber(ARGV[8])
 local burst = tonumber(ARGV[9]) or 0
-local headroom = tonumber(ARGV[10]) or 0.1
+local headroom = tonumber(ARGV[10])  -- nil: no cap (AdaptiveTuning.headroom None)
 
 local meta = redis.call('HMGET', KEYS[2], 'sum', 'last_g', 'seq', 'ceiling', 'cut_at', 'tat')
 local sum = window_sum(KEYS[1], meta[1])
@@ -35,7 +35,10 @@ local effective = allowed
 local ceiling = tonumber(meta[4])
 local cut_at = tonumber(meta[5])
 local plateau = (margin / probe) ^ (1 / 3)
-if adaptive and ceiling and cut_at then
+if adaptive and ceiling and cut_at and not headroom then
+  local offset = math.max(0, now - cut_at) / 1000000 / (period / 1000000) - plateau
+  effective = math.max(1, math.min(allowed, ceiling * (1 + probe * offset * offset * offset)))
+elseif adaptive and ceiling and cut_at then
   local used = 0
   local counted = string.format('(%.0f', math.max(now, last_g) - period)
   for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], counted, '+inf')) do

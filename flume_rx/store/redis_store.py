@@ -542,7 +542,7 @@ class RedisStore:
             repr(float(tuning.margin)),
             repr(float(tuning.probe)),
             burst,
-            repr(float(tuning.headroom)),
+            "" if tuning.headroom is None else repr(float(tuning.headroom)),
         )
         return _parse_token_reply(await self._run.one(_Eval("take_tokens", (log_key, meta_key), args)))
 
@@ -593,7 +593,7 @@ class RedisStore:
             repr(float(tuning.probe)),
             repr(float(tuning.most_cut)),
             repr(max(0.0, float(age_ms))),
-            repr(float(tuning.headroom)),
+            "" if tuning.headroom is None else repr(float(tuning.headroom)),
         )
         keys = (log_key, meta_key, self.keys.rate_refusals(key))
         effective, ceiling, accepted, at_us = await self._run.one(_Eval("penalize", keys, args))

@@ -19,7 +19,7 @@ tunings = st.builds(
     margin=st.floats(0.005, 0.2),
     probe=st.floats(0.002, 0.2),
     most_cut=st.floats(0.1, 1.0),
-    headroom=st.floats(0.0, 1.0),
+    headroom=st.none() | st.floats(0.0, 1.0),
 )
 
 

@@ -25,7 +25,7 @@ tunings = st.builds(
     margin=st.floats(0.005, 0.2),
     probe=st.floats(0.002, 0.2),
     most_cut=st.floats(0.1, 1.0),
-    headroom=st.floats(0.0, 1.0),
+    headroom=st.none() | st.floats(0.0, 1.0),
 )
 
 
@@ -94,13 +94,16 @@ def test_an_unused_rate_is_not_probed(
     ceiling: float, elapsed: float, used: float, allowed: int, tuning: AdaptiveTuning
 ) -> None:
     rate = probed_rate(ceiling, elapsed, allowed, 1.0, tuning, used=used)
-    assert rate <= max(1.0, ceiling, used * (1 + tuning.headroom)) * (1 + 1e-12)
+    if tuning.headroom is not None:
+        assert rate <= max(1.0, ceiling, used * (1 + tuning.headroom)) * (1 + 1e-12)
     assert rate <= probed_rate(ceiling, elapsed, allowed, 1.0, tuning)
 
 
 def test_a_window_held_back_by_its_workers_stays_at_the_ceiling() -> None:
     now = [0.0]
-    window = InProcessWindow(400, 1.0, 0.0, clock=lambda: now[0], adaptive=True)
+    window = InProcessWindow(
+        400, 1.0, 0.0, clock=lambda: now[0], adaptive=True, tuning=AdaptiveTuning(headroom=0.1)
+    )
     window.grant(310, 310)
     now[0] = 0.9
     window.refuse(10)  # 300 accepted
@@ -117,7 +120,9 @@ def test_a_window_held_back_by_its_workers_stays_at_the_ceiling() -> None:
 
 def test_a_quiet_window_forgets_its_ceiling_as_the_redis_one_does() -> None:
     now = [0.0]
-    window = InProcessWindow(400, 1.0, 0.0, clock=lambda: now[0], adaptive=True)
+    window = InProcessWindow(
+        400, 1.0, 0.0, clock=lambda: now[0], adaptive=True, tuning=AdaptiveTuning(headroom=0.1)
+    )
     window.grant(310, 310)
     now[0] = 0.9
     window.refuse(10)
