@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
@@ -239,18 +239,42 @@ def watch(
         if as_json:
             while not stop.is_set() and (iterations is None or count < iterations):
                 rows = snapshot(store, config)
-                print(json.dumps({"time": time.time(), "pipelines": rows}, sort_keys=True), flush=True)
+                reports = progress_reports(store, [row["queue"] for row in rows])
+                line = {"time": time.time(), "pipelines": rows, "progress": reports}
+                print(json.dumps(line, sort_keys=True), flush=True)
                 count += 1
                 if iterations is None or count < iterations:
                     stop.wait(interval_s)
             return
-        with Live(render(snapshot(store, config)), console=console, refresh_per_second=4) as live:
+        with Live(_view(store, config), console=console, refresh_per_second=4) as live:
             count = 1
             while not stop.is_set() and (iterations is None or count < iterations):
                 if stop.wait(interval_s):
                     break
-                live.update(render(snapshot(store, config)))
+                live.update(_view(store, config))
                 count += 1
+
+
+def progress_reports(store: SyncStore, queues: Sequence[str]) -> list[dict[str, Any]]:
+    """The running jobs that reported progress in the last minute (``current_job().progress``), per queue."""
+    return [
+        {"queue": queue, "job_id": job_id, "progress": fraction, "message": message, "reported_at": at}
+        for queue in dict.fromkeys(queues)
+        for job_id, fraction, message, at in store.recent_progress(queue)
+    ]
+
+
+def _view(store: SyncStore, config: FlumeConfig) -> Group:
+    rows = snapshot(store, config)
+    reports = progress_reports(store, [row["queue"] for row in rows])
+    if not reports:
+        return Group(render(rows))
+    table = Table(title="running jobs reporting progress (last minute)", title_justify="left")
+    for column in ("queue", "job", "progress", "says"):
+        table.add_column(column)
+    for report in reports:
+        table.add_row(report["queue"], report["job_id"], f"{report['progress']:.0%}", report["message"])
+    return Group(render(rows), table)
 
 
 @contextlib.contextmanager

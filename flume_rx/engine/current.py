@@ -72,6 +72,7 @@ class CurrentJob:
         if not math.isfinite(fraction):
             raise ConfigError(f"progress fraction must be finite (got {fraction!r})")
         delivery = self._delivery
+        delivery.reported = True
         write = delivery.source.store.set_progress(
             delivery.job.queue,
             delivery.job.id,

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from flume_rx import codec, registry
 from flume_rx import operators as fo
+from flume_rx.engine.current import PROGRESS_KEPT_S
 from flume_rx.engine.decide import Verdict, decide
 from flume_rx.engine.source import Delivery, JobSource, NotStarted
 from flume_rx.errors import (
@@ -173,6 +174,8 @@ class Settler:
         # Plain jobs of workers that keep no results skip both looks below (the registry says whether any
         # worker keeps results; only jobs with meta or a hop can hand anything on).
         keep_s = result_ttl_of(job.worker) if registry.results_kept else None
+        if keep_s is None and delivery.reported:
+            keep_s = PROGRESS_KEPT_S  # how it ended replaces its progress, for as long as that was kept
         if keep_s is not None and verdict.kind in ("succeeded", "dead"):
             # Encoded before anything is reported: a result msgpack cannot hold sends the job to the dead
             # letters with that reason (through _settle_fault), as any other fault of settling does.

@@ -73,6 +73,8 @@ class Delivery:
     """Set when ``Flume.cancel`` asked to abort the running job (see :func:`flume_rx.current_job`)."""
     span: Any = None
     """The OpenTelemetry span a traced job runs in, ended when it is settled."""
+    reported: bool = False
+    """Its worker reported progress: its settlement records how it ended, so it stops showing as running."""
     hop: tuple[str, str] | None = None
     """``(queue, worker)`` a ``Flume.to_queue`` hop sends this job's result to, in the step of its ack."""
 

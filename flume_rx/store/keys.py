@@ -29,6 +29,7 @@ class QueueKeys:
     seconds: str = ""
     minutes: str = ""
     latency: str = ""
+    progress: str = ""
 
     def inflight(self, consumer: str) -> str:
         """The in-flight list of one consumer of this queue."""
@@ -117,6 +118,7 @@ class Keys:
             seconds=f"{tag}:rate_s",
             minutes=f"{tag}:rate_m",
             latency=f"{tag}:latency",
+            progress=f"{tag}:progress",
         )
 
     def rate(self, key: str) -> tuple[str, str]:

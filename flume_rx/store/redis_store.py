@@ -491,13 +491,9 @@ class RedisStore:
         self, queue: str, job_id: str, fraction: float, message: str, keep_ms: int
     ) -> None:
         """Record how far a running job is, readable for ``keep_ms`` (``Flume.job``)."""
-        record = self.keys.of(queue).record(job_id)
-        await self._run.run(
-            [
-                _Cmd(("HSET", record, "progress", repr(fraction), "progress_message", message)),
-                _Cmd(("PEXPIRE", record, keep_ms)),
-            ],
-            transaction=True,
+        k = self.keys.of(queue)
+        await self._run.one(
+            _Eval("progress", (k.record(job_id), k.progress), (job_id, repr(fraction), message, keep_ms))
         )
 
     async def abort(self, job_id: str) -> int:

@@ -42,6 +42,7 @@ SCRIPTS = (
     "fetch_weighted",
     "take_tokens_multi",
     "cancel",
+    "progress",
 )
 
 

@@ -271,6 +271,22 @@ class SyncStore:
         reply = self._run.one(_Cmd(("HGETALL", self.keys.of(queue).record(job_id))))
         return {_text(k): bytes(v) for k, v in _hash(reply).items()}
 
+    def recent_progress(self, queue: str, limit: int = 20) -> list[tuple[str, float, str, float]]:
+        """The jobs of ``queue`` that reported progress in the last minute and are not finished, newest report
+        first: ``(job_id, fraction, message, reported_at)``."""
+        k = self.keys.of(queue)
+        now_s, ids = self._run.run([_Cmd(("TIME",)), _Cmd(("ZREVRANGE", k.progress, 0, limit - 1))])
+        since_s = int(now_s[0]) - 60
+        job_ids = [_text(i) for i in ids]
+        fields = ("progress", "progress_message", "progress_ms", "state")
+        records = self._run.run([_Cmd(("HMGET", k.record(i), *fields)) for i in job_ids])
+        found = []
+        for job_id, (fraction, message, at_ms, state) in zip(job_ids, records, strict=True):
+            if fraction is None or state is not None or int(at_ms or 0) / 1000 < since_s:
+                continue  # expired, finished (done, dead, cancelled) or quiet for a minute
+            found.append((job_id, float(fraction), _text(message or b""), int(at_ms) / 1000))
+        return found
+
     def abort(self, job_id: str) -> int:
         """Like :meth:`RedisStore.abort`."""
         return int(self._run.one(_Cmd(("PUBLISH", self.keys.abort_channel, job_id))))

@@ -168,6 +168,7 @@ def test_every_lua_script_keeps_its_keys_in_one_slot(redis_url: str, monkeypatch
             await store.take_tokens_multi(
                 "ses", [("a", 1, 1), ("b", 1, 1)], allowed=10, period_ms=1000.0, hold_ms=20.0
             )
+            await store.set_progress("email", "id1", 0.5, "half", 60_000)
             await store.penalize_window("ses", allowed=10, period_ms=1000.0, hold_ms=20.0)
 
     asyncio.run(every_verb())

@@ -16,8 +16,10 @@ import pytest
 import redis
 
 from flume_rx import Flume
+from flume_rx import config as config_module
 from flume_rx.errors import ConfigError
-from flume_rx.store import Keys
+from flume_rx.store import Keys, SyncStore
+from flume_rx.watch import progress_reports, watch
 
 NS = "follow"
 SERVED = "served"
@@ -175,7 +177,11 @@ def test_a_job_id_that_cannot_be_one_is_refused(flume: Flume) -> None:
 
 @pytest.mark.parametrize("worker_name", ["AbortableAsyncWorker", "AbortableSyncWorker"])
 def test_a_running_job_reports_progress_and_is_aborted(
-    flume: Flume, worker_process: subprocess.Popen[bytes], redis_url: str, worker_name: str
+    flume: Flume,
+    worker_process: subprocess.Popen[bytes],
+    redis_url: str,
+    worker_name: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     job_id = flume.enqueue(SERVED, worker_name, ["abort-me"])
     _wait(lambda: flume.job(job_id).progress is not None, "the job to report progress")
@@ -185,8 +191,18 @@ def test_a_running_job_reports_progress_and_is_aborted(
         (0.5, "halfway") if worker_name == "AbortableAsyncWorker" else (0.25, "looping")
     )
 
+    # stats --watch lists it among the running jobs reporting progress.
+    config = config_module.parse(
+        {"redis_url": redis_url, "namespace": NS, "pipelines": {"m": {"queue": SERVED}}}
+    )
+    watch(config, as_json=True, iterations=1)
+    (line,) = capsys.readouterr().out.splitlines()
+    assert [(r["job_id"], r["queue"]) for r in json.loads(line)["progress"]] == [(job_id, SERVED)]
+
     assert flume.cancel(job_id).state == "running"  # the abort is asked; the worker stops it
     _wait(lambda: flume.job(job_id).state == "cancelled", "the aborted job to be recorded as cancelled")
+    with SyncStore.from_url(redis_url, NS) as store:
+        assert progress_reports(store, [SERVED]) == []  # over, so no longer listed
     client = redis.Redis.from_url(redis_url)
     try:
         served = Keys(NS).of(SERVED)
