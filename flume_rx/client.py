@@ -28,6 +28,7 @@ from flume_rx.engine.source import BurstMode
 from flume_rx.engine.threads import StageThreads
 from flume_rx.errors import ConfigError, DecodeError, ResultUnavailable
 from flume_rx.follow import JobInfo, await_result, cancel_job, find_job, wait_result
+from flume_rx.integrations.otel import enqueue_meta
 from flume_rx.job import Flow, Job, check_name
 from flume_rx.pipeline import Delivery, JobSource, run_workers
 from flume_rx.producer import Producer, Uniqueness, When
@@ -321,7 +322,8 @@ class Flume(Producer):
             raise ConfigError("a chain needs at least one step; pass them as [(queue, worker, args), ...]")
         self._check_slots([step.queue for step in checked], "chain")
         first, rest = checked[0], tuple(checked[1:])
-        job = job_of(first, Flow(rest) if rest else None)
+        # The enqueuing span's context travels down the chain, as it does with a plain job.
+        job = job_of(first, Flow(rest) if rest else None, enqueue_meta())
         self._store.enqueue_workflow(
             [(job.queue, codec.encode(job, self.max_payload_bytes))],
             waiting=pending_records(checked),
@@ -355,7 +357,7 @@ class Flume(Producer):
         if not keep_s > 0:
             raise ConfigError(f"keep_s must be > 0 seconds (got {keep_s!r}); how long the group waits")
         group_id = new_group_id()
-        members, callback = group_members(jobs, then, group_id)
+        members, callback = group_members(jobs, then, group_id, enqueue_meta())
         self._check_slots([callback.queue, *(m.queue for m in members)], "group")
         payloads = [(m.queue, codec.encode(m, self.max_payload_bytes)) for m in members]
         codec.encode(callback, self.max_payload_bytes)  # its args are checked now, not when the group ends

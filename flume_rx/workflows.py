@@ -109,10 +109,13 @@ FLOW = "flow"
 """The key of a workflow job's :class:`Flow` in the job's ``meta`` (plain jobs have none)."""
 
 
-def job_of(step: Step, flow: Flow | None) -> Job:
+def job_of(step: Step, flow: Flow | None, carried: dict[str, Any] | None = None) -> Job:
+    """The job of ``step``, carrying ``flow`` and the rest of the meta it inherits (a trace context)."""
     now = time.time()
-    meta = None if flow is None else {FLOW: flow_record(flow)}
-    return Job(step.id, step.queue, step.worker, list(step.args), 0, now, now, 1, meta=meta)
+    meta = {k: v for k, v in (carried or {}).items() if k != FLOW}
+    if flow is not None:
+        meta[FLOW] = flow_record(flow)
+    return Job(step.id, step.queue, step.worker, list(step.args), 0, now, now, 1, meta=meta or None)
 
 
 def is_workflow_job(job: Job) -> bool:
@@ -170,7 +173,7 @@ def next_in_chain(job: Job, value: Any, max_bytes: int) -> Handoff | None:
         return None
     step, rest = flow.chain[0], flow.chain[1:]
     following = job_of(
-        Step(step.id, step.queue, step.worker, [*step.args, value]), Flow(rest) if rest else None
+        Step(step.id, step.queue, step.worker, [*step.args, value]), Flow(rest) if rest else None, job.meta
     )
     return Handoff(step.queue, codec.encode(following, max_bytes))
 
@@ -222,7 +225,7 @@ def group_record(callback: Job, size: int) -> dict[str, bytes | int]:
     packer = msgpack.Packer(use_bin_type=True, datetime=False)
     head = b"".join(
         [
-            packer.pack_array_header(10),
+            packer.pack_array_header(10 if callback.meta is None else 13),
             packer.pack(codec.FORMAT_VERSION),
             packer.pack(callback.id),
             packer.pack(callback.queue),
@@ -232,23 +235,25 @@ def group_record(callback: Job, size: int) -> dict[str, bytes | int]:
             packer.pack_array_header(size),
         ]
     )
-    tail = b"".join(
-        packer.pack(field)
-        for field in (callback.attempt, callback.created_at, callback.enqueued_at, callback.cost, None)
-    )
+    fields: list[Any] = [callback.attempt, callback.created_at, callback.enqueued_at, callback.cost, None]
+    if callback.meta is not None:  # the optional fields, as codec.encode writes them
+        fields += [None, "finish", callback.meta]
+    tail = b"".join(packer.pack(field) for field in fields)
     return {"size": size, "settled": 0, "head": head, "tail": tail}
 
 
-def group_members(specs: Sequence[StepSpec], then: StepSpec, group_id: str) -> tuple[list[Job], Job]:
-    """The member jobs of a new group and its callback job (not yet enqueued)."""
+def group_members(
+    specs: Sequence[StepSpec], then: StepSpec, group_id: str, carried: dict[str, Any] | None = None
+) -> tuple[list[Job], Job]:
+    """The member jobs of a new group and its callback job (not yet enqueued), carrying ``carried`` meta."""
     if not specs:
         raise ConfigError("a group needs at least one member job; pass them as [(queue, worker, args), ...]")
     (callback_step,) = steps_of([then], "group callback")
     members = [
-        job_of(step, Flow(group=group_id, then_queue=callback_step.queue, member=index))
+        job_of(step, Flow(group=group_id, then_queue=callback_step.queue, member=index), carried)
         for index, step in enumerate(steps_of(specs, "group"))
     ]
-    return members, job_of(callback_step, None)
+    return members, job_of(callback_step, None, carried)
 
 
 def new_group_id() -> str:

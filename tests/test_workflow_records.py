@@ -67,3 +67,19 @@ def test_queues_of_different_groups_are_refused_for_one_slot() -> None:
     check_one_slot(Keys("t"), ["wf/a", "wf/b", "wf"], "chain")
     with pytest.raises(ConfigError, match="one group"):
         check_one_slot(Keys("t"), ["resize", "upload"], "chain")
+
+
+def test_the_next_step_carries_the_trace_context_of_the_chain() -> None:
+    trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    flow = Flow((Step("s2", "wf/b", "B", []),))
+    first = job_of(Step("s1", "wf/a", "A", []), flow, {"trace": trace})
+    handoff = next_in_chain(codec.decode(codec.encode(first)), 1, 1 << 20)
+    assert handoff is not None
+    following = codec.decode(handoff.payload)
+    assert following.meta == {"trace": trace} and flow_of(following) is None
+    members, callback = group_members([("wf/a", "A", [])], ("wf/t", "T", []), "g", {"trace": trace})
+    assert members[0].meta is not None and members[0].meta["trace"] == trace
+    assert callback.meta == {"trace": trace}
+    record = group_record(callback, 1)
+    completed = record["head"] + codec.encode_result({"ok": True}) + record["tail"]  # type: ignore[operator]
+    assert codec.decode(completed) == dataclasses.replace(callback, args=[[{"ok": True}]])
