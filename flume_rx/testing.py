@@ -29,9 +29,22 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from flume_rx import codec
-from flume_rx.job import Job
+from flume_rx.errors import ConfigError
+from flume_rx.job import Flow, Job
 from flume_rx.producer import Producer, Uniqueness, When
 from flume_rx.registry import get_worker
+from flume_rx.workflows import (
+    Chain,
+    Group,
+    StepSpec,
+    flow_of,
+    group_members,
+    is_workflow_job,
+    job_of,
+    new_group_id,
+    next_in_chain,
+    steps_of,
+)
 
 __all__ = ["FlumeTest", "Run"]
 
@@ -91,6 +104,8 @@ class FlumeTest(Producer):
         self._held_until: dict[tuple[str, str], tuple[str, float]] = {}
         """(queue, unique key) -> (holder's id, clock time the hold ends), for ``unique_until="expiry"``."""
         self._lock = threading.RLock()
+        self._groups: dict[str, tuple[Job, int, dict[int, dict[str, Any]]]] = {}
+        """group id -> (callback job, members, outcomes so far by member)."""
 
     # ---- the Flume enqueue API -----------------------------------------------------------------------------
 
@@ -103,6 +118,52 @@ class FlumeTest(Producer):
             due_at = None if when == "now" else self.clock() + due if when == "in" else due
             ids.append(self._accept(job, due_at, uniqueness))
         return ids
+
+    def chain(self, steps: Sequence[StepSpec]) -> Chain:
+        """As ``Flume.chain``: each step, once it succeeds, enqueues the next with its result appended; a
+        step that fails stops the chain (nothing is retried here)."""
+        checked = steps_of(steps, "chain")
+        if not checked:
+            raise ConfigError("a chain needs at least one step; pass them as [(queue, worker, args), ...]")
+        rest = tuple(checked[1:])
+        self._accept(self._round_trip(job_of(checked[0], Flow(rest) if rest else None)), None, None)
+        return Chain([step.id for step in checked], [step.queue for step in checked])
+
+    def group(self, jobs: Sequence[StepSpec], then: StepSpec, *, keep_s: float = 0.0) -> Group:
+        """As ``Flume.group``: once every member has run, ``then`` is enqueued with one
+        ``{"id", "ok", "result", "error"}`` per member (``keep_s`` is accepted and ignored)."""
+        group_id = new_group_id()
+        members, callback = group_members(jobs, then, group_id)
+        with self._lock:
+            self._groups[group_id] = (callback, len(members), {})
+        for member in members:
+            self._accept(self._round_trip(member), None, None)
+        return Group(group_id, [m.id for m in members], callback.id, callback.queue)
+
+    def _round_trip(self, job: Job) -> Job:
+        return codec.decode(codec.encode(job, self.max_payload_bytes), self.max_payload_bytes)
+
+    def _hand_on(self, run: Run) -> None:
+        """What a settled workflow job hands on: the next chain step, or its outcome to its group."""
+        job, flow = run.job, flow_of(run.job)
+        if flow is None:
+            return
+        if run.ok:
+            following = next_in_chain(job, run.result, self.max_payload_bytes)
+            if following is not None:
+                self._accept(codec.decode(following.payload, self.max_payload_bytes), None, None)
+        if not flow.group:
+            return
+        error = None if run.error is None else f"{type(run.error).__name__}: {run.error}"
+        outcome = {"id": job.id, "ok": run.ok, "result": run.result if run.ok else None, "error": error}
+        with self._lock:
+            callback, size, outcomes = self._groups[flow.group]
+            outcomes.setdefault(flow.member, codec.decode_result(codec.encode_result(outcome)))
+            if len(outcomes) < size:
+                return
+            del self._groups[flow.group]
+        args = [*callback.args, [outcomes[m] for m in range(size)]]
+        self._accept(self._round_trip(replace(callback, args=args)), None, None)
 
     def close(self) -> None:
         """Nothing to close; here so code that closes its ``Flume`` runs unchanged."""
@@ -271,6 +332,8 @@ class FlumeTest(Producer):
             run = Run(job, error=exc)
         with self._lock:
             self.runs.append(run)
+        if is_workflow_job(job):
+            self._hand_on(run)
         return run
 
 

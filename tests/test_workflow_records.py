@@ -83,3 +83,38 @@ def test_the_next_step_carries_the_trace_context_of_the_chain() -> None:
     record = group_record(callback, 1)
     completed = record["head"] + codec.encode_result({"ok": True}) + record["tail"]  # type: ignore[operator]
     assert codec.decode(completed) == dataclasses.replace(callback, args=[[{"ok": True}]])
+
+
+def test_the_test_mode_runs_chains_and_groups_without_redis() -> None:
+    from flume_rx import worker
+    from flume_rx.registry import unregister
+    from flume_rx.testing import FlumeTest
+
+    @worker("wf.test.add")
+    def add(n: int, so_far: int = 0) -> int:
+        return n + so_far
+
+    @worker("wf.test.fail")
+    def fail(n: int) -> None:
+        raise LookupError(f"no {n}")
+
+    @worker("wf.test.collect")
+    def collect(tag: str, outcomes: list[dict[str, object]]) -> list[dict[str, object]]:
+        return outcomes
+
+    try:
+        flume = FlumeTest()
+        chain = flume.chain([("wf/a", "wf.test.add", [1]), ("wf/a", "wf.test.add", [10])])
+        group = flume.group(
+            [("wf/a", "wf.test.add", [2]), ("wf/a", "wf.test.fail", [3])],
+            then=("wf/a", "wf.test.collect", ["t"]),
+        )
+        runs = {run.job.id: run for run in flume.drain(raise_errors=False)}
+        assert runs[chain.last].result == 11
+        assert runs[group.then].result == [
+            {"id": group.members[0], "ok": True, "result": 2, "error": None},
+            {"id": group.members[1], "ok": False, "result": None, "error": "LookupError: no 3"},
+        ]
+    finally:
+        for name in ("wf.test.add", "wf.test.fail", "wf.test.collect"):
+            unregister(name)
