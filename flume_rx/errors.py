@@ -29,6 +29,11 @@ class StoreError(FlumeError):
     """Raised when Redis cannot be reached or answers with an error."""
 
 
+class DataError(StoreError):
+    """Raised when Redis refused a call because of what it found in a key (a key of flume_rx's holding the wrong
+    type of value); retrying the same call cannot help, so it is not retried as an outage is."""
+
+
 class EncodeError(FlumeError):
     """Raised when a job's arguments cannot be encoded as msgpack or exceed the payload limit."""
 

@@ -374,10 +374,22 @@ class Settler:
                     type(exc).__name__,
                     _safe_str(exc),
                 )
-                try:
-                    await source.settle([Settlement(settlement.payload, "dead")])
-                except Exception:
-                    logger.exception(
+                # A group member still tells its group it failed (or the callback would wait for it forever);
+                # if even that is refused, the job goes to the dead letters bare.
+                reason = (
+                    f"SettleError: its outcome could not be settled ({type(exc).__name__}: {_safe_str(exc)})"
+                )
+                joined = _member_failed_of(settlement.payload, reason)
+                attempts = [Settlement(settlement.payload, "dead", handoffs=joined)] if joined else []
+                attempts.append(Settlement(settlement.payload, "dead"))
+                for attempt in attempts:
+                    try:
+                        await source.settle([attempt])
+                        break
+                    except Exception:
+                        continue
+                else:
+                    logger.error(
                         "the job stays in flight; orphan recovery returns it when this consumer is gone"
                     )
 
@@ -416,6 +428,15 @@ def _with_handoffs(settlement: Settlement, delivery: Delivery, verdict: Verdict,
     if joined is not None:
         handoffs.append(joined)
     return replace(settlement, handoffs=tuple(handoffs))
+
+
+def _member_failed_of(payload: bytes, error: str) -> tuple[Handoff, ...]:
+    """:func:`_member_failed` for a job known only by its payload (none when it does not decode)."""
+    try:
+        job = codec.decode(payload)
+    except Exception:
+        return ()
+    return _member_failed(job, error)
 
 
 def _member_failed(job: Job, error: str) -> tuple[Handoff, ...]:

@@ -35,6 +35,41 @@ local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local stale = 0
 local processed, failed, dead, requeued = 0, 0, 0, 0
 local outcomes = cmsgpack.unpack(ARGV[3])
+-- A key this call writes that holds another type (bad data) would fail the call half-way, after jobs left the
+-- in-flight list, and Redis does not undo a script's writes: so the keys of unique claims, kept outcomes and
+-- hand-offs are checked first, and the call is refused before it writes anything.
+local function wrong_type(key, kind)
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= kind then
+    return 'settle: ' .. key .. ' holds a ' .. found .. ', not a ' .. kind
+  end
+  return nil
+end
+local bad = nil
+for i = 5, #outcomes, 6 do
+  local unique = tonumber(outcomes[i])
+  if unique > 0 then bad = bad or wrong_type(KEYS[unique], 'string') end
+end
+if ARGV[6] and ARGV[6] ~= '' then
+  local kept = cmsgpack.unpack(ARGV[6])
+  for j = 2, #kept, 5 do bad = bad or wrong_type(KEYS[tonumber(kept[j])], 'hash') end
+end
+if ARGV[7] and ARGV[7] ~= '' then
+  local handoffs = cmsgpack.unpack(ARGV[7])
+  for j = 1, #handoffs, 5 do
+    local kind, index = handoffs[j + 1], tonumber(handoffs[j + 2])
+    if kind == 'push' then
+      bad = bad or wrong_type(KEYS[index], 'list')
+    elseif kind == 'join' then
+      bad = bad or wrong_type(KEYS[index], 'hash') or wrong_type(KEYS[index + 1], 'list')
+    else
+      bad = bad or wrong_type(KEYS[index], 'hash')
+    end
+  end
+end
+if bad then
+  return redis.error_reply(bad)
+end
 local removed_of = nil
 if (ARGV[6] and ARGV[6] ~= '') or (ARGV[7] and ARGV[7] ~= '') then
   removed_of = {}

@@ -14,7 +14,7 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from flume_rx.errors import ConfigError, StoreError
+from flume_rx.errors import ConfigError, DataError, StoreError
 
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 """The URL schemes flume_rx takes: plain, TLS, a Unix socket, and a Redis Cluster (plain or TLS)."""
@@ -105,6 +105,11 @@ def _store_error(client: redis.Redis | redis.asyncio.Redis, exc: Exception) -> S
         return StoreError(
             f"Redis at {where} does not let our user run a command flume_rx needs ({said}); grant the ACL user "
             "the commands and keys of docs/reliability.md, or use another user"
+        )
+    if said.startswith("settle: "):  # the settle script refused before writing: retrying cannot help
+        return DataError(
+            f"Redis at {where} refused the call because of a key's content ({said}); the jobs concerned go to "
+            "the dead letters, and the key should be looked at"
         )
     if said.startswith("OOM ") or "used memory > 'maxmemory'" in said:
         return StoreError(

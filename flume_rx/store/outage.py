@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from redis.exceptions import ResponseError
 
-from flume_rx.errors import StoreError
+from flume_rx.errors import DataError, StoreError
 
 log = logging.getLogger("flume_rx.store")
 
@@ -104,6 +104,8 @@ async def through_outage(
     while stop is None or not stop.is_set():
         try:
             result = await call()
+        except DataError:
+            raise  # not an outage: the same call would be refused again
         except StoreError as exc:
             wait_s = outage.failed(exc)
             if stop is None:

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from flume_rx import ConfigError, Flume, JobCancelled, JobFailed
+from flume_rx.store import Keys
 from tests.faults.harness import WorkerProcess, runs, wait_until, write_config
 
 NS = "t"
@@ -142,3 +143,28 @@ def test_an_aborted_member_counts_as_failed_and_the_callback_still_runs(
     outcomes = flume.result(group.then, group.then_queue, timeout=60)
     assert [o["ok"] for o in outcomes] == [True, False]
     assert outcomes[1]["error"].startswith("Aborted")
+
+
+def test_a_member_whose_settle_redis_refuses_still_completes_its_group(
+    flume: Flume, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key of the wrong type (bad data) where a member's result goes. Before: the settle script failed half-way,
+    after taking the member out of the in-flight list, so it was neither counted nor dead, and the group's
+    callback never ran."""
+    monkeypatch.setenv("FLUME_TEST_REDIS_URL", redis_url)
+    import tests.integration.workflow_workers  # noqa: F401  (registers the workers in this process)
+
+    members = [("wf/c", "wf.count", ["m0"]), ("wf/c", "wf.count", ["m1"])]
+    group = flume.group(members, then=("wf/b", "wf.gather", ["g"]))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.set(Keys(NS).of("wf/c").record(group.members[1]), "not a hash")
+        asyncio.run(flume.run(flume.source("wf/c").pipe(flume.process()), burst=True, handle_signals=False))
+        (callback,) = flume.peek("wf/b", limit=10)
+        outcomes = callback.args[-1]
+        assert [o["ok"] for o in outcomes] == [True, False]
+        assert "SettleError" in outcomes[1]["error"] and "holds a string, not a hash" in outcomes[1]["error"]
+        stats = flume.stats(["wf/c"])["wf/c"]
+        assert (stats["processed"], stats["dead"], stats["in_flight"]) == (1, 1, 0)
+    finally:
+        client.close()
