@@ -85,13 +85,13 @@ class JobInfo:
             "consumer": self.consumer,
             "consumer_alive": self.consumer_alive,
             "worker": None if self.job is None else self.job.worker,
-            "args": None if self.job is None else _jsonable(self.job.args),
+            "args": None if self.job is None else jsonable(self.job.args),
             "attempt": None if self.job is None else self.job.attempt,
             "created_at": None if self.job is None else self.job.created_at,
             "enqueued_at": None if self.job is None else self.job.enqueued_at,
             "error": None if error is None else f"{error.kind}: {error.message}",
             "traceback": None if error is None else error.traceback or None,
-            "result": _jsonable(self.result),
+            "result": jsonable(self.result),
             "progress": self.progress,
             "progress_message": self.progress_message,
         }
@@ -293,13 +293,14 @@ def _matching(payload: bytes, job_id: str) -> Job | None:
     return job if job is not None and job.id == job_id else None
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON can carry it: bytes as hex, tuples as lists, keys as strings (job args and results)."""
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     return value
 
 

@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.table import Table
 
 from flume_rx.config import FlumeConfig
-from flume_rx.follow import JobInfo
+from flume_rx.follow import JobInfo, jsonable
 from flume_rx.job import Job
 from flume_rx.store import ConsumerInfo, PeekWhere, QueueStats, SyncStore
 from flume_rx.terminal import table_console
@@ -318,7 +318,7 @@ def job_row(job: Job, at: float | None = None, where: PeekWhere = "queued") -> d
     row: dict[str, Any] = {
         "id": job.id,
         "worker": job.worker,
-        "args": _jsonable(job.args),
+        "args": jsonable(job.args),
         "attempt": job.attempt,
         "enqueued_at": job.enqueued_at,
         "error": None if job.error is None else f"{job.error.kind}: {job.error.message}",
@@ -402,13 +402,3 @@ def print_dead(queue: str, entries: Sequence[PeekedJob], total: int, as_json: bo
         for line in (row["traceback"] or "").rstrip().splitlines():
             print(f"    {line}")
     print(f"{len(rows)} of {total} dead job(s) of {queue!r} shown, newest first")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value
