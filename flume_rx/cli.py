@@ -424,7 +424,7 @@ def _run_command(args: argparse.Namespace, config: FlumeConfig, flume: Flume) ->
         return _dead(args, flume)
     elif args.command == "job":
         info = flume.job(args.job_id, args.queue)
-        views.print_job_info(info, args.json)
+        views.print_job_info(info, args.json, flume.workflow_of(info))
         return 0 if info.state != "unknown" else 1
     elif args.command == "cancel":
         return _cancel(args, flume)

@@ -27,7 +27,16 @@ from flume_rx.engine.build import make_source, shared_window
 from flume_rx.engine.source import BurstMode
 from flume_rx.engine.threads import StageThreads
 from flume_rx.errors import ConfigError, DecodeError, ResultUnavailable
-from flume_rx.follow import JobInfo, await_result, cancel_job, find_job, wait_result
+from flume_rx.follow import (
+    JobInfo,
+    WorkflowInfo,
+    await_result,
+    cancel_job,
+    find_job,
+    find_workflow,
+    wait_result,
+    workflow_of,
+)
 from flume_rx.integrations.otel import enqueue_meta
 from flume_rx.job import Flow, Job, check_name
 from flume_rx.pipeline import Delivery, JobSource, run_workers
@@ -51,6 +60,7 @@ from flume_rx.workflows import (
     Chain,
     Group,
     StepSpec,
+    callback_record,
     check_one_slot,
     group_members,
     group_record,
@@ -263,6 +273,16 @@ class Flume(Producer):
         """
         return find_job(self._store, job_id, self._queues(queue), self.config.orphan_timeout_s)
 
+    def workflow(self, job_id: str, queue: str | None = None) -> WorkflowInfo | None:
+        """The chain or group job ``job_id`` is part of, with each of its jobs' state: a chain's steps in
+        order, or a group's members, how many have finished, and its callback. None for a job of no
+        workflow. Each job is looked up as :meth:`job` does (at most ``WORKFLOW_SHOWN`` of them)."""
+        return find_workflow(self._store, job_id, self._queues(queue), self.config.orphan_timeout_s)
+
+    def workflow_of(self, info: JobInfo) -> WorkflowInfo | None:
+        """:meth:`workflow` of a job :meth:`job` already found (spares looking it up again)."""
+        return workflow_of(self._store, info, self.config.orphan_timeout_s)
+
     def cancel(self, job_id: str, queue: str | None = None) -> JobInfo:
         """Cancel job ``job_id`` if it is still waiting (queued, scheduled or waiting to retry): it is taken
         off and recorded as cancelled, in one step. Returns the job's state afterwards; a job that is running,
@@ -361,12 +381,12 @@ class Flume(Producer):
         self._check_slots([callback.queue, *(m.queue for m in members)], "group")
         payloads = [(m.queue, codec.encode(m, self.max_payload_bytes)) for m in members]
         codec.encode(callback, self.max_payload_bytes)  # its args are checked now, not when the group ends
-        record = group_record(callback, len(members))
         keep_ms = round(keep_s * 1000)
+        record = {**group_record(callback, len(members), group_id, self.max_payload_bytes), "keep": keep_ms}
         self._store.enqueue_workflow(
             payloads,
             (callback.queue, group_id, record, keep_ms),
-            waiting=[(callback.queue, callback.id)],
+            waiting=[(callback.queue, callback.id, callback_record(callback, members, group_id))],
             waiting_ms=keep_ms,
         )
         for queue in dict.fromkeys(m.queue for m in members):

@@ -24,13 +24,18 @@ from flume_rx.errors import (
     ResultTimeout,
     ResultUnavailable,
 )
-from flume_rx.job import CANCELLED_KEPT_S, Job, JobError
+from flume_rx.job import CANCELLED_KEPT_S, Flow, Job, JobError
 from flume_rx.store import PeekWhere, RedisStore, SyncStore
+from flume_rx.workflows import flow_of, step_list
 
-JobState = Literal["queued", "scheduled", "running", "retry", "dead", "done", "cancelled", "unknown"]
+JobState = Literal[
+    "queued", "scheduled", "running", "retry", "dead", "done", "cancelled", "waiting", "unknown"
+]
 """Where a job is: waiting to run, due later, started by a consumer, waiting to retry after a failure, in the
-dead letters, done (only for workers that keep results), cancelled before it ran, or not found (never
-enqueued, done by a worker that keeps no results, or its record expired)."""
+dead letters, done (only for workers that keep results), cancelled before it ran (or a chain step whose
+chain stopped before it), a workflow job not yet enqueued (a chain step whose earlier step has not succeeded
+yet, a group's callback whose members have not all finished; ``JobInfo.after`` says which), or not found
+(never enqueued, done by a worker that keeps no results, or its record expired)."""
 
 RESULT_RECHECK_S = 5.0
 """How often a result wait reads the record again even without a message (a message lost with a reconnect)."""
@@ -56,6 +61,9 @@ class JobInfo:
         result: the worker's return value (done, for workers that keep results).
         progress: the last fraction its worker reported through ``current_job().progress``, and
             ``progress_message`` what it said.
+        after: what a workflow job comes after: the job id of the chain step before it, or the id of the
+            group whose callback it is (None for other jobs). A ``waiting`` job waits on it; a ``cancelled``
+            chain step was stopped there (its error says how).
     """
 
     id: str
@@ -68,6 +76,7 @@ class JobInfo:
     result: Any = None
     progress: float | None = None
     progress_message: str | None = None
+    after: str | None = None
 
     @property
     def error(self) -> JobError | None:
@@ -94,6 +103,7 @@ class JobInfo:
             "result": jsonable(self.result),
             "progress": self.progress,
             "progress_message": self.progress_message,
+            "after": self.after,
         }
 
 
@@ -144,13 +154,15 @@ def cancel_job(store: SyncStore, job_id: str, queues: Sequence[str], orphan_time
 
 
 def _find_on(
-    store: SyncStore, queue: str, job_id: str, orphan_timeout_s: float
+    store: SyncStore, queue: str, job_id: str, orphan_timeout_s: float, depth: int = 0
 ) -> tuple[JobInfo, bytes | None] | None:
     record = store.job_record(queue, job_id)
     recorded = _from_record(job_id, queue, record)
     if recorded is not None:
-        return recorded, None
+        return replace(recorded, after=_after(record)), None
     found = _find_payload(store, queue, job_id, orphan_timeout_s)
+    if found is None and "chained" in record:
+        return _to_come(store, queue, job_id, record, orphan_timeout_s, depth)
     if found is None or "progress" not in record:
         return found
     info, payload = found
@@ -179,6 +191,39 @@ def _find_payload(
     return None
 
 
+_MAX_CHAIN_LOOKUPS = 100
+"""Earlier steps looked at, at most, to say whether a chain step is still to come."""
+
+
+def _to_come(
+    store: SyncStore, queue: str, job_id: str, record: dict[str, bytes], orphan_timeout_s: float, depth: int
+) -> tuple[JobInfo, bytes | None] | None:
+    """A workflow job found nowhere, whose record says it was to come: ``waiting`` while what it comes after
+    is unfinished, ``cancelled`` when that was cancelled (its chain will not go on); None when it was
+    enqueued since (it has moved on, or finished with nothing kept)."""
+    after = _after(record)
+    waiting = JobInfo(job_id, "waiting", queue, after=after), None
+    if "group" in record:
+        return waiting if store.group_count(queue, record["group"].decode()) is not None else None
+    before_queue = record.get("after_queue")
+    if after is None or before_queue is None:
+        return None
+    if depth >= _MAX_CHAIN_LOOKUPS:
+        return waiting
+    before = _find_on(store, before_queue.decode(), after, orphan_timeout_s, depth + 1)
+    state = "unknown" if before is None else before[0].state
+    if state in ("queued", "scheduled", "running", "retry", "waiting"):
+        return waiting
+    if state == "cancelled":
+        return JobInfo(job_id, "cancelled", queue, after=after), None
+    return None
+
+
+def _after(record: dict[str, bytes]) -> str | None:
+    after = record.get("after") or record.get("group")
+    return None if after is None else after.decode()
+
+
 def _from_record(job_id: str, queue: str, record: dict[str, bytes]) -> JobInfo | None:
     """The state a job's record holds: done (with its result), dead or cancelled; None without a record."""
     state = record.get("state")
@@ -192,6 +237,123 @@ def _from_record(job_id: str, queue: str, record: dict[str, bytes]) -> JobInfo |
             job_id, "dead" if state == b"dead" else "cancelled", queue, _decoded(record["job"]), at
         )
     return None
+
+
+WORKFLOW_SHOWN = 50
+"""Jobs of one workflow looked up at most by :func:`find_workflow` (each lookup scans its queue)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowJob:
+    """One job of a workflow as :class:`WorkflowInfo` shows it: where it goes, and what is known of it now
+    (None past :data:`WORKFLOW_SHOWN`, not looked up)."""
+
+    id: str
+    queue: str
+    worker: str
+    info: JobInfo | None
+
+    def as_dict(self) -> dict[str, Any]:
+        info = self.info
+        error = None if info is None else info.error
+        return {
+            "id": self.id,
+            "queue": self.queue,
+            "worker": self.worker,
+            "state": None if info is None else info.state,
+            "after": None if info is None else info.after,
+            "error": None if error is None else f"{error.kind}: {error.message}",
+            "progress": None if info is None else info.progress,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowInfo:
+    """The workflow a job is part of (``Flume.workflow``, ``flume-rx job``, the dashboard's lookup).
+
+    Attributes:
+        kind: ``chain`` or ``group``.
+        id: a chain's first step's job id, or the group's id.
+        jobs: a chain's steps in order, or a group's members in order.
+        callback: a group's callback.
+        settled: how many of a group's members have finished for good; None once its callback is enqueued
+            (or for a chain).
+    """
+
+    kind: Literal["chain", "group"]
+    id: str
+    jobs: tuple[WorkflowJob, ...]
+    callback: WorkflowJob | None = None
+    settled: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly fields."""
+        return {
+            "kind": self.kind,
+            "id": self.id,
+            "jobs": [job.as_dict() for job in self.jobs],
+            "callback": None if self.callback is None else self.callback.as_dict(),
+            "settled": self.settled,
+        }
+
+
+def find_workflow(
+    store: SyncStore, job_id: str, queues: Sequence[str], orphan_timeout_s: float
+) -> WorkflowInfo | None:
+    """The chain or group job ``job_id`` belongs to, with the state of each of its jobs; None for a job of
+    no workflow (or one whose workflow's records expired)."""
+    return workflow_of(store, find_job(store, job_id, queues, orphan_timeout_s), orphan_timeout_s)
+
+
+def workflow_of(store: SyncStore, info: JobInfo, orphan_timeout_s: float) -> WorkflowInfo | None:
+    """:func:`find_workflow` for a job already looked up."""
+    if info.queue is None:
+        return None
+    record = store.job_record(info.queue, info.id)
+    known = {info.id: info}
+
+    def shown(items: list[tuple[str, str, str]]) -> tuple[WorkflowJob, ...]:
+        return tuple(
+            WorkflowJob(
+                job_id,
+                queue,
+                worker,
+                known.get(job_id) or find_job(store, job_id, [queue], orphan_timeout_s)
+                if n < WORKFLOW_SHOWN
+                else None,
+            )
+            for n, (job_id, queue, worker) in enumerate(items)
+        )
+
+    steps = step_list(record.get("chain", b""))
+    if steps:
+        return WorkflowInfo("chain", steps[0][0], shown(steps))
+    if "group" in record and "members" in record:
+        group, then = record["group"].decode(), (info.id, info.queue)
+    else:
+        flow = _flow(info.job)
+        if flow is None or not flow.group or not flow.then_id:
+            return None
+        group, then = flow.group, (flow.then_id, flow.then_queue)
+        record = store.job_record(flow.then_queue, flow.then_id)
+    members = step_list(record.get("members", b""))
+    count = store.group_count(then[1], group)
+    callback = known.get(then[0]) or find_job(store, then[0], [then[1]], orphan_timeout_s)
+    worker = record.get("worker", b"").decode()
+    return WorkflowInfo(
+        "group",
+        group,
+        shown(members),
+        WorkflowJob(then[0], then[1], worker, callback),
+        None if count is None else count[1],
+    )
+
+
+def _flow(job: Job | None) -> Flow | None:
+    try:
+        return None if job is None else flow_of(job)
+    except DecodeError:
+        return None
 
 
 def result_of(info: JobInfo) -> Any:
@@ -267,7 +429,8 @@ async def await_result(
 
 
 def _check_waitable(found: JobInfo, store: SyncStore, queue: str) -> None:
-    if found.state == "unknown" and not store.job_record(queue, found.id):
+    # A workflow job to come reads "waiting", so a record alone (a chain's) no longer means a result comes.
+    if found.state == "unknown" and "state" not in store.job_record(queue, found.id):
         raise ResultUnavailable(
             f"job {found.id} is unknown on {queue!r}: it was never enqueued there, or it finished under a worker "
             "that keeps no results; register the worker with @worker(..., result_ttl=SECONDS)"

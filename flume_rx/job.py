@@ -70,12 +70,15 @@ class Flow:
             outcome in the group, and the last member to settle enqueues the group's callback.
         then_queue: the queue of the group's callback (the group's record lives in its slot).
         member: this job's place in the group (its outcome's index in the callback's list).
+        then_id: the job id of the group's callback ("" in flows written before it was carried): the record
+            its waiters watch, told at once when the group cannot hand its outcomes on.
     """
 
     chain: tuple[Step, ...] = ()
     group: str = ""
     then_queue: str = ""
     member: int = 0
+    then_id: str = ""
 
 
 @dataclass(slots=True, frozen=True)

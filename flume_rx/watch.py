@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.table import Table
 
 from flume_rx.config import FlumeConfig
-from flume_rx.follow import JobInfo, jsonable
+from flume_rx.follow import JobInfo, WorkflowInfo, WorkflowJob, jsonable
 from flume_rx.job import Job
 from flume_rx.store import ConsumerInfo, PeekWhere, QueueStats, SyncStore
 from flume_rx.terminal import table_console
@@ -363,16 +363,22 @@ def print_jobs(entries: Sequence[PeekedJob], where: PeekWhere = "queued", as_jso
 _AT_MEANS = {"scheduled": "due", "retry": "due", "dead": "died", "cancelled": "cancelled"}
 
 
-def print_job_info(info: JobInfo, as_json: bool = False) -> None:
-    """One job's state for ``flume-rx job``: JSON with every field, or a few lines for people."""
+def print_job_info(info: JobInfo, as_json: bool = False, workflow: WorkflowInfo | None = None) -> None:
+    """One job's state for ``flume-rx job``: JSON with every field, or a few lines for people; with the
+    chain or group it is part of, each of its jobs' state."""
     row = info.as_dict()
     if as_json:
-        print(json.dumps(row, indent=2))
+        print(json.dumps({**row, "workflow": None if workflow is None else workflow.as_dict()}, indent=2))
         return
     print(f"{info.id}  {info.state}" + (f"  on {info.queue!r}" if info.queue else ""))
     if info.state == "unknown":
         print("  not found: never enqueued, already done, or its record expired")
         return
+    if info.state == "waiting" and info.after is not None:
+        what = "the members of group" if workflow is not None and workflow.kind == "group" else "step"
+        print(f"  waits on {what} {info.after}")
+    elif info.state == "cancelled" and info.after is not None:
+        print(f"  its chain stopped at step {info.after}")
     if info.at is not None:
         print(f"  {_AT_MEANS.get(info.state, 'at')} {utc_time(info.at)}")
     if info.progress is not None:
@@ -385,6 +391,29 @@ def print_job_info(info: JobInfo, as_json: bool = False) -> None:
         print(f"  last error: {row['error']}")
         for line in (row["traceback"] or "").rstrip().splitlines():
             print(f"    {line}")
+    if workflow is not None:
+        _print_workflow(workflow, info.id)
+
+
+def _print_workflow(workflow: WorkflowInfo, job_id: str) -> None:
+    """A chain's steps or a group's members, one line each (this job marked), then a group's callback."""
+    if workflow.kind == "chain":
+        print(f"  chain of {len(workflow.jobs)} step(s):")
+    else:
+        settled = "callback enqueued" if workflow.settled is None else f"{workflow.settled} finished"
+        print(f"  group {workflow.id} of {len(workflow.jobs)} member(s), {settled}:")
+    for n, job in enumerate(workflow.jobs, start=1):
+        print(_workflow_line(f"{n}.", job, job_id))
+    if workflow.callback is not None:
+        print(_workflow_line("then", workflow.callback, job_id))
+
+
+def _workflow_line(label: str, job: WorkflowJob, job_id: str) -> str:
+    state = "not looked up" if job.info is None else job.info.state
+    error = None if job.info is None or job.info.error is None else job.info.error
+    mark = "  <- this job" if job.id == job_id else ""
+    why = "" if error is None else f"  ({error.kind}: {error.message[:80]})"
+    return f"    {label:<5}{job.id}  {job.worker} on {job.queue!r}  {state}{why}{mark}"
 
 
 def print_dead(queue: str, entries: Sequence[PeekedJob], total: int, as_json: bool = False) -> None:

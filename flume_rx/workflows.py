@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import Any
 
 import msgpack
@@ -125,12 +126,13 @@ def is_workflow_job(job: Job) -> bool:
 
 def flow_record(flow: Flow) -> list[Any]:
     """A flow as it travels in the job's meta (msgpack)."""
-    return [
+    record = [
         [[step.id, step.queue, step.worker, list(step.args)] for step in flow.chain],
         flow.group,
         flow.then_queue,
         flow.member,
     ]
+    return [*record, flow.then_id] if flow.then_id else record
 
 
 def flow_of(job: Job) -> Flow | None:
@@ -142,16 +144,19 @@ def flow_of(job: Job) -> Flow | None:
     if job.meta is None or FLOW not in job.meta:
         return None
     record = job.meta[FLOW]
-    if not (isinstance(record, list) and len(record) == 4):
-        raise DecodeError("job meta field 'flow' is not [chain, group, then_queue, member]")
-    chain, group, then_queue, member = record
+    # A group member's flow ends with its callback's job id; flows written before it have four fields.
+    if not (isinstance(record, list) and len(record) in (4, 5)):
+        raise DecodeError("job meta field 'flow' is not [chain, group, then_queue, member, then_id]")
+    chain, group, then_queue, member, *then = record
+    then_id = then[0] if then else ""
     if not (
         isinstance(chain, list)
         and isinstance(group, str)
         and isinstance(then_queue, str)
         and type(member) is int
+        and isinstance(then_id, str)
     ):
-        raise DecodeError("job meta field 'flow' is not [chain, group, then_queue, member]")
+        raise DecodeError("job meta field 'flow' is not [chain, group, then_queue, member, then_id]")
     steps = []
     for step in chain:
         if not (
@@ -162,7 +167,7 @@ def flow_of(job: Job) -> Flow | None:
         ):
             raise DecodeError("a step of job meta field 'flow' is not [id, queue, worker, args]")
         steps.append(Step(step[0], step[1], step[2], step[3]))
-    return Flow(tuple(steps), group, then_queue, member)
+    return Flow(tuple(steps), group, then_queue, member, then_id)
 
 
 def next_in_chain(job: Job, value: Any, max_bytes: int) -> Handoff | None:
@@ -196,10 +201,51 @@ def chain_stopped(job: Job, error: str, keep_ms: int, max_bytes: int) -> list[Ha
     ]
 
 
-def pending_records(steps: Sequence[Step]) -> list[tuple[str, str]]:
-    """``(queue, job id)`` of the chain steps after the first: their records exist from the start, so
-    ``Flume.result`` can wait for a step not yet enqueued."""
-    return [(step.queue, step.id) for step in steps[1:]]
+def pending_records(steps: Sequence[Step]) -> list[tuple[str, str, dict[str, bytes | str | int]]]:
+    """``(queue, job id, fields)`` of a chain's steps: the records of the steps after the first exist from
+    the start (``chained``), so ``Flume.result`` can wait for a step not yet enqueued, and ``Flume.job`` says
+    which step it waits on (``after``); every step's record names the whole chain, for ``Flume.workflow``."""
+    chain = _step_list(steps)
+    # The first step's record only names its chain: it is enqueued now, so it waits on nothing.
+    records: list[tuple[str, str, dict[str, bytes | str | int]]] = [
+        (steps[0].queue, steps[0].id, {"chain": chain, "step": 0})
+    ]
+    for n, (before, step) in enumerate(pairwise(steps), start=1):
+        fields: dict[str, bytes | str | int] = {
+            "chained": 1,
+            "after": before.id,
+            "after_queue": before.queue,
+            "chain": chain,
+            "step": n,
+        }
+        records.append((step.queue, step.id, fields))
+    return records
+
+
+def callback_record(callback: Job, members: Sequence[Job], group_id: str) -> dict[str, bytes | str | int]:
+    """The fields of a group callback's record while it waits: its group and worker, the group's members."""
+    return {"chained": 1, "group": group_id, "worker": callback.worker, "members": _step_list(members)}
+
+
+def _step_list(jobs: Sequence[Step | Job]) -> bytes:
+    packed: bytes = msgpack.packb([[j.id, j.queue, j.worker] for j in jobs], use_bin_type=True)
+    return packed
+
+
+def step_list(packed: bytes) -> list[tuple[str, str, str]]:
+    """The ``(job id, queue, worker)`` list a waiting record holds (:func:`pending_records`); [] if
+    malformed."""
+    try:
+        items = msgpack.unpackb(packed, raw=False)
+    except Exception:
+        return []
+    if not isinstance(items, list):
+        return []
+    return [
+        (i[0], i[1], i[2])
+        for i in items
+        if isinstance(i, list) and len(i) == 3 and all(isinstance(x, str) for x in i)
+    ]
 
 
 def hop_of(queue: str, worker: str, value: Any, max_bytes: int) -> Handoff:
@@ -215,13 +261,29 @@ def member_outcome(job: Job, ok: bool, value: Any, error: str | None) -> Handoff
         return None
     outcome = {"id": job.id, "ok": ok, "result": value if ok else None, "error": error}
     return Handoff(
-        flow.then_queue, group=flow.group, member=flow.member, outcome=codec.encode_result(outcome)
+        flow.then_queue,
+        group=flow.group,
+        member=flow.member,
+        outcome=codec.encode_result(outcome),
+        callback=flow.then_id,
     )
 
 
-def group_record(callback: Job, size: int) -> dict[str, bytes | int]:
+def group_record(
+    callback: Job, size: int, group_id: str = "", max_bytes: int = codec.DEFAULT_MAX_PAYLOAD_BYTES
+) -> dict[str, bytes | int]:
     """The fields a group starts with: its size, and its callback's job record cut where the list of member
-    outcomes goes (the last of the callback's args), so the settle script completes it without decoding."""
+    outcomes goes (the last of the callback's args), so the settle script completes it without decoding.
+
+    The record is cut twice more: ``mid`` ends before its ``enqueued_at``, which the settle script writes when
+    it enqueues the callback (latency is measured from then, not from the group's creation), and ``tail`` is
+    the rest. ``max`` is the most bytes the completed record may take (the fetch dead-letters a longer one):
+    a group whose outcomes come to more hands on ``over`` instead, the callback's record as a dead letter
+    saying why, so its waiters hear of it at once.
+
+    Raises:
+        ConfigError: even outcomes without results would not fit in ``max_bytes``.
+    """
     packer = msgpack.Packer(use_bin_type=True, datetime=False)
     head = b"".join(
         [
@@ -235,11 +297,37 @@ def group_record(callback: Job, size: int) -> dict[str, bytes | int]:
             packer.pack_array_header(size),
         ]
     )
-    fields: list[Any] = [callback.attempt, callback.created_at, callback.enqueued_at, callback.cost, None]
+    mid = packer.pack(callback.attempt) + packer.pack(callback.created_at)
+    fields: list[Any] = [callback.cost, None]
     if callback.meta is not None:  # the optional fields, as codec.encode writes them
         fields += [None, "finish", callback.meta]
     tail = b"".join(packer.pack(field) for field in fields)
-    return {"size": size, "settled": 0, "head": head, "tail": tail}
+    # The smallest outcome a member can send (a failure whose error is cut to nothing) still takes its id.
+    least = len(codec.encode_result({"id": callback.id, "ok": False, "result": None, "error": ""}))
+    fixed = len(head) + len(mid) + len(tail) + 9  # 9: enqueued_at as a msgpack float 64
+    if fixed + size * least > max_bytes:
+        raise ConfigError(
+            f"group {group_id}: the outcomes of its {size} members cannot fit in its callback's job record "
+            f"({callback.worker} on {callback.queue!r}), limited to {max_bytes} bytes (max_payload_bytes); "
+            "split it into smaller groups, or raise max_payload_bytes"
+        )
+    why = JobError(
+        "GroupTooLarge",
+        f"group {group_id}: the outcomes of its {size} members came to more than the {max_bytes} bytes "
+        "(max_payload_bytes) a job record may take, so the callback was not run; have members return a "
+        "reference to large data (a key, a path) rather than the data, or raise max_payload_bytes",
+    )
+    over = codec.encode_cut_to_fit(replace(callback, args=[*callback.args, []], error=why), max_bytes)
+    return {
+        "size": size,
+        "settled": 0,
+        "head": head,
+        "mid": mid,
+        "tail": tail,
+        "max": max_bytes,
+        "over": over,
+        "then": callback.id,
+    }
 
 
 def group_members(
@@ -250,7 +338,11 @@ def group_members(
         raise ConfigError("a group needs at least one member job; pass them as [(queue, worker, args), ...]")
     (callback_step,) = steps_of([then], "group callback")
     members = [
-        job_of(step, Flow(group=group_id, then_queue=callback_step.queue, member=index), carried)
+        job_of(
+            step,
+            Flow(group=group_id, then_queue=callback_step.queue, member=index, then_id=callback_step.id),
+            carried,
+        )
         for index, step in enumerate(steps_of(specs, "group"))
     ]
     return members, job_of(callback_step, None, carried)

@@ -54,13 +54,31 @@ def test_a_malformed_flow_is_named(bad: object) -> None:
 
 def test_the_group_record_completes_into_the_callback_job() -> None:
     members, callback = group_members([("wf/a", "A", [1]), ("wf/a", "A", [2])], ("wf/t", "T", ["tag"]), "g")
-    assert [flow_of(m) for m in members] == [Flow((), "g", "wf/t", 0), Flow((), "g", "wf/t", 1)]
-    record = group_record(callback, 2)
+    assert [flow_of(m) for m in members] == [
+        Flow((), "g", "wf/t", 0, callback.id),
+        Flow((), "g", "wf/t", 1, callback.id),
+    ]
+    record = group_record(callback, 2, "g")
     outcomes = [codec.encode_result({"ok": True}), codec.encode_result({"ok": False})]
-    # What the settle script does: head, every member's outcome in order, tail.
-    payload = record["head"] + b"".join(outcomes) + record["tail"]  # type: ignore[operator]
+    # What the settle script does: head, every member's outcome in order, mid, the time it enqueues the
+    # callback (enqueued_at), tail.
+    enqueued_at = msgpack.packb(callback.created_at + 30.5)
+    payload = record["head"] + b"".join(outcomes) + record["mid"] + enqueued_at + record["tail"]  # type: ignore[operator]
     job = codec.decode(payload)
-    assert job == dataclasses.replace(callback, args=["tag", [{"ok": True}, {"ok": False}]])
+    assert job == dataclasses.replace(
+        callback, args=["tag", [{"ok": True}, {"ok": False}]], enqueued_at=callback.created_at + 30.5
+    )
+    # Too large to hand on, the callback is dead-lettered as this record, saying why.
+    over = codec.decode(record["over"])  # type: ignore[arg-type]
+    assert over.id == callback.id and over.error is not None and over.error.kind == "GroupTooLarge"
+    assert "group g" in over.error.message and "max_payload_bytes" in over.error.message
+
+
+def test_a_group_too_large_for_any_outcomes_is_refused_at_enqueue() -> None:
+    members, callback = group_members([("wf/a", "A", [n]) for n in range(200)], ("wf/t", "T", []), "g7")
+    with pytest.raises(ConfigError, match=r"group g7: the outcomes of its 200 members.* 4096 bytes"):
+        group_record(callback, len(members), "g7", 4096)
+    group_record(callback, len(members), "g7", 1 << 20)  # fits the default limit
 
 
 def test_queues_of_different_groups_are_refused_for_one_slot() -> None:
@@ -81,7 +99,8 @@ def test_the_next_step_carries_the_trace_context_of_the_chain() -> None:
     assert members[0].meta is not None and members[0].meta["trace"] == trace
     assert callback.meta == {"trace": trace}
     record = group_record(callback, 1)
-    completed = record["head"] + codec.encode_result({"ok": True}) + record["tail"]  # type: ignore[operator]
+    at = msgpack.packb(callback.enqueued_at)
+    completed = record["head"] + codec.encode_result({"ok": True}) + record["mid"] + at + record["tail"]  # type: ignore[operator]
     assert codec.decode(completed) == dataclasses.replace(callback, args=[[{"ok": True}]])
 
 

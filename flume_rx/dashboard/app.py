@@ -120,7 +120,9 @@ def create_app(
         job_id = request.query_params.get("id", "").strip()
         if not job_id or len(job_id) > 200:
             raise _BadRequest("give the job's id as ?id=JOB_ID (the id enqueue returned)")
-        return JSONResponse(flume.job(job_id).as_dict())
+        info = flume.job(job_id)
+        workflow = flume.workflow_of(info)
+        return JSONResponse({**info.as_dict(), "workflow": None if workflow is None else workflow.as_dict()})
 
     def consumers(request: Request) -> Response:
         return JSONResponse({"consumers": store.consumers(queues(), config.orphan_timeout_s)})

@@ -16,7 +16,9 @@
 -- "join": data (a member's outcome) is recorded as field m<member> of the group KEYS[index], unless already
 -- there; the member that completes the group (its "size") pushes the callback onto the queue
 -- KEYS[index + 1]: the group's "head", every member's outcome in order and its "tail" make the callback's
--- job record (the head ends with the header of the outcomes' list), and the group is gone.
+-- job record (the head ends with the header of the outcomes' list), and the group is gone. KEYS[index + 2]
+-- and KEYS[index + 3] are the callback queue's dead letters and the callback's record: a completed record
+-- longer than the group's "max" goes there as the group's "over" record (see workflows.group_record).
 -- A kept outcome is written in this same step: state "done" records the result, "dead" and "cancelled"
 -- (an aborted job) the job's record; the record lives keep_ms and its name is also the channel on which
 -- the outcome is announced, so a waiting Flume.result wakes without polling.
@@ -62,6 +64,7 @@ if ARGV[7] and ARGV[7] ~= '' then
       bad = bad or wrong_type(KEYS[index], 'list')
     elseif kind == 'join' then
       bad = bad or wrong_type(KEYS[index], 'hash') or wrong_type(KEYS[index + 1], 'list')
+        or wrong_type(KEYS[index + 2], 'zset') or wrong_type(KEYS[index + 3], 'hash')
     else
       bad = bad or wrong_type(KEYS[index], 'hash')
     end
@@ -147,12 +150,33 @@ if ARGV[7] and ARGV[7] ~= '' then
         local size = tonumber(redis.call('HGET', key, 'size'))
         if size and redis.call('HSETNX', key, 'm' .. flow[j + 4], flow[j + 3]) == 1
             and redis.call('HINCRBY', key, 'settled', 1) == size then
+          local index = tonumber(flow[j + 2])
           local parts = { redis.call('HGET', key, 'head') }
+          local bytes = #parts[1]
           for m = 0, size - 1 do
             parts[m + 2] = redis.call('HGET', key, 'm' .. m)
+            bytes = bytes + #parts[m + 2]
           end
-          parts[size + 2] = redis.call('HGET', key, 'tail')
-          redis.call('LPUSH', KEYS[tonumber(flow[j + 2]) + 1], table.concat(parts))
+          -- Groups made since the callback's enqueued_at is written here carry 'mid' (the record up to it).
+          local mid = redis.call('HGET', key, 'mid')
+          if mid then
+            parts[#parts + 1] = mid .. cmsgpack.pack(now_ms / 1000)
+            bytes = bytes + #parts[#parts]
+          end
+          parts[#parts + 1] = redis.call('HGET', key, 'tail')
+          bytes = bytes + #parts[#parts]
+          local max_bytes = tonumber(redis.call('HGET', key, 'max') or '0')
+          if max_bytes > 0 and bytes > max_bytes then
+            -- The fetch would dead-letter this record unread: dead-letter the callback here instead, as a
+            -- record saying why, and tell its waiters.
+            local over = redis.call('HGET', key, 'over')
+            redis.call('ZADD', KEYS[index + 2], now_ms, over)
+            redis.call('HSET', KEYS[index + 3], 'state', 'dead', 'at_ms', now_ms, 'job', over)
+            redis.call('PEXPIRE', KEYS[index + 3], tonumber(redis.call('HGET', key, 'keep') or '86400000'))
+            redis.call('PUBLISH', KEYS[index + 3], 'dead')
+          else
+            redis.call('LPUSH', KEYS[index + 1], table.concat(parts))
+          end
           redis.call('DEL', key)
         end
       end

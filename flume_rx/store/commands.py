@@ -86,6 +86,9 @@ class Handoff:
     outcome: bytes = b""
     stopped: str = ""
     keep_ms: int = 0
+    callback: str = ""
+    """With ``group``: the callback's job id, whose record says dead if the group's outcomes are too large
+    to hand on ("" for members of groups made before it was carried)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,8 +246,10 @@ def _ops_settle(
         for h in s.handoffs:
             target = keys.of(h.queue)
             if h.group:
-                unique_keys += [target.group(h.group), target.queue]
-                flow += [len(flat) // 6, "join", len(base) + len(unique_keys) - 1, h.outcome, h.member]
+                # The callback's dead letters and record are written only when the outcomes are too large.
+                record = target.record(h.callback) if h.callback else target.group(h.group)
+                unique_keys += [target.group(h.group), target.queue, target.dead, record]
+                flow += [len(flat) // 6, "join", len(base) + len(unique_keys) - 3, h.outcome, h.member]
             elif h.stopped:
                 unique_keys.append(target.record(h.stopped))
                 flow += [len(flat) // 6, "stop", len(base) + len(unique_keys), h.payload, max(1, h.keep_ms)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal, cast
 
 import redis
@@ -104,17 +104,22 @@ class SyncStore:
         self,
         jobs: Sequence[tuple[str, bytes]],
         group: tuple[str, str, dict[str, bytes | int], int] | None = None,
-        waiting: Sequence[tuple[str, str]] = (),
+        waiting: Sequence[tuple[str, str, Mapping[str, bytes | str | int]]] = (),
         waiting_ms: int = 0,
     ) -> None:
         """Enqueue the first jobs of a workflow, ``(queue, payload)`` each, in one transaction; with ``group``
         ``(callback queue, group id, fields, ttl_ms)``, the group's record is written first, so no member can
-        settle before its group exists. ``waiting`` ``(queue, job id)`` are jobs to come (later chain steps):
-        each gets a record for ``waiting_ms``, so ``Flume.result`` can wait for it before it is enqueued."""
+        settle before its group exists. ``waiting`` ``(queue, job id, fields)`` are the records of the
+        workflow's jobs (later chain steps and a group's callback have ``chained``: they are to come), kept
+        ``waiting_ms``, so ``Flume.job`` can say what one waits on and ``Flume.result`` can wait for it before
+        it is enqueued."""
         ops: list[_Op] = []
-        for queue, job_id in waiting:
+        for queue, job_id, fields in waiting:
             record = self.keys.of(queue).record(job_id)
-            ops += [_Cmd(("HSET", record, "chained", 1)), _Cmd(("PEXPIRE", record, waiting_ms))]
+            pairs: list[Arg] = [part for pair in fields.items() for part in pair]
+            ops += [_Cmd(("HSET", record, *pairs)), _Cmd(("PEXPIRE", record, waiting_ms))]
+        # Known from now, so a lookup without a queue finds the jobs to come on queues nothing was sent to yet.
+        ops += [_Cmd(("SADD", self.keys.queues, queue)) for queue in dict.fromkeys(q for q, _, _ in waiting)]
         if group is not None:
             then_queue, group_id, fields, ttl_ms = group
             key = self.keys.of(then_queue).group(group_id)
@@ -270,6 +275,12 @@ class SyncStore:
         """The record kept of job ``job_id`` beyond where it waits (a cancelled job's); empty when none."""
         reply = self._run.one(_Cmd(("HGETALL", self.keys.of(queue).record(job_id))))
         return {_text(k): bytes(v) for k, v in _hash(reply).items()}
+
+    def group_count(self, queue: str, group_id: str) -> tuple[int, int] | None:
+        """``(members, settled so far)`` of a group whose callback goes to ``queue``; None once its callback
+        is enqueued (or it expired)."""
+        size, settled = self._run.one(_Cmd(("HMGET", self.keys.of(queue).group(group_id), "size", "settled")))
+        return None if size is None else (int(size), int(settled or 0))
 
     def recent_progress(self, queue: str, limit: int = 20) -> list[tuple[str, float, str, float]]:
         """The jobs of ``queue`` that reported progress in the last minute and are not finished, newest report

@@ -236,3 +236,22 @@ def test_a_dead_job_is_found_by_its_id(
     expect(page.locator("#job .state")).to_contain_text(f"{dead_id}: dead on {QUEUE}")
     expect(page.locator("#job details summary")).to_contain_text("ValueError: mailbox 13 does not exist")
     page.close()
+
+
+def test_a_chain_step_is_shown_with_its_chain(
+    browser: Browser, dashboard: Callable[[bool], str], redis_url: str
+) -> None:
+    with Flume(redis_url, NS) as flume:
+        chain = flume.chain([("wf/resize", "Resize", ["a.jpg"]), ("wf/upload", "Upload", [])])
+    page = browser.new_page()
+    page.goto(dashboard(False))
+    page.locator("#job-id").fill(chain.ids[1])
+    page.locator("#lookup button").click()
+
+    expect(page.locator("#job .state")).to_contain_text(f"{chain.ids[1]}: waiting on wf/upload")
+    expect(page.locator("#job .workflow p")).to_contain_text("chain of 2 step(s)")
+    rows = page.locator("#job .workflow tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text(f"{chain.ids[0]}Resize on wf/resizequeued")
+    expect(rows.nth(1)).to_contain_text(f"{chain.ids[1]}Upload on wf/uploadwaiting")
+    page.close()

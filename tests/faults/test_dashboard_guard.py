@@ -219,3 +219,20 @@ def test_a_job_is_looked_up_by_id_and_only_by_its_own_host(read_only: Dashboard,
         400,
         403,
     )
+
+
+def test_a_looked_up_job_shows_its_chain(read_only: Dashboard, redis_url: str) -> None:
+    with Flume(redis_url, "t") as flume:
+        chain = flume.chain([(QUEUE, "RecordWorker", ["step-1"]), (QUEUE, "RecordWorker", ["step-2"])])
+    reply = read_only.request(
+        "GET", f"/api/job?id={chain.ids[1]}", headers={"Host": f"127.0.0.1:{read_only.port}"}
+    )
+    assert reply.status == 200, reply.body
+    found = json.loads(reply.body)
+    assert (found["state"], found["after"]) == ("waiting", chain.ids[0])
+    workflow = found["workflow"]
+    assert (workflow["kind"], workflow["id"]) == ("chain", chain.ids[0])
+    assert [(j["id"], j["worker"], j["state"]) for j in workflow["jobs"]] == [
+        (chain.ids[0], "RecordWorker", "queued"),
+        (chain.ids[1], "RecordWorker", "waiting"),
+    ]

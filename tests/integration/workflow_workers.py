@@ -62,3 +62,10 @@ async def wait(token: str) -> None:
     """Waits long enough to be aborted (its task is cancelled)."""
     _redis().hincrby("test:runs", token, 1)
     await asyncio.sleep(60)
+
+
+@worker("wf.big")
+def big(token: str, size: int) -> str:
+    """A group member whose result takes ``size`` bytes (to fill a callback's record)."""
+    _redis().hincrby("test:runs", token, 1)
+    return "x" * size
