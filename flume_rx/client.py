@@ -287,7 +287,9 @@ class Flume(Producer):
         """Cancel job ``job_id`` if it is still waiting (queued, scheduled or waiting to retry): it is taken
         off and recorded as cancelled, in one step. Returns the job's state afterwards; a job that is running,
         dead or unknown is left as it is and its state returned."""
-        return cancel_job(self._store, job_id, self._queues(queue), self.config.orphan_timeout_s)
+        return cancel_job(
+            self._store, job_id, self._queues(queue), self.config.orphan_timeout_s, self.max_payload_bytes
+        )
 
     def result(self, job_id: str, queue: str | None = None, timeout: float | None = None) -> Any:
         """Wait for job ``job_id`` to finish and return its worker's return value.

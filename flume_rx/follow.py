@@ -25,8 +25,8 @@ from flume_rx.errors import (
     ResultUnavailable,
 )
 from flume_rx.job import CANCELLED_KEPT_S, Flow, Job, JobError
-from flume_rx.store import PeekWhere, RedisStore, SyncStore
-from flume_rx.workflows import flow_of, step_list
+from flume_rx.store import Handoff, PeekWhere, RedisStore, SyncStore
+from flume_rx.workflows import cancelled_handoffs, flow_of, step_list
 
 JobState = Literal[
     "queued", "scheduled", "running", "retry", "dead", "done", "cancelled", "waiting", "unknown"
@@ -133,7 +133,13 @@ def _locate(
     return JobInfo(job_id, "unknown"), None
 
 
-def cancel_job(store: SyncStore, job_id: str, queues: Sequence[str], orphan_timeout_s: float) -> JobInfo:
+def cancel_job(
+    store: SyncStore,
+    job_id: str,
+    queues: Sequence[str],
+    orphan_timeout_s: float,
+    max_payload_bytes: int = codec.DEFAULT_MAX_PAYLOAD_BYTES,
+) -> JobInfo:
     """Cancel job ``job_id``: a waiting one (queued, scheduled or waiting to retry) is taken off in one step
     with a record saying so; a running one is aborted by its worker, which records it as cancelled once it
     stops. Returns what the job is afterwards: ``cancelled``, ``running`` (abort asked), or where it was
@@ -147,10 +153,20 @@ def cancel_job(store: SyncStore, job_id: str, queues: Sequence[str], orphan_time
             return info
         if info.state not in ("queued", "scheduled", "retry") or info.queue is None or payload is None:
             return info
-        if store.cancel(info.queue, job_id, payload, round(CANCELLED_KEPT_S * 1000)):
+        keep_ms = round(CANCELLED_KEPT_S * 1000)
+        # A workflow job hands on in the same step: its group still completes, its chain's later steps stop.
+        handoffs = [] if info.job is None else _cancelled_handoffs(info.job, keep_ms, max_payload_bytes)
+        if store.cancel(info.queue, job_id, payload, keep_ms, handoffs):
             return find_job(store, job_id, [info.queue], orphan_timeout_s)
     # It kept moving under us (fetched, retried): say where it is now.
     return find_job(store, job_id, queues, orphan_timeout_s)
+
+
+def _cancelled_handoffs(job: Job, keep_ms: int, max_payload_bytes: int) -> list[Handoff]:
+    try:
+        return cancelled_handoffs(job, False, keep_ms, max_payload_bytes)
+    except DecodeError:  # a malformed flow hands nothing on; the job is still taken off
+        return []
 
 
 def _find_on(

@@ -183,13 +183,15 @@ def next_in_chain(job: Job, value: Any, max_bytes: int) -> Handoff | None:
     return Handoff(step.queue, codec.encode(following, max_bytes))
 
 
-def chain_stopped(job: Job, error: str, keep_ms: int, max_bytes: int) -> list[Handoff]:
-    """The hand-offs of a chain step that went dead: every later step is recorded as cancelled, saying where
-    the chain stopped, so whoever waits for it learns at once."""
+def chain_stopped(
+    job: Job, error: str, keep_ms: int, max_bytes: int, how: str = "went dead"
+) -> list[Handoff]:
+    """The hand-offs of a chain step that went dead (or was cancelled: ``how``): every later step is recorded
+    as cancelled, saying where the chain stopped, so whoever waits for it learns at once."""
     flow = flow_of(job)
     if flow is None:
         return []
-    why = JobError("ChainStopped", f"step {job.id} ({job.worker} on {job.queue!r}) went dead: {error}")
+    why = JobError("ChainStopped", f"step {job.id} ({job.worker} on {job.queue!r}) {how}: {error}")
     return [
         Handoff(
             step.queue,
@@ -199,6 +201,23 @@ def chain_stopped(job: Job, error: str, keep_ms: int, max_bytes: int) -> list[Ha
         )
         for step in flow.chain
     ]
+
+
+def cancelled_handoffs(job: Job, running: bool, keep_ms: int, max_bytes: int) -> list[Handoff]:
+    """The hand-offs of a workflow job that ``Flume.cancel`` took off before it ran (or aborted while it ran,
+    ``running``), as a job that went dead makes them: a group member's outcome (failed, saying so), so its
+    callback still runs, and a chain's later steps recorded as stopped.
+
+    Raises:
+        DecodeError: its flow is malformed.
+    """
+    if running:
+        how, error = "was aborted", "Aborted: the job was cancelled while it ran"
+    else:
+        how, error = "was cancelled", "Cancelled: the job was taken off before it ran"
+    handoffs = chain_stopped(job, error, keep_ms, max_bytes, how=how)
+    joined = member_outcome(job, False, None, error)
+    return handoffs if joined is None else [*handoffs, joined]
 
 
 def pending_records(steps: Sequence[Step]) -> list[tuple[str, str, dict[str, bytes | str | int]]]:

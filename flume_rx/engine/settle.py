@@ -26,6 +26,7 @@ from flume_rx.registry import get_worker, result_ttl_of
 from flume_rx.store import Handoff, Settlement, is_cluster
 from flume_rx.telemetry import Telemetry
 from flume_rx.workflows import (
+    cancelled_handoffs,
     chain_stopped,
     check_one_slot,
     flow_of,
@@ -198,13 +199,14 @@ class Settler:
         self.telemetry.emit("job.cancelled", queue=job.queue, worker=job.worker, job_id=job.id)
         keep_ms = round(CANCELLED_KEPT_S * 1000)
         unique = None if job.unique_key is None or job.unique_until == "expiry" else (job.unique_key, job.id)
-        joined = member_outcome(job, False, None, "Aborted: the job was cancelled while it ran")
+        # As a job that went dead: its group learns it failed, its chain's later steps are stopped.
+        handoffs = cancelled_handoffs(job, True, keep_ms, delivery.source.max_payload_bytes)
         return Settlement(
             delivery.payload,
             "ack",
             unique=unique,
             outcome=(job.id, b"", keep_ms, "cancelled"),
-            handoffs=() if joined is None else (joined,),
+            handoffs=tuple(handoffs),
         )
 
     def _report(self, verdict: Verdict, job: Job, source: JobSource, duration_ms: float) -> None:

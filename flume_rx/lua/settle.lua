@@ -12,13 +12,7 @@
 --        data, member) flattened, or "") -> count of stale outcomes. ("stop", record index, job, keep_ms): a
 --        later step of a chain that stopped is recorded as cancelled, and its waiters told.
 -- A hand-off happens only if its outcome took the job out of the in-flight list, which happens once, so a
--- kill -9 anywhere neither loses nor doubles it. "push": data (a job) goes onto the queue KEYS[index].
--- "join": data (a member's outcome) is recorded as field m<member> of the group KEYS[index], unless already
--- there; the member that completes the group (its "size") pushes the callback onto the queue
--- KEYS[index + 1]: the group's "head", every member's outcome in order and its "tail" make the callback's
--- job record (the head ends with the header of the outcomes' list), and the group is gone. KEYS[index + 2]
--- and KEYS[index + 3] are the callback queue's dead letters and the callback's record: a completed record
--- longer than the group's "max" goes there as the group's "over" record (see workflows.group_record).
+-- kill -9 anywhere neither loses nor doubles it. What each kind does: lua/_handoff.lua.
 -- A kept outcome is written in this same step: state "done" records the result, "dead" and "cancelled"
 -- (an aborted job) the job's record; the record lives keep_ms and its name is also the channel on which
 -- the outcome is announced, so a waiting Flume.result wakes without polling.
@@ -40,13 +34,6 @@ local outcomes = cmsgpack.unpack(ARGV[3])
 -- A key this call writes that holds another type (bad data) would fail the call half-way, after jobs left the
 -- in-flight list, and Redis does not undo a script's writes: so the keys of unique claims, kept outcomes and
 -- hand-offs are checked first, and the call is refused before it writes anything.
-local function wrong_type(key, kind)
-  local found = redis.call('TYPE', key)['ok']
-  if found ~= 'none' and found ~= kind then
-    return 'settle: ' .. key .. ' holds a ' .. found .. ', not a ' .. kind
-  end
-  return nil
-end
 local bad = nil
 for i = 5, #outcomes, 6 do
   local unique = tonumber(outcomes[i])
@@ -57,18 +44,7 @@ if ARGV[6] and ARGV[6] ~= '' then
   for j = 2, #kept, 5 do bad = bad or wrong_type(KEYS[tonumber(kept[j])], 'hash') end
 end
 if ARGV[7] and ARGV[7] ~= '' then
-  local handoffs = cmsgpack.unpack(ARGV[7])
-  for j = 1, #handoffs, 5 do
-    local kind, index = handoffs[j + 1], tonumber(handoffs[j + 2])
-    if kind == 'push' then
-      bad = bad or wrong_type(KEYS[index], 'list')
-    elseif kind == 'join' then
-      bad = bad or wrong_type(KEYS[index], 'hash') or wrong_type(KEYS[index + 1], 'list')
-        or wrong_type(KEYS[index + 2], 'zset') or wrong_type(KEYS[index + 3], 'hash')
-    else
-      bad = bad or wrong_type(KEYS[index], 'hash')
-    end
-  end
+  bad = bad or handoffs_refused(cmsgpack.unpack(ARGV[7]))
 end
 if bad then
   return redis.error_reply(bad)
@@ -139,47 +115,7 @@ if ARGV[7] and ARGV[7] ~= '' then
   local flow = cmsgpack.unpack(ARGV[7])
   for j = 1, #flow, 5 do
     if removed_of[flow[j]] > 0 then
-      local key = KEYS[tonumber(flow[j + 2])]
-      if flow[j + 1] == 'push' then
-        redis.call('LPUSH', key, flow[j + 3])
-      elseif flow[j + 1] == 'stop' then
-        redis.call('HSET', key, 'state', 'cancelled', 'at_ms', now_ms, 'job', flow[j + 3])
-        redis.call('PEXPIRE', key, tonumber(flow[j + 4]))
-        redis.call('PUBLISH', key, 'cancelled')
-      else
-        local size = tonumber(redis.call('HGET', key, 'size'))
-        if size and redis.call('HSETNX', key, 'm' .. flow[j + 4], flow[j + 3]) == 1
-            and redis.call('HINCRBY', key, 'settled', 1) == size then
-          local index = tonumber(flow[j + 2])
-          local parts = { redis.call('HGET', key, 'head') }
-          local bytes = #parts[1]
-          for m = 0, size - 1 do
-            parts[m + 2] = redis.call('HGET', key, 'm' .. m)
-            bytes = bytes + #parts[m + 2]
-          end
-          -- Groups made since the callback's enqueued_at is written here carry 'mid' (the record up to it).
-          local mid = redis.call('HGET', key, 'mid')
-          if mid then
-            parts[#parts + 1] = mid .. cmsgpack.pack(now_ms / 1000)
-            bytes = bytes + #parts[#parts]
-          end
-          parts[#parts + 1] = redis.call('HGET', key, 'tail')
-          bytes = bytes + #parts[#parts]
-          local max_bytes = tonumber(redis.call('HGET', key, 'max') or '0')
-          if max_bytes > 0 and bytes > max_bytes then
-            -- The fetch would dead-letter this record unread: dead-letter the callback here instead, as a
-            -- record saying why, and tell its waiters.
-            local over = redis.call('HGET', key, 'over')
-            redis.call('ZADD', KEYS[index + 2], now_ms, over)
-            redis.call('HSET', KEYS[index + 3], 'state', 'dead', 'at_ms', now_ms, 'job', over)
-            redis.call('PEXPIRE', KEYS[index + 3], tonumber(redis.call('HGET', key, 'keep') or '86400000'))
-            redis.call('PUBLISH', KEYS[index + 3], 'dead')
-          else
-            redis.call('LPUSH', KEYS[index + 1], table.concat(parts))
-          end
-          redis.call('DEL', key)
-        end
-      end
+      hand_off(flow, j, now_ms)
     end
   end
 end

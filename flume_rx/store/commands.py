@@ -220,6 +220,35 @@ def _ops_fetch(
     )
 
 
+def _handoff_args(keys: Keys, h: Handoff, outcome: int, before: int, extra_keys: list[str]) -> list[object]:
+    """One hand-off as ``lua/_handoff.lua`` takes it, its keys appended to ``extra_keys`` (which follow
+    ``before`` keys of the script's own)."""
+    target = keys.of(h.queue)
+    if h.group:
+        # The callback's dead letters and record are written only when the outcomes are too large.
+        record = target.record(h.callback) if h.callback else target.group(h.group)
+        extra_keys += [target.group(h.group), target.queue, target.dead, record]
+        return [outcome, "join", before + len(extra_keys) - 3, h.outcome, h.member]
+    if h.stopped:
+        extra_keys.append(target.record(h.stopped))
+        return [outcome, "stop", before + len(extra_keys), h.payload, max(1, h.keep_ms)]
+    extra_keys.append(target.queue)
+    return [outcome, "push", before + len(extra_keys), h.payload, 0]
+
+
+def _ops_cancel(
+    keys: Keys, queue: str, job_id: str, payload: bytes, keep_ms: int, handoffs: Sequence[Handoff] = ()
+) -> _Eval:
+    k = keys.of(queue)
+    base = (k.queue, k.scheduled, k.retry, k.record(job_id))
+    extra: list[str] = []
+    flow: list[object] = []
+    for h in handoffs:
+        flow += _handoff_args(keys, h, 1, len(base), extra)
+    blob: bytes = msgpack.packb(flow, use_bin_type=False) if flow else b""
+    return _Eval("cancel", (*base, *extra), (payload, keep_ms, blob))
+
+
 def _ops_settle(
     keys: Keys, queue: str, consumer: str, settlements: Sequence[Settlement], dead_max: int, dead_ttl_ms: int
 ) -> _Eval:
@@ -244,18 +273,7 @@ def _ops_settle(
             unique_keys.append(k.record(job_id))
             kept += [len(flat) // 6, len(base) + len(unique_keys), result, max(1, int(keep_ms)), state]
         for h in s.handoffs:
-            target = keys.of(h.queue)
-            if h.group:
-                # The callback's dead letters and record are written only when the outcomes are too large.
-                record = target.record(h.callback) if h.callback else target.group(h.group)
-                unique_keys += [target.group(h.group), target.queue, target.dead, record]
-                flow += [len(flat) // 6, "join", len(base) + len(unique_keys) - 3, h.outcome, h.member]
-            elif h.stopped:
-                unique_keys.append(target.record(h.stopped))
-                flow += [len(flat) // 6, "stop", len(base) + len(unique_keys), h.payload, max(1, h.keep_ms)]
-            else:
-                unique_keys.append(target.queue)
-                flow += [len(flat) // 6, "push", len(base) + len(unique_keys), h.payload, 0]
+            flow += _handoff_args(keys, h, len(flat) // 6, len(base), unique_keys)
     # Redis's cmsgpack reads only the old raw type, hence use_bin_type=False (bytes stay bytes in Lua).
     outcomes: bytes = msgpack.packb(flat, use_bin_type=False)
     kept_blob: bytes = msgpack.packb(kept, use_bin_type=False) if kept else b""

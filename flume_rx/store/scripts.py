@@ -51,6 +51,8 @@ _PRELUDES: dict[str, tuple[str, ...]] = {
     "fetch_weighted": ("_oversized",),
     "take_tokens": ("_window",),
     "take_tokens_multi": ("_window",),
+    "settle": ("_handoff",),
+    "cancel": ("_handoff",),
 }
 """Shared Lua a script begins with, as Redis scripts cannot include files: ``lua/_<part>.lua``."""
 

@@ -15,11 +15,13 @@ from flume_rx.store.commands import (
     DEAD_RETRY_CHUNK,
     DEFAULT_ORPHAN_TIMEOUT_S,
     ConsumerInfo,
+    Handoff,
     PeekWhere,
     QueueStats,
     RatePoint,
     UniqueEnqueue,
     _hash,
+    _ops_cancel,
     _ops_consumers,
     _ops_dead_retry,
     _ops_dead_retry_oldest,
@@ -43,7 +45,7 @@ from flume_rx.store.commands import (
 )
 from flume_rx.store.connection import _check_client, _client_kwargs, cluster_url, invalid_url
 from flume_rx.store.keys import Keys
-from flume_rx.store.scripts import Arg, SyncRunner, _Cmd, _Eval, _Op
+from flume_rx.store.scripts import Arg, SyncRunner, _Cmd, _Op
 
 
 class SyncStore:
@@ -302,12 +304,13 @@ class SyncStore:
         """Like :meth:`RedisStore.abort`."""
         return int(self._run.one(_Cmd(("PUBLISH", self.keys.abort_channel, job_id))))
 
-    def cancel(self, queue: str, job_id: str, payload: bytes, keep_ms: int) -> bool:
+    def cancel(
+        self, queue: str, job_id: str, payload: bytes, keep_ms: int, handoffs: Sequence[Handoff] = ()
+    ) -> bool:
         """Take the waiting job ``payload`` off ``queue`` (queued, scheduled or retry) and record it as
-        cancelled for ``keep_ms``; False when it was no longer waiting."""
-        k = self.keys.of(queue)
-        op = _Eval("cancel", (k.queue, k.scheduled, k.retry, k.record(job_id)), (payload, keep_ms))
-        return bool(self._run.one(op))
+        cancelled for ``keep_ms``, making its workflow ``handoffs`` in the same step; False when it was no
+        longer waiting."""
+        return bool(self._run.one(_ops_cancel(self.keys, queue, job_id, payload, keep_ms, handoffs)))
 
     def dead_purge(self, queue: str) -> int:
         dead = self.keys.of(queue).dead

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from flume_rx import Flume, JobFailed
+from flume_rx import Flume, JobCancelled, JobFailed
 from flume_rx.config import RetryConfig
 from tests.faults.harness import runs
 
@@ -74,6 +74,11 @@ def test_a_step_after_a_cancelled_or_dead_one_says_its_chain_stopped(flume: Flum
     assert flume.cancel(cancelled.ids[0]).state == "cancelled"
     after = flume.job(cancelled.ids[1])
     assert (after.state, after.after) == ("cancelled", cancelled.ids[0])
+    # Recorded in the cancel's own step, so a waiter learns at once rather than at its timeout.
+    assert after.error is not None and after.error.kind == "ChainStopped"
+    assert f"step {cancelled.ids[0]} (wf.count on 'wf/a') was cancelled" in after.error.message
+    with pytest.raises(JobCancelled):
+        flume.result(cancelled.ids[1], "wf/a", timeout=5)
 
     failed = flume.chain([("wf/a", "wf.fail", ["f1"]), ("wf/a", "wf.count", ["f2"])])
     _drain(flume, "wf/a")
@@ -175,3 +180,24 @@ def test_the_cli_shows_a_jobs_chain(flume: Flume, redis_url: str, tmp_path: Path
         (chain.ids[0], "queued"),
         (chain.ids[1], "waiting"),
     ]
+
+
+def test_a_cancelled_member_still_completes_its_group(flume: Flume) -> None:
+    group = flume.group(
+        [("wf/a", "wf.count", ["k0"]), ("wf/a", "wf.count", ["k1"])], then=("wf/t", "wf.gather", ["kept"])
+    )
+    assert flume.cancel(group.members[1]).state == "cancelled"
+    workflow = flume.workflow(group.then)
+    assert workflow is not None and workflow.settled == 1  # the cancel recorded its outcome in the group
+    _drain(flume, "wf/a")
+    _drain(flume, "wf/t")
+    assert flume.result(group.then, "wf/t", timeout=10) == [
+        {"id": group.members[0], "ok": True, "result": 1, "error": None},
+        {
+            "id": group.members[1],
+            "ok": False,
+            "result": None,
+            "error": "Cancelled: the job was taken off before it ran",
+        },
+    ]
+    assert "k1" not in runs(redis.Redis.from_url(flume.redis_url))

@@ -145,6 +145,20 @@ def test_an_aborted_member_counts_as_failed_and_the_callback_still_runs(
     assert outcomes[1]["error"].startswith("Aborted")
 
 
+def test_an_aborted_chain_step_stops_its_chain(workers: WorkerProcess, flume: Flume) -> None:
+    chain = flume.chain([("wf/a", "wf.wait", ["c-abort"]), ("wf/b", "wf.count", ["after-abort"])])
+    wait_until(lambda: flume.job(chain.ids[0], "wf/a").state == "running", 30, "the first step to start")
+    assert flume.job(chain.ids[1], "wf/b").state == "waiting"
+    assert flume.cancel(chain.ids[0], "wf/a").state == "running"  # the abort is asked; the worker stops it
+    # The abort's settle records the later step as stopped, so its waiter wakes at once.
+    with pytest.raises(JobCancelled):
+        flume.result(chain.last, chain.last_queue, timeout=60)
+    stopped = flume.job(chain.ids[1], "wf/b")
+    assert stopped.state == "cancelled" and stopped.error is not None and stopped.error.kind == "ChainStopped"
+    assert "was aborted" in stopped.error.message
+    assert "after-abort" not in runs(redis.Redis.from_url(flume.redis_url))
+
+
 def test_a_member_whose_settle_redis_refuses_still_completes_its_group(
     flume: Flume, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
