@@ -34,11 +34,11 @@ import redis
 from benchmarks import stats
 from benchmarks.runner import machine_info
 from flume_rx import Flume, worker
-from flume_rx import config as config_module
-from flume_rx.embedded import RedisServer
-from flume_rx.runtime import WorkerRuntime
+from flume_rx.model import config as config_module
+from flume_rx.model.telemetry import Event, Telemetry
 from flume_rx.store import RedisStore
-from flume_rx.telemetry import Event, Telemetry
+from flume_rx.surfaces.embedded import RedisServer
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 QUEUE = "perkey"
 RESULTS = Path(__file__).resolve().parent / "results" / "per_key_limits.json"

@@ -27,9 +27,9 @@ import redis
 from benchmarks import stats
 from benchmarks.runner import machine_info
 from flume_rx import Flume, worker
-from flume_rx import config as config_module
-from flume_rx.embedded import RedisServer
-from flume_rx.runtime import WorkerRuntime
+from flume_rx.model import config as config_module
+from flume_rx.surfaces.embedded import RedisServer
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 URGENT, BULK = "bench/urgent", "bench/bulk"
 RESULTS = Path(__file__).resolve().parent / "results" / "priorities.json"

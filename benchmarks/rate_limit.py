@@ -32,8 +32,9 @@ from typing import Any
 
 import redis
 
-from flume_rx.client import Flume
-from flume_rx.demo import (
+from flume_rx.store import SyncStore, _sha
+from flume_rx.surfaces.client import Flume
+from flume_rx.surfaces.demo import (
     DEMO_QUEUE,
     DEMO_WORKER,
     FAKE_SES_ENV,
@@ -42,8 +43,7 @@ from flume_rx.demo import (
     FakeSES,
     worker_processes,
 )
-from flume_rx.embedded import RedisServer
-from flume_rx.store import SyncStore, _sha
+from flume_rx.surfaces.embedded import RedisServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -52,7 +52,7 @@ def _config(redis_url: str, namespace: str, allowed: int) -> str:
     return f"""
 redis_url = "{redis_url}"
 namespace = "{namespace}"
-imports = ["flume_rx.demo"]
+imports = ["flume_rx.surfaces.demo"]
 shutdown_timeout = 3000
 
 [pipelines.{DEMO_QUEUE}]
@@ -67,7 +67,7 @@ def _adaptive_config(redis_url: str, namespace: str, allowed: int, stages: int) 
     return f"""
 redis_url = "{redis_url}"
 namespace = "{namespace}"
-imports = ["flume_rx.demo"]
+imports = ["flume_rx.surfaces.demo"]
 shutdown_timeout = 3000
 
 [pipelines.{DEMO_QUEUE}]

@@ -1,6 +1,6 @@
 """A private redis-server for one benchmark run: its own free port and temp dir, never 6379.
 
-Uses ``flume_rx.embedded.RedisServer`` when the package has it, so the suite and the project agree on how
+Uses ``flume_rx.surfaces.embedded.RedisServer`` when the package has it, so the suite and the project agree on how
 a private Redis is started; otherwise a small launcher of the system binary.
 """
 
@@ -18,7 +18,7 @@ from types import TracebackType
 
 import redis
 
-from flume_rx.embedded import find_redis_server
+from flume_rx.surfaces.embedded import find_redis_server
 
 
 def _free_port() -> int:
@@ -93,7 +93,7 @@ class LocalRedis:
 def private_redis() -> Iterator[str]:
     """Yield the URL of a fresh private Redis and stop it afterwards."""
     try:
-        from flume_rx.embedded import RedisServer  # type: ignore[attr-defined, unused-ignore]
+        from flume_rx.surfaces.embedded import RedisServer  # type: ignore[attr-defined, unused-ignore]
     except ImportError:
         with LocalRedis() as server:
             yield server.url

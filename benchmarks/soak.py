@@ -25,8 +25,8 @@ from typing import Any
 import redis
 
 from flume_rx import Flume, worker
-from flume_rx.embedded import RedisServer
 from flume_rx.store.keys import Keys
+from flume_rx.surfaces.embedded import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "soak"
@@ -61,7 +61,7 @@ def _spawn(config: Path, log_dir: Path, name: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with open(log_dir / f"{name}.log", "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "flume_rx.cli", "worker", "--config", str(config)],
+            [sys.executable, "-m", "flume_rx", "worker", "--config", str(config)],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,

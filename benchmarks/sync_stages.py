@@ -35,8 +35,8 @@ import reactivex
 import redis
 
 from flume_rx import operators as fo
-from flume_rx.embedded import RedisServer
 from flume_rx.engine.threads import StageThreads
+from flume_rx.surfaces.embedded import RedisServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from flume_rx import Flume, worker
-from flume_rx import config as config_module
-from flume_rx.embedded import RedisServer
-from flume_rx.runtime import WorkerRuntime
-from flume_rx.telemetry import Event, Telemetry
+from flume_rx.model import config as config_module
+from flume_rx.model.telemetry import Event, Telemetry
+from flume_rx.surfaces.embedded import RedisServer
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 RESULTS = Path(__file__).resolve().parent / "results" / "telemetry_cost.json"
 QUEUE = "bench"
@@ -52,7 +52,7 @@ def _listen(mode: str, telemetry: Telemetry) -> Callable[[], None]:
         subscription = telemetry.events.subscribe(_ignore)
         return subscription.dispose
     if mode == "prometheus":
-        from flume_rx.metrics import PrometheusMetrics
+        from flume_rx.surfaces.metrics import PrometheusMetrics
 
         return PrometheusMetrics(telemetry).close
     raise ValueError(f"unknown mode {mode!r}")

@@ -24,9 +24,9 @@ from typing import Any
 import redis
 
 from flume_rx import Flume, worker
-from flume_rx import config as config_module
-from flume_rx.embedded import RedisServer
-from flume_rx.runtime import WorkerRuntime
+from flume_rx.model import config as config_module
+from flume_rx.surfaces.embedded import RedisServer
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUEUE = "bench"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flume_rx.errors import (
+from flume_rx.model.errors import (
     BatchFailed,
     ConfigError,
     DecodeError,
@@ -23,14 +23,14 @@ from flume_rx.errors import (
     Throttled,
     UnknownWorker,
 )
-from flume_rx.job import Job, JobError
-from flume_rx.registry import WorkerHandle, worker
+from flume_rx.model.job import Job, JobError
+from flume_rx.model.registry import WorkerHandle, worker
 
 if TYPE_CHECKING:
-    from flume_rx.client import Flume
     from flume_rx.engine.current import current_job
     from flume_rx.engine.keyed import from_args
     from flume_rx.operators import throttle_by_key
+    from flume_rx.surfaces.client import Flume
 
 __version__ = "0.1.0"
 
@@ -64,7 +64,7 @@ def __getattr__(name: str) -> Any:
     # Flume pulls in redis and reactivex; importing it lazily keeps `import flume_rx` cheap for workers'
     # modules that only need @worker.
     if name == "Flume":
-        from flume_rx.client import Flume
+        from flume_rx.surfaces.client import Flume
 
         return Flume
     if name == "current_job":

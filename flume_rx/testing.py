@@ -28,12 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from flume_rx import codec
-from flume_rx.errors import ConfigError
-from flume_rx.job import Flow, Job
-from flume_rx.producer import Producer, Uniqueness, When
-from flume_rx.registry import get_worker
-from flume_rx.workflows import (
+from flume_rx.engine.workflows import (
     Chain,
     Group,
     StepSpec,
@@ -45,6 +40,11 @@ from flume_rx.workflows import (
     next_in_chain,
     steps_of,
 )
+from flume_rx.model import codec
+from flume_rx.model.errors import ConfigError
+from flume_rx.model.job import Flow, Job
+from flume_rx.model.registry import get_worker
+from flume_rx.surfaces.producer import Producer, Uniqueness, When
 
 __all__ = ["FlumeTest", "Run"]
 

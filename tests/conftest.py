@@ -8,7 +8,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, settings
 
-from flume_rx.embedded import RedisServer
+from flume_rx.surfaces.embedded import RedisServer
 
 # Speed is never what a test here checks (the machine is shared, its load unknown): no per-example deadline,
 # and no health check failing a test because drawing its inputs was slow (test_codec's round trip did, at a

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from flume_rx import Flume
-from flume_rx.errors import ConfigError
-from flume_rx.priorities import WeightedSource
-from flume_rx.producer import Producer
+from flume_rx.engine.priorities import WeightedSource
+from flume_rx.model.errors import ConfigError
+from flume_rx.surfaces.producer import Producer
 from flume_rx.testing import FlumeTest
 
 NOWHERE = "redis://127.0.0.1:9/0"  # the discard port: nothing answers
@@ -90,7 +90,7 @@ def test_run_needs_a_pipeline_and_a_source(flume: Flume) -> None:
 
 @pytest.mark.parametrize("verb", ["enqueue", "bulk_enqueue", "enqueue_in", "enqueue_at"])
 def test_the_test_stand_in_enqueues_through_the_same_code(verb: str) -> None:
-    """FlumeTest and Flume share one enqueue API (flume_rx.producer), so they accept and refuse alike."""
+    """FlumeTest and Flume share one enqueue API (flume_rx.surfaces.producer), so they accept and refuse alike."""
     assert getattr(Flume, verb) is getattr(Producer, verb) is getattr(FlumeTest, verb)
 
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flume_rx import codec
-from flume_rx.errors import DecodeError, EncodeError
-from flume_rx.job import MAX_ATTEMPT, UNIQUE_UNTIL, Job, JobError
+from flume_rx.model import codec
+from flume_rx.model.errors import DecodeError, EncodeError
+from flume_rx.model.job import MAX_ATTEMPT, UNIQUE_UNTIL, Job, JobError
 
 scalars = (
     st.none()

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from flume_rx.config import load, pacing_burst, parse
-from flume_rx.errors import ConfigError
-from flume_rx.job import check_name
-from flume_rx.registry import worker
+from flume_rx.model.config import load, pacing_burst, parse
+from flume_rx.model.errors import ConfigError
+from flume_rx.model.job import check_name
+from flume_rx.model.registry import worker
 from flume_rx.store.keys import Keys
 
 URL = "redis://127.0.0.1:6390/0"
@@ -116,7 +116,7 @@ def test_load_reads_toml_and_a_missing_file_is_one_clear_error(tmp_path: Path) -
 
 @pytest.mark.parametrize("name", ["", "{email}", "em}ail"])
 def test_every_place_that_takes_a_queue_name_refuses_a_brace_the_same_way(name: object) -> None:
-    """One check (flume_rx.job.check_name) behind the config, the registry and the key builder."""
+    """One check (flume_rx.model.job.check_name) behind the config, the registry and the key builder."""
     with pytest.raises(ConfigError, match="must be a non-empty string without braces"):
         check_name(name)
     with pytest.raises(ConfigError, match="queue name must be a non-empty string without braces"):

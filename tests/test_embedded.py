@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flume_rx import embedded
-from flume_rx.cli import main as cli_main
+from flume_rx.surfaces import embedded
+from flume_rx.surfaces.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,8 +1,8 @@
-"""flume_rx's modules import each other without a cycle, counting imports inside functions too.
+"""flume_rx's modules import only their own layer and the layers before it, and never in a cycle.
 
-An import placed inside a function to dodge a cycle still couples the two modules both ways; this test reads
-every module of flume_rx/ (operators/ included) and fails on any strongly connected group of two or more.
-Imports under ``if TYPE_CHECKING:`` are left out: they never run.
+The layers are folders (DEVELOPERS.md, "Where things live"): operators, model, integrations, store, engine,
+surfaces. Imports inside functions count too: one placed there to dodge a cycle still couples the two modules
+both ways. Imports under ``if TYPE_CHECKING:`` are left out: they never run.
 """
 
 from __future__ import annotations
@@ -103,6 +103,50 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_finder_sees_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+LAYERS = ("operators", "model", "integrations", "store", "engine", "surfaces")
+"""In order: a module may import its own layer and those before it, never one after."""
+
+TOP = {"flume_rx": "surfaces", "flume_rx.__main__": "surfaces", "flume_rx.testing": "surfaces"}
+"""The package's public entry points at the top (``import flume_rx``, ``python -m flume_rx``,
+``flume_rx.testing``) belong to the last layer: nothing below may import them."""
+
+EXCEPTIONS: set[tuple[str, str]] = set()
+"""(importer, imported) pairs allowed to reach a later layer, each with its reason. None today."""
+
+
+def layer_of(module: str) -> str:
+    if module in TOP:
+        return TOP[module]
+    parts = module.split(".")
+    if len(parts) < 2 or parts[1] not in LAYERS:
+        raise AssertionError(f"{module} is in no layer; put it in one of flume_rx/{{{','.join(LAYERS)}}}/")
+    return parts[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Each import of a module from a later layer, as "importer (layer) -> imported (layer)"."""
+    rank = {layer: i for i, layer in enumerate(LAYERS)}
+    found = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            if rank[layer_of(target)] > rank[layer_of(module)] and (module, target) not in EXCEPTIONS:
+                found.append(f"{module} ({layer_of(module)}) -> {target} ({layer_of(target)})")
+    return found
+
+
+def test_the_layer_check_sees_an_upward_import() -> None:
+    graph = {"flume_rx.model.job": {"flume_rx.store.keys"}, "flume_rx.store.keys": {"flume_rx.model.job"}}
+    assert upward_imports(graph) == ["flume_rx.model.job (model) -> flume_rx.store.keys (store)"]
+    assert upward_imports({"flume_rx.testing": {"flume_rx.engine.source"}}) == []
+    assert upward_imports({"flume_rx.engine.source": {"flume_rx.testing"}}) != []
+
+
+def test_every_module_lies_in_a_layer_and_imports_none_after_it() -> None:
+    modules = module_files()
+    graph = {name: imports_of(name, path, modules) for name, path in modules.items()}
+    assert upward_imports(graph) == []
 
 
 def test_flume_rx_has_no_import_cycle() -> None:

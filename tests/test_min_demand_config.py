@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from flume_rx import Flume
-from flume_rx.config import parse
-from flume_rx.errors import ConfigError
+from flume_rx.model.config import parse
+from flume_rx.model.errors import ConfigError
 
 
 @pytest.mark.parametrize("min_demand", [-1, 100, 250, "half", True])

@@ -8,7 +8,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from flume_rx.errors import StoreError
+from flume_rx.model.errors import StoreError
 from flume_rx.store import _OutageLog
 
 

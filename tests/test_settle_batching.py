@@ -15,12 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flume_rx import operators as fo
-from flume_rx.config import RetryConfig
 from flume_rx.engine.decide import SettlePolicy
-from flume_rx.job import Job
-from flume_rx.pipeline import Delivery, Settler
+from flume_rx.engine.settle import Settler
+from flume_rx.engine.source import Delivery
+from flume_rx.model.config import RetryConfig
+from flume_rx.model.job import Job
+from flume_rx.model.telemetry import Telemetry
 from flume_rx.store import Settlement
-from flume_rx.telemetry import Telemetry
 
 
 class RecordingSource:

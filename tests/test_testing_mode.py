@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flume_rx import EncodeError, UnknownWorker, worker
-from flume_rx.errors import ConfigError
-from flume_rx.registry import unregister
+from flume_rx.model.errors import ConfigError
+from flume_rx.model.registry import unregister
 from flume_rx.testing import FlumeTest
 
 NAMES = ("TSync", "TAsync", "TBatch", "TFails", "TChain")

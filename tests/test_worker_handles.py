@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from flume_rx import ConfigError, Flume, WorkerHandle, worker
-from flume_rx.registry import get_worker, unregister
+from flume_rx.model.registry import get_worker, unregister
 from flume_rx.testing import FlumeTest
 
 

@@ -8,11 +8,7 @@ import dataclasses
 import msgpack
 import pytest
 
-from flume_rx import codec
-from flume_rx.errors import ConfigError, DecodeError
-from flume_rx.job import Flow, Job, Step
-from flume_rx.store import Keys
-from flume_rx.workflows import (
+from flume_rx.engine.workflows import (
     FLOW,
     check_one_slot,
     flow_of,
@@ -22,6 +18,10 @@ from flume_rx.workflows import (
     job_of,
     next_in_chain,
 )
+from flume_rx.model import codec
+from flume_rx.model.errors import ConfigError, DecodeError
+from flume_rx.model.job import Flow, Job, Step
+from flume_rx.store import Keys
 
 
 def test_a_chain_step_round_trips_through_the_codec_and_a_plain_job_stays_short() -> None:
@@ -106,7 +106,7 @@ def test_the_next_step_carries_the_trace_context_of_the_chain() -> None:
 
 def test_the_test_mode_runs_chains_and_groups_without_redis() -> None:
     from flume_rx import worker
-    from flume_rx.registry import unregister
+    from flume_rx.model.registry import unregister
     from flume_rx.testing import FlumeTest
 
     @worker("wf.test.add")

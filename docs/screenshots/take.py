@@ -27,11 +27,11 @@ from pathlib import Path
 from rich.console import Console
 
 from flume_rx import Flume, worker
-from flume_rx import config as config_module
-from flume_rx.embedded import RedisServer
-from flume_rx.runtime import WorkerRuntime
+from flume_rx.model import config as config_module
 from flume_rx.store import SyncStore
-from flume_rx.watch import render, snapshot
+from flume_rx.surfaces.embedded import RedisServer
+from flume_rx.surfaces.runtime import WorkerRuntime
+from flume_rx.surfaces.watch import render, snapshot
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -99,7 +99,7 @@ def main() -> int:
             [
                 sys.executable,
                 "-m",
-                "flume_rx.cli",
+                "flume_rx",
                 "dashboard",
                 "--config",
                 str(config_file),

@@ -11,13 +11,13 @@ from reactivex import Observable
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from flume_rx import operators as fo
-from flume_rx.config import PipelineConfig
 from flume_rx.engine.build import pacing_of
 from flume_rx.engine.keyed import key_of
 from flume_rx.engine.processor import run_workers
 from flume_rx.engine.source import Delivery, JobSource
-from flume_rx.job import Job
-from flume_rx.registry import load_callable
+from flume_rx.model.config import PipelineConfig
+from flume_rx.model.job import Job
+from flume_rx.model.registry import load_callable
 from flume_rx.store.windows import RedisKeyedWindow
 
 

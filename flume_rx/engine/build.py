@@ -1,6 +1,6 @@
 """One builder for every pipeline, written in a config file or in code: its source and its shared window.
 
-The runtime (config pipelines) and :class:`~flume_rx.client.Flume` (``flume.source(...)``,
+The runtime (config pipelines) and :class:`~flume_rx.surfaces.client.Flume` (``flume.source(...)``,
 ``flume.window(...)``) both build through these functions, so a source gets the same fields and a window the
 same pacing whichever way the pipeline was written; :func:`~flume_rx.engine.assemble.assemble` then adds the
 operators a config names.
@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from flume_rx import operators as fo
-from flume_rx.config import PipelineConfig, pacing_burst
+from flume_rx.engine.priorities import WeightedSource
 from flume_rx.engine.source import BurstMode, JobSource
-from flume_rx.priorities import WeightedSource
+from flume_rx.model.config import PipelineConfig, pacing_burst
+from flume_rx.model.telemetry import Telemetry
 from flume_rx.store import RedisStore, RedisTokenWindow
-from flume_rx.telemetry import Telemetry
 
 
 def shared_window(
@@ -62,7 +62,7 @@ def make_source(
     burst: bool = False,
     burst_until: BurstMode = "drained",
 ) -> JobSource:
-    """The source of the pipeline ``config``: a :class:`~flume_rx.priorities.WeightedSource` when it serves
+    """The source of the pipeline ``config``: a :class:`~flume_rx.engine.priorities.WeightedSource` when it serves
     several queues, else a :class:`~flume_rx.engine.source.JobSource`."""
     common: dict[str, Any] = {
         "store": store,

@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flume_rx.engine.source import Delivery
-from flume_rx.errors import ConfigError, JobAborted
 from flume_rx.integrations.otel import in_span
-from flume_rx.job import Job
+from flume_rx.model.errors import ConfigError, JobAborted
+from flume_rx.model.job import Job
 
 logger = logging.getLogger("flume_rx.current")
 

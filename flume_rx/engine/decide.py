@@ -14,11 +14,11 @@ import traceback
 from dataclasses import dataclass
 from typing import Literal
 
-from flume_rx import codec
 from flume_rx import operators as fo
-from flume_rx.config import RetryConfig
-from flume_rx.errors import JobTimeout, Throttled, UnknownWorker
-from flume_rx.job import Job, JobError
+from flume_rx.model import codec
+from flume_rx.model.config import RetryConfig
+from flume_rx.model.errors import JobTimeout, Throttled, UnknownWorker
+from flume_rx.model.job import Job, JobError
 from flume_rx.store import Settlement
 
 TRACEBACK_TAIL_CHARS = 2000

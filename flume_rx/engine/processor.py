@@ -16,15 +16,15 @@ from flume_rx import operators as fo
 from flume_rx.engine.current import ASYNC_JOB, in_span_async, run_as_job
 from flume_rx.engine.source import Delivery, NotStarted
 from flume_rx.engine.threads import StageThreads
-from flume_rx.errors import (
+from flume_rx.integrations.otel import is_traced, start_run_span
+from flume_rx.model.errors import (
     BatchFailed,
     Throttled,
     UnknownWorker,
 )
-from flume_rx.integrations.otel import is_traced, start_run_span
-from flume_rx.job import Job
-from flume_rx.registry import get_worker
-from flume_rx.telemetry import Telemetry
+from flume_rx.model.job import Job
+from flume_rx.model.registry import get_worker
+from flume_rx.model.telemetry import Telemetry
 
 
 def run_workers(

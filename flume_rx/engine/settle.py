@@ -10,22 +10,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
-from flume_rx import codec, registry
 from flume_rx import operators as fo
 from flume_rx.engine.current import PROGRESS_KEPT_S
 from flume_rx.engine.decide import Verdict, decide
+from flume_rx.engine.rate_watch import RateWatch
 from flume_rx.engine.source import Delivery, JobSource, NotStarted
-from flume_rx.errors import (
-    BadArguments,
-    UnknownWorker,
-)
-from flume_rx.integrations.otel import end_run_span
-from flume_rx.job import CANCELLED_KEPT_S, Job, JobError
-from flume_rx.rate_watch import RateWatch
-from flume_rx.registry import get_worker, result_ttl_of
-from flume_rx.store import Handoff, Settlement, is_cluster
-from flume_rx.telemetry import Telemetry
-from flume_rx.workflows import (
+from flume_rx.engine.workflows import (
     cancelled_handoffs,
     chain_stopped,
     check_one_slot,
@@ -35,6 +25,16 @@ from flume_rx.workflows import (
     member_outcome,
     next_in_chain,
 )
+from flume_rx.integrations.otel import end_run_span
+from flume_rx.model import codec, registry
+from flume_rx.model.errors import (
+    BadArguments,
+    UnknownWorker,
+)
+from flume_rx.model.job import CANCELLED_KEPT_S, Job, JobError
+from flume_rx.model.registry import get_worker, result_ttl_of
+from flume_rx.model.telemetry import Telemetry
+from flume_rx.store import Handoff, Settlement, is_cluster
 
 logger = logging.getLogger("flume_rx.pipeline")
 

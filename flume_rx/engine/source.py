@@ -15,18 +15,18 @@ import reactivex
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
-from flume_rx import codec
 from flume_rx import operators as fo
-from flume_rx.config import RetryConfig
 from flume_rx.engine.decide import SettlePolicy
-from flume_rx.errors import (
+from flume_rx.engine.rate_watch import RateWatch
+from flume_rx.model import codec
+from flume_rx.model.config import RetryConfig
+from flume_rx.model.errors import (
     DecodeError,
     StoreError,
 )
-from flume_rx.job import Job, JobError
-from flume_rx.rate_watch import RateWatch
+from flume_rx.model.job import Job, JobError
+from flume_rx.model.telemetry import Telemetry
 from flume_rx.store import Outage, RedisStore, Settlement, through_outage
-from flume_rx.telemetry import Telemetry
 
 logger = logging.getLogger("flume_rx.pipeline")
 

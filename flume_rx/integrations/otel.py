@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flume_rx.job import Job
+from flume_rx.model.job import Job
 
 try:
     from opentelemetry import propagate, trace

@@ -58,8 +58,8 @@ except ImportError as exc:  # pragma: no cover - depends on how flume_rx was ins
         "`pip install 'flume_rx[ses]'`"
     ) from exc
 
-from flume_rx.errors import BatchFailed, ConfigError, FlumeError, Throttled
-from flume_rx.registry import worker
+from flume_rx.model.errors import BatchFailed, ConfigError, FlumeError, Throttled
+from flume_rx.model.registry import worker
 
 if TYPE_CHECKING:
     from mypy_boto3_ses import SESClient

@@ -23,6 +23,7 @@ Modules, each with one concern:
 """
 
 # The underscored names are imported from here by tests and benchmarks written against the single module.
+from flume_rx.model.urls import redact_url
 from flume_rx.store.commands import (  # noqa: F401
     DEAD_RETRY_CHUNK,
     LATENCY_SAMPLES,
@@ -42,7 +43,7 @@ from flume_rx.store.commands import (  # noqa: F401
     _ops_requeue,
     _ops_settle,
 )
-from flume_rx.store.connection import CLUSTER_SCHEMES, cluster_url, describe_endpoint, is_cluster, redact_url
+from flume_rx.store.connection import CLUSTER_SCHEMES, cluster_url, describe_endpoint, is_cluster
 from flume_rx.store.keys import Keys, QueueKeys
 from flume_rx.store.outage import (
     OUTAGE_LOG,

@@ -14,7 +14,7 @@ from typing import Any, Literal, NamedTuple, TypedDict
 
 import msgpack
 
-from flume_rx.codec import DEFAULT_MAX_PAYLOAD_BYTES
+from flume_rx.model.codec import DEFAULT_MAX_PAYLOAD_BYTES
 from flume_rx.store.keys import Keys
 from flume_rx.store.scripts import Arg, _Cmd, _Eval, _Op
 

@@ -1,10 +1,12 @@
-"""Redis URLs and clients: cluster URLs, endpoint descriptions, URL redaction, client checks."""
+"""Redis clients: cluster URLs, endpoint descriptions, client checks.
+
+The URL checks and the one redaction are :mod:`flume_rx.model.urls` (the config checks URLs without Redis).
+"""
 
 from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
@@ -14,32 +16,7 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from flume_rx.errors import ConfigError, DataError, StoreError
-
-REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
-"""The URL schemes flume_rx takes: plain, TLS, a Unix socket, and a Redis Cluster (plain or TLS)."""
-
-
-def invalid_url(url: str, problem: str) -> ConfigError:
-    """The error for a Redis URL that is not one flume_rx can use, naming every scheme it takes."""
-    return ConfigError(
-        f"redis_url {redact_url(url)!r} is not a valid Redis URL ({problem}); write it as one of "
-        f"{', '.join(s + '...' for s in REDIS_URL_SCHEMES)}, e.g. redis://127.0.0.1:6379/0"
-    )
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its user name and password, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable Redis URL>"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
+from flume_rx.model.errors import ConfigError, DataError, StoreError
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 """URL schemes that ask for a Redis Cluster client; the host:port is any node of the cluster."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flume_rx.job import check_name
+from flume_rx.model.job import check_name
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from redis.exceptions import ResponseError
 
-from flume_rx.errors import DataError, StoreError
+from flume_rx.model.errors import DataError, StoreError
 
 log = logging.getLogger("flume_rx.store")
 

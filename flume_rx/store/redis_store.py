@@ -12,8 +12,9 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
-from flume_rx.codec import DEFAULT_MAX_PAYLOAD_BYTES
-from flume_rx.errors import ConfigError
+from flume_rx.model.codec import DEFAULT_MAX_PAYLOAD_BYTES
+from flume_rx.model.errors import ConfigError
+from flume_rx.model.urls import invalid_url
 from flume_rx.operators import AdaptiveTuning
 from flume_rx.store.commands import (
     _STATS_FIRST,
@@ -66,7 +67,6 @@ from flume_rx.store.connection import (
     _client_kwargs,
     _connection_kwargs,
     cluster_url,
-    invalid_url,
 )
 from flume_rx.store.keys import Keys
 from flume_rx.store.scripts import Arg, AsyncRunner, _Cmd, _Eval, _Op

@@ -10,6 +10,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
+from flume_rx.model.urls import invalid_url
 from flume_rx.store.commands import (
     _STATS_FIRST,
     DEAD_RETRY_CHUNK,
@@ -43,7 +44,7 @@ from flume_rx.store.commands import (
     _parse_unique,
     _text,
 )
-from flume_rx.store.connection import _check_client, _client_kwargs, cluster_url, invalid_url
+from flume_rx.store.connection import _check_client, _client_kwargs, cluster_url
 from flume_rx.store.keys import Keys
 from flume_rx.store.scripts import Arg, SyncRunner, _Cmd, _Op
 

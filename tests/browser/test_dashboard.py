@@ -26,9 +26,9 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from flume_rx import Flume, worker
-from flume_rx import config as config_module
-from flume_rx.registry import unregister
-from flume_rx.runtime import WorkerRuntime
+from flume_rx.model import config as config_module
+from flume_rx.model.registry import unregister
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 QUEUE = "emails"
 NS = "dash"
@@ -88,7 +88,7 @@ def dashboard(redis_url: str, tmp_path: Path) -> Iterator[Callable[[bool], str]]
         command = [
             sys.executable,
             "-m",
-            "flume_rx.cli",
+            "flume_rx",
             "dashboard",
             "--config",
             str(config),

@@ -11,7 +11,7 @@ from contextlib import ExitStack
 import pytest
 import redis
 
-from flume_rx.embedded import RedisServer
+from flume_rx.surfaces.embedded import RedisServer
 
 
 class LocalCluster:

@@ -14,8 +14,9 @@ import redis.cluster
 from faults.harness import QUEUE, WorkerProcess, runs, wait_until, write_config
 from redis.crc import key_slot
 
-from flume_rx import Flume, codec
-from flume_rx.job import Job
+from flume_rx import Flume
+from flume_rx.model import codec
+from flume_rx.model.job import Job
 from flume_rx.store import Handoff, RedisStore, Settlement, SyncStore, UniqueEnqueue
 from flume_rx.store.keys import Keys
 from flume_rx.store.scripts import AsyncRunner, SyncRunner, _Eval, _Op
@@ -193,7 +194,7 @@ def test_a_workflow_runs_on_the_cluster_and_one_across_slots_is_refused(
     monkeypatch.setenv("FLUME_TEST_REDIS_URL", redis_url)  # where the workers count their runs
     import tests.integration.workflow_workers  # noqa: F401  (registers the workers in this process)
     from flume_rx import ConfigError
-    from flume_rx.config import RetryConfig
+    from flume_rx.model.config import RetryConfig
 
     with Flume(cluster.url, "t") as flume:
         with pytest.raises(ConfigError, match="one group"):

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flume_rx import codec
-from flume_rx.config import RetryConfig
 from flume_rx.engine.decide import SettlePolicy, Verdict, decide
-from flume_rx.errors import BatchFailed, JobTimeout, Throttled, UnknownWorker
-from flume_rx.job import Job
+from flume_rx.model import codec
+from flume_rx.model.config import RetryConfig
+from flume_rx.model.errors import BatchFailed, JobTimeout, Throttled, UnknownWorker
+from flume_rx.model.job import Job
 
 POLICY = SettlePolicy(RetryConfig(max_retries=2, backoff_initial_s=1.0, backoff_max_s=10.0))
 PAYLOAD = b"as fetched"

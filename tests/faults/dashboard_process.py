@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from flume_rx.embedded import free_port
+from flume_rx.surfaces.embedded import free_port
 
 from .harness import ROOT
 
@@ -63,7 +63,7 @@ def dashboard_process(config_file: Path, *args: str) -> Iterator[Dashboard]:
         [
             sys.executable,
             "-m",
-            "flume_rx.cli",
+            "flume_rx",
             "dashboard",
             "--config",
             str(config_file),

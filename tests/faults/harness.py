@@ -1,6 +1,6 @@
 """Real worker processes for the fault, cluster and soak suites: configs, spawn, kill, wait.
 
-Workers run as ``python -m flume_rx.cli worker --config FILE``, exactly as users run them, with the sample
+Workers run as ``python -m flume_rx.surfaces.cli worker --config FILE``, exactly as users run them, with the sample
 workers of ``tests/integration/sample_workers.py``: they count each run of a token in the hash ``test:runs``
 of the Redis at FLUME_TEST_REDIS_URL, so a test can prove every job ran at least once whatever it killed.
 """
@@ -65,7 +65,7 @@ class WorkerProcess:
         env = dict(os.environ, PYTHONPATH=str(ROOT), FLUME_TEST_REDIS_URL=record_url)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "flume_rx.cli", "worker", "--config", str(config), *extra_args],
+                [sys.executable, "-m", "flume_rx", "worker", "--config", str(config), *extra_args],
                 cwd=ROOT,
                 env=env,
                 stdin=subprocess.DEVNULL,

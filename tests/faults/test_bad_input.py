@@ -17,13 +17,14 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flume_rx import Flume, codec, worker
-from flume_rx import config as config_module
-from flume_rx.embedded import free_port
-from flume_rx.errors import DecodeError, EncodeError
-from flume_rx.registry import unregister
-from flume_rx.runtime import WorkerRuntime
+from flume_rx import Flume, worker
+from flume_rx.model import codec
+from flume_rx.model import config as config_module
+from flume_rx.model.errors import DecodeError, EncodeError
+from flume_rx.model.registry import unregister
 from flume_rx.store.keys import Keys
+from flume_rx.surfaces.embedded import free_port
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 from .harness import QUEUE, ROOT, toml_value, wait_until, write_config
 
@@ -181,7 +182,7 @@ def test_invalid_configs_exit_2_with_one_sentence_and_start_nothing(redis_url: s
         path = tmp_path / f"{name}.toml"
         path.write_text(text + "\n", encoding="utf-8")
         started[name] = subprocess.Popen(
-            [sys.executable, "-m", "flume_rx.cli", "worker", "--config", str(path)],
+            [sys.executable, "-m", "flume_rx", "worker", "--config", str(path)],
             cwd=ROOT,
             env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
             stdout=subprocess.PIPE,
@@ -203,7 +204,7 @@ def test_a_valid_config_next_to_the_bad_ones_does_start(redis_url: str, tmp_path
     """The control for the test above: the same command with a good config runs and stops on SIGTERM."""
     config = write_config(tmp_path / "good.toml", redis_url, namespace="good")
     process = subprocess.Popen(
-        [sys.executable, "-m", "flume_rx.cli", "worker", "--config", str(config)],
+        [sys.executable, "-m", "flume_rx", "worker", "--config", str(config)],
         cwd=ROOT,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "FLUME_TEST_REDIS_URL": redis_url},
         stdout=subprocess.DEVNULL,

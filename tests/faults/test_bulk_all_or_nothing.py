@@ -7,10 +7,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from flume_rx import Flume, codec
-from flume_rx.embedded import RedisServer
-from flume_rx.errors import StoreError
+from flume_rx import Flume
+from flume_rx.model import codec
+from flume_rx.model.errors import StoreError
 from flume_rx.store.keys import Keys
+from flume_rx.surfaces.embedded import RedisServer
 
 QUEUE = "bulk"
 JOBS = 2500

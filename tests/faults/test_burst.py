@@ -20,7 +20,7 @@ RETRY = {"max_retries": 3, "backoff_initial": 300, "backoff_max": 300}
 
 def _burst(redis_url: str, config_file: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flume_rx.cli", "worker", "--config", str(config_file), *flags],
+        [sys.executable, "-m", "flume_rx", "worker", "--config", str(config_file), *flags],
         env={**os.environ, "PYTHONPATH": str(ROOT), "FLUME_TEST_REDIS_URL": redis_url},
         cwd=ROOT,
         capture_output=True,

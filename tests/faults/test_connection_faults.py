@@ -12,18 +12,19 @@ from typing import Any
 import pytest
 import redis
 
-from flume_rx import Flume, codec, worker
-from flume_rx import config as config_module
-from flume_rx.embedded import RedisServer
-from flume_rx.errors import StoreError
-from flume_rx.job import Job
-from flume_rx.pipeline import JobSource
-from flume_rx.priorities import WeightedSource
-from flume_rx.registry import unregister
-from flume_rx.runtime import WorkerRuntime
+from flume_rx import Flume, worker
+from flume_rx.engine.priorities import WeightedSource
+from flume_rx.engine.source import JobSource
+from flume_rx.model import codec
+from flume_rx.model import config as config_module
+from flume_rx.model.errors import StoreError
+from flume_rx.model.job import Job
+from flume_rx.model.registry import unregister
+from flume_rx.model.telemetry import Telemetry
 from flume_rx.store import RedisStore, Settlement
 from flume_rx.store.keys import Keys
-from flume_rx.telemetry import Telemetry
+from flume_rx.surfaces.embedded import RedisServer
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 from .harness import QUEUE
 

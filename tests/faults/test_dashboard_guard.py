@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from flume_rx import Flume
-from flume_rx.dashboard.guard import HostPolicy, PageTokens, same_origin, split_host
+from flume_rx.surfaces.dashboard.guard import HostPolicy, PageTokens, same_origin, split_host
 
 from .dashboard_process import Dashboard, Reply, dashboard_process
 from .harness import QUEUE, write_config

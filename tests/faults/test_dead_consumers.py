@@ -16,10 +16,10 @@ import pytest
 import redis
 
 from flume_rx import Flume
-from flume_rx import config as config_module
-from flume_rx import runtime as runtime_module
-from flume_rx.runtime import WorkerRuntime
+from flume_rx.model import config as config_module
 from flume_rx.store import Keys, RedisStore
+from flume_rx.surfaces import runtime as runtime_module
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 from .harness import QUEUE, ROOT, WorkerProcess, wait_until, write_config
 
@@ -28,7 +28,7 @@ ORPHAN_TIMEOUT_MS = 1000
 
 def _cli(redis_url: str, *args: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "flume_rx.cli", *args],
+        [sys.executable, "-m", "flume_rx", *args],
         env={**os.environ, "PYTHONPATH": str(ROOT), "FLUME_TEST_REDIS_URL": redis_url},
         cwd=ROOT,
         capture_output=True,

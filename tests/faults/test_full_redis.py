@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from flume_rx import Flume
-from flume_rx.embedded import RedisServer
-from flume_rx.errors import StoreError
+from flume_rx.model.errors import StoreError
+from flume_rx.surfaces.embedded import RedisServer
 
 from .harness import QUEUE, WorkerProcess, runs, wait_until, write_config
 

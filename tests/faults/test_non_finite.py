@@ -15,13 +15,14 @@ import msgpack
 import pytest
 import redis
 
-from flume_rx import Flume, codec
-from flume_rx import config as config_module
-from flume_rx.errors import ConfigError, DecodeError
+from flume_rx import Flume
+from flume_rx.model import codec
+from flume_rx.model import config as config_module
+from flume_rx.model.errors import ConfigError, DecodeError
 from flume_rx.store import SyncStore
 from flume_rx.store.keys import Keys
+from flume_rx.surfaces.watch import snapshot
 from flume_rx.testing import FlumeTest
-from flume_rx.watch import snapshot
 
 from .dashboard_process import dashboard_process
 from .harness import QUEUE, ROOT, runs, write_config
@@ -40,7 +41,7 @@ def _strict_json(text: str) -> Any:
 
 def _cli(redis_url: str, *args: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "flume_rx.cli", *args],
+        [sys.executable, "-m", "flume_rx", *args],
         env={**os.environ, "PYTHONPATH": str(ROOT), "FLUME_TEST_REDIS_URL": redis_url},
         cwd=ROOT,
         capture_output=True,

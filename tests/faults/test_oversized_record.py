@@ -89,8 +89,8 @@ def test_a_weighted_fetch_dead_letters_oversized_records_in_redis(redis_url: str
     """The multi-queue fetch never returns a record over the limit either: it fills the batch from the rest."""
     import asyncio
 
-    from flume_rx import codec
-    from flume_rx.job import Job
+    from flume_rx.model import codec
+    from flume_rx.model.job import Job
     from flume_rx.store import Keys, RedisStore
 
     urgent, bulk = Keys("t").of("mail/urgent"), Keys("t").of("mail/bulk")

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from flume_rx import Flume, codec
-from flume_rx.job import MAX_ATTEMPT, Job
+from flume_rx import Flume
+from flume_rx.model import codec
+from flume_rx.model.job import MAX_ATTEMPT, Job
 from flume_rx.store.keys import Keys
 
 from .harness import QUEUE, ROOT, WorkerProcess, runs, wait_until, write_config
@@ -126,7 +127,7 @@ def test_args_that_cannot_bind_to_the_worker_are_dead_lettered_at_once(
     """``flume-rx enqueue jobs RecordWorker`` with no args: a permanent fault, so no retry is spent on it."""
     process, client, flume, config = running
     enqueued = subprocess.run(
-        [sys.executable, "-m", "flume_rx.cli", "enqueue", "--config", str(config), QUEUE, "RecordWorker"],
+        [sys.executable, "-m", "flume_rx", "enqueue", "--config", str(config), QUEUE, "RecordWorker"],
         cwd=ROOT,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
         capture_output=True,

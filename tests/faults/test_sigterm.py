@@ -29,7 +29,7 @@ def _accounted(client: redis.Redis, flume: Flume, tokens: set[str]) -> None:
 
 
 def _queued_tokens(client: redis.Redis) -> list[str]:
-    from flume_rx import codec
+    from flume_rx.model import codec
 
     return [str(codec.decode(p).args[0]) for p in client.lrange(Keys("t").of(QUEUE).queue, 0, -1)]
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from flume_rx import Flume, worker
-from flume_rx import config as config_module
-from flume_rx.registry import unregister
-from flume_rx.runtime import WorkerRuntime
+from flume_rx.model import config as config_module
+from flume_rx.model.registry import unregister
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 from .harness import QUEUE
 

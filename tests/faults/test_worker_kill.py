@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from flume_rx import Flume
-from flume_rx.embedded import RedisServer
+from flume_rx.surfaces.embedded import RedisServer
 
 from .harness import QUEUE, WorkerProcess, leftover_keys, runs, wait_until, write_config
 

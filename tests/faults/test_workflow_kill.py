@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from flume_rx import Flume, codec
-from flume_rx.embedded import RedisServer
+from flume_rx import Flume
+from flume_rx.model import codec
+from flume_rx.surfaces.embedded import RedisServer
 
 from .harness import WorkerProcess, runs, wait_until, write_config
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from flume_rx.client import Flume
-from flume_rx.demo import (
+from flume_rx.store import QueueStats, SyncStore
+from flume_rx.surfaces.client import Flume
+from flume_rx.surfaces.demo import (
     DEMO_QUEUE,
     DEMO_WORKER,
     FAKE_SES_ENV,
@@ -29,7 +30,6 @@ from flume_rx.demo import (
     FakeSES,
     worker_processes,
 )
-from flume_rx.store import QueueStats, SyncStore
 
 ALLOWED = 100
 FIRST, SECOND = 60, 90  # the downstream's limits, both below the window's 100/s
@@ -42,7 +42,7 @@ def _config(redis_url: str, namespace: str, rate_limiter: str) -> str:
     return f"""
 redis_url = "{redis_url}"
 namespace = "{namespace}"
-imports = ["flume_rx.demo"]
+imports = ["flume_rx.surfaces.demo"]
 shutdown_timeout = 3000
 
 [pipelines.{DEMO_QUEUE}]

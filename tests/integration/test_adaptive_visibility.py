@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flume_rx import watch
-from flume_rx.config import load
+from flume_rx.engine.rate_watch import RateWatch
+from flume_rx.model.config import load
+from flume_rx.model.telemetry import Event, Telemetry
 from flume_rx.operators import InProcessWindow
-from flume_rx.rate_watch import RateWatch
 from flume_rx.store import RedisStore, RedisTokenWindow, SyncStore
-from flume_rx.telemetry import Event, Telemetry
+from flume_rx.surfaces import watch
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "vis"
@@ -54,7 +54,7 @@ def test_stats_json_watch_rows_and_the_dashboard_show_the_effective_rate(
     config_path = _config(redis_url, tmp_path)
 
     result = subprocess.run(
-        [sys.executable, "-m", "flume_rx.cli", "stats", "--config", str(config_path), "--json"],
+        [sys.executable, "-m", "flume_rx", "stats", "--config", str(config_path), "--json"],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
         capture_output=True,

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from flume_rx import Flume
-from flume_rx.cli import build_parser
+from flume_rx.surfaces.cli import build_parser
 from tests.faults.harness import ROOT, toml_value
 
 NS = "cli"

@@ -8,7 +8,7 @@ import types
 import pytest
 import redis
 
-import flume_rx.client as client_module
+import flume_rx.surfaces.client as client_module
 from flume_rx import Flume
 from flume_rx.store.keys import Keys
 

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from flume_rx.cli import main as cli_main
-from flume_rx.demo import most_in_any_second
+from flume_rx.surfaces.cli import main as cli_main
+from flume_rx.surfaces.demo import most_in_any_second
 
 
 def _row(out: str, label: str) -> int:

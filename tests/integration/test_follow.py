@@ -16,10 +16,10 @@ import pytest
 import redis
 
 from flume_rx import Flume
-from flume_rx import config as config_module
-from flume_rx.errors import ConfigError
+from flume_rx.model import config as config_module
+from flume_rx.model.errors import ConfigError
 from flume_rx.store import Keys, SyncStore
-from flume_rx.watch import progress_reports, watch
+from flume_rx.surfaces.watch import progress_reports, watch
 
 NS = "follow"
 SERVED = "served"
@@ -49,7 +49,7 @@ def worker_process(redis_url: str, tmp_path: Path) -> Iterator[subprocess.Popen[
         "[pipelines.main.retry]\nmax_retries = 3\nbackoff_initial = 600000\n"
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "flume_rx.cli", "worker", "--config", str(config)],
+        [sys.executable, "-m", "flume_rx", "worker", "--config", str(config)],
         env=_env(redis_url),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -140,7 +140,7 @@ def test_the_cli_shows_a_job_and_cancels_it(flume: Flume, redis_url: str, tmp_pa
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "flume_rx.cli", "--log-level", "error", *args, "--config", str(config)],
+            [sys.executable, "-m", "flume_rx", "--log-level", "error", *args, "--config", str(config)],
             env=_env(redis_url),
             cwd=ROOT,
             capture_output=True,

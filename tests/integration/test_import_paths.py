@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from flume_rx import Flume
-from flume_rx.errors import ConfigError
-from flume_rx.runtime import add_import_paths
+from flume_rx.model.errors import ConfigError
+from flume_rx.surfaces.runtime import add_import_paths
 
 WORKER_MODULE = """
 import os

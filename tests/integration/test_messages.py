@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from flume_rx import ConfigError, Flume, StoreError
-from flume_rx import config as config_module
-from flume_rx.embedded import RedisServer
+from flume_rx.model import config as config_module
+from flume_rx.surfaces.embedded import RedisServer
 from tests.faults.harness import ROOT
 
 

@@ -19,11 +19,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flume_rx import Flume, worker
-from flume_rx import config as config_module
-from flume_rx.metrics import PrometheusMetrics
-from flume_rx.registry import unregister
-from flume_rx.runtime import WorkerRuntime
-from flume_rx.telemetry import Telemetry
+from flume_rx.model import config as config_module
+from flume_rx.model.registry import unregister
+from flume_rx.model.telemetry import Telemetry
+from flume_rx.surfaces.metrics import PrometheusMetrics
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 QUEUE = "mq"
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,7 +178,7 @@ def test_worker_metrics_port_serves_the_workers_counters(redis_url: str, tmp_pat
         [
             sys.executable,
             "-m",
-            "flume_rx.cli",
+            "flume_rx",
             "worker",
             "--config",
             str(config_file),

@@ -40,7 +40,7 @@ def _env(redis_url: str) -> dict[str, str]:
 
 def _cli(redis_url: str, *args: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "flume_rx.cli", *args],
+        [sys.executable, "-m", "flume_rx", *args],
         env=_env(redis_url),
         cwd=ROOT,
         capture_output=True,
@@ -63,7 +63,7 @@ def _wait(condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "c
 def workers(redis_url: str, config_file: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "flume_rx.cli", "worker", "--config", str(config_file)],
+            [sys.executable, "-m", "flume_rx", "worker", "--config", str(config_file)],
             env=_env(redis_url),
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -179,7 +179,7 @@ def test_cli_queue_peek_delete_and_stats_watch_json(redis_url: str, config_file:
     assert "RecordWorker" in _cli(redis_url, "queue", "peek", QUEUE, "--config", config)
 
     watch = subprocess.Popen(
-        [sys.executable, "-m", "flume_rx.cli", "stats", "--config", config, "--watch", "--json"],
+        [sys.executable, "-m", "flume_rx", "stats", "--config", config, "--watch", "--json"],
         env=_env(redis_url),
         cwd=ROOT,
         stdout=subprocess.PIPE,

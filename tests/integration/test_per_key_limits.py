@@ -17,15 +17,15 @@ from hypothesis import strategies as st
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 from flume_rx import Flume, from_args, throttle_by_key, worker
-from flume_rx import config as config_module
 from flume_rx import operators as fo
-from flume_rx.errors import ConfigError
-from flume_rx.keyed_throttle import InProcessKeyedWindow, key_of
-from flume_rx.operators import Demand
-from flume_rx.registry import unregister
-from flume_rx.runtime import WorkerRuntime
+from flume_rx.engine.keyed import key_of
+from flume_rx.model import config as config_module
+from flume_rx.model.errors import ConfigError
+from flume_rx.model.registry import unregister
+from flume_rx.operators import Demand, InProcessKeyedWindow
 from flume_rx.store import RedisStore
 from flume_rx.store.keys import Keys
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 QUEUE = "perkey"
 
@@ -367,8 +367,8 @@ def test_a_fluent_keyed_throttle_limits_each_tenant_on_its_own(
 
 
 def test_key_functions_can_read_the_job_args_or_the_delivery() -> None:
-    from flume_rx.job import Job
-    from flume_rx.pipeline import Delivery
+    from flume_rx.engine.source import Delivery
+    from flume_rx.model.job import Job
 
     delivery = Delivery(Job("id", QUEUE, "KStamp", ["acme", 7]), b"", None)  # type: ignore[arg-type]
     assert from_args(tenant_of)(delivery) == "acme"

@@ -13,12 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flume_rx import Flume, worker
-from flume_rx import config as config_module
-from flume_rx.errors import ConfigError
-from flume_rx.priorities import WeightedShares
-from flume_rx.registry import unregister
-from flume_rx.runtime import WorkerRuntime
+from flume_rx.engine.priorities import WeightedShares
+from flume_rx.model import config as config_module
+from flume_rx.model.errors import ConfigError
+from flume_rx.model.registry import unregister
 from flume_rx.store import Keys
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 URGENT, BULK = "mail/urgent", "mail/bulk"
 

@@ -42,7 +42,7 @@ queue = "{QUEUE}"
 def _worker(config: Path, redis_url: str, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FLUME_TEST_REDIS_URL": redis_url}
     return subprocess.Popen(
-        [sys.executable, "-m", "flume_rx.cli", "worker", "--config", str(config), *extra],
+        [sys.executable, "-m", "flume_rx", "worker", "--config", str(config), *extra],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -25,7 +25,7 @@ from flume_rx import (
     ResultUnavailable,
     worker,
 )
-from flume_rx.registry import unregister
+from flume_rx.model.registry import unregister
 from flume_rx.store import Keys
 
 NS = "results"
@@ -41,7 +41,7 @@ def worker_process(redis_url: str, tmp_path: Path) -> Iterator[subprocess.Popen[
         f'[pipelines.main]\nqueue = "{Q}"\nprocessor = {{ stages = 4 }}\n'
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "flume_rx.cli", "worker", "--config", str(config)],
+        [sys.executable, "-m", "flume_rx", "worker", "--config", str(config)],
         env={**os.environ, "PYTHONPATH": str(ROOT), "FLUME_TEST_REDIS_URL": redis_url},
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

@@ -12,12 +12,12 @@ import pytest
 import redis
 
 from flume_rx import BatchFailed, Flume, worker
-from flume_rx import config as config_module
 from flume_rx import operators as fo
-from flume_rx.registry import unregister
-from flume_rx.runtime import WorkerRuntime
+from flume_rx.model import config as config_module
+from flume_rx.model.registry import unregister
+from flume_rx.model.telemetry import Event
 from flume_rx.store.keys import Keys
-from flume_rx.telemetry import Event
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 QUEUE = "jobs"
 

@@ -12,15 +12,15 @@ import pytest
 import redis
 import redis.asyncio
 
-from flume_rx import codec
-from flume_rx import config as config_module
-from flume_rx.cli import main as cli_main
-from flume_rx.errors import ConfigError
-from flume_rx.job import Job
-from flume_rx.runtime import WorkerRuntime
-from flume_rx.schedules import ScheduleConfig, parse_schedules
+from flume_rx.model import codec
+from flume_rx.model import config as config_module
+from flume_rx.model.errors import ConfigError
+from flume_rx.model.job import Job
+from flume_rx.model.schedules import ScheduleConfig, parse_schedules
 from flume_rx.store import RedisStore
 from flume_rx.store.keys import Keys
+from flume_rx.surfaces.cli import main as cli_main
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 QUEUE = "cron"
 K = Keys("t").of(QUEUE)

@@ -34,7 +34,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flume_rx import BatchFailed, Throttled
-from flume_rx.errors import ConfigError
 from flume_rx.integrations.ses import (
     MAX_BULK_DESTINATIONS,
     PermanentSESError,
@@ -52,7 +51,8 @@ from flume_rx.integrations.ses import (
     ses_cost,
     ses_sender,
 )
-from flume_rx.registry import get_worker
+from flume_rx.model.errors import ConfigError
+from flume_rx.model.registry import get_worker
 from tests.integration.conftest import REGION
 
 if TYPE_CHECKING:
@@ -558,7 +558,7 @@ def test_a_worker_whose_ses_workers_have_no_region_stops_at_start_with_the_fix(
         [
             sys.executable,
             "-m",
-            "flume_rx.cli",
+            "flume_rx",
             "worker",
             "--burst",
             "--config",
@@ -731,7 +731,7 @@ def test_three_worker_processes_send_every_job_through_the_pipeline(
     ses_server: MotoServer, ses_v1: SESClient, tmp_path: Path
 ) -> None:
     from flume_rx import Flume
-    from flume_rx.embedded import RedisServer
+    from flume_rx.surfaces.embedded import RedisServer
 
     messages = [_simple(i, recipients=1 + i % 2) for i in range(300)]
     with RedisServer() as redis_server:
@@ -773,7 +773,7 @@ def _run_worker_cli(config: Path, processes: int, timeout_s: float = 120.0) -> N
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
     }
-    command = [sys.executable, "-m", "flume_rx.cli", "worker", "--config", str(config), "--burst"]
+    command = [sys.executable, "-m", "flume_rx", "worker", "--config", str(config), "--burst"]
     process = subprocess.Popen(
         [*command, "--processes", str(processes)],
         cwd=root,

@@ -14,12 +14,12 @@ import pytest
 import reactivex
 from reactivex import abc
 
-from flume_rx import codec
-from flume_rx.job import Job
+from flume_rx.engine.source import Delivery, JobSource
+from flume_rx.model import codec
+from flume_rx.model.job import Job
+from flume_rx.model.telemetry import Telemetry
 from flume_rx.operators import Demand
-from flume_rx.pipeline import Delivery, JobSource
 from flume_rx.store import RedisStore
-from flume_rx.telemetry import Telemetry
 
 QUEUE = "jobs"
 

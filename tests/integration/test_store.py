@@ -12,9 +12,9 @@ import redis
 import redis.asyncio
 from redis.asyncio.connection import AbstractConnection
 
-from flume_rx.embedded import RedisServer
-from flume_rx.errors import ConfigError, StoreError
+from flume_rx.model.errors import ConfigError, StoreError
 from flume_rx.store import SCRIPTS, Keys, RedisStore, Settlement, SyncStore, redact_url
+from flume_rx.surfaces.embedded import RedisServer
 
 pytestmark = pytest.mark.anyio
 

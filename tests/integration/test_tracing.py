@@ -13,9 +13,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from flume_rx import Flume, worker
-from flume_rx import config as config_module
-from flume_rx.registry import unregister
-from flume_rx.runtime import WorkerRuntime
+from flume_rx.model import config as config_module
+from flume_rx.model.registry import unregister
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 QUEUE = "traced"
 _exporter = InMemorySpanExporter()

@@ -14,13 +14,13 @@ import pytest
 import redis
 
 from flume_rx import Flume, worker
-from flume_rx import config as config_module
-from flume_rx.cli import main as cli_main
-from flume_rx.errors import ConfigError
-from flume_rx.registry import unregister
-from flume_rx.runtime import WorkerRuntime
+from flume_rx.model import config as config_module
+from flume_rx.model.errors import ConfigError
+from flume_rx.model.registry import unregister
 from flume_rx.store import RedisStore, Settlement
 from flume_rx.store.keys import Keys
+from flume_rx.surfaces.cli import main as cli_main
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 QUEUE = "uniq"
 KEY = Keys("t").of(QUEUE).unique("welcome:42")

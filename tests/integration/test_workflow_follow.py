@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from flume_rx import Flume, JobCancelled, JobFailed
-from flume_rx.config import RetryConfig
+from flume_rx.model.config import RetryConfig
 from tests.faults.harness import runs
 
 NS = "t"
@@ -154,7 +154,7 @@ def test_the_cli_shows_a_jobs_chain(flume: Flume, redis_url: str, tmp_path: Path
     chain = flume.chain([("wf/a", "wf.count", ["k1"]), ("wf/b", "wf.count", ["k2"])])
     config = tmp_path / "flume.toml"
     config.write_text(f'redis_url = "{redis_url}"\nnamespace = "{NS}"\n')
-    command = [sys.executable, "-m", "flume_rx.cli", "--log-level", "error", "job", chain.ids[1]]
+    command = [sys.executable, "-m", "flume_rx", "--log-level", "error", "job", chain.ids[1]]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def cli(*extra: str) -> str:

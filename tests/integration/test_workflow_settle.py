@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
-from flume_rx import Flume, codec
-from flume_rx.job import Job
+from flume_rx import Flume
+from flume_rx.engine.workflows import group_members, group_record
+from flume_rx.model import codec
+from flume_rx.model.job import Job
 from flume_rx.store import Handoff, RedisStore, Settlement
-from flume_rx.workflows import group_members, group_record
 
 
 def _payload(token: str) -> bytes:

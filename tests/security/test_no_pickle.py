@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from flume_rx import Flume
-from flume_rx import config as config_module
-from flume_rx.runtime import WorkerRuntime
+from flume_rx.model import config as config_module
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted([*(ROOT / "flume_rx").rglob("*.py"), *(ROOT / "operators").rglob("*.py")])

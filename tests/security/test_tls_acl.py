@@ -16,11 +16,11 @@ import pytest
 import redis
 
 from flume_rx import Flume, worker
-from flume_rx import config as config_module
-from flume_rx.embedded import RedisServer, TlsFiles, find_redis_server, free_port
-from flume_rx.errors import StoreError
-from flume_rx.registry import unregister
-from flume_rx.runtime import WorkerRuntime
+from flume_rx.model import config as config_module
+from flume_rx.model.errors import StoreError
+from flume_rx.model.registry import unregister
+from flume_rx.surfaces.embedded import RedisServer, TlsFiles, find_redis_server, free_port
+from flume_rx.surfaces.runtime import WorkerRuntime
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cret-Pa55word-do-not-log"
@@ -176,7 +176,7 @@ def test_cli_output_never_shows_the_password(mtls_server: int, certs: Certs, tmp
         path.write_text(f'redis_url = "{url}"\nnamespace = "t"\n[pipelines.main]\nqueue = "jobs"\n')
         for command in (["stats", "--json"], ["worker", "--burst"]):
             result = subprocess.run(
-                [sys.executable, "-m", "flume_rx.cli", command[0], "--config", str(path), *command[1:]],
+                [sys.executable, "-m", "flume_rx", command[0], "--config", str(path), *command[1:]],
                 cwd=ROOT,
                 env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
                 capture_output=True,

@@ -16,10 +16,10 @@ import msgpack
 from reactivex import Observable
 from reactivex import operators as ops
 
-from flume_rx import codec
 from flume_rx.engine.source import Delivery
-from flume_rx.errors import ConfigError, DecodeError
-from flume_rx.job import Flow, Job, JobError, Step, build_job, new_job_id
+from flume_rx.model import codec
+from flume_rx.model.errors import ConfigError, DecodeError
+from flume_rx.model.job import Flow, Job, JobError, Step, build_job, new_job_id
 from flume_rx.store import Handoff, Keys
 
 StepSpec = tuple[str, str] | tuple[str, str, Sequence[Any]]

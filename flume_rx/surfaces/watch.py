@@ -20,14 +20,14 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from flume_rx.config import FlumeConfig
-from flume_rx.follow import JobInfo, WorkflowInfo, WorkflowJob, jsonable
-from flume_rx.job import Job
+from flume_rx.model.config import FlumeConfig
+from flume_rx.model.job import Job
 from flume_rx.store import ConsumerInfo, PeekWhere, QueueStats, SyncStore
-from flume_rx.terminal import table_console
+from flume_rx.surfaces.follow import JobInfo, WorkflowInfo, WorkflowJob, jsonable
+from flume_rx.surfaces.terminal import table_console
 
 if TYPE_CHECKING:
-    from flume_rx.client import PeekedJob
+    from flume_rx.surfaces.client import PeekedJob
 
 
 class PipelineRow(TypedDict):

@@ -13,49 +13,12 @@ from typing import Any, Literal
 
 from reactivex import Observable
 
-from flume_rx import codec
 from flume_rx import operators as fo
-from flume_rx.config import (
-    FlumeConfig,
-    PipelineConfig,
-    RetryConfig,
-    check_min_demand,
-    default_redis_url,
-    queue_weights,
-)
 from flume_rx.engine.build import make_source, shared_window
-from flume_rx.engine.source import BurstMode
+from flume_rx.engine.processor import run_workers
+from flume_rx.engine.source import BurstMode, Delivery, JobSource
 from flume_rx.engine.threads import StageThreads
-from flume_rx.errors import ConfigError, DecodeError, ResultUnavailable
-from flume_rx.follow import (
-    JobInfo,
-    WorkflowInfo,
-    await_result,
-    cancel_job,
-    find_job,
-    find_workflow,
-    wait_result,
-    workflow_of,
-)
-from flume_rx.integrations.otel import enqueue_meta
-from flume_rx.job import Flow, Job, check_name
-from flume_rx.pipeline import Delivery, JobSource, run_workers
-from flume_rx.producer import Producer, Uniqueness, When
-from flume_rx.runtime import WorkerRuntime, new_consumer_id
-from flume_rx.store import (
-    ConsumerInfo,
-    PeekWhere,
-    QueueStats,
-    RatePoint,
-    RedisKeyedWindow,
-    RedisStore,
-    RedisTokenWindow,
-    SyncStore,
-    UniqueEnqueue,
-    is_cluster,
-)
-from flume_rx.telemetry import Event, Telemetry
-from flume_rx.workflows import (
+from flume_rx.engine.workflows import (
     GROUP_KEPT_S,
     Chain,
     Group,
@@ -70,6 +33,43 @@ from flume_rx.workflows import (
     steps_of,
     to_queue,
 )
+from flume_rx.integrations.otel import enqueue_meta
+from flume_rx.model import codec
+from flume_rx.model.config import (
+    FlumeConfig,
+    PipelineConfig,
+    RetryConfig,
+    check_min_demand,
+    default_redis_url,
+    queue_weights,
+)
+from flume_rx.model.errors import ConfigError, DecodeError, ResultUnavailable
+from flume_rx.model.job import Flow, Job, check_name
+from flume_rx.model.telemetry import Event, Telemetry
+from flume_rx.store import (
+    ConsumerInfo,
+    PeekWhere,
+    QueueStats,
+    RatePoint,
+    RedisKeyedWindow,
+    RedisStore,
+    RedisTokenWindow,
+    SyncStore,
+    UniqueEnqueue,
+    is_cluster,
+)
+from flume_rx.surfaces.follow import (
+    JobInfo,
+    WorkflowInfo,
+    await_result,
+    cancel_job,
+    find_job,
+    find_workflow,
+    wait_result,
+    workflow_of,
+)
+from flume_rx.surfaces.producer import Producer, Uniqueness, When
+from flume_rx.surfaces.runtime import WorkerRuntime, new_consumer_id
 
 """How long a unique key is held at most when ``unique_for`` is not given."""
 

@@ -32,7 +32,14 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from redis.exceptions import RedisError
 
 from flume_rx import operators as fo
-from flume_rx.config import (
+from flume_rx.engine.assemble import assemble
+from flume_rx.engine.build import make_source, shared_window
+from flume_rx.engine.cron import CronTicker
+from flume_rx.engine.current import abort
+from flume_rx.engine.settle import Settler
+from flume_rx.engine.source import BurstMode, JobSource, burst_mode
+from flume_rx.engine.threads import StageThreads
+from flume_rx.model.config import (
     FlumeConfig,
     PipelineConfig,
     RateLimiterConfig,
@@ -40,16 +47,10 @@ from flume_rx.config import (
     load,
     select_pipelines,
 )
-from flume_rx.engine.build import make_source, shared_window
-from flume_rx.engine.current import abort
-from flume_rx.engine.source import BurstMode, burst_mode
-from flume_rx.engine.threads import StageThreads
-from flume_rx.errors import ConfigError, FlumeError, StoreError, WorkerModuleFailed
-from flume_rx.logs import LogFormat, configure_logging
-from flume_rx.pipeline import JobSource, Settler, assemble
-from flume_rx.schedules import CronTicker
+from flume_rx.model.errors import ConfigError, FlumeError, StoreError, WorkerModuleFailed
+from flume_rx.model.logs import LogFormat, configure_logging
+from flume_rx.model.telemetry import Telemetry
 from flume_rx.store import Outage, RedisStore, SyncStore, through_outage
-from flume_rx.telemetry import Telemetry
 
 logger = logging.getLogger("flume_rx.runtime")
 
@@ -492,7 +493,7 @@ def run_worker_process(
     import_worker_modules(config.imports)
     runtime = WorkerRuntime(config, burst=burst)
     if metrics_port is not None:
-        from flume_rx.metrics import PrometheusMetrics
+        from flume_rx.surfaces.metrics import PrometheusMetrics
 
         PrometheusMetrics(runtime.telemetry).serve(metrics_port)
     # What exists now (modules, the registry, the config) lives as long as the process. Jobs in flight survive

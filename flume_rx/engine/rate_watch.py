@@ -12,7 +12,7 @@ import logging
 import threading
 
 from flume_rx import operators as fo
-from flume_rx.telemetry import Telemetry
+from flume_rx.model.telemetry import Telemetry
 
 logger = logging.getLogger("flume_rx.rate_watch")
 

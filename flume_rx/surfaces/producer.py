@@ -14,9 +14,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from flume_rx.errors import ConfigError
 from flume_rx.integrations.otel import enqueue_meta
-from flume_rx.job import UNIQUE_UNTIL, Job, UniqueUntil, build_job
+from flume_rx.model.errors import ConfigError
+from flume_rx.model.job import UNIQUE_UNTIL, Job, UniqueUntil, build_job
 
 DEFAULT_UNIQUE_FOR_S = 3600.0
 

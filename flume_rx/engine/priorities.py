@@ -64,7 +64,7 @@ class WeightedShares:
 
 @dataclass(eq=False)
 class WeightedSource(JobSource):
-    """A :class:`~flume_rx.pipeline.JobSource` over several queues of one group (see the module docstring).
+    """A :class:`~flume_rx.engine.source.JobSource` over several queues of one group (see the module docstring).
 
     ``queue`` names the pipeline in telemetry; ``queues`` and ``weights`` are what it fetches from.
     """

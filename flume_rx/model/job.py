@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from flume_rx.errors import ConfigError
+from flume_rx.model.errors import ConfigError
 
 UniqueUntil = Literal["finish", "start", "expiry"]
 """How long a unique job holds its key (see ``Flume.enqueue``)."""

@@ -20,9 +20,6 @@ at the tick enqueues it. A tick missed while no worker ran is enqueued once when
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,24 +28,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter  # type: ignore[import-untyped]
 
-from flume_rx import codec
-from flume_rx.errors import ConfigError, StoreError
-from flume_rx.job import build_job, check_name
-from flume_rx.telemetry import Telemetry
-
-logger = logging.getLogger("flume_rx.schedules")
-
-# Jitter comes from a private generator: drawing from the global one would perturb the random state of
-# the application (and of Hypothesis, which checks it) from our background loops.
-_jitter = random.Random()
+from flume_rx.model import codec
+from flume_rx.model.errors import ConfigError
+from flume_rx.model.job import build_job, check_name
 
 Missed = Literal["run_once", "skip"]
-
-MAX_SLEEP_S = 1.0
-"""The longest a ticker sleeps between looks at Redis's clock (bounds how late a tick is enqueued)."""
-
-ON_TIME_S = 60.0
-"""A tick decided later than this after it came (capped at half the schedule's interval) counts as missed."""
 
 _KEYS = {"cron", "queue", "worker", "args", "missed", "timezone", "cost"}
 
@@ -167,79 +151,14 @@ def _schedule(name: str, table: Any) -> ScheduleConfig:
         raise ConfigError(f"{where}.cost must be an integer >= 0 (got {cost!r})")
     schedule = ScheduleConfig(name, cron, queue, table["worker"], tuple(args), missed, zone, cost)
     try:
-        codec.encode(_job(schedule))
+        codec.encode(job_of(schedule))
     except Exception as exc:
         raise ConfigError(f"{where}.args cannot be sent as a job ({exc}); use plain values") from None
     return schedule
 
 
-def _job(schedule: ScheduleConfig) -> Any:
+def job_of(schedule: ScheduleConfig) -> Any:
     return build_job(schedule.queue, schedule.worker, list(schedule.args), schedule.cost)
-
-
-class CronTicker:
-    """Ticks every schedule of a config from one worker process (see the module docstring).
-
-    Args:
-        store: the worker's :class:`~flume_rx.store.RedisStore`.
-        schedules: the schedules to tick.
-        telemetry: ``schedule.enqueued`` / ``schedule.skipped`` events go there.
-        max_payload_bytes: the payload limit of the config.
-    """
-
-    def __init__(
-        self,
-        store: Any,
-        schedules: Sequence[ScheduleConfig],
-        *,
-        telemetry: Telemetry | None = None,
-        max_payload_bytes: int = codec.DEFAULT_MAX_PAYLOAD_BYTES,
-    ) -> None:
-        self.store = store
-        self.schedules = list(schedules)
-        self.telemetry = telemetry or Telemetry()
-        self.max_payload_bytes = max_payload_bytes
-        self._decided: dict[str, float] = {}
-
-    async def run(self) -> None:
-        """Tick until cancelled; Redis outages are waited out (the worker's fetch loop reports them)."""
-        while True:
-            try:
-                sleep_s = await self.tick_once()
-            except StoreError:
-                sleep_s = MAX_SLEEP_S
-            await asyncio.sleep(sleep_s * _jitter.uniform(0.9, 1.0))
-
-    async def tick_once(self) -> float:
-        """Decide each schedule's latest tick not yet seen here; returns how long to sleep until the next."""
-        now_s = await self.store.time_ms() / 1000
-        sleep_s = MAX_SLEEP_S
-        for schedule in self.schedules:
-            tick_s, interval_s = schedule.latest_tick(now_s)
-            if self._decided.get(schedule.name) != tick_s:
-                await self._decide(schedule, tick_s, interval_s)
-                self._decided[schedule.name] = tick_s
-            sleep_s = min(sleep_s, max(0.01, schedule.next_run(now_s) - now_s))
-        return sleep_s
-
-    async def _decide(self, schedule: ScheduleConfig, tick_s: float, interval_s: float) -> None:
-        job = _job(schedule)
-        status, _ = await self.store.cron_tick(
-            schedule.queue,
-            schedule.name,
-            round(tick_s * 1000),
-            codec.encode(job, self.max_payload_bytes),
-            # The claim outlives every process's chance of asking about this tick; `last` covers the rest.
-            claim_ttl_ms=round(max(2 * interval_s, 3600.0) * 1000),
-            on_time_ms=round(min(ON_TIME_S, interval_s / 2) * 1000),
-            missed=schedule.missed,
-        )
-        if status in ("enqueued", "skipped"):
-            logger.info("schedule %s: tick %s %s", schedule.name, _iso(tick_s), status)
-            self.telemetry.emit(
-                f"schedule.{status}", schedule=schedule.name, queue=schedule.queue, tick=tick_s,
-                job_id=job.id if status == "enqueued" else "",
-            )  # fmt: skip
 
 
 def describe(
@@ -257,52 +176,12 @@ def describe(
                 "queue": s.queue,
                 "worker": s.worker,
                 "missed": s.missed,
-                "next_run": _iso(s.next_run(now_s)),
-                "last_tick": None if last is None else _iso(last / 1000),
+                "next_run": iso(s.next_run(now_s)),
+                "last_tick": None if last is None else iso(last / 1000),
             }
         )
     return rows
 
 
-def _iso(unix_s: float) -> str:
+def iso(unix_s: float) -> str:
     return datetime.fromtimestamp(unix_s, tz=UTC).isoformat(timespec="seconds")
-
-
-def print_schedules(config: Any, *, as_json: bool = False) -> int:
-    """``flume-rx schedules``: each schedule with its next run and, when Redis answers, its last tick.
-
-    Returns:
-        The exit code, 0.
-    """
-    import json
-    import time
-
-    from flume_rx.store import SyncStore
-
-    last: dict[str, int | None] = {}
-    with SyncStore.from_url(config.redis_url, config.namespace, socket_timeout_s=5.0) as store:
-        for schedule in config.schedules:
-            try:
-                last[schedule.name] = store.cron_last(schedule.queue, schedule.name)
-            except StoreError as exc:
-                logger.warning("cannot read last ticks from Redis (%s); showing next runs only", exc)
-                break
-    rows = describe(config.schedules, time.time(), last)
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    if not rows:
-        print("no [schedules.NAME] tables in the config")
-        return 0
-    from rich.table import Table
-
-    from flume_rx.terminal import table_console
-
-    table = Table("schedule", "cron", "queue", "worker", "missed", "next run (UTC)", "last tick (UTC)")
-    for row in rows:
-        table.add_row(
-            row["name"], f"{row['cron']} ({row['timezone']})", row["queue"], row["worker"], row["missed"],
-            row["next_run"], row["last_tick"] or "never",
-        )  # fmt: skip
-    table_console().print(table)
-    return 0

@@ -1,10 +1,10 @@
 """The dashboard's ASGI application (Starlette) and its server (uvicorn).
 
-The page polls ``/api/overview`` (the same :func:`flume_rx.watch.snapshot` as ``stats --watch``),
+The page polls ``/api/overview`` (the same :func:`flume_rx.surfaces.watch.snapshot` as ``stats --watch``),
 ``/api/rates`` (the per-second buckets every worker writes to Redis, so the chart is the whole cluster's)
 and ``/api/dead``. Actions are POSTs with a JSON body, from the dashboard's own page only: every request must
 be addressed to the dashboard (``Host``), every POST must come from its origin (``Origin``) and carry the
-page's token (see :mod:`flume_rx.dashboard.guard`). Malformed bodies and parameters answer 400, unknown paths
+page's token (see :mod:`flume_rx.surfaces.dashboard.guard`). Malformed bodies and parameters answer 400, unknown paths
 404.
 """
 
@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flume_rx.client import Flume
-from flume_rx.config import FlumeConfig
-from flume_rx.errors import ConfigError, FlumeError
+from flume_rx.model.config import FlumeConfig
+from flume_rx.model.errors import ConfigError, FlumeError
 from flume_rx.store import SyncStore
-from flume_rx.watch import job_row, snapshot
+from flume_rx.surfaces.client import Flume
+from flume_rx.surfaces.watch import job_row, snapshot
 
 try:
     from starlette.applications import Starlette
@@ -30,7 +30,7 @@ try:
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
-    from flume_rx.dashboard.guard import TOKEN_HEADER, Guard, HostPolicy, PageTokens
+    from flume_rx.surfaces.dashboard.guard import TOKEN_HEADER, Guard, HostPolicy, PageTokens
 except ImportError:  # pragma: no cover - only without the extra
     Starlette = None  # type: ignore[assignment,misc]
 
@@ -50,7 +50,7 @@ def _require_extra() -> None:
 
 def _page() -> str:
     return (
-        importlib.resources.files("flume_rx.dashboard")
+        importlib.resources.files("flume_rx.surfaces.dashboard")
         .joinpath("static", "index.html")
         .read_text(encoding="utf-8")
     )

@@ -11,12 +11,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flume_rx.errors import ConfigError, FlumeError, WorkerModuleFailed
-from flume_rx.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
+from flume_rx.model.errors import ConfigError, FlumeError, StoreError, WorkerModuleFailed
+from flume_rx.model.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 
 if TYPE_CHECKING:
-    from flume_rx.client import Flume
-    from flume_rx.config import FlumeConfig
+    from flume_rx.model.config import FlumeConfig
+    from flume_rx.surfaces.client import Flume
 
 logger = logging.getLogger("flume_rx.cli")
 
@@ -327,7 +327,7 @@ NEEDS_CONFIG = ("worker", "schedules")
 
 def _config(args: argparse.Namespace) -> tuple[FlumeConfig, Path | None]:
     """The config and the file it came from: ``--config``, $FLUME_CONFIG, ./flume.toml, or none at all."""
-    from flume_rx import config as config_module
+    from flume_rx.model import config as config_module
 
     path = config_module.find_config(args.config)
     if path is not None:
@@ -342,7 +342,7 @@ def _config(args: argparse.Namespace) -> tuple[FlumeConfig, Path | None]:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        from flume_rx.demo import run_demo
+        from flume_rx.surfaces.demo import run_demo
 
         return run_demo(
             redis_url=args.redis_url,
@@ -354,12 +354,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             live=not args.plain,
         )
 
-    from flume_rx.client import Flume
+    from flume_rx.surfaces.client import Flume
 
     config, config_path = _config(args)
     if args.command == "worker":
-        from flume_rx import runtime
-        from flume_rx.config import select_pipelines
+        from flume_rx.model.config import select_pipelines
+        from flume_rx.surfaces import runtime
 
         if args.processes < 1:
             raise ConfigError(f"--processes must be 1 or more (got {args.processes})")
@@ -383,11 +383,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             queues=args.queues,
         )
     if args.command == "schedules":
-        from flume_rx.schedules import print_schedules
-
-        return print_schedules(config, as_json=args.json)
+        return _print_schedules(config, as_json=args.json)
     if args.command == "dashboard":
-        from flume_rx.dashboard import serve
+        from flume_rx.surfaces.dashboard import serve
 
         return serve(
             config,
@@ -405,7 +403,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run_command(args: argparse.Namespace, config: FlumeConfig, flume: Flume) -> int:
-    from flume_rx import watch as views
+    from flume_rx.surfaces import watch as views
 
     if args.command == "enqueue":
         _enqueue(args, flume)
@@ -469,7 +467,7 @@ def _cancel(args: argparse.Namespace, flume: Flume) -> int:
 
 
 def _dead(args: argparse.Namespace, flume: Flume) -> int:
-    from flume_rx import watch as views
+    from flume_rx.surfaces import watch as views
 
     queue = args.queue
     if args.action == "list":
@@ -523,9 +521,9 @@ def _check_reachable(config: Any) -> None:
 def _print_stats(config: FlumeConfig, *, as_json: bool) -> None:
     """``stats``: one table (or JSON object) of every queue of the config, and of any other queue that holds
     jobs no pipeline serves."""
-    from flume_rx import watch as views
     from flume_rx.store import SyncStore
-    from flume_rx.terminal import table_console
+    from flume_rx.surfaces import watch as views
+    from flume_rx.surfaces.terminal import table_console
 
     with SyncStore.from_url(config.redis_url, config.namespace) as store:
         if as_json:
@@ -544,6 +542,46 @@ def _print_stats(config: FlumeConfig, *, as_json: bool) -> None:
     if config.pipelines:
         for warning in views.unserved_warnings(rows):
             print(f"flume-rx: {warning}", file=sys.stderr)
+
+
+def _print_schedules(config: Any, *, as_json: bool = False) -> int:
+    """``flume-rx schedules``: each schedule with its next run and, when Redis answers, its last tick.
+
+    Returns:
+        The exit code, 0.
+    """
+    import time
+
+    from flume_rx.model import schedules
+    from flume_rx.store import SyncStore
+
+    last: dict[str, int | None] = {}
+    with SyncStore.from_url(config.redis_url, config.namespace, socket_timeout_s=5.0) as store:
+        for schedule in config.schedules:
+            try:
+                last[schedule.name] = store.cron_last(schedule.queue, schedule.name)
+            except StoreError as exc:
+                logger.warning("cannot read last ticks from Redis (%s); showing next runs only", exc)
+                break
+    rows = schedules.describe(config.schedules, time.time(), last)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no [schedules.NAME] tables in the config")
+        return 0
+    from rich.table import Table
+
+    from flume_rx.surfaces.terminal import table_console
+
+    table = Table("schedule", "cron", "queue", "worker", "missed", "next run (UTC)", "last tick (UTC)")
+    for row in rows:
+        table.add_row(
+            row["name"], f"{row['cron']} ({row['timezone']})", row["queue"], row["worker"], row["missed"],
+            row["next_run"], row["last_tick"] or "never",
+        )  # fmt: skip
+    table_console().print(table)
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flume_rx.errors import ConfigError
-from flume_rx.telemetry import Event, Telemetry
+from flume_rx.model.errors import ConfigError
+from flume_rx.model.telemetry import Event, Telemetry
 
 try:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest

@@ -9,6 +9,6 @@ Everything the page needs is served from this package; it loads nothing from the
 
 from __future__ import annotations
 
-from flume_rx.dashboard.app import create_app, serve
+from flume_rx.surfaces.dashboard.app import create_app, serve
 
 __all__ = ["create_app", "serve"]

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
-from flume_rx.errors import ConfigError, UnknownWorker
-from flume_rx.job import UniqueUntil, check_name
+from flume_rx.model.errors import ConfigError, UnknownWorker
+from flume_rx.model.job import UniqueUntil, check_name
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")

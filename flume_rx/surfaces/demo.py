@@ -24,8 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flume_rx.errors import ConfigError, Throttled
-from flume_rx.registry import worker
+from flume_rx.model.errors import ConfigError, Throttled
+from flume_rx.model.registry import worker
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -195,7 +195,7 @@ def demo_config(redis_url: str, rate: int, namespace: str) -> str:
     return f"""
 redis_url = "{redis_url}"
 namespace = "{namespace}"
-imports = ["flume_rx.demo"]
+imports = ["flume_rx.surfaces.demo"]
 orphan_timeout = 5000
 shutdown_timeout = 5000
 
@@ -211,7 +211,7 @@ retry = {{ max_retries = 5, backoff_initial = 200, backoff_max = 5000 }}
 def worker_processes(config_path: Path, redis_url: str, processes: int) -> Iterator[float]:
     """Run ``processes`` worker processes on the config; yields when they started; SIGTERM (a graceful
     stop) and join on the way out."""
-    from flume_rx.runtime import _child_main
+    from flume_rx.surfaces.runtime import _child_main
 
     context = multiprocessing.get_context("spawn")
     children = [
@@ -234,7 +234,7 @@ def worker_processes(config_path: Path, redis_url: str, processes: int) -> Itera
 
 def _start_private_redis(stack: contextlib.ExitStack, console: Console) -> str:
     """A private redis-server for the demo (the system's, else the ``embedded`` extra's); returns its URL."""
-    from flume_rx.embedded import INSTALL_REDIS_HINT, RedisServer
+    from flume_rx.surfaces.embedded import INSTALL_REDIS_HINT, RedisServer
 
     try:
         server = stack.enter_context(RedisServer())
@@ -259,7 +259,7 @@ def run_demo(
 ) -> int:
     from rich.console import Console
 
-    from flume_rx.client import Flume
+    from flume_rx.surfaces.client import Flume
 
     if jobs < 1 or processes < 1 or rate < 1 or ses_limit < 1:
         raise ConfigError("--jobs, --processes, --rate and --ses-limit must all be 1 or more")
@@ -450,8 +450,8 @@ def _run_ses_endpoint_demo(redis_url: str | None, jobs: int, processes: int, rat
     from rich.console import Console
     from rich.table import Table
 
-    from flume_rx.client import Flume
     from flume_rx.integrations.ses import default_client
+    from flume_rx.surfaces.client import Flume
 
     console = Console()
     sender = os.environ.get(SES_FROM_ENV, "demo@example.com")

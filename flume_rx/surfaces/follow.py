@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from flume_rx import codec
-from flume_rx.errors import (
+from flume_rx.engine.workflows import cancelled_handoffs, flow_of, step_list
+from flume_rx.model import codec
+from flume_rx.model.errors import (
     ConfigError,
     DecodeError,
     JobCancelled,
@@ -24,9 +25,8 @@ from flume_rx.errors import (
     ResultTimeout,
     ResultUnavailable,
 )
-from flume_rx.job import CANCELLED_KEPT_S, Flow, Job, JobError
+from flume_rx.model.job import CANCELLED_KEPT_S, Flow, Job, JobError
 from flume_rx.store import Handoff, PeekWhere, RedisStore, SyncStore
-from flume_rx.workflows import cancelled_handoffs, flow_of, step_list
 
 JobState = Literal[
     "queued", "scheduled", "running", "retry", "dead", "done", "cancelled", "waiting", "unknown"

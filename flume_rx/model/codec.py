@@ -8,8 +8,8 @@ from typing import Any
 
 import msgpack
 
-from flume_rx.errors import DecodeError, EncodeError
-from flume_rx.job import UNIQUE_UNTIL, Job, JobError, UniqueUntil
+from flume_rx.model.errors import DecodeError, EncodeError
+from flume_rx.model.job import UNIQUE_UNTIL, Job, JobError, UniqueUntil
 
 FORMAT_VERSION = 1
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024

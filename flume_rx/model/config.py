@@ -12,11 +12,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from flume_rx.codec import DEFAULT_MAX_PAYLOAD_BYTES
-from flume_rx.errors import ConfigError
-from flume_rx.job import check_name
-from flume_rx.schedules import ScheduleConfig, parse_schedules
-from flume_rx.store.connection import REDIS_URL_SCHEMES, invalid_url
+from flume_rx.model.codec import DEFAULT_MAX_PAYLOAD_BYTES
+from flume_rx.model.errors import ConfigError
+from flume_rx.model.job import check_name
+from flume_rx.model.schedules import ScheduleConfig, parse_schedules
+from flume_rx.model.urls import REDIS_URL_SCHEMES, invalid_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
