@@ -40,10 +40,13 @@ class AdaptiveTuning:
         most_cut: one refusal lowers the rate to no less than this share of the current rate, within (0, 1],
             however little was measured: a refusal seen with few recent starts (a shared downstream, a quiet
             window) is weak evidence, and further refusals keep cutting.
-        headroom: None (the default) or, while the window is not used, the probe stops: it never goes above the ceiling or this share
-            above the tokens granted over the last period, whichever is more (>= 0). A rate nobody used is no
-            evidence that the downstream takes it; without this, a pipeline held back by its workers lets the
-            probe climb far past the downstream's rate, and the burst when the workers catch up is refused.
+        headroom: None (the default) or, while the window is not used, the probe stops: it never goes above the
+            ceiling or this share above the tokens in use, whichever is more (>= 0). In use means counted over
+            the last period plus those being asked for: a take that finds the window full is use the window
+            refused, and without it a window granting in blocks (5 tokens at a time under an 18/s rate) could
+            never count more than 15, so its rate never rose. A rate nobody used is no evidence that the
+            downstream takes it; without the cap, a pipeline held back by its workers lets the probe climb far
+            past the downstream's rate, and the burst when the workers catch up is refused.
     """
 
     margin: float = 0.03
@@ -76,7 +79,8 @@ def probed_rate(
     used: float | None = None,
 ) -> float:
     """The rate ``elapsed_s`` after the refusal that set ``ceiling``: the cubic, within [1, allowed], and with
-    ``used`` (tokens granted over the last period) no more than ``max(ceiling, used * (1 + headroom))``.
+    ``used`` (tokens counted over the last period, plus those a take asks for) no more than
+    ``max(ceiling, used * (1 + headroom))``.
 
     >>> tuning = AdaptiveTuning(margin=0.03, probe=0.015)
     >>> round(probed_rate(300.0, 0.0, 400, 1.0, tuning), 6)  # a margin below the ceiling

@@ -168,8 +168,9 @@ class InProcessWindow:
     def period_s(self) -> float:
         return self._period_s
 
-    def _rate_at(self, now: float) -> float:
-        # Called with the lock held.
+    def _rate_at(self, now: float, asked: int = 0) -> float:
+        # Called with the lock held. `asked`: the tokens of the take being decided, in use as much as those
+        # granted (take_tokens.lua adds them too; see AdaptiveTuning.headroom).
         if self._ceiling is None:
             return float(self._allowed)
         # Tokens of the grants still counted: those of the last period (and hold), as take_tokens.lua's sum.
@@ -181,7 +182,7 @@ class InProcessWindow:
             self._ceiling = None
             return float(self._allowed)
         return probed_rate(
-            self._ceiling, now - self._cut_at, self._allowed, self._period_s, self.tuning, used=used
+            self._ceiling, now - self._cut_at, self._allowed, self._period_s, self.tuning, used=used + asked
         )
 
     def current_rate(self) -> float:
@@ -201,8 +202,8 @@ class InProcessWindow:
             raise ValueError(f"min_tokens must be >= 1 (got {min_tokens})")
         with self._lock:
             now = self._clock()
-            capacity = max(1, math.floor(self._rate_at(now)))
             wanted = min(tokens, self._allowed)
+            capacity = max(1, math.floor(self._rate_at(now, wanted)))
             need = min(wanted, min_tokens, capacity)
             grants = self._grants
             while grants and grants[0][0] <= now:

@@ -30,7 +30,8 @@ local sum = window_sum(KEYS[1], meta[1])
 local last_g = tonumber(meta[2]) or 0
 local seq = tonumber(meta[3]) or 0
 -- probed_rate of operators/_adaptive.py: a cubic from a margin below the ceiling, within [1, allowed], and
--- while the window is not used no more than the ceiling or `headroom` above the tokens still counted.
+-- while the window is not used no more than the ceiling or `headroom` above the tokens in use: those still
+-- counted plus those this take asks for (a full window refuses them, and they are use all the same).
 local effective = allowed
 local ceiling = tonumber(meta[4])
 local cut_at = tonumber(meta[5])
@@ -39,7 +40,7 @@ if adaptive and ceiling and cut_at and not headroom then
   local offset = math.max(0, now - cut_at) / 1000000 / (period / 1000000) - plateau
   effective = math.max(1, math.min(allowed, ceiling * (1 + probe * offset * offset * offset)))
 elseif adaptive and ceiling and cut_at then
-  local used = 0
+  local used = math.min(want, allowed)
   local counted = string.format('(%.0f', math.max(now, last_g) - period)
   for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], counted, '+inf')) do
     used = used + window_tokens_of(member)

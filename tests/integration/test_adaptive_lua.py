@@ -56,9 +56,48 @@ def test_take_tokens_probes_as_probed_rate_does(
             cut_at = _set_state(redis_url, store, key, ceiling, ago_periods * period_s)
             reply = await window.take_reply(1, 1)  # an empty log and no pacing: the grant starts now
             elapsed_s = (reply.start_us - cut_at) / 1e6
-            # The log held nothing before this grant: while unused, the probe stays at the ceiling at most.
-            expected = probed_rate(ceiling, elapsed_s, allowed, period_s, tuning, used=0.0)
+            # The log held nothing before this grant: in use, only the token it asks for.
+            expected = probed_rate(ceiling, elapsed_s, allowed, period_s, tuning, used=1.0)
             assert reply.effective_allowed == pytest.approx(expected, rel=1e-9)
+        finally:
+            await store.aclose()
+
+    asyncio.run(run())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    allowed=st.integers(1, 500),
+    before=st.integers(0, 500),
+    want=st.integers(1, 1000),
+    ceiling=st.floats(1.0, 600.0),
+    ago_periods=st.floats(0.0, 0.5),
+)
+def test_the_usage_cap_counts_the_tokens_asked_for_as_probed_rate_is_told(
+    redis_url: str, allowed: int, before: int, want: int, ceiling: float, ago_periods: float
+) -> None:
+    # A period of a minute: the tokens granted first are still counted when the second take is decided.
+    period_s = 60.0
+    tuning = AdaptiveTuning(headroom=0.1)
+
+    async def run() -> None:
+        store = RedisStore.from_url(redis_url)
+        try:
+            key = uuid.uuid4().hex
+            window = RedisTokenWindow(store, key, allowed, period_s, adaptive=True, tuning=tuning)
+            counted = 0
+            if before:
+                counted = (await window.take_reply(min(before, allowed), 1)).tokens
+            cut_at = _set_state(redis_url, store, key, ceiling, ago_periods * period_s)
+            reply = await window.take_reply(want, 1)
+            elapsed_s = (reply.start_us - cut_at) / 1e6 if reply.delay_us == 0 else None
+            used = float(counted + min(want, allowed))
+            if elapsed_s is not None:
+                expected = probed_rate(ceiling, elapsed_s, allowed, period_s, tuning, used=used)
+                assert reply.effective_allowed == pytest.approx(expected, rel=1e-9)
+            # Whatever the clock: never above the cap of what is in use, nor above allowed.
+            assert reply.effective_allowed <= max(ceiling, used * 1.1, 1.0) * (1 + 1e-9)
+            assert reply.effective_allowed <= allowed
         finally:
             await store.aclose()
 
