@@ -28,6 +28,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from flume_rx import Flume, worker
 from flume_rx.model import config as config_module
 from flume_rx.model.registry import unregister
+from flume_rx.store import RedisStore
 from flume_rx.surfaces.runtime import WorkerRuntime
 
 QUEUE = "emails"
@@ -254,4 +255,16 @@ def test_a_chain_step_is_shown_with_its_chain(
     expect(rows).to_have_count(2)
     expect(rows.nth(0)).to_contain_text(f"{chain.ids[0]}Resize on wf/resizequeued")
     expect(rows.nth(1)).to_contain_text(f"{chain.ids[1]}Upload on wf/uploadwaiting")
+
+    # A step's progress (reported as a worker's current_job().progress does) shows in the lookup.
+    async def report() -> None:
+        async with RedisStore.from_url(redis_url, NS) as store:
+            await store.set_progress("wf/resize", chain.ids[0], 0.4, "resized", 60_000)
+
+    reporter = threading.Thread(target=asyncio.run, args=(report(),))  # Playwright holds this thread's loop
+    reporter.start()
+    reporter.join(30)
+    page.locator("#job-id").fill(chain.ids[0])
+    page.locator("#lookup button").click()
+    expect(page.locator("#job")).to_contain_text("progress 40% resized")
     page.close()

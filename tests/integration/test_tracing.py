@@ -101,6 +101,7 @@ def test_a_job_runs_in_a_span_linked_to_the_span_it_was_enqueued_in(
     for job_id, span in runs.items():
         assert [link.context.span_id for link in span.links] == [request.get_span_context().span_id]
         assert span.attributes["flume_rx.queue"] == QUEUE and span.attributes["flume_rx.attempt"] == 0
+        assert span.attributes["flume_rx.worker"] == ("TracedSync" if job_id == sync_id else "TracedAsync")
         assert span.kind == trace.SpanKind.CONSUMER, job_id
     # The worker's own spans are children of the run's span, on the loop and on a stage thread alike.
     for inner, run in (("inside sync", runs[sync_id]), ("inside async", runs[async_id])):
@@ -129,3 +130,28 @@ def test_enqueue_outside_any_span_adds_nothing(redis_url: str, spans: InMemorySp
     with Flume(redis_url, "otel") as flume:
         flume.enqueue(QUEUE, "Whatever", [1])
         assert flume.peek(QUEUE)[0].meta is None
+
+
+def test_every_step_of_a_chain_and_group_runs_linked_to_the_span_that_started_it(
+    redis_url: str, spans: InMemorySpanExporter, workers: None
+) -> None:
+    tracer = _provider.get_tracer("app")
+    with Flume(redis_url, "otel") as flume, tracer.start_as_current_span("request") as request:
+        chain = flume.chain([(QUEUE, "TracedSync", [1]), (QUEUE, "TracedAsync", [])])
+        group = flume.group(
+            [(QUEUE, "TracedSync", [2]), (QUEUE, "TracedSync", [3])], then=(QUEUE, "TracedAsync")
+        )
+    _drain(redis_url)
+
+    found = _by_name(spans)
+    runs = {
+        span.attributes["flume_rx.job_id"]: span
+        for span in found["run TracedSync"] + found["run TracedAsync"]
+    }
+    # The steps and the callback ran after hand-offs made in workers' settle steps, and still link to it.
+    assert set(runs) == {*chain.ids, *group.members, group.then}
+    origin = request.get_span_context()
+    for span in runs.values():
+        assert [(link.context.trace_id, link.context.span_id) for link in span.links] == [
+            (origin.trace_id, origin.span_id)
+        ]
