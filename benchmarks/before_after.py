@@ -81,7 +81,7 @@ CASES: dict[str, tuple[str, dict[str, int]]] = {
 }
 
 RUN = (
-    "import sys; from flume_rx.model.config import load; from flume_rx.surfaces.runtime import run_worker_process; "
+    "import sys; from flume_rx.model.config import load; from flume_rx.surfaces.processes import run_worker_process; "
     "sys.exit(run_worker_process(load(sys.argv[1]), burst=True))"
 )
 

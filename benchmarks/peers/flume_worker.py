@@ -11,7 +11,7 @@ import sys
 
 def main(argv: list[str]) -> int:
     from flume_rx.model.config import load
-    from flume_rx.surfaces.runtime import run_worker_process
+    from flume_rx.surfaces.processes import run_worker_process
 
     return run_worker_process(load(argv[0]))
 

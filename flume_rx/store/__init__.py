@@ -29,11 +29,7 @@ from flume_rx.store.commands import (  # noqa: F401
     LATENCY_SAMPLES,
     RATE_MINUTES,
     RATE_SECONDS,
-    ConsumerInfo,
     Handoff,
-    PeekWhere,
-    QueueStats,
-    RatePoint,
     RefusalReply,
     Settlement,
     TokenReply,
@@ -50,6 +46,12 @@ from flume_rx.store.outage import (
     Outage,
     _OutageLog,  # noqa: F401
     through_outage,
+)
+from flume_rx.store.queries import (
+    ConsumerInfo,
+    PeekWhere,
+    QueueStats,
+    RatePoint,
 )
 from flume_rx.store.redis_store import RedisStore
 from flume_rx.store.scripts import SCRIPTS, Arg, _Cmd, _Eval, _Op, _sha, lua_source  # noqa: F401

@@ -12,40 +12,42 @@ import redis.cluster
 
 from flume_rx.model.urls import invalid_url
 from flume_rx.store.commands import (
-    _STATS_FIRST,
     DEAD_RETRY_CHUNK,
-    DEFAULT_ORPHAN_TIMEOUT_S,
-    ConsumerInfo,
     Handoff,
-    PeekWhere,
-    QueueStats,
-    RatePoint,
     UniqueEnqueue,
     _hash,
     _ops_cancel,
-    _ops_consumers,
     _ops_dead_retry,
     _ops_dead_retry_oldest,
     _ops_delete,
     _ops_enqueue,
     _ops_enqueue_unique,
     _ops_heartbeat,
-    _ops_peek,
-    _ops_rate_use,
-    _ops_rates,
     _ops_schedule,
-    _ops_stats_first,
     _pairs,
-    _parse_consumers,
-    _parse_peek,
-    _parse_rate_use,
-    _parse_rates,
-    _parse_stats,
     _parse_unique,
     _text,
 )
 from flume_rx.store.connection import _check_client, _client_kwargs, cluster_url
 from flume_rx.store.keys import Keys
+from flume_rx.store.queries import (
+    _STATS_FIRST,
+    DEFAULT_ORPHAN_TIMEOUT_S,
+    ConsumerInfo,
+    PeekWhere,
+    QueueStats,
+    RatePoint,
+    _ops_consumers,
+    _ops_peek,
+    _ops_rate_use,
+    _ops_rates,
+    _ops_stats_first,
+    _parse_consumers,
+    _parse_peek,
+    _parse_rate_use,
+    _parse_rates,
+    _parse_stats,
+)
 from flume_rx.store.scripts import Arg, SyncRunner, _Cmd, _Op
 
 

@@ -359,7 +359,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     config, config_path = _config(args)
     if args.command == "worker":
         from flume_rx.model.config import select_pipelines
-        from flume_rx.surfaces import runtime
+        from flume_rx.surfaces import processes, runtime
 
         if args.processes < 1:
             raise ConfigError(f"--processes must be 1 or more (got {args.processes})")
@@ -369,10 +369,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         runtime.import_worker_modules(config.imports)
         _check_reachable(config)
         if args.processes == 1:
-            return runtime.run_worker_process(
+            return processes.run_worker_process(
                 config, burst=args.burst or False, metrics_port=args.metrics_port
             )
-        return runtime.supervise(
+        return processes.supervise(
             str(config_path),
             args.processes,
             redis_url=args.redis_url,

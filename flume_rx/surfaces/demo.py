@@ -211,12 +211,12 @@ retry = {{ max_retries = 5, backoff_initial = 200, backoff_max = 5000 }}
 def worker_processes(config_path: Path, redis_url: str, processes: int) -> Iterator[float]:
     """Run ``processes`` worker processes on the config; yields when they started; SIGTERM (a graceful
     stop) and join on the way out."""
-    from flume_rx.surfaces.runtime import _child_main
+    from flume_rx.surfaces.processes import child_main
 
     context = multiprocessing.get_context("spawn")
     children = [
         context.Process(
-            target=_child_main, args=(str(config_path), redis_url, False), name=f"flume-worker-{i}"
+            target=child_main, args=(str(config_path), redis_url, False), name=f"flume-worker-{i}"
         )
         for i in range(processes)
     ]
