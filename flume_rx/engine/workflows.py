@@ -180,7 +180,7 @@ def next_in_chain(job: Job, value: Any, max_bytes: int) -> Handoff | None:
     following = job_of(
         Step(step.id, step.queue, step.worker, [*step.args, value]), Flow(rest) if rest else None, job.meta
     )
-    return Handoff(step.queue, codec.encode(following, max_bytes))
+    return Handoff(step.queue, codec.encode(following, max_bytes), to_come=step.id)
 
 
 def chain_stopped(
@@ -191,15 +191,22 @@ def chain_stopped(
     flow = flow_of(job)
     if flow is None:
         return []
-    why = JobError("ChainStopped", f"step {job.id} ({job.worker} on {job.queue!r}) {how}: {error}")
+    return steps_stopped(flow.chain, job, f"{how}: {error}", keep_ms, max_bytes)
+
+
+def steps_stopped(
+    steps: Sequence[Step], at: Job | Step, why: str, keep_ms: int, max_bytes: int
+) -> list[Handoff]:
+    """The hand-offs recording ``steps`` as cancelled because their chain stopped at step ``at`` (``why``)."""
+    error = JobError("ChainStopped", f"step {at.id} ({at.worker} on {at.queue!r}) {why}")
     return [
         Handoff(
             step.queue,
-            codec.encode_cut_to_fit(replace(job_of(step, None), error=why), max_bytes),
+            codec.encode_cut_to_fit(replace(job_of(step, None), error=error), max_bytes),
             stopped=step.id,
             keep_ms=keep_ms,
         )
-        for step in flow.chain
+        for step in steps
     ]
 
 

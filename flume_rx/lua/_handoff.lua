@@ -1,7 +1,8 @@
 -- _handoff: shared by settle and cancel, which begin with it (Redis scripts cannot include files): the
 -- workflow hand-offs a job makes as it leaves for good (acked, dead, aborted, or cancelled while waiting).
 -- A hand-off is five entries of a flat msgpack array: (outcome number, kind, key index into KEYS, data, extra).
--- "push": data (a job) goes onto the queue KEYS[index].
+-- "push": data (a job) goes onto the queue KEYS[index]. With extra > 0, the job is a chain's next step and
+-- KEYS[extra] its record: one cancelled before its turn is not pushed; otherwise it is no longer to come.
 -- "stop": a later step of a chain that stopped: its record KEYS[index] says cancelled with data as its job
 -- record, kept extra ms, and its waiters are told.
 -- "join": data (a member's outcome) is recorded as field m<extra> of the group KEYS[index], unless already
@@ -9,9 +10,10 @@
 -- KEYS[index + 1]: the group's "head", every member's outcome in order, its "mid", the time now (the
 -- callback's enqueued_at) and its "tail" make the callback's job record (the head ends with the header of the
 -- outcomes' list), and the group is gone. KEYS[index + 2] and KEYS[index + 3] are the callback queue's dead
--- letters and the callback's record: a completed record longer than the group's "max" (the fetch would
--- dead-letter it unread) goes there instead as the group's "over" record, which says why, and the callback's
--- waiters are told (see workflows.group_record).
+-- letters and the callback's record: a callback cancelled before its turn is not pushed; a completed record
+-- longer than the group's "max" (the fetch would dead-letter it unread) goes to the dead letters instead as
+-- the group's "over" record, which says why, and the callback's waiters are told (see
+-- workflows.group_record).
 
 -- A key a script writes that holds another type (bad data) would fail the call half-way, and Redis does not
 -- undo a script's writes: the keys are checked first, and the call refused before it writes anything.
@@ -30,6 +32,7 @@ local function handoffs_refused(flow)
     local kind, index = flow[j + 1], tonumber(flow[j + 2])
     if kind == 'push' then
       bad = bad or wrong_type(KEYS[index], 'list')
+      if tonumber(flow[j + 4]) > 0 then bad = bad or wrong_type(KEYS[tonumber(flow[j + 4])], 'hash') end
     elseif kind == 'join' then
       bad = bad or wrong_type(KEYS[index], 'hash') or wrong_type(KEYS[index + 1], 'list')
         or wrong_type(KEYS[index + 2], 'zset') or wrong_type(KEYS[index + 3], 'hash')
@@ -45,6 +48,13 @@ local function hand_off(flow, j, now_ms)
   local index = tonumber(flow[j + 2])
   local key = KEYS[index]
   if flow[j + 1] == 'push' then
+    local record = KEYS[tonumber(flow[j + 4])]
+    if record then
+      if redis.call('HGET', record, 'state') == 'cancelled' then
+        return
+      end
+      redis.call('HDEL', record, 'chained')
+    end
     redis.call('LPUSH', key, flow[j + 3])
   elseif flow[j + 1] == 'stop' then
     redis.call('HSET', key, 'state', 'cancelled', 'at_ms', now_ms, 'job', flow[j + 3])
@@ -69,13 +79,16 @@ local function hand_off(flow, j, now_ms)
       parts[#parts + 1] = redis.call('HGET', key, 'tail')
       bytes = bytes + #parts[#parts]
       local max_bytes = tonumber(redis.call('HGET', key, 'max') or '0')
-      if max_bytes > 0 and bytes > max_bytes then
+      if redis.call('HGET', KEYS[index + 3], 'state') == 'cancelled' then
+        -- Cancelled before its turn: not run (its record already says so).
+      elseif max_bytes > 0 and bytes > max_bytes then
         local over = redis.call('HGET', key, 'over')
         redis.call('ZADD', KEYS[index + 2], now_ms, over)
         redis.call('HSET', KEYS[index + 3], 'state', 'dead', 'at_ms', now_ms, 'job', over)
         redis.call('PEXPIRE', KEYS[index + 3], tonumber(redis.call('HGET', key, 'keep') or '86400000'))
         redis.call('PUBLISH', KEYS[index + 3], 'dead')
       else
+        redis.call('HDEL', KEYS[index + 3], 'chained')
         redis.call('LPUSH', KEYS[index + 1], table.concat(parts))
       end
       redis.call('DEL', key)

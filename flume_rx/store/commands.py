@@ -89,6 +89,9 @@ class Handoff:
     callback: str = ""
     """With ``group``: the callback's job id, whose record says dead if the group's outcomes are too large
     to hand on ("" for members of groups made before it was carried)."""
+    to_come: str = ""
+    """With ``payload`` (a chain's next step): that step's job id. Its record says it is to come until this
+    push; a step cancelled before its turn is not pushed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +182,21 @@ def _handoff_args(keys: Keys, h: Handoff, outcome: int, before: int, extra_keys:
         extra_keys.append(target.record(h.stopped))
         return [outcome, "stop", before + len(extra_keys), h.payload, max(1, h.keep_ms)]
     extra_keys.append(target.queue)
-    return [outcome, "push", before + len(extra_keys), h.payload, 0]
+    at = before + len(extra_keys)
+    if h.to_come:
+        extra_keys.append(target.record(h.to_come))
+        return [outcome, "push", at, h.payload, at + 1]
+    return [outcome, "push", at, h.payload, 0]
 
 
 def _ops_cancel(
-    keys: Keys, queue: str, job_id: str, payload: bytes, keep_ms: int, handoffs: Sequence[Handoff] = ()
+    keys: Keys,
+    queue: str,
+    job_id: str,
+    payload: bytes,
+    keep_ms: int,
+    handoffs: Sequence[Handoff] = (),
+    to_come: bytes = b"",
 ) -> _Eval:
     k = keys.of(queue)
     base = (k.queue, k.scheduled, k.retry, k.record(job_id))
@@ -192,7 +205,7 @@ def _ops_cancel(
     for h in handoffs:
         flow += _handoff_args(keys, h, 1, len(base), extra)
     blob: bytes = msgpack.packb(flow, use_bin_type=False) if flow else b""
-    return _Eval("cancel", (*base, *extra), (payload, keep_ms, blob))
+    return _Eval("cancel", (*base, *extra), (payload, keep_ms, blob, to_come))
 
 
 def _ops_settle(

@@ -315,6 +315,16 @@ class SyncStore:
         longer waiting."""
         return bool(self._run.one(_ops_cancel(self.keys, queue, job_id, payload, keep_ms, handoffs)))
 
+    def cancel_to_come(
+        self, queue: str, job_id: str, record: bytes, keep_ms: int, handoffs: Sequence[Handoff] = ()
+    ) -> bool:
+        """Cancel the workflow job ``job_id`` to come (a later chain step, a group's callback) while its
+        record still says so: the record says cancelled (``record`` its job record) for ``keep_ms``, with
+        ``handoffs`` made in the same step, and the hand-off that would enqueue it skips it. False when it
+        was enqueued (or settled) meanwhile."""
+        op = _ops_cancel(self.keys, queue, job_id, b"", keep_ms, handoffs, record)
+        return bool(self._run.one(op))
+
     def dead_purge(self, queue: str) -> int:
         dead = self.keys.of(queue).dead
         count, _ = self._run.run([_Cmd(("ZCARD", dead)), _Cmd(("DEL", dead))], transaction=True)

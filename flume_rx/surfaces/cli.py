@@ -462,7 +462,10 @@ def _cancel(args: argparse.Namespace, flume: Flume) -> int:
             print(f"{job_id}: running, abort asked (its worker stops it and records it as cancelled)")
         else:
             refused += 1
-            print(f"{job_id}: not cancelled, it is {info.state} (only waiting jobs can be cancelled)")
+            print(
+                f"{job_id}: not cancelled, it is {info.state} (only a job that has not run yet can be "
+                "cancelled, and a running one aborted)"
+            )
     return 1 if refused else 0
 
 

@@ -274,9 +274,12 @@ class Flume(Producer, CodePipelines):
         return workflow_of(self._store, info, self.config.orphan_timeout_s)
 
     def cancel(self, job_id: str, queue: str | None = None) -> JobInfo:
-        """Cancel job ``job_id`` if it is still waiting (queued, scheduled or waiting to retry): it is taken
-        off and recorded as cancelled, in one step. Returns the job's state afterwards; a job that is running,
-        dead or unknown is left as it is and its state returned."""
+        """Cancel job ``job_id``. A waiting one (queued, scheduled or waiting to retry) is taken off and
+        recorded as cancelled, in one step; a workflow job to come (``waiting``) is recorded as cancelled and
+        skipped when its turn comes; a running one is aborted (its worker records it as cancelled when it
+        stops). A cancelled chain step stops its chain; a cancelled group member still completes its group,
+        as a failed one. Returns the job's state afterwards (``running`` for an abort asked); a dead or
+        unknown job is left as it is and its state returned."""
         return cancel_job(
             self._store, job_id, self._queues(queue), self.config.orphan_timeout_s, self.max_payload_bytes
         )

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from flume_rx.engine.workflows import cancelled_handoffs, flow_of, step_list
+from flume_rx.engine.workflows import cancelled_handoffs, flow_of, job_of, step_list, steps_stopped
 from flume_rx.model import codec
 from flume_rx.model.errors import (
     ConfigError,
@@ -25,7 +25,7 @@ from flume_rx.model.errors import (
     ResultTimeout,
     ResultUnavailable,
 )
-from flume_rx.model.job import CANCELLED_KEPT_S, Flow, Job, JobError
+from flume_rx.model.job import CANCELLED_KEPT_S, Flow, Job, JobError, Step
 from flume_rx.store import Handoff, PeekWhere, RedisStore, SyncStore
 
 JobState = Literal[
@@ -142,10 +142,18 @@ def cancel_job(
 ) -> JobInfo:
     """Cancel job ``job_id``: a waiting one (queued, scheduled or waiting to retry) is taken off in one step
     with a record saying so; a running one is aborted by its worker, which records it as cancelled once it
-    stops. Returns what the job is afterwards: ``cancelled``, ``running`` (abort asked), or where it was
-    found when there was nothing to cancel (dead, unknown)."""
+    stops; a workflow job to come (``waiting``) is recorded as cancelled and not enqueued when its turn
+    comes, as Celery's revoke does with a chain's later task. Returns what the job is afterwards:
+    ``cancelled``, ``running`` (abort asked), or where it was found when there was nothing to cancel (dead,
+    unknown)."""
+    keep_ms = round(CANCELLED_KEPT_S * 1000)
     for _ in range(3):
         info, payload = _locate(store, job_id, queues, orphan_timeout_s)
+        if info.state == "waiting" and info.queue is not None:
+            record, handoffs = _to_come_cancelled(store, info.queue, job_id, keep_ms, max_payload_bytes)
+            if store.cancel_to_come(info.queue, job_id, record, keep_ms, handoffs):
+                return find_job(store, job_id, [info.queue], orphan_timeout_s)
+            continue  # enqueued meanwhile: look again
         if info.state == "running":
             # Its worker aborts it (an async job's task is cancelled; a sync job sees current_job().aborted)
             # and records it as cancelled when it stops.
@@ -153,13 +161,31 @@ def cancel_job(
             return info
         if info.state not in ("queued", "scheduled", "retry") or info.queue is None or payload is None:
             return info
-        keep_ms = round(CANCELLED_KEPT_S * 1000)
         # A workflow job hands on in the same step: its group still completes, its chain's later steps stop.
         handoffs = [] if info.job is None else _cancelled_handoffs(info.job, keep_ms, max_payload_bytes)
         if store.cancel(info.queue, job_id, payload, keep_ms, handoffs):
             return find_job(store, job_id, [info.queue], orphan_timeout_s)
     # It kept moving under us (fetched, retried): say where it is now.
     return find_job(store, job_id, queues, orphan_timeout_s)
+
+
+def _to_come_cancelled(
+    store: SyncStore, queue: str, job_id: str, keep_ms: int, max_payload_bytes: int
+) -> tuple[bytes, list[Handoff]]:
+    """The job record of a workflow job to come that is cancelled, and its hand-offs: a chain step's later
+    steps are stopped with it."""
+    record = store.job_record(queue, job_id)
+    steps = step_list(record.get("chain", b""))
+    at = int(record.get("step", b"0"))
+    if steps and at < len(steps) and steps[at][0] == job_id:
+        worker = steps[at][2]
+        me = Step(job_id, queue, worker, [])
+        later = [Step(i, q, w, []) for i, q, w in steps[at + 1 :]]
+        why = "was cancelled before its turn came"
+        handoffs = steps_stopped(later, me, why, keep_ms, max_payload_bytes)
+    else:
+        worker, handoffs = record.get("worker", b"").decode(), []
+    return codec.encode(job_of(Step(job_id, queue, worker, []), None), max_payload_bytes), handoffs
 
 
 def _cancelled_handoffs(job: Job, keep_ms: int, max_payload_bytes: int) -> list[Handoff]:

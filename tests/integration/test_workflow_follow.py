@@ -201,3 +201,30 @@ def test_a_cancelled_member_still_completes_its_group(flume: Flume) -> None:
         },
     ]
     assert "k1" not in runs(redis.Redis.from_url(flume.redis_url))
+
+
+def test_a_step_or_callback_to_come_is_cancelled_and_skipped_when_its_turn_comes(flume: Flume) -> None:
+    chain = flume.chain(
+        [("wf/a", "wf.count", ["t1"]), ("wf/a", "wf.count", ["t2"]), ("wf/a", "wf.count", ["t3"])]
+    )
+    assert flume.cancel(chain.ids[1]).state == "cancelled"
+    stopped = flume.job(chain.ids[2])
+    assert stopped.state == "cancelled" and stopped.error is not None
+    assert (
+        f"step {chain.ids[1]} (wf.count on 'wf/a') was cancelled before its turn came"
+        in stopped.error.message
+    )
+    group = flume.group([("wf/a", "wf.count", ["t4"])], then=("wf/t", "wf.gather", ["skipped"]))
+    assert flume.cancel(group.then).state == "cancelled"
+
+    _drain(flume, "wf/a")
+    ran = runs(redis.Redis.from_url(flume.redis_url))
+    assert ran.get("t1") == 1 and ran.get("t4") == 1 and "t2" not in ran and "t3" not in ran
+    assert flume.job(chain.ids[0]).state == "done"
+    assert flume.stats(["wf/a", "wf/t"])["wf/t"]["queued"] == 0  # the callback was not enqueued
+    for job_id, queue in ((chain.ids[1], "wf/a"), (chain.ids[2], "wf/a"), (group.then, "wf/t")):
+        assert flume.job(job_id).state == "cancelled"
+        with pytest.raises(JobCancelled):
+            flume.result(job_id, queue, timeout=5)
+    # A job once enqueued is no longer to come: cancelling a finished step changes nothing.
+    assert flume.cancel(chain.ids[0]).state == "done"
