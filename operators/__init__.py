@@ -14,7 +14,7 @@ that checks it.
 """
 
 from ._adaptive import AdaptiveTuning, accepted_per_period, ceiling_after_refusal, probed_rate, recovery_s
-from ._async_bridge import from_coroutine, to_async_iterable, to_async_observable
+from ._async_bridge import from_coroutine, from_result, to_async_iterable, to_async_observable
 from ._batch import FlushHook, buffer_with_time_or_count
 from ._flow import UNBOUNDED, Demand, Flowable, is_prompt, subscribe_upstream
 from ._keyed_throttle import InProcessKeyedWindow, KeyedWindow, throttle_by_key
@@ -47,6 +47,7 @@ __all__ = [
     "from_async",
     "from_coroutine",
     "from_iterable",
+    "from_result",
     "in_thread",
     "is_prompt",
     "last_batch",

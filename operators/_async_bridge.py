@@ -1,5 +1,6 @@
 """A bridge to asyncio: consume any Observable with ``async for``, or as an aioreactive AsyncObservable; make a
-coroutine an Observable (:func:`from_coroutine`).
+coroutine an Observable (:func:`from_coroutine`), or a call that returns a value or an awaitable
+(:func:`from_result`: how the throttle turns a token window's answer into a stream).
 
 When the source is a Flowable, the bridge keeps request-n: it asks for ``prefetch`` items and for one more
 each time the consumer takes one, so a slow ``async for`` body slows the pipeline instead of filling memory.
@@ -8,7 +9,8 @@ each time the consumer takes one, so a slow ``async for`` body slows the pipelin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import Future as ThreadFuture
 from typing import Any, Generic, TypeVar
 
@@ -82,13 +84,32 @@ def from_coroutine(make: Callable[[], Coroutine[Any, Any, _T]]) -> Observable[_T
     Subscribing from the loop's thread schedules it there; from another thread, it is handed to the loop
     that was running where the Observable was made.
     """
+    return from_result(make)
+
+
+def from_result(call: Callable[[], _T | Awaitable[_T] | Observable[_T]]) -> Observable[_T]:
+    """An Observable that makes ``call()`` per subscription and emits its result, then completes: a plain value
+    at once, an awaitable once the event loop has awaited it (as :func:`from_coroutine` does). An exception
+    raised by ``call`` or by the awaitable goes to ``on_error``. A result that is an Observable already (a
+    test double answering in virtual time) is that stream.
+
+    So a window or any service can answer with a value or an awaitable, and stay free of streams.
+
+    >>> from_result(lambda: 3).run()
+    3
+    """
     try:
         home: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
         home = None
 
     def factory(_: abc.SchedulerBase | None) -> Observable[_T]:
-        coro = make()
+        result = call()
+        if isinstance(result, Observable):
+            return result
+        if not inspect.isawaitable(result):
+            return reactivex.just(result)
+        coro = _awaited(result)
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -104,3 +125,7 @@ def from_coroutine(make: Callable[[], Coroutine[Any, Any, _T]]) -> Observable[_T
         )
 
     return reactivex.defer(factory)
+
+
+async def _awaited(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable

@@ -11,17 +11,17 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-import reactivex
 from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposable
 from reactivex.observer import Observer
 from reactivex.scheduler import TimeoutScheduler, VirtualTimeScheduler
 
 from ._adaptive import AdaptiveTuning, accepted_per_period, ceiling_after_refusal, probed_rate, recovery_s
+from ._async_bridge import from_result
 from ._flow import Demand, Flowable, drain_loop, subscribe_upstream
 
 _T = TypeVar("_T")
@@ -59,14 +59,16 @@ class TokenWindow(Protocol):
         """The length of the sliding window, in seconds."""
         ...
 
-    def take(self, tokens: int, min_tokens: int) -> Observable[Grant]:
-        """Ask for up to ``tokens``; emits one Grant of at least ``min(tokens, min_tokens)`` and completes."""
+    def take(self, tokens: int, min_tokens: int) -> Grant | Awaitable[Grant] | Observable[Grant]:
+        """Ask for up to ``tokens``: one Grant of at least ``min(tokens, min_tokens)``, or an awaitable of it
+        (a window shared through Redis answers after a round trip). The throttle makes the stream
+        (:func:`~flume_rx.operators.from_result`, which also takes an Observable that emits the Grant)."""
         ...
 
-    def penalize(self, refused: int = 1, age_s: float = 0.0) -> Observable[float]:
+    def penalize(self, refused: int = 1, age_s: float = 0.0) -> float | Awaitable[float] | Observable[float]:
         """Report ``refused`` calls the limited service refused, the first of them started ``age_s`` ago; in
-        adaptive mode the shared rate is aimed at what it accepted (see :mod:`._adaptive`). Emits the new
-        effective rate."""
+        adaptive mode the shared rate is aimed at what it accepted (see :mod:`._adaptive`). Returns the new
+        effective rate, or an awaitable of it."""
         ...
 
     def current_rate(self) -> float:
@@ -110,11 +112,11 @@ class InProcessWindow:
         take(3, 1) at t=1  -> Grant(3, 9 + hold, hold)      (a reservation once the first expires)
 
     >>> window = InProcessWindow(3, 10.0, 0.0, clock=lambda: 0.0)
-    >>> window.take(2, 1).run()
+    >>> window.take(2, 1)
     Grant(tokens=2, delay_s=0.0, hold_s=0.0)
-    >>> window.take(5, 1).run()
+    >>> window.take(5, 1)
     Grant(tokens=1, delay_s=0.0, hold_s=0.0)
-    >>> window.take(5, 2).run()
+    >>> window.take(5, 2)
     Grant(tokens=3, delay_s=10.0, hold_s=0.0)
     """
 
@@ -233,9 +235,9 @@ class InProcessWindow:
             self._last_start = at
             return Grant(granted, at - now, self.hold_s)
 
-    def take(self, tokens: int, min_tokens: int) -> Observable[Grant]:
-        """A cold Observable that computes one :meth:`grant` when subscribed, emits it and completes."""
-        return reactivex.defer(lambda _scheduler: reactivex.just(self.grant(tokens, min_tokens)))
+    def take(self, tokens: int, min_tokens: int) -> Grant:
+        """:meth:`grant`, under the name :class:`TokenWindow` gives it."""
+        return self.grant(tokens, min_tokens)
 
     def refuse(self, refused: int = 1, age_s: float = 0.0) -> float:
         """The synchronous core of :meth:`penalize`: record ``refused`` refusals, the first of them of a call
@@ -275,9 +277,9 @@ class InProcessWindow:
             self._cut_at = now
             return self._rate_at(now)
 
-    def penalize(self, refused: int = 1, age_s: float = 0.0) -> Observable[float]:
-        """A cold Observable that records ``refused`` refusals when subscribed and emits the new rate."""
-        return reactivex.defer(lambda _scheduler: reactivex.just(self.refuse(refused, age_s)))
+    def penalize(self, refused: int = 1, age_s: float = 0.0) -> float:
+        """:meth:`refuse`, under the name :class:`TokenWindow` gives it."""
+        return self.refuse(refused, age_s)
 
 
 def throttle(
@@ -326,6 +328,7 @@ def throttle(
         source:  abcd|                     (allowed=2 per 10 ticks, hold=0)
         result:  ab--------cd|             c and d wait until the grants of a and b expire at 10
 
+    >>> import reactivex
     >>> from reactivex.testing import TestScheduler
     >>> scheduler = TestScheduler()
     >>> window = InProcessWindow(2, 10.0, 0.0, clock=scheduler)
@@ -430,7 +433,7 @@ def throttle(
                     if not got:
                         on_error(RuntimeError("the token window completed a take without granting tokens"))
 
-                take_subscription.disposable = window.take(wanted, least).subscribe(
+                take_subscription.disposable = from_result(lambda: window.take(wanted, least)).subscribe(
                     on_grant, on_error, on_take_completed, scheduler=scheduler_
                 )
 

@@ -43,7 +43,7 @@ class RateWatch:
         iteration, not one per job)."""
         if count < 1:
             return
-        self.window.penalize(count, max(0.0, age_s)).subscribe(
+        fo.from_result(lambda: self.window.penalize(count, max(0.0, age_s))).subscribe(
             lambda rate: self._changed(rate, "refused", refused=count),
             lambda exc: logger.warning(
                 "could not report %d refusal(s) to rate limiter %s: %s", count, self.key, exc

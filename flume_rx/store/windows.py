@@ -5,12 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
-from reactivex import Observable
-
-from flume_rx import operators as fo
 from flume_rx.operators import AdaptiveTuning, Grant
 from flume_rx.store.commands import RefusalReply, TokenReply
 from flume_rx.store.outage import through_outage
@@ -113,9 +110,10 @@ class RedisTokenWindow:
             self._effective = reply.effective_allowed
         return reply
 
-    def take(self, tokens: int, min_tokens: int = 1) -> Observable[Grant]:
-        """Emits one :class:`Grant` and completes; each subscription asks Redis once."""
-        return fo.from_coroutine(lambda: self.take_async(tokens, min_tokens))
+    def take(self, tokens: int, min_tokens: int = 1) -> Awaitable[Grant]:
+        """:meth:`take_async`, under the name :class:`~flume_rx.operators.TokenWindow` gives it; the throttle
+        makes the stream."""
+        return self.take_async(tokens, min_tokens)
 
     async def penalize_async(self, refused: int = 1, age_s: float = 0.0) -> float:
         """Report ``refused`` refusals by the downstream, the first of a call started ``age_s`` ago; returns the
@@ -158,8 +156,9 @@ class RedisTokenWindow:
         )
         return reply
 
-    def penalize(self, refused: int = 1, age_s: float = 0.0) -> Observable[float]:
-        return fo.from_coroutine(lambda: self.penalize_async(refused, age_s))
+    def penalize(self, refused: int = 1, age_s: float = 0.0) -> Awaitable[float]:
+        """:meth:`penalize_async`, under the name :class:`~flume_rx.operators.TokenWindow` gives it."""
+        return self.penalize_async(refused, age_s)
 
     def current_rate(self) -> float:
         """The effective allowed per period as of the last reply from Redis (``allowed`` before any)."""

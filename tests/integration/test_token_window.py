@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reactivex import Observable
 
-from flume_rx.operators import AdaptiveTuning, Grant, InProcessWindow, TokenWindow
+from flume_rx.operators import AdaptiveTuning, Grant, InProcessWindow, TokenWindow, from_result
 from flume_rx.store import RedisStore, RedisTokenWindow, TokenReply
 
 pytestmark = pytest.mark.anyio
@@ -79,20 +79,20 @@ def make_window(request: pytest.FixtureRequest, store: RedisStore) -> WindowFact
 
 async def test_grants_start_now_while_the_window_has_room(make_window: WindowFactory) -> None:
     window = make_window(10, 60.0, 0.02)
-    grant = await first(window.take(4, 4))
+    grant = await first(from_result(lambda: window.take(4, 4)))
     assert grant == Grant(tokens=4, delay_s=0.0, hold_s=0.02)
 
 
 async def test_a_grant_is_clamped_to_allowed(make_window: WindowFactory) -> None:
     window = make_window(10, 60.0, 0.02)
-    grant = await first(window.take(50, 1))
+    grant = await first(from_result(lambda: window.take(50, 1)))
     assert grant.tokens == 10
 
 
 async def test_a_full_window_gives_a_reservation_not_a_refusal(make_window: WindowFactory) -> None:
     window = make_window(5, 60.0, 0.02)
-    assert (await first(window.take(5, 5))).tokens == 5
-    later = await first(window.take(3, 3))
+    assert (await first(from_result(lambda: window.take(5, 5)))).tokens == 5
+    later = await first(from_result(lambda: window.take(3, 3)))
     assert later.tokens == 3
     # Free again once the first grant's hold and a whole period have passed (minus the time spent asking).
     assert 30.0 < later.delay_s <= 60.02
@@ -100,8 +100,8 @@ async def test_a_full_window_gives_a_reservation_not_a_refusal(make_window: Wind
 
 async def test_a_partial_grant_now_rather_than_a_full_one_later(make_window: WindowFactory) -> None:
     window = make_window(5, 60.0, 0.02)
-    await first(window.take(3, 3))
-    grant = await first(window.take(4, 1))
+    await first(from_result(lambda: window.take(3, 3)))
+    grant = await first(from_result(lambda: window.take(4, 1)))
     assert (grant.tokens, grant.delay_s) == (2, 0.0)
 
 
@@ -215,7 +215,7 @@ async def test_the_rate_probes_back_up_to_allowed(store: RedisStore) -> None:
 
 async def test_penalize_does_nothing_without_adaptive(store: RedisStore) -> None:
     window = RedisTokenWindow(store, "ses", 40, 60.0)
-    assert await first(window.penalize()) == 40.0
+    assert await first(from_result(lambda: window.penalize())) == 40.0
     assert (await window.take_async(40, 1)).tokens == 40
 
 
@@ -240,7 +240,7 @@ async def test_quiet_windows_expire(store: RedisStore, raw_client: redis.Redis) 
 
 async def test_take_from_another_thread_runs_on_the_home_loop(store: RedisStore) -> None:
     window = RedisTokenWindow(store, "ses", 10, 60.0)
-    observable = window.take(3, 1)
+    observable = from_result(lambda: window.take(3, 1))  # made on the loop, subscribed from a thread
     box: list[Any] = []
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -286,7 +286,7 @@ async def test_pacing_spreads_a_backlog_at_the_rate_the_window_sustains(kind: st
     answered: list[float] = []  # when each grant's answer was back, on this process's clock
     first_asked = time.monotonic()
     for _ in range(30):
-        grants.append(await first(window.take(50, 20)))
+        grants.append(await first(from_result(lambda: window.take(50, 20))))
         answered.append(time.monotonic())
 
     assert all(g.tokens <= burst for g in grants)  # never more than the burst at once

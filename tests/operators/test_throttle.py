@@ -142,6 +142,20 @@ def test_an_error_of_the_window_goes_downstream() -> None:
     assert results.messages == [on_error(210, failure)]
 
 
+def test_a_window_that_raises_sends_its_error_downstream() -> None:
+    scheduler = TestScheduler()
+    failure = ValueError("tokens must be >= 1")
+
+    class Raising(ScriptedWindow):
+        def take(self, tokens: int, min_tokens: int) -> Grant:
+            raise failure
+
+    xs = scheduler.create_hot_observable(on_next(210, "a"))
+    results = scheduler.start(lambda: xs.pipe(throttle(Raising(scheduler, []), scheduler=scheduler)))
+
+    assert results.messages == [on_error(210, failure)]
+
+
 def test_plain_subscription_works_as_an_ordinary_operator() -> None:
     # Real time: the default hold leaves room for the microseconds between a take and its use.
     window = InProcessWindow(1000, 1.0)
@@ -202,7 +216,7 @@ def test_window_reserves_instead_of_refusing() -> None:
 
 def test_non_adaptive_window_reports_but_keeps_its_rate() -> None:
     window = InProcessWindow(10, 1.0, clock=lambda: 0.0)
-    assert window.penalize().run() == 10.0
+    assert window.penalize() == 10.0
 
 
 @settings(max_examples=150, deadline=None)
@@ -318,7 +332,7 @@ class CountingWindow(InProcessWindow):
 
     takes = 0
 
-    def take(self, tokens: int, min_tokens: int) -> Observable[Grant]:
+    def take(self, tokens: int, min_tokens: int) -> Grant:
         self.takes += 1
         return super().take(tokens, min_tokens)
 
