@@ -96,14 +96,8 @@ def _call_many(deliveries: list[Delivery], executor: Executor) -> Observable[Any
 
 
 def _emit_started(telemetry: Telemetry, job: Job, now: float) -> None:
-    telemetry.emit(
-        "job.started",
-        queue=job.queue,
-        worker=job.worker,
-        job_id=job.id,
-        attempt=job.attempt,
-        wait_ms=(now - job.enqueued_at) * 1000 if job.enqueued_at else None,
-    )
+    wait_ms = (now - job.enqueued_at) * 1000 if job.enqueued_at else None
+    telemetry.emit_job("job.started", job, attempt=job.attempt, wait_ms=wait_ms)
 
 
 async def _invoke(fn: Callable[..., Any], is_async: bool, executor: Executor, *args: Any) -> Any:

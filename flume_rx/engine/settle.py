@@ -196,7 +196,7 @@ class Settler:
         as cancelled (no retry)."""
         job = delivery.job
         logger.warning("job %s (%s) of %r was aborted while it ran", job.id, job.worker, job.queue)
-        self.telemetry.emit("job.cancelled", queue=job.queue, worker=job.worker, job_id=job.id)
+        self.telemetry.emit_job("job.cancelled", job)
         keep_ms = round(CANCELLED_KEPT_S * 1000)
         unique = None if job.unique_key is None or job.unique_until == "expiry" else (job.unique_key, job.id)
         # As a job that went dead: its group learns it failed, its chain's later steps are stopped.
@@ -214,17 +214,15 @@ class Settler:
         telemetry = self.telemetry
         if verdict.kind == "succeeded":
             if telemetry.active:  # the one event of every job: skip building its fields when nobody listens
-                telemetry.emit(
+                telemetry.emit_job(
                     "job.succeeded",
-                    queue=job.queue,
-                    worker=job.worker,
-                    job_id=job.id,
+                    job,
                     attempt=job.attempt,
                     duration_ms=duration_ms,
                 )
             return
         if verdict.kind == "throttled":
-            telemetry.emit("job.throttled", queue=job.queue, worker=job.worker, job_id=job.id)
+            telemetry.emit_job("job.throttled", job)
             watch = source.rate_watch
             if watch is not None:
                 # One report per window and loop iteration, at once rather than with the settle batch: the
@@ -237,11 +235,9 @@ class Settler:
             return
         job_error, failed = verdict.error, verdict.failed
         assert job_error is not None and failed is not None  # a retried or dead verdict records its failure
-        telemetry.emit(
+        telemetry.emit_job(
             "job.failed",
-            queue=job.queue,
-            worker=job.worker,
-            job_id=job.id,
+            job,
             attempt=job.attempt,
             duration_ms=duration_ms,
             error=f"{job_error.kind}: {job_error.message}",
@@ -249,21 +245,17 @@ class Settler:
         max_retries = source.retry.max_retries
         if verdict.kind == "dead":
             _log_dead(job, job_error, max_retries, verdict.permanent)
-            telemetry.emit(
+            telemetry.emit_job(
                 "job.dead",
-                queue=job.queue,
-                worker=job.worker,
-                job_id=job.id,
+                job,
                 attempt=job.attempt,
                 reason=f"{job_error.kind}: {job_error.message}",
             )
         else:
             _log_retry(job, job_error, max_retries, verdict.delay_s)
-            telemetry.emit(
+            telemetry.emit_job(
                 "job.retried",
-                queue=job.queue,
-                worker=job.worker,
-                job_id=job.id,
+                job,
                 attempt=failed.attempt,
                 delay_ms=verdict.delay_s * 1000,
             )
@@ -276,11 +268,9 @@ class Settler:
             "it was not retried, see the worker's log"
         )
         logger.error("job %s of %r went to the dead letters: %s", job.id, job.queue, reason, exc_info=fault)
-        self.telemetry.emit(
+        self.telemetry.emit_job(
             "job.dead",
-            queue=job.queue,
-            worker=job.worker,
-            job_id=job.id,
+            job,
             attempt=job.attempt,
             reason=f"SettleError: {reason}",
         )

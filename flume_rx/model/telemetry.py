@@ -11,10 +11,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reactivex import Observable
 from reactivex.subject import Subject
+
+if TYPE_CHECKING:
+    from flume_rx.model.job import Job
 
 logger = logging.getLogger("flume_rx.telemetry")
 
@@ -94,6 +97,11 @@ class Telemetry:
                         self._handlers.pop(name, None)
 
         return detach
+
+    def emit_job(self, name: str, job: Job, **fields: Any) -> None:
+        """Emit a ``job.*`` event: the job's ``queue``, ``worker`` and ``job_id``, then ``fields``. The one
+        place those three are spelled, for the processor's ``job.started`` and the settler's outcomes."""
+        self.emit(name, queue=job.queue, worker=job.worker, job_id=job.id, **fields)
 
     def emit(self, name: str, **fields: Any) -> None:
         if not self._handlers and not self._subject.observers:
