@@ -115,7 +115,7 @@ def _holds_jobs(nodes: redis.cluster.RedisCluster, pid: int) -> bool:
 
 
 def _consumer_known(nodes: redis.cluster.RedisCluster, pid: int) -> bool:
-    return any(f":{pid}:" in c.decode() for c in nodes.zrange("{t:jobs}:consumers", 0, -1))
+    return any(f":{pid}:" in c.decode() for c in nodes.zrange(Keys("t").of("jobs").consumers, 0, -1))
 
 
 def test_every_lua_script_keeps_its_keys_in_one_slot(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

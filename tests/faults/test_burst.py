@@ -11,11 +11,13 @@ from pathlib import Path
 import redis
 
 from flume_rx import Flume
+from flume_rx.store import Keys
 
 from .harness import QUEUE, ROOT, runs, write_config
 
 # The retry of the failed job is due 300 ms after its failure: long after an empty queue is first seen.
 RETRY = {"max_retries": 3, "backoff_initial": 300, "backoff_max": 300}
+JOBS_KEYS = Keys("t").of("jobs")
 
 
 def _burst(redis_url: str, config_file: Path, *flags: str) -> subprocess.CompletedProcess[str]:
@@ -80,9 +82,9 @@ def test_burst_waits_for_another_consumers_jobs_in_flight(redis_url: str, tmp_pa
     with Flume(redis_url, "t") as flume:
         flume.bulk_enqueue(QUEUE, [("RecordWorker", [f"held{i}"]) for i in range(3)])
     # A consumer that fetched them and died: its in-flight list holds them and its heartbeat is old.
-    client.zadd("{t:jobs}:consumers", {"gone:1": 1})
+    client.zadd(JOBS_KEYS.consumers, {"gone:1": 1})
     for _ in range(3):
-        client.lmove("{t:jobs}:queue", "{t:jobs}:inflight:gone:1", "RIGHT", "LEFT")
+        client.lmove(JOBS_KEYS.queue, JOBS_KEYS.inflight("gone:1"), "RIGHT", "LEFT")
 
     done = _burst(redis_url, config_file, "--burst")
 

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from flume_rx import Flume
+from flume_rx.store import Keys
 
 from .harness import QUEUE, ROOT, leftover_keys, runs, wait_until
 
@@ -95,6 +96,6 @@ def test_a_pipeline_in_code_stops_gracefully(redis_url: str, tmp_path: Path, how
     assert leftover_keys(client) == [], "jobs or a heartbeat were left behind"
     ran = runs(client)
     assert set(ran.values()) == {1}, "a job ran twice"
-    assert len(ran) + client.llen("{t:jobs}:queue") == JOBS, "every job ran or is back on the queue"
+    assert len(ran) + client.llen(Keys("t").of("jobs").queue) == JOBS, "every job ran or is back on the queue"
     assert len(ran) < JOBS, "the stop came too late to test anything"
     client.close()

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from flume_rx import Flume
+from flume_rx.store import Keys
 from flume_rx.surfaces.dashboard.guard import HostPolicy, PageTokens, same_origin, split_host
 
 from .dashboard_process import Dashboard, Reply, dashboard_process
@@ -65,7 +66,7 @@ def _pause(dashboard: Dashboard, headers: dict[str, str], body: str | None = Non
 def _paused(redis_url: str) -> bool:
     client = redis.Redis.from_url(redis_url)
     try:
-        return bool(client.exists("{t:jobs}:paused"))
+        return bool(client.exists(Keys("t").of("jobs").paused))
     finally:
         client.close()
 

@@ -14,6 +14,7 @@ import redis
 
 from flume_rx import Flume
 from flume_rx.model.errors import StoreError
+from flume_rx.store import Keys
 from flume_rx.surfaces.embedded import RedisServer
 
 from .harness import QUEUE, WorkerProcess, runs, wait_until, write_config
@@ -105,13 +106,13 @@ def test_a_worker_whose_first_heartbeat_is_refused_waits_and_does_not_exit(
 ) -> None:
     """Redis refuses the heartbeat (here: the consumers key holds a string): outage log and backoff, then on."""
     client = redis.Redis.from_url(redis_url)
-    client.set("{t:jobs}:consumers", "not a sorted set")
+    client.set(Keys("t").of("jobs").consumers, "not a sorted set")
     flume = Flume(redis_url, "t")
     worker = WorkerProcess(write_config(tmp_path / "worker.toml", redis_url), redis_url)
     try:
         wait_until(lambda: "Redis answered with an error" in worker.log(), 30, "the outage to be logged")
         assert worker.alive(), worker.log()
-        client.delete("{t:jobs}:consumers")
+        client.delete(Keys("t").of("jobs").consumers)
         flume.enqueue(QUEUE, "RecordWorker", ["after"])
         wait_until(lambda: runs(client).get("after") == 1, 30, "a job once Redis takes the heartbeat")
         code = worker.terminate()
