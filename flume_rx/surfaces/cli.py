@@ -221,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--ses-endpoint", metavar="URL", help="send through a real or emulated SES at this endpoint"
     )
+    demo.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="make the shared limit adaptive: with --ses-limit below --rate it finds and follows SES's rate",
+    )
     demo.add_argument("--plain", action="store_true", help="no live view, just the summary")
     parser.set_defaults(help_of=parser)
     queue.set_defaults(help_of=queue)
@@ -352,6 +357,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             ses_limit=args.ses_limit,
             ses_endpoint=args.ses_endpoint,
             live=not args.plain,
+            adaptive=args.adaptive,
         )
 
     from flume_rx.surfaces.client import Flume

@@ -38,6 +38,7 @@ STARTS_KEY_ENV = "FLUME_DEMO_STARTS_KEY"
 SES_WORKER = "DemoSESv2Worker"
 DEMO_QUEUE = "email_service"
 DEMO_WORKER = "DemoSESWorker"
+SETTLE_S = 3.0  # with --adaptive, the share of SES's limit accepted is counted from this long after the start
 
 
 # ---- the fake SES ------------------------------------------------------------------------------------------------
@@ -191,7 +192,9 @@ def send_demo_email(recipient: str, template: str) -> None:
 # ---- running it --------------------------------------------------------------------------------------------------
 
 
-def demo_config(redis_url: str, rate: int, namespace: str) -> str:
+def demo_config(redis_url: str, rate: int, namespace: str, adaptive: bool = False) -> str:
+    # Adaptive: the shared rate follows what SES accepts, below `rate` when SES allows less.
+    limiter = f"allowed = {rate}, period = 1000" + (", adaptive = true" if adaptive else "")
     return f"""
 redis_url = "{redis_url}"
 namespace = "{namespace}"
@@ -201,7 +204,7 @@ shutdown_timeout = 5000
 
 [pipelines.{DEMO_QUEUE}]
 max_demand = 50
-rate_limiter = {{ allowed = {rate}, period = 1000 }}
+rate_limiter = {{ {limiter} }}
 processor = {{ stages = 5 }}
 retry = {{ max_retries = 5, backoff_initial = 200, backoff_max = 5000 }}
 """
@@ -256,6 +259,7 @@ def run_demo(
     ses_limit: int,
     ses_endpoint: str | None = None,
     live: bool = True,
+    adaptive: bool = False,
 ) -> int:
     from rich.console import Console
 
@@ -264,7 +268,7 @@ def run_demo(
     if jobs < 1 or processes < 1 or rate < 1 or ses_limit < 1:
         raise ConfigError("--jobs, --processes, --rate and --ses-limit must all be 1 or more")
     if ses_endpoint is not None:
-        return _run_ses_endpoint_demo(redis_url, jobs, processes, rate, ses_endpoint)
+        return _run_ses_endpoint_demo(redis_url, jobs, processes, rate, ses_endpoint, adaptive)
     console = Console()
     with contextlib.ExitStack() as stack:
         if redis_url is None:
@@ -276,7 +280,7 @@ def run_demo(
         os.environ.update({SES_STARTS_ENV: redis_url, STARTS_KEY_ENV: f"{namespace}:demo:starts"})
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flume-demo-")))
         config_path = workdir / "demo.toml"
-        config_path.write_text(demo_config(redis_url, rate, namespace), encoding="utf-8")
+        config_path.write_text(demo_config(redis_url, rate, namespace, adaptive), encoding="utf-8")
 
         flume = Flume(redis_url, namespace)
         stack.callback(flume.close)
@@ -290,8 +294,9 @@ def run_demo(
                 ],
             )
         console.print(
-            f"Enqueued {jobs} emails; {processes} worker processes share one {rate}/s limit; "
-            f"the fake SES allows {ses_limit}/s and rejects the rest."
+            f"Enqueued {jobs} emails; {processes} worker processes share one {rate}/s limit"
+            + (" (adaptive: it follows what SES accepts)" if adaptive else "")
+            + f"; the fake SES allows {ses_limit}/s and rejects the rest."
         )
         with worker_processes(config_path, redis_url, processes) as started:
             _watch(flume, fake, jobs, started, live, console)
@@ -299,7 +304,22 @@ def run_demo(
         stats = flume.stats([DEMO_QUEUE])[DEMO_QUEUE]
         grants, waits = flume.window_counts(DEMO_QUEUE)
         starts = _starts_recorded(redis_url, namespace)
-        _summary(console, fake, stats, jobs, elapsed, rate, grants, waits, most_in_any_second(starts))
+        seen = flume.window_rate(DEMO_QUEUE) if adaptive else None
+        _summary(
+            console,
+            fake,
+            stats,
+            jobs,
+            elapsed,
+            rate,
+            grants,
+            waits,
+            most_in_any_second(starts),
+            adaptive_rate=None if seen is None else seen[0],
+        )
+        if adaptive:
+            # SES refuses the probe now and then; what matters is that nothing failed for it.
+            return 0 if stats["processed"] >= jobs and stats["dead"] == 0 else 1
         return 0 if fake.rejected == 0 and stats["processed"] >= jobs else 1
 
 
@@ -371,7 +391,10 @@ def _summary(
     grants: int,
     waits: int,
     most_starts: int,
+    *,
+    adaptive_rate: float | None = None,
 ) -> None:
+    """The summary table; ``adaptive_rate`` (the window's rate at the end) when the window was adaptive."""
     from rich.table import Table
 
     sent = len(fake.accepted)
@@ -387,7 +410,16 @@ def _summary(
     table.add_row("most job starts in any 1 s", str(most_starts))
     table.add_row("SES's limit", f"{fake.limit} /s")
     table.add_row("most calls SES received in any 1 s", str(fake.max_in_any_window()))
-    table.add_row("SES rejections (must be 0)", str(fake.rejected))
+    if adaptive_rate is None:
+        table.add_row("SES rejections (must be 0)", str(fake.rejected))
+    else:
+        # The adaptive window meets SES's limit from above once, then probes past it now and then.
+        table.add_row("SES refusals (each lowers the shared rate)", str(fake.rejected))
+        table.add_row("adaptive rate at the end", f"{adaptive_rate:.1f} /s")
+        settled = [t for t in fake.accepted if t >= fake.accepted[0] + SETTLE_S] if sent > 1 else []
+        if len(settled) > 1:
+            share = (len(settled) - 1) / (settled[-1] - settled[0]) / fake.limit
+            table.add_row(f"share of SES's limit accepted from {SETTLE_S:.0f} s on", f"{share:.0%}")
     table.add_row("token grants / of them waits", f"{grants} / {waits}")
     table.add_row("jobs retried (failed attempts)", str(stats["failed"]))
     table.add_row("dead letters", str(stats["dead"]))
@@ -446,7 +478,9 @@ if os.environ.get(SES_ENDPOINT_ENV):
     _register_ses_demo_worker()
 
 
-def _run_ses_endpoint_demo(redis_url: str | None, jobs: int, processes: int, rate: int, endpoint: str) -> int:
+def _run_ses_endpoint_demo(
+    redis_url: str | None, jobs: int, processes: int, rate: int, endpoint: str, adaptive: bool = False
+) -> int:
     from rich.console import Console
     from rich.table import Table
 
@@ -474,7 +508,7 @@ def _run_ses_endpoint_demo(redis_url: str | None, jobs: int, processes: int, rat
         )
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flume-demo-")))
         config_path = workdir / "demo.toml"
-        config_path.write_text(demo_config(redis_url, rate, namespace), encoding="utf-8")
+        config_path.write_text(demo_config(redis_url, rate, namespace, adaptive), encoding="utf-8")
         flume = Flume(redis_url, namespace)
         stack.callback(flume.close)
         messages = [

@@ -30,6 +30,22 @@ def test_the_demo_sends_every_email_without_a_rejection(
     assert _row(out, "dead letters") == 0
 
 
+def test_the_adaptive_demo_finds_a_slower_ses_without_failing_a_job(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # SES allows 120/s under a 200/s window: the adaptive window finds SES's rate from its refusals.
+    argv = ["demo", "--redis-url", redis_url, "--jobs", "600", "--processes", "2", "--rate", "200"]
+    assert cli_main([*argv, "--ses-limit", "120", "--adaptive", "--plain"]) == 0
+    out = capsys.readouterr().out
+    assert _row(out, "sent (accepted by SES)") == 600
+    # Refusals never spend a retry nor fail a job ...
+    assert _row(out, "jobs retried (failed attempts)") == 0
+    assert _row(out, "dead letters") == 0
+    # ... and stay few: a window that stayed at 200/s would see 40% of its calls refused.
+    assert _row(out, "SES refusals (each lowers the shared rate)") <= 0.15 * 600
+    assert "adaptive rate at the end" in out
+
+
 def test_most_in_any_second_counts_half_open_windows() -> None:
     assert most_in_any_second([]) == 0
     assert most_in_any_second([0.0, 0.5, 0.999, 1.0, 1.5]) == 3
