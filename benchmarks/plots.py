@@ -274,7 +274,15 @@ def adaptive_rate(data: dict[str, Any]) -> Figure | None:
         if index == 0:
             ax.legend(fontsize=7, loc="lower right", ncol=3)
     axes[-1, 0].set_xlabel("seconds since SES's first call")
-    fig.suptitle("Adaptive window (400/s allowed) following SES at 300/s, then 380/s")
+    load = data.get("medians", {}).get("load_average_1m")
+    fig.suptitle(
+        "Adaptive window (400/s allowed) following SES at 300/s, then 380/s"
+        + (
+            f" (load average {load[0]:.0f} to {load[1]:.0f} on {data.get('machine', {}).get('cores')} cores)"
+            if load
+            else ""
+        )
+    )
     fig.tight_layout()
     return fig
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import math
 import os
 import platform
 import statistics
@@ -165,6 +166,8 @@ def run_adaptive_once(
     """The adaptive mode: a backlog through an adaptive 400/s window into a fake SES whose limit changes."""
     jobs = int(sum(limit * seconds for limit, seconds in phases) * 1.5) + 1000
     fake = FakeSES(limit=phases[0][0], latency_s=0.005)
+    # The machine is shared: the load average says how much CPU the workers had (1-minute, before and after).
+    load_before = os.getloadavg()[0]
     with RedisServer() as server, fake.serve() as ses_url, tempfile.TemporaryDirectory() as workdir:
         namespace = f"bench{int(time.time() * 1000)}"
         _demo_env(ses_url, server.url, namespace)
@@ -231,6 +234,7 @@ def run_adaptive_once(
         "failed_attempts": stats["failed"],
         "dead": stats["dead"],
         "refusals_at_s": [t - t0 for t in refused],
+        "load_average_1m": [load_before, os.getloadavg()[0]],
         "timeline_columns": ["t_s", "window_rate_per_s", "downstream_limit_per_s", "accepted_last_s"],
         "timeline": timeline,
     }
@@ -251,6 +255,10 @@ def adaptive_medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "phases": phases,
         "failed_attempts_max": max(run["failed_attempts"] for run in runs),
         "dead_max": max(run["dead"] for run in runs),
+        "load_average_1m": [
+            min(min(run.get("load_average_1m", [math.nan])) for run in runs),
+            max(max(run.get("load_average_1m", [math.nan])) for run in runs),
+        ],
     }
 
 
