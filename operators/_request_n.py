@@ -42,10 +42,10 @@ class Credits:
     1
     """
 
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError(f"max_in_flight must be >= 1 (got {limit})")
-        self.limit = limit
+    def __init__(self, max_in_flight: int) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1 (got {max_in_flight})")
+        self.max_in_flight = max_in_flight
         self._in_flight = 0
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
@@ -56,11 +56,11 @@ class Credits:
 
     @property
     def available(self) -> int:
-        return self.limit - self._in_flight
+        return self.max_in_flight - self._in_flight
 
     def acquire(self, n: int) -> int:
         with self._lock:
-            granted = max(0, min(n, self.limit - self._in_flight))
+            granted = max(0, min(n, self.max_in_flight - self._in_flight))
             self._in_flight += granted
             return granted
 

@@ -59,8 +59,7 @@ def make_source(
     window: fo.TokenWindow | None,
     max_payload_bytes: int,
     block_s: float = 1.0,
-    burst: bool = False,
-    burst_until: BurstMode = "drained",
+    burst_mode: BurstMode | None = None,
 ) -> JobSource:
     """The source of the pipeline ``config``: a :class:`~flume_rx.engine.priorities.WeightedSource` when it serves
     several queues, else a :class:`~flume_rx.engine.source.JobSource`."""
@@ -82,8 +81,7 @@ def make_source(
         ),
         "block_s": block_s,
         "max_payload_bytes": max_payload_bytes,
-        "burst": burst,
-        "burst_until": burst_until,
+        "burst_mode": burst_mode,
     }
     if config.queues:
         return WeightedSource(

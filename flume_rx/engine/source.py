@@ -99,8 +99,8 @@ class JobSource:
     running: set[Delivery] = field(default_factory=set)
     flowable: fo.PullSource[Delivery] = field(init=False)
     exhausted: bool = False
-    burst: bool = False
-    burst_until: BurstMode = "drained"
+    burst_mode: BurstMode | None = None
+    """When a burst run stops (``--burst``, ``Flume.run(burst=...)``); None: the run never stops by itself."""
 
     def __post_init__(self) -> None:
         self.settle_policy = SettlePolicy(self.retry, self.max_payload_bytes)
@@ -172,7 +172,7 @@ class JobSource:
         """The one fetch loop of every source: up to ``n`` decoded jobs, riding out outages; ``[]`` when
         stopping or (burst mode) when no work is left. Subclasses change only :meth:`_fetch_payloads` (which
         Redis call) and :meth:`_when_empty` (how to wait when it brought nothing)."""
-        block_s = 0.0 if self.burst else self.block_s
+        block_s = 0.0 if self.burst_mode is not None else self.block_s
         while not self.stopping:
             started = time.monotonic()
             try:
@@ -190,7 +190,7 @@ class JobSource:
             self._outage.ok()
             if not payloads:
                 waited = False
-                if self.burst:
+                if self.burst_mode is not None:
                     wait = await self._burst_wait()
                     if wait is None:
                         return []
@@ -244,7 +244,7 @@ class JobSource:
     async def _burst_wait(self) -> float | None:
         """After an empty fetch in a burst run: None when the run is over, else how long the next fetch may
         block (0 while jobs held here still run; they may fail and come back through the retry set)."""
-        if self.burst_until == "ready":
+        if self.burst_mode == "ready":
             return None
         if self.outstanding:
             await asyncio.sleep(BURST_POLL_S)

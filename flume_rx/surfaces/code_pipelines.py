@@ -223,7 +223,7 @@ class CodePipelines:
                 graphs=[(s, g) for (s, _), g in zip(self._sources, graphs, strict=True)],
             )
             for source, _ in self._sources:
-                source.burst, source.burst_until = runtime.burst, runtime.burst_until
+                source.burst_mode = runtime.burst_mode
             with _stop_on_signals(runtime.stop) if handle_signals else contextlib.nullcontext():
                 await runtime.run()
         finally:

@@ -157,9 +157,7 @@ class WorkerRuntime:
         check_one_pipeline_per_queue(config.pipelines)
         self.config = config
         self.telemetry = telemetry or Telemetry()
-        mode = burst_mode(burst)
-        self.burst = mode is not None
-        self.burst_until: BurstMode = mode or "drained"
+        self.burst_mode: BurstMode | None = burst_mode(burst)
         self.block_s = block_s
         self.consumer = consumer_id or new_consumer_id()
         self._stop_requested = threading.Event()
@@ -246,7 +244,7 @@ class WorkerRuntime:
         """Until :meth:`stop` is called (or, in burst mode, every pipeline has completed)."""
         waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
         try:
-            if self.burst:
+            if self.burst_mode is not None:
                 waiters += [asyncio.ensure_future(r.completed.wait()) for r in self.running]
                 waiters.append(asyncio.ensure_future(_all(waiters[1:])))
                 await asyncio.wait([waiters[0], waiters[-1]], return_when=asyncio.FIRST_COMPLETED)
@@ -298,8 +296,7 @@ class WorkerRuntime:
             window=window,
             max_payload_bytes=self.config.max_payload_bytes,
             block_s=self.block_s,
-            burst=self.burst,
-            burst_until=self.burst_until,
+            burst_mode=self.burst_mode,
         )
         graph = assemble(config, source, executor=executor, scheduler=scheduler)
         return self._subscribe(config, source, graph, scheduler, settler)
