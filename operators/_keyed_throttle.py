@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, Disposable
 
-from ._flow import Demand, Flowable, subscribe_upstream
+from ._flow import Demand, Flowable, drain_loop, subscribe_upstream
 from ._throttle import Grant, InProcessWindow
 
 _T = TypeVar("_T")
@@ -83,39 +83,47 @@ def throttle_by_key(
         def subscribe(
             observer: abc.ObserverBase[_T], demand: Demand, scheduler: abc.SchedulerBase | None
         ) -> abc.DisposableBase:
+            # The drain style of every demand-aware operator here (drain_loop): the state below changes under
+            # the lock, next_signal picks the one thing to send downstream or to start, request_more what to
+            # ask of upstream. Wake-ups are handed to the loop, so the drain (and the loop's timers and tasks
+            # it starts) runs on the asyncio loop this was subscribed from, and the items that arrive in one
+            # loop iteration share one take.
             loop = asyncio.get_running_loop()
             lock = threading.Lock()
             upstream = Demand.unlimited() if demand.unbounded else Demand()
             held: OrderedDict[str, deque[tuple[_T, int]]] = OrderedDict()
+            held_count = 0
+            requested = 0  # items asked of upstream and not yet received
             busy: dict[str, int] = {}  # keys with a grant being used or awaited -> items it may release
-            state = {"held": 0, "taking": False, "done": False, "stopped": False}
+            usable: deque[tuple[str, int, float]] = deque()  # grants due now: (key, tokens, deadline)
+            taking = done = stopped = False
+            failure: list[Exception] = []
             timers: set[asyncio.TimerHandle] = set()  # grants waiting to be used; each leaves when it fires
             tasks: set[asyncio.Task[None]] = set()
 
-            def top_up() -> None:
-                if demand.unbounded:
-                    return
-                with lock:
-                    missing = demand.pending - state["held"] - upstream.pending
-                    stopped = state["stopped"]
-                if missing > 0:
-                    upstream.request(missing)
-                if not stopped:  # a request arriving after disposal must not touch a loop that may be closed
-                    # Held items may have waited for this demand (after downstream withdrew some).
-                    loop.call_soon_threadsafe(pump)
-
-            def on_next(item: _T) -> None:
-                item_key = str(key(item))
-                item_cost = max(1, min(allowed, int(cost(item))))
-                with lock:
-                    held.setdefault(item_key, deque()).append((item, item_cost))
-                    state["held"] += 1
-                loop.call_soon_threadsafe(pump)
-
-            def pump() -> None:
-                with lock:
-                    if state["taking"] or state["stopped"]:
-                        return
+            def next_signal() -> Callable[[], None] | None:
+                # Called with the lock held.
+                nonlocal held_count, taking, stopped
+                if stopped:
+                    return None
+                if failure:
+                    stopped = True
+                    error = failure[0]
+                    return lambda: observer.on_error(error)
+                while usable:
+                    item_key, tokens, deadline = usable[0]
+                    queue = held.get(item_key)
+                    if queue and queue[0][1] <= tokens and loop.time() <= deadline and demand.take(1):
+                        item, item_cost = queue.popleft()
+                        usable[0] = (item_key, tokens - item_cost, deadline)
+                        held_count -= 1
+                        return lambda: observer.on_next(item)
+                    # The grant is used up, lapsed, or downstream wants no more: what is left of it lapses.
+                    usable.popleft()
+                    if queue is not None and not queue:
+                        del held[item_key]
+                    busy.pop(item_key, None)
+                if not taking:
                     wants: list[tuple[str, int, int]] = []
                     # Tokens only for items downstream can take: a grant nobody can use would lapse, and
                     # asking again at once would spin (held exceeds demand after downstream withdrew).
@@ -129,77 +137,87 @@ def throttle_by_key(
                         wants.append((item_key, min(allowed, sum(costs)), costs[0]))
                         busy[item_key] = len(costs)
                         budget -= len(costs)
-                    if not wants:
-                        finish_if_done()
-                        return
-                    state["taking"] = True
+                    if wants:
+                        taking = True
+                        return lambda: start_take(wants)
+                if done and not held and not busy and not usable:
+                    stopped = True
+                    return observer.on_completed
+                return None
+
+            def request_more() -> int:
+                # Called with the lock held. Counts what it asks for itself, as the throttle does: upstream's
+                # pending drops before its item reaches on_next.
+                nonlocal requested
+                if upstream.unbounded or stopped:
+                    return 0
+                wanted = max(0, demand.pending - held_count - requested)
+                requested += wanted
+                return wanted
+
+            drain = drain_loop(lock, next_signal, request_more, upstream)
+
+            def wake() -> None:
+                if not stopped:  # a signal arriving after disposal must not touch a loop that may be closed
+                    loop.call_soon_threadsafe(drain)
+
+            def start_take(wants: list[tuple[str, int, int]]) -> None:
                 task = loop.create_task(take(wants))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
 
             async def take(wants: list[tuple[str, int, int]]) -> None:
+                nonlocal taking
                 sent_at = loop.time()
                 try:
                     grants = await window.take_many(wants)
                 except Exception as exc:
-                    fail(exc)
+                    with lock:
+                        failure.append(exc)
+                    drain()
                     return
                 for (item_key, _, _), grant in zip(wants, grants, strict=True):
                     deadline = sent_at + grant.delay_s + grant.hold_s
                     schedule_use(grant.delay_s, item_key, grant.tokens, deadline)
                 with lock:
-                    state["taking"] = False
-                pump()
+                    taking = False
+                drain()
 
             def schedule_use(delay_s: float, item_key: str, tokens: int, deadline: float) -> None:
                 def fire() -> None:
                     timers.discard(handle)
-                    use(item_key, tokens, deadline)
+                    with lock:
+                        usable.append((item_key, tokens, deadline))
+                    drain()
 
                 handle = loop.call_later(delay_s, fire)
                 timers.add(handle)
 
-            def use(item_key: str, tokens: int, deadline: float) -> None:
-                emit: list[_T] = []
+            def on_next(item: _T) -> None:
+                nonlocal held_count, requested
+                item_key = str(key(item))
+                item_cost = max(1, min(allowed, int(cost(item))))
                 with lock:
-                    queue = held.get(item_key)
-                    while (
-                        queue and queue[0][1] <= tokens and loop.time() <= deadline and not state["stopped"]
-                    ):
-                        if demand.take(1) < 1:
-                            break
-                        item, item_cost = queue.popleft()
-                        tokens -= item_cost
-                        state["held"] -= 1
-                        emit.append(item)
-                    if queue is not None and not queue:
-                        del held[item_key]
-                    busy.pop(item_key, None)
-                for item in emit:
-                    observer.on_next(item)
-                pump()
+                    held.setdefault(item_key, deque()).append((item, item_cost))
+                    held_count += 1
+                    requested = max(0, requested - 1)
+                wake()
 
-            def finish_if_done() -> None:
-                # Called with the lock held.
-                if state["done"] and not held and not busy and not state["stopped"]:
-                    state["stopped"] = True
-                    loop.call_soon(observer.on_completed)
-
-            def fail(error: Exception) -> None:
+            def on_error(error: Exception) -> None:
                 with lock:
-                    if state["stopped"]:
-                        return
-                    state["stopped"] = True
-                observer.on_error(error)
+                    failure.append(error)
+                wake()
 
             def on_completed() -> None:
+                nonlocal done
                 with lock:
-                    state["done"] = True
-                loop.call_soon_threadsafe(pump)
+                    done = True
+                wake()
 
             def cancel() -> None:
+                nonlocal stopped
                 with lock:
-                    state["stopped"] = True
+                    stopped = True
                 for timer in list(timers):
                     timer.cancel()
                 timers.clear()
@@ -209,14 +227,11 @@ def throttle_by_key(
             disposables = CompositeDisposable()
             disposables.add(Disposable(cancel))
             if not demand.unbounded:
-                disposables.add(demand.on_request(top_up))
-
-            def on_upstream_error(error: Exception) -> None:
-                loop.call_soon_threadsafe(fail, error)
-
-            sink = _Sink(on_next, on_upstream_error, on_completed)
+                # Held items may have waited for this demand (after downstream withdrew some).
+                disposables.add(demand.on_request(wake))
+            sink = _Sink(on_next, on_error, on_completed)
             disposables.add(subscribe_upstream(source, sink, upstream, scheduler))
-            top_up()
+            drain()
             return disposables
 
         # Released jobs must start within their grant's hold (plus lag_s): nothing below may buffer them.

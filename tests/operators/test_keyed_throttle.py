@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Sequence
 
 import reactivex
 
-from flume_rx.operators import Demand, InProcessKeyedWindow, from_iterable, throttle_by_key
+from flume_rx.operators import Demand, Grant, InProcessKeyedWindow, from_iterable, throttle_by_key
 
 
 def _live_timer_handles() -> int:
@@ -35,3 +36,31 @@ def test_a_long_running_subscription_does_not_keep_the_timers_of_used_grants() -
 
     before, after = asyncio.run(main())
     assert after - before < 10
+
+
+class _CountingKeyedWindow(InProcessKeyedWindow):
+    """Counts the calls and records the keys of each."""
+
+    def __init__(self, allowed: int, period_s: float, hold_s: float) -> None:
+        super().__init__(allowed, period_s, hold_s)
+        self.calls: list[list[str]] = []
+
+    async def take_many(self, wants: Sequence[tuple[str, int, int]]) -> list[Grant]:
+        self.calls.append([key for key, _, _ in wants])
+        return await super().take_many(wants)
+
+
+def test_keys_arriving_together_share_one_take_and_a_full_key_holds_up_no_other() -> None:
+    async def main() -> tuple[list[str], list[list[str]]]:
+        window = _CountingKeyedWindow(2, 60.0, 1.0)
+        seen: list[str] = []
+        reactivex.from_iterable(["a1", "a2", "a3", "b1"]).pipe(
+            throttle_by_key(window, key=lambda item: item[0])
+        ).subscribe(seen.append)
+        for _ in range(50):  # a3 waits a whole period for a's window; the others go at once
+            await asyncio.sleep(0)
+        return seen, window.calls
+
+    seen, calls = asyncio.run(main())
+    assert seen == ["a1", "a2", "b1"]
+    assert calls[0] == ["a", "b"]  # the items of one loop iteration, every key in one call
