@@ -21,7 +21,7 @@ from ._keyed_throttle import InProcessKeyedWindow, KeyedWindow, throttle_by_key
 from ._process import Outcome, from_async, in_thread, process
 from ._request_n import Credits, Fetch, HandBack, PullSource, from_iterable, last_batch, request_n
 from ._retry import backoff_delay, retry_with_backoff
-from ._throttle import EventHook, Grant, InProcessWindow, TokenWindow, throttle
+from ._throttle import EventHook, Grant, InProcessWindow, TokenWindow, Unused, throttle
 
 __all__ = [
     "UNBOUNDED",
@@ -40,6 +40,7 @@ __all__ = [
     "Outcome",
     "PullSource",
     "TokenWindow",
+    "Unused",
     "accepted_per_period",
     "backoff_delay",
     "buffer_with_time_or_count",

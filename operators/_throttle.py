@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from reactivex import Observable, abc
@@ -44,6 +44,21 @@ class Grant:
     tokens: int
     delay_s: float
     hold_s: float
+    ref: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    """Which grant of its window this is, so a later take can give back the tokens it left unused; empty when
+    the window takes nothing back."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unused:
+    """Tokens of an earlier grant that its caller will never start: they lapsed, or the next item did not fit.
+
+    Given to :meth:`TokenWindow.take` only once the caller can no longer start them (DEVELOPERS.md, "The token
+    window", giving back), so the window may stop counting them.
+    """
+
+    grant: Grant
+    tokens: int
 
 
 class TokenWindow(Protocol):
@@ -59,10 +74,17 @@ class TokenWindow(Protocol):
         """The length of the sliding window, in seconds."""
         ...
 
-    def take(self, tokens: int, min_tokens: int) -> Grant | Awaitable[Grant] | Observable[Grant]:
+    def take(
+        self, tokens: int, min_tokens: int, unused: Unused | None = None
+    ) -> Grant | Awaitable[Grant] | Observable[Grant]:
         """Ask for up to ``tokens``: one Grant of at least ``min(tokens, min_tokens)``, or an awaitable of it
         (a window shared through Redis answers after a round trip). The throttle makes the stream
-        (:func:`~flume_rx.operators.from_result`, which also takes an Observable that emits the Grant)."""
+        (:func:`~flume_rx.operators.from_result`, which also takes an Observable that emits the Grant).
+
+        ``unused`` gives back, in the same call, tokens of an earlier grant (one with a ``ref``) that will
+        never start; a window that cannot find that grant any more ignores it. Callers pass it only for grants
+        whose ``ref`` is set, so a window whose grants have none need not accept it.
+        """
         ...
 
     def penalize(self, refused: int = 1, age_s: float = 0.0) -> float | Awaitable[float] | Observable[float]:
@@ -154,6 +176,7 @@ class InProcessWindow:
         self._lock = threading.Lock()
         # (expires_at, tokens) in grant order; expires_at = g + hold + period is non-decreasing like g.
         self._grants: deque[tuple[float, int]] = deque()
+        self._first_seq = 1  # the sequence number (Grant.ref) of _grants[0]; grants are numbered from 1
         self._last_start = -math.inf
         self.burst = burst
         self._paced_until = -math.inf  # GCRA's theoretical arrival time of the next token
@@ -192,8 +215,9 @@ class InProcessWindow:
         with self._lock:
             return self._rate_at(self._clock())
 
-    def grant(self, tokens: int, min_tokens: int) -> Grant:
-        """The synchronous core of :meth:`take`: up to ``tokens``, at least ``min(tokens, min_tokens)``.
+    def grant(self, tokens: int, min_tokens: int, unused: Unused | None = None) -> Grant:
+        """The synchronous core of :meth:`take`: up to ``tokens``, at least ``min(tokens, min_tokens)``,
+        after giving back ``unused`` (see :meth:`give_back`).
 
         Raises:
             ValueError: when ``tokens`` or ``min_tokens`` is below 1.
@@ -204,12 +228,15 @@ class InProcessWindow:
             raise ValueError(f"min_tokens must be >= 1 (got {min_tokens})")
         with self._lock:
             now = self._clock()
-            wanted = min(tokens, self._allowed)
-            capacity = max(1, math.floor(self._rate_at(now, wanted)))
-            need = min(wanted, min_tokens, capacity)
             grants = self._grants
             while grants and grants[0][0] <= now:
                 grants.popleft()
+                self._first_seq += 1
+            if unused is not None:
+                self._give_back(unused)
+            wanted = min(tokens, self._allowed)
+            capacity = max(1, math.floor(self._rate_at(now, wanted)))
+            need = min(wanted, min_tokens, capacity)
             start = max(now, self._last_start)
             used = sum(count for expires_at, count in grants if expires_at > start)
             at = start
@@ -233,11 +260,37 @@ class InProcessWindow:
                 self._paced_until = max(self._paced_until, at) + granted * interval
             grants.append((at + self.hold_s + self._period_s, granted))
             self._last_start = at
-            return Grant(granted, at - now, self.hold_s)
+            return Grant(granted, at - now, self.hold_s, (self._first_seq + len(grants) - 1,))
 
-    def take(self, tokens: int, min_tokens: int) -> Grant:
+    def give_back(self, unused: Unused) -> None:
+        """Stop counting ``unused.tokens`` of ``unused.grant``, which its caller will never start.
+
+        Safe for the limit only once the caller can no longer start them (DEVELOPERS.md, "The token window"):
+        every later grant then sees the tokens that really start. A grant no longer counted, or not of this
+        window, is left alone. Pacing is given the tokens back too, as if the grant had been smaller.
+        """
+        with self._lock:
+            self._give_back(unused)
+
+    def _give_back(self, unused: Unused) -> None:
+        # Called with the lock held.
+        if len(unused.grant.ref) != 1 or unused.tokens < 1:
+            return
+        index = unused.grant.ref[0] - self._first_seq
+        if not 0 <= index < len(self._grants):
+            return  # expired already: it counts no more
+        expires_at, count = self._grants[index]
+        if count != unused.grant.tokens:
+            return  # given back before: once per grant, as take_tokens.lua
+        back = min(unused.tokens, count)
+        self._grants[index] = (expires_at, count - back)
+        if self.burst is not None:
+            capacity = max(1, math.floor(self._rate_at(self._clock())))
+            self._paced_until -= back * (self._period_s + self.hold_s) / capacity
+
+    def take(self, tokens: int, min_tokens: int, unused: Unused | None = None) -> Grant:
         """:meth:`grant`, under the name :class:`TokenWindow` gives it."""
-        return self.grant(tokens, min_tokens)
+        return self.grant(tokens, min_tokens, unused)
 
     def refuse(self, refused: int = 1, age_s: float = 0.0) -> float:
         """The synchronous core of :meth:`penalize`: record ``refused`` refusals, the first of them of a call
@@ -288,6 +341,7 @@ def throttle(
     cost: Callable[[_T], int] = lambda _item: 1,
     min_tokens: int | None = None,
     prefetch: int = 0,
+    lag_s: float = 0.0,
     scheduler: abc.SchedulerBase | None = None,
     on_event: EventHook | None = None,
 ) -> Callable[[Observable[_T]], Flowable[_T]]:
@@ -305,10 +359,15 @@ def throttle(
 
     With ``prefetch``, it holds up to that many items (or downstream's demand, if more), asking upstream
     again when they fall to half, and a take may ask tokens for more items than downstream wants right
-    now: the rest are emitted as downstream asks, within the grant's hold, and lapse after it. How many
-    items a take covers adapts: it grows by half while grants are used up, and falls to what was used when
-    tokens lapse, so a fast consumer makes few takes and a slow one wastes few tokens. Items still go
-    downstream only as requested, so a consumer that starts what it receives keeps the window exact.
+    now: the rest are emitted as downstream asks, within the grant's hold, and lapse after it. A take covers
+    as many items as the consumer starts in one hold, measured from its grants (a grant that lapsed counts
+    them exactly; one used up early says at least that many), so a fast consumer makes few takes and a slow
+    one leaves few tokens to lapse. Items still go downstream only as requested, so a consumer that starts
+    what it receives keeps the window exact.
+
+    Tokens that lapse (or that the next item's cost does not fit) are given back to the window with the next
+    take, in the same call, when its grants carry a ``ref``: by then the throttle can no longer release them,
+    so the window may stop counting them (DEVELOPERS.md, "The token window").
 
     Args:
         window: the token window, shared by every throttle that must stay under one limit.
@@ -317,6 +376,9 @@ def throttle(
             for a bigger grant); the first item's cost when None, and never less than it.
         prefetch: items held even when downstream asks for fewer, so a take can cover more than downstream
             asks for at once (0: hold only what downstream requested).
+        lag_s: how long an item may take from its release to its real start (a job's first line runs on a
+            stage thread, after a thread switch): items are released no later than ``hold_s - lag_s`` into a
+            grant (at most half the hold is given up), so they start within the hold the window counted.
         scheduler: where delays run and time is read (else the subscriber's, else TimeoutScheduler).
         on_event: optional telemetry hook, see :data:`EventHook`.
 
@@ -341,6 +403,8 @@ def throttle(
     """
     if min_tokens is not None and min_tokens < 1:
         raise ValueError(f"min_tokens must be >= 1 (got {min_tokens}); None means the first item's cost")
+    if not 0 <= lag_s < math.inf:
+        raise ValueError(f"lag_s must be a finite number of seconds >= 0 (got {lag_s})")
     if prefetch < 0:
         raise ValueError(f"prefetch must be >= 0 items (got {prefetch}); 0 holds only what was requested")
     allowed = window.allowed
@@ -365,8 +429,13 @@ def throttle(
             stopped = False
             take_subscription = SerialDisposable()
             delay_timer = SerialDisposable()
-            goal = max(1, min_tokens or 1)  # items a take covers beyond the demand (with prefetch)
             granted_tokens = 0  # of the active grant, to tell how many were used when it ends
+            active: Grant | None = None
+            activated_at = 0.0
+            # With prefetch, a take covers the items the consumer starts in a hold, as measured (at least the
+            # demand); the first covers min_tokens.
+            starts = _StartsPerHold(max(1, min_tokens or 1), prefetch)
+            unused: Unused | None = None  # tokens of the last grant that will never start, for the next take
 
             def event(name: str, **fields: Any) -> None:
                 if on_event is not None:
@@ -374,7 +443,7 @@ def throttle(
 
             def next_signal() -> Callable[[], None] | None:
                 # Called with the lock held: what to do next outside the lock, or None.
-                nonlocal phase, tokens, stopped, cost_cap, goal
+                nonlocal phase, tokens, stopped, cost_cap, unused
                 if stopped:
                     return None
                 if failure:
@@ -385,15 +454,17 @@ def throttle(
                     lapsed = 0
                     if _now_s(clock) > deadline:
                         lapsed, tokens = tokens, 0
-                        if prefetch:
-                            # Downstream could not use them in time: cover only what it did use next time.
-                            goal = max(1, granted_tokens - lapsed)
+                        if prefetch and activated_at < deadline:
+                            # The consumer had tokens all its hold: what it used is exactly what it starts in one.
+                            # (A grant that arrived after its deadline says nothing about the consumer.)
+                            starts.lapsed(granted_tokens - lapsed)
                     elif held and min(held[0][1], cost_cap) <= tokens:
                         if demand.take(1):
                             item, item_cost = held.popleft()
                             tokens -= min(item_cost, cost_cap)
                             if tokens == 0 and prefetch:
-                                goal = min(prefetch, goal + max(1, goal // 2))  # all used: ask for more
+                                took = _now_s(clock) - activated_at
+                                starts.used_up(granted_tokens, took, deadline - activated_at)
                             return lambda: observer.on_next(item)
                         return None
                     elif held:
@@ -402,10 +473,14 @@ def throttle(
                     if tokens == 0:
                         phase = _IDLE
                     if lapsed:
+                        if active is not None and active.ref:
+                            # Past the deadline (or dropped above), so none of them can start any more:
+                            # the next take gives them back.
+                            unused = Unused(active, lapsed)
                         return lambda: event("lapsed", tokens=lapsed)
                 if phase == _IDLE and held and demand.pending > 0:
                     cap = max(1, min(allowed, math.floor(window.current_rate())))
-                    covered = max(demand.pending, goal) if prefetch else demand.pending
+                    covered = max(demand.pending, starts.goal) if prefetch else demand.pending
                     wanted = 0
                     for index, (_item, item_cost) in enumerate(held):
                         if index >= covered or wanted >= allowed:
@@ -416,13 +491,14 @@ def throttle(
                     phase = _TAKING
                     cost_cap = cap
                     sent_at = _now_s(clock)
-                    return lambda: send_take(wanted, least, sent_at)
+                    back, unused = unused, None
+                    return lambda: send_take(wanted, least, sent_at, back)
                 if upstream_done and not held and phase != _TAKING:
                     stopped = True
                     return observer.on_completed
                 return None
 
-            def send_take(wanted: int, least: int, sent_at: float) -> None:
+            def send_take(wanted: int, least: int, sent_at: float, back: Unused | None) -> None:
                 got: list[Grant] = []
 
                 def on_grant(grant: Grant) -> None:
@@ -433,7 +509,12 @@ def throttle(
                     if not got:
                         on_error(RuntimeError("the token window completed a take without granting tokens"))
 
-                take_subscription.disposable = from_result(lambda: window.take(wanted, least)).subscribe(
+                # Passed only when there is something to give back: a window whose grants carry no ref need
+                # not know the argument.
+                def take() -> Grant | Awaitable[Grant] | Observable[Grant]:
+                    return window.take(wanted, least) if back is None else window.take(wanted, least, back)
+
+                take_subscription.disposable = from_result(take).subscribe(
                     on_grant, on_error, on_take_completed, scheduler=scheduler_
                 )
 
@@ -449,11 +530,14 @@ def throttle(
                     activate(grant, sent_at)
 
             def activate(grant: Grant, sent_at: float) -> None:
-                nonlocal phase, tokens, deadline, granted_tokens
+                nonlocal phase, tokens, deadline, granted_tokens, active, activated_at
                 with lock:
                     phase = _ACTIVE
+                    activated_at = _now_s(clock)
+                    active = grant
                     tokens = granted_tokens = grant.tokens
-                    deadline = sent_at + grant.delay_s + grant.hold_s
+                    # Released by then, an item still starts within the hold if it takes at most lag_s.
+                    deadline = sent_at + grant.delay_s + grant.hold_s - min(lag_s, grant.hold_s / 2)
                 drain()
 
             def request_more() -> int:
@@ -514,3 +598,41 @@ def throttle(
 
 
 _IDLE, _TAKING, _ACTIVE = "idle", "taking", "active"
+
+
+class _StartsPerHold:
+    """How many items the consumer starts within one grant's hold, measured from its grants: what a take with
+    ``prefetch`` asks for.
+
+    Each grant is a sample: the tokens it used, over the share of its hold it was active. A grant whose tokens
+    lapsed was active all its hold, so it measures the consumer exactly. One used up sooner says the consumer
+    could start at least that many; its share is counted as no less than ``_LEAST_SHARE``, since free stages
+    start a burst at once and the rest only as calls finish (a rate taken from the burst overshoots, and each
+    overshoot is a lapse). Samples are averaged with weights halving from grant to grant, and a grant used up
+    never lowers the goal.
+    """
+
+    __slots__ = ("_share", "_used", "goal", "most")
+
+    def __init__(self, first: int, most: int) -> None:
+        self._used = 0.0  # decayed sum of tokens used
+        self._share = 0.0  # decayed sum of the share of the hold the grants were active
+        self.goal = max(1, min(first, most) if most else first)
+        self.most = most
+
+    def _sample(self, used: int, share: float) -> int:
+        self._used = self._used / 2 + used
+        self._share = self._share / 2 + share
+        return max(1, min(self.most, round(self._used / self._share)))
+
+    def lapsed(self, used: int) -> None:
+        """A grant ended with tokens unused after its hold: the consumer started ``used`` in a whole hold."""
+        self.goal = self._sample(used, 1.0)
+
+    def used_up(self, used: int, took_s: float, hold_s: float) -> None:
+        """A grant's ``used`` tokens all went ``took_s`` after it began, of the ``hold_s`` it had."""
+        share = max(_LEAST_SHARE, took_s / hold_s) if hold_s > 0 else 1.0
+        self.goal = max(self.goal, self._sample(used, min(1.0, share)))
+
+
+_LEAST_SHARE = 2 / 3

@@ -1,7 +1,8 @@
 -- take_tokens(KEYS[1]=log, KEYS[2]=meta, ARGV[1]=allowed, ARGV[2]=period_ms, ARGV[3]=hold_ms, ARGV[4]=want,
 --             ARGV[5]=min_tokens, ARGV[6]=adaptive (0/1), ARGV[7]=margin, ARGV[8]=probe,
---             ARGV[9]=burst (0: no pacing), ARGV[10]=headroom)
---   -> {tokens, delay_us, hold_us, effective allowed (string), g_us}
+--             ARGV[9]=burst (0: no pacing), ARGV[10]=headroom, ARGV[11..14]=give back: seq, g_us, tokens
+--             of an earlier grant and how many of them will never start ('' for none))
+--   -> {tokens, delay_us, hold_us, effective allowed (string), g_us, seq}
 -- An exact sliding-window limit. Each grant is recorded at its start time g (unix us, Redis TIME), handed out
 -- in non-decreasing g, and counted until g + hold + period: the log is a zset of "seq:tokens" scored g + hold,
 -- and an entry stops counting once its score is <= g' - period for the grant g' being decided. meta keeps the
@@ -12,6 +13,10 @@
 -- which that many are free; so a grant always has at least one token.
 -- With a burst B > 0, grants are also paced (GCRA, one token every period/allowed, at most B at once), so the
 -- window fills smoothly instead of in one burst a period: pacing only moves g later, which the window allows.
+-- A take may give back tokens of the caller's previous grant that will never start (they lapsed): that grant's
+-- entry then counts only the rest, and pacing gets them back. Callers give back only once they can no longer
+-- start them, so every grant decided later sees at least the tokens that really start (DEVELOPERS.md, "The token
+-- window"). An entry expired already, or not matching seq, g and tokens, is left alone.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local allowed = tonumber(ARGV[1])
@@ -27,6 +32,23 @@ local headroom = tonumber(ARGV[10])  -- nil: no cap (AdaptiveTuning.headroom Non
 
 local meta = redis.call('HMGET', KEYS[2], 'sum', 'last_g', 'seq', 'ceiling', 'cut_at', 'tat')
 local sum = window_sum(KEYS[1], meta[1])
+local given_back = 0
+local back_seq = tonumber(ARGV[11])
+if back_seq then
+  local back_g, back_tokens, unused = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+  local member = back_seq .. ':' .. back_tokens
+  local score = tonumber(redis.call('ZSCORE', KEYS[1], member))
+  if score and score == back_g + hold and unused >= 1 then
+    given_back = math.min(unused, back_tokens)
+    -- The removal first: it never grows memory, so a full Redis still runs the script (see _window.lua).
+    redis.call('ZREM', KEYS[1], member)
+    if given_back < back_tokens then
+      redis.call('ZADD', KEYS[1], score, back_seq .. ':' .. (back_tokens - given_back))
+    end
+    sum = sum - given_back
+    redis.call('HINCRBY', KEYS[2], 'returned', given_back)
+  end
+end
 local last_g = tonumber(meta[2]) or 0
 local seq = tonumber(meta[3]) or 0
 -- probed_rate of operators/_adaptive.py: a cubic from a margin below the ceiling, within [1, allowed], and
@@ -66,8 +88,9 @@ if burst > 0 then
   end
   -- Paced at allowed per (period + hold), the rate the window sustains, so it never has to stall.
   local interval = (period + hold) / cap
-  local tat = tonumber(meta[6]) or 0
-  g = math.max(g, tat + (tokens - most) * interval)
+  local tat = (tonumber(meta[6]) or 0) - given_back * interval
+  -- Whole microseconds, so the caller can name the grant by g when it gives tokens back; later is always safe.
+  g = math.ceil(math.max(g, tat + (tokens - most) * interval))
   redis.call('HSET', KEYS[2], 'tat', math.max(tat, g) + tokens * interval)
 end
 
@@ -91,4 +114,4 @@ if adaptive and ceiling and cut_at then
   meta_ttl_ms = math.max(ttl_ms, math.ceil((cut_at - now) / 1000 + back_s * 1000) + 1000)
 end
 redis.call('PEXPIRE', KEYS[2], math.max(meta_ttl_ms, redis.call('PTTL', KEYS[2])))
-return {tokens, g - now, hold, tostring(effective), g}
+return {tokens, g - now, hold, tostring(effective), g, seq}

@@ -115,6 +115,9 @@ class TokenReply(NamedTuple):
     effective_allowed: float
     start_us: int
     """The grant's start time ``g`` in unix microseconds (Redis TIME)."""
+    seq: int = 0
+    """The grant's number in its window: with ``start_us`` and ``tokens``, what names it when a later take gives
+    back tokens of it that will never start."""
 
 
 class RefusalReply(NamedTuple):
@@ -393,5 +396,7 @@ def _redis_ms(time_reply: Any) -> int:
 
 
 def _parse_token_reply(reply: Sequence[Any]) -> TokenReply:
-    tokens, delay_us, hold_us, effective, start_us = reply
-    return TokenReply(int(tokens), int(delay_us), int(hold_us), float(_text(effective)), int(start_us))
+    tokens, delay_us, hold_us, effective, start_us, seq = reply
+    return TokenReply(
+        int(tokens), int(delay_us), int(hold_us), float(_text(effective)), int(start_us), int(seq)
+    )

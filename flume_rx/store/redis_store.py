@@ -527,8 +527,14 @@ class RedisStore:
         adaptive: bool = False,
         tuning: AdaptiveTuning = _DEFAULT_TUNING,
         burst: int = 0,
+        give_back: tuple[int, int, int, int] | None = None,
     ) -> TokenReply:
-        """One grant from the shared sliding window ``key`` (see DEVELOPERS.md, "The token window")."""
+        """One grant from the shared sliding window ``key`` (see DEVELOPERS.md, "The token window").
+
+        ``give_back`` is ``(seq, start_us, tokens, unused)`` of an earlier grant of this window (its reply's
+        fields) and how many of its tokens will never start: the window stops counting them first. Give back
+        only tokens that can no longer start.
+        """
         log_key, meta_key = self.keys.rate(key)
         args: tuple[Arg, ...] = (
             allowed,
@@ -541,6 +547,7 @@ class RedisStore:
             repr(float(tuning.probe)),
             burst,
             "" if tuning.headroom is None else repr(float(tuning.headroom)),
+            *(("", "", "", "") if give_back is None else give_back),
         )
         return _parse_token_reply(await self._run.one(_Eval("take_tokens", (log_key, meta_key), args)))
 

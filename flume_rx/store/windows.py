@@ -8,7 +8,7 @@ import threading
 from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
-from flume_rx.operators import AdaptiveTuning, Grant
+from flume_rx.operators import AdaptiveTuning, Grant, Unused
 from flume_rx.store.commands import RefusalReply, TokenReply
 from flume_rx.store.outage import through_outage
 from flume_rx.store.redis_store import RedisStore
@@ -77,24 +77,34 @@ class RedisTokenWindow:
         self._effective = float(allowed)
         self._lock = threading.Lock()
 
-    async def take_async(self, tokens: int, min_tokens: int = 1) -> Grant:
-        """One grant of between ``min(tokens, min_tokens)`` and ``tokens`` tokens (clamped to the rate).
+    async def take_async(self, tokens: int, min_tokens: int = 1, unused: Unused | None = None) -> Grant:
+        """One grant of between ``min(tokens, min_tokens)`` and ``tokens`` tokens (clamped to the rate), after
+        giving back ``unused`` tokens of an earlier grant in the same call.
 
         While Redis is unreachable it waits with backoff, as fetch and settle do: an outage must not end the
         pipeline the throttle sits in.
         """
         reply = await through_outage(
-            f"rate limiter {self.key!r}", lambda: self.take_reply(tokens, min_tokens)
+            f"rate limiter {self.key!r}", lambda: self.take_reply(tokens, min_tokens, unused)
         )
         assert reply is not None  # without a stop event it returns only once the call worked
-        return Grant(tokens=reply.tokens, delay_s=reply.delay_us / 1e6, hold_s=reply.hold_us / 1e6)
+        return Grant(
+            tokens=reply.tokens,
+            delay_s=reply.delay_us / 1e6,
+            hold_s=reply.hold_us / 1e6,
+            ref=(reply.seq, reply.start_us, reply.tokens),
+        )
 
-    async def take_reply(self, tokens: int, min_tokens: int = 1) -> TokenReply:
+    async def take_reply(self, tokens: int, min_tokens: int = 1, unused: Unused | None = None) -> TokenReply:
         """Like :meth:`take_async`, with the grant's place on the Redis clock (for tests and telemetry)."""
         if tokens < 1:
             raise ValueError(f"tokens must be >= 1 (got {tokens})")
         if min_tokens < 1:
             raise ValueError(f"min_tokens must be >= 1 (got {min_tokens})")
+        give_back = None
+        if unused is not None and unused.tokens >= 1 and len(unused.grant.ref) == 3:
+            seq, start_us, granted = unused.grant.ref
+            give_back = (seq, start_us, granted, unused.tokens)
         reply = await self.store.take_tokens(
             self.key,
             allowed=self.allowed,
@@ -105,15 +115,16 @@ class RedisTokenWindow:
             adaptive=self.adaptive,
             tuning=self.tuning,
             burst=self.burst,
+            give_back=give_back,
         )
         with self._lock:
             self._effective = reply.effective_allowed
         return reply
 
-    def take(self, tokens: int, min_tokens: int = 1) -> Awaitable[Grant]:
-        """:meth:`take_async`, under the name :class:`~flume_rx.operators.TokenWindow` gives it; the throttle
-        makes the stream."""
-        return self.take_async(tokens, min_tokens)
+    def take(self, tokens: int, min_tokens: int = 1, unused: Unused | None = None) -> Awaitable[Grant]:
+        """:meth:`take_async`, under the name :class:`~flume_rx.operators.TokenWindow` gives it (giving back
+        ``unused`` in the same call); the throttle makes the stream."""
+        return self.take_async(tokens, min_tokens, unused)
 
     async def penalize_async(self, refused: int = 1, age_s: float = 0.0) -> float:
         """Report ``refused`` refusals by the downstream, the first of a call started ``age_s`` ago; returns the

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reactivex import Observable
 
-from flume_rx.operators import AdaptiveTuning, Grant, InProcessWindow, TokenWindow, from_result
+from flume_rx.operators import AdaptiveTuning, Grant, InProcessWindow, TokenWindow, Unused, from_result
 from flume_rx.store import RedisStore, RedisTokenWindow, TokenReply
 
 pytestmark = pytest.mark.anyio
@@ -105,7 +105,43 @@ async def test_a_partial_grant_now_rather_than_a_full_one_later(make_window: Win
     assert (grant.tokens, grant.delay_s) == (2, 0.0)
 
 
+async def taken(window: TokenWindow, tokens: int, min_tokens: int, unused: Unused | None = None) -> Grant:
+    """One grant of ``window``, whatever form its take answers in."""
+    grant: Grant = await first(from_result(lambda: window.take(tokens, min_tokens, unused)))
+    return grant
+
+
+async def test_tokens_given_back_are_free_for_the_next_take(make_window: WindowFactory) -> None:
+    window = make_window(5, 60.0, 0.02)
+    granted = await taken(window, 5, 5)
+    # Three of the five lapsed unused: given back with the next take, they are free at once.
+    grant = await taken(window, 3, 3, Unused(granted, 3))
+    assert (grant.tokens, grant.delay_s) == (3, 0.0)
+    # The window is full again (two started, three granted now): the next take waits for a period.
+    assert (await taken(window, 1, 1)).delay_s > 30.0
+
+
+async def test_a_grant_is_given_back_once_and_only_while_it_counts(make_window: WindowFactory) -> None:
+    window = make_window(5, 60.0, 0.02)
+    granted = await taken(window, 5, 5)
+    assert (await taken(window, 2, 2, Unused(granted, 2))).delay_s == 0.0
+    # The same grant again: ignored, so the window stays full.
+    assert (await taken(window, 1, 1, Unused(granted, 2))).delay_s > 30.0
+    # A grant of no window (no ref) is ignored too.
+    assert (await taken(window, 1, 1, Unused(Grant(5, 0.0, 0.02), 5))).delay_s > 30.0
+
+
 # ------------------------------------------------------------------------------------- the Redis window
+
+
+async def test_a_give_back_must_name_the_grant_by_number_start_and_size(store: RedisStore) -> None:
+    window = RedisTokenWindow(store, uuid.uuid4().hex, 5, 60.0, hold_s=0.02)
+    granted = await window.take_async(5, 5)
+    seq, start_us, tokens = granted.ref
+    for ref in ((seq + 1, start_us, tokens), (seq, start_us + 1, tokens), (seq, start_us, tokens - 1)):
+        stranger = Grant(granted.tokens, granted.delay_s, granted.hold_s, ref)
+        assert (await window.take_async(1, 1, Unused(stranger, 5))).delay_s > 30.0
+    assert (await window.take_async(5, 5, Unused(granted, 5))).delay_s > 30.0  # the earlier waits count
 
 
 requests = st.lists(
