@@ -58,10 +58,19 @@ def tables(data: dict[str, Any]) -> str:
         out += ["", "| limiter (3 processes, 400/s) | most starts in any 1 s | utilization | Redis calls/job |",
                 "|---|---|---|---|"]  # fmt: skip
         for name, r in rl.items():
-            out.append(
-                f"| {name} | {r['median_max_starts_in_any_1s']} | {r['median_utilization']:.1%} | "
-                f"{r['median_redis_calls_per_job']:.2f} |"
-            )
+            shapes = [(name, r)] + [
+                (f"{name}, {label}", r[key])
+                for key, label in (
+                    ("seed_stages", "5 stages"),
+                    ("demo_shape", "5 stages, sync job of a few ms"),
+                )
+                if r.get(key)
+            ]
+            for label, shape in shapes:
+                out.append(
+                    f"| {label} | {shape['median_max_starts_in_any_1s']} | {shape['median_utilization']:.1%} | "
+                    f"{shape['median_redis_calls_per_job']:.2f} |"
+                )
     sd = _ok(data, "slow_downstream")
     if sd:
         out += ["", "| slow downstream (1 process) | jobs/s at 5 ms | jobs/s at 200 ms | max taken-not-done |"

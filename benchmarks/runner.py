@@ -33,6 +33,7 @@ from benchmarks import probe, stats
 from benchmarks.commands import MonitorCounter
 from benchmarks.peers import PEERS, PeerModule, PeerSpec
 from benchmarks.redis_server import OWNER_KEY, given_database, private_redis, redacted
+from flume_rx.store.scripts import lua_source
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -49,8 +50,10 @@ SCENARIOS = (
     "latency_sync",
 )
 LIMIT = 400
-TAKE_TOKENS_SHA = hashlib.sha1((ROOT / "flume_rx" / "lua" / "take_tokens.lua").read_bytes()).hexdigest()
-"""flume_rx's limiter script: its EVALSHA calls are the limiter's calls."""
+TAKE_TOKENS_SHA = hashlib.sha1(lua_source("take_tokens").encode("utf-8")).hexdigest()
+"""flume_rx's limiter script as loaded (after its shared prelude): its EVALSHA calls are the limiter's calls."""
+DEMO_JOB_MS = 5.0
+"""The job of the demo-shaped limiter run: a sync call of a few ms, as the demo's SES call."""
 LIMIT_PROCESSES = 3
 
 
@@ -387,12 +390,14 @@ def scenario_latency(
 def scenario_rate_limit(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
     result = _rate_limit(bench, spec, spec.scenario_variants.get("rate_limit"))
     if spec.name == "flume_rx":
-        # The demo's shape too: 5 stages, the default max_demand, the same limiter.
+        # The seed's 5 stages (the default max_demand, the same limiter), with a no-op job and with the
+        # demo's: a sync call of a few ms, which 5 stages cannot start a grant's worth of within its hold.
         result["seed_stages"] = _rate_limit(bench, spec, "seed:async:limit")
+        result["demo_shape"] = _rate_limit(bench, spec, "seed:sync:limit", job_ms=DEMO_JOB_MS)
     return result
 
 
-def _rate_limit(bench: Bench, spec: PeerSpec, variant: str | None) -> dict[str, Any]:
+def _rate_limit(bench: Bench, spec: PeerSpec, variant: str | None, job_ms: float = 0.0) -> dict[str, Any]:
     s = bench.settings
     n = int(LIMIT * s.limit_s)
     samples: list[dict[str, Any]] = []
@@ -401,6 +406,8 @@ def _rate_limit(bench: Bench, spec: PeerSpec, variant: str | None) -> dict[str, 
         bench.agent(spec, "bulk", str(n), variant=variant)
         calls_before = bench.commands()
         env = {"BENCH_RECORD": "1"}
+        if job_ms:
+            env["BENCH_DELAY_MS"] = str(job_ms)
         # MONITOR costs nothing that matters at 400 jobs/s; it tells the limiter's calls from the rest.
         counter = MonitorCounter(bench.url) if spec.name == "flume_rx" else None
         if counter is not None:
@@ -436,6 +443,8 @@ def _rate_limit(bench: Bench, spec: PeerSpec, variant: str | None) -> dict[str, 
     return {
         "limit_per_s": LIMIT,
         "processes": LIMIT_PROCESSES,
+        "variant": variant,
+        "job_ms": job_ms,
         "samples": samples,
         "median_max_starts_in_any_1s": stats.median([x["max_starts_in_any_1s"] for x in samples]),
         "median_utilization": stats.median([x["utilization"] for x in samples]),
@@ -847,12 +856,17 @@ def _brief(scenario: str, entry: dict[str, Any]) -> str:
             f"max/1s {r['median_max_starts_in_any_1s']}, utilization {r['median_utilization']:.1%}, "
             f"{r['median_redis_calls_per_job']:.2f} calls/job"
         )
-        seed = r.get("seed_stages")
-        if seed:
-            text += (
-                f"; 5 stages: max/1s {seed['median_max_starts_in_any_1s']}, utilization "
-                f"{seed['median_utilization']:.1%}, {seed['median_limiter_calls_per_job']:.3f} limiter calls/job"
-            )
+        for key, label in (
+            ("seed_stages", "5 stages"),
+            ("demo_shape", f"5 stages, {DEMO_JOB_MS:g} ms sync job"),
+        ):
+            shape = r.get(key)
+            if shape:
+                text += (
+                    f"; {label}: max/1s {shape['median_max_starts_in_any_1s']}, utilization "
+                    f"{shape['median_utilization']:.1%}, {shape['median_limiter_calls_per_job']:.3f} "
+                    "limiter calls/job"
+                )
         return text
     if scenario == "memory":
         return f"RSS {r['rss_start_mb']:.0f} -> max {r['rss_max_mb']:.0f} MB (+{r['rss_growth_mb']:.1f} MB)"
