@@ -63,14 +63,38 @@ def _result_of(future: asyncio.Future[_U]) -> tuple[_U | None, BaseException | N
     return (None, error) if error is not None else (future.result(), None)
 
 
+class Queued(Generic[_U]):
+    """What ``fn`` returns for a call that waits in a queue of its own (a thread pool's) before it begins.
+
+    :func:`process` hands such calls over ahead of a free stage (see its ``ahead``), so a thread that finishes
+    finds its next call waiting instead of waiting for the loop. The call's clock (``Outcome.started_at``)
+    and its timeout start when the queue calls :meth:`begin`, on the loop, once a thread has taken it: time
+    spent waiting in the queue is not the call's.
+    """
+
+    __slots__ = ("_on_begin", "future")
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[_U] | None = None
+        self._on_begin: Callable[[float | None], None] | None = None
+
+    def begin(self, at: float | None = None) -> None:
+        """The call has begun, at ``at`` on process's clock (now when None); called on the loop, before its
+        outcome, and possibly a little after the call began (``at`` keeps its clock exact)."""
+        if self._on_begin is not None:
+            self._on_begin(at)
+
+
 def process(
-    fn: Callable[[_T], Observable[_U] | asyncio.Future[_U] | Coroutine[Any, Any, _U]],
+    fn: Callable[[_T], Observable[_U] | asyncio.Future[_U] | Coroutine[Any, Any, _U] | Queued[_U]],
     stages: int,
     *,
     max_demand: int | None = None,
     min_demand: int | None = None,
     scheduler: abc.SchedulerBase | None = None,
     timeout_s: float | None = None,
+    ahead: int = 0,
+    queues: Callable[[_T], bool] | None = None,
 ) -> Callable[[Observable[_T]], Flowable[Outcome[_T, _U]]]:
     """Call ``fn(item)`` for each item, at most ``stages`` at once, and emit an :class:`Outcome` for each.
 
@@ -88,6 +112,12 @@ def process(
     lapse; see :class:`Flowable`) is never read ahead: the processor then asks for one item per free stage.
     A plain source that pushes more is queued, and still at most ``stages`` calls run.
 
+    Calls that wait in a queue of their own (``queues(item)`` is true and ``fn`` returns a :class:`Queued`,
+    as sync workers on a pool of at most ``stages`` threads do) may be handed over up to ``ahead`` beyond
+    ``stages`` while every running call is such a call: the pool runs at most ``stages`` of them, and a
+    thread that finishes takes the next at once. Other calls start only below ``stages``, so never more
+    than ``stages`` calls run at once, whatever the mix.
+
     Args:
         fn: makes the call for an item: an Observable whose first value is the result, an asyncio
             Future, or a coroutine, run as a task on the running loop; see :func:`from_async` and
@@ -100,7 +130,10 @@ def process(
         scheduler: the clock of ``started_at``/``finished_at`` and of timeouts, and the scheduler the calls
             are subscribed on (else the subscriber's; TimeoutScheduler for the clock and timeouts).
         timeout_s: the longest a call may take, in seconds; a call past it gets a ``TimeoutError`` Outcome
-            and is disposed. None waits forever.
+            and is disposed. None waits forever. A :class:`Queued` call's time counts from its begin.
+        ahead: how many calls beyond ``stages`` may wait in their queue (0: none).
+        queues: whether the call for an item waits in such a queue (decided when the item is taken to
+            start, so it may note the answer on the item for ``fn``).
 
     Returns:
         An operator from an Observable of items to a Flowable of Outcomes.
@@ -122,6 +155,8 @@ def process(
     """
     if stages < 1:
         raise ValueError(f"stages must be >= 1 (got {stages}); it is the number of calls running at once")
+    if ahead < 0:
+        raise ValueError(f"ahead must be >= 0 (got {ahead}); it is how many calls may wait beyond the stages")
     if timeout_s is not None and not timeout_s > 0:
         raise ValueError(f"timeout_s must be a positive number of seconds or None (got {timeout_s})")
     high = stages if max_demand is None else max_demand
@@ -147,6 +182,7 @@ def process(
             upstream = Demand()
             waiting: deque[_T] = deque()
             running: set[_Running[_T]] = set()  # from the moment an item is taken to start, until it finishes
+            plain = 0  # entries of `running` whose calls do not queue: while any runs, nothing goes ahead
             outcomes: deque[Outcome[_T, _U]] = deque()
             upstream_done = False
             requested = 0  # items asked of upstream and not yet received
@@ -160,7 +196,7 @@ def process(
             def pick() -> _Round[_T, _U]:
                 # Called with the lock held: every outcome the demand allows, every item a stage is free for,
                 # what to request upstream, and the end when nothing is left.
-                nonlocal stopped, requested
+                nonlocal stopped, requested, plain
                 emit: list[Outcome[_T, _U]] = []
                 begin: list[_Running[_T]] = []
                 end: Callable[[], None] | None = None
@@ -176,7 +212,23 @@ def process(
                         emit = [outcomes.popleft() for _ in range(allowed)]
                 if waiting and not failure:
                     free = stages - len(running)
-                    if free > 0:
+                    if queues is not None:
+                        while waiting:
+                            item = waiting[0]
+                            if free > 0:
+                                queued = queues(item)
+                            elif ahead and not plain and len(running) < stages + ahead and queues(item):
+                                queued = True
+                            else:
+                                break
+                            waiting.popleft()
+                            entry = _Running(item, now(), queued)
+                            running.add(entry)
+                            begin.append(entry)
+                            free -= 1
+                            if not queued:
+                                plain += 1
+                    elif free > 0:
                         if free == 1 or len(waiting) == 1:
                             begin = [_Running(waiting.popleft(), now())]
                         else:
@@ -253,14 +305,17 @@ def process(
                 except Exception as error:
                     finish(entry, None, error)
                     return
+                if isinstance(call, Queued):
+                    # Its clock and timeout start when a thread takes it, not while it waits in the queue.
+                    entry.handle = call.future
+                    call._on_begin = functools.partial(begin_queued, entry)
+                    if call.future is not None:
+                        call.future.add_done_callback(functools.partial(finish_future, entry))
+                    if stopped:
+                        entry.cancel()
+                    return
                 if timeout_s is not None:
-
-                    def expire(_scheduler: abc.SchedulerBase, _state: object) -> None:
-                        finish(
-                            entry, None, TimeoutError(f"the call took longer than timeout_s={timeout_s} s")
-                        )
-
-                    entry.timer = clock.schedule_relative(timeout_s, expire)
+                    arm(entry)
                 if isinstance(call, types.CoroutineType):
                     # The hot path of async job workers: a task that reports as its last act, so an outcome
                     # costs no done callback and no extra turn of the loop.
@@ -281,6 +336,23 @@ def process(
                 if stopped:
                     entry.cancel()  # stop() may have run before the handle was set
 
+            def arm(entry: _Running[_T], elapsed: float = 0.0) -> None:
+                assert timeout_s is not None  # armed only with a timeout
+
+                def expire(_scheduler: abc.SchedulerBase, _state: object) -> None:
+                    finish(entry, None, TimeoutError(f"the call took longer than timeout_s={timeout_s} s"))
+
+                entry.timer = clock.schedule_relative(max(0.0, timeout_s - elapsed), expire)
+
+            def begin_queued(entry: _Running[_T], at: float | None) -> None:
+                with lock:
+                    if entry not in running:
+                        return  # finished or stopped before the news of its begin came
+                    current = now()
+                    entry.started_at = current if at is None else min(at, current)
+                if timeout_s is not None:
+                    arm(entry, current - entry.started_at)
+
             def run_coroutine(entry: _Running[_T], call: Coroutine[Any, Any, _U]) -> None:
                 loop = _running_loop()
                 if loop is None:
@@ -296,11 +368,14 @@ def process(
                 finish(entry, value, None)
 
             def finish(entry: _Running[_T], value: _U | None, error: BaseException | None) -> None:
+                nonlocal plain
                 with lock:
                     try:
                         running.remove(entry)
                     except KeyError:
                         return  # already finished: a value after a timeout, or the reverse
+                    if queues is not None and not entry.queued:
+                        plain -= 1
                     outcomes.append(Outcome(entry.item, value, error, entry.started_at, now()))
                     picked = claim()
                 entry.cancel()
@@ -330,11 +405,12 @@ def process(
                 drain()
 
             def stop() -> None:
-                nonlocal stopped
+                nonlocal stopped, plain
                 with lock:
                     stopped = True
                     calls = list(running)
                     running.clear()
+                    plain = 0
                 for entry in calls:
                     entry.cancel()
 
@@ -382,11 +458,12 @@ _Round = tuple[list[Outcome[_T, _U]], list["_Running[_T]"], int, Callable[[], No
 class _Running(Generic[_T]):
     """One running call: its item, when it started, and what stops it (its future or subscription, its timer)."""
 
-    __slots__ = ("handle", "item", "started_at", "timer")
+    __slots__ = ("handle", "item", "queued", "started_at", "timer")
 
-    def __init__(self, item: _T, started_at: float) -> None:
+    def __init__(self, item: _T, started_at: float, queued: bool = False) -> None:
         self.item = item
         self.started_at = started_at
+        self.queued = queued
         self.handle: asyncio.Future[Any] | abc.DisposableBase | None = None
         self.timer: abc.DisposableBase | None = None
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -98,3 +100,73 @@ def test_submit_and_shutdown_behave_as_an_executor() -> None:
 def test_threads_must_be_positive() -> None:
     with pytest.raises(ValueError, match="threads must be >= 1"):
         StageThreads(0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(calls=st.integers(1, 60), threads=st.integers(1, 4))
+def test_a_take_is_noted_on_the_loop_before_its_outcome(calls: int, threads: int) -> None:
+    """on_take runs in the thread that takes the call; what it returns runs on the loop, before the result."""
+
+    async def main() -> tuple[list[str], set[int]]:
+        pool = StageThreads(threads)
+        events: list[str] = []
+        noted_on: set[int] = set()
+        taken_in: set[int] = set()
+
+        def on_take(n: int) -> Callable[[], None]:
+            taken_in.add(threading.get_ident())
+
+            def noted() -> None:
+                noted_on.add(threading.get_ident())
+                events.append(f"began {n}")
+
+            return noted
+
+        futures = [pool.run_soon(pow, n, 2, on_take=functools.partial(on_take, n)) for n in range(calls)]
+        for n, future in enumerate(futures):
+            future.add_done_callback(functools.partial(lambda n, _f: events.append(f"done {n}"), n))
+        assert await asyncio.gather(*futures) == [n * n for n in range(calls)]
+        pool.shutdown()
+        assert threading.get_ident() not in taken_in
+        return events, noted_on
+
+    events, noted_on = asyncio.run(main())
+    assert noted_on == {threading.get_ident()}
+    for n in range(calls):
+        assert events.index(f"began {n}") < events.index(f"done {n}")
+
+
+def test_a_refused_take_is_the_outcome_and_the_call_never_runs() -> None:
+    ran: list[int] = []
+
+    def refuse() -> Callable[[], None]:
+        raise LookupError("stopping")
+
+    async def main() -> BaseException:
+        pool = StageThreads(1)
+        try:
+            await pool.run_soon(ran.append, 1, on_take=refuse)
+        except LookupError as error:
+            return error
+        finally:
+            pool.shutdown()
+        raise AssertionError("no error")
+
+    assert asyncio.run(main()).args == ("stopping",)
+    assert ran == []
+
+
+def test_a_failing_note_of_a_start_loses_no_outcome(caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> None:
+        raise ValueError("bookkeeping")
+
+    async def main() -> list[int]:
+        pool = StageThreads(2)
+        futures = [pool.run_soon(abs, -n, on_take=lambda: broken) for n in range(5)]
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            pool.shutdown()
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+    assert "noting the start of a call failed" in caplog.text

@@ -43,7 +43,14 @@ def run_workers(
     its stages can start. Items are :class:`Delivery` objects, or lists of them after a batcher. Async
     workers run on the loop, sync workers in ``executor``'s threads (with :class:`StageThreads`, their
     outcomes come back to the loop in batches rather than with one wake-up of the loop per job).
+
+    With :class:`StageThreads` of at most ``stages`` threads, a sync job is handed to the threads before one
+    is free for it (``stages`` more at most, and only while no async job or batch runs), so a thread that
+    finishes takes its next job at once. The job begins when a thread takes it: only then does it count
+    as started (its clock and timeout, ``job.started``, the release of a ``unique_until="start"`` key), and
+    a stop that comes first hands it back unstarted.
     """
+    ahead = stages if isinstance(executor, StageThreads) and executor.size <= stages else 0
     return fo.process(
         functools.partial(_call, executor=executor),
         stages,
@@ -51,18 +58,37 @@ def run_workers(
         min_demand=min_demand,
         timeout_s=timeout_s,
         scheduler=scheduler,
+        ahead=ahead,
+        queues=_queues if ahead else None,
     )
+
+
+def _queues(item: Delivery | list[Delivery]) -> bool:
+    """Whether this item's call waits for a stage thread (a plain sync job); noted on the delivery for _call."""
+    if isinstance(item, list):
+        return False
+    job = item.job
+    try:
+        spec = get_worker(job.worker)
+    except UnknownWorker:
+        item.queued = False
+        return False
+    # A traced job's span starts as it is handed over, so it is not handed over early.
+    item.queued = not spec.is_async and (job.meta is None or not is_traced(job))
+    return item.queued
 
 
 def _call(
     item: Delivery | list[Delivery], *, executor: Executor
-) -> Observable[Any] | asyncio.Future[Any] | Coroutine[Any, Any, Any]:
+) -> Observable[Any] | asyncio.Future[Any] | Coroutine[Any, Any, Any] | fo.Queued[Any]:
     if isinstance(item, list):
         return _call_many(item, executor)
     # The per-job hot path: the worker's coroutine, which process runs as a task, or an executor future.
     source = item.source
     if source.stopping:
         return reactivex.throw(NotStarted())
+    if item.queued and isinstance(executor, StageThreads):
+        return _hand_to_thread(item, executor)
     source.started(item)
     job = item.job
     if source.telemetry.active:
@@ -81,6 +107,39 @@ def _call(
     if isinstance(executor, StageThreads):
         return executor.run_soon(run_as_job, item, loop, spec.fn, args)
     return loop.run_in_executor(executor, functools.partial(run_as_job, item, loop, spec.fn, args))
+
+
+def _hand_to_thread(item: Delivery, executor: StageThreads) -> fo.Queued[Any]:
+    """Hand a sync job to the stage threads; it begins when one takes it (see :func:`_take`)."""
+    spec = get_worker(item.job.worker)
+    job = item.job
+    args = ([list(job.args)],) if spec.batch else job.args
+    # Running from now on for an abort to find it (a job aborted before it begins sees it at its first look);
+    # hand_back_unstarted still hands it back until a thread has taken it.
+    item.source.running.add(item)
+    queued: fo.Queued[Any] = fo.Queued()
+    loop = asyncio.get_running_loop()
+    queued.future = executor.run_soon(
+        run_as_job, item, loop, spec.fn, args, on_take=functools.partial(_take, item, queued)
+    )
+    return queued
+
+
+def _take(item: Delivery, queued: fo.Queued[Any]) -> Callable[[], None]:
+    """In the stage thread taking ``item``: it begins now, unless its source is stopping (then NotStarted)."""
+    at = time.time()
+    if not item.source.take(item):
+        raise NotStarted()
+    return functools.partial(_begun, item, queued, at)
+
+
+def _begun(item: Delivery, queued: fo.Queued[Any], at: float) -> None:
+    """On the loop, once a thread took ``item`` at ``at``: what the start of a job does, in the batch."""
+    source = item.source
+    source.started(item)
+    if source.telemetry.active:
+        _emit_started(source.telemetry, item.job, at)
+    queued.begin(at)
 
 
 def _call_many(deliveries: list[Delivery], executor: Executor) -> Observable[Any] | asyncio.Future[Any]:

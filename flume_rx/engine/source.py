@@ -6,6 +6,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,10 @@ class Delivery:
     """Its worker reported progress: its settlement records how it ended, so it stops showing as running."""
     hop: tuple[str, str] | None = None
     """``(queue, worker)`` a ``Flume.to_queue`` hop sends this job's result to, in the step of its ack."""
+    queued: bool = False
+    """The processor hands it to a stage thread ahead of a free one: it begins when a thread takes it."""
+    taken: bool = False
+    """A worker has begun it (a stage thread took it, or the loop started it): a stop no longer hands it back."""
 
 
 @dataclass(eq=False)
@@ -105,6 +110,9 @@ class JobSource:
     def __post_init__(self) -> None:
         self.settle_policy = SettlePolicy(self.retry, self.max_payload_bytes)
         self._outage = Outage(f"fetch from {self.queue!r}")
+        # A stage thread taking a job and a stop handing back the unstarted ones decide under it, so a job is
+        # either run or handed back, never both.
+        self._take_lock = threading.Lock()
         self._unique_releases: list[Settlement] = []
         self._releasing: asyncio.Task[None] | None = None
         self._handing_back: set[asyncio.Task[None]] = set()
@@ -335,12 +343,21 @@ class JobSource:
         settling the job releases the key instead.
         """
         self.running.add(delivery)
+        delivery.taken = True
         job = delivery.job
         if job.unique_key is None or job.unique_until != "start":
             return
         if not self._unique_releases:
             self._releasing = asyncio.get_running_loop().create_task(self._release_unique_keys())
         self._unique_releases.append(Settlement(delivery.payload, "release", unique=(job.unique_key, job.id)))
+
+    def take(self, delivery: Delivery) -> bool:
+        """In a stage thread about to run ``delivery``: whether it may (False once the source is stopping)."""
+        with self._take_lock:
+            if self.stopping:
+                return False
+            delivery.taken = True
+            return True
 
     async def _release_unique_keys(self) -> None:
         await asyncio.sleep(0)  # let every start of this loop iteration join the call
@@ -357,12 +374,14 @@ class JobSource:
         """At stop: give every fetched, unstarted job back to the queue at once."""
         if self._handing_back:
             await asyncio.gather(*self._handing_back)
-        unstarted = [d for d in self.outstanding if d not in self.running]
+        with self._take_lock:  # `stopping` is set: no thread takes a job after this look
+            unstarted = [d for d in self.outstanding if not d.taken]
         if not unstarted:
             return 0
         await self.settle([Settlement(d.payload, "requeue") for d in unstarted])
         for delivery in unstarted:
             self.outstanding.discard(delivery)
+            self.running.discard(delivery)  # handed to a stage thread, which will not run it now
         return len(unstarted)
 
 

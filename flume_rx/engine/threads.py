@@ -7,6 +7,14 @@ is already on its way, so the loop collects every outcome that finished meanwhil
 threads finished. The threads take their next call from a ``SimpleQueue`` the loop fills, never through the
 loop. The rest of the ``Executor`` interface (``submit``, ``shutdown``) is that of a plain thread pool, so
 batches and ``run_in_executor`` use the same threads.
+
+A call may be handed over before a thread is free for it (the processor gives each thread its next job, so a
+thread that finishes one takes the next without waiting for the loop). What must happen when the job really
+begins is done by ``on_take``, in the thread that takes it: it may refuse the call (its exception becomes
+the outcome and the call never runs), and it returns what the loop must do about the start. That note wakes
+nobody: it rides to the loop with the next batch of outcomes, ahead of the call's own, or at the latest
+``NOTE_AFTER_S`` later, when the loop looks for notes itself. A wake-up at every take would cost the job's
+first line a crossing of the self-pipe (the thread lets go of the interpreter, the loop takes it).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -22,6 +31,11 @@ from typing import Any, TypeVar
 _T = TypeVar("_T")
 
 _STOP = object()
+
+NOTE_AFTER_S = 0.001
+"""The longest a taken call's note waits for a batch of outcomes before the loop collects it itself."""
+
+logger = logging.getLogger("flume_rx.pipeline")
 
 
 class StageThreads(concurrent.futures.Executor):
@@ -47,20 +61,43 @@ class StageThreads(concurrent.futures.Executor):
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._shutdown = False
-        # Per loop: outcomes finished and not yet handed over, and whether a wake-up is on its way.
+        # Per loop: outcomes finished and not yet handed over; a loop is in it while a wake-up is on its way.
         self._finished: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
+        # Per loop: notes of calls taken (None for one refused or never run), not yet collected, no wake-up.
+        self._taken: dict[asyncio.AbstractEventLoop, list[Callable[[], None] | None]] = {}
+        # Per loop (its own thread only): calls with an on_take whose note is not collected, and whether the
+        # loop's look for notes is scheduled.
+        self._unnoted: dict[asyncio.AbstractEventLoop, int] = {}
+        self._looking: set[asyncio.AbstractEventLoop] = set()
 
-    def run_soon(self, fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
-        """Run ``fn(*args)`` on a stage thread; the result comes back on the running loop, batched."""
+    @property
+    def size(self) -> int:
+        """How many threads run calls: never more calls than this run at once."""
+        return self._size
+
+    def run_soon(
+        self, fn: Callable[..., _T], *args: Any, on_take: Callable[[], Callable[[], None]] | None = None
+    ) -> asyncio.Future[_T]:
+        """Run ``fn(*args)`` on a stage thread; the result comes back on the running loop, batched.
+
+        ``on_take`` is called in the thread that takes the call, before ``fn``; an exception it raises is the
+        call's outcome instead (``fn`` does not run), and what it returns is called on the loop, before the
+        call's result is set.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
-        self._put((loop, future, fn, args))
+        self._put((loop, future, fn, args, on_take))
+        if on_take is not None:
+            self._unnoted[loop] = self._unnoted.get(loop, 0) + 1
+            if loop not in self._looking:
+                self._looking.add(loop)
+                loop.call_later(NOTE_AFTER_S, self._look, loop)
         return future
 
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[_T]:
         """Run ``fn(*args, **kwargs)`` on a stage thread; an ordinary concurrent future of its result."""
         future: concurrent.futures.Future[_T] = concurrent.futures.Future()
-        self._put((None, future, fn, (args, kwargs)))
+        self._put((None, future, fn, (args, kwargs), None))
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -103,27 +140,67 @@ class StageThreads(concurrent.futures.Executor):
             call = calls.get()
             if call is _STOP:
                 return
-            loop, future, fn, args = call
+            loop, future, fn, args, on_take = call
             if loop is None:
                 self._run_submitted(future, fn, *args)
                 continue
             if future.cancelled():  # racy but harmless: a cancelled future ignores its outcome anyway
+                if on_take is not None:
+                    self._note(loop, None)
                 continue
             try:
+                if on_take is not None:
+                    try:
+                        note = on_take()
+                    except BaseException:
+                        self._note(loop, None)
+                        raise
+                    self._note(loop, note)
                 outcome: tuple[Any, Any] = (fn(*args), None)
             except (
                 BaseException
             ) as error:  # handed to the loop; KeyboardInterrupt/SystemExit too, as a result
                 outcome = (None, error)
-            self._hand_over(loop, future, outcome)
+            self._hand_over(loop, future, *outcome)
 
-    def _hand_over(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], outcome: Any) -> None:
+    def _note(self, loop: asyncio.AbstractEventLoop, note: Callable[[], None] | None) -> None:
+        with self._lock:
+            taken = self._taken.get(loop)
+            if taken is None:
+                taken = self._taken[loop] = []
+            taken.append(note)
+
+    def _look(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop, every NOTE_AFTER_S while taken calls may have notes waiting: collect them."""
+        self._collect_notes(loop)
+        if self._unnoted.get(loop, 0) > 0 and not self._shutdown:
+            loop.call_later(NOTE_AFTER_S, self._look, loop)
+        else:
+            self._looking.discard(loop)
+
+    def _collect_notes(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            taken = self._taken.pop(loop, None)
+        if not taken:
+            return
+        self._unnoted[loop] -= len(taken)
+        for note in taken:
+            if note is None:
+                continue
+            try:
+                note()
+            except Exception:  # one start's bookkeeping failing must not lose the outcomes after it
+                logger.exception("noting the start of a call failed")
+
+    def _hand_over(
+        self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], value: Any, error: Any
+    ) -> None:
         with self._lock:
             finished = self._finished.get(loop)
             wake = finished is None
             if wake:
                 finished = self._finished[loop] = []
-            finished.append((future, *outcome))  # type: ignore[union-attr]
+            finished.append((future, value, error))  # type: ignore[union-attr]
         if wake:
             # The one crossing of the self-pipe for every outcome that finishes before the loop runs _deliver.
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits for these futures
@@ -132,6 +209,8 @@ class StageThreads(concurrent.futures.Executor):
     def _deliver(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
             finished = self._finished.pop(loop, [])
+        # Notes first: a call's note is in before its outcome is (its thread noted it before running it).
+        self._collect_notes(loop)
         for future, value, error in finished:
             if future.cancelled():
                 continue

@@ -119,6 +119,30 @@ def test_sigterm_stops_gracefully_and_returns_what_it_held(
     assert stats["processed"] == done
 
 
+def test_sigterm_hands_back_the_sync_jobs_handed_to_threads_ahead_and_none_runs_twice(
+    tmp_path: Path, redis_url: str, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """Each stage thread holds its next job while it runs one; a stop hands those back, and they run once."""
+    client = redis.Redis.from_url(redis_url)
+    flume = Flume(redis_url, "p")
+    jobs = 300
+    flume.bulk_enqueue(QUEUE, [("RecordWorker", [f"j{i}", 0.03]) for i in range(jobs)])
+    config = _write_config(tmp_path, redis_url, "max_demand = 40\nprocessor = { stages = 4 }")
+
+    first = _worker(config, redis_url)
+    procs.append(first)
+    assert _wait_for(lambda: client.hlen("test:runs") >= 12, 60)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(20) == 0
+    assert flume.stats([QUEUE])[QUEUE]["in_flight"] == 0
+
+    second = _worker(config, redis_url)
+    procs.append(second)
+    assert _wait_for(lambda: client.hlen("test:runs") == jobs, 120), client.hlen("test:runs")
+    runs = {k.decode(): int(v) for k, v in client.hgetall("test:runs").items()}
+    assert sorted(runs.values()) == [1] * jobs  # handed back unstarted, or run: never both
+
+
 def test_three_processes_share_one_400_per_second_window(
     tmp_path: Path, redis_url: str, procs: list[subprocess.Popen[bytes]]
 ) -> None:

@@ -1,0 +1,163 @@
+"""process: calls that wait in a queue of their own (Queued) go ahead of a free stage, never past the bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import reactivex
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reactivex.testing import TestScheduler
+
+from flume_rx.operators import Outcome, Queued, process
+
+
+@dataclass
+class Pool:
+    """A fake thread pool on the loop: ``threads`` workers take Queued calls in order, each for some turns.
+
+    Counts what runs at once (Queued calls a worker took, and the async calls) and what was handed over and
+    has no outcome yet, at every step.
+    """
+
+    threads: int
+    calls: asyncio.Queue[tuple[Queued[int], asyncio.Future[int], int, int]] = field(
+        default_factory=asyncio.Queue
+    )
+    running: int = 0
+    most_running: int = 0
+    handed: int = 0
+    most_handed: int = 0
+    began_at: dict[int, float] = field(default_factory=dict)
+
+    def run(self, delta: int) -> None:
+        self.running += delta
+        self.most_running = max(self.most_running, self.running)
+
+    async def worker(self) -> None:
+        while True:
+            queued, future, index, turns = await self.calls.get()
+            if future.cancelled():
+                continue
+            self.run(+1)
+            self.began_at[index] = time.time()
+            queued.begin()  # the real pool notes a take on the loop before the call's outcome, as here
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            self.run(-1)
+            future.set_result(index)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    items=st.lists(st.tuples(st.booleans(), st.integers(0, 4)), max_size=40),
+    stages=st.integers(1, 4),
+    ahead=st.integers(0, 5),
+    max_demand=st.integers(1, 12),
+)
+def test_never_more_than_stages_run_nor_more_than_stages_plus_ahead_are_handed(
+    items: list[tuple[bool, int]], stages: int, ahead: int, max_demand: int
+) -> None:
+    """Mixed calls: the queueing ones (a pool of ``stages`` workers) and async ones running on the loop."""
+
+    async def main() -> tuple[Pool, list[Outcome[int, int]]]:
+        loop = asyncio.get_running_loop()
+        pool = Pool(stages)
+        workers = [loop.create_task(pool.worker()) for _ in range(stages)]
+        done = loop.create_future()
+        outcomes: list[Outcome[int, int]] = []
+
+        def fn(index: int) -> Queued[int] | Coroutine[Any, Any, int]:
+            queues, turns = items[index]
+            pool.handed += 1
+            pool.most_handed = max(pool.most_handed, pool.handed)
+            if queues:
+                queued: Queued[int] = Queued()
+                queued.future = loop.create_future()
+                pool.calls.put_nowait((queued, queued.future, index, turns))
+                return queued
+
+            async def plain() -> int:
+                pool.run(+1)
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+                pool.run(-1)
+                return index
+
+            return plain()
+
+        def seen(outcome: Outcome[int, int]) -> None:
+            pool.handed -= 1
+            outcomes.append(outcome)
+
+        reactivex.from_iterable(range(len(items))).pipe(
+            process(fn, stages, max_demand=max_demand, ahead=ahead, queues=lambda i: items[i][0])
+        ).subscribe(seen, done.set_exception, lambda: done.set_result(None))
+        await done
+        for worker in workers:
+            worker.cancel()
+        return pool, outcomes
+
+    pool, outcomes = asyncio.run(main())
+    assert sorted(o.value for o in outcomes if o.value is not None) == list(range(len(items)))
+    assert all(o.ok for o in outcomes)
+    assert pool.most_running <= stages
+    assert pool.most_handed <= stages + ahead
+    if not any(queues for queues, _ in items):
+        assert pool.most_handed <= stages  # nothing queues: nothing goes ahead
+    elif all(queues for queues, _ in items) and min(len(items), max_demand) >= stages + ahead:
+        assert pool.most_handed == stages + ahead  # and when all do, the stages fill and ahead is used
+    for outcome in outcomes:
+        if items[outcome.item][0]:  # a queued call's clock starts when a worker takes it
+            assert outcome.started_at >= pool.began_at[outcome.item]
+
+
+def test_a_queued_calls_timeout_counts_from_its_begin_not_from_when_it_was_handed() -> None:
+    async def main() -> tuple[list[Outcome[str, str]], list[str]]:
+        loop = asyncio.get_running_loop()
+        scheduler = TestScheduler()
+        handed: list[tuple[str, Queued[str]]] = []
+        outcomes: list[Outcome[str, str]] = []
+
+        def fn(item: str) -> Queued[str]:
+            queued: Queued[str] = Queued()
+            queued.future = loop.create_future()
+            handed.append((item, queued))
+            return queued
+
+        reactivex.from_iterable(["a", "b", "c"]).pipe(
+            process(fn, 1, ahead=1, queues=lambda _item: True, timeout_s=10.0, scheduler=scheduler)
+        ).subscribe(outcomes.append)
+        first = [item for item, _ in handed]  # one stage, one ahead: a and b handed over, c waits
+        (_, a), (_, b) = handed
+        a.begin()
+        scheduler.advance_by(8.0)
+        assert a.future is not None
+        a.future.set_result("A")
+        await asyncio.sleep(0)  # a's outcome frees its stage: c is handed over
+        b.begin()  # b waited 8 s in the queue; only its 8 s of running count
+        scheduler.advance_by(8.0)
+        assert b.future is not None
+        b.future.set_result("B")
+        await asyncio.sleep(0)
+        _, c = handed[2]
+        c.begin()
+        scheduler.advance_by(11.0)  # c runs past the timeout
+        return outcomes, first
+
+    outcomes, first = asyncio.run(main())
+    assert first == ["a", "b"]
+    by_item = {o.item: o for o in outcomes}
+    assert by_item["a"].value == "A" and by_item["b"].value == "B"
+    assert by_item["b"].started_at == pytest.approx(8.0)
+    assert isinstance(by_item["c"].error, TimeoutError)
+
+
+def test_ahead_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="ahead must be >= 0"):
+        process(lambda x: reactivex.just(x), 1, ahead=-1)
