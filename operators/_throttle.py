@@ -98,6 +98,12 @@ class TokenWindow(Protocol):
         ...
 
 
+def _refusal_reports(window: TokenWindow) -> int:
+    """How many refusals were reported to ``window`` so far; 0 for a window that does not count them (one that is
+    not adaptive never cuts its rate, so its grants stay good)."""
+    return int(getattr(window, "refusal_reports", 0))
+
+
 def _now_s(scheduler: abc.SchedulerBase) -> float:
     # Virtual schedulers keep a float clock; their datetime `now` would round it to microseconds.
     if isinstance(scheduler, VirtualTimeScheduler):
@@ -184,6 +190,9 @@ class InProcessWindow:
         self._ceiling: float | None = None
         self._cut_at = 0.0
         self._refusals: deque[tuple[float, int]] = deque()  # (when, how many) within the last period
+        self.refusal_reports = 0
+        """Refusals reported to this window so far (adaptive mode): a throttle stops using a grant taken before
+        the latest one."""
 
     @property
     def allowed(self) -> int:
@@ -308,6 +317,7 @@ class InProcessWindow:
             current = self._rate_at(now)
             if not self.adaptive:
                 return current
+            self.refusal_reports += 1
             period = self._period_s
             refusals = self._refusals
             # The period that ended when the refused call started, as penalize.lua measures: what the downstream
@@ -430,6 +440,7 @@ def throttle(
             take_subscription = SerialDisposable()
             delay_timer = SerialDisposable()
             granted_tokens = 0  # of the active grant, to tell how many were used when it ends
+            reports_at_grant = 0  # the window's refusal reports when the active grant came
             active: Grant | None = None
             activated_at = 0.0
             # With prefetch, a take covers the items the consumer starts in a hold, as measured (at least the
@@ -452,7 +463,12 @@ def throttle(
                     return lambda: observer.on_error(error)
                 if phase == _ACTIVE:
                     lapsed = 0
-                    if _now_s(clock) > deadline:
+                    if _refusal_reports(window) != reports_at_grant:
+                        # The downstream refused a call since this grant was taken, and the adaptive rate is
+                        # being cut: the rest of the grant would start calls it is refusing (its limit is full
+                        # for now), so they lapse, and the next take waits for the lower rate.
+                        lapsed, tokens = tokens, 0
+                    elif _now_s(clock) > deadline:
                         lapsed, tokens = tokens, 0
                         if prefetch and activated_at < deadline:
                             # The consumer had tokens all its hold: what it used is exactly what it starts in one.
@@ -530,9 +546,10 @@ def throttle(
                     activate(grant, sent_at)
 
             def activate(grant: Grant, sent_at: float) -> None:
-                nonlocal phase, tokens, deadline, granted_tokens, active, activated_at
+                nonlocal phase, tokens, deadline, granted_tokens, active, activated_at, reports_at_grant
                 with lock:
                     phase = _ACTIVE
+                    reports_at_grant = _refusal_reports(window)
                     activated_at = _now_s(clock)
                     active = grant
                     tokens = granted_tokens = grant.tokens

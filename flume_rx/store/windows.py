@@ -76,6 +76,8 @@ class RedisTokenWindow:
         self.burst = burst or 0
         self._effective = float(allowed)
         self._lock = threading.Lock()
+        self.refusal_reports = 0
+        """Refusals this process reported (adaptive mode): the throttle drops a grant taken before the latest."""
 
     async def take_async(self, tokens: int, min_tokens: int = 1, unused: Unused | None = None) -> Grant:
         """One grant of between ``min(tokens, min_tokens)`` and ``tokens`` tokens (clamped to the rate), after
@@ -168,7 +170,14 @@ class RedisTokenWindow:
         return reply
 
     def penalize(self, refused: int = 1, age_s: float = 0.0) -> Awaitable[float]:
-        """:meth:`penalize_async`, under the name :class:`~flume_rx.operators.TokenWindow` gives it."""
+        """:meth:`penalize_async`, under the name :class:`~flume_rx.operators.TokenWindow` gives it.
+
+        Counted in :attr:`refusal_reports` at once, before Redis answers, so this process's throttle stops
+        using a grant taken at the rate the downstream just refused.
+        """
+        if self.adaptive and refused >= 1:
+            with self._lock:
+                self.refusal_reports += 1
         return self.penalize_async(refused, age_s)
 
     def current_rate(self) -> float:

@@ -11,7 +11,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flume_rx.operators import AdaptiveTuning, accepted_per_period, ceiling_after_refusal, probed_rate
+from flume_rx.operators import AdaptiveTuning, Unused, accepted_per_period, ceiling_after_refusal, probed_rate
 from flume_rx.store import RedisStore, RedisTokenWindow
 
 tunings = st.builds(
@@ -152,6 +152,24 @@ def test_penalize_aims_as_ceiling_after_refusal_does(
                     probed_rate(expected, 0.0, allowed, period_s, tuning), rel=1e-9
                 )
                 ceiling, cut_at = answer.ceiling, answer.at_us
+        finally:
+            await store.aclose()
+
+    asyncio.run(run())
+
+
+def test_penalize_counts_only_the_tokens_that_started(redis_url: str) -> None:
+    # 100 granted, 40 of them given back with the next take (they lapsed): the downstream was offered 61
+    # calls and refused 1, so penalize.lua measures 60 accepted, not the 100 granted.
+    async def run() -> None:
+        store = RedisStore.from_url(redis_url)
+        try:
+            window = RedisTokenWindow(store, uuid.uuid4().hex, 100, 60.0, adaptive=True)
+            grant = await window.take_async(100, 100)
+            await window.take_async(1, 1, Unused(grant, 40))
+            answer = await window.refuse(1)
+            assert answer.accepted == pytest.approx(60.0)
+            assert answer.ceiling == pytest.approx(60.0)
         finally:
             await store.aclose()
 

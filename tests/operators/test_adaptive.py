@@ -6,18 +6,25 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+import reactivex
+from _flowkit import TimedSource
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reactivex.testing import TestScheduler
 
 from flume_rx.operators import (
     AdaptiveTuning,
+    Demand,
     InProcessWindow,
+    Unused,
     accepted_per_period,
     ceiling_after_refusal,
     probed_rate,
     recovery_s,
+    throttle,
 )
 
 tunings = st.builds(
@@ -442,3 +449,47 @@ def test_refuse_without_adaptive_keeps_the_rate() -> None:
     assert window.refuse(3) == 10.0
     with pytest.raises(ValueError, match="refused"):
         window.refuse(0)
+
+
+def test_tokens_given_back_are_not_counted_as_accepted() -> None:
+    # 100 granted, 40 of them lapsed and given back with the next take (1 token): the downstream was offered
+    # 61 calls and refused 1, so it accepted 60, not the 100 a count of grants would say.
+    now = [0.0]
+    window = InProcessWindow(100, 60.0, 0.0, clock=lambda: now[0], adaptive=True)
+    grant = window.grant(100, 100)
+    now[0] = 1.0
+    window.grant(1, 1, Unused(grant, 40))
+    now[0] = 2.0
+    assert window.refuse(1) == pytest.approx(60 * (1 - window.tuning.margin))
+
+
+def test_a_refusal_ends_the_grant_in_use_and_the_next_take_sees_the_cut() -> None:
+    # A throttle with a grant of 10 tokens has started one call; the downstream refuses a call. The other 9
+    # tokens were granted at the rate it has just refused: they lapse (and go back to the window with the next
+    # take) instead of starting calls into a downstream whose limit is full.
+    scheduler = TestScheduler()
+    window = InProcessWindow(10, 1.0, 0.5, clock=scheduler, adaptive=True)
+    events: list[tuple[str, dict[str, Any]]] = []
+    source = TimedSource(scheduler, [0.0] * 20)
+    demand = Demand()
+    seen: list[int] = []
+    source.pipe(
+        throttle(
+            window,
+            min_tokens=10,
+            prefetch=10,
+            scheduler=scheduler,
+            on_event=lambda name, fields: events.append((name, fields)),
+        )
+    ).subscribe_with_demand(reactivex.Observer(seen.append), demand, scheduler)
+    scheduler.advance_to(0.01)  # the throttle holds 10 items (its prefetch)
+    demand.request(1)
+    scheduler.advance_to(0.1)
+    assert seen == [0]
+    assert [name for name, _ in events] == ["granted"]
+    window.refuse(1)  # 10 started, 1 refused: 9 accepted, the rate restarts a margin below
+    demand.request(1)
+    scheduler.advance_to(0.2)
+    assert ("lapsed", {"tokens": 9}) in events
+    granted = [fields["tokens"] for name, fields in events if name == "granted"]
+    assert len(granted) == 2 and granted[1] <= math.floor(9 * (1 - window.tuning.margin))
