@@ -62,7 +62,7 @@ def test_the_lua_and_the_python_window_grant_alike(
             time.sleep(pause_s)
         # Not adaptive: margin and probe are unused but must be numbers.
         args = (allowed, repr(period_ms * 1.0), repr(hold_ms * 1.0), want, least, 0, "0.03", "0.4", burst)
-        tokens, delay_us, _, _, start_us = client.evalsha(script, 2, log_key, meta_key, *args)  # type: ignore[misc]
+        tokens, delay_us, _, _, start_us, _seq = client.evalsha(script, 2, log_key, meta_key, *args)  # type: ignore[misc]
         now_us[0] = float(int(start_us) - int(delay_us))
         grant = python.grant(want, least)
         assert grant.tokens == int(tokens), (want, least, grant, tokens, delay_us)
