@@ -205,7 +205,9 @@ class AsyncRunner:
         if is_cluster(self.client):
             node: Any = self._untyped.get_node_from_key(key)
             connection: Any = node.acquire_connection()
-            release = node.release
+            # redis-py 6 has ClusterNode.release; 5.x (which our range allows) puts a connection back on
+            # its free list itself, as its own execute_command does.
+            release = getattr(node, "release", None) or node._free.append
         else:
             pool: Any = self.client.connection_pool
             connection = await pool.get_connection()
