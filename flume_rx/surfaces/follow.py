@@ -62,8 +62,9 @@ class JobInfo:
         progress: the last fraction its worker reported through ``current_job().progress``, and
             ``progress_message`` what it said.
         after: what a workflow job comes after: the job id of the chain step before it, or the id of the
-            group whose callback it is (None for other jobs). A ``waiting`` job waits on it; a ``cancelled``
-            chain step was stopped there (its error says how).
+            group whose callback it is (None for other jobs and a chain's first step). A ``waiting`` job
+            waits on it; a step cancelled because its chain stopped has a ``ChainStopped`` error naming the
+            step where it stopped.
     """
 
     id: str

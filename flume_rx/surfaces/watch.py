@@ -377,8 +377,6 @@ def print_job_info(info: JobInfo, as_json: bool = False, workflow: WorkflowInfo 
     if info.state == "waiting" and info.after is not None:
         what = "the members of group" if workflow is not None and workflow.kind == "group" else "step"
         print(f"  waits on {what} {info.after}")
-    elif info.state == "cancelled" and info.after is not None:
-        print(f"  its chain stopped at step {info.after}")
     if info.at is not None:
         print(f"  {_AT_MEANS.get(info.state, 'at')} {utc_time(info.at)}")
     if info.progress is not None:
