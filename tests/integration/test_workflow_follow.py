@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from flume_rx import Flume, JobCancelled, JobFailed
+from flume_rx import Flume, JobCancelled, JobFailed, ResultTimeout
 from flume_rx.model.config import RetryConfig
 from tests.faults.harness import runs
 
@@ -57,6 +57,9 @@ def test_a_chain_step_to_come_waits_on_the_one_before_it(flume: Flume) -> None:
         (chain.ids[2], "wf/a", "wf.count"),
     ]
     assert [j.info.state for j in workflow.jobs if j.info] == ["queued", "waiting", "waiting"]
+    # Without its queue, a wait for a step to come finds it (it once read unknown: ResultUnavailable).
+    with pytest.raises(ResultTimeout):
+        flume.result(chain.ids[2], timeout=0.2)
 
     _drain(flume, "wf/a")  # runs step 1: step 2 is queued now, step 3 still waits on it
     assert flume.job(chain.ids[0]).state == "done"  # wf.count keeps results
