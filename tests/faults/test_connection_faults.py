@@ -92,7 +92,9 @@ def test_a_fetch_whose_reply_was_lost_gives_its_jobs_back(url: str) -> None:
     async def main() -> list[int]:
         async with RedisStore.from_url(url, "t", socket_timeout_s=1.0) as store:
             await store.enqueue(QUEUE, _payloads(5))
-            source = JobSource(store, QUEUE, "c-lost", max_demand=5, telemetry=Telemetry(), burst=True)
+            source = JobSource(
+                store, QUEUE, "c-lost", max_demand=5, telemetry=Telemetry(), burst_mode="drained"
+            )
             sleeper = threading.Thread(
                 target=lambda: redis.Redis.from_url(url).execute_command("DEBUG", "SLEEP", 2.5)
             )
@@ -132,11 +134,13 @@ def test_every_source_gives_back_the_jobs_of_a_fetch_whose_reply_was_lost(url: s
             source: JobSource
             if weighted:
                 source = WeightedSource(
-                    store, queues[0], "c-lost", max_demand=5, telemetry=Telemetry(), burst=True,
+                    store, queues[0], "c-lost", max_demand=5, telemetry=Telemetry(), burst_mode="drained",
                     queues=queues, weights=(1, 1),
                 )  # fmt: skip
             else:
-                source = JobSource(store, QUEUE, "c-lost", max_demand=5, telemetry=Telemetry(), burst=True)
+                source = JobSource(
+                    store, QUEUE, "c-lost", max_demand=5, telemetry=Telemetry(), burst_mode="drained"
+                )
             return await _fetch_all(source, 5)
 
     assert sorted(asyncio.run(main())) == [0, 1, 2, 3, 4]

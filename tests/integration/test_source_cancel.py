@@ -51,7 +51,7 @@ def test_cancelling_returns_the_jobs_fetched_beyond_the_demand_left(redis_url: s
     async def main() -> None:
         async with RedisStore.from_url(redis_url, "t") as store:
             await store.enqueue(QUEUE, _payloads(5))
-            source = JobSource(store, QUEUE, "c1", max_demand=5, telemetry=Telemetry(), burst=True)
+            source = JobSource(store, QUEUE, "c1", max_demand=5, telemetry=Telemetry(), burst_mode="drained")
             seen: list[Delivery] = []
             demand = Demand()
             subscription = source.flowable.subscribe_with_demand(reactivex.Observer(seen.append), demand)
@@ -72,7 +72,7 @@ def test_a_fetch_cancelled_with_its_jobs_in_hand_gives_them_back(redis_url: str,
     async def main() -> None:
         async with RedisStore.from_url(redis_url, "t") as store:
             await store.enqueue(QUEUE, _payloads(3))
-            source = JobSource(store, QUEUE, "c1", max_demand=5, telemetry=Telemetry(), burst=True)
+            source = JobSource(store, QUEUE, "c1", max_demand=5, telemetry=Telemetry(), burst_mode="drained")
             real_fetch = store.fetch
             subscription: list[abc.DisposableBase] = []
             cancelled = asyncio.Event()
