@@ -278,7 +278,7 @@ def adaptive_rate(data: dict[str, Any]) -> Figure | None:
     fig.suptitle(
         "Adaptive window (400/s allowed) following SES at 300/s, then 380/s"
         + (
-            f" (load average {load[0]:.0f} to {load[1]:.0f} on {data.get('machine', {}).get('cores')} cores)"
+            f" (load average {load[0]:.1f} to {load[1]:.1f} on {data.get('machine', {}).get('cores')} cores)"
             if load
             else ""
         )
