@@ -289,6 +289,8 @@ class InProcessWindow:
         if not 0 <= index < len(self._grants):
             return  # expired already: it counts no more
         expires_at, count = self._grants[index]
+        if expires_at <= max(self._clock(), self._last_start):
+            return  # counts for no later grant: nothing to give back, pacing included (as take_tokens.lua)
         if count != unused.grant.tokens:
             return  # given back before: once per grant, as take_tokens.lua
         back = min(unused.tokens, count)

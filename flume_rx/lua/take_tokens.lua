@@ -38,7 +38,12 @@ if back_seq then
   local back_g, back_tokens, unused = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
   local member = back_seq .. ':' .. back_tokens
   local score = tonumber(redis.call('ZSCORE', KEYS[1], member))
-  if score and score == back_g + hold and unused >= 1 then
+  -- g came back to the caller in whole microseconds (Redis truncates a reply's number), and a paced g may have
+  -- a fraction: the entry is the grant's if its score lies within the microsecond after back_g + hold.
+  -- Only while it still counts for the next grant (its score above max(now, last_g) - period), as
+  -- InProcessWindow does: once it no longer counts, there is nothing to give back, pacing included.
+  local counts_from = math.max(now, tonumber(meta[2]) or 0) - period
+  if score and score >= back_g + hold and score < back_g + hold + 1 and score > counts_from and unused >= 1 then
     given_back = math.min(unused, back_tokens)
     -- The removal first: it never grows memory, so a full Redis still runs the script (see _window.lua).
     redis.call('ZREM', KEYS[1], member)
@@ -89,8 +94,7 @@ if burst > 0 then
   -- Paced at allowed per (period + hold), the rate the window sustains, so it never has to stall.
   local interval = (period + hold) / cap
   local tat = (tonumber(meta[6]) or 0) - given_back * interval
-  -- Whole microseconds, so the caller can name the grant by g when it gives tokens back; later is always safe.
-  g = math.ceil(math.max(g, tat + (tokens - most) * interval))
+  g = math.max(g, tat + (tokens - most) * interval)
   redis.call('HSET', KEYS[2], 'tat', math.max(tat, g) + tokens * interval)
 end
 

@@ -17,7 +17,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flume_rx.operators import InProcessWindow
+from flume_rx.operators import Grant, InProcessWindow, Unused
 from flume_rx.store.keys import Keys
 from flume_rx.store.scripts import lua_source
 
@@ -57,14 +57,23 @@ def test_the_lua_and_the_python_window_grant_alike(
     now_us = [0.0]
     period_us, hold_us = period_ms * 1000.0, hold_ms * 1000.0
     python = InProcessWindow(allowed, period_us, hold_us, clock=lambda: now_us[0], burst=burst or None)
+    last: tuple[Grant, tuple[int, int, int]] | None = None  # the previous grant, in Python and in Redis
     for want, least, pause_s in trace:
         if pause_s:
             time.sleep(pause_s)
-        # Not adaptive: margin and probe are unused but must be numbers.
-        args = (allowed, repr(period_ms * 1.0), repr(hold_ms * 1.0), want, least, 0, "0.03", "0.4", burst)
-        tokens, delay_us, _, _, start_us, _seq = client.evalsha(script, 2, log_key, meta_key, *args)  # type: ignore[misc]
+        # Every third take gives back half the tokens of the one before (rounded up), as a lapse does.
+        back: tuple[Unused, tuple[int, int, int, int]] | None = None
+        if last is not None and want % 3 == 0:
+            unused = (last[0].tokens + 1) // 2
+            back = Unused(last[0], unused), (*last[1], unused)
+        # Not adaptive: margin and probe are unused but must be numbers; headroom '' is none.
+        args = (allowed, repr(period_ms * 1.0), repr(hold_ms * 1.0), want, least, 0, "0.03", "0.4", burst, "")
+        args += back[1] if back is not None else ("", "", "", "")
+        reply = client.evalsha(script, 2, log_key, meta_key, *args)  # type: ignore[misc]
+        tokens, delay_us, _, _, start_us, seq = reply
         now_us[0] = float(int(start_us) - int(delay_us))
-        grant = python.grant(want, least)
+        grant = python.grant(want, least, None if back is None else back[0])
+        last = grant, (int(seq), int(start_us), int(tokens))
         assert grant.tokens == int(tokens), (want, least, grant, tokens, delay_us)
         # The script replies in whole microseconds (a paced start can fall between two).
         assert abs(grant.delay_s - int(delay_us)) <= (2 if burst else 0), (want, least, grant, delay_us)
