@@ -73,6 +73,7 @@ CASES: dict[str, tuple[str, dict[str, int]]] = {
     # name: (worker, pipeline settings); {} is flume_rx's defaults (max_demand 100, stages 10)
     "noop_async_suite_shape": ("AsyncNoop", {"max_demand": 500, "stages": 200}),
     "noop_async_defaults": ("AsyncNoop", {}),
+    "noop_sync_defaults": ("SyncNoop", {}),
     "noop_sync_seed": ("SyncNoop", {"stages": 5}),
     "incr_sync_defaults": ("SyncIncr", {}),
     "incr_sync_seed": ("SyncIncr", {"stages": 5}),
@@ -80,10 +81,16 @@ CASES: dict[str, tuple[str, dict[str, int]]] = {
     "await1_async_stages10": ("AsyncAwait1", {"stages": 10}),
 }
 
-RUN = (
-    "import sys; from flume_rx.model.config import load; from flume_rx.surfaces.processes import run_worker_process; "
-    "sys.exit(run_worker_process(load(sys.argv[1]), burst=True))"
-)
+RUN = """
+import sys
+try:
+    from flume_rx.model.config import load
+    from flume_rx.surfaces.processes import run_worker_process
+except ImportError:  # a checkout from before the layers had folders of their own
+    from flume_rx.config import load
+    from flume_rx.runtime import run_worker_process
+sys.exit(run_worker_process(load(sys.argv[1]), burst=True))
+"""
 
 
 def _config(url: str, settings: dict[str, int], folder: Path) -> Path:

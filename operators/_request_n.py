@@ -108,8 +108,15 @@ class PullSource(Flowable[_T]):
         credits: Credits,
         on_pressure: PressureHook | None = None,
         hand_back: HandBack[_T] | None = None,
+        min_fetch: int = 1,
     ) -> None:
+        if not 1 <= min_fetch <= credits.max_in_flight:
+            raise ValueError(
+                f"min_fetch must be from 1 to max_in_flight={credits.max_in_flight} (got {min_fetch}); it is the "
+                "fewest items a fetch waits to have credits for"
+            )
         self.credits = credits
+        self.min_fetch = min_fetch
         self._fetch = fetch
         self._on_pressure = on_pressure
         self._hand_back = hand_back
@@ -188,6 +195,11 @@ class PullSource(Flowable[_T]):
                 return 0, fetches, None
             wanted = demand.pending - len(held)
             if wanted <= 0:
+                return 0, fetches, None
+            if 0 < credits.available < min(wanted, self.min_fetch):
+                # Gathering credits, not held back: fewer are free than a fetch worth a round trip, and
+                # items in flight will return theirs (a release pumps again). Fetching what is free now
+                # would shrink every fetch to the size of the releases that trickle in.
                 return 0, fetches, None
             size = credits.acquire(wanted)
             if size == 0:
@@ -303,6 +315,7 @@ def request_n(
     *,
     on_pressure: PressureHook | None = None,
     hand_back: HandBack[_T] | None = None,
+    min_fetch: int = 1,
 ) -> PullSource[_T]:
     """Create a source that emits only what downstream requested, never more than ``max_in_flight`` at once.
 
@@ -322,6 +335,11 @@ def request_n(
         on_pressure: optional hook told when the cap holds the source back and when it lets go.
         hand_back: optional; takes back fetched items that were never delivered (see :data:`HandBack`).
             Without it they are dropped.
+        min_fetch: the fewest credits a fetch waits for (1 to ``max_in_flight``): while downstream wants
+            more than is free and fewer than ``min(wanted, min_fetch)`` credits are free, the source waits
+            for releases rather than fetch a few items at a time. It waits only while items are in flight,
+            so the items in flight must come back without more arriving first: keep the default of 1 when a
+            consumer may hold every item in flight until it receives more than those credits cover.
 
     Returns:
         A :class:`PullSource` (a Flowable).
@@ -341,7 +359,7 @@ def request_n(
     >>> seen
     [0, 1, 2, 3, 4]
     """
-    return PullSource(fetch, Credits(max_in_flight), on_pressure, hand_back)
+    return PullSource(fetch, Credits(max_in_flight), on_pressure, hand_back, min_fetch)
 
 
 def from_iterable(items: Iterable[_T], max_in_flight: int) -> PullSource[_T]:

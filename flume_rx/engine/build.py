@@ -68,6 +68,9 @@ def make_source(
         "queue": config.queue,
         "consumer": consumer,
         "max_demand": config.max_demand,
+        # What the processor asks for at its low mark: a fetch waits until the credits for all of it are free.
+        "min_fetch": config.max_demand
+        - (config.max_demand // 2 if config.min_demand is None else config.min_demand),
         "telemetry": telemetry,
         "retry": config.retry,
         "window": window,

@@ -133,10 +133,12 @@ class Settler:
             for index, delivery in enumerate(item):
                 self._settle_one(delivery, failures.get(index), duration_ms)
             self._count += len(item)
+            if item:
+                self._schedule_flush(item[0].source)
         else:
             self._settle_one(item, outcome.error, duration_ms, outcome.value)
             self._count += 1
-        self._schedule_flush()
+            self._schedule_flush(item.source)
 
     def on_error(self, error: Exception) -> None:
         logger.error("pipeline failed: %s", error, exc_info=error)
@@ -292,7 +294,7 @@ class Settler:
             return Settlement(delivery.payload, "dead", unique=unique, outcome=outcome, handoffs=joined)
         return Settlement(delivery.payload, "dead", record, unique=unique, outcome=outcome, handoffs=joined)
 
-    def _schedule_flush(self) -> None:
+    def _schedule_flush(self, source: JobSource) -> None:
         if self._idle.is_set():
             self._idle.clear()
         loop = asyncio.get_running_loop()
@@ -303,9 +305,11 @@ class Settler:
         elif self._wake is not None and not self._checking:
             if self._count >= self.flush_count:
                 _wake_up(self._wake)
-            else:
-                # Looked at once the processor has started what this outcome's stage frees: it emits the
-                # outcome first, so right now the source looks idle although its next job is about to start.
+            elif len(source.running) <= len(self._pending[id(source)][2]):
+                # Every job this source started waits here: looked at again once the processor has started
+                # what this outcome's stage frees (it emits the outcome first, so the source may look idle
+                # although its next job is about to start). A source with a job still running needs no look:
+                # until the flush, jobs only start, so it cannot fall idle before the timer.
                 self._checking = True
                 loop.call_soon(self._check_due)
 

@@ -93,6 +93,9 @@ class JobSource:
     consumer: str
     max_demand: int
     telemetry: Telemetry
+    min_fetch: int = 1
+    """The fewest jobs a fetch waits to have credits for (see :func:`~flume_rx.operators.request_n`): the
+    processor's refill, so the jobs of a settle batch coming back do not each cost a fetch of their own."""
     retry: RetryConfig = field(default_factory=RetryConfig)
     window: fo.TokenWindow | None = None
     window_key: str = ""
@@ -119,7 +122,11 @@ class JobSource:
         # A fetch cancelled while its Lua call was under way may have moved jobs we never saw.
         self._reply_lost = False
         self.flowable = fo.request_n(
-            self._fetch, self.max_demand, on_pressure=self._on_pressure, hand_back=self._hand_back
+            self._fetch,
+            self.max_demand,
+            on_pressure=self._on_pressure,
+            hand_back=self._hand_back,
+            min_fetch=max(1, min(self.min_fetch, self.max_demand)),
         )
         self.rate_watch: RateWatch | None = None
         if self.window is not None:

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from flume_rx.engine.loop import new_event_loop
 from flume_rx.engine.source import BurstMode
 from flume_rx.model.config import FlumeConfig, load, select_pipelines
 from flume_rx.model.logs import LogFormat, configure_logging
@@ -54,7 +55,10 @@ def run_worker_process(
             loop.add_signal_handler(signum, runtime.stop)
         await runtime.run()
 
-    asyncio.run(main())
+    # A loop whose short timer waits end on time: an async job's `await asyncio.sleep(0.001)` otherwise waits
+    # up to a millisecond longer whenever a Redis reply woke the loop in between (see engine/loop.py).
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(main())
     _exit_if_stages_hang()
     return 0
 

@@ -389,3 +389,79 @@ def test_a_subscriber_that_raises_mid_batch_gets_the_rest_handed_back() -> None:
         demand.request(3)
     assert handed_back == [1, 2]
     assert source.credits.in_flight == 1
+
+
+def test_min_fetch_gathers_released_credits_into_one_fetch() -> None:
+    calls: list[int] = []
+    source = request_n(counting_fetch(iter(range(100)), calls), max_in_flight=10, min_fetch=5)
+    demand = Demand()
+    seen: list[int] = []
+    source.subscribe_with_demand(reactivex.Observer(seen.append), demand)
+    demand.request(10)
+    assert calls == [10]
+    demand.request(5)
+    source.release(2)  # 2 of the 5 wanted are free: wait for more rather than fetch 2
+    source.release(2)
+    assert calls == [10] and len(seen) == 10
+    source.release(1)
+    assert calls == [10, 5] and len(seen) == 15
+    demand.request(1)
+    source.release(1)  # wanting 1, one free credit is a whole fetch
+    assert calls == [10, 5, 1]
+
+
+def test_min_fetch_must_fit_the_cap() -> None:
+    with pytest.raises(ValueError, match="min_fetch must be from 1 to max_in_flight=4"):
+        request_n(counting_fetch(iter(()), []), max_in_flight=4, min_fetch=5)
+    with pytest.raises(ValueError, match="min_fetch"):
+        request_n(counting_fetch(iter(()), []), max_in_flight=4, min_fetch=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n_items=st.integers(0, 60),
+    max_in_flight=st.integers(1, 12),
+    min_fetch_share=st.floats(0.0, 1.0),
+    actions=st.lists(st.tuples(st.sampled_from(["request", "release"]), st.integers(1, 6)), max_size=40),
+)
+def test_min_fetch_keeps_the_cap_fetches_whole_batches_and_never_stalls(
+    n_items: int, max_in_flight: int, min_fetch_share: float, actions: list[tuple[str, int]]
+) -> None:
+    # Every fetch is at least min(min_fetch, what is wanted), never more than is wanted or free, in flight
+    # never exceeds the cap, and once everything delivered is released, all that was wanted has come.
+    min_fetch = max(1, round(min_fetch_share * max_in_flight))
+    items = iter(range(n_items))
+    requested = 0
+    seen: list[int] = []
+    released = 0
+    fetches: list[tuple[int, int]] = []  # (n, wanted when asked)
+    demand = Demand()
+
+    def fetch(n: int) -> Observable[Sequence[int]]:
+        fetches.append((n, demand.pending))  # nothing is held between fetches here: what is wanted
+        batch = [item for _, item in zip(range(n), items, strict=False)]
+        return reactivex.of(batch) if batch else reactivex.empty()
+
+    source = request_n(fetch, max_in_flight=max_in_flight, min_fetch=min_fetch)
+    source.subscribe_with_demand(reactivex.Observer(seen.append), demand)
+
+    def check() -> None:
+        assert source.credits.in_flight == len(seen) - released <= max_in_flight
+        for n, wanted in fetches:
+            assert min(min_fetch, wanted) <= n <= wanted
+
+    for action, n in actions:
+        if action == "request":
+            requested += n
+            demand.request(n)
+        else:
+            n = min(n, len(seen) - released)
+            released += n
+            source.release(n)
+        check()
+    while len(seen) > released:  # the consumer lets go of everything it holds: nothing may be left waiting
+        released += 1
+        source.release(1)
+        check()
+    assert len(seen) == min(requested, n_items)
+    assert seen == list(range(len(seen)))
