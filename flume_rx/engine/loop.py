@@ -3,9 +3,10 @@
 asyncio's loop sleeps in ``epoll_wait``, whose timeout is whole milliseconds: Python rounds the time to the
 next timer up, so a timer due 0.3 ms after the loop went to sleep fires 1 ms after, unless some socket wakes
 the loop first. A pipeline's sockets do (fetch and settle replies come at their own times), so each one moves
-the millisecond grid, and an async job awaiting 1 ms took 1.3 to 1.9 ms (median) instead of the ~1.05 ms the
-same await takes in a bare loop whose only events are its timers. Ten stages then ran ~6,000 such jobs a
-second where ten stages allow ~9,400 (``benchmarks/async_ceiling.py``).
+the millisecond grid, and an async job awaiting 1 ms took 1.59 to 1.93 ms (median) in a drain instead of the
+~1.06 ms the same await takes in a bare loop whose only events are its timers; with this selector, 1.26 to
+1.44 ms at the same load. Ten stages had run ~6,000 such jobs a second where ten stages allow ~9,400
+(``benchmarks/async_ceiling.py``).
 
 :class:`TimelySelector` waits on the epoll descriptor itself with ``select()``, whose timeout has microsecond
 resolution (the epoll descriptor turns readable when any socket it watches does), then collects the events
