@@ -1,4 +1,9 @@
-"""process: run a call per item with bounded concurrency, one Outcome per item, failures included."""
+"""process: run a call per item with bounded concurrency, one Outcome per item, failures included.
+
+(Longer than the ~600 lines flume_rx keeps its modules to, on purpose: it is one operator, the hot path every job
+passes twice, whose state lives in one subscribe closure so that a round of starts and outcomes costs one lock;
+docs/operators.md, "One drain style", measures why it keeps that drain.)
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,10 @@
 A :class:`TokenWindow` hands out :class:`Grant` s; :class:`InProcessWindow` is the in-memory one (tests,
 single-process pipelines), flume_rx's store holds the Redis one shared by a cluster. Both follow the
 algorithm of DEVELOPERS.md "The token window".
+
+(Longer than the ~600 lines flume_rx keeps its modules to, on purpose: the operator, the grant it consumes and
+the in-process window that mirrors take_tokens.lua change together, and the Python/Lua parity test reads the
+window and the operator's grant sizing side by side.)
 """
 
 from __future__ import annotations
