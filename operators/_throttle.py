@@ -5,8 +5,8 @@ single-process pipelines), flume_rx's store holds the Redis one shared by a clus
 algorithm of DEVELOPERS.md "The token window".
 
 (Longer than the ~600 lines flume_rx keeps its modules to, on purpose: the operator, the grant it consumes and
-the in-process window that mirrors take_tokens.lua change together, and the Python/Lua parity test reads the
-window and the operator's grant sizing side by side.)
+the in-process window that mirrors take_tokens.lua change together; a property test holds that window and the
+Lua script to the same decisions.)
 """
 
 from __future__ import annotations
