@@ -334,11 +334,17 @@ class InProcessWindow:
             refusals.append((until, refused))
             while refusals and refusals[0][0] <= since - period:
                 refusals.popleft()
-            # Grants stay in the deque until g + hold + period, so every start of the last period is there.
+            # A grant's calls start within [g, g + hold], so those of a grant from up to a hold before the period
+            # may lie in it, and count. The downstream refuses just before a burst leaves its period (that is when
+            # it is full): counting from the period's start alone missed that burst whenever its calls started a
+            # moment after g or the age read a tick long (a 70/s downstream raised to 83/s read 73, and the rate
+            # kept under 90% of 83 for 3.3 s more). At worst a burst too many instead, and a refusal never raises
+            # the rate.
+            # Grants stay in the deque until g + hold + period, so all of these are there.
             started = sum(
                 count
                 for expires_at, count in self._grants
-                if since < expires_at - self.hold_s - period <= until
+                if since - self.hold_s < expires_at - self.hold_s - period <= until
             )
             refused_then = sum(count for at, count in refusals if since < at <= until)
             accepted = accepted_per_period(started, refused_then, period, period)

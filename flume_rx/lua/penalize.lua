@@ -6,8 +6,9 @@
 -- The downstream refused `refused` calls, the first of which started age_ms ago: aim the shared rate at what it
 -- accepted. That is measured over the period that ended when that call started (what the downstream had
 -- accepted when it refused; calls started since are still under way, and after a refusal most will be refused
--- too): the tokens of grants of take_tokens.lua whose start g lies in it, minus the calls refused in it (the
--- refusals zset, "seq:count" scored by the refused calls' start), per period. The new
+-- too): the tokens of grants of take_tokens.lua whose calls may have started in it (g from a hold before it: a
+-- grant's calls start within [g, g + hold]), minus the calls refused in it (the refusals zset, "seq:count"
+-- scored by the refused calls' start), per period. The new
 -- ceiling and the time of this refusal go into meta; take_tokens.lua probes upward from them. The formulas are
 -- those of operators/_adaptive.py (probed_rate, accepted_per_period, ceiling_after_refusal, recovery_s).
 local t = redis.call('TIME')
@@ -42,15 +43,19 @@ if ceiling and cut_at then
   current = math.max(1, current)
 end
 
--- take_tokens.lua drops grants with g <= last_g - period - hold, so the log holds every start after `since`.
+-- take_tokens.lua drops grants with g <= last_g - period - hold: the period measured starts no earlier, and
+-- the hold before it counts as far as the log still holds it (InProcessWindow holds it all).
+-- Entries are scored g + hold: g in (from, upto] is a score in (from + hold, upto + hold].
 local upto = now - age
 local since = upto - period
+local from = since - hold
 local last_g = tonumber(meta[3])
 if last_g and redis.call('EXISTS', KEYS[1]) == 1 then
   since = math.max(since, last_g - period - hold)
+  from = math.max(from, last_g - period - hold)
 end
 local started = 0
-for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%.0f', since + hold), upto + hold)) do
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], string.format('(%.0f', from + hold), upto + hold)) do
   started = started + tonumber(string.match(member, ':(%d+)$'))
 end
 local rseq = redis.call('HINCRBY', KEYS[2], 'rseq', 1)

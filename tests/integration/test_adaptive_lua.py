@@ -11,7 +11,14 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flume_rx.operators import AdaptiveTuning, Unused, accepted_per_period, ceiling_after_refusal, probed_rate
+from flume_rx.operators import (
+    AdaptiveTuning,
+    InProcessWindow,
+    Unused,
+    accepted_per_period,
+    ceiling_after_refusal,
+    probed_rate,
+)
 from flume_rx.store import RedisStore, RedisTokenWindow
 
 tunings = st.builds(
@@ -171,6 +178,43 @@ def test_penalize_counts_only_the_tokens_that_started(redis_url: str) -> None:
             assert answer.accepted == pytest.approx(60.0)
             assert answer.ceiling == pytest.approx(60.0)
         finally:
+            await store.aclose()
+
+    asyncio.run(run())
+
+
+def test_penalize_counts_a_grant_from_a_hold_before_the_period_as_refuse_does(redis_url: str) -> None:
+    # A grant's calls start within [g, g + hold]: one from 5 s before the period measured (hold 10 s) may have
+    # started in it and counts, one from 15 s before does not. Period 60 s, so the few ms between writing the
+    # log and penalize.lua reading TIME never move a grant across an edge.
+    period_s, hold_s = 60.0, 10.0
+    grants = [(-75.0, 4), (-65.0, 10), (-30.0, 8)]  # (g relative to now, tokens)
+
+    async def run() -> None:
+        store = RedisStore.from_url(redis_url)
+        client = redis.Redis.from_url(redis_url)
+        try:
+            key = uuid.uuid4().hex
+            window = RedisTokenWindow(store, key, 100, period_s, hold_s=hold_s, adaptive=True)
+            log, meta = store.keys.rate(key)
+            seconds, micros = client.time()
+            now_us = seconds * 1_000_000 + micros
+            for seq, (at_s, tokens) in enumerate(grants, start=1):
+                client.zadd(log, {f"{seq}:{tokens}": now_us + round((at_s + hold_s) * 1_000_000)})
+            last_g = now_us + round(grants[-1][0] * 1_000_000)
+            client.hset(meta, mapping={"sum": 22, "last_g": last_g, "seq": len(grants)})
+            answer = await window.refuse(1)
+            assert answer.accepted == pytest.approx(10 + 8 - 1)
+            # The in-process window, given the same grants, measures the same.
+            now = [0.0]
+            local = InProcessWindow(100, period_s, hold_s, clock=lambda: now[0], adaptive=True)
+            for at_s, tokens in grants:
+                now[0] = 100.0 + at_s
+                assert local.grant(tokens, tokens).tokens == tokens
+            now[0] = 100.0
+            assert local.refuse(1) == pytest.approx(answer.effective_allowed)
+        finally:
+            client.close()
             await store.aclose()
 
     asyncio.run(run())
