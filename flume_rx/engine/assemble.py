@@ -15,7 +15,7 @@ from flume_rx.engine.build import pacing_of
 from flume_rx.engine.keyed import key_of
 from flume_rx.engine.processor import run_workers
 from flume_rx.engine.source import Delivery, JobSource
-from flume_rx.model.config import PipelineConfig
+from flume_rx.model.config import PipelineConfig, pacing_burst
 from flume_rx.model.job import Job
 from flume_rx.model.registry import load_callable
 from flume_rx.store.windows import RedisKeyedWindow
@@ -47,15 +47,15 @@ def _cost_from_args(fn: Callable[..., int], job: Job) -> int:
 
 
 def grant_batch(allowed: int, stages: int, burst: int | None) -> int:
-    """The fewest tokens worth one Redis call: the window's pacing burst (a twentieth of the limit by
-    default), at most what the stages can start.
+    """The fewest tokens worth one Redis call: the window's pacing burst (:func:`pacing_burst`'s default when
+    pacing is off), at most what the stages can start.
 
     With one token per call, a full window answers every take with a one-token reservation and the limiter
     costs a Redis call per job; twenty calls per period keep it near 0.05 calls per job. The stages bound keeps
     a grant startable at once (within the grant's hold), and the burst bound keeps a configured burst in force
     (the window grants max(burst, min_tokens) at once).
     """
-    return max(1, min(stages, burst or max(1, allowed // 20)))
+    return max(1, min(stages, burst or pacing_burst(allowed, None) or 1))
 
 
 def assemble(

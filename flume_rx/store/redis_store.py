@@ -1,4 +1,10 @@
-"""The asyncio store used by workers."""
+"""The asyncio store used by workers.
+
+About 600 lines, on purpose: one class with one short method per Lua script and verb a worker uses (fetch,
+the idle wait, settle, heartbeats, recovery, promotion, windows, results), each a few lines around the
+operations and parsers of :mod:`flume_rx.store.commands`. Splitting it would split one Redis connection's
+lifecycle (connect, script loading, outage retries, close) across modules.
+"""
 
 from __future__ import annotations
 
