@@ -452,7 +452,11 @@ def throttle(
             take_subscription = SerialDisposable()
             delay_timer = SerialDisposable()
             granted_tokens = 0  # of the active grant, to tell how many were used when it ends
-            reports_at_grant = 0  # the window's refusal reports when the active grant came
+            # The window's refusal reports when the take of the active grant (or of the one awaited) was sent:
+            # a grant asked for before a refusal was reported is at the rate the downstream has just refused,
+            # however late it arrives.
+            reports_at_grant = 0
+            reports_at_take = 0
             active: Grant | None = None
             activated_at = 0.0
             # With prefetch, a take covers the items the consumer starts in a hold, as measured (at least the
@@ -466,7 +470,7 @@ def throttle(
 
             def next_signal() -> Callable[[], None] | None:
                 # Called with the lock held: what to do next outside the lock, or None.
-                nonlocal phase, tokens, stopped, cost_cap, unused
+                nonlocal phase, tokens, stopped, cost_cap, unused, reports_at_take
                 if stopped:
                     return None
                 if failure:
@@ -476,9 +480,9 @@ def throttle(
                 if phase == _ACTIVE:
                     lapsed = 0
                     if _refusal_reports(window) != reports_at_grant:
-                        # The downstream refused a call since this grant was taken, and the adaptive rate is
-                        # being cut: the rest of the grant would start calls it is refusing (its limit is full
-                        # for now), so they lapse, and the next take waits for the lower rate.
+                        # The downstream refused a call since this grant was asked for, and the adaptive rate
+                        # is being cut: the rest of the grant would start calls it is refusing (its limit is
+                        # full for now), so they lapse, and the next take waits for the lower rate.
                         lapsed, tokens = tokens, 0
                     elif _now_s(clock) > deadline:
                         lapsed, tokens = tokens, 0
@@ -519,6 +523,7 @@ def throttle(
                     phase = _TAKING
                     cost_cap = cap
                     sent_at = _now_s(clock)
+                    reports_at_take = _refusal_reports(window)
                     back, unused = unused, None
                     return lambda: send_take(wanted, least, sent_at, back)
                 if upstream_done and not held and phase != _TAKING:
@@ -561,7 +566,7 @@ def throttle(
                 nonlocal phase, tokens, deadline, granted_tokens, active, activated_at, reports_at_grant
                 with lock:
                     phase = _ACTIVE
-                    reports_at_grant = _refusal_reports(window)
+                    reports_at_grant = reports_at_take
                     activated_at = _now_s(clock)
                     active = grant
                     tokens = granted_tokens = grant.tokens

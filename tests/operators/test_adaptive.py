@@ -13,6 +13,7 @@ import reactivex
 from _flowkit import TimedSource
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from reactivex import operators as rx_ops
 from reactivex.testing import TestScheduler
 
 from flume_rx.operators import (
@@ -519,3 +520,62 @@ def test_a_refusal_ends_the_grant_in_use_and_the_next_take_sees_the_cut() -> Non
     assert ("lapsed", {"tokens": 9}) in events
     granted = [fields["tokens"] for name, fields in events if name == "granted"]
     assert len(granted) == 2 and granted[1] <= math.floor(9 * (1 - window.tuning.margin))
+
+
+class SlowWindow:
+    """An InProcessWindow whose grants arrive ``round_trip_s`` after the take, as a shared window's do over a
+    network: decided when asked, delivered later (in the scheduler's virtual time)."""
+
+    def __init__(self, inner: InProcessWindow, scheduler: TestScheduler, round_trip_s: float) -> None:
+        self.inner, self.scheduler, self.round_trip_s = inner, scheduler, round_trip_s
+
+    @property
+    def allowed(self) -> int:
+        return self.inner.allowed
+
+    @property
+    def period_s(self) -> float:
+        return self.inner.period_s
+
+    @property
+    def refusal_reports(self) -> int:
+        return self.inner.refusal_reports
+
+    def take(self, tokens: int, min_tokens: int, unused: Unused | None = None) -> reactivex.Observable[Any]:
+        grant = self.inner.grant(tokens, min_tokens, unused)
+        return reactivex.timer(self.round_trip_s, scheduler=self.scheduler).pipe(rx_ops.map(lambda _: grant))
+
+    def penalize(self, refused: int = 1, age_s: float = 0.0) -> float:
+        return self.inner.refuse(refused, age_s)
+
+    def current_rate(self) -> float:
+        return self.inner.current_rate()
+
+
+def test_a_grant_asked_for_before_a_refusal_is_not_used_when_it_arrives_after_it() -> None:
+    # The take leaves at 0.01; the downstream refuses a call at 0.02, while the grant is on its way; the grant
+    # arrives at 0.06. Its 10 tokens were decided at the rate just refused: they lapse unused, as those of a
+    # grant in use do, instead of starting 10 calls into a downstream whose limit is full. (The throttle read
+    # the refusal count when the grant arrived, and started all 10.)
+    scheduler = TestScheduler()
+    window = SlowWindow(InProcessWindow(10, 1.0, 0.5, clock=scheduler, adaptive=True), scheduler, 0.05)
+    events: list[tuple[str, dict[str, Any]]] = []
+    source = TimedSource(scheduler, [0.0] * 20)
+    demand = Demand()
+    seen: list[int] = []
+    source.pipe(
+        throttle(
+            window,
+            min_tokens=10,
+            prefetch=10,
+            scheduler=scheduler,
+            on_event=lambda name, fields: events.append((name, fields)),
+        )
+    ).subscribe_with_demand(reactivex.Observer(seen.append), demand, scheduler)
+    scheduler.advance_to(0.005)  # the throttle holds 10 items (its prefetch)
+    demand.request(1)  # the take leaves
+    scheduler.advance_to(0.02)
+    window.penalize(1)
+    scheduler.advance_to(0.07)
+    assert seen == []
+    assert ("lapsed", {"tokens": 10}) in events
