@@ -32,6 +32,9 @@ _T = TypeVar("_T")
 
 _STOP = object()
 
+STAGE_THREAD_PREFIX = "flume-stage"
+"""The default start of stage threads' names; a stopping worker process looks for hung jobs by it."""
+
 NOTE_AFTER_S = 0.001
 """The longest a taken call's note waits for a batch of outcomes before the loop collects it itself."""
 
@@ -52,7 +55,7 @@ class StageThreads(concurrent.futures.Executor):
     [1, 2, 4, 8]
     """
 
-    def __init__(self, threads: int, thread_name_prefix: str = "flume-stage") -> None:
+    def __init__(self, threads: int, thread_name_prefix: str = STAGE_THREAD_PREFIX) -> None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1 (got {threads})")
         self._size = threads

@@ -94,7 +94,7 @@ class Flume(Producer, CodePipelines):
         self._store = SyncStore.from_url(self.redis_url, self.namespace)
         self._async_store: RedisStore | None = None
         self._sources: list[tuple[JobSource, PipelineConfig]] = []
-        self._executor: StageThreads | None = None
+        self._executors: list[StageThreads] = []
         self._consumer: str | None = None
 
     @classmethod
@@ -427,8 +427,8 @@ class Flume(Producer, CodePipelines):
 
     def close(self) -> None:
         self._store.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
+        for executor in self._executors:
+            executor.shutdown(wait=False)
 
     def __enter__(self) -> Flume:
         return self

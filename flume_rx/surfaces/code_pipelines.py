@@ -20,7 +20,7 @@ from flume_rx import operators as fo
 from flume_rx.engine.build import make_source, shared_window
 from flume_rx.engine.processor import run_workers
 from flume_rx.engine.source import BurstMode, Delivery, JobSource
-from flume_rx.engine.threads import StageThreads
+from flume_rx.engine.threads import STAGE_THREAD_PREFIX, StageThreads
 from flume_rx.model.config import FlumeConfig, PipelineConfig, RetryConfig, check_min_demand, queue_weights
 from flume_rx.model.errors import ConfigError
 from flume_rx.model.telemetry import Telemetry
@@ -37,7 +37,7 @@ class CodePipelines:
     telemetry: Telemetry
     _async_store: RedisStore | None
     _sources: list[tuple[JobSource, PipelineConfig]]
-    _executor: StageThreads | None
+    _executors: list[StageThreads]
     _consumer: str | None
 
     @property
@@ -163,18 +163,25 @@ class CodePipelines:
         it holds only what its stages can start. The source's ``max_demand`` still caps unsettled jobs.
 
         Raises:
-            ConfigError: ``min_demand`` is not an integer from 0 to ``max_demand - 1``.
+            ConfigError: ``stages`` or ``max_demand`` is below 1, or ``min_demand`` is not an integer from 0 to
+                ``max_demand - 1``.
         """
+        if stages < 1:
+            raise ConfigError(
+                f"process(stages=...) must be >= 1 (got {stages}); the most jobs running at once"
+            )
         if max_demand < 1:
             raise ConfigError(
                 f"process(max_demand=...) must be >= 1 (got {max_demand}); the most jobs it holds"
             )
         check_min_demand(min_demand, max_demand, "process(min_demand=...)")
-        if self._executor is None:
-            self._executor = StageThreads(64)
+        # Its own stage threads, as many as its stages: a thread is handed its next sync job while it runs one
+        # (see run_workers), and another pipeline's jobs never hold its threads. They start with the first jobs.
+        executor = StageThreads(stages, f"{STAGE_THREAD_PREFIX}-process{len(self._executors)}")
+        self._executors.append(executor)
         return run_workers(
             stages=stages,
-            executor=self._executor,
+            executor=executor,
             max_demand=max_demand,
             min_demand=min_demand,
             timeout_s=timeout_s,

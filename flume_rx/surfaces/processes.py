@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from flume_rx.engine.loop import new_event_loop
 from flume_rx.engine.source import BurstMode
+from flume_rx.engine.threads import STAGE_THREAD_PREFIX
 from flume_rx.model.config import FlumeConfig, load, select_pipelines
 from flume_rx.model.logs import LogFormat, configure_logging
 from flume_rx.surfaces.runtime import WorkerRuntime, import_worker_modules
@@ -72,7 +73,7 @@ def _exit_if_stages_hang() -> None:
     deadline = time.monotonic() + 0.5
     stuck = []
     for thread in threading.enumerate():
-        if thread.name.startswith("flume-stage"):
+        if thread.name.startswith(STAGE_THREAD_PREFIX):
             thread.join(max(0.0, deadline - time.monotonic()))  # idle threads leave within milliseconds
             if thread.is_alive():
                 stuck.append(thread)

@@ -36,7 +36,7 @@ from flume_rx.engine.cron import CronTicker
 from flume_rx.engine.current import abort
 from flume_rx.engine.settle import Settler
 from flume_rx.engine.source import BurstMode, JobSource, burst_mode
-from flume_rx.engine.threads import StageThreads
+from flume_rx.engine.threads import STAGE_THREAD_PREFIX, StageThreads
 from flume_rx.model.config import (
     FlumeConfig,
     PipelineConfig,
@@ -55,6 +55,11 @@ _jitter = random.Random()
 
 PROMOTE_INTERVAL_S = 0.2
 LOOP_BLOCKED_WARNING_S = 1.0
+
+
+def stage_thread_prefix(config: PipelineConfig) -> str:
+    """The name prefix of a pipeline's stage threads: ``flume-stage-<pipeline>``."""
+    return f"{STAGE_THREAD_PREFIX}-{config.name}"
 
 
 def new_consumer_id() -> str:
@@ -189,8 +194,9 @@ class WorkerRuntime:
         )
         sync_store = SyncStore.from_url(config.redis_url, config.namespace)
         queues = [q for p in config.pipelines for q in p.all_queues]
-        stages = sum(p.processor.stages for p in config.pipelines)
-        executor = StageThreads(stages)
+        # Each pipeline its own stage threads, as many as its stages: sized so, a thread can be handed its
+        # next job while it runs one (see run_workers), and one pipeline's jobs never wait for another's.
+        executors: list[StageThreads] = []
         scheduler = AsyncIOScheduler(loop)
         settler = Settler(self.telemetry)
         heartbeat = _Heartbeat(self, sync_store, queues)
@@ -206,6 +212,11 @@ class WorkerRuntime:
             else:
                 for pipeline_config in config.pipelines:
                     window = await self._window_for(store, pipeline_config)
+                    executor = StageThreads(
+                        pipeline_config.processor.stages,
+                        thread_name_prefix=stage_thread_prefix(pipeline_config),
+                    )
+                    executors.append(executor)
                     self.running.append(
                         self._start(pipeline_config, store, window, executor, scheduler, settler)
                     )
@@ -235,7 +246,8 @@ class WorkerRuntime:
             for task in tasks:
                 task.cancel()
             heartbeat.stop()
-            executor.shutdown(wait=False, cancel_futures=True)
+            for executor in executors:
+                executor.shutdown(wait=False, cancel_futures=True)
             await store.aclose()
             sync_store.close()
             self._loop = None
