@@ -21,7 +21,7 @@ from ._keyed_throttle import InProcessKeyedWindow, KeyedWindow, throttle_by_key
 from ._process import Outcome, Queued, from_async, in_thread, process
 from ._request_n import Credits, Fetch, HandBack, PullSource, from_iterable, last_batch, request_n
 from ._retry import backoff_delay, retry_with_backoff
-from ._throttle import EventHook, Grant, InProcessWindow, TokenWindow, Unused, throttle
+from ._throttle import EventHook, Grant, InProcessWindow, Lease, TokenWindow, Unused, throttle
 
 __all__ = [
     "UNBOUNDED",
@@ -37,6 +37,7 @@ __all__ = [
     "InProcessKeyedWindow",
     "InProcessWindow",
     "KeyedWindow",
+    "Lease",
     "Outcome",
     "PullSource",
     "Queued",

@@ -11,6 +11,7 @@ Lua script to the same decisions.)
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -32,7 +33,8 @@ _T = TypeVar("_T")
 
 EventHook = Callable[[str, dict[str, Any]], None]
 """Told ``("granted", {"tokens", "wait_ms"})``, ``("waited", {"tokens", "wait_ms"})`` when a grant starts in
-the future, and ``("lapsed", {"tokens"})`` when granted tokens expire unused."""
+the future, ``("lapsed", {"tokens"})`` when granted tokens expire unused, and ``("late", {"tokens"})`` when a
+released item comes back unstarted (:meth:`Lease.hand_back`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,52 @@ class Unused:
 
     grant: Grant
     tokens: int
+    already: int = 0
+    """Tokens of the same grant given back before: its entry in the window now counts ``grant.tokens -
+    already``. A grant gives back more than once when an item released under it comes back after its rest
+    lapsed (:meth:`Lease.hand_back`)."""
+
+
+class Lease:
+    """What a released item holds of its grant: the item must begin by :attr:`start_by`, or go back.
+
+    The window counts a grant's starts within its hold, so an item whose first line runs after the hold (a
+    CPU-starved process, a thread that woke late) would start outside what the window counted. A consumer
+    that checks :meth:`late` where the item really begins, and calls :meth:`hand_back` instead of starting
+    it, keeps the limit exact for starts. One lease is shared by every item of a grant.
+
+    Attributes:
+        start_by: the last moment on the throttle's clock an item of this grant may begin (the end of the
+            grant's hold, measured from when its take was sent, so never after the window's).
+    """
+
+    __slots__ = ("_hand_back", "_now", "grant", "start_by")
+
+    def __init__(
+        self,
+        grant: Grant,
+        start_by: float,
+        now: Callable[[], float],
+        hand_back: Callable[[Lease, Any], None],
+    ) -> None:
+        self.grant = grant
+        self.start_by = start_by
+        self._now = now
+        self._hand_back = hand_back
+
+    def late(self) -> bool:
+        """Whether an item of this grant beginning now would begin after the hold (safe from any thread)."""
+        return self._now() > self.start_by
+
+    def hand_back(self, item: Any) -> None:
+        """Give ``item`` back to the throttle unstarted: it goes first in line for the next grant, and its
+        tokens are given back to the window with the next take. Call it where the throttle emits (the
+        pipeline's loop), once, for an item this lease was released with, and never start that item.
+
+        The throttle must still be live: once its upstream has completed and it held nothing, it completed
+        too, and an item handed back after that is left to whoever handed it out (a JobSource completes only
+        once every job it fetched is settled, so a pipeline's jobs always find it live)."""
+        self._hand_back(self, item)
 
 
 class TokenWindow(Protocol):
@@ -295,8 +343,8 @@ class InProcessWindow:
         expires_at, count = self._grants[index]
         if expires_at <= max(self._clock(), self._last_start):
             return  # counts for no later grant: nothing to give back, pacing included (as take_tokens.lua)
-        if count != unused.grant.tokens:
-            return  # given back before: once per grant, as take_tokens.lua
+        if count != unused.grant.tokens - unused.already:
+            return  # given back since, or never given back as the caller thinks: left alone, as take_tokens.lua
         back = min(unused.tokens, count)
         self._grants[index] = (expires_at, count - back)
         if self.burst is not None:
@@ -366,6 +414,7 @@ def throttle(
     lag_s: float = 0.0,
     scheduler: abc.SchedulerBase | None = None,
     on_event: EventHook | None = None,
+    on_release: Callable[[_T, Lease], None] | None = None,
 ) -> Callable[[Observable[_T]], Flowable[_T]]:
     """Emit items only as tokens of ``window`` allow: never more than ``window.allowed`` per sliding period.
 
@@ -403,6 +452,9 @@ def throttle(
             grant (at most half the hold is given up), so they start within the hold the window counted.
         scheduler: where delays run and time is read (else the subscriber's, else TimeoutScheduler).
         on_event: optional telemetry hook, see :data:`EventHook`.
+        on_release: told each item with its grant's :class:`Lease` just before the item goes downstream, so
+            the consumer can check at the item's real start that it is not late, and hand it back if it is
+            (without it, a start later than ``lag_s`` after its release may fall outside the hold).
 
     Returns:
         An operator from an Observable to a Flowable of the same items.
@@ -462,7 +514,8 @@ def throttle(
             # With prefetch, a take covers the items the consumer starts in a hold, as measured (at least the
             # demand); the first covers min_tokens.
             starts = _StartsPerHold(max(1, min_tokens or 1), prefetch)
-            unused: Unused | None = None  # tokens of the last grant that will never start, for the next take
+            give_backs = _GiveBacks()  # tokens of past grants that will never start, for the next takes
+            lease: Lease | None = None  # of the active grant, told to on_release with each item
 
             def event(name: str, **fields: Any) -> None:
                 if on_event is not None:
@@ -470,7 +523,7 @@ def throttle(
 
             def next_signal() -> Callable[[], None] | None:
                 # Called with the lock held: what to do next outside the lock, or None.
-                nonlocal phase, tokens, stopped, cost_cap, unused, reports_at_take
+                nonlocal phase, tokens, stopped, cost_cap, reports_at_take
                 if stopped:
                     return None
                 if failure:
@@ -497,6 +550,8 @@ def throttle(
                             if tokens == 0 and prefetch:
                                 took = _now_s(clock) - activated_at
                                 starts.used_up(granted_tokens, took, deadline - activated_at)
+                            if on_release is not None and lease is not None:
+                                return functools.partial(release, item, lease)
                             return lambda: observer.on_next(item)
                         return None
                     elif held:
@@ -505,10 +560,10 @@ def throttle(
                     if tokens == 0:
                         phase = _IDLE
                     if lapsed:
-                        if active is not None and active.ref:
+                        if active is not None:
                             # Past the deadline (or dropped above), so none of them can start any more:
                             # the next take gives them back.
-                            unused = Unused(active, lapsed)
+                            give_backs.add(active, lapsed)
                         return lambda: event("lapsed", tokens=lapsed)
                 if phase == _IDLE and held and demand.pending > 0:
                     cap = max(1, min(allowed, math.floor(window.current_rate())))
@@ -524,7 +579,7 @@ def throttle(
                     cost_cap = cap
                     sent_at = _now_s(clock)
                     reports_at_take = _refusal_reports(window)
-                    back, unused = unused, None
+                    back = give_backs.next()
                     return lambda: send_take(wanted, least, sent_at, back)
                 if upstream_done and not held and phase != _TAKING:
                     stopped = True
@@ -564,14 +619,46 @@ def throttle(
 
             def activate(grant: Grant, sent_at: float) -> None:
                 nonlocal phase, tokens, deadline, granted_tokens, active, activated_at, reports_at_grant
+                nonlocal lease
                 with lock:
                     phase = _ACTIVE
                     reports_at_grant = reports_at_take
                     activated_at = _now_s(clock)
                     active = grant
                     tokens = granted_tokens = grant.tokens
+                    # The window counts the grant's starts until g + hold, and g is no earlier than sent_at +
+                    # delay_s: an item that begins by then begins within what the window counted.
+                    start_by = sent_at + grant.delay_s + grant.hold_s
                     # Released by then, an item still starts within the hold if it takes at most lag_s.
-                    deadline = sent_at + grant.delay_s + grant.hold_s - min(lag_s, grant.hold_s / 2)
+                    deadline = start_by - min(lag_s, grant.hold_s / 2)
+                    if on_release is not None:
+                        lease = Lease(
+                            grant,
+                            start_by,
+                            functools.partial(_now_s, clock),
+                            functools.partial(take_back, cost_cap),
+                        )
+                drain()
+
+            def release(item: _T, lease: Lease) -> None:
+                assert on_release is not None  # released with a lease only when someone is told
+                on_release(item, lease)
+                observer.on_next(item)
+
+            def take_back(cap: int, lease: Lease, item: _T) -> None:
+                # Lease.hand_back: the item was released under lease's grant and never began (it would have
+                # begun after the hold). First in line again; the tokens it took go back with the next take.
+                try:
+                    item_cost = min(allowed, max(1, int(cost(item))))
+                except Exception as error:
+                    on_error(error)
+                    return
+                with lock:
+                    if stopped:
+                        return  # disposed or ended: whoever handed it out takes back what never began
+                    held.appendleft((item, item_cost))
+                    give_backs.add(lease.grant, min(item_cost, cap))
+                event("late", tokens=min(item_cost, cap))
                 drain()
 
             def request_more() -> int:
@@ -632,6 +719,39 @@ def throttle(
 
 
 _IDLE, _TAKING, _ACTIVE = "idle", "taking", "active"
+
+
+class _GiveBacks:
+    """Tokens of past grants that will never start, given back one grant per take (a take carries one
+    :class:`Unused`), and how many of each grant went back before, since a grant gives back again when an item
+    released under it comes back late after the rest of it lapsed."""
+
+    __slots__ = ("_pending", "_sent")
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[int, ...], tuple[Grant, int]] = {}
+        self._sent: dict[tuple[int, ...], int] = {}
+
+    def add(self, grant: Grant, tokens: int) -> None:
+        if not grant.ref or tokens < 1:
+            return  # a window that takes nothing back
+        _grant, pending = self._pending.get(grant.ref, (grant, 0))
+        self._pending[grant.ref] = (grant, pending + tokens)
+
+    def next(self) -> Unused | None:
+        """The oldest grant's tokens to give back with the take about to be sent, if any."""
+        if not self._pending:
+            return None
+        ref = next(iter(self._pending))
+        grant, tokens = self._pending.pop(ref)
+        already = self._sent.pop(ref, 0)
+        self._sent[ref] = already + tokens
+        if len(self._sent) > _GIVE_BACKS_KEPT:
+            del self._sent[next(iter(self._sent))]  # the oldest: long expired from the window
+        return Unused(grant, tokens, already)
+
+
+_GIVE_BACKS_KEPT = 64
 
 
 class _StartsPerHold:

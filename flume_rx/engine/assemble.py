@@ -13,7 +13,7 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from flume_rx import operators as fo
 from flume_rx.engine.build import pacing_of
 from flume_rx.engine.keyed import key_of
-from flume_rx.engine.processor import run_workers
+from flume_rx.engine.processor import lease_to, run_workers
 from flume_rx.engine.source import Delivery, JobSource
 from flume_rx.model.config import PipelineConfig, pacing_burst
 from flume_rx.model.job import Job
@@ -120,6 +120,9 @@ def assemble(
                 lag_s=config.rate_limiter.hold_s / 4,
                 scheduler=scheduler,
                 on_event=on_throttle_event,
+                # Behind a CPU-starved loop or a thread that wakes late, a job's first line may still come
+                # after the hold: it is looked at there, and handed back for a new token if so.
+                on_release=lease_to,
             )
         )
     steps.append(

@@ -14,7 +14,7 @@ from reactivex import Observable, abc
 
 from flume_rx import operators as fo
 from flume_rx.engine.current import ASYNC_JOB, in_span_async, run_as_job
-from flume_rx.engine.source import Delivery, NotStarted
+from flume_rx.engine.source import Delivery, NotStarted, StartedLate
 from flume_rx.engine.threads import StageThreads
 from flume_rx.integrations.otel import is_traced, start_run_span
 from flume_rx.model.errors import (
@@ -23,7 +23,7 @@ from flume_rx.model.errors import (
     UnknownWorker,
 )
 from flume_rx.model.job import Job
-from flume_rx.model.registry import get_worker
+from flume_rx.model.registry import WorkerSpec, get_worker
 from flume_rx.model.telemetry import Telemetry
 
 
@@ -89,6 +89,13 @@ def _call(
         return reactivex.throw(NotStarted())
     if item.queued and isinstance(executor, StageThreads):
         return _hand_to_thread(item, executor)
+    if item.lease is not None:
+        spec = get_worker(item.job.worker)  # UnknownWorker becomes this job's outcome
+        if spec.is_async:
+            # Its first line runs at the task's first step, a turn of the loop or more from now: look there.
+            begin = _begin_unless_late(item, spec)
+            item.call = begin  # what an abort finds its task by
+            return begin
     source.started(item)
     job = item.job
     if source.telemetry.active:
@@ -126,11 +133,43 @@ def _hand_to_thread(item: Delivery, executor: StageThreads) -> fo.Queued[Any]:
 
 
 def _take(item: Delivery, queued: fo.Queued[Any]) -> Callable[[], None]:
-    """In the stage thread taking ``item``: it begins now, unless its source is stopping (then NotStarted)."""
+    """In the stage thread taking ``item``: it begins now, unless its source is stopping (then NotStarted) or
+    its grant's hold is over (then StartedLate: a start now would fall outside what the window counted)."""
+    lease = item.lease
+    if lease is not None and lease.late():
+        raise StartedLate()
     at = time.time()
     if not item.source.take(item):
         raise NotStarted()
     return functools.partial(_begun, item, queued, at)
+
+
+async def _begin_unless_late(item: Delivery, spec: WorkerSpec) -> Any:
+    """An async job a throttle released, begun at its task's first step: unless its grant's hold is over by
+    then (StartedLate) or its source is stopping (NotStarted); neither started it, so it goes back."""
+    lease = item.lease
+    if lease is not None and lease.late():
+        raise StartedLate()
+    source = item.source
+    if source.stopping:
+        raise NotStarted()
+    source.started(item)
+    job = item.job
+    if source.telemetry.active:
+        _emit_started(source.telemetry, job, time.time())
+    args = ([list(job.args)],) if spec.batch else job.args
+    if job.meta is not None and is_traced(job):
+        item.span = start_run_span(job)
+    ASYNC_JOB.set(item)  # in this task's context, where the worker runs
+    coro: Coroutine[Any, Any, Any] = spec.fn(*args)
+    return await (coro if item.span is None else in_span_async(item.span, coro))
+
+
+def lease_to(item: Delivery | list[Delivery], lease: fo.Lease) -> None:
+    """The throttle's ``on_release``: the job must begin within its grant's hold (a batch begins on the loop at
+    once, as it is released, so it is not looked at)."""
+    if not isinstance(item, list):
+        item.lease = lease
 
 
 def _begun(item: Delivery, queued: fo.Queued[Any], at: float) -> None:

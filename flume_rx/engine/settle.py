@@ -14,7 +14,7 @@ from flume_rx import operators as fo
 from flume_rx.engine.current import PROGRESS_KEPT_S
 from flume_rx.engine.decide import Verdict, decide
 from flume_rx.engine.rate_watch import RateWatch
-from flume_rx.engine.source import Delivery, JobSource, NotStarted
+from flume_rx.engine.source import Delivery, JobSource, NotStarted, StartedLate
 from flume_rx.engine.workflows import (
     cancelled_handoffs,
     chain_stopped,
@@ -122,7 +122,9 @@ class Settler:
     def on_next(self, outcome: fo.Outcome[Any, Any]) -> None:
         item = outcome.item
         if isinstance(outcome.error, NotStarted):
-            return  # handed back by JobSource.hand_back_unstarted
+            if isinstance(outcome.error, StartedLate) and isinstance(item, Delivery):
+                item.source.hand_back_late(item)  # back to its throttle for a new token
+            return  # else handed back by JobSource.hand_back_unstarted
         duration_ms = (outcome.finished_at - outcome.started_at) * 1000
         if isinstance(item, list):
             failures: dict[int, BaseException] = {}

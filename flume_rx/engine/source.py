@@ -61,6 +61,11 @@ class NotStarted(Exception):
     """The pipeline was stopping when this job's turn came; it was handed back to the queue unstarted."""
 
 
+class StartedLate(NotStarted):
+    """The job would have begun after its grant's hold (released in time, its first line came later): it goes
+    back to the throttle unstarted, for a token of a new grant (:meth:`JobSource.hand_back_late`)."""
+
+
 @dataclass(eq=False, slots=True)
 class Delivery:
     """A fetched job on its way through a pipeline; it knows the source it must be settled with."""
@@ -82,6 +87,8 @@ class Delivery:
     """The processor hands it to a stage thread ahead of a free one: it begins when a thread takes it."""
     taken: bool = False
     """A worker has begun it (a stage thread took it, or the loop started it): a stop no longer hands it back."""
+    lease: fo.Lease | None = None
+    """Its grant's hold on it, when a throttle released it: it must begin by ``lease.start_by`` or go back."""
 
 
 @dataclass(eq=False)
@@ -365,6 +372,15 @@ class JobSource:
                 return False
             delivery.taken = True
             return True
+
+    def hand_back_late(self, delivery: Delivery) -> None:
+        """On the loop: ``delivery`` was refused at its first line because its grant's hold had ended. It goes
+        back to the throttle that released it, unstarted and still ours (no settle, no attempt spent), and
+        the throttle gives its token back to the window."""
+        self.running.discard(delivery)
+        lease, delivery.lease = delivery.lease, None
+        if lease is not None:
+            lease.hand_back(delivery)
 
     async def _release_unique_keys(self) -> None:
         await asyncio.sleep(0)  # let every start of this loop iteration join the call

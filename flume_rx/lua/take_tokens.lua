@@ -1,7 +1,8 @@
 -- take_tokens(KEYS[1]=log, KEYS[2]=meta, ARGV[1]=allowed, ARGV[2]=period_ms, ARGV[3]=hold_ms, ARGV[4]=want,
 --             ARGV[5]=min_tokens, ARGV[6]=adaptive (0/1), ARGV[7]=margin, ARGV[8]=probe,
 --             ARGV[9]=burst (0: no pacing), ARGV[10]=headroom, ARGV[11..14]=give back: seq, g_us, tokens
---             of an earlier grant and how many of them will never start ('' for none))
+--             its entry counts now (granted less what went back before) of an earlier grant and how many
+--             of them will never start ('' for none))
 --   -> {tokens, delay_us, hold_us, effective allowed (string), g_us, seq}
 -- An exact sliding-window limit. Each grant is recorded at its start time g (unix us, Redis TIME), handed out
 -- in non-decreasing g, and counted until g + hold + period: the log is a zset of "seq:tokens" scored g + hold,

@@ -36,6 +36,7 @@ EVENT_NAMES = (
     "throttle.penalized",  # key, rate, refused (the downstream refused calls; an adaptive rate is re-aimed)
     "throttle.rate_changed",  # key, rate, previous, cause ("refused" | "probe"): an adaptive rate moved
     "throttle.lapsed",  # key, tokens (granted, expired unused), rate
+    "throttle.late",  # key, tokens, rate (a released job would have begun after its hold: back for a new token)
     "backpressure.engaged",  # queue, in_flight
     "backpressure.released",  # queue, held_ms
     "consumer.joined",  # consumer, queues

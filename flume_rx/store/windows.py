@@ -106,7 +106,8 @@ class RedisTokenWindow:
         give_back = None
         if unused is not None and unused.tokens >= 1 and len(unused.grant.ref) == 3:
             seq, start_us, granted = unused.grant.ref
-            give_back = (seq, start_us, granted, unused.tokens)
+            # The grant's entry counts what is left after earlier give-backs; take_tokens.lua finds it by that.
+            give_back = (seq, start_us, granted - unused.already, unused.tokens)
         reply = await self.store.take_tokens(
             self.key,
             allowed=self.allowed,

@@ -131,6 +131,16 @@ async def test_a_grant_is_given_back_once_and_only_while_it_counts(make_window: 
     assert (await taken(window, 1, 1, Unused(Grant(5, 0.0, 0.02), 5))).delay_s > 30.0
 
 
+async def test_a_grant_gives_back_again_what_came_back_late(make_window: WindowFactory) -> None:
+    # Two lapsed (given back), then a released item came back unstarted: a second give-back of the same grant
+    # names what its entry counts now (granted less what went back before).
+    window = make_window(5, 60.0, 0.02)
+    granted = await taken(window, 5, 5)
+    assert (await taken(window, 2, 2, Unused(granted, 2))).delay_s == 0.0
+    assert (await taken(window, 1, 1, Unused(granted, 1, already=2))).delay_s == 0.0
+    assert (await taken(window, 1, 1)).delay_s > 30.0  # 2 started, 2 + 1 granted since: full
+
+
 # ------------------------------------------------------------------------------------- the Redis window
 
 

@@ -13,7 +13,7 @@ from reactivex import Observable
 from reactivex import operators as ops
 from reactivex.testing import ReactiveTest, TestScheduler
 
-from flume_rx.operators import Demand, Grant, InProcessWindow, Unused, throttle
+from flume_rx.operators import Demand, Grant, InProcessWindow, Lease, Unused, throttle
 
 on_next, on_completed, on_error = ReactiveTest.on_next, ReactiveTest.on_completed, ReactiveTest.on_error
 subscribe = ReactiveTest.subscribe
@@ -528,3 +528,108 @@ def test_items_are_released_a_lag_before_the_hold_ends(lag_s: float, released: l
     )
 
     assert [message.value.value for message in results.messages] == released
+
+
+def _begin_after_release(
+    window: InProcessWindow,
+    scheduler: TestScheduler,
+    items: int,
+    stages: int,
+    waits: list[float],
+    job_s: float,
+    hand_back_late: bool,
+) -> tuple[list[tuple[float, int]], list[int]]:
+    """A consumer whose items begin ``waits[...]`` after their release (a thread that wakes late, a starved
+    process): ``stages`` at once, each running ``job_s``. With ``hand_back_late`` it looks at the item's lease
+    where it begins and hands a late one back. Returns (when, item) of each begin and the late hand-backs."""
+    begun: list[tuple[float, int]] = []
+    late: list[int] = []
+    releases: dict[int, int] = {}
+    demand = Demand()
+
+    def free_stage() -> None:
+        demand.request(1)
+
+    def begin(item: int, lease: Lease) -> None:
+        if hand_back_late and lease.late():
+            late.append(item)
+            lease.hand_back(item)
+            free_stage()
+            return
+        begun.append((float(scheduler.clock), item))
+        scheduler.schedule_relative(job_s, lambda _s, _st: free_stage())
+
+    def on_release(item: int, lease: Lease) -> None:
+        releases[item] = releases.get(item, 0) + 1
+        # The k-th release of an item begins after waits[(item + k) % len]; from its third on, at once.
+        wait = waits[(item + releases[item]) % len(waits)] if releases[item] <= 2 else 0.0
+        scheduler.schedule_relative(wait, lambda _s, _st: begin(item, lease))
+
+    limited = throttle(window, min_tokens=1, prefetch=20, scheduler=scheduler, on_release=on_release)
+    # One more item that never comes, so the source stays open while items may come back (as a JobSource does
+    # until every job it fetched is settled).
+    TimedSource(scheduler, [0.0] * items + [1e9]).pipe(limited).subscribe_with_demand(
+        reactivex.Observer(lambda _item: None), demand, scheduler
+    )
+    scheduler.schedule_absolute(0.0, lambda _s, _st: demand.request(stages))
+    scheduler.advance_to(10_000.0)
+    return begun, late
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    allowed=st.integers(1, 8),
+    period=st.sampled_from([1.0, 2.0, 5.0]),
+    hold=st.sampled_from([0.1, 0.5, 1.0]),
+    items=st.integers(1, 40),
+    stages=st.integers(1, 6),
+    waits=st.lists(st.sampled_from([0.0, 0.05, 0.3, 0.6, 1.5]), min_size=1, max_size=8),
+    job_s=st.sampled_from([0.0, 0.2, 1.0]),
+)
+def test_items_handed_back_when_late_begin_within_the_limit_once_each(
+    allowed: int,
+    period: float,
+    hold: float,
+    items: int,
+    stages: int,
+    waits: list[float],
+    job_s: float,
+) -> None:
+    # Released in time, an item may still begin after its grant's hold; the window counted the hold only.
+    # Looked at where it begins, a late item goes back: it begins once, with a later grant, and every
+    # period still holds at most `allowed` begins (the tokens it gave back never started).
+    scheduler = TestScheduler()
+    window = InProcessWindow(allowed, period, hold, clock=scheduler)
+    begun, _ = _begin_after_release(window, scheduler, items, stages, waits, job_s, hand_back_late=True)
+
+    assert sorted(item for _, item in begun) == list(range(items))
+    assert max_in_window([(at, 1) for at, _ in begun], period) <= allowed
+
+
+def test_items_that_begin_after_the_hold_break_the_limit_unless_handed_back() -> None:
+    # Three items a period; each grant's items begin 0.6 s into a 0.5 s hold. Begun anyway, a period holds the
+    # late begins of one grant and the prompt ones of the next; handed back, they begin with a grant of their
+    # own, and the tokens they left are given back.
+    begins = {}
+    for hand_back_late in (False, True):
+        scheduler = TestScheduler()
+        window = InProcessWindow(3, 2.0, 0.5, clock=scheduler)
+        begun, late = _begin_after_release(window, scheduler, 9, 3, [0.6, 0.0], 0.1, hand_back_late)
+        assert sorted(item for _, item in begun) == list(range(9))
+        begins[hand_back_late] = max_in_window([(at, 1) for at, _ in begun], 2.0)
+        if hand_back_late:
+            assert late
+    assert begins[False] > 3
+    assert begins[True] <= 3
+
+
+def test_a_grant_gives_back_again_what_came_back_after_its_first_give_back() -> None:
+    now = [0.0]
+    window = InProcessWindow(10, 10.0, 1.0, clock=lambda: now[0])
+    grant = window.grant(6, 1)
+    now[0] = 2.0
+    window.give_back(Unused(grant, 2))  # the rest lapsed: 4 counted
+    window.give_back(Unused(grant, 1))  # as if never given back before: not this grant's entry any more
+    assert window.grant(10, 1).tokens == 6
+    window.give_back(Unused(grant, 1, already=2))  # a late item came back: 3 counted
+    assert window.grant(10, 1).tokens == 1
