@@ -1,6 +1,6 @@
 -- penalize(KEYS[1]=log, KEYS[2]=meta, KEYS[3]=refusals, ARGV[1]=allowed, ARGV[2]=period_ms, ARGV[3]=hold_ms,
 --          ARGV[4]=refused, ARGV[5]=margin, ARGV[6]=probe, ARGV[7]=most_cut, ARGV[8]=age_ms,
---          ARGV[9]=headroom)
+--          ARGV[9]=headroom, ARGV[10]=channel ('' for none), ARGV[11]=reporter)
 --   -> {effective allowed after it (string), ceiling (string), accepted per period (string, '' if unmeasured),
 --       now_us}
 -- The downstream refused `refused` calls, the first of which started age_ms ago: aim the shared rate at what it
@@ -79,6 +79,12 @@ end
 local offset = -plateau
 local effective = math.max(1, math.min(allowed, ceiling * (1 + probe * offset * offset * offset)))
 redis.call('HSET', KEYS[2], 'ceiling', tostring(ceiling), 'cut_at', now, 'rate', tostring(effective))
+-- Every process holding a grant from before this cut hears of it at once (its grant is at a rate the downstream
+-- refuses, and its limit is full for now): "<cut_at> <reporter>", so the reporter ignores its own. take_tokens.lua
+-- replies with cut_at too, so a process tells a cut its grant already knew from a newer one.
+if ARGV[10] and ARGV[10] ~= '' then
+  redis.call('PUBLISH', ARGV[10], string.format('%.0f', now) .. ' ' .. ARGV[11])
+end
 
 -- Keep the state until the probe is back at allowed; never shorten the life take_tokens gave meta (it also
 -- holds the running sum of a live log).

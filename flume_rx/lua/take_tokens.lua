@@ -3,7 +3,8 @@
 --             ARGV[9]=burst (0: no pacing), ARGV[10]=headroom, ARGV[11..14]=give back: seq, g_us, tokens
 --             its entry counts now (granted less what went back before) of an earlier grant and how many
 --             of them will never start ('' for none))
---   -> {tokens, delay_us, hold_us, effective allowed (string), g_us, seq}
+--   -> {tokens, delay_us, hold_us, effective allowed (string), g_us, seq, cut_at_us (of the latest refusal the
+--       adaptive rate follows, 0 for none)}
 -- An exact sliding-window limit. Each grant is recorded at its start time g (unix us, Redis TIME), handed out
 -- in non-decreasing g, and counted until g + hold + period: the log is a zset of "seq:tokens" scored g + hold,
 -- and an entry stops counting once its score is <= g' - period for the grant g' being decided. meta keeps the
@@ -119,4 +120,4 @@ if adaptive and ceiling and cut_at then
   meta_ttl_ms = math.max(ttl_ms, math.ceil((cut_at - now) / 1000 + back_s * 1000) + 1000)
 end
 redis.call('PEXPIRE', KEYS[2], math.max(meta_ttl_ms, redis.call('PTTL', KEYS[2])))
-return {tokens, g - now, hold, tostring(effective), g, seq}
+return {tokens, g - now, hold, tostring(effective), g, seq, (adaptive and cut_at) or 0}

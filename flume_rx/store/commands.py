@@ -118,6 +118,9 @@ class TokenReply(NamedTuple):
     seq: int = 0
     """The grant's number in its window: with ``start_us`` and ``tokens``, what names it when a later take gives
     back tokens of it that will never start."""
+    cut_at_us: int = 0
+    """When (Redis TIME, unix us) the latest refusal of an adaptive window cut the rate this grant was decided
+    at; 0 when none did."""
 
 
 class RefusalReply(NamedTuple):
@@ -396,7 +399,13 @@ def _redis_ms(time_reply: Any) -> int:
 
 
 def _parse_token_reply(reply: Sequence[Any]) -> TokenReply:
-    tokens, delay_us, hold_us, effective, start_us, seq = reply
+    tokens, delay_us, hold_us, effective, start_us, seq, cut_at_us = reply
     return TokenReply(
-        int(tokens), int(delay_us), int(hold_us), float(_text(effective)), int(start_us), int(seq)
+        int(tokens),
+        int(delay_us),
+        int(hold_us),
+        float(_text(effective)),
+        int(start_us),
+        int(seq),
+        int(cut_at_us),
     )

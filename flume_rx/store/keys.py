@@ -132,6 +132,12 @@ class Keys:
         check_name(key, "rate limiter key")
         return f"{{{self.namespace}:rate:{key}}}:refusals"
 
+    def rate_cuts(self, key: str) -> str:
+        """The pub/sub channel on which ``penalize.lua`` tells every process of adaptive window ``key`` that
+        its rate was just aimed lower (the message: the cut's Redis time in us and who reported it)."""
+        check_name(key, "rate limiter key")
+        return f"{{{self.namespace}:rate:{key}}}:cuts"
+
     def keyed_rate(self, key: str, sub: str) -> tuple[str, str]:
         """The ``(log, meta)`` keys of window ``sub`` of the per-key limiter ``key`` (all in one slot)."""
         check_name(key, "rate limiter key")

@@ -581,6 +581,11 @@ class RedisStore:
         reply = await self._run.one(_Eval("take_tokens_multi", tuple(flat_keys), tuple(args)))
         return [(int(reply[i]), int(reply[i + 1]), int(reply[i + 2])) for i in range(0, len(reply), 3)]
 
+    async def load_scripts(self, names: Sequence[str]) -> None:
+        """Have Redis know these scripts before a call of one is urgent: a call that finds its script missing
+        loads it and runs again, two more round trips."""
+        await self._run.load(names)
+
     async def penalize_window(
         self,
         key: str,
@@ -591,9 +596,13 @@ class RedisStore:
         refused: int = 1,
         age_ms: float = 0.0,
         tuning: AdaptiveTuning = _DEFAULT_TUNING,
+        reporter: str = "",
     ) -> RefusalReply:
         """Record ``refused`` refusals of the downstream behind window ``key``, the first of a call started
-        ``age_ms`` ago, and aim its shared adaptive rate at what the downstream accepted (see ``penalize.lua``)."""
+        ``age_ms`` ago, and aim its shared adaptive rate at what the downstream accepted (see ``penalize.lua``).
+
+        With a ``reporter``, the cut is published on :meth:`Keys.rate_cuts` as ``"<cut_at_us> <reporter>"``.
+        """
         log_key, meta_key = self.keys.rate(key)
         args: tuple[Arg, ...] = (
             allowed,
@@ -605,6 +614,8 @@ class RedisStore:
             repr(float(tuning.most_cut)),
             repr(max(0.0, float(age_ms))),
             "" if tuning.headroom is None else repr(float(tuning.headroom)),
+            self.keys.rate_cuts(key) if reporter else "",
+            reporter,
         )
         keys = (log_key, meta_key, self.keys.rate_refusals(key))
         effective, ceiling, accepted, at_us = await self._run.one(_Eval("penalize", keys, args))

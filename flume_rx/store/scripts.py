@@ -149,6 +149,14 @@ class AsyncRunner:
     async def one(self, op: _Op) -> Any:
         return (await self.run([op]))[0]
 
+    async def load(self, names: Sequence[str]) -> None:
+        """Load these scripts now (SCRIPT LOAD), as :func:`_plan` would after a NOSCRIPT."""
+        try:
+            for name in names:
+                await self.client.script_load(lua_source(name))
+        except _TRANSPORT_ERRORS as exc:
+            raise _store_error(self.client, exc) from exc
+
     async def run(self, ops: Sequence[_Op], *, transaction: bool = False) -> list[Any]:
         if not ops:
             return []

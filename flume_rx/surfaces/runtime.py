@@ -45,7 +45,7 @@ from flume_rx.model.config import (
 )
 from flume_rx.model.errors import ConfigError, FlumeError, StoreError, WorkerModuleFailed
 from flume_rx.model.telemetry import Telemetry
-from flume_rx.store import Outage, RedisStore, SyncStore, through_outage
+from flume_rx.store import Outage, RedisStore, RedisTokenWindow, SyncStore, through_outage
 
 logger = logging.getLogger("flume_rx.runtime")
 
@@ -201,6 +201,7 @@ class WorkerRuntime:
         settler = Settler(self.telemetry)
         heartbeat = _Heartbeat(self, sync_store, queues)
         tasks: list[asyncio.Task[None]] = []
+        adaptive: list[RedisTokenWindow] = []  # windows that hear other processes' refusals
         try:
             await self._join(store, queues, self._stop_event)
             heartbeat.start()
@@ -217,6 +218,8 @@ class WorkerRuntime:
                         thread_name_prefix=stage_thread_prefix(pipeline_config),
                     )
                     executors.append(executor)
+                    if isinstance(window, RedisTokenWindow) and window.adaptive:
+                        adaptive.append(window)
                     self.running.append(
                         self._start(pipeline_config, store, window, executor, scheduler, settler)
                     )
@@ -226,6 +229,8 @@ class WorkerRuntime:
                 loop.create_task(self._tick_forever()),
                 loop.create_task(self._abort_forever(store)),
             ]
+            if adaptive:
+                tasks.append(loop.create_task(hear_cuts_forever(store, adaptive)))
             if config.schedules:
                 ticker = CronTicker(
                     store,
@@ -481,3 +486,34 @@ class _Heartbeat(threading.Thread):
                 )
             elif lag <= LOOP_BLOCKED_WARNING_S:
                 self._warned_blocked = False
+
+
+async def hear_cuts_forever(store: RedisStore, windows: Sequence[RedisTokenWindow]) -> None:
+    """Hand each adaptive window the cuts other processes' refusals made (``penalize.lua`` publishes them), the
+    moment they land: a grant this process holds from before a cut would start calls into a downstream whose
+    limit is full, and its next take, which would have told it, comes only once that grant is used up."""
+    if not hasattr(store.client, "pubsub"):
+        logger.info(
+            "this Redis client has no pub/sub (Redis Cluster): a refusal reaches other processes at their next take"
+        )
+        return
+    by_channel: dict[str, list[RedisTokenWindow]] = {}
+    for window in windows:
+        by_channel.setdefault(window.cuts_channel, []).append(window)
+    outage = Outage("adaptive rate listener")
+    while True:
+        pubsub = store.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(*by_channel)
+            outage.ok()
+            async for message in pubsub.listen():
+                channel = message["channel"]
+                name = (
+                    channel.decode("utf-8", errors="replace") if isinstance(channel, bytes) else str(channel)
+                )
+                for window in by_channel.get(name, ()):
+                    window.heard_cut(message["data"])
+        except (RedisError, OSError) as exc:
+            await asyncio.sleep(outage.failed(exc))
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]

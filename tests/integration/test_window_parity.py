@@ -70,7 +70,7 @@ def test_the_lua_and_the_python_window_grant_alike(
         args = (allowed, repr(period_ms * 1.0), repr(hold_ms * 1.0), want, least, 0, "0.03", "0.4", burst, "")
         args += back[1] if back is not None else ("", "", "", "")
         reply = client.evalsha(script, 2, log_key, meta_key, *args)  # type: ignore[misc]
-        tokens, delay_us, _, _, start_us, seq = reply
+        tokens, delay_us, _, _, start_us, seq, _ = reply
         now_us[0] = float(int(start_us) - int(delay_us))
         grant = python.grant(want, least, None if back is None else back[0])
         last = grant, (int(seq), int(start_us), int(tokens))
