@@ -87,13 +87,11 @@ def from_coroutine(make: Callable[[], Coroutine[Any, Any, _T]]) -> Observable[_T
     return from_result(make)
 
 
-def from_result(call: Callable[[], _T | Awaitable[_T] | Observable[_T]]) -> Observable[_T]:
+def from_result(call: Callable[[], _T | Awaitable[_T]]) -> Observable[_T]:
     """An Observable that makes ``call()`` per subscription and emits its result, then completes: a plain value
     at once, an awaitable once the event loop has awaited it (as :func:`from_coroutine` does). An exception
-    raised by ``call`` or by the awaitable goes to ``on_error``. A result that is an Observable already (a
-    test double answering in virtual time) is that stream.
-
-    So a window or any service can answer with a value or an awaitable, and stay free of streams.
+    raised by ``call`` or by the awaitable goes to ``on_error``, and so does a result that is an Observable: a
+    service answers with a value or an awaitable and stays free of streams.
 
     >>> from_result(lambda: 3).run()
     3
@@ -106,7 +104,10 @@ def from_result(call: Callable[[], _T | Awaitable[_T] | Observable[_T]]) -> Obse
     def factory(_: abc.SchedulerBase | None) -> Observable[_T]:
         result = call()
         if isinstance(result, Observable):
-            return result
+            raise TypeError(
+                f"from_result's call answered with a stream ({type(result).__name__}); answer with the value "
+                "itself or an awaitable of it (a TokenWindow's take and penalize never return an Observable)"
+            )
         if not inspect.isawaitable(result):
             return reactivex.just(result)
         coro = _awaited(result)

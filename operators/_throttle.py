@@ -126,12 +126,10 @@ class TokenWindow(Protocol):
         """The length of the sliding window, in seconds."""
         ...
 
-    def take(
-        self, tokens: int, min_tokens: int, unused: Unused | None = None
-    ) -> Grant | Awaitable[Grant] | Observable[Grant]:
+    def take(self, tokens: int, min_tokens: int, unused: Unused | None = None) -> Grant | Awaitable[Grant]:
         """Ask for up to ``tokens``: one Grant of at least ``min(tokens, min_tokens)``, or an awaitable of it
-        (a window shared through Redis answers after a round trip). The throttle makes the stream
-        (:func:`~flume_rx.operators.from_result`, which also takes an Observable that emits the Grant).
+        (a window shared through Redis answers after a round trip). Never a stream: the throttle makes that
+        (:func:`~flume_rx.operators.from_result`).
 
         ``unused`` gives back, in the same call, tokens of an earlier grant (one with a ``ref``) that will
         never start; a window that cannot find that grant any more ignores it. Callers pass it only for grants
@@ -139,7 +137,7 @@ class TokenWindow(Protocol):
         """
         ...
 
-    def penalize(self, refused: int = 1, age_s: float = 0.0) -> float | Awaitable[float] | Observable[float]:
+    def penalize(self, refused: int = 1, age_s: float = 0.0) -> float | Awaitable[float]:
         """Report ``refused`` calls the limited service refused, the first of them started ``age_s`` ago; in
         adaptive mode the shared rate is aimed at what it accepted (see :mod:`._adaptive`). Returns the new
         effective rate, or an awaitable of it."""
@@ -599,7 +597,7 @@ def throttle(
 
                 # Passed only when there is something to give back: a window whose grants carry no ref need
                 # not know the argument.
-                def take() -> Grant | Awaitable[Grant] | Observable[Grant]:
+                def take() -> Grant | Awaitable[Grant]:
                     return window.take(wanted, least) if back is None else window.take(wanted, least, back)
 
                 take_subscription.disposable = from_result(take).subscribe(

@@ -60,3 +60,8 @@ def test_aioreactive_async_observable_receives_the_stream() -> None:
 
     asyncio.run(main())
     assert received == [1, 2, 3]
+
+
+def test_from_result_refuses_a_stream_saying_what_to_answer() -> None:
+    with pytest.raises(TypeError, match="answer with the value itself or an awaitable"):
+        fo.from_result(lambda: reactivex.just(3)).run()

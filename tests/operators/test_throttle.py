@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -9,7 +10,6 @@ import reactivex
 from _flowkit import Probe, TimedSource, max_in_window
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reactivex import Observable
 from reactivex import operators as ops
 from reactivex.testing import ReactiveTest, TestScheduler
 
@@ -20,7 +20,12 @@ subscribe = ReactiveTest.subscribe
 
 
 class ScriptedWindow:
-    """A TokenWindow that answers takes from a script of (latency, grant), for the send-time rules."""
+    """A TokenWindow that answers takes from a script of (latency, grant), for the send-time rules.
+
+    A take answers with a plain Grant after its latency has passed on the virtual clock, as a window shared
+    through Redis answers after its round trip. Once the script is spent, a take is answered with tokens free
+    only long after any test here has ended.
+    """
 
     def __init__(self, scheduler: TestScheduler, script: list[tuple[float, Grant]], allowed: int = 5) -> None:
         self.scheduler = scheduler
@@ -29,18 +34,23 @@ class ScriptedWindow:
         self.allowed = allowed
         self.period_s = 10.0
 
-    def take(self, tokens: int, min_tokens: int) -> Observable[Grant]:
+    def take(self, tokens: int, min_tokens: int) -> Grant:
         self.takes.append((float(self.scheduler.clock), tokens, min_tokens))
         if not self.script:
-            return reactivex.never()
+            return Grant(tokens, NEVER_IN_A_TEST, 1.0)
         latency, grant = self.script.pop(0)
-        return reactivex.timer(latency, scheduler=self.scheduler).pipe(ops.map(lambda _: grant))
+        self.scheduler.sleep(latency)
+        return grant
 
-    def penalize(self) -> Observable[float]:
-        return reactivex.just(float(self.allowed))
+    def penalize(self) -> float:
+        return float(self.allowed)
 
     def current_rate(self) -> float:
         return float(self.allowed)
+
+
+NEVER_IN_A_TEST = 1e6
+"""A delay, in virtual seconds, past the end of every test here."""
 
 
 def test_items_wait_for_the_grants_ahead_of_them_to_expire() -> None:
@@ -128,18 +138,29 @@ def test_items_arriving_during_the_hold_use_the_grant_left_over() -> None:
     assert [take[0] for take in window.takes] == [210.0, 216.0]
 
 
-def test_an_error_of_the_window_goes_downstream() -> None:
-    scheduler = TestScheduler()
+def test_an_error_of_an_awaited_take_goes_downstream() -> None:
     failure = ConnectionError("redis is down")
 
     class Failing(ScriptedWindow):
-        def take(self, tokens: int, min_tokens: int) -> Observable[Grant]:
-            return reactivex.throw(failure)
+        async def take(self, tokens: int, min_tokens: int) -> Grant:
+            raise failure
 
-    xs = scheduler.create_hot_observable(on_next(210, "a"))
-    results = scheduler.start(lambda: xs.pipe(throttle(Failing(scheduler, []), scheduler=scheduler)))
+    async def main() -> list[Any]:
+        # The take is awaited on this loop; the virtual clock stands still while it is.
+        scheduler = TestScheduler()
+        xs = scheduler.create_hot_observable(on_next(210, "a"))
+        observer = scheduler.create_observer()
+        xs.pipe(throttle(Failing(scheduler, []), scheduler=scheduler)).subscribe(
+            observer, scheduler=scheduler
+        )
+        scheduler.advance_to(210.0)
+        for _ in range(10):
+            if observer.messages:
+                break
+            await asyncio.sleep(0)
+        return observer.messages
 
-    assert results.messages == [on_error(210, failure)]
+    assert asyncio.run(main()) == [on_error(210, failure)]
 
 
 def test_a_window_that_raises_sends_its_error_downstream() -> None:
@@ -154,6 +175,21 @@ def test_a_window_that_raises_sends_its_error_downstream() -> None:
     results = scheduler.start(lambda: xs.pipe(throttle(Raising(scheduler, []), scheduler=scheduler)))
 
     assert results.messages == [on_error(210, failure)]
+
+
+def test_a_window_answering_with_a_stream_gets_an_error_saying_what_to_answer() -> None:
+    scheduler = TestScheduler()
+
+    class Streaming(ScriptedWindow):
+        def take(self, tokens: int, min_tokens: int) -> Any:
+            return reactivex.just(Grant(tokens, 0.0, 1.0))
+
+    xs = scheduler.create_hot_observable(on_next(210, "a"))
+    results = scheduler.start(lambda: xs.pipe(throttle(Streaming(scheduler, []), scheduler=scheduler)))
+
+    [message] = results.messages
+    assert message.time == 210 and message.value.kind == "E"
+    assert "answer with the value itself or an awaitable" in str(message.value.exception)
 
 
 def test_plain_subscription_works_as_an_ordinary_operator() -> None:
