@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 import threading
 from collections.abc import Callable
 
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flume_rx.engine import threads
 from flume_rx.engine.threads import StageThreads
 
 
@@ -170,3 +172,48 @@ def test_a_failing_note_of_a_start_loses_no_outcome(caplog: pytest.LogCaptureFix
 
     assert asyncio.run(main()) == [0, 1, 2, 3, 4]
     assert "noting the start of a call failed" in caplog.text
+
+
+def test_a_call_waking_an_idle_pool_lowers_the_switch_interval_until_a_thread_takes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = sys.getswitchinterval()
+    set_to: list[float] = []
+    real_set = sys.setswitchinterval
+
+    def record(interval: float) -> None:
+        set_to.append(interval)
+        real_set(interval)
+
+    monkeypatch.setattr(threads.sys, "setswitchinterval", record)
+
+    async def main() -> list[float]:
+        pool = StageThreads(1, "test-stage")
+        await pool.run_soon(lambda: None)  # starts the thread, which then waits for calls
+        while len(pool._idle) < 1:
+            await asyncio.sleep(0.001)
+        seen = await asyncio.gather(*(pool.run_soon(sys.getswitchinterval) for _ in range(5)))
+        pool.shutdown()
+        return list(seen)
+
+    seen = asyncio.run(main())
+    # Lowered for the wake-up of the idle thread, and put back before any call ran.
+    assert set_to[:2] == [threads.WAKE_SWITCH_INTERVAL_S, original]
+    assert seen == [original] * 5
+    assert sys.getswitchinterval() == original
+
+
+@settings(max_examples=20, deadline=None)
+@given(calls=st.lists(st.integers(0, 3), max_size=30), threads_=st.integers(1, 4))
+def test_the_switch_interval_is_always_put_back(calls: list[int], threads_: int) -> None:
+    original = sys.getswitchinterval()
+
+    async def main() -> None:
+        pool = StageThreads(threads_, "test-stage")
+        for burst in calls:  # bursts of calls, with pauses that let every thread go idle
+            await asyncio.gather(*(pool.run_soon(lambda: None) for _ in range(burst)))
+            await asyncio.sleep(0)
+        pool.shutdown()
+
+    asyncio.run(main())
+    assert sys.getswitchinterval() == original

@@ -24,6 +24,7 @@ import concurrent.futures
 import contextlib
 import logging
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -39,6 +40,44 @@ NOTE_AFTER_S = 0.001
 """The longest a taken call's note waits for a batch of outcomes before the loop collects it itself."""
 
 logger = logging.getLogger("flume_rx.pipeline")
+
+WAKE_SWITCH_INTERVAL_S = 0.0001
+"""The interpreter's switch interval while a call wakes an idle stage thread, until a thread takes a call.
+
+The loop that hands a call to an idle thread goes on running Python (the rest of its turn, the next fetch)
+for a few hundred microseconds before it waits on anything; the woken thread, wanting the interpreter lock,
+would wait for that wait, or for the switch interval (5 ms by default) to force a switch. With sync jobs
+arriving one at a time, that was most of enqueue-to-start after the fetch reply (docs/performance.md). This
+short an interval only while a thread wakes lets it take the lock about 0.1 ms after its wake-up; busy
+threads (handed their next call ahead) never wait for it, so their switching stays as it was. 0 leaves the
+interval alone."""
+
+
+class _SwitchInterval:
+    """Lowers the process's switch interval for a waking thread and puts the previous one back after."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._previous: float | None = None  # the interval to put back, while lowered
+
+    def lower(self) -> None:
+        if not WAKE_SWITCH_INTERVAL_S:
+            return
+        with self._lock:
+            if self._previous is None:
+                self._previous = sys.getswitchinterval()
+                sys.setswitchinterval(WAKE_SWITCH_INTERVAL_S)
+
+    def restore(self) -> None:
+        if self._previous is None:  # the common case, read without the lock: nothing was lowered
+            return
+        with self._lock:
+            if self._previous is not None:
+                sys.setswitchinterval(self._previous)
+                self._previous = None
+
+
+_switch_interval = _SwitchInterval()
 
 
 class StageThreads(concurrent.futures.Executor):
@@ -72,6 +111,7 @@ class StageThreads(concurrent.futures.Executor):
         # loop's look for notes is scheduled.
         self._unnoted: dict[asyncio.AbstractEventLoop, int] = {}
         self._looking: set[asyncio.AbstractEventLoop] = set()
+        self._idle: list[None] = []  # one entry per thread waiting for a call (append and pop are atomic)
 
     @property
     def size(self) -> int:
@@ -133,14 +173,22 @@ class StageThreads(concurrent.futures.Executor):
                     target=self._work, name=f"{self._prefix}_{len(self._threads)}", daemon=True
                 )
                 self._threads.append(thread)
+        if self._idle and len(self._idle) == len(self._threads):
+            # Every thread waits for calls (nothing runs): the one this wakes gets the interpreter soon (see
+            # the constant). While some run, they hand the lock over at their own pace, as they always did.
+            _switch_interval.lower()
         self._calls.put(call)
         if start:
             thread.start()
 
     def _work(self) -> None:
         calls = self._calls
+        idle = self._idle
         while True:
+            idle.append(None)
             call = calls.get()
+            idle.pop()
+            _switch_interval.restore()
             if call is _STOP:
                 return
             loop, future, fn, args, on_take = call
