@@ -13,12 +13,12 @@ import reactivex
 from _flowkit import TimedSource
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from reactivex import operators as rx_ops
 from reactivex.testing import TestScheduler
 
 from flume_rx.operators import (
     AdaptiveTuning,
     Demand,
+    Grant,
     InProcessWindow,
     Unused,
     accepted_per_period,
@@ -524,10 +524,12 @@ def test_a_refusal_ends_the_grant_in_use_and_the_next_take_sees_the_cut() -> Non
 
 class SlowWindow:
     """An InProcessWindow whose grants arrive ``round_trip_s`` after the take, as a shared window's do over a
-    network: decided when asked, delivered later (in the scheduler's virtual time)."""
+    network: decided when asked, answered once the round trip has passed on the virtual clock. With
+    ``refuse_in_flight``, the downstream refuses a call halfway through the next take's round trip."""
 
     def __init__(self, inner: InProcessWindow, scheduler: TestScheduler, round_trip_s: float) -> None:
         self.inner, self.scheduler, self.round_trip_s = inner, scheduler, round_trip_s
+        self.refuse_in_flight = False
 
     @property
     def allowed(self) -> int:
@@ -541,9 +543,14 @@ class SlowWindow:
     def refusal_reports(self) -> int:
         return self.inner.refusal_reports
 
-    def take(self, tokens: int, min_tokens: int, unused: Unused | None = None) -> reactivex.Observable[Any]:
+    def take(self, tokens: int, min_tokens: int, unused: Unused | None = None) -> Grant:
         grant = self.inner.grant(tokens, min_tokens, unused)
-        return reactivex.timer(self.round_trip_s, scheduler=self.scheduler).pipe(rx_ops.map(lambda _: grant))
+        self.scheduler.sleep(self.round_trip_s / 2)
+        if self.refuse_in_flight:
+            self.refuse_in_flight = False
+            self.inner.refuse(1)
+        self.scheduler.sleep(self.round_trip_s / 2)
+        return grant
 
     def penalize(self, refused: int = 1, age_s: float = 0.0) -> float:
         return self.inner.refuse(refused, age_s)
@@ -553,8 +560,8 @@ class SlowWindow:
 
 
 def test_a_grant_asked_for_before_a_refusal_is_not_used_when_it_arrives_after_it() -> None:
-    # The take leaves at 0.01; the downstream refuses a call at 0.02, while the grant is on its way; the grant
-    # arrives at 0.06. Its 10 tokens were decided at the rate just refused: they lapse unused, as those of a
+    # The take leaves at 0.005; the downstream refuses a call 25 ms later, while the grant is on its way; the
+    # grant arrives at 0.055. Its 10 tokens were decided at the rate just refused: they lapse unused, as those of a
     # grant in use do, instead of starting 10 calls into a downstream whose limit is full. (The throttle read
     # the refusal count when the grant arrived, and started all 10.)
     scheduler = TestScheduler()
@@ -573,9 +580,9 @@ def test_a_grant_asked_for_before_a_refusal_is_not_used_when_it_arrives_after_it
         )
     ).subscribe_with_demand(reactivex.Observer(seen.append), demand, scheduler)
     scheduler.advance_to(0.005)  # the throttle holds 10 items (its prefetch)
-    demand.request(1)  # the take leaves
-    scheduler.advance_to(0.02)
-    window.penalize(1)
+    window.refuse_in_flight = True
+    demand.request(1)  # the take leaves; a call is refused while it is on its way
     scheduler.advance_to(0.07)
+    assert window.refusal_reports == 1
     assert seen == []
     assert ("lapsed", {"tokens": 10}) in events
