@@ -8,7 +8,10 @@ Two modes, one script:
   mid-run (2 worker processes, 5 stages each, a backlog). Every "Throttling" answer goes back to the shared
   window, which aims its rate at what SES accepted. Per phase: the share of SES's rate accepted from 3 s after
   the change to the end of the phase (goal >= 90%), refusals (goal <= 30 per change), the last refusal's time
-  after the change; no job may fail. A timeline of the window's effective rate, SES's limit and SES's accepted
+  after the change; no job may fail. Refusals come in events (a burst of calls the downstream refused before
+  the processes stopped, then a gap): per phase, how many events and the largest, the first being the
+  answer to the change. What one event costs (calls in flight, reaction time) depends less on the load than
+  how many events there are (a stalled worker's catch-up burst is one more). A timeline of the window's effective rate, SES's limit and SES's accepted
   calls in the trailing second is kept for the plot.
 
     python -m benchmarks.rate_limit [--mode exact|adaptive|both] [--jobs 4000] [--reps 3]
@@ -155,6 +158,28 @@ def _demo_env(ses_url: str, redis_url: str, namespace: str) -> None:
     )
 
 
+REFUSAL_GAP_S = 0.5
+"""Refusals closer than this to the one before belong to the same event."""
+
+
+def refusal_events(times: list[float], gap_s: float = REFUSAL_GAP_S) -> list[int]:
+    """How many refusals each event had, in order: sorted refusal ``times`` split where ``gap_s`` passes
+    without one.
+
+    >>> refusal_events([0.70, 0.71, 0.75, 2.0, 2.01, 4.4])
+    [3, 2, 1]
+    """
+    sizes: list[int] = []
+    last = -math.inf
+    for t in times:
+        if t - last < gap_s:
+            sizes[-1] += 1
+        else:
+            sizes.append(1)
+        last = t
+    return sizes
+
+
 # The downstream's limit per phase and how long each lasts: it starts below the window, then is raised.
 PHASES: tuple[tuple[int, float], ...] = ((300, 12.0), (380, 12.0))
 SETTLE_S = 3.0  # the share is measured from this long after each change
@@ -212,6 +237,7 @@ def run_adaptive_once(
         # The window's own rate over the same span: what the estimator allowed, next to what got through
         # (on a loaded machine the workers may not keep up with it).
         window = [row[1] for row in timeline if start + SETTLE_S <= row[0] + t0 < end]
+        events = refusal_events(in_phase)
         result_phases.append(
             {
                 "downstream_limit_per_s": limit,
@@ -222,6 +248,9 @@ def run_adaptive_once(
                 "refusals": len(in_phase),
                 "refusals_after_settle": sum(1 for t in in_phase if t >= start + SETTLE_S),
                 "last_refusal_after_change_s": (in_phase[-1] - start) if in_phase else None,
+                "refusal_events": len(events),
+                "first_refusal_event": events[0] if events else 0,
+                "largest_refusal_event": max(events, default=0),
             }
         )
     return {

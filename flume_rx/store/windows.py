@@ -114,8 +114,7 @@ class RedisTokenWindow:
         if self.adaptive and not self._penalize_loaded:
             # The first refusal is the one that must land at once: while penalize.lua is unknown to Redis, the
             # report costs two more round trips (NOSCRIPT, SCRIPT LOAD), and every take meanwhile is granted at
-            # the rate the downstream refuses (42 ms against 6 ms for a take, at the adaptive benchmark's first
-            # change at load 14).
+            # the rate the downstream refuses.
             await self.store.load_scripts(("penalize",))
             self._penalize_loaded = True
         give_back = None
