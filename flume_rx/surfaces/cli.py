@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from flume_rx.model.errors import ConfigError, FlumeError, StoreError, WorkerModuleFailed
 from flume_rx.model.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
+from flume_rx.surfaces.early_stop import catch_sigterm
 
 if TYPE_CHECKING:
     from flume_rx.model.config import FlumeConfig
@@ -307,6 +308,8 @@ def _add_log_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "worker":
+        catch_sigterm()  # before the slow part of starting (imports, config, Redis): see early_stop
     if args.command is None or (args.command in ("queue", "dead") and args.action is None):
         args.help_of.print_help()
         return 0

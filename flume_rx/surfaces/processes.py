@@ -23,6 +23,7 @@ from flume_rx.engine.source import BurstMode
 from flume_rx.engine.threads import STAGE_THREAD_PREFIX
 from flume_rx.model.config import FlumeConfig, load, select_pipelines
 from flume_rx.model.logs import LogFormat, configure_logging
+from flume_rx.surfaces.early_stop import catch_sigterm, take_sigterm
 from flume_rx.surfaces.runtime import WorkerRuntime, import_worker_modules
 
 logger = logging.getLogger("flume_rx.runtime")
@@ -33,8 +34,10 @@ def run_worker_process(
 ) -> int:
     """Run a worker in this process until SIGTERM/SIGINT (or drained, in burst mode); returns the exit code.
 
-    With ``metrics_port``, Prometheus metrics of this process are served on it at ``/metrics``.
+    With ``metrics_port``, Prometheus metrics of this process are served on it at ``/metrics``. A SIGTERM that
+    comes while it starts stops it as soon as it runs (see :mod:`~flume_rx.surfaces.early_stop`).
     """
+    catch_sigterm()
     import_worker_modules(config.imports)
     runtime = WorkerRuntime(config, burst=burst)
     if metrics_port is not None:
@@ -54,6 +57,8 @@ def run_worker_process(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, runtime.stop)
+        if take_sigterm():  # came while starting, before the loop's handler
+            runtime.stop()
         await runtime.run()
 
     # A loop whose short timer waits end on time: an async job's `await asyncio.sleep(0.001)` otherwise waits
@@ -98,6 +103,7 @@ def child_main(
     log_format: LogFormat = "text",
     queues: Sequence[str] | None = None,
 ) -> None:
+    catch_sigterm()
     configure_logging(log_level, log_format)
     config = load(config_path, redis_url=redis_url)
     if queues:
@@ -141,17 +147,31 @@ def supervise(
         process.start()
         return process
 
-    children = [spawn(i) for i in range(processes)]
+    children: list[multiprocessing.process.BaseProcess] = []
+    told: set[int] = set()  # the children sent SIGTERM
+
+    def stop_children() -> None:
+        for child in children:
+            if child.pid is not None and child.pid not in told and child.is_alive():
+                told.add(child.pid)
+                os.kill(child.pid, signal.SIGTERM)
 
     def forward(signum: int, _frame: object) -> None:
         stopping.set()
-        for child in children:
-            if child.is_alive() and child.pid is not None:
-                os.kill(child.pid, signal.SIGTERM)
+        stop_children()
 
+    # In place before the first child starts: caught only after, a SIGTERM meanwhile ended this process and left
+    # its children running. One that came while this command started means no child starts at all.
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    if take_sigterm():
+        stopping.set()
     try:
+        for index in range(processes):
+            if not stopping.is_set():
+                children.append(spawn(index))
         while True:
+            if stopping.is_set():
+                stop_children()  # a child started as the signal came was not in the list it went through
             alive = [c for c in children if c.is_alive()]
             if not alive and (stopping.is_set() or burst):
                 break
@@ -162,7 +182,8 @@ def supervise(
                     "worker process %s exited with %s; starting a new one", child.name, child.exitcode
                 )
                 time.sleep(0.5)
-                children[index] = spawn(index)
+                if not stopping.is_set():
+                    children[index] = spawn(index)
             time.sleep(0.1)
     finally:
         for signum, handler in previous.items():

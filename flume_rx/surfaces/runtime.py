@@ -207,7 +207,9 @@ class WorkerRuntime:
             heartbeat.start()
             self.telemetry.emit("consumer.joined", consumer=self.consumer, queues=queues)
             logger.info("consumer %s serving %s", self.consumer, ", ".join(queues))
-            if self._graphs:
+            if self._stop_event.is_set():
+                pass  # asked to stop before serving (a SIGTERM while the process started): fetch nothing
+            elif self._graphs:
                 for (source, graph), pipeline_config in zip(self._graphs, config.pipelines, strict=True):
                     self.running.append(self._subscribe(pipeline_config, source, graph, scheduler, settler))
             else:

@@ -86,7 +86,14 @@ class WorkerProcess:
         self.process.wait()
 
     def terminate(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM, then the exit code (SIGKILL and fail loudly if it does not exit in time)."""
+        """SIGTERM, then the exit code (SIGKILL and fail loudly if it does not exit in time).
+
+        Sent once the process catches SIGTERM: before its first lines of flume_rx run (the interpreter starting,
+        a few hundred ms on a loaded machine) nothing can, and a SIGTERM then ends it by the default action.
+        """
+        wait_until(
+            lambda: not self.alive() or catches_sigterm(self.pid), 60, f"worker {self.pid} to catch SIGTERM"
+        )
         if self.alive():
             self.process.send_signal(signal.SIGTERM)
         try:
@@ -100,6 +107,18 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a handler for SIGTERM (Linux's /proc; True where that cannot be read)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
+    except OSError:
+        return True
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return True
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.05) -> None:

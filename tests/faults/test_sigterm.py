@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,40 @@ def test_sigterm_mid_drain_exits_0_and_holds_nothing(redis_url: str, tmp_path: P
     assert "Traceback" not in worker.log()
     _accounted(client, flume, tokens)
     assert client.hlen("test:runs") < JOBS  # it stopped fetching rather than draining the queue
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_while_the_worker_starts_exits_0_and_leaves_every_job_queued(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: int
+) -> None:
+    # Starting takes seconds on a loaded machine (imports, config, Redis): a SIGTERM then, before the event
+    # loop handles it, ended the process by the default action (exit -15).
+    client = redis.Redis.from_url(redis_url)
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("FLUME_TEST_IMPORT_GATE", str(gate))
+    config = write_config(
+        tmp_path / "worker.toml",
+        redis_url,
+        imports=["tests.integration.sample_workers", "tests.faults.gated_import"],
+    )
+    flume = Flume(redis_url, "t")
+    tokens = {f"early{i}" for i in range(50)}
+    flume.bulk_enqueue(QUEUE, [("RecordWorker", [token]) for token in sorted(tokens)])
+    worker = WorkerProcess(config, redis_url, extra_args=("--processes", str(processes)))
+    try:
+        # Held in the middle of its start-up, importing the worker modules, when the SIGTERM comes.
+        wait_until(gate.with_suffix(".reached").exists, 60, "the worker to import its worker modules")
+        worker.process.send_signal(signal.SIGTERM)
+        gate.touch()
+        code = worker.process.wait(60)
+    finally:
+        gate.touch()
+        worker.kill()
+    assert code == 0, worker.log()
+    assert "Traceback" not in worker.log()
+    assert runs(client) == {}  # stopped before fetching anything
+    _accounted(client, flume, tokens)
+    assert flume.stats([QUEUE])[QUEUE]["queued"] == len(tokens)
 
 
 def test_jobs_running_past_shutdown_timeout_go_back_to_the_queue(redis_url: str, tmp_path: Path) -> None:
