@@ -186,6 +186,7 @@ def test_a_call_waking_an_idle_pool_lowers_the_switch_interval_until_a_thread_ta
         real_set(interval)
 
     monkeypatch.setattr(threads.sys, "setswitchinterval", record)
+    monkeypatch.setattr(threads, "IDLE_BEFORE_WAKE_S", 0.0)
 
     async def main() -> list[float]:
         pool = StageThreads(1, "test-stage")
@@ -217,3 +218,18 @@ def test_the_switch_interval_is_always_put_back(calls: list[int], threads_: int)
 
     asyncio.run(main())
     assert sys.getswitchinterval() == original
+
+
+def test_a_pool_idle_only_for_a_moment_keeps_the_switch_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_to: list[float] = []
+    monkeypatch.setattr(threads.sys, "setswitchinterval", set_to.append)
+    monkeypatch.setattr(threads, "IDLE_BEFORE_WAKE_S", 3600.0)  # never idle long enough: a backlog's pauses
+
+    async def main() -> None:
+        pool = StageThreads(1, "test-stage")
+        for _ in range(20):
+            await pool.run_soon(lambda: None)
+        pool.shutdown()
+
+    asyncio.run(main())
+    assert set_to == []

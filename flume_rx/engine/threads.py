@@ -26,6 +26,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -48,9 +49,14 @@ The loop that hands a call to an idle thread goes on running Python (the rest of
 for a few hundred microseconds before it waits on anything; the woken thread, wanting the interpreter lock,
 would wait for that wait, or for the switch interval (5 ms by default) to force a switch. With sync jobs
 arriving one at a time, that was most of enqueue-to-start after the fetch reply (docs/performance.md). This
-short an interval only while a thread wakes lets it take the lock about 0.1 ms after its wake-up; busy
-threads (handed their next call ahead) never wait for it, so their switching stays as it was. 0 leaves the
-interval alone."""
+short an interval only while a thread of an idle pool wakes lets it take the lock about 0.1 ms after its
+wake-up; busy threads (handed their next call ahead) never wait for it, so their switching stays as it was.
+0 leaves the interval alone."""
+
+
+IDLE_BEFORE_WAKE_S = 0.001
+"""How long every thread of a pool must have waited for calls before a call's wake-up lowers the interval:
+a pool that waits for work (jobs arriving one at a time), not one between two calls of a backlog."""
 
 
 class _SwitchInterval:
@@ -112,6 +118,7 @@ class StageThreads(concurrent.futures.Executor):
         self._unnoted: dict[asyncio.AbstractEventLoop, int] = {}
         self._looking: set[asyncio.AbstractEventLoop] = set()
         self._idle: list[None] = []  # one entry per thread waiting for a call (append and pop are atomic)
+        self._idle_since = 0.0  # when the last thread to go idle began to wait (time.monotonic())
 
     @property
     def size(self) -> int:
@@ -173,9 +180,13 @@ class StageThreads(concurrent.futures.Executor):
                     target=self._work, name=f"{self._prefix}_{len(self._threads)}", daemon=True
                 )
                 self._threads.append(thread)
-        if self._idle and len(self._idle) == len(self._threads):
-            # Every thread waits for calls (nothing runs): the one this wakes gets the interpreter soon (see
-            # the constant). While some run, they hand the lock over at their own pace, as they always did.
+        if (
+            self._idle
+            and len(self._idle) == len(self._threads)
+            and time.monotonic() - self._idle_since > IDLE_BEFORE_WAKE_S
+        ):
+            # The pool is idle, waiting for work: the thread this wakes gets the interpreter soon (see the
+            # constant). In a backlog, threads idle for a moment between calls keep the interval as it was.
             _switch_interval.lower()
         self._calls.put(call)
         if start:
@@ -185,6 +196,7 @@ class StageThreads(concurrent.futures.Executor):
         calls = self._calls
         idle = self._idle
         while True:
+            self._idle_since = time.monotonic()
             idle.append(None)
             call = calls.get()
             idle.pop()
