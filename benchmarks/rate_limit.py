@@ -15,6 +15,12 @@ Two modes, one script:
   calls in the trailing second is kept for the plot.
 
     python -m benchmarks.rate_limit [--mode exact|adaptive|both] [--jobs 4000] [--reps 3]
+        [--stages 20] [--cpu-hog N] [--base <worktree of an older commit>]
+
+The exact mode also counts starts at the job's first line (the demo's worker stamps it in Redis), which a
+CPU-starved process may run after its grant's hold. ``--cpu-hog N`` runs N busy-looping processes through each
+run, to starve the workers on purpose; ``--base`` runs each repetition with the older tree's flume_rx first and
+this one's after it (the same benchmark code, one subprocess each), so both meet the same load.
 
 Writes benchmarks/results/rate_limit.json (exact) and benchmarks/results/adaptive_rate.json (adaptive).
 """
@@ -28,9 +34,13 @@ import math
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +62,7 @@ from flume_rx.surfaces.embedded import RedisServer
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _config(redis_url: str, namespace: str, allowed: int) -> str:
+def _config(redis_url: str, namespace: str, allowed: int, stages: int = 20) -> str:
     return f"""
 redis_url = "{redis_url}"
 namespace = "{namespace}"
@@ -62,7 +72,7 @@ shutdown_timeout = 3000
 [pipelines.{DEMO_QUEUE}]
 max_demand = 100
 rate_limiter = {{ allowed = {allowed}, period = 1000 }}
-processor = {{ stages = 20 }}
+processor = {{ stages = {stages} }}
 retry = {{ max_retries = 10, backoff_initial = 100, backoff_max = 2000 }}
 """
 
@@ -109,26 +119,45 @@ def _sliding_counts(times: list[float], period: float = 1.0) -> list[int]:
     return [bisect.bisect_left(times, t + period) - i for i, t in enumerate(times)]
 
 
-def run_once(jobs: int, processes: int = 3, allowed: int = 400) -> dict[str, Any]:
+@contextmanager
+def _cpu_hog(processes: int) -> Iterator[None]:
+    """``processes`` busy loops for the block's duration: the workers get what CPU the machine has left."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+        for hog in hogs:
+            hog.wait()
+
+
+def run_once(
+    jobs: int, processes: int = 3, allowed: int = 400, stages: int = 20, cpu_hog: int = 0
+) -> dict[str, Any]:
     """The exact mode: SES allows 450/s, the window 400/s; nothing may be rejected."""
     ses_limit = 450
     fake = FakeSES(limit=ses_limit, latency_s=0.005)
+    load_before = os.getloadavg()[0]
     with RedisServer() as server, fake.serve() as ses_url, tempfile.TemporaryDirectory() as workdir:
         namespace = f"bench{int(time.time() * 1000)}"
         _demo_env(ses_url, server.url, namespace)
         config_path = Path(workdir) / "bench.toml"
-        config_path.write_text(_config(server.url, namespace, allowed), encoding="utf-8")
+        config_path.write_text(_config(server.url, namespace, allowed, stages), encoding="utf-8")
         flume = Flume(server.url, namespace)
         flume.bulk_enqueue(DEMO_QUEUE, [(DEMO_WORKER, [f"u{i}@example.com", "welcome"]) for i in range(jobs)])
         counter = _ScriptCounter(server.url, _sha("take_tokens"))
         counter.start()
-        with worker_processes(config_path, server.url, processes) as started:
+        with _cpu_hog(cpu_hog), worker_processes(config_path, server.url, processes) as started:
             deadline = started + jobs / (ses_limit * 0.5) + 60
             while time.monotonic() < deadline and len(fake.accepted) < jobs:
                 time.sleep(0.2)
+            load_during = os.getloadavg()[0]
         counter.stop()
         stats = flume.stats([DEMO_QUEUE])[DEMO_QUEUE]
         flume.close()
+        stamped = redis.Redis.from_url(server.url).lrange(f"{namespace}:demo:starts", 0, -1)
+    first_lines = sorted(float(stamp) for stamp in stamped)  # type: ignore[union-attr]
 
     accepted = sorted(fake.accepted)
     counts = _sliding_counts(accepted)
@@ -142,6 +171,12 @@ def run_once(jobs: int, processes: int = 3, allowed: int = 400) -> dict[str, Any
         "sent": len(accepted),
         "ses_rejections": fake.rejected,
         "most_in_any_second": max(counts) if counts else 0,
+        # The worker's first line, where the limit is meant to hold; SES sees each call an HTTP hop later.
+        "most_first_lines_in_any_second": max(_sliding_counts(first_lines), default=0),
+        "first_lines": len(first_lines),
+        "stages": stages,
+        "cpu_hog_processes": cpu_hog,
+        "load_average_1m": [load_before, load_during],
         # Mean count over every sliding second that lies wholly inside the run, as a share of the limit.
         "utilization": statistics.fmean(span) / allowed if span else 0.0,
         "limiter_calls_per_job": counter.count / max(1, len(accepted)),
@@ -306,15 +341,45 @@ def main() -> None:
     parser.add_argument("--mode", choices=["exact", "adaptive", "both"], default="both")
     parser.add_argument("--jobs", type=int, default=4000, help="jobs of the exact mode")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--stages", type=int, default=20, help="the exact mode's processor stages")
+    parser.add_argument(
+        "--allowed",
+        type=int,
+        default=400,
+        help="the exact mode's limit per second (a loaded machine may not reach 400)",
+    )
+    parser.add_argument(
+        "--cpu-hog", type=int, default=0, help="busy-looping processes through each exact run"
+    )
+    parser.add_argument(
+        "--base", type=Path, default=None, help="an older worktree: its runs alternate with this tree's"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "rate_limit.json", help="the exact mode's JSON")
     parser.add_argument(
         "--adaptive-out", type=Path, default=RESULTS / "adaptive_rate.json", help="the adaptive mode's JSON"
     )
     args = parser.parse_args()
-    if args.mode in ("exact", "both"):
-        runs = [run_once(args.jobs) for _ in range(args.reps)]
-        numeric = [k for k, v in runs[0].items() if isinstance(v, int | float) and not isinstance(v, bool)]
-        medians = {k: statistics.median(r[k] for r in runs) for k in numeric}
+    if args.mode in ("exact", "both") and args.base is not None:
+        trees = {"before": args.base.resolve(), "after": Path(__file__).resolve().parent.parent}
+        paired: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+        for _ in range(args.reps):
+            for side, tree in trees.items():
+                paired[side].append(_run_in_tree(tree, args.jobs, args.stages, args.cpu_hog, args.allowed))
+                print(side, json.dumps(_headline(paired[side][-1])), flush=True)
+        report = {
+            "machine": _machine(),
+            "commits": {side: _commit(tree) for side, tree in trees.items()},
+            "runs": paired,
+            "medians": {side: _medians(runs) for side, runs in paired.items()},
+        }
+        print(json.dumps(report["medians"], indent=2))
+        _write(args.out, report)
+    elif args.mode in ("exact", "both"):
+        runs = [
+            run_once(args.jobs, allowed=args.allowed, stages=args.stages, cpu_hog=args.cpu_hog)
+            for _ in range(args.reps)
+        ]
+        medians = _medians(runs)
         print(json.dumps({"exact": medians}, indent=2))
         report = {"machine": _machine(), "runs": {"exact": runs}, "medians": {"exact": medians}}
         _write(args.out, report)
@@ -332,6 +397,40 @@ def main() -> None:
             "medians": medians,
         }
         _write(args.adaptive_out, report)
+
+
+def _medians(runs: list[dict[str, Any]]) -> dict[str, float]:
+    numeric = [k for k, v in runs[0].items() if isinstance(v, int | float) and not isinstance(v, bool)]
+    return {k: statistics.median(r[k] for r in runs) for k in numeric}
+
+
+def _headline(run: dict[str, Any]) -> dict[str, Any]:
+    keys = ("most_first_lines_in_any_second", "most_in_any_second", "utilization", "limiter_calls_per_job")
+    return {key: run[key] for key in keys} | {"load": run["load_average_1m"]}
+
+
+def _run_in_tree(tree: Path, jobs: int, stages: int, cpu_hog: int, allowed: int) -> dict[str, Any]:
+    """One exact run with ``tree``'s flume_rx (in a subprocess whose path starts with it) and this benchmark."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "run.json"
+        code = (
+            "import runpy, sys; "
+            f"sys.argv = ['rate_limit', '--mode', 'exact', '--reps', '1', '--jobs', '{jobs}', "
+            f"'--stages', '{stages}', '--cpu-hog', '{cpu_hog}', '--allowed', '{allowed}', '--out', {str(out)!r}]; "
+            f"runpy.run_path({__file__!r}, run_name='__main__')"
+        )
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        # From the scratch folder: with -c the current directory comes first on sys.path, then PYTHONPATH.
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, cwd=folder, check=True, stdout=subprocess.DEVNULL
+        )
+        run: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))["runs"]["exact"][0]
+        return run
+
+
+def _commit(tree: Path) -> str:
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True, check=False)
+    return done.stdout.strip()
 
 
 def _write(path: Path, report: dict[str, Any]) -> None:
