@@ -365,6 +365,12 @@ class JobSource:
             self._releasing = asyncio.get_running_loop().create_task(self._release_unique_keys())
         self._unique_releases.append(Settlement(delivery.payload, "release", unique=(job.unique_key, job.id)))
 
+    def short_of_fetch(self, settling: int) -> int:
+        """How many outcomes beyond ``settling`` must settle before the credits for a whole fetch (the
+        processor's refill, ``min_fetch``) are free; 0 or less when settling those frees them."""
+        flowable = self.flowable
+        return flowable.min_fetch - flowable.credits.available - settling
+
     def take(self, delivery: Delivery) -> bool:
         """In a stage thread about to run ``delivery``: whether it may (False once the source is stopping)."""
         with self._take_lock:
