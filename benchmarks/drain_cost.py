@@ -14,7 +14,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from flume_rx.operators._flow import Demand, drain_loop
+from reactivex.observer import Observer
+
+from flume_rx.operators._flow import Demand, StreamEnd, drain_loop
 
 N = 200_000
 
@@ -30,7 +32,7 @@ def one_per_round() -> float:
             return lambda: sink.append(x)
         return None
 
-    drain = drain_loop(lock, next_signal, lambda: 0, Demand.unlimited())
+    drain = drain_loop(lock, next_signal, lambda: 0, Demand.unlimited(), StreamEnd(), Observer())
     t = time.process_time()
     drain()
     return (time.process_time() - t) / N * 1e6

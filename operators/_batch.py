@@ -12,7 +12,7 @@ from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposab
 from reactivex.observer import Observer
 from reactivex.scheduler import TimeoutScheduler
 
-from ._flow import Demand, Flowable, drain_loop, is_prompt, subscribe_upstream
+from ._flow import Demand, Flowable, StreamEnd, drain_loop, is_prompt, subscribe_upstream
 
 _T = TypeVar("_T")
 
@@ -75,8 +75,7 @@ def buffer_with_time_or_count(
             ready: deque[tuple[list[_T], str]] = deque()
             upstream_done = False
             requested = 0  # items asked of upstream and not yet received
-            failure: list[Exception] = []
-            stopped = False
+            end = StreamEnd()
             timer = SerialDisposable()
 
             def close(trigger: str) -> None:
@@ -88,14 +87,8 @@ def buffer_with_time_or_count(
                 generation += 1
 
             def next_signal() -> Callable[[], None] | None:
-                # Called with the lock held: picks what to emit next, or None when nothing can go now.
-                nonlocal stopped
-                if stopped:
-                    return None
-                if failure:
-                    stopped = True
-                    error = failure[0]
-                    return lambda: observer.on_error(error)
+                # Called with the lock held, once drain_loop found the stream going: picks what to emit next,
+                # or None when nothing can go now.
                 if ready and demand.take(1):
                     batch, trigger = ready.popleft()
 
@@ -106,7 +99,7 @@ def buffer_with_time_or_count(
 
                     return emit
                 if upstream_done and not ready and not buffer:
-                    stopped = True
+                    end.stopped = True
                     return observer.on_completed
                 return None
 
@@ -130,7 +123,7 @@ def buffer_with_time_or_count(
                 requested += wanted
                 return wanted
 
-            drain = drain_loop(lock, next_signal, lambda: 0 if stopped else request_more(), upstream)
+            drain = drain_loop(lock, next_signal, request_more, upstream, end, observer)
 
             def fire(_scheduler: abc.SchedulerBase, expected: int | None) -> None:
                 with lock:
@@ -143,7 +136,7 @@ def buffer_with_time_or_count(
                 nonlocal requested
                 start_timer = None
                 with lock:
-                    if stopped:
+                    if end.stopped:
                         return
                     requested = max(0, requested - 1)
                     buffer.append(item)
@@ -161,7 +154,7 @@ def buffer_with_time_or_count(
 
             def on_error(error: Exception) -> None:
                 with lock:
-                    failure.append(error)
+                    end.fail(error)
                 drain()
 
             def on_completed() -> None:
@@ -173,9 +166,8 @@ def buffer_with_time_or_count(
                 drain()
 
             def stop() -> None:
-                nonlocal stopped
                 with lock:
-                    stopped = True
+                    end.stopped = True
 
             subscription = CompositeDisposable(timer, Disposable(stop))
             subscription.add(demand.on_request(drain))

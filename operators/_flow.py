@@ -14,6 +14,7 @@ upstream, which is exact for operators that emit one item per item (``map``, ``d
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 from collections.abc import Callable
@@ -177,24 +178,56 @@ def serialize(step: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
+class StreamEnd:
+    """Whether a demand-aware operator's output has ended, and the error it is to end with; read and changed
+    under the operator's lock.
+
+    :func:`drain_loop` opens every round with it: once ``stopped`` (completed, failed or disposed), nothing more
+    is sent downstream or asked of upstream; a failure recorded with :meth:`fail` is sent before anything else
+    waiting, and stops the stream.
+    """
+
+    __slots__ = ("failure", "stopped")
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self.failure: Exception | None = None
+
+    def fail(self, error: Exception) -> None:
+        """Record ``error`` for the next round of the drain to send; the first recorded is the one sent."""
+        if self.failure is None:
+            self.failure = error
+
+
 def drain_loop(
     lock: threading.Lock,
     next_signal: Callable[[], Callable[[], None] | None],
     request_more: Callable[[], int],
     upstream: Demand,
+    end: StreamEnd,
+    observer: abc.ObserverBase[Any],
 ) -> Callable[[], None]:
     """The drain of a demand-aware operator: under ``lock``, pick the next signal to send downstream and how
     much more to request upstream; send both outside the lock; repeat until there is nothing to do.
 
-    ``next_signal`` and ``request_more`` are called with ``lock`` held; the signal runs without it. A negative
-    ``request_more`` withdraws that many requests from upstream (:meth:`Demand.withdraw`).
+    Each round opens with ``end``: once stopped, nothing is sent or requested; a recorded failure goes to
+    ``observer.on_error`` and stops the stream. Otherwise ``next_signal`` and ``request_more`` are called with
+    ``lock`` held, and the signal runs without it. A negative ``request_more`` withdraws that many requests
+    from upstream (:meth:`Demand.withdraw`).
     """
 
     def step() -> None:
         while True:
             with lock:
-                signal = next_signal()
-                wanted = request_more()
+                signal: Callable[[], None] | None
+                if end.stopped:
+                    signal = None
+                elif end.failure is not None:
+                    end.stopped = True
+                    signal = functools.partial(observer.on_error, end.failure)
+                else:
+                    signal = next_signal()
+                wanted = 0 if end.stopped else request_more()
             if wanted > 0:
                 upstream.request(wanted)
             elif wanted < 0:

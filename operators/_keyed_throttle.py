@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, Disposable
 
-from ._flow import Demand, Flowable, drain_loop, subscribe_upstream
+from ._flow import Demand, Flowable, StreamEnd, drain_loop, subscribe_upstream
 from ._throttle import Grant, InProcessWindow
 
 _T = TypeVar("_T")
@@ -96,20 +96,14 @@ def throttle_by_key(
             requested = 0  # items asked of upstream and not yet received
             busy: dict[str, int] = {}  # keys with a grant being used or awaited -> items it may release
             usable: deque[tuple[str, int, float]] = deque()  # grants due now: (key, tokens, deadline)
-            taking = done = stopped = False
-            failure: list[Exception] = []
+            taking = done = False
+            end = StreamEnd()
             timers: set[asyncio.TimerHandle] = set()  # grants waiting to be used; each leaves when it fires
             tasks: set[asyncio.Task[None]] = set()
 
             def next_signal() -> Callable[[], None] | None:
-                # Called with the lock held.
-                nonlocal held_count, taking, stopped
-                if stopped:
-                    return None
-                if failure:
-                    stopped = True
-                    error = failure[0]
-                    return lambda: observer.on_error(error)
+                # Called with the lock held, once drain_loop found the stream going.
+                nonlocal held_count, taking
                 while usable:
                     item_key, tokens, deadline = usable[0]
                     queue = held.get(item_key)
@@ -141,7 +135,7 @@ def throttle_by_key(
                         taking = True
                         return lambda: start_take(wants)
                 if done and not held and not busy and not usable:
-                    stopped = True
+                    end.stopped = True
                     return observer.on_completed
                 return None
 
@@ -149,16 +143,17 @@ def throttle_by_key(
                 # Called with the lock held. Counts what it asks for itself, as the throttle does: upstream's
                 # pending drops before its item reaches on_next.
                 nonlocal requested
-                if upstream.unbounded or stopped:
+                if upstream.unbounded:
                     return 0
                 wanted = max(0, demand.pending - held_count - requested)
                 requested += wanted
                 return wanted
 
-            drain = drain_loop(lock, next_signal, request_more, upstream)
+            drain = drain_loop(lock, next_signal, request_more, upstream, end, observer)
 
             def wake() -> None:
-                if not stopped:  # a signal arriving after disposal must not touch a loop that may be closed
+                # A signal arriving after disposal must not touch a loop that may be closed.
+                if not end.stopped:
                     loop.call_soon_threadsafe(drain)
 
             def start_take(wants: list[tuple[str, int, int]]) -> None:
@@ -173,7 +168,7 @@ def throttle_by_key(
                     grants = await window.take_many(wants)
                 except Exception as exc:
                     with lock:
-                        failure.append(exc)
+                        end.fail(exc)
                     drain()
                     return
                 for (item_key, _, _), grant in zip(wants, grants, strict=True):
@@ -205,7 +200,7 @@ def throttle_by_key(
 
             def on_error(error: Exception) -> None:
                 with lock:
-                    failure.append(error)
+                    end.fail(error)
                 wake()
 
             def on_completed() -> None:
@@ -215,9 +210,8 @@ def throttle_by_key(
                 wake()
 
             def cancel() -> None:
-                nonlocal stopped
                 with lock:
-                    stopped = True
+                    end.stopped = True
                 for timer in list(timers):
                     timer.cancel()
                 timers.clear()

@@ -27,7 +27,7 @@ from reactivex.scheduler import TimeoutScheduler, VirtualTimeScheduler
 
 from ._adaptive import AdaptiveTuning, accepted_per_period, ceiling_after_refusal, probed_rate, recovery_s
 from ._async_bridge import from_result
-from ._flow import Demand, Flowable, drain_loop, subscribe_upstream
+from ._flow import Demand, Flowable, StreamEnd, drain_loop, subscribe_upstream
 
 _T = TypeVar("_T")
 
@@ -497,8 +497,7 @@ def throttle(
             cost_cap = allowed
             upstream_done = False
             requested = 0  # items asked of upstream and not yet received
-            failure: list[Exception] = []
-            stopped = False
+            end = StreamEnd()
             take_subscription = SerialDisposable()
             delay_timer = SerialDisposable()
             granted_tokens = 0  # of the active grant, to tell how many were used when it ends
@@ -520,14 +519,9 @@ def throttle(
                     on_event(name, fields)
 
             def next_signal() -> Callable[[], None] | None:
-                # Called with the lock held: what to do next outside the lock, or None.
-                nonlocal phase, tokens, stopped, cost_cap, reports_at_take
-                if stopped:
-                    return None
-                if failure:
-                    stopped = True
-                    error = failure[0]
-                    return lambda: observer.on_error(error)
+                # Called with the lock held, once drain_loop found the stream going: what to do next outside
+                # the lock, or None.
+                nonlocal phase, tokens, cost_cap, reports_at_take
                 if phase == _ACTIVE:
                     lapsed = 0
                     if _refusal_reports(window) != reports_at_grant:
@@ -580,7 +574,7 @@ def throttle(
                     back = give_backs.next()
                     return lambda: send_take(wanted, least, sent_at, back)
                 if upstream_done and not held and phase != _TAKING:
-                    stopped = True
+                    end.stopped = True
                     return observer.on_completed
                 return None
 
@@ -652,7 +646,7 @@ def throttle(
                     on_error(error)
                     return
                 with lock:
-                    if stopped:
+                    if end.stopped:
                         return  # disposed or ended: whoever handed it out takes back what never began
                     held.appendleft((item, item_cost))
                     give_backs.add(lease.grant, min(item_cost, cap))
@@ -663,7 +657,7 @@ def throttle(
                 # Called with the lock held. Counts what it asks for itself: the upstream Demand's pending
                 # drops before its item reaches on_next, and a request racing in between would overshoot.
                 nonlocal requested
-                if upstream.unbounded or stopped:
+                if upstream.unbounded:
                     return 0
                 wanted = max(0, demand.pending - len(held) - requested)
                 if prefetch and len(held) + requested <= prefetch // 2:
@@ -672,7 +666,7 @@ def throttle(
                 requested += wanted
                 return wanted
 
-            drain = drain_loop(lock, next_signal, request_more, upstream)
+            drain = drain_loop(lock, next_signal, request_more, upstream, end, observer)
 
             def on_next(item: _T) -> None:
                 try:
@@ -688,7 +682,7 @@ def throttle(
 
             def on_error(error: Exception) -> None:
                 with lock:
-                    failure.append(error)
+                    end.fail(error)
                 drain()
 
             def on_completed() -> None:
@@ -698,9 +692,8 @@ def throttle(
                 drain()
 
             def stop() -> None:
-                nonlocal stopped
                 with lock:
-                    stopped = True
+                    end.stopped = True
 
             subscription = CompositeDisposable(take_subscription, delay_timer, Disposable(stop))
             subscription.add(demand.on_request(drain))
