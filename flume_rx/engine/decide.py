@@ -33,9 +33,10 @@ class SettlePolicy:
     max_payload_bytes: int = codec.DEFAULT_MAX_PAYLOAD_BYTES
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Verdict:
-    """The decision for one job.
+    """The decision for one job (read-only once made; not frozen, as :class:`~flume_rx.store.Settlement`,
+    because it is made once per job and a frozen dataclass's fields cost ~1,000 instructions each to set).
 
     Attributes:
         kind: ``succeeded`` (acked), ``throttled`` (back on its queue, no attempt spent), ``retried``

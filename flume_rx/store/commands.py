@@ -37,9 +37,11 @@ RATE_MINUTES = 60
 # ------------------------------------------------------------------------------------------- public types
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Settlement:
-    """One outcome for :meth:`RedisStore.settle`.
+    """One outcome for :meth:`RedisStore.settle` (made once per job, and read-only once made: not frozen
+    only because a frozen dataclass sets each field through ``object.__setattr__``, ~10,000 instructions
+    per job for this record alone; change one with :func:`dataclasses.replace`).
 
     Attributes:
         payload: the payload exactly as fetched (the in-flight list member).
