@@ -17,6 +17,7 @@ from flume_rx.engine.current import ASYNC_JOB, in_span_async, run_as_job
 from flume_rx.engine.source import Delivery, NotStarted, StartedLate
 from flume_rx.engine.threads import StageThreads
 from flume_rx.integrations.otel import is_traced, start_run_span
+from flume_rx.model import registry
 from flume_rx.model.errors import (
     BatchFailed,
     Throttled,
@@ -48,9 +49,13 @@ def run_workers(
     is free for it (``stages`` more at most, and only while no async job or batch runs), so a thread that
     finishes takes its next job at once. The job begins when a thread takes it: only then does it count
     as started (its clock and timeout, ``job.started``, the release of a ``unique_until="start"`` key), and
-    a stop that comes first hands it back unstarted.
+    a stop that comes first hands it back unstarted. Which jobs go ahead is looked at per job only when a
+    sync worker was registered by the time the processor is built (as the runtime does, once it has imported
+    the workers): an async job costs that look nothing otherwise. A sync worker registered later still runs,
+    without being handed ahead.
     """
-    ahead = stages if isinstance(executor, StageThreads) and executor.size <= stages else 0
+    queues_ahead = registry.sync_workers and isinstance(executor, StageThreads) and executor.size <= stages
+    ahead = stages if queues_ahead else 0
     return fo.process(
         functools.partial(_call, executor=executor),
         stages,

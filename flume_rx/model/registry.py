@@ -59,6 +59,10 @@ class WorkerSpec:
 _workers: dict[str, WorkerSpec] = {}
 results_kept = False
 """Whether any worker of this process keeps results: the settler looks up result_ttl only then."""
+sync_workers = False
+"""Whether any sync worker is registered in this process: a processor built while none is hands no job to the
+stage threads ahead of a free one, so its async jobs skip that look (see
+:func:`flume_rx.engine.processor.run_workers`)."""
 
 
 class Enqueuer(Protocol):
@@ -260,9 +264,11 @@ def worker(
             worker_name, fn, batch, inspect.iscoroutinefunction(fn), _signature_of(fn), result_ttl
         )
         _workers[worker_name] = spec
+        global results_kept, sync_workers
         if result_ttl is not None:
-            global results_kept
             results_kept = True
+        if not spec.is_async:
+            sync_workers = True
         return WorkerHandle(spec, queue)
 
     if callable(name):
