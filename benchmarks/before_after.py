@@ -73,6 +73,7 @@ CASES: dict[str, tuple[str, dict[str, int]]] = {
     # name: (worker, pipeline settings); {} is flume_rx's defaults (max_demand 100, stages 10)
     "noop_async_suite_shape": ("AsyncNoop", {"max_demand": 500, "stages": 200}),
     "noop_async_defaults": ("AsyncNoop", {}),
+    "noop_async_seed": ("AsyncNoop", {"stages": 5}),
     "noop_sync_defaults": ("SyncNoop", {}),
     "noop_sync_seed": ("SyncNoop", {"stages": 5}),
     "incr_sync_defaults": ("SyncIncr", {}),
