@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 import redis.cluster
-from faults.harness import QUEUE, WorkerProcess, runs, wait_until, write_config
+from faults.harness import QUEUE, WorkerProcess, runs, wait_until, wait_while_moving, write_config
 from redis.crc import key_slot
 
 from flume_rx import Flume
@@ -51,7 +51,16 @@ def _max_in_window(starts: list[float], window_s: float) -> int:
     return best
 
 
+STALL_S = 60.0
+"""How long the cluster test waits with no job starting before it calls the flow stalled."""
+
+STARTUP_S = 240.0
+"""How long three worker processes may take to join: at load 31 to 38 on 2 cores the first job came 57 to 65 s
+after spawning (each process spends over a second of CPU importing and connecting before it serves)."""
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # at load 30+ a run takes minutes; the waits below fail on a stall within a minute
 def test_three_worker_processes_on_the_cluster(cluster: LocalCluster, redis_url: str, tmp_path: Path) -> None:
     records = redis.Redis.from_url(redis_url)
     nodes = cluster.client()
@@ -75,18 +84,35 @@ def test_three_worker_processes_on_the_cluster(cluster: LocalCluster, redis_url:
         flume.bulk_enqueue(QUEUE, [("ClusterFailOnce", [t]) for t in flaky])
         for token in later:
             flume.enqueue_in(QUEUE, 0.5, "ClusterRecord", [token])
+
+    def starts() -> int:
+        return int(records.llen("test:starts"))  # one per run, retries included: the flow's progress
+
     workers = [WorkerProcess(config, redis_url, name=f"c{i}") for i in range(3)]
     try:
-        wait_until(lambda: records.hlen("test:runs") >= 300, 60, "300 jobs done")
+        # Every worker serves before the kill: a victim still starting when the others have drained the queue
+        # would never hold jobs.
+        wait_until(lambda: len(_consumers(nodes)) == 3, STARTUP_S, "the three workers to join")
+        wait_while_moving(lambda: records.hlen("test:runs") >= 300, starts, STALL_S, "300 jobs done")
         victim = workers[0]
-        wait_until(lambda: _holds_jobs(nodes, victim.pid), 30, "the victim to hold jobs")
+        wait_while_moving(lambda: _holds_jobs(nodes, victim.pid), starts, STALL_S, "the victim to hold jobs")
         victim.kill()
         workers[0] = WorkerProcess(config, redis_url, name="c0-respawn")
         # Orphan recovery on the cluster: the dead consumer's jobs return and it leaves the consumers zset.
-        wait_until(lambda: not _consumer_known(nodes, victim.pid), 60, "the killed worker's jobs to return")
+        wait_while_moving(
+            lambda: not _consumer_known(nodes, victim.pid),
+            starts,
+            STALL_S,
+            "the killed worker's jobs to return",
+        )
         expected = set(plain) | set(flaky) | set(later)
-        wait_until(lambda: expected <= set(runs(records)), 120, "every job to run")
-        wait_until(lambda: all(runs(records)[t] >= 2 for t in flaky), 60, "every flaky job to be retried")
+        wait_while_moving(lambda: expected <= set(runs(records)), starts, STALL_S, "every job to run")
+        wait_while_moving(
+            lambda: all(runs(records)[t] >= 2 for t in flaky),
+            starts,
+            STALL_S,
+            "every flaky job to be retried",
+        )
         for worker in workers:
             assert worker.terminate() == 0, worker.log()
     finally:
@@ -114,8 +140,12 @@ def _holds_jobs(nodes: redis.cluster.RedisCluster, pid: int) -> bool:
     )
 
 
+def _consumers(nodes: redis.cluster.RedisCluster) -> list[str]:
+    return [c.decode() for c in nodes.zrange(Keys("t").of("jobs").consumers, 0, -1)]
+
+
 def _consumer_known(nodes: redis.cluster.RedisCluster, pid: int) -> bool:
-    return any(f":{pid}:" in c.decode() for c in nodes.zrange(Keys("t").of("jobs").consumers, 0, -1))
+    return any(f":{pid}:" in c for c in _consumers(nodes))
 
 
 def test_every_lua_script_keeps_its_keys_in_one_slot(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -130,6 +130,30 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, poll_
         time.sleep(poll_s)
 
 
+def wait_while_moving(
+    condition: Callable[[], bool],
+    progress: Callable[[], object],
+    stall_s: float,
+    what: str,
+    poll_s: float = 0.05,
+) -> None:
+    """Poll ``condition``; fail naming ``what`` only once ``progress()`` has not changed for ``stall_s``.
+
+    A guard against a stall rather than against slowness: on a machine starved of CPU work goes on, slowly,
+    and a fixed deadline long enough for the worst load would hide a real stall for that long.
+    """
+    last = progress()
+    moved_at = time.monotonic()
+    while not condition():
+        now = time.monotonic()
+        current = progress()
+        if current != last:
+            last, moved_at = current, now
+        elif now - moved_at > stall_s:
+            raise AssertionError(f"nothing moved for {stall_s} s (at {current!r}) waiting for {what}")
+        time.sleep(poll_s)
+
+
 def runs(client: redis.Redis) -> dict[str, int]:
     """How many times each token ran (the sample workers' record)."""
     return {k.decode(): int(v) for k, v in client.hgetall("test:runs").items()}
