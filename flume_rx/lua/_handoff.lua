@@ -9,11 +9,11 @@
 -- there; the member that completes the group (its "size") pushes the callback onto the queue
 -- KEYS[index + 1]: the group's "head", every member's outcome in order, its "mid", the time now (the
 -- callback's enqueued_at) and its "tail" make the callback's job record (the head ends with the header of the
--- outcomes' list), and the group is gone. KEYS[index + 2] and KEYS[index + 3] are the callback queue's dead
--- letters and the callback's record: a callback cancelled before its turn is not pushed; a completed record
--- longer than the group's "max" (the fetch would dead-letter it unread) goes to the dead letters instead as
--- the group's "over" record, which says why, and the callback's waiters are told (see
--- workflows.group_record).
+-- outcomes' list), and the group is gone. KEYS[index + 2], KEYS[index + 3] and KEYS[index + 4] are the callback
+-- queue's dead letters, the callback's record and the queue's stats: a callback cancelled before its turn is
+-- not pushed; a completed record longer than the group's "max" (the fetch would dead-letter it unread) goes to
+-- the dead letters instead as the group's "over" record, which says why, counted as failed and dead as the
+-- fetch counts a record too large, and the callback's waiters are told (see workflows.group_record).
 
 -- A key a script writes that holds another type (bad data) would fail the call half-way, and Redis does not
 -- undo a script's writes: the keys are checked first, and the call refused before it writes anything.
@@ -36,6 +36,7 @@ local function handoffs_refused(flow)
     elseif kind == 'join' then
       bad = bad or wrong_type(KEYS[index], 'hash') or wrong_type(KEYS[index + 1], 'list')
         or wrong_type(KEYS[index + 2], 'zset') or wrong_type(KEYS[index + 3], 'hash')
+        or wrong_type(KEYS[index + 4], 'hash')
     else
       bad = bad or wrong_type(KEYS[index], 'hash')
     end
@@ -84,6 +85,8 @@ local function hand_off(flow, j, now_ms)
       elseif max_bytes > 0 and bytes > max_bytes then
         local over = redis.call('HGET', key, 'over')
         redis.call('ZADD', KEYS[index + 2], now_ms, over)
+        redis.call('HINCRBY', KEYS[index + 4], 'failed', 1)
+        redis.call('HINCRBY', KEYS[index + 4], 'dead', 1)
         redis.call('HSET', KEYS[index + 3], 'state', 'dead', 'at_ms', now_ms, 'job', over)
         redis.call('PEXPIRE', KEYS[index + 3], tonumber(redis.call('HGET', key, 'keep') or '86400000'))
         redis.call('PUBLISH', KEYS[index + 3], 'dead')

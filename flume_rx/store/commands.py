@@ -182,10 +182,10 @@ def _handoff_args(keys: Keys, h: Handoff, outcome: int, before: int, extra_keys:
     ``before`` keys of the script's own)."""
     target = keys.of(h.queue)
     if h.group:
-        # The callback's dead letters and record are written only when the outcomes are too large.
+        # The callback's dead letters, record and stats are written only when the outcomes are too large.
         record = target.record(h.callback) if h.callback else target.group(h.group)
-        extra_keys += [target.group(h.group), target.queue, target.dead, record]
-        return [outcome, "join", before + len(extra_keys) - 3, h.outcome, h.member]
+        extra_keys += [target.group(h.group), target.queue, target.dead, record, target.stats]
+        return [outcome, "join", before + len(extra_keys) - 4, h.outcome, h.member]
     if h.stopped:
         extra_keys.append(target.record(h.stopped))
         return [outcome, "stop", before + len(extra_keys), h.payload, max(1, h.keep_ms)]

@@ -20,6 +20,7 @@ import redis
 
 from flume_rx import Flume, JobCancelled, JobFailed, ResultTimeout
 from flume_rx.model.config import RetryConfig
+from flume_rx.store.keys import Keys
 from tests.faults.harness import runs
 
 NS = "t"
@@ -146,6 +147,9 @@ def test_a_group_too_large_to_hand_on_dead_letters_its_callback_and_says_why(
         (dead,) = flume.dead_list("wf/t")
         assert dead.id == group.then and dead.error is not None and dead.error.kind == "GroupTooLarge"
         assert flume.job(group.then).state == "dead"
+        # Counted as every dead letter is (it was not).
+        stats_key = Keys(NS).of("wf/t").stats
+        assert redis.Redis.from_url(redis_url).hget(stats_key, "dead") == b"1"
         # A group whose outcomes fit is handed on as before.
         fits = flume.group([("wf/a", "wf.big", ["s0", 100])], then=("wf/t", "wf.gather", ["small"]))
         _drain(flume, "wf/a")
