@@ -46,16 +46,16 @@ def run_workers(
     outcomes come back to the loop in batches rather than with one wake-up of the loop per job).
 
     With :class:`StageThreads` of at most ``stages`` threads, a sync job is handed to the threads before one
-    is free for it (``stages`` more at most, and only while no async job or batch runs), so a thread that
-    finishes takes its next job at once. The job begins when a thread takes it: only then does it count
-    as started (its clock and timeout, ``job.started``, the release of a ``unique_until="start"`` key), and
-    a stop that comes first hands it back unstarted. Which jobs go ahead is looked at per job only when a
+    is free for it (see :func:`handed_ahead` for how many, and only while no async job or batch runs), so a
+    thread that finishes takes its next job at once. The job begins when a thread takes it: only then does it
+    count as started (its clock and timeout, ``job.started``, the release of a ``unique_until="start"`` key),
+    and a stop that comes first hands it back unstarted. Which jobs go ahead is looked at per job only when a
     sync worker was registered by the time the processor is built (as the runtime does, once it has imported
     the workers): an async job costs that look nothing otherwise. A sync worker registered later still runs,
     without being handed ahead.
     """
     queues_ahead = registry.sync_workers and isinstance(executor, StageThreads) and executor.size <= stages
-    ahead = stages if queues_ahead else 0
+    ahead = handed_ahead(stages, max_demand) if queues_ahead else 0
     return fo.process(
         functools.partial(_call, executor=executor),
         stages,
@@ -66,6 +66,20 @@ def run_workers(
         ahead=ahead,
         queues=_queues if ahead else None,
     )
+
+
+def handed_ahead(stages: int, max_demand: int | None) -> int:
+    """How many sync jobs wait for a stage thread beyond the ``stages`` running: all the processor holds.
+
+    The loop hands the threads their jobs and collects their outcomes, and it shares the interpreter lock
+    with them, so it comes late whenever the threads (or a fetch, or a settle) keep the lock: with ``stages``
+    ahead (the earlier rule) the threads ran out of handed jobs about once every three jobs of one redis-py
+    ``INCR`` while the loop waited, with everything held ahead once every seven or eight, with fewer context
+    switches and no more CPU per job (docs/performance.md). Nothing starts earlier for it: a job begins when a
+    thread takes it, a stop hands back those not taken, and never more than ``stages`` run.
+    """
+    held = stages if max_demand is None else max_demand
+    return max(stages, held - stages)
 
 
 def _queues(item: Delivery | list[Delivery]) -> bool:
