@@ -1,4 +1,5 @@
-"""A private moto server emulating AWS SES on 127.0.0.1, and boto3 clients pointed at it.
+"""Fixtures of the integration tests: a RedisStore on the private Redis, and a private moto server emulating
+AWS SES on 127.0.0.1 with boto3 clients pointed at it.
 
 The server runs in its own process (``python -m moto.server``) so its threads and warnings stay out of the
 test process, and worker processes spawned by a pipeline test reach it over HTTP like any SES endpoint.
@@ -16,11 +17,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
 import boto3
 import pytest
+
+from flume_rx.store import RedisStore
 
 if TYPE_CHECKING:
     from mypy_boto3_ses import SESClient
@@ -151,3 +154,10 @@ def ses_v1(moto_server: MotoServer) -> SESClient:
 
 def sesv2_client(server: MotoServer) -> SESV2Client:
     return boto3.session.Session().client("sesv2", region_name=REGION, endpoint_url=server.url)
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    s = RedisStore.from_url(redis_url)
+    yield s
+    await s.aclose()

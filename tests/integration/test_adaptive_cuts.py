@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -13,13 +13,6 @@ from flume_rx.store import RedisStore, RedisTokenWindow
 from flume_rx.surfaces.runtime import hear_cuts_forever
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    s = RedisStore.from_url(redis_url)
-    yield s
-    await s.aclose()
 
 
 async def _until(done: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,13 +19,6 @@ from flume_rx.surfaces.embedded import RedisServer
 pytestmark = pytest.mark.anyio
 
 Q = "email"
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    s = RedisStore.from_url(redis_url)
-    yield s
-    await s.aclose()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,13 +19,6 @@ from flume_rx.operators import AdaptiveTuning, Grant, InProcessWindow, TokenWind
 from flume_rx.store import RedisStore, RedisTokenWindow, TokenReply
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    s = RedisStore.from_url(redis_url)
-    yield s
-    await s.aclose()
 
 
 async def first(observable: Observable[Any]) -> Any:
