@@ -31,6 +31,7 @@ from typing import Any
 import redis
 
 from benchmarks.redis_server import private_redis
+from benchmarks.saved import save_report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -197,10 +198,8 @@ def main() -> None:
         medians[side]["of_ceiling"] = medians[side]["jobs_per_s"] / medians["ceiling"]["jobs_per_s"]
     report["medians"] = medians
     report["load_average_at_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(json.dumps(medians, indent=2))
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
 
 
 if __name__ == "__main__":

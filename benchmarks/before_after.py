@@ -15,7 +15,6 @@ from a pass of its own under MONITOR, the client commands per job apart from the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -31,6 +30,7 @@ import redis
 
 from benchmarks.commands import MonitorCounter
 from benchmarks.redis_server import private_redis
+from benchmarks.saved import save_report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -223,9 +223,7 @@ def main() -> None:
                 flush=True,
             )
     report["load_average_at_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
 
 
 if __name__ == "__main__":

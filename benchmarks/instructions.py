@@ -18,7 +18,6 @@ Needs ``valgrind`` on the PATH; runs ~40x slower than native. Writes ``benchmark
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.redis_server import private_redis
+from benchmarks.saved import save_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -151,9 +151,7 @@ def main() -> None:
                     f"{tree} ({entry['commit']}), pair {pair + 1}: {per_job:,.0f} instructions per job",
                     flush=True,
                 )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
 
 
 if __name__ == "__main__":

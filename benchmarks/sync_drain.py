@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.redis_server import private_redis
+from benchmarks.saved import save_report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -184,10 +185,8 @@ def main() -> None:
         name: {key: statistics.median(run[key] for run in runs) for key in runs[0] if key != "jobs"}
         for name, runs in report["runs"].items()
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(json.dumps(report["medians"], indent=2))
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from typing import Any
 import reactivex
 import redis
 
+from benchmarks.saved import save_report
 from flume_rx import operators as fo
 from flume_rx.engine.threads import StageThreads
 from flume_rx.surfaces.embedded import RedisServer
@@ -129,10 +130,8 @@ def main() -> None:
         }
         for body, runs in report["runs"].items()
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(json.dumps(report["medians"], indent=2))
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
 
 
 if __name__ == "__main__":

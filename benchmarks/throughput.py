@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from benchmarks.saved import save_report
 from flume_rx import Flume, worker
 from flume_rx.model import config as config_module
 from flume_rx.surfaces.embedded import RedisServer
@@ -125,10 +126,8 @@ def main() -> None:
         name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
         for name, runs in report["runs"].items()
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(json.dumps(report["medians"], indent=2))
-    print(f"wrote {args.out}")
+    save_report(args.out, report)
 
 
 if __name__ == "__main__":
