@@ -6,6 +6,7 @@ import asyncio
 import functools
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -233,3 +234,79 @@ def test_a_pool_idle_only_for_a_moment_keeps_the_switch_interval(monkeypatch: py
 
     asyncio.run(main())
     assert set_to == []
+
+
+def _take_nothing() -> Callable[[], None]:
+    return lambda: None
+
+
+def _pause_then(n: int) -> int:
+    time.sleep(0.0005)
+    return n
+
+
+def test_a_backlog_handed_ahead_wakes_the_loop_only_when_the_threads_run_out_of_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While calls with an on_take are out, the loop's own look every NOTE_AFTER_S collects the outcomes: a
+    finished call wakes the loop only when no call is left for the threads (here once, at the end)."""
+    monkeypatch.setattr(threads, "NOTE_AFTER_S", 3600.0)  # the look never comes: only wake-ups deliver
+    wakes: list[int] = []
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        real = loop.call_soon_threadsafe
+
+        def counted(callback: Callable[..., object], *args: object) -> asyncio.Handle:
+            wakes.append(1)
+            return real(callback, *args)
+
+        monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
+        pool = StageThreads(1, "test-stage")
+        gate = threading.Event()
+        first = pool.run_soon(gate.wait, 30, on_take=_take_nothing)  # holds the thread while the rest queue
+        # Each sleeps, so the loop is free to take a wake-up between any two of them.
+        rest = [pool.run_soon(_pause_then, n, on_take=_take_nothing) for n in range(50)]
+        gate.set()
+        try:
+            assert await asyncio.wait_for(first, 30) is True
+            return list(await asyncio.wait_for(asyncio.gather(*rest), 30))
+        finally:
+            pool.shutdown()
+
+    assert asyncio.run(main()) == list(range(50))
+    assert 1 <= len(wakes) <= 2  # the call that emptied the queue, and at most the first one's, racing it
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    calls=st.lists(st.tuples(st.booleans(), st.sampled_from([0.0, 0.0, 0.0005, 0.002])), max_size=40),
+    threads_=st.integers(1, 4),
+    look_after=st.sampled_from([0.0001, 0.001, 0.01]),
+)
+def test_no_outcome_waits_for_a_look_that_never_comes(
+    calls: list[tuple[bool, float]], threads_: int, look_after: float
+) -> None:
+    """Calls with and without an on_take, short and long, in bursts: every outcome reaches the loop, by a
+    wake-up or by the loop's look, however the threads' finishing races the look's last round."""
+    original = threads.NOTE_AFTER_S
+    threads.NOTE_AFTER_S = look_after
+    try:
+
+        async def main() -> None:
+            pool = StageThreads(threads_, "test-stage")
+            try:
+                for start in range(0, len(calls), 7):
+                    burst = calls[start : start + 7]
+                    futures = [
+                        pool.run_soon(time.sleep, pause, on_take=_take_nothing if noted else None)
+                        for noted, pause in burst
+                    ]
+                    await asyncio.wait_for(asyncio.gather(*futures), 10)
+                    await asyncio.sleep(look_after * (start % 3))  # let the look end, or not
+            finally:
+                pool.shutdown()
+
+        asyncio.run(main())
+    finally:
+        threads.NOTE_AFTER_S = original

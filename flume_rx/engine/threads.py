@@ -4,7 +4,12 @@
 hands its result over with ``call_soon_threadsafe`` (a write to the pipe and a wake-up of the loop) for every
 job. Here a thread that finishes a call leaves the outcome in a list and wakes the loop only when no wake-up
 is already on its way, so the loop collects every outcome that finished meanwhile in one turn, however many
-threads finished. The threads take their next call from a ``SimpleQueue`` the loop fills, never through the
+threads finished. While calls handed ahead are out (see below), the loop looks for notes every ``NOTE_AFTER_S``
+anyway, and that look takes the outcomes too: a thread then wakes the loop only when no call is left for the
+threads to take (the loop must hand over more, or a caller waits on this one alone), so a backlog of short
+jobs costs one wake-up of the loop a millisecond, not one a job. Each wake-up of the loop makes the thread
+that finished hand the interpreter lock over mid-backlog, and a job that waits on I/O (one redis-py ``INCR``)
+then waits for the lock again to read its reply: docs/performance.md measures the two. The threads take their next call from a ``SimpleQueue`` the loop fills, never through the
 loop. The rest of the ``Executor`` interface (``submit``, ``shutdown``) is that of a plain thread pool, so
 batches and ``run_in_executor`` use the same threads.
 
@@ -113,12 +118,13 @@ class StageThreads(concurrent.futures.Executor):
         self._finished: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
         # Per loop: notes of calls taken (None for one refused or never run), not yet collected, no wake-up.
         self._taken: dict[asyncio.AbstractEventLoop, list[Callable[[], None] | None]] = {}
-        # Per loop (its own thread only): calls with an on_take whose note is not collected, and whether the
-        # loop's look for notes is scheduled.
+        # Per loop (its own thread only): calls with an on_take whose note is not collected.
         self._unnoted: dict[asyncio.AbstractEventLoop, int] = {}
+        # Loops whose look for notes (and outcomes) is scheduled; changed under the lock, as threads read it.
         self._looking: set[asyncio.AbstractEventLoop] = set()
         self._idle: list[None] = []  # one entry per thread waiting for a call (append and pop are atomic)
         self._idle_since = 0.0  # when the last thread to go idle began to wait (time.monotonic())
+        self._waking: set[asyncio.AbstractEventLoop] = set()  # loops a wake-up (a _deliver) is on its way to
 
     @property
     def size(self) -> int:
@@ -140,7 +146,8 @@ class StageThreads(concurrent.futures.Executor):
         if on_take is not None:
             self._unnoted[loop] = self._unnoted.get(loop, 0) + 1
             if loop not in self._looking:
-                self._looking.add(loop)
+                with self._lock:
+                    self._looking.add(loop)
                 loop.call_later(NOTE_AFTER_S, self._look, loop)
         return future
 
@@ -234,12 +241,16 @@ class StageThreads(concurrent.futures.Executor):
             taken.append(note)
 
     def _look(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the loop, every NOTE_AFTER_S while taken calls may have notes waiting: collect them."""
-        self._collect_notes(loop)
-        if self._unnoted.get(loop, 0) > 0 and not self._shutdown:
+        """On the loop, every NOTE_AFTER_S while taken calls may have notes waiting: collect them, and the
+        outcomes finished meanwhile, which woke nobody."""
+        self._deliver(loop)
+        with self._lock:
+            # A thread that finishes after this sees the loop not looking, and wakes it.
+            again = (self._unnoted.get(loop, 0) > 0 and not self._shutdown) or loop in self._finished
+            if not again:
+                self._looking.discard(loop)
+        if again:
             loop.call_later(NOTE_AFTER_S, self._look, loop)
-        else:
-            self._looking.discard(loop)
 
     def _collect_notes(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
@@ -260,10 +271,16 @@ class StageThreads(concurrent.futures.Executor):
     ) -> None:
         with self._lock:
             finished = self._finished.get(loop)
-            wake = finished is None
-            if wake:
+            if finished is None:
                 finished = self._finished[loop] = []
-            finished.append((future, value, error))  # type: ignore[union-attr]
+            finished.append((future, value, error))
+            # The loop's own look takes this within NOTE_AFTER_S, unless no call is left to keep the threads
+            # busy meanwhile (see the module's docstring).
+            wake = loop not in self._waking and (
+                loop not in self._looking or self._shutdown or self._calls.empty()
+            )
+            if wake:
+                self._waking.add(loop)
         if wake:
             # The one crossing of the self-pipe for every outcome that finishes before the loop runs _deliver.
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits for these futures
@@ -272,6 +289,7 @@ class StageThreads(concurrent.futures.Executor):
     def _deliver(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
             finished = self._finished.pop(loop, [])
+            self._waking.discard(loop)
         # Notes first: a call's note is in before its outcome is (its thread noted it before running it).
         self._collect_notes(loop)
         for future, value, error in finished:
