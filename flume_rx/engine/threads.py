@@ -32,6 +32,7 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -114,17 +115,9 @@ class StageThreads(concurrent.futures.Executor):
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._shutdown = False
-        # Per loop: outcomes finished and not yet handed over; a loop is in it while a wake-up is on its way.
-        self._finished: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
-        # Per loop: notes of calls taken (None for one refused or never run), not yet collected, no wake-up.
-        self._taken: dict[asyncio.AbstractEventLoop, list[Callable[[], None] | None]] = {}
-        # Per loop (its own thread only): calls with an on_take whose note is not collected.
-        self._unnoted: dict[asyncio.AbstractEventLoop, int] = {}
-        # Loops whose look for notes (and outcomes) is scheduled; changed under the lock, as threads read it.
-        self._looking: set[asyncio.AbstractEventLoop] = set()
+        self._mail: dict[asyncio.AbstractEventLoop, _Mail] = {}  # per loop; made on the loop's own thread
         self._idle: list[None] = []  # one entry per thread waiting for a call (append and pop are atomic)
         self._idle_since = 0.0  # when the last thread to go idle began to wait (time.monotonic())
-        self._waking: set[asyncio.AbstractEventLoop] = set()  # loops a wake-up (a _deliver) is on its way to
 
     @property
     def size(self) -> int:
@@ -141,14 +134,16 @@ class StageThreads(concurrent.futures.Executor):
         call's result is set.
         """
         loop = asyncio.get_running_loop()
+        mail = self._mail.get(loop)
+        if mail is None:
+            mail = self._mail[loop] = _Mail(loop)
         future: asyncio.Future[_T] = loop.create_future()
-        self._put((loop, future, fn, args, on_take))
+        self._put((mail, future, fn, args, on_take))
         if on_take is not None:
-            self._unnoted[loop] = self._unnoted.get(loop, 0) + 1
-            if loop not in self._looking:
-                with self._lock:
-                    self._looking.add(loop)
-                loop.call_later(NOTE_AFTER_S, self._look, loop)
+            mail.unnoted += 1
+            if not mail.looking:
+                mail.looking = True
+                loop.call_later(NOTE_AFTER_S, self._look, mail)
         return future
 
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[_T]:
@@ -210,89 +205,63 @@ class StageThreads(concurrent.futures.Executor):
             _switch_interval.restore()
             if call is _STOP:
                 return
-            loop, future, fn, args, on_take = call
-            if loop is None:
+            mail, future, fn, args, on_take = call
+            if mail is None:
                 self._run_submitted(future, fn, *args)
                 continue
             if future.cancelled():  # racy but harmless: a cancelled future ignores its outcome anyway
                 if on_take is not None:
-                    self._note(loop, None)
+                    mail.taken.append(None)
                 continue
             try:
                 if on_take is not None:
                     try:
                         note = on_take()
                     except BaseException:
-                        self._note(loop, None)
+                        mail.taken.append(None)
                         raise
-                    self._note(loop, note)
+                    mail.taken.append(note)
                 outcome: tuple[Any, Any] = (fn(*args), None)
             except (
                 BaseException
             ) as error:  # handed to the loop; KeyboardInterrupt/SystemExit too, as a result
                 outcome = (None, error)
-            self._hand_over(loop, future, *outcome)
+            self._hand_over(mail, (future, *outcome))
 
-    def _note(self, loop: asyncio.AbstractEventLoop, note: Callable[[], None] | None) -> None:
-        with self._lock:
-            taken = self._taken.get(loop)
-            if taken is None:
-                taken = self._taken[loop] = []
-            taken.append(note)
-
-    def _look(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _look(self, mail: _Mail) -> None:
         """On the loop, every NOTE_AFTER_S while taken calls may have notes waiting: collect them, and the
         outcomes finished meanwhile, which woke nobody."""
-        self._deliver(loop)
-        with self._lock:
-            # A thread that finishes after this sees the loop not looking, and wakes it.
-            again = (self._unnoted.get(loop, 0) > 0 and not self._shutdown) or loop in self._finished
-            if not again:
-                self._looking.discard(loop)
-        if again:
-            loop.call_later(NOTE_AFTER_S, self._look, loop)
-
-    def _collect_notes(self, loop: asyncio.AbstractEventLoop) -> None:
-        with self._lock:
-            taken = self._taken.pop(loop, None)
-        if not taken:
+        self._deliver(mail)
+        if mail.unnoted > 0 and not self._shutdown:
+            mail.loop.call_later(NOTE_AFTER_S, self._look, mail)
             return
-        self._unnoted[loop] -= len(taken)
-        for note in taken:
-            if note is None:
-                continue
-            try:
-                note()
-            except Exception:  # one start's bookkeeping failing must not lose the outcomes after it
-                logger.exception("noting the start of a call failed")
+        # A thread appends its outcome before it reads `looking`: one that finishes after this line wakes the
+        # loop, and one that finished before it is seen just below.
+        mail.looking = False
+        if mail.finished:
+            mail.looking = True
+            mail.loop.call_soon(self._look, mail)
 
-    def _hand_over(
-        self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], value: Any, error: Any
-    ) -> None:
-        with self._lock:
-            finished = self._finished.get(loop)
-            if finished is None:
-                finished = self._finished[loop] = []
-            finished.append((future, value, error))
-            # The loop's own look takes this within NOTE_AFTER_S, unless no call is left to keep the threads
-            # busy meanwhile (see the module's docstring).
-            wake = loop not in self._waking and (
-                loop not in self._looking or self._shutdown or self._calls.empty()
-            )
-            if wake:
-                self._waking.add(loop)
-        if wake:
+    def _hand_over(self, mail: _Mail, outcome: tuple[asyncio.Future[Any], Any, Any]) -> None:
+        mail.finished.append(outcome)
+        # The loop's own look takes this within NOTE_AFTER_S, unless no call is left to keep the threads
+        # busy meanwhile (see the module's docstring). Two threads may both wake it: the second finds nothing.
+        if not mail.waking and (not mail.looking or self._shutdown or self._calls.empty()):
+            mail.waking = True
             # The one crossing of the self-pipe for every outcome that finishes before the loop runs _deliver.
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits for these futures
-                loop.call_soon_threadsafe(self._deliver, loop)
+                mail.loop.call_soon_threadsafe(self._deliver, mail)
 
-    def _deliver(self, loop: asyncio.AbstractEventLoop) -> None:
-        with self._lock:
-            finished = self._finished.pop(loop, [])
-            self._waking.discard(loop)
-        # Notes first: a call's note is in before its outcome is (its thread noted it before running it).
-        self._collect_notes(loop)
-        for future, value, error in finished:
+    def _deliver(self, mail: _Mail) -> None:
+        # Cleared before the outcomes are taken: a thread that saw it set had appended its outcome already.
+        mail.waking = False
+        # Outcomes counted before the notes are taken: each of these had its note in before it (its thread
+        # noted it before running it), so notes still come first.
+        ready = len(mail.finished)
+        self._collect_notes(mail)
+        finished = mail.finished
+        for _ in range(ready):
+            future, value, error = finished.popleft()
             if future.cancelled():
                 continue
             if error is None:
@@ -304,6 +273,19 @@ class StageThreads(concurrent.futures.Executor):
                 wrapped = RuntimeError(f"the call ended with {type(error).__name__}")
                 wrapped.__cause__ = error
                 future.set_exception(wrapped)
+
+    @staticmethod
+    def _collect_notes(mail: _Mail) -> None:
+        taken = mail.taken
+        while taken:
+            note = taken.popleft()
+            mail.unnoted -= 1
+            if note is None:
+                continue
+            try:
+                note()
+            except Exception:  # one start's bookkeeping failing must not lose the outcomes after it
+                logger.exception("noting the start of a call failed")
 
     @staticmethod
     def _run_submitted(
@@ -320,3 +302,22 @@ class StageThreads(concurrent.futures.Executor):
             future.set_exception(error)
         else:
             future.set_result(result)
+
+
+class _Mail:
+    """What the threads hand one loop: notes of calls taken, outcomes finished, and whether it is told.
+
+    The threads only append to its deques and read and set its flags; the loop alone takes from the deques.
+    Appends and takes of a ``deque`` are atomic, so a call costs its thread no lock: with ten threads, a lock
+    taken twice a call was held by one while others queued behind it.
+    """
+
+    __slots__ = ("finished", "looking", "loop", "taken", "unnoted", "waking")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.taken: deque[Callable[[], None] | None] = deque()
+        self.finished: deque[tuple[asyncio.Future[Any], Any, Any]] = deque()
+        self.unnoted = 0  # calls with an on_take whose note is not collected (the loop's own count)
+        self.looking = False  # the loop's look is scheduled
+        self.waking = False  # a wake-up (a _deliver) is on its way
