@@ -310,3 +310,75 @@ def test_no_outcome_waits_for_a_look_that_never_comes(
         asyncio.run(main())
     finally:
         threads.NOTE_AFTER_S = original
+
+
+def test_the_active_threads_are_as_many_as_share_the_interpreter() -> None:
+    """shortest / CPU time of a thread's sampled calls, from one up to the pool's size."""
+    pool = StageThreads(10, "test-stage")
+    pool._set_active(100e-6, 50e-6)  # one redis-py INCR to a local Redis: half of it holds the lock
+    assert pool._active == 2
+    pool._set_active(20e-6, 20e-6)  # all of it
+    assert pool._active == 1
+    pool._set_active(1.05e-3, 20e-6)  # time.sleep(0.001)
+    assert pool._active == 10
+    pool.shutdown()
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_the_active_threads_follow_the_calls_from_busy_to_waiting() -> None:
+    async def main() -> tuple[int, int]:
+        pool = StageThreads(4, "test-stage")
+        try:
+            await asyncio.gather(*(pool.run_soon(_spin, 0.0001) for _ in range(threads.SAMPLE_CALLS * 8)))
+            busy = pool._active
+            await asyncio.gather(*(pool.run_soon(time.sleep, 0.002) for _ in range(threads.SAMPLE_CALLS * 8)))
+            return busy, pool._active
+        finally:
+            pool.shutdown()
+
+    busy, waiting = asyncio.run(main())
+    assert busy <= 2  # calls that hold the lock throughout: more threads would only queue for it
+    assert waiting == 4
+
+
+def test_a_long_call_of_the_one_active_thread_does_not_hold_back_the_rest() -> None:
+    """A parked thread takes calls while every active one has been in its call for BLOCKED_AFTER_S."""
+
+    async def main() -> list[int]:
+        pool = StageThreads(3, "test-stage")
+        gate = threading.Event()
+        try:
+            await asyncio.gather(*(pool.run_soon(abs, -n) for n in range(3)))  # every thread started
+            pool._active = 1
+            await asyncio.gather(*(pool.run_soon(abs, -n) for n in range(40)))  # the others park
+            long = pool.run_soon(gate.wait, 30)
+            await asyncio.sleep(0.05)  # let the long call begin on some thread
+            short = await asyncio.wait_for(asyncio.gather(*(pool.run_soon(abs, -n) for n in range(20))), 5)
+            gate.set()
+            assert await long is True
+            return list(short)
+        finally:
+            gate.set()
+            pool.shutdown()
+
+    assert asyncio.run(main()) == list(range(20))
+
+
+def test_shutdown_reaches_parked_threads() -> None:
+    async def main() -> StageThreads:
+        pool = StageThreads(4, "test-stage")
+        await asyncio.gather(*(pool.run_soon(abs, -n) for n in range(4)))
+        pool._active = 1
+        await asyncio.gather(*(pool.run_soon(abs, -n) for n in range(40)))  # the others park
+        return pool
+
+    pool = asyncio.run(main())
+    stopper = threading.Thread(target=pool.shutdown)
+    stopper.start()
+    stopper.join(10)
+    assert not stopper.is_alive()

@@ -20,6 +20,16 @@ the outcome and the call never runs), and it returns what the loop must do about
 nobody: it rides to the loop with the next batch of outcomes, ahead of the call's own, or at the latest
 ``NOTE_AFTER_S`` later, when the loop looks for notes itself. A wake-up at every take would cost the job's
 first line a crossing of the self-pipe (the thread lets go of the interpreter, the loop takes it).
+
+Not every thread takes calls. The threads share one interpreter lock: for a job that waits most of its time
+(an HTTP call, ``time.sleep``) every thread is worth having, but for a short job that holds the lock for much of
+its time (one redis-py ``INCR`` to a local Redis holds it for about half of its 100 us), each thread beyond
+what keeps the lock busy only adds hand-overs of it, a wake-up and a context switch on both sides at every
+reply: ten threads drained such jobs at about 5,000/s where one or two drained 8,000 to 11,000
+(docs/performance.md). So each thread times its calls, and every ``SAMPLE_CALLS`` of them says how many
+threads should take calls: its shortest call over its mean CPU time (a call's shortest run is the one least
+stretched by waiting for the lock). Threads beyond that many park, unless every active thread has been in
+its call for ``BLOCKED_AFTER_S``: such calls wait on something else, and a backlog never waits behind them.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import queue
 import sys
 import threading
@@ -47,6 +58,16 @@ NOTE_AFTER_S = 0.001
 """The longest a taken call's note waits for a batch of outcomes before the loop collects it itself."""
 
 logger = logging.getLogger("flume_rx.pipeline")
+
+SAMPLE_CALLS = 64
+"""How many of its calls a thread times before it says again how many threads should take calls."""
+
+BLOCKED_AFTER_S = 0.005
+"""A call running this long waits on something other than the interpreter: while every active thread is in
+such a call, a parked thread takes calls too, so a few slow calls never hold a backlog back."""
+
+PARKED_LOOK_S = 0.02
+"""How often a parked thread looks whether every active thread is in a long call."""
 
 WAKE_SWITCH_INTERVAL_S = 0.0001
 """The interpreter's switch interval while a call wakes an idle stage thread, until a thread takes a call.
@@ -118,6 +139,9 @@ class StageThreads(concurrent.futures.Executor):
         self._mail: dict[asyncio.AbstractEventLoop, _Mail] = {}  # per loop; made on the loop's own thread
         self._idle: list[None] = []  # one entry per thread waiting for a call (append and pop are atomic)
         self._idle_since = 0.0  # when the last thread to go idle began to wait (time.monotonic())
+        self._active = threads  # threads of this index and beyond park (see _set_active)
+        self._began = [0.0] * threads  # per thread: when its call began (perf_counter), 0.0 between calls
+        self._parked = threading.Condition(threading.Lock())
 
     @property
     def size(self) -> int:
@@ -157,6 +181,8 @@ class StageThreads(concurrent.futures.Executor):
         with self._lock:
             self._shutdown = True
             threads = list(self._threads)
+        with self._parked:
+            self._parked.notify_all()  # every thread must reach its stop
         if cancel_futures:
             while True:
                 try:
@@ -178,13 +204,14 @@ class StageThreads(concurrent.futures.Executor):
             # One thread per call until all are started: a stage each, as the processor's stages fill.
             start = len(self._threads) < self._size
             if start:
+                index = len(self._threads)
                 thread = threading.Thread(
-                    target=self._work, name=f"{self._prefix}_{len(self._threads)}", daemon=True
+                    target=self._work, args=(index,), name=f"{self._prefix}_{index}", daemon=True
                 )
                 self._threads.append(thread)
         if (
             self._idle
-            and len(self._idle) == len(self._threads)
+            and len(self._idle) >= min(len(self._threads), self._active)
             and time.monotonic() - self._idle_since > IDLE_BEFORE_WAKE_S
         ):
             # The pool is idle, waiting for work: the thread this wakes gets the interpreter soon (see the
@@ -194,10 +221,14 @@ class StageThreads(concurrent.futures.Executor):
         if start:
             thread.start()
 
-    def _work(self) -> None:
+    def _work(self, index: int) -> None:
         calls = self._calls
         idle = self._idle
+        began = self._began
+        calls_seen, cpu_seen, shortest = 0, 0.0, float("inf")
         while True:
+            if index >= self._active:
+                self._park(index)
             self._idle_since = time.monotonic()
             idle.append(None)
             call = calls.get()
@@ -205,28 +236,69 @@ class StageThreads(concurrent.futures.Executor):
             _switch_interval.restore()
             if call is _STOP:
                 return
-            mail, future, fn, args, on_take = call
-            if mail is None:
-                self._run_submitted(future, fn, *args)
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            began[index] = start
+            ran = self._run(call)
+            began[index] = 0.0
+            if not ran:
                 continue
-            if future.cancelled():  # racy but harmless: a cancelled future ignores its outcome anyway
-                if on_take is not None:
+            wall, cpu = time.perf_counter() - start, time.thread_time() - start_cpu
+            calls_seen += 1
+            cpu_seen += cpu
+            shortest = min(shortest, wall)
+            if calls_seen == SAMPLE_CALLS:
+                self._set_active(shortest, cpu_seen / calls_seen)
+                calls_seen, cpu_seen, shortest = 0, 0.0, float("inf")
+
+    def _set_active(self, shortest_s: float, cpu_s: float) -> None:
+        """How many threads take calls: as many as can share the interpreter, from a thread's last calls.
+
+        A call holds the interpreter lock for about its CPU time and lets go of it while it waits; its
+        shortest time over the sample is the one least stretched by waiting for the lock. So ``shortest /
+        cpu`` threads keep the lock busy, and more only queue for it (module docstring).
+        """
+        active = min(self._size, max(1, math.ceil(shortest_s / max(cpu_s, 1e-7))))
+        if active == self._active:
+            return
+        raised = active > self._active
+        self._active = active
+        if raised:
+            with self._parked:
+                self._parked.notify_all()
+
+    def _park(self, index: int) -> None:
+        """Wait while this thread is beyond the active ones, unless every active one is in a long call."""
+        with self._parked:
+            while index >= self._active and not self._shutdown:
+                now = time.perf_counter()
+                if all(0.0 < began < now - BLOCKED_AFTER_S for began in self._began[: self._active]):
+                    return  # they all wait on something else: this thread takes the next call
+                self._parked.wait(PARKED_LOOK_S)
+
+    def _run(self, call: tuple[Any, ...]) -> bool:
+        """Run one call; whether its function ran (not a cancelled call, nor one its on_take refused)."""
+        mail, future, fn, args, on_take = call
+        if mail is None:
+            return self._run_submitted(future, fn, *args)
+        if future.cancelled():  # racy but harmless: a cancelled future ignores its outcome anyway
+            if on_take is not None:
+                mail.taken.append(None)
+            return False
+        ran = False
+        try:
+            if on_take is not None:
+                try:
+                    note = on_take()
+                except BaseException:
                     mail.taken.append(None)
-                continue
-            try:
-                if on_take is not None:
-                    try:
-                        note = on_take()
-                    except BaseException:
-                        mail.taken.append(None)
-                        raise
-                    mail.taken.append(note)
-                outcome: tuple[Any, Any] = (fn(*args), None)
-            except (
-                BaseException
-            ) as error:  # handed to the loop; KeyboardInterrupt/SystemExit too, as a result
-                outcome = (None, error)
-            self._hand_over(mail, (future, *outcome))
+                    raise
+                mail.taken.append(note)
+            ran = True
+            outcome: tuple[Any, Any] = (fn(*args), None)
+        except BaseException as error:  # handed to the loop; KeyboardInterrupt/SystemExit too, as a result
+            outcome = (None, error)
+        self._hand_over(mail, (future, *outcome))
+        return ran
 
     def _look(self, mail: _Mail) -> None:
         """On the loop, every NOTE_AFTER_S while taken calls may have notes waiting: collect them, and the
@@ -293,15 +365,16 @@ class StageThreads(concurrent.futures.Executor):
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-    ) -> None:
+    ) -> bool:
         if not future.set_running_or_notify_cancel():
-            return
+            return False
         try:
             result = fn(*args, **kwargs)
         except BaseException as error:
             future.set_exception(error)
         else:
             future.set_result(result)
+        return True
 
 
 class _Mail:
