@@ -115,14 +115,7 @@ def _call(
             begin = _begin_unless_late(item, spec)
             item.call = begin  # what an abort finds its task by
             return begin
-    source.started(item)
-    job = item.job
-    if source.telemetry.active:
-        _emit_started(source.telemetry, job, time.time())
-    spec = get_worker(job.worker)  # UnknownWorker becomes this job's outcome
-    args = ([list(job.args)],) if spec.batch else job.args
-    if job.meta is not None and is_traced(job):
-        item.span = start_run_span(job)
+    spec, args = _start(item)
     if spec.is_async:
         coro: Coroutine[Any, Any, Any] = spec.fn(*args)
         # The current job, for current_job() and for an abort to find its task.
@@ -133,6 +126,27 @@ def _call(
     if isinstance(executor, StageThreads):
         return executor.run_soon(run_as_job, item, loop, spec.fn, args)
     return loop.run_in_executor(executor, functools.partial(run_as_job, item, loop, spec.fn, args))
+
+
+def _start(item: Delivery, spec: WorkerSpec | None = None) -> tuple[WorkerSpec, tuple[Any, ...] | list[Any]]:
+    """Begin ``item`` on the loop (counted started, ``job.started``, its span if traced); returns its worker's
+    spec and the args to call it with. The caller builds the call: where the current job is set differs
+    between :func:`_call` (the caller's context, before the task) and :func:`_begin_unless_late` (the task's).
+
+    ``spec`` is looked up here when the caller has none, only once the job counts as started, so an unknown
+    worker fails a started job (UnknownWorker becomes its outcome).
+    """
+    source = item.source
+    source.started(item)
+    job = item.job
+    if source.telemetry.active:
+        _emit_started(source.telemetry, job, time.time())
+    if spec is None:
+        spec = get_worker(job.worker)
+    args = ([list(job.args)],) if spec.batch else job.args
+    if job.meta is not None and is_traced(job):
+        item.span = start_run_span(job)
+    return spec, args
 
 
 def _hand_to_thread(item: Delivery, executor: StageThreads) -> fo.Queued[Any]:
@@ -172,13 +186,7 @@ async def _begin_unless_late(item: Delivery, spec: WorkerSpec) -> Any:
     source = item.source
     if source.stopping:
         raise NotStarted()
-    source.started(item)
-    job = item.job
-    if source.telemetry.active:
-        _emit_started(source.telemetry, job, time.time())
-    args = ([list(job.args)],) if spec.batch else job.args
-    if job.meta is not None and is_traced(job):
-        item.span = start_run_span(job)
+    _, args = _start(item, spec)
     ASYNC_JOB.set(item)  # in this task's context, where the worker runs
     coro: Coroutine[Any, Any, Any] = spec.fn(*args)
     return await (coro if item.span is None else in_span_async(item.span, coro))
