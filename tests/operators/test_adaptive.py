@@ -20,6 +20,7 @@ from flume_rx.operators import (
     Demand,
     Grant,
     InProcessWindow,
+    TokenWindow,
     Unused,
     accepted_per_period,
     ceiling_after_refusal,
@@ -490,17 +491,16 @@ def test_tokens_given_back_are_not_counted_as_accepted() -> None:
     assert window.refuse(1) == pytest.approx(60 * (1 - window.tuning.margin))
 
 
-def test_a_refusal_ends_the_grant_in_use_and_the_next_take_sees_the_cut() -> None:
-    # A throttle with a grant of 10 tokens has started one call; the downstream refuses a call. The other 9
-    # tokens were granted at the rate it has just refused: they lapse (and go back to the window with the next
-    # take) instead of starting calls into a downstream whose limit is full.
-    scheduler = TestScheduler()
-    window = InProcessWindow(10, 1.0, 0.5, clock=scheduler, adaptive=True)
+def throttle_twenty(
+    window: TokenWindow, scheduler: TestScheduler
+) -> tuple[Demand, list[int], list[tuple[str, dict[str, Any]]]]:
+    """Twenty items, all due at once, through a throttle on ``window`` that takes at least 10 tokens and holds
+    10 items ahead. Returns the downstream's demand (nothing requested yet), the items it has seen and the
+    throttle's events, each as (name, fields)."""
     events: list[tuple[str, dict[str, Any]]] = []
-    source = TimedSource(scheduler, [0.0] * 20)
     demand = Demand()
     seen: list[int] = []
-    source.pipe(
+    TimedSource(scheduler, [0.0] * 20).pipe(
         throttle(
             window,
             min_tokens=10,
@@ -509,6 +509,16 @@ def test_a_refusal_ends_the_grant_in_use_and_the_next_take_sees_the_cut() -> Non
             on_event=lambda name, fields: events.append((name, fields)),
         )
     ).subscribe_with_demand(reactivex.Observer(seen.append), demand, scheduler)
+    return demand, seen, events
+
+
+def test_a_refusal_ends_the_grant_in_use_and_the_next_take_sees_the_cut() -> None:
+    # A throttle with a grant of 10 tokens has started one call; the downstream refuses a call. The other 9
+    # tokens were granted at the rate it has just refused: they lapse (and go back to the window with the next
+    # take) instead of starting calls into a downstream whose limit is full.
+    scheduler = TestScheduler()
+    window = InProcessWindow(10, 1.0, 0.5, clock=scheduler, adaptive=True)
+    demand, seen, events = throttle_twenty(window, scheduler)
     scheduler.advance_to(0.01)  # the throttle holds 10 items (its prefetch)
     demand.request(1)
     scheduler.advance_to(0.1)
@@ -566,19 +576,7 @@ def test_a_grant_asked_for_before_a_refusal_is_not_used_when_it_arrives_after_it
     # the refusal count when the grant arrived, and started all 10.)
     scheduler = TestScheduler()
     window = SlowWindow(InProcessWindow(10, 1.0, 0.5, clock=scheduler, adaptive=True), scheduler, 0.05)
-    events: list[tuple[str, dict[str, Any]]] = []
-    source = TimedSource(scheduler, [0.0] * 20)
-    demand = Demand()
-    seen: list[int] = []
-    source.pipe(
-        throttle(
-            window,
-            min_tokens=10,
-            prefetch=10,
-            scheduler=scheduler,
-            on_event=lambda name, fields: events.append((name, fields)),
-        )
-    ).subscribe_with_demand(reactivex.Observer(seen.append), demand, scheduler)
+    demand, seen, events = throttle_twenty(window, scheduler)
     scheduler.advance_to(0.005)  # the throttle holds 10 items (its prefetch)
     window.refuse_in_flight = True
     demand.request(1)  # the take leaves; a call is refused while it is on its way
