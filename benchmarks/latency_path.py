@@ -84,23 +84,19 @@ def _install() -> None:
 
     engine_loop.TimelySelector.select = select  # type: ignore[method-assign]
 
-    last_reply = scripts.AsyncRunner._last_reply
+    def stamp_reply(name: str) -> None:
+        """Wrap the runner's method ``name`` so the moment its Redis reply is back is noted."""
+        call = getattr(scripts.AsyncRunner, name)
 
-    async def _last_reply(self: Any, key: str, commands: Any) -> Any:
-        reply = await last_reply(self, key, commands)
-        last["reply"] = time.time()
-        return reply
+        async def stamped(self: Any, *args: Any) -> Any:
+            reply = await call(self, *args)
+            last["reply"] = time.time()
+            return reply
 
-    scripts.AsyncRunner._last_reply = _last_reply  # type: ignore[method-assign]
+        setattr(scripts.AsyncRunner, name, stamped)
 
-    send = scripts.AsyncRunner._send
-
-    async def _send(self: Any, step: Any) -> Any:
-        replies = await send(self, step)
-        last["reply"] = time.time()
-        return replies
-
-    scripts.AsyncRunner._send = _send  # type: ignore[method-assign]
+    stamp_reply("_last_reply")  # a blocking wait and the call after it, in one round trip (after_wait)
+    stamp_reply("_send")  # each round trip of run
 
     decode = source.JobSource._decode
 
