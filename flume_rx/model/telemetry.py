@@ -34,7 +34,7 @@ EVENT_NAMES = (
     "throttle.granted",  # key, tokens, wait_ms, rate
     "throttle.waited",  # key, wait_ms, rate
     "throttle.penalized",  # key, rate, refused (the downstream refused calls; an adaptive rate is re-aimed)
-    "throttle.rate_changed",  # key, rate, previous, cause ("refused" | "probe"): an adaptive rate moved
+    "throttle.rate_changed",  # key, rate, previous, cause ("refused" | "refused_elsewhere" | "probe")
     "throttle.lapsed",  # key, tokens (granted, expired unused), rate
     "throttle.late",  # key, tokens, rate (a released job would have begun after its hold: back for a new token)
     "backpressure.engaged",  # queue, in_flight

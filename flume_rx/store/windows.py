@@ -81,6 +81,12 @@ class RedisTokenWindow:
         self.refusal_reports = 0
         """Refusals this process reported, and cuts it heard of that came after its latest grant (adaptive mode):
         the throttle drops a grant asked for before the latest."""
+        self.cuts_elsewhere = 0
+        """Cuts of the shared rate that other processes' refusals made, as this window learnt of them
+        (adaptive mode): a message of one (:meth:`heard_cut`), or a take's reply naming a cut newer than every
+        one it knew of while none of its own reports awaits its reply. A change of the rate seen with a grant
+        after one is theirs, not the probe's (``throttle.rate_changed``'s cause)."""
+        self._reports_awaited = 0  # this window's refusal reports whose reply (their cut's time) is not back
         self.cuts_channel = store.keys.rate_cuts(key)
         """Where every cut of this window's rate is published (adaptive mode); see :meth:`heard_cut`."""
         self._reporter = secrets.token_hex(6)  # names this window's own cuts, which it has counted already
@@ -136,7 +142,11 @@ class RedisTokenWindow:
         )
         with self._lock:
             self._effective = reply.effective_allowed
-            self._latest_cut_us = max(self._latest_cut_us, reply.cut_at_us)
+            if reply.cut_at_us > self._latest_cut_us:
+                # Each cut of ours is known once its report's reply is in: with none awaited, it is another's.
+                if not self._reports_awaited:
+                    self.cuts_elsewhere += 1
+                self._latest_cut_us = reply.cut_at_us
         return reply
 
     def take(self, tokens: int, min_tokens: int = 1, unused: Unused | None = None) -> Awaitable[Grant]:
@@ -163,16 +173,22 @@ class RedisTokenWindow:
             raise ValueError(f"age_s must be >= 0 seconds (got {age_s})")
         if not self.adaptive:
             raise ValueError(f"rate limiter {self.key!r} is not adaptive; create it with adaptive=True")
-        reply = await self.store.penalize_window(
-            self.key,
-            allowed=self.allowed,
-            period_ms=self.period_s * 1000,
-            hold_ms=self.hold_s * 1000,
-            refused=refused,
-            age_ms=age_s * 1000,
-            tuning=self.tuning,
-            reporter=self._reporter,
-        )
+        with self._lock:
+            self._reports_awaited += 1
+        try:
+            reply = await self.store.penalize_window(
+                self.key,
+                allowed=self.allowed,
+                period_ms=self.period_s * 1000,
+                hold_ms=self.hold_s * 1000,
+                refused=refused,
+                age_ms=age_s * 1000,
+                tuning=self.tuning,
+                reporter=self._reporter,
+            )
+        finally:
+            with self._lock:
+                self._reports_awaited -= 1
         with self._lock:
             self._effective = reply.effective_allowed
             self._latest_cut_us = max(self._latest_cut_us, reply.at_us)
@@ -214,6 +230,7 @@ class RedisTokenWindow:
                 return False
             self._latest_cut_us = int(cut_at)
             self.refusal_reports += 1
+            self.cuts_elsewhere += 1
             return True
 
     def current_rate(self) -> float:

@@ -59,8 +59,13 @@ async def test_a_cut_the_latest_grant_was_decided_after_is_no_news(store: RedisS
     assert (await holder.take_reply(1, 1)).cut_at_us == cut.at_us
     assert not holder.heard_cut(f"{cut.at_us} elsewhere".encode())
     assert holder.refusal_reports == 0
+    # The reply told the holder of another's cut, once; the reporter's own replies tell it of none.
+    assert holder.cuts_elsewhere == 1
+    await reporter.take_reply(1, 1)
+    assert reporter.cuts_elsewhere == 0
     # A newer cut is news, once.
     assert holder.heard_cut(f"{cut.at_us + 1} elsewhere")
     assert not holder.heard_cut(f"{cut.at_us + 1} elsewhere")
     assert holder.refusal_reports == 1
+    assert holder.cuts_elsewhere == 2
     assert not holder.heard_cut(b"garbled")

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from flume_rx.engine.rate_watch import RateWatch
 from flume_rx.model.config import load
 from flume_rx.model.telemetry import Event, Telemetry
@@ -105,3 +107,35 @@ def test_every_change_of_the_rate_is_an_event() -> None:
     assert probes and probes[-1]["rate"] == 100.0  # back at allowed, and said so
     assert all(abs(p["rate"] - p["previous"]) >= 1.0 or p["rate"] == 100.0 for p in probes)
     assert len(probes) < len(seen)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("heard_first", [False, True], ids=["from_the_grant", "from_the_message"])
+async def test_a_cut_another_process_made_is_said_to_come_from_there(
+    store: RedisStore, heard_first: bool
+) -> None:
+    # This process holds a grant at 400; another one's downstream refuses and cuts the shared rate. The next
+    # grant shows the lower rate, whether or not this process heard the cut's message first: the change is
+    # that process's refusal ("refused_elsewhere"), not this process's probe.
+    holder = RedisTokenWindow(store, "ses", 400, 60.0, adaptive=True)
+    elsewhere = RedisTokenWindow(store, "ses", 400, 60.0, adaptive=True)
+    telemetry = Telemetry()
+    events: list[Event] = []
+    telemetry.attach("throttle.rate_changed", events.append)
+    rate_watch = RateWatch(holder, "ses", telemetry)
+    await holder.take_async(10, 10)
+    assert rate_watch.seen() == 400.0 and events == []
+    await elsewhere.take_async(290, 290)
+    cut = await elsewhere.refuse(100)
+    if heard_first:
+        assert holder.heard_cut(f"{cut.at_us} elsewhere")
+    await holder.take_async(1, 1)
+    rate = rate_watch.seen()
+    assert rate == pytest.approx(cut.effective_allowed, abs=1.0)  # the probe has moved it a hair since
+    assert [e.fields for e in events] == [
+        {"key": "ses", "rate": rate, "previous": 400.0, "cause": "refused_elsewhere"}
+    ]
+    # Told once: the grants after it show the same rate and the same cut.
+    await holder.take_async(1, 1)
+    rate_watch.seen()
+    assert len(events) == 1
