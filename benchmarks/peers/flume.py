@@ -110,8 +110,7 @@ def config_toml(url: str, variant: str) -> str:
 def worker_commands(url: str, processes: int, variant: str) -> list[list[str]]:
     path = Path(tempfile.mkdtemp(prefix="flume-bench-")) / "flume.toml"
     path.write_text(config_toml(url, variant))
-    # TODO(lead): switch to `flume-rx worker --config PATH --processes N` once flume_rx/surfaces/cli.py lands; until
-    # then each process runs the runtime's documented entry run_worker_process, as the CLI's children do.
+    # What `flume-rx worker` runs per process, without its INFO logging, so past results stay comparable.
     return [[PY, "-m", "benchmarks.peers.flume_worker", str(path)] for _ in range(processes)]
 
 
