@@ -27,9 +27,9 @@ its time (one redis-py ``INCR`` to a local Redis holds it for about half of its 
 what keeps the lock busy only adds hand-overs of it, a wake-up and a context switch on both sides at every
 reply: ten threads drained such jobs at about 5,000/s where one or two drained 8,000 to 11,000
 (docs/performance.md). So each thread times its calls, and every ``SAMPLE_CALLS`` of them says how many
-threads should take calls: its shortest call over its mean CPU time (a call's shortest run is the one least
-stretched by waiting for the lock). Threads beyond that many park, unless every active thread has been in
-its call for ``BLOCKED_AFTER_S``: such calls wait on something else, and a backlog never waits behind them.
+threads should take calls (:func:`threads_needed`). Threads beyond that many park, unless every active thread
+has been in its call for ``BLOCKED_AFTER_S``: such calls wait on something else, and a backlog never waits
+behind them.
 """
 
 from __future__ import annotations
@@ -226,7 +226,8 @@ class StageThreads(concurrent.futures.Executor):
         calls = self._calls
         idle = self._idle
         began = self._began
-        calls_seen, cpu_seen, shortest = 0, 0.0, float("inf")
+        walls: list[float] = []  # of this thread's calls since it last said how many threads take calls
+        cpu_seen = 0.0
         while True:
             if index >= self._active:
                 self._park(index)
@@ -243,22 +244,14 @@ class StageThreads(concurrent.futures.Executor):
             began[index] = 0.0
             if not ran:
                 continue
-            wall, cpu = time.perf_counter() - start, time.thread_time() - start_cpu
-            calls_seen += 1
-            cpu_seen += cpu
-            shortest = min(shortest, wall)
-            if calls_seen == SAMPLE_CALLS:
-                self._set_active(shortest, cpu_seen / calls_seen)
-                calls_seen, cpu_seen, shortest = 0, 0.0, float("inf")
+            walls.append(time.perf_counter() - start)
+            cpu_seen += time.thread_time() - start_cpu
+            if len(walls) == SAMPLE_CALLS:
+                self._set_active(threads_needed(walls, cpu_seen))
+                walls, cpu_seen = [], 0.0
 
-    def _set_active(self, shortest_s: float, cpu_s: float) -> None:
-        """How many threads take calls: as many as can share the interpreter, from a thread's last calls.
-
-        A call holds the interpreter lock for about its CPU time and lets go of it while it waits; its
-        shortest time over the sample is the one least stretched by waiting for the lock. So ``shortest /
-        cpu`` threads keep the lock busy, and more only queue for it (module docstring).
-        """
-        active = min(self._size, max(1, math.ceil(shortest_s / max(cpu_s, 1e-7))))
+    def _set_active(self, active: int) -> None:
+        active = min(self._size, active)
         if active == self._active:
             return
         raised = active > self._active
@@ -376,6 +369,31 @@ class StageThreads(concurrent.futures.Executor):
         else:
             future.set_result(result)
         return True
+
+
+def threads_needed(walls: list[float], cpu_s: float) -> int:
+    """How many threads keep the interpreter lock busy with calls like these: their time apart from waiting
+    for the lock, over the time they held it (Little's law, with the lock as the server).
+
+    ``walls`` are the calls' durations and ``cpu_s`` their CPU time in all. A call holds the lock for about its
+    CPU time; its duration adds what it waited on (a reply, a sleep) and what it queued for the lock, which
+    grows with the threads and would raise the answer the more threads there are. That queueing is taken as
+    the same for every call of the sample, and measured as the median duration less the shortest (the shortest
+    call queued least): one-``INCR`` calls that queue for the lock behind nine other threads need about two
+    threads, while in a mix of quick calls and 50 ms ones the slow ones still ask for every thread.
+
+    >>> threads_needed([100e-6] * 64, 64 * 50e-6)  # half of each call waits on a reply
+    2
+    >>> threads_needed([1.05e-3] * 64, 64 * 20e-6)  # time.sleep(0.001)
+    53
+    >>> threads_needed([20e-6] * 58 + [0.05] * 6, 64 * 30e-6)  # mostly quick, some 50 ms calls
+    157
+    """
+    ordered = sorted(walls)
+    queued = ordered[len(ordered) // 2] - ordered[0]
+    waited = sum(max(0.0, wall - queued) for wall in ordered)
+    # A tenth of slack: CPU clocks and wall clocks disagree by a little, and 1.01 means one thread, not two.
+    return max(1, math.ceil(waited / max(cpu_s, 1e-7) - 0.1))
 
 
 class _Mail:
