@@ -26,10 +26,10 @@ Not every thread takes calls. The threads share one interpreter lock: for a job 
 its time (one redis-py ``INCR`` to a local Redis holds it for about half of its 100 us), each thread beyond
 what keeps the lock busy only adds hand-overs of it, a wake-up and a context switch on both sides at every
 reply: ten threads drained such jobs at about 5,000/s where one or two drained 8,000 to 11,000
-(docs/performance.md). So each thread times its calls, and every ``SAMPLE_CALLS`` of them says how many
-threads should take calls (:func:`threads_needed`). Threads beyond that many park, unless every active thread
-has been in its call for ``BLOCKED_AFTER_S``: such calls wait on something else, and a backlog never waits
-behind them.
+(docs/performance.md). So each thread times its calls, and every ``SAMPLE_CALLS`` of them estimates how many
+threads should take calls; the estimate is kept only when a trial finds it faster (thread_count.py). Threads
+beyond that many park, unless every active thread has been in its call for ``BLOCKED_AFTER_S``: such calls
+wait on something else, and a backlog never waits behind them.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import math
 import queue
 import sys
 import threading
@@ -46,6 +45,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from flume_rx.engine.thread_count import ThreadCount, threads_needed
 
 _T = TypeVar("_T")
 
@@ -60,7 +61,10 @@ NOTE_AFTER_S = 0.001
 logger = logging.getLogger("flume_rx.pipeline")
 
 SAMPLE_CALLS = 64
-"""How many of its calls a thread times before it says again how many threads should take calls."""
+"""How many of its calls a thread times before it estimates again how many threads should take calls."""
+
+COUNT_EVERY_S = 0.005
+"""How often a thread that finished a call moves the trials of the thread count on (thread_count.py)."""
 
 BLOCKED_AFTER_S = 0.005
 """A call running this long waits on something other than the interpreter: while every active thread is in
@@ -140,8 +144,11 @@ class StageThreads(concurrent.futures.Executor):
         self._mail: dict[asyncio.AbstractEventLoop, _Mail] = {}  # per loop; made on the loop's own thread
         self._idle: list[None] = []  # one entry per thread waiting for a call (append and pop are atomic)
         self._idle_since = 0.0  # when the last thread to go idle began to wait (time.monotonic())
-        self._active = threads  # threads of this index and beyond park (see _set_active)
+        self._count = ThreadCount(threads)  # threads of index count.active and beyond park
         self._began = [0.0] * threads  # per thread: when its call began (perf_counter), 0.0 between calls
+        self._finished = [0] * threads  # per thread (each writes its own): calls it finished
+        self._counting = threading.Lock()  # one thread at a time updates the count
+        self._counted_at = 0.0
         self._parked = threading.Condition(threading.Lock())
 
     @property
@@ -212,7 +219,7 @@ class StageThreads(concurrent.futures.Executor):
                 self._threads.append(thread)
         if (
             self._idle
-            and len(self._idle) >= min(len(self._threads), self._active)
+            and len(self._idle) >= min(len(self._threads), self._count.active)
             and time.monotonic() - self._idle_since > IDLE_BEFORE_WAKE_S
         ):
             # The pool is idle, waiting for work: the thread this wakes gets the interpreter soon (see the
@@ -226,10 +233,12 @@ class StageThreads(concurrent.futures.Executor):
         calls = self._calls
         idle = self._idle
         began = self._began
-        walls: list[float] = []  # of this thread's calls since it last said how many threads take calls
+        finished = self._finished
+        count = self._count
+        walls: list[float] = []  # of this thread's calls since its last estimate
         cpu_seen = 0.0
         while True:
-            if index >= self._active:
+            if index >= count.active:
                 self._park(index)
             self._idle_since = time.monotonic()
             idle.append(None)
@@ -244,28 +253,35 @@ class StageThreads(concurrent.futures.Executor):
             began[index] = 0.0
             if not ran:
                 continue
-            walls.append(time.perf_counter() - start)
+            end = time.perf_counter()
+            finished[index] += 1
+            walls.append(end - start)
             cpu_seen += time.thread_time() - start_cpu
             if len(walls) == SAMPLE_CALLS:
-                self._set_active(threads_needed(walls, cpu_seen))
+                count.estimate(threads_needed(walls, cpu_seen))
                 walls, cpu_seen = [], 0.0
+            if end - self._counted_at >= COUNT_EVERY_S:
+                self._update_count(end)
 
-    def _set_active(self, active: int) -> None:
-        active = min(self._size, active)
-        if active == self._active:
-            return
-        raised = active > self._active
-        self._active = active
-        if raised:
-            with self._parked:
-                self._parked.notify_all()
+    def _update_count(self, now: float) -> None:
+        if not self._counting.acquire(blocking=False):
+            return  # another thread is at it
+        try:
+            self._counted_at = now
+            before = self._count.active
+            self._count.update(now, sum(self._finished))
+            if self._count.active > before:
+                with self._parked:
+                    self._parked.notify_all()
+        finally:
+            self._counting.release()
 
     def _park(self, index: int) -> None:
         """Wait while this thread is beyond the active ones, unless every active one is in a long call."""
         with self._parked:
-            while index >= self._active and not self._shutdown:
+            while index >= (active := self._count.active) and not self._shutdown:
                 now = time.perf_counter()
-                if all(0.0 < began < now - BLOCKED_AFTER_S for began in self._began[: self._active]):
+                if all(0.0 < began < now - BLOCKED_AFTER_S for began in self._began[:active]):
                     return  # they all wait on something else: this thread takes the next call
                 self._parked.wait(PARKED_LOOK_S)
 
@@ -369,31 +385,6 @@ class StageThreads(concurrent.futures.Executor):
         else:
             future.set_result(result)
         return True
-
-
-def threads_needed(walls: list[float], cpu_s: float) -> int:
-    """How many threads keep the interpreter lock busy with calls like these: their time apart from waiting
-    for the lock, over the time they held it (Little's law, with the lock as the server).
-
-    ``walls`` are the calls' durations and ``cpu_s`` their CPU time in all. A call holds the lock for about its
-    CPU time; its duration adds what it waited on (a reply, a sleep) and what it queued for the lock, which
-    grows with the threads and would raise the answer the more threads there are. That queueing is taken as
-    the same for every call of the sample, and measured as the median duration less the shortest (the shortest
-    call queued least): one-``INCR`` calls that queue for the lock behind nine other threads need about two
-    threads, while in a mix of quick calls and 50 ms ones the slow ones still ask for every thread.
-
-    >>> threads_needed([100e-6] * 64, 64 * 50e-6)  # half of each call waits on a reply
-    2
-    >>> threads_needed([1.05e-3] * 64, 64 * 20e-6)  # time.sleep(0.001)
-    53
-    >>> threads_needed([20e-6] * 58 + [0.05] * 6, 64 * 30e-6)  # mostly quick, some 50 ms calls
-    157
-    """
-    ordered = sorted(walls)
-    queued = ordered[len(ordered) // 2] - ordered[0]
-    waited = sum(max(0.0, wall - queued) for wall in ordered)
-    # A tenth of slack: CPU clocks and wall clocks disagree by a little, and 1.01 means one thread, not two.
-    return max(1, math.ceil(waited / max(cpu_s, 1e-7) - 0.1))
 
 
 class _Mail:
