@@ -2,16 +2,17 @@
 
 ``loop.run_in_executor`` costs a sync job two crossings of the event loop's self-pipe: the pool's thread
 hands its result over with ``call_soon_threadsafe`` (a write to the pipe and a wake-up of the loop) for every
-job. Here a thread that finishes a call leaves the outcome in a list and wakes the loop only when no wake-up
-is already on its way, so the loop collects every outcome that finished meanwhile in one turn, however many
-threads finished. While calls handed ahead are out (see below), the loop looks for notes every ``NOTE_AFTER_S``
-anyway, and that look takes the outcomes too: a thread then wakes the loop only when no call is left for the
-threads to take (the loop must hand over more, or a caller waits on this one alone), so a backlog of short
-jobs costs one wake-up of the loop a millisecond, not one a job. Each wake-up of the loop makes the thread
+job. Here a thread that finishes a call leaves the outcome for the loop and wakes it only when no wake-up is
+already on its way, so the loop collects every outcome that finished meanwhile in one turn, however many
+threads finished. While calls handed ahead are out (see below), the loop looks for notes every
+``NOTE_AFTER_S`` anyway, and that look takes the outcomes too: a thread then wakes the loop only when no call
+is left for the threads to take (the loop must hand over more, or a caller waits on this one alone), so a
+backlog of short jobs costs one wake-up of the loop a millisecond, not one a job. Each wake-up made the thread
 that finished hand the interpreter lock over mid-backlog, and a job that waits on I/O (one redis-py ``INCR``)
-then waits for the lock again to read its reply: docs/performance.md measures the two. The threads take their next call from a ``SimpleQueue`` the loop fills, never through the
-loop. The rest of the ``Executor`` interface (``submit``, ``shutdown``) is that of a plain thread pool, so
-batches and ``run_in_executor`` use the same threads.
+then waited for the lock again to read its reply (docs/performance.md, "Sixth round"). The threads take their
+next call from a ``SimpleQueue`` the loop fills, never through the loop. The rest of the ``Executor``
+interface (``submit``, ``shutdown``) is that of a plain thread pool, so batches and ``run_in_executor`` use
+the same threads.
 
 A call may be handed over before a thread is free for it (the processor gives each thread its next job, so a
 thread that finishes one takes the next without waiting for the loop). What must happen when the job really
@@ -21,15 +22,10 @@ nobody: it rides to the loop with the next batch of outcomes, ahead of the call'
 ``NOTE_AFTER_S`` later, when the loop looks for notes itself. A wake-up at every take would cost the job's
 first line a crossing of the self-pipe (the thread lets go of the interpreter, the loop takes it).
 
-Not every thread takes calls. The threads share one interpreter lock: for a job that waits most of its time
-(an HTTP call, ``time.sleep``) every thread is worth having, but for a short job that holds the lock for much of
-its time (one redis-py ``INCR`` to a local Redis holds it for about half of its 100 us), each thread beyond
-what keeps the lock busy only adds hand-overs of it, a wake-up and a context switch on both sides at every
-reply: ten threads drained such jobs at about 5,000/s where one or two drained 8,000 to 11,000
-(docs/performance.md). So each thread times its calls, and every ``SAMPLE_CALLS`` of them estimates how many
-threads should take calls; the estimate is kept only when a trial finds it faster (thread_count.py). Threads
-beyond that many park, unless every active thread has been in its call for ``BLOCKED_AFTER_S``: such calls
-wait on something else, and a backlog never waits behind them.
+Not every thread takes calls: for short calls that hold the interpreter lock, fewer threads drain faster, and
+how many is found by estimate and trial (thread_count.py says why and how). Each thread times its calls for
+the estimate; threads beyond the count park, unless every active thread has been in its call for
+``BLOCKED_AFTER_S``: such calls wait on something else, and a backlog never waits behind them.
 """
 
 from __future__ import annotations
