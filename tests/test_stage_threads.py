@@ -327,19 +327,17 @@ def test_a_mix_of_quick_and_slow_calls_keeps_every_thread() -> None:
     """Half the calls sleep 3 ms: the estimate from the quick ones says one thread, and the trial, finding it
     far slower, keeps them all (one thread drained such a mix at a tenth of the rate)."""
 
-    async def main() -> tuple[int, int, float]:
+    async def main() -> tuple[int, int]:
         pool = StageThreads(4, "test-stage")
         try:
-            started = time.perf_counter()
             await asyncio.gather(*(pool.run_soon(_quick_or_slow, n) for n in range(2000)))
-            return pool._count.candidate, pool._count.chosen, time.perf_counter() - started
+            return pool._count.candidate, pool._count.chosen
         finally:
             pool.shutdown()
 
-    candidate, chosen, took = asyncio.run(main())
+    candidate, chosen = asyncio.run(main())
     assert candidate < 4  # the estimate alone would have parked threads
     assert chosen == 4
-    assert took < 2.0  # 1,000 sleeps of 3 ms on four threads: about 0.75 s; on one, 3 s
 
 
 def test_calls_that_hold_the_interpreter_are_estimated_to_need_one_thread() -> None:
