@@ -264,9 +264,12 @@ class StageThreads(concurrent.futures.Executor):
             return  # another thread is at it
         try:
             self._counted_at = now
-            before = self._count.active
-            self._count.update(now, sum(self._finished))
-            if self._count.active > before:
+            count = self._count
+            before, chosen = count.active, count.chosen
+            count.update(now, sum(self._finished))
+            if count.chosen != chosen:
+                logger.debug("stage threads %s: %d of %d take calls", self._prefix, count.chosen, count.size)
+            if count.active > before:
                 with self._parked:
                     self._parked.notify_all()
         finally:
