@@ -31,7 +31,7 @@ from typing import Any
 import redis
 
 from benchmarks.redis_server import private_redis
-from benchmarks.saved import save_report
+from benchmarks.saved import commit_of, save_report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -165,12 +165,7 @@ def main() -> None:
     trees = {"after": ROOT}
     if args.base is not None:
         trees = {"before": args.base.resolve(), "after": ROOT}
-    commits = {
-        side: subprocess.run(
-            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        for side, tree in trees.items()
-    }
+    commits = {side: commit_of(tree) for side, tree in trees.items()}
     report: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
         "load_average_at_start": os.getloadavg(),

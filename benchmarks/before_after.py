@@ -30,7 +30,7 @@ import redis
 
 from benchmarks.commands import MonitorCounter
 from benchmarks.redis_server import private_redis
-from benchmarks.saved import save_report
+from benchmarks.saved import commit_of, save_report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -163,16 +163,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "before_after.json")
     args = parser.parse_args()
     trees = {"before": args.base.resolve(), "after": ROOT}
-    base_commit = subprocess.run(
-        ["git", "-C", str(trees["before"]), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    after_commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
     report: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
         "load_average_at_start": os.getloadavg(),
-        "commits": {"before": base_commit, "after": after_commit},
+        "commits": {side: commit_of(tree) for side, tree in trees.items()},
         "config": {"jobs": args.jobs, "count_jobs": args.count_jobs, "reps": args.reps},
         "cases": {},
     }

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.redis_server import private_redis
-from benchmarks.saved import save_report
+from benchmarks.saved import commit_of, save_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -128,12 +128,9 @@ def main() -> None:
     with private_redis() as url:
         for pair in range(args.pairs):
             for tree in args.tree:
-                git = ["git", "-C", str(tree)]
-                commit = subprocess.run(
-                    [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-                )
                 changed = subprocess.run(
-                    [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True
+                    ["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
+                    capture_output=True,
                 )
                 counts = [
                     instructions(tree, url, jobs, args.stages, args.max_demand, args.no_gc, args.worker)
@@ -142,7 +139,7 @@ def main() -> None:
                 per_job = (counts[1] - counts[0]) / (args.large - args.small)
                 entry = report["trees"].setdefault(
                     str(tree),
-                    {"commit": commit.stdout.strip() + ("+changes" if changed.stdout.strip() else ""),
+                    {"commit": commit_of(tree) + ("+changes" if changed.stdout.strip() else ""),
                      "start_up": counts[0], "per_job_runs": []},
                 )  # fmt: skip
                 entry["per_job_runs"].append(per_job)

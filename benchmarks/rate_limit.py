@@ -46,6 +46,7 @@ from typing import Any
 
 import redis
 
+from benchmarks.saved import commit_of, save_report
 from flume_rx.store import SyncStore, _sha
 from flume_rx.surfaces.client import Flume
 from flume_rx.surfaces.demo import (
@@ -368,12 +369,12 @@ def main() -> None:
                 print(side, json.dumps(_headline(paired[side][-1])), flush=True)
         report = {
             "machine": _machine(),
-            "commits": {side: _commit(tree) for side, tree in trees.items()},
+            "commits": {side: commit_of(tree, short=False) for side, tree in trees.items()},
             "runs": paired,
             "medians": {side: _medians(runs) for side, runs in paired.items()},
         }
         print(json.dumps(report["medians"], indent=2))
-        _write(args.out, report)
+        save_report(args.out, report)
     elif args.mode in ("exact", "both"):
         runs = [
             run_once(args.jobs, allowed=args.allowed, stages=args.stages, cpu_hog=args.cpu_hog)
@@ -382,7 +383,7 @@ def main() -> None:
         medians = _medians(runs)
         print(json.dumps({"exact": medians}, indent=2))
         report = {"machine": _machine(), "runs": {"exact": runs}, "medians": {"exact": medians}}
-        _write(args.out, report)
+        save_report(args.out, report)
     if args.mode in ("adaptive", "both"):
         adaptive_runs = []
         for _ in range(args.reps):
@@ -396,7 +397,7 @@ def main() -> None:
             "runs": adaptive_runs,
             "medians": medians,
         }
-        _write(args.adaptive_out, report)
+        save_report(args.adaptive_out, report)
 
 
 def _medians(runs: list[dict[str, Any]]) -> dict[str, float]:
@@ -426,17 +427,6 @@ def _run_in_tree(tree: Path, jobs: int, stages: int, cpu_hog: int, allowed: int)
         )
         run: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))["runs"]["exact"][0]
         return run
-
-
-def _commit(tree: Path) -> str:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True, check=False)
-    return done.stdout.strip()
-
-
-def _write(path: Path, report: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.redis_server import private_redis
-from benchmarks.saved import save_report
+from benchmarks.saved import commit_of, save_report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -154,12 +154,7 @@ def main() -> None:
         for switch in ["", *args.switch_interval]
         for pin in ["", *([args.pin] if args.pin else [])]
     }
-    commits = {
-        name: subprocess.run(
-            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        for name, tree in trees.items()
-    }
+    commits = {name: commit_of(tree) for name, tree in trees.items()}
     report: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
         "commits": commits,
