@@ -62,11 +62,13 @@ class ThreadCount:
     active: int = field(init=False)
     candidate: int = field(init=False)
     chosen: int = field(init=False)
-    _phase: str = "keep"  # "keep" (active is chosen), "all" (every thread on trial) or "candidate"
-    _since: float = float("-inf")  # when the phase began; the first trial starts with the first candidate
-    _finished_at_start: int = 0
-    _all_rate: float = 0.0
-    _keep_s: float = KEEP_S
+    # The trials' own state, not arguments: the phase is "keep" (active is chosen), "all" (every thread on
+    # trial) or "candidate"; it began at _since (the first trial starts with the first candidate).
+    _phase: str = field(default="keep", init=False)
+    _since: float = field(default=float("-inf"), init=False)
+    _finished_at_start: int = field(default=0, init=False)
+    _all_rate: float = field(default=0.0, init=False)
+    _keep_s: float = field(default=KEEP_S, init=False)
 
     def __post_init__(self) -> None:
         self.active = self.candidate = self.chosen = self.size
