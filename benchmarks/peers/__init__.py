@@ -147,6 +147,15 @@ PEERS: tuple[PeerSpec, ...] = (
     PeerSpec(
         "taskiq", "taskiq_peer", ("taskiq", "taskiq-redis"), _GENERIC, "", {"broker": "ListQueueBroker"}
     ),
+    # Not a queue, and never "the fastest peer": the floor a latency is read against (see floor_peer.py).
+    PeerSpec(
+        "floor",
+        "floor_peer",
+        ("redis",),
+        frozenset({"latency", "latency_sync"}),
+        "",
+        {"what": "redis-py alone: LPUSH, one thread blocked in BLMOVE, LREM after the job"},
+    ),
 )
 
 
