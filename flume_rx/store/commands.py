@@ -142,22 +142,36 @@ class RefusalReply(NamedTuple):
 # and the sync store; each returns operations that go to Redis in one round trip.
 
 
-def _ops_enqueue(keys: Keys, queue: str, payloads: Sequence[bytes]) -> list[_Op]:
+def _ops_enqueue(keys: Keys, queue: str, payloads: Sequence[bytes], *, register: bool = True) -> list[_Op]:
     # One script call for the whole bulk: Redis decides once whether it has the memory, so a full Redis
     # writes all of the jobs or none of them (chunks were decided one by one: the first ones landed, then the
-    # call failed). The queue's registration goes in the same MULTI (the stores ask for a transaction).
+    # call failed). The queue's registration, when asked for, goes in the same MULTI (the stores ask for a
+    # transaction); without it the enqueue is one command.
     k = keys.of(queue)
-    return [_Cmd(("SADD", keys.queues, queue)), _Eval("enqueue", (k.queue, k.scheduled), ("now", *payloads))]
+    return [
+        *_registration(keys, queue, register),
+        _Eval("enqueue", (k.queue, k.scheduled), ("now", *payloads)),
+    ]
 
 
 def _ops_schedule(
-    keys: Keys, queue: str, items: Sequence[tuple[bytes, float]], mode: Literal["at", "in"]
+    keys: Keys,
+    queue: str,
+    items: Sequence[tuple[bytes, float]],
+    mode: Literal["at", "in"],
+    *,
+    register: bool = True,
 ) -> list[_Op]:
     k = keys.of(queue)
     flat: list[Arg] = [mode]
     for payload, when_s in items:
         flat += [round(when_s * 1000), payload]
-    return [_Cmd(("SADD", keys.queues, queue)), _Eval("enqueue", (k.queue, k.scheduled), tuple(flat))]
+    return [*_registration(keys, queue, register), _Eval("enqueue", (k.queue, k.scheduled), tuple(flat))]
+
+
+def _registration(keys: Keys, queue: str, register: bool) -> list[_Op]:
+    """The SADD that lists ``queue`` among the namespace's queues, when ``register``."""
+    return [_Cmd(("SADD", keys.queues, queue))] if register else []
 
 
 def _ops_fetch(

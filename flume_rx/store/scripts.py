@@ -264,6 +264,8 @@ class SyncRunner:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
+        # redis-py leaves execute_command untyped; replies are checked by the parsers anyway.
+        self._untyped: Any = client
 
     def one(self, op: _Op) -> Any:
         return self.run([op])[0]
@@ -290,6 +292,12 @@ class SyncRunner:
             raise _store_error(self.client, exc) from exc
 
     def _send(self, step: _Send) -> list[Any]:
+        if len(step.ops) == 1:
+            # One command needs no pipeline object, nor a MULTI around it (a producer's enqueue).
+            try:
+                return [self._untyped.execute_command(*step.ops[0].command())]
+            except NoScriptError as exc:
+                return [exc]
         pipe = self.client.pipeline(transaction=None if is_cluster(self.client) else step.transaction)
         for op in step.ops:
             pipe.pipeline_execute_command(*op.command())

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
-from typing import Literal, cast
+from typing import Final, Literal, cast
 
 import redis
 import redis.asyncio
@@ -50,6 +51,10 @@ from flume_rx.store.queries import (
 )
 from flume_rx.store.scripts import Arg, SyncRunner, _Cmd, _Op
 
+REGISTER_EVERY_S: Final = 60.0
+"""How often a producer lists a queue it enqueues to in the namespace's set of queues (see
+``SyncStore._registration_due``)."""
+
 
 class SyncStore:
     """The blocking store for producers, admin tools and the heartbeat thread.
@@ -73,6 +78,7 @@ class SyncStore:
         self.dead_ttl_ms = dead_ttl_ms
         self._run = SyncRunner(client)
         self._owns_client = False
+        self._listed_at: dict[str, float] = {}  # queue -> when this store last listed it (monotonic s)
 
     @classmethod
     def from_url(cls, url: str, namespace: str = "flume", *, socket_timeout_s: float = 30.0) -> SyncStore:
@@ -103,7 +109,9 @@ class SyncStore:
 
     def enqueue(self, queue: str, payloads: Sequence[bytes]) -> None:
         if payloads:
-            self._run.run(_ops_enqueue(self.keys, queue, payloads), transaction=True)
+            register = self._registration_due(queue)
+            self._run.run(_ops_enqueue(self.keys, queue, payloads, register=register), transaction=True)
+            self._registered(queue, register)
 
     def enqueue_workflow(
         self,
@@ -142,12 +150,30 @@ class SyncStore:
         self._run.run(ops, transaction=True)
 
     def schedule(self, queue: str, items: Sequence[tuple[bytes, float]]) -> None:
-        if items:
-            self._run.run(_ops_schedule(self.keys, queue, items, "at"), transaction=True)
+        self._schedule(queue, items, "at")
 
     def schedule_in(self, queue: str, items: Sequence[tuple[bytes, float]]) -> None:
+        self._schedule(queue, items, "in")
+
+    def _schedule(self, queue: str, items: Sequence[tuple[bytes, float]], mode: Literal["at", "in"]) -> None:
         if items:
-            self._run.run(_ops_schedule(self.keys, queue, items, "in"), transaction=True)
+            register = self._registration_due(queue)
+            self._run.run(_ops_schedule(self.keys, queue, items, mode, register=register), transaction=True)
+            self._registered(queue, register)
+
+    def _registration_due(self, queue: str) -> bool:
+        """Whether this enqueue should (re)list ``queue`` in the namespace's set of queues.
+
+        The set is read only to list queues (stats, the dashboard, the CLI), so a producer lists each queue
+        once every ``REGISTER_EVERY_S`` rather than with every job: its enqueue is then one command, not a
+        MULTI of two. The refresh heals a set wiped from outside (a FLUSHDB) within that time.
+        """
+        listed_at = self._listed_at.get(queue)
+        return listed_at is None or time.monotonic() - listed_at >= REGISTER_EVERY_S
+
+    def _registered(self, queue: str, register: bool) -> None:
+        if register:  # only once Redis took the write: a failed one registers again next time
+            self._listed_at[queue] = time.monotonic()
 
     def cron_last(self, queue: str, schedule: str) -> int | None:
         """The last tick (unix ms) the cron schedule decided, or None if it never ran."""

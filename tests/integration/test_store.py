@@ -13,7 +13,7 @@ import redis.asyncio
 from redis.asyncio.connection import AbstractConnection
 
 from flume_rx.model.errors import ConfigError, StoreError
-from flume_rx.store import SCRIPTS, Keys, RedisStore, Settlement, SyncStore, redact_url
+from flume_rx.store import SCRIPTS, Keys, RedisStore, Settlement, SyncStore, redact_url, sync_store
 from flume_rx.surfaces.embedded import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -145,10 +145,46 @@ def test_the_sync_store_reloads_scripts_after_a_script_flush(redis_url: str, raw
     with SyncStore.from_url(redis_url) as sync:
         sync.enqueue(Q, jobs(2))
         raw.script_flush()
-        sync.enqueue(Q, jobs(3000, "big"))  # enqueue.lua in several chunks, one pipeline
+        sync.enqueue(Q, jobs(3000, "big"))  # enqueue.lua alone: the queue was listed by the first enqueue
         raw.script_flush()
         assert sync.dead_retry(Q) == 0  # dead_retry.lua alone
         assert sync.stats([Q])[Q]["queued"] == 3002
+
+
+def _calls(raw: redis.Redis, command: str) -> int:
+    stats: dict[str, Any] = raw.info("commandstats")  # type: ignore[assignment]
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_a_producer_lists_a_queue_once_then_enqueues_in_one_command(redis_url: str, raw: redis.Redis) -> None:
+    with SyncStore.from_url(redis_url) as sync:
+        sync.enqueue(Q, jobs(1))  # lists the queue and loads the script
+        raw.config_resetstat()
+        sync.enqueue(Q, jobs(1, "second"))
+        sync.schedule_in(Q, [(b"later", 60.0)])
+        assert (_calls(raw, "multi"), _calls(raw, "sadd"), _calls(raw, "evalsha")) == (0, 0, 2)
+        assert sync.known_queues() == [Q]
+
+
+def test_a_wiped_set_of_queues_lists_the_queue_again_at_the_next_refresh(
+    redis_url: str, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SyncStore.from_url(redis_url) as sync:
+        sync.enqueue(Q, jobs(1))
+        raw.delete(sync.keys.queues)  # a FLUSHDB, or a hand, behind the producer's back
+        monkeypatch.setattr(sync_store, "REGISTER_EVERY_S", 0.0)
+        sync.enqueue(Q, jobs(1, "after"))
+        assert sync.known_queues() == [Q]
+
+
+def test_a_failed_enqueue_does_not_count_as_listing_the_queue(redis_url: str, raw: redis.Redis) -> None:
+    with SyncStore.from_url(redis_url) as sync:
+        raw.set(sync.keys.of(Q).queue, "not a list")
+        with pytest.raises(StoreError, match="WRONGTYPE"):
+            sync.enqueue(Q, jobs(1))
+        raw.delete(sync.keys.of(Q).queue, sync.keys.queues)
+        sync.enqueue(Q, jobs(1))
+        assert sync.known_queues() == [Q]
 
 
 async def test_concurrent_promote_due_moves_each_job_once(store: RedisStore, redis_url: str) -> None:
