@@ -145,7 +145,7 @@ class RefusalReply(NamedTuple):
 def _ops_enqueue(keys: Keys, queue: str, payloads: Sequence[bytes], *, register: bool = True) -> list[_Op]:
     # One script call for the whole bulk: Redis decides once whether it has the memory, so a full Redis
     # writes all of the jobs or none of them (chunks were decided one by one: the first ones landed, then the
-    # call failed). The queue's registration, when asked for, goes in the same MULTI (the stores ask for a
+    # call failed). The queue's registration, when due, goes in the same MULTI (the stores ask for a
     # transaction); without it the enqueue is one command.
     k = keys.of(queue)
     return [
@@ -170,7 +170,7 @@ def _ops_schedule(
 
 
 def _registration(keys: Keys, queue: str, register: bool) -> list[_Op]:
-    """The SADD that lists ``queue`` among the namespace's queues, when ``register``."""
+    """The SADD that registers ``queue`` in the namespace's set of queues, when ``register``."""
     return [_Cmd(("SADD", keys.queues, queue))] if register else []
 
 

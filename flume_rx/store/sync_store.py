@@ -52,8 +52,8 @@ from flume_rx.store.queries import (
 from flume_rx.store.scripts import Arg, SyncRunner, _Cmd, _Op
 
 REGISTER_EVERY_S: Final = 60.0
-"""How often a producer lists a queue it enqueues to in the namespace's set of queues (see
-``SyncStore._registration_due``)."""
+"""How often a producer registers a queue it enqueues to, that is adds it to the namespace's set of queues
+(see ``SyncStore._registration_due``)."""
 
 
 class SyncStore:
@@ -78,7 +78,9 @@ class SyncStore:
         self.dead_ttl_ms = dead_ttl_ms
         self._run = SyncRunner(client)
         self._owns_client = False
-        self._listed_at: dict[str, float] = {}  # queue -> when this store last listed it (monotonic s)
+        self._registered_at: dict[
+            str, float
+        ] = {}  # queue -> when this store last registered it (monotonic s)
 
     @classmethod
     def from_url(cls, url: str, namespace: str = "flume", *, socket_timeout_s: float = 30.0) -> SyncStore:
@@ -111,7 +113,7 @@ class SyncStore:
         if payloads:
             register = self._registration_due(queue)
             self._run.run(_ops_enqueue(self.keys, queue, payloads, register=register), transaction=True)
-            self._registered(queue, register)
+            self._note_registration(queue, register)
 
     def enqueue_workflow(
         self,
@@ -159,21 +161,21 @@ class SyncStore:
         if items:
             register = self._registration_due(queue)
             self._run.run(_ops_schedule(self.keys, queue, items, mode, register=register), transaction=True)
-            self._registered(queue, register)
+            self._note_registration(queue, register)
 
     def _registration_due(self, queue: str) -> bool:
-        """Whether this enqueue should (re)list ``queue`` in the namespace's set of queues.
+        """Whether this enqueue should register ``queue`` (again) in the namespace's set of queues.
 
-        The set is read only to list queues (stats, the dashboard, the CLI), so a producer lists each queue
-        once every ``REGISTER_EVERY_S`` rather than with every job: its enqueue is then one command, not a
-        MULTI of two. The refresh heals a set wiped from outside (a FLUSHDB) within that time.
+        The set is read only to list queues (stats, the dashboard, the CLI), so a producer registers each
+        queue once every ``REGISTER_EVERY_S`` rather than with every job: its enqueue is then one command, not
+        a MULTI of two. Registering again heals a set wiped from outside (a FLUSHDB) within that time.
         """
-        listed_at = self._listed_at.get(queue)
-        return listed_at is None or time.monotonic() - listed_at >= REGISTER_EVERY_S
+        registered_at = self._registered_at.get(queue)
+        return registered_at is None or time.monotonic() - registered_at >= REGISTER_EVERY_S
 
-    def _registered(self, queue: str, register: bool) -> None:
+    def _note_registration(self, queue: str, register: bool) -> None:
         if register:  # only once Redis took the write: a failed one registers again next time
-            self._listed_at[queue] = time.monotonic()
+            self._registered_at[queue] = time.monotonic()
 
     def cron_last(self, queue: str, schedule: str) -> int | None:
         """The last tick (unix ms) the cron schedule decided, or None if it never ran."""

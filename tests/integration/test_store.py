@@ -145,7 +145,7 @@ def test_the_sync_store_reloads_scripts_after_a_script_flush(redis_url: str, raw
     with SyncStore.from_url(redis_url) as sync:
         sync.enqueue(Q, jobs(2))
         raw.script_flush()
-        sync.enqueue(Q, jobs(3000, "big"))  # enqueue.lua alone: the queue was listed by the first enqueue
+        sync.enqueue(Q, jobs(3000, "big"))  # enqueue.lua alone: the first enqueue registered the queue
         raw.script_flush()
         assert sync.dead_retry(Q) == 0  # dead_retry.lua alone
         assert sync.stats([Q])[Q]["queued"] == 3002
@@ -156,9 +156,11 @@ def _calls(raw: redis.Redis, command: str) -> int:
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
-def test_a_producer_lists_a_queue_once_then_enqueues_in_one_command(redis_url: str, raw: redis.Redis) -> None:
+def test_a_producer_registers_a_queue_once_then_enqueues_in_one_command(
+    redis_url: str, raw: redis.Redis
+) -> None:
     with SyncStore.from_url(redis_url) as sync:
-        sync.enqueue(Q, jobs(1))  # lists the queue and loads the script
+        sync.enqueue(Q, jobs(1))  # registers the queue and loads the script
         raw.config_resetstat()
         sync.enqueue(Q, jobs(1, "second"))
         sync.schedule_in(Q, [(b"later", 60.0)])
@@ -166,7 +168,7 @@ def test_a_producer_lists_a_queue_once_then_enqueues_in_one_command(redis_url: s
         assert sync.known_queues() == [Q]
 
 
-def test_a_wiped_set_of_queues_lists_the_queue_again_at_the_next_refresh(
+def test_a_wiped_set_of_queues_gets_the_queue_again_at_the_next_registration(
     redis_url: str, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with SyncStore.from_url(redis_url) as sync:
@@ -177,7 +179,7 @@ def test_a_wiped_set_of_queues_lists_the_queue_again_at_the_next_refresh(
         assert sync.known_queues() == [Q]
 
 
-def test_a_failed_enqueue_does_not_count_as_listing_the_queue(redis_url: str, raw: redis.Redis) -> None:
+def test_a_failed_enqueue_does_not_count_as_registering_the_queue(redis_url: str, raw: redis.Redis) -> None:
     with SyncStore.from_url(redis_url) as sync:
         raw.set(sync.keys.of(Q).queue, "not a list")
         with pytest.raises(StoreError, match="WRONGTYPE"):
