@@ -10,7 +10,9 @@ while other threads ran, so any estimate of how many threads help can be wrong, 
 quick and slow calls (one thread for a mix of 10 us and 3 ms calls drained a tenth of what ten threads did).
 So the estimate (:func:`threads_needed`) is only a candidate: every thread and the candidate are each tried
 for a window, and the candidate is kept only when it finished calls faster by ``MARGIN``. Otherwise every
-thread takes calls, as if nothing were estimated. The trials come again every ``KEEP_S``, since jobs change.
+thread takes calls, as if nothing were estimated. The trials come again after ``KEEP_S``, since jobs change,
+and less and less often while they confirm the choice: each trial costs a window with every thread, which for
+short calls drains at half the rate.
 When the jobs come slower than the threads finish them (few jobs queued, or a rate limit), both finish what
 comes, the candidate is not faster, and every thread is kept. A window is not dropped when a thread finds no
 call waiting: with too many threads on short calls the loop, queueing for the lock too, hands calls over late,
@@ -26,8 +28,8 @@ TRIAL_S = 0.05
 """How long each of the two is tried: long enough for a few hundred short calls."""
 
 KEEP_S = 1.0
-"""How long a choice is kept before the two are tried again; doubled after each trial the candidate lost, up
-to ``KEEP_MOST_S``, so jobs that want every thread pay for few trials of the candidate."""
+"""How long a new choice is kept before the two are tried again; doubled after each trial that kept the choice
+as it was (the candidate lost again, or won again), up to ``KEEP_MOST_S``, so steady jobs pay for few trials."""
 
 KEEP_MOST_S = 32.0
 
@@ -35,20 +37,26 @@ MARGIN = 1.1
 """How much faster the candidate must be to be kept: a tie goes to every thread, the safe choice."""
 
 
-def threads_needed(walls: list[float], cpu_s: float) -> int:
-    """A candidate: the shortest of these calls over their mean CPU time (at least one).
+def threads_needed(walls: list[float], cpu_s: float, process_cpu_per_call_s: float = 0.0) -> int:
+    """A candidate: the shortest of these calls over the interpreter time each call costs (at least one).
 
     A call holds the interpreter lock for about its CPU time and lets go of it while it waits; the shortest
-    call of a sample is the one least stretched by queueing for the lock, so that many threads keep the lock
-    busy with calls like it. Calls of different kinds fool it, which the trial catches.
+    call of a sample is the one least stretched by queueing for the lock. But the lock also serves the loop
+    that fetches, hands over and settles each call: ``process_cpu_per_call_s`` (the process's CPU over the
+    calls it finished, every thread and the loop included) says what one call costs the lock in all. That
+    many threads keep it busy with calls like these; each thread beyond only queues for it. Calls of
+    different kinds fool the estimate, which the trial catches.
 
     >>> threads_needed([100e-6] * 64, 64 * 50e-6)  # half of each call waits on a reply
     2
-    >>> threads_needed([1.05e-3] * 64, 64 * 20e-6)  # time.sleep(0.001)
-    53
+    >>> threads_needed([100e-6] * 64, 64 * 50e-6, 100e-6)  # ... but the loop's share fills the wait
+    1
+    >>> threads_needed([1.05e-3] * 64, 64 * 20e-6, 60e-6)  # time.sleep(0.001)
+    18
     """
+    per_call = max(cpu_s / len(walls), process_cpu_per_call_s, 1e-9)
     # A tenth of slack: CPU clocks and wall clocks disagree by a little, and 1.01 means one thread, not two.
-    return max(1, math.ceil(min(walls) / max(cpu_s / len(walls), 1e-9) - 0.1))
+    return max(1, math.ceil(min(walls) / per_call - 0.1))
 
 
 @dataclass
@@ -96,15 +104,15 @@ class ThreadCount:
             self._all_rate = rate
             self._start("candidate", self.candidate, now, finished)
         elif rate > self._all_rate * MARGIN:
-            self._keep_s = KEEP_S
             self._keep(self.active, now)
         else:
-            self._keep_s = min(KEEP_MOST_S, self._keep_s * 2)
             self._keep(self.size, now)
 
     def _start(self, phase: str, active: int, now: float, finished: int) -> None:
         self._phase, self.active, self._since, self._finished_at_start = phase, active, now, finished
 
     def _keep(self, chosen: int, now: float) -> None:
+        # A trial that left the choice as it was is kept twice as long; a new choice only KEEP_S.
+        self._keep_s = min(KEEP_MOST_S, self._keep_s * 2) if chosen == self.chosen else KEEP_S
         self._phase, self._since = "keep", now
         self.active = self.chosen = chosen

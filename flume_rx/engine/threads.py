@@ -233,6 +233,9 @@ class StageThreads(concurrent.futures.Executor):
         count = self._count
         walls: list[float] = []  # of this thread's calls since its last estimate
         cpu_seen = 0.0
+        # The process's CPU and every thread's finished calls when this sample began: what a call costs the
+        # interpreter lock in all, the loop's share included (threads_needed).
+        sample_cpu, sample_finished = time.process_time(), 0
         while True:
             if index >= count.active:
                 self._park(index)
@@ -254,8 +257,12 @@ class StageThreads(concurrent.futures.Executor):
             walls.append(end - start)
             cpu_seen += time.thread_time() - start_cpu
             if len(walls) == SAMPLE_CALLS:
-                count.estimate(threads_needed(walls, cpu_seen))
+                process_cpu, all_finished = time.process_time(), sum(finished)
+                counted = all_finished - sample_finished
+                per_call = (process_cpu - sample_cpu) / counted if counted > 0 else 0.0
+                count.estimate(threads_needed(walls, cpu_seen, per_call))
                 walls, cpu_seen = [], 0.0
+                sample_cpu, sample_finished = process_cpu, all_finished
             if end - self._counted_at >= COUNT_EVERY_S:
                 self._update_count(end)
 

@@ -60,6 +60,42 @@ def test_a_candidate_that_keeps_losing_is_tried_less_and_less_often() -> None:
     assert gaps[-1] <= thread_count.KEEP_MOST_S + 0.25
 
 
+def test_a_candidate_that_keeps_winning_is_tried_less_and_less_often() -> None:
+    count = ThreadCount(10)
+    count.estimate(1)
+    ended = _trial(count, all_rate=5_000, candidate_rate=9_000)
+    gaps = []
+    for _ in range(8):
+        waited = 0.25
+        count.update(ended + waited, 0)
+        while not count.trying:
+            waited += 0.25
+            count.update(ended + waited, 0)
+        gaps.append(waited)
+        ended = _trial(count, all_rate=5_000, candidate_rate=9_000, now=ended + waited, begun=True)
+        assert count.active == count.chosen == 1
+    # A trial costs a window with every thread: a choice each trial confirms is tried half as often each time.
+    assert gaps[0] == thread_count.KEEP_S
+    assert gaps == sorted(gaps) and gaps[-1] >= 16 * gaps[0]
+    assert gaps[-1] <= thread_count.KEEP_MOST_S + 0.25
+
+
+def test_a_new_choice_is_tried_again_after_keep_s() -> None:
+    count = ThreadCount(10)
+    count.estimate(1)
+    ended = _trial(count, all_rate=5_000, candidate_rate=500)  # lost: every thread, kept twice as long
+    count.estimate(2)
+    waited = 0.25
+    count.update(ended + waited, 0)
+    while not count.trying:
+        waited += 0.25
+        count.update(ended + waited, 0)
+    ended = _trial(count, all_rate=5_000, candidate_rate=9_000, now=ended + waited, begun=True)
+    assert count.chosen == 2
+    count.update(ended + thread_count.KEEP_S, 0)
+    assert count.trying  # the new choice waited only KEEP_S for its next trial
+
+
 def test_no_trial_while_the_estimate_is_every_thread() -> None:
     count = ThreadCount(4)
     count.estimate(9)
@@ -71,6 +107,15 @@ def test_threads_needed_is_the_shortest_call_over_the_mean_cpu_time() -> None:
     assert threads_needed([100e-6] * 64, 64 * 50e-6) == 2  # one INCR: half of it waits on the reply
     assert threads_needed([20e-6] * 64, 64 * 20e-6) == 1  # no slack lost to the clocks
     assert threads_needed([1.05e-3] * 64, 64 * 20e-6) == 53  # time.sleep(0.001)
+
+
+def test_threads_needed_counts_what_the_loop_spends_per_call() -> None:
+    # One INCR to a local Redis: 60 us, half of it waiting. With the loop's fetch, hand-over and settle the
+    # process spends 70 us of interpreter per call: one thread already keeps the lock busy.
+    assert threads_needed([60e-6] * 64, 64 * 30e-6, 70e-6) == 1
+    # The thread's own CPU still bounds it when the process figure is lower (a sample over an idle spell).
+    assert threads_needed([100e-6] * 64, 64 * 50e-6, 10e-6) == 2
+    assert threads_needed([1.05e-3] * 64, 64 * 20e-6, 60e-6) == 18  # time.sleep(0.001): still many threads
 
 
 @settings(max_examples=200, deadline=None)
