@@ -63,7 +63,10 @@ from flume_rx.surfaces.embedded import RedisServer
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _config(redis_url: str, namespace: str, allowed: int, stages: int = 20) -> str:
+def _config(
+    redis_url: str, namespace: str, allowed: int, stages: int = 20, hold_ms: int | None = None
+) -> str:
+    hold = "" if hold_ms is None else f", hold = {hold_ms}"
     return f"""
 redis_url = "{redis_url}"
 namespace = "{namespace}"
@@ -72,7 +75,7 @@ shutdown_timeout = 3000
 
 [pipelines.{DEMO_QUEUE}]
 max_demand = 100
-rate_limiter = {{ allowed = {allowed}, period = 1000 }}
+rate_limiter = {{ allowed = {allowed}, period = 1000{hold} }}
 processor = {{ stages = {stages} }}
 retry = {{ max_retries = 10, backoff_initial = 100, backoff_max = 2000 }}
 """
@@ -134,7 +137,12 @@ def _cpu_hog(processes: int) -> Iterator[None]:
 
 
 def run_once(
-    jobs: int, processes: int = 3, allowed: int = 400, stages: int = 20, cpu_hog: int = 0
+    jobs: int,
+    processes: int = 3,
+    allowed: int = 400,
+    stages: int = 20,
+    cpu_hog: int = 0,
+    hold_ms: int | None = None,
 ) -> dict[str, Any]:
     """The exact mode: SES allows 450/s, the window 400/s; nothing may be rejected."""
     ses_limit = 450
@@ -144,7 +152,7 @@ def run_once(
         namespace = f"bench{int(time.time() * 1000)}"
         _demo_env(ses_url, server.url, namespace)
         config_path = Path(workdir) / "bench.toml"
-        config_path.write_text(_config(server.url, namespace, allowed, stages), encoding="utf-8")
+        config_path.write_text(_config(server.url, namespace, allowed, stages, hold_ms), encoding="utf-8")
         flume = Flume(server.url, namespace)
         flume.bulk_enqueue(DEMO_QUEUE, [(DEMO_WORKER, [f"u{i}@example.com", "welcome"]) for i in range(jobs)])
         counter = _ScriptCounter(server.url, _sha("take_tokens"))
@@ -350,6 +358,9 @@ def main() -> None:
         help="the exact mode's limit per second (a loaded machine may not reach 400)",
     )
     parser.add_argument(
+        "--hold", type=int, default=None, help="the exact mode's window hold in ms (default: flume_rx's own)"
+    )
+    parser.add_argument(
         "--cpu-hog", type=int, default=0, help="busy-looping processes through each exact run"
     )
     parser.add_argument(
@@ -377,7 +388,9 @@ def main() -> None:
         save_report(args.out, report)
     elif args.mode in ("exact", "both"):
         runs = [
-            run_once(args.jobs, allowed=args.allowed, stages=args.stages, cpu_hog=args.cpu_hog)
+            run_once(
+                args.jobs, allowed=args.allowed, stages=args.stages, cpu_hog=args.cpu_hog, hold_ms=args.hold
+            )
             for _ in range(args.reps)
         ]
         medians = _medians(runs)
