@@ -72,7 +72,10 @@ class Settings:
     memory_job_ms: float = 10.0
     slow_phase_s: float = 10.0
     batch_jobs: int = 50_000
-    shape_jobs: int = 5_000  # x 4 shapes x 3 reps per peer and config, plus a MONITOR pass each
+    # x 4 shapes x 3 reps per peer and config, plus a MONITOR pass each. Drains of 5,000 lasted under half a
+    # second for flume_rx, most of it its first thread-count trial: what a worker does in its first moments,
+    # not what it does for the hours it runs.
+    shape_jobs: int = 20_000
     shape_count_jobs: int = 2_000
     shape_latency_rate: float = 200.0
     drain_timeout_s: float = 300.0
@@ -731,6 +734,7 @@ def run(
     peers: Sequence[str] = (),
     out: Path | None = None,
     jobs: int | None = None,
+    shape_jobs: int | None = None,
     reps: int | None = None,
     redis_url: str | None = None,
     probe_url: str | None = None,
@@ -746,6 +750,8 @@ def run(
     settings = Settings.for_mode(quick)
     if jobs:
         settings.jobs = jobs
+    if shape_jobs:
+        settings.shape_jobs = shape_jobs
     if reps:
         settings.reps = reps
     wanted = [s for s in SCENARIOS if not only or s in only]
@@ -919,6 +925,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "default a private redis-server",
     )
     cmd.add_argument("--jobs", type=int, help="jobs per throughput drain (overrides the mode's default)")
+    cmd.add_argument("--shape-jobs", type=int, help="jobs per shapes drain (overrides the mode's default)")
     cmd.add_argument("--reps", type=int, help="repetitions (overrides the mode's default)")
     table = sub.add_parser("table", help="print a results JSON as the Markdown tables the README quotes")
     table.add_argument("path", type=Path)
@@ -936,6 +943,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         peers=peers,
         out=args.out,
         jobs=args.jobs,
+        shape_jobs=args.shape_jobs,
         reps=args.reps,
         redis_url=args.redis_url,
         probe_url=args.probe_url,
