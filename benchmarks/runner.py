@@ -759,6 +759,7 @@ def run(
     if unknown:
         raise SystemExit(f"unknown scenario(s) {sorted(unknown)}; pick from {', '.join(SCENARIOS)}")
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": quick}
+    path = out or RESULTS_DIR / f"{'quick' if quick else 'full'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     began = time.time()
     results["redis"] = {
         "under_test": "given" if redis_url else "private",
@@ -816,14 +817,23 @@ def run(
                     per_peer[spec.name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
                 per_peer[spec.name]["seconds"] = round(time.time() - t0, 1)
                 log(f"    {_brief(scenario, per_peer[spec.name])}")
+                results["scenarios"][scenario] = per_peer
+                # What is measured so far is kept: a run stopped in its last hour loses one peer, not all.
+                _write(path, results, partial=True)
             results["scenarios"][scenario] = per_peer
     results["seconds"] = round(time.time() - began, 1)
     results["summary"] = summarize(results)
-    path = out or RESULTS_DIR / f"{'quick' if quick else 'full'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    _write(path, results, partial=False)
     log(f"wrote {path} in {results['seconds']} s")
     return path
+
+
+def _write(path: Path, results: dict[str, Any], *, partial: bool) -> None:
+    """The results so far (``partial``, with no summary yet) or in full, replacing the file at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(path.name + ".part")
+    staged.write_text(json.dumps({**results, "partial": partial}, indent=1, default=str) + "\n")
+    staged.replace(path)
 
 
 @contextlib.contextmanager
