@@ -376,7 +376,9 @@ def main() -> None:
         paired: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
         for _ in range(args.reps):
             for side, tree in trees.items():
-                paired[side].append(_run_in_tree(tree, args.jobs, args.stages, args.cpu_hog, args.allowed))
+                paired[side].append(
+                    _run_in_tree(tree, args.jobs, args.stages, args.cpu_hog, args.allowed, args.hold)
+                )
                 print(side, json.dumps(_headline(paired[side][-1])), flush=True)
         report = {
             "machine": _machine(),
@@ -423,13 +425,16 @@ def _headline(run: dict[str, Any]) -> dict[str, Any]:
     return {key: run[key] for key in keys} | {"load": run["load_average_1m"]}
 
 
-def _run_in_tree(tree: Path, jobs: int, stages: int, cpu_hog: int, allowed: int) -> dict[str, Any]:
+def _run_in_tree(
+    tree: Path, jobs: int, stages: int, cpu_hog: int, allowed: int, hold_ms: int | None = None
+) -> dict[str, Any]:
     """One exact run with ``tree``'s flume_rx (in a subprocess whose path starts with it) and this benchmark."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "run.json"
+        hold = "" if hold_ms is None else f"'--hold', '{hold_ms}', "
         code = (
             "import runpy, sys; "
-            f"sys.argv = ['rate_limit', '--mode', 'exact', '--reps', '1', '--jobs', '{jobs}', "
+            f"sys.argv = ['rate_limit', '--mode', 'exact', '--reps', '1', '--jobs', '{jobs}', {hold}"
             f"'--stages', '{stages}', '--cpu-hog', '{cpu_hog}', '--allowed', '{allowed}', '--out', {str(out)!r}]; "
             f"runpy.run_path({__file__!r}, run_name='__main__')"
         )

@@ -57,7 +57,8 @@ class Grant:
 
 @dataclass(frozen=True, slots=True)
 class Unused:
-    """Tokens of an earlier grant that its caller will never start: they lapsed, or the next item did not fit.
+    """Tokens of an earlier grant that its caller will never start (they lapsed, or the next item did not fit),
+    and, when known, how soon after the grant's start its items that did start had all started.
 
     Given to :meth:`TokenWindow.take` only once the caller can no longer start them (DEVELOPERS.md, "The token
     window", giving back), so the window may stop counting them.
@@ -69,6 +70,11 @@ class Unused:
     """Tokens of the same grant given back before: its entry in the window now counts ``grant.tokens -
     already``. A grant gives back more than once when an item released under it comes back after its rest
     lapsed (:meth:`Lease.hand_back`)."""
+    started_within_s: float | None = None
+    """When known, every item of the grant that started did so within this long after the grant's start (at
+    most its hold): the window may stop counting the grant that long after its start plus a period, instead of
+    a whole hold after, since none of it starts later (``tokens`` may then be 0). Known only once no item of
+    the grant can start any more."""
 
 
 class Lease:
@@ -76,15 +82,31 @@ class Lease:
 
     The window counts a grant's starts within its hold, so an item whose first line runs after the hold (a
     CPU-starved process, a thread that woke late) would start outside what the window counted. A consumer
-    that checks :meth:`late` where the item really begins, and calls :meth:`hand_back` instead of starting
-    it, keeps the limit exact for starts. One lease is shared by every item of a grant.
+    that calls :meth:`begin` where the item really begins, and :meth:`hand_back` instead of starting it when
+    that says no, keeps the limit exact for starts. One lease is shared by every item of a grant.
+
+    When every item released under it was begun or refused through :meth:`begin`, the lease also knows when
+    the last of them started: the throttle tells the window, which then stops counting the grant that much
+    sooner than a whole hold after its start (:attr:`Unused.started_within_s`).
 
     Attributes:
         start_by: the last moment on the throttle's clock an item of this grant may begin (the end of the
             grant's hold, measured from when its take was sent, so never after the window's).
     """
 
-    __slots__ = ("_hand_back", "_now", "grant", "start_by")
+    __slots__ = (
+        "_begun",
+        "_closed",
+        "_hand_back",
+        "_last_start",
+        "_lock",
+        "_now",
+        "_refused",
+        "begins_at",
+        "grant",
+        "released",
+        "start_by",
+    )
 
     def __init__(
         self,
@@ -92,15 +114,52 @@ class Lease:
         start_by: float,
         now: Callable[[], float],
         hand_back: Callable[[Lease, Any], None],
+        begins_at: float | None = None,
     ) -> None:
         self.grant = grant
         self.start_by = start_by
+        # The earliest the grant's start can lie on the throttle's clock (its take's sending plus its delay).
+        self.begins_at = start_by - grant.hold_s if begins_at is None else begins_at
+        self.released = 0  # items released under it (counted by the throttle, on its own thread)
         self._now = now
         self._hand_back = hand_back
+        self._lock = threading.Lock()
+        self._begun = 0
+        self._refused = 0
+        self._last_start = -math.inf
+        self._closed = False
 
     def late(self) -> bool:
         """Whether an item of this grant beginning now would begin after the hold (safe from any thread)."""
         return self._now() > self.start_by
+
+    def begin(self) -> bool:
+        """Where an item really begins: whether it may (False: it would begin after the hold; hand it back).
+        Safe from any thread; counts the item either way."""
+        with self._lock:
+            now = self._now()
+            if self._closed or now > self.start_by:
+                self._refused += 1
+                return False
+            self._begun += 1
+            self._last_start = max(self._last_start, now)
+            return True
+
+    def settled(self) -> bool:
+        """Whether every item released under it has begun or been refused through :meth:`begin`."""
+        with self._lock:
+            return self._begun + self._refused == self.released
+
+    def close(self) -> float | None:
+        """No item of it begins from now on (:meth:`begin` refuses); how long after :attr:`begins_at` its last
+        item began, within ``[0, hold]``. Call it once nothing more will be released under it and it is
+        :meth:`settled`, or once past :attr:`start_by`. None when an item released under it was never begun
+        or refused through :meth:`begin` (a consumer that does not call it), or none began."""
+        with self._lock:
+            self._closed = True
+            if not self._begun or self._begun + self._refused != self.released:
+                return None
+            return min(self.grant.hold_s, max(0.0, self._last_start - self.begins_at))
 
     def hand_back(self, item: Any) -> None:
         """Give ``item`` back to the throttle unstarted: it goes first in line for the next grant, and its
@@ -165,9 +224,10 @@ class InProcessWindow:
     """A :class:`TokenWindow` in this process's memory, on a clock of your choice.
 
     Each grant is recorded at its start time ``g`` (non-decreasing from grant to grant) and counts until
-    ``g + hold_s + period_s``; a take that cannot have ``min_tokens`` now is given a reservation at the
-    earliest time they are free. So any ``period_s`` of starts holds at most ``allowed`` tokens, and a
-    steady backlog gets ``period_s / (period_s + hold_s)`` of the rate.
+    ``g + hold_s + period_s``, or ``g + s + period_s`` once its taker said its starts all came within ``s``
+    (:attr:`Unused.started_within_s`); a take that cannot have ``min_tokens`` now is given a reservation at
+    the earliest time they are free. So any ``period_s`` of starts holds at most ``allowed`` tokens, and a
+    steady backlog gets ``period_s / (period_s + s)`` of the rate, ``s`` at most the hold.
 
     Adaptive mode: :meth:`penalize` sets the rate from what the downstream accepted over the last period
     (tokens started minus calls refused) and then probes upward, never above ``allowed`` (see
@@ -230,8 +290,9 @@ class InProcessWindow:
         else:
             self._clock = clock
         self._lock = threading.Lock()
-        # (expires_at, tokens) in grant order; expires_at = g + hold + period is non-decreasing like g.
-        self._grants: deque[tuple[float, int]] = deque()
+        # (expires_at, tokens, g) in grant order; expires_at = g + hold + period, or less once shortened
+        # (Unused.started_within_s), so only g is in order: the walk sorts by expires_at.
+        self._grants: deque[tuple[float, int, float]] = deque()
         self._first_seq = 1  # the sequence number (Grant.ref) of _grants[0]; grants are numbered from 1
         self._last_start = -math.inf
         self.burst = burst
@@ -258,7 +319,7 @@ class InProcessWindow:
         if self._ceiling is None:
             return float(self._allowed)
         # Tokens of the grants still counted: those of the last period (and hold), as take_tokens.lua's sum.
-        used = sum(count for expires_at, count in self._grants if expires_at > now)
+        used = sum(count for expires_at, count, _g in self._grants if expires_at > now)
         if not used and now - self._cut_at >= recovery_s(
             self._ceiling, self._allowed, self._period_s, self.tuning
         ):
@@ -297,10 +358,10 @@ class InProcessWindow:
             capacity = max(1, math.floor(self._rate_at(now, wanted)))
             need = min(wanted, min_tokens, capacity)
             start = max(now, self._last_start)
-            used = sum(count for expires_at, count in grants if expires_at > start)
+            used = sum(count for expires_at, count, _g in grants if expires_at > start)
             at = start
             if capacity - used < need:
-                for expires_at, count in grants:
+                for expires_at, count, _g in sorted(grants):
                     if expires_at <= start:
                         continue
                     used -= count
@@ -308,46 +369,51 @@ class InProcessWindow:
                     if capacity - used >= need:
                         break
             # Grants expiring at the same instant as `at` are free too: include them all.
-            used = sum(count for expires_at, count in grants if expires_at > at)
+            used = sum(count for expires_at, count, _g in grants if expires_at > at)
             granted = min(wanted, capacity - used)
             if self.burst is not None:
                 # Pacing only ever moves a start later, which the sliding window always allows.
                 most = max(self.burst, need)
                 granted = min(granted, most)
-                interval = (self._period_s + self.hold_s) / capacity
+                interval = self._period_s / capacity
                 at = max(at, self._paced_until + (granted - most) * interval)
                 self._paced_until = max(self._paced_until, at) + granted * interval
-            grants.append((at + self.hold_s + self._period_s, granted))
+            grants.append((at + self.hold_s + self._period_s, granted, at))
             self._last_start = at
             return Grant(granted, at - now, self.hold_s, (self._first_seq + len(grants) - 1,))
 
     def give_back(self, unused: Unused) -> None:
-        """Stop counting ``unused.tokens`` of ``unused.grant``, which its caller will never start.
+        """Stop counting ``unused.tokens`` of ``unused.grant``, which its caller will never start, and count
+        the rest only until ``unused.started_within_s`` after its start (plus a period) when that is given.
 
         Safe for the limit only once the caller can no longer start them (DEVELOPERS.md, "The token window"):
-        every later grant then sees the tokens that really start. A grant no longer counted, or not of this
-        window, is left alone. Pacing is given the tokens back too, as if the grant had been smaller.
+        every later grant then sees the tokens that really start, when they started. A grant no longer
+        counted, or not of this window, is left alone, and one is shortened once. Pacing is given the tokens
+        back too, as if the grant had been smaller.
         """
         with self._lock:
             self._give_back(unused)
 
     def _give_back(self, unused: Unused) -> None:
         # Called with the lock held.
-        if len(unused.grant.ref) != 1 or unused.tokens < 1:
+        within = unused.started_within_s
+        if len(unused.grant.ref) != 1 or (unused.tokens < 1 and within is None):
             return
         index = unused.grant.ref[0] - self._first_seq
         if not 0 <= index < len(self._grants):
             return  # expired already: it counts no more
-        expires_at, count = self._grants[index]
+        expires_at, count, g = self._grants[index]
         if expires_at <= max(self._clock(), self._last_start):
             return  # counts for no later grant: nothing to give back, pacing included (as take_tokens.lua)
         if count != unused.grant.tokens - unused.already:
             return  # given back since, or never given back as the caller thinks: left alone, as take_tokens.lua
-        back = min(unused.tokens, count)
-        self._grants[index] = (expires_at, count - back)
-        if self.burst is not None:
+        back = min(max(0, unused.tokens), count)
+        if within is not None and expires_at >= g + self.hold_s + self._period_s:
+            expires_at = g + max(0.0, min(self.hold_s, within)) + self._period_s
+        self._grants[index] = (expires_at, count - back, g)
+        if back and self.burst is not None:
             capacity = max(1, math.floor(self._rate_at(self._clock())))
-            self._paced_until -= back * (self._period_s + self.hold_s) / capacity
+            self._paced_until -= back * self._period_s / capacity
 
     def take(self, tokens: int, min_tokens: int, unused: Unused | None = None) -> Grant:
         """:meth:`grant`, under the name :class:`TokenWindow` gives it."""
@@ -386,12 +452,9 @@ class InProcessWindow:
             # moment after g or the age read a tick long (a 70/s downstream raised to 83/s read 73, and the rate
             # kept under 90% of 83 for 3.3 s more). At worst a burst too many instead, and a refusal never raises
             # the rate.
-            # Grants stay in the deque until g + hold + period, so all of these are there.
-            started = sum(
-                count
-                for expires_at, count in self._grants
-                if since - self.hold_s < expires_at - self.hold_s - period <= until
-            )
+            # Grants stay in the deque until g + hold + period, so all of these are there; one shortened
+            # (Unused.started_within_s) may leave sooner, once all its calls lie before the period.
+            started = sum(count for _expires_at, count, g in self._grants if since - self.hold_s < g <= until)
             refused_then = sum(count for at, count in refusals if since < at <= until)
             accepted = accepted_per_period(started, refused_then, period, period)
             self._ceiling = ceiling_after_refusal(current, accepted, self.tuning)
@@ -513,6 +576,9 @@ def throttle(
             starts = _StartsPerHold(max(1, min_tokens or 1), prefetch)
             give_backs = _GiveBacks()  # tokens of past grants that will never start, for the next takes
             lease: Lease | None = None  # of the active grant, told to on_release with each item
+            # Leases not closed yet, oldest first: each grant tells the window when its items began (and what
+            # lapsed) once it releases no more and they have all begun or gone back, or its hold is over.
+            open_grants: deque[_OpenGrant] = deque()
 
             def event(name: str, **fields: Any) -> None:
                 if on_event is not None:
@@ -554,8 +620,11 @@ def throttle(
                     if lapsed:
                         if active is not None:
                             # Past the deadline (or dropped above), so none of them can start any more:
-                            # the next take gives them back.
-                            give_backs.add(active, lapsed)
+                            # a next take gives them back, with when the rest began if its lease is open.
+                            if open_grants and open_grants[-1].lease.grant is active:
+                                open_grants[-1].lapsed += lapsed
+                            else:
+                                give_backs.add(active, lapsed)
                         return lambda: event("lapsed", tokens=lapsed)
                 if phase == _IDLE and held and demand.pending > 0:
                     cap = max(1, min(allowed, math.floor(window.current_rate())))
@@ -571,6 +640,7 @@ def throttle(
                     cost_cap = cap
                     sent_at = _now_s(clock)
                     reports_at_take = _refusal_reports(window)
+                    close_settled(sent_at)
                     back = give_backs.next()
                     return lambda: send_take(wanted, least, sent_at, back)
                 if upstream_done and not held and phase != _TAKING:
@@ -629,11 +699,28 @@ def throttle(
                             start_by,
                             functools.partial(_now_s, clock),
                             functools.partial(take_back, cost_cap),
+                            begins_at=sent_at + grant.delay_s,
                         )
+                        if grant.ref:
+                            open_grants.append(_OpenGrant(lease))
                 drain()
+
+            def close_settled(now: float) -> None:
+                # Called with the lock held. A grant closes once it releases nothing more and every item it
+                # released has begun or gone back (Lease.begin), or once its hold is over; what it tells the
+                # window rides the next take. Grants close in order: a later one waits for an earlier one.
+                while open_grants:
+                    record = open_grants[0]
+                    closing = record.lease
+                    releasing = phase == _ACTIVE and closing is lease
+                    if now <= closing.start_by and (releasing or not closing.settled()):
+                        return
+                    open_grants.popleft()
+                    give_backs.report(closing.grant, record.lapsed, closing.close())
 
             def release(item: _T, lease: Lease) -> None:
                 assert on_release is not None  # released with a lease only when someone is told
+                lease.released += 1
                 on_release(item, lease)
                 observer.on_next(item)
 
@@ -649,7 +736,11 @@ def throttle(
                     if end.stopped:
                         return  # disposed or ended: whoever handed it out takes back what never began
                     held.appendleft((item, item_cost))
-                    give_backs.add(lease.grant, min(item_cost, cap))
+                    record = next((r for r in open_grants if r.lease is lease), None)
+                    if record is not None:
+                        record.lapsed += min(item_cost, cap)  # told with the rest of its grant
+                    else:
+                        give_backs.add(lease.grant, min(item_cost, cap))
                 event("late", tokens=min(item_cost, cap))
                 drain()
 
@@ -720,26 +811,46 @@ class _GiveBacks:
     __slots__ = ("_pending", "_sent")
 
     def __init__(self) -> None:
-        self._pending: dict[tuple[int, ...], tuple[Grant, int]] = {}
+        self._pending: dict[tuple[int, ...], tuple[Grant, int, float | None]] = {}
         self._sent: dict[tuple[int, ...], int] = {}
 
     def add(self, grant: Grant, tokens: int) -> None:
-        if not grant.ref or tokens < 1:
-            return  # a window that takes nothing back
-        _grant, pending = self._pending.get(grant.ref, (grant, 0))
-        self._pending[grant.ref] = (grant, pending + tokens)
+        if tokens >= 1:
+            self.report(grant, tokens, None)
+
+    def report(self, grant: Grant, tokens: int, started_within_s: float | None) -> None:
+        """``tokens`` of ``grant`` will never start, and (when not None) the rest all began within
+        ``started_within_s`` of its start; merged with what is pending for it."""
+        if not grant.ref or (tokens < 1 and started_within_s is None):
+            return  # a window that takes nothing back, or nothing to tell
+        _grant, pending, within = self._pending.get(grant.ref, (grant, 0, None))
+        self._pending[grant.ref] = (
+            grant,
+            pending + max(0, tokens),
+            within if started_within_s is None else started_within_s,
+        )
+        if len(self._pending) > _GIVE_BACKS_KEPT:
+            del self._pending[next(iter(self._pending))]  # the oldest: long expired from the window
 
     def next(self) -> Unused | None:
-        """The oldest grant's tokens to give back with the take about to be sent, if any."""
+        """The oldest grant's report to send with the take about to be sent, if any."""
         if not self._pending:
             return None
         ref = next(iter(self._pending))
-        grant, tokens = self._pending.pop(ref)
+        grant, tokens, within = self._pending.pop(ref)
         already = self._sent.pop(ref, 0)
         self._sent[ref] = already + tokens
         if len(self._sent) > _GIVE_BACKS_KEPT:
             del self._sent[next(iter(self._sent))]  # the oldest: long expired from the window
-        return Unused(grant, tokens, already)
+        return Unused(grant, tokens, already, within)
+
+
+@dataclass(slots=True)
+class _OpenGrant:
+    """A grant whose lease is not closed yet, and the tokens of it that lapsed meanwhile (told with its span)."""
+
+    lease: Lease
+    lapsed: int = 0
 
 
 _GIVE_BACKS_KEPT = 64

@@ -169,7 +169,7 @@ def _take(item: Delivery, queued: fo.Queued[Any]) -> Callable[[], None]:
     """In the stage thread taking ``item``: it begins now, unless its source is stopping (then NotStarted) or
     its grant's hold is over (then StartedLate: a start now would fall outside what the window counted)."""
     lease = item.lease
-    if lease is not None and lease.late():
+    if lease is not None and not lease.begin():
         raise StartedLate()
     at = time.time()
     if not item.source.take(item):
@@ -181,7 +181,7 @@ async def _begin_unless_late(item: Delivery, spec: WorkerSpec) -> Any:
     """An async job a throttle released, begun at its task's first step: unless its grant's hold is over by
     then (StartedLate) or its source is stopping (NotStarted); neither started it, so it goes back."""
     lease = item.lease
-    if lease is not None and lease.late():
+    if lease is not None and not lease.begin():
         raise StartedLate()
     source = item.source
     if source.stopping:

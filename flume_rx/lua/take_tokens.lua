@@ -1,8 +1,9 @@
 -- take_tokens(KEYS[1]=log, KEYS[2]=meta, ARGV[1]=allowed, ARGV[2]=period_ms, ARGV[3]=hold_ms, ARGV[4]=want,
 --             ARGV[5]=min_tokens, ARGV[6]=adaptive (0/1), ARGV[7]=margin, ARGV[8]=probe,
---             ARGV[9]=burst (0: no pacing), ARGV[10]=headroom, ARGV[11..14]=give back: seq, g_us, tokens
---             its entry counts now (granted less what went back before) of an earlier grant and how many
---             of them will never start ('' for none))
+--             ARGV[9]=burst (0: no pacing), ARGV[10]=headroom, ARGV[11..15]=give back: seq, g_us, tokens
+--             its entry counts now (granted less what went back before) of an earlier grant, how many of
+--             them will never start, and within how many us after g every one of them that started did
+--             ('' for none; ARGV[15] '' when not known))
 --   -> {tokens, delay_us, hold_us, effective allowed (string), g_us, seq, cut_at_us (of the latest refusal the
 --       adaptive rate follows, 0 for none)}
 -- An exact sliding-window limit. Each grant is recorded at its start time g (unix us, Redis TIME), handed out
@@ -18,7 +19,10 @@
 -- A take may give back tokens of the caller's previous grant that will never start (they lapsed): that grant's
 -- entry then counts only the rest, and pacing gets them back. Callers give back only once they can no longer
 -- start them, so every grant decided later sees at least the tokens that really start (DEVELOPERS.md, "The token
--- window"). An entry expired already, or not matching seq, g and tokens, is left alone.
+-- window"). A take may also say that the starts of that grant all came within s of g (s < hold): its entry is
+-- then counted until g + s + period, not g + hold + period, since no start of it lies later. A grant's entry
+-- is shortened once (while scored g + hold). An entry expired already, or not matching seq, g and tokens, is
+-- left alone.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local allowed = tonumber(ARGV[1])
@@ -38,22 +42,33 @@ local given_back = 0
 local back_seq = tonumber(ARGV[11])
 if back_seq then
   local back_g, back_tokens, unused = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+  local within = tonumber(ARGV[15])
   local member = back_seq .. ':' .. back_tokens
   local score = tonumber(redis.call('ZSCORE', KEYS[1], member))
   -- g came back to the caller in whole microseconds (Redis truncates a reply's number), and a paced g may have
-  -- a fraction: the entry is the grant's if its score lies within the microsecond after back_g + hold.
-  -- Only while it still counts for the next grant (its score above max(now, last_g) - period), as
-  -- InProcessWindow does: once it no longer counts, there is nothing to give back, pacing included.
+  -- a fraction: the entry is the grant's if its score lies within the microsecond after back_g + hold, or
+  -- after back_g once shortened. Only while it still counts for the next grant (its score above
+  -- max(now, last_g) - period), as InProcessWindow does: once it no longer counts, there is nothing to give
+  -- back or shorten, pacing included.
   local counts_from = math.max(now, tonumber(meta[2]) or 0) - period
-  if score and score >= back_g + hold and score < back_g + hold + 1 and score > counts_from and unused >= 1 then
+  if score and score >= back_g and score < back_g + hold + 1 and score > counts_from then
     given_back = math.min(unused, back_tokens)
-    -- The removal first: it never grows memory, so a full Redis still runs the script (see _window.lua).
-    redis.call('ZREM', KEYS[1], member)
-    if given_back < back_tokens then
-      redis.call('ZADD', KEYS[1], score, back_seq .. ':' .. (back_tokens - given_back))
+    local kept_score = score
+    if within and score >= back_g + hold then
+      -- The entry's own g (score - hold) keeps a paced start's fraction.
+      kept_score = score - hold + math.max(0, math.min(hold, within))
     end
-    sum = sum - given_back
-    redis.call('HINCRBY', KEYS[2], 'returned', given_back)
+    if given_back >= 1 or kept_score < score then
+      -- The removal first: it never grows memory, so a full Redis still runs the script (see _window.lua).
+      redis.call('ZREM', KEYS[1], member)
+      if given_back < back_tokens then
+        redis.call('ZADD', KEYS[1], kept_score, back_seq .. ':' .. (back_tokens - given_back))
+      end
+    end
+    if given_back >= 1 then
+      sum = sum - given_back
+      redis.call('HINCRBY', KEYS[2], 'returned', given_back)
+    end
   end
 end
 local last_g = tonumber(meta[2]) or 0
@@ -93,8 +108,9 @@ if burst > 0 then
   if tokens > most then
     tokens = most
   end
-  -- Paced at allowed per (period + hold), the rate the window sustains, so it never has to stall.
-  local interval = (period + hold) / cap
+  -- Paced at allowed per period: a grant shortened to its starts (ARGV[15]) lets the window sustain more than
+  -- allowed per (period + hold), and the window itself still reserves a later g when it is full.
+  local interval = period / cap
   local tat = (tonumber(meta[6]) or 0) - given_back * interval
   g = math.max(g, tat + (tokens - most) * interval)
   redis.call('HSET', KEYS[2], 'tat', math.max(tat, g) + tokens * interval)

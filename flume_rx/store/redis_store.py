@@ -533,13 +533,15 @@ class RedisStore:
         adaptive: bool = False,
         tuning: AdaptiveTuning = _DEFAULT_TUNING,
         burst: int = 0,
-        give_back: tuple[int, int, int, int] | None = None,
+        give_back: tuple[int, int, int, int, int | None] | None = None,
     ) -> TokenReply:
         """One grant from the shared sliding window ``key`` (see DEVELOPERS.md, "The token window").
 
-        ``give_back`` is ``(seq, start_us, tokens, unused)`` of an earlier grant of this window (its reply's
-        fields) and how many of its tokens will never start: the window stops counting them first. Give back
-        only tokens that can no longer start.
+        ``give_back`` is ``(seq, start_us, tokens, unused, started_within_us)`` of an earlier grant of this
+        window (its reply's fields), how many of its tokens will never start, and within how many microseconds
+        of its start every one that started did (None: not known): the window stops counting the unused
+        first, and counts the rest only until then (plus a period). Give back only once no item of the grant
+        can start any more.
         """
         log_key, meta_key = self.keys.rate(key)
         args: tuple[Arg, ...] = (
@@ -553,7 +555,7 @@ class RedisStore:
             repr(float(tuning.probe)),
             burst,
             "" if tuning.headroom is None else repr(float(tuning.headroom)),
-            *(("", "", "", "") if give_back is None else give_back),
+            *_give_back_args(give_back),
         )
         return _parse_token_reply(await self._run.one(_Eval("take_tokens", (log_key, meta_key), args)))
 
@@ -623,3 +625,11 @@ class RedisStore:
         return RefusalReply(
             float(_text(effective)), float(_text(ceiling)), float(measured) if measured else None, int(at_us)
         )
+
+
+def _give_back_args(give_back: tuple[int, int, int, int, int | None] | None) -> tuple[Arg, ...]:
+    """take_tokens.lua's ARGV[11..15]: '' for what is not given."""
+    if give_back is None:
+        return ("", "", "", "", "")
+    *fields, within = give_back
+    return (*fields, "" if within is None else within)

@@ -35,7 +35,8 @@ class RedisTokenWindow:
         key: the window's name; every window with the same key and namespace shares one limit.
         allowed: items allowed to start per period.
         period_s: the sliding period.
-        hold_s: how long after its start a grant may still be used; utilization is period / (period + hold).
+        hold_s: how long after its start a grant may still be used; utilization is period / (period + s), s the
+            time a grant's items took to begin (at most the hold; DEVELOPERS.md, "The token window").
         adaptive: aim the rate at the downstream's on :meth:`penalize` and probe upward.
         tuning: how the adaptive rate cuts and probes (``AdaptiveTuning()`` when None).
         burst: pace grants to one token every ``period_s / allowed``, at most ``burst`` at once, so the window
@@ -124,10 +125,22 @@ class RedisTokenWindow:
             await self.store.load_scripts(("penalize",))
             self._penalize_loaded = True
         give_back = None
-        if unused is not None and unused.tokens >= 1 and len(unused.grant.ref) == 3:
+        if (
+            unused is not None
+            and (unused.tokens >= 1 or unused.started_within_s is not None)
+            and len(unused.grant.ref) == 3
+        ):
             seq, start_us, granted = unused.grant.ref
+            within = unused.started_within_s
             # The grant's entry counts what is left after earlier give-backs; take_tokens.lua finds it by that.
-            give_back = (seq, start_us, granted - unused.already, unused.tokens)
+            # The span is rounded up: the window then counts the grant no shorter than its starts came.
+            give_back = (
+                seq,
+                start_us,
+                granted - unused.already,
+                max(0, unused.tokens),
+                None if within is None else math.ceil(within * 1e6),
+            )
         reply = await self.store.take_tokens(
             self.key,
             allowed=self.allowed,

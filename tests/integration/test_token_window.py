@@ -134,6 +134,15 @@ async def test_a_grant_gives_back_again_what_came_back_late(make_window: WindowF
     assert (await taken(window, 1, 1)).delay_s > 30.0  # 2 started, 2 + 1 granted since: full
 
 
+async def test_a_grant_told_when_its_items_began_counts_only_until_then(make_window: WindowFactory) -> None:
+    # With a 2 s hold, a grant counts until g + 2 + period. Told that all it started began within 0.1 s
+    # (nothing lapsed), the window counts it until g + 0.1 + period: the next take waits 1.1 s, not 3.
+    window = make_window(5, 1.0, 2.0)
+    granted = await taken(window, 5, 5)
+    grant = await taken(window, 1, 1, Unused(granted, 0, started_within_s=0.1))
+    assert 0.9 < grant.delay_s <= 1.1
+
+
 # ------------------------------------------------------------------------------------- the Redis window
 
 

@@ -3,7 +3,8 @@ in-process one (operators.InProcessWindow). Fed the same takes at the same insta
 
 Each take goes to Redis first; its reply says when Redis's clock stood (start - delay), and the Python window
 is asked the same at that instant (its clock in microseconds, like the script's). Hypothesis draws the limits
-and the takes; short periods and small pauses make grants expire, wait and reserve.
+and the takes; short periods and small pauses make grants expire, wait and reserve, and takes give back and
+shorten the grant before them.
 """
 
 from __future__ import annotations
@@ -61,14 +62,19 @@ def test_the_lua_and_the_python_window_grant_alike(
     for want, least, pause_s in trace:
         if pause_s:
             time.sleep(pause_s)
-        # Every third take gives back half the tokens of the one before (rounded up), as a lapse does.
-        back: tuple[Unused, tuple[int, int, int, int]] | None = None
-        if last is not None and want % 3 == 0:
-            unused = (last[0].tokens + 1) // 2
-            back = Unused(last[0], unused), (*last[1], unused)
+        # Every third take gives back half the tokens of the one before (rounded up), as a lapse does; every
+        # other take says the one before began all it started within least / 12 of its hold (a shortening).
+        back: tuple[Unused, tuple[int, int, int, int, int | str]] | None = None
+        if last is not None and (want % 3 == 0 or least % 2 == 0):
+            unused = (last[0].tokens + 1) // 2 if want % 3 == 0 else 0
+            within_us = round(hold_us * least / 12) if least % 2 == 0 else None
+            back = (
+                Unused(last[0], unused, started_within_s=within_us),
+                (*last[1], unused, "" if within_us is None else within_us),
+            )
         # Not adaptive: margin and probe are unused but must be numbers; headroom '' is none.
         args = (allowed, repr(period_ms * 1.0), repr(hold_ms * 1.0), want, least, 0, "0.03", "0.4", burst, "")
-        args += back[1] if back is not None else ("", "", "", "")
+        args += back[1] if back is not None else ("", "", "", "", "")
         reply = client.evalsha(script, 2, log_key, meta_key, *args)  # type: ignore[misc]
         tokens, delay_us, _, _, start_us, seq, _ = reply
         now_us[0] = float(int(start_us) - int(delay_us))

@@ -500,11 +500,16 @@ def test_with_prefetch_the_window_holds_and_nothing_goes_unrequested(
 
 
 def _shared_limit_with_slow_stages(
-    window: InProcessWindow, scheduler: TestScheduler, job_s: tuple[float, ...], lag_s: float = 0.0
+    window: InProcessWindow,
+    scheduler: TestScheduler,
+    job_s: tuple[float, ...],
+    lag_s: float = 0.0,
+    begin_through_leases: bool = False,
 ) -> tuple[list[float], list[int]]:
     """The demo's shape in virtual time: three throttles with prefetch share ``window``; each feeds five stages
-    whose calls take ``job_s`` in turn (the 10 ms a fake SES call takes and a little more). Returns the starts
-    and the tokens that lapsed."""
+    whose calls take ``job_s`` in turn (the 10 ms a fake SES call takes and a little more). With
+    ``begin_through_leases`` each item begins through its lease (Lease.begin), as the job processor does.
+    Returns the starts and the tokens that lapsed."""
     starts: list[float] = []
     lapsed: list[int] = []
 
@@ -515,15 +520,30 @@ def _shared_limit_with_slow_stages(
     for process in range(3):
         demand = Demand()
         finished = [0]
+        leases: dict[int, Lease] = {}
 
-        def start(_item: int, demand: Demand = demand, finished: list[int] = finished) -> None:
+        def start(
+            item: int,
+            demand: Demand = demand,
+            finished: list[int] = finished,
+            leases: dict[int, Lease] = leases,
+        ) -> None:
+            lease = leases.pop(item, None)
+            if lease is not None and not lease.begin():
+                lease.hand_back(item)
+                demand.request(1)
+                return
             starts.append(float(scheduler.clock))
             finished[0] += 1
             took = job_s[finished[0] % len(job_s)]
             scheduler.schedule_relative(took, lambda _s, _st: demand.request(1))
 
-        lag = {"lag_s": lag_s} if lag_s else {}
-        limited = throttle(window, min_tokens=5, prefetch=50, scheduler=scheduler, on_event=on_event, **lag)
+        options: dict[str, Any] = {"lag_s": lag_s} if lag_s else {}
+        if begin_through_leases:
+            options["on_release"] = leases.__setitem__
+        limited = throttle(
+            window, min_tokens=5, prefetch=50, scheduler=scheduler, on_event=on_event, **options
+        )
         TimedSource(scheduler, [0.0] * 1000).pipe(limited).subscribe_with_demand(
             reactivex.Observer(start), demand, scheduler
         )
@@ -550,6 +570,66 @@ def test_five_slow_stages_per_process_still_use_the_shared_limit() -> None:
     assert sum(lapsed) <= len(starts) // 20
 
 
+def test_grants_that_tell_when_their_items_began_leave_more_of_the_limit_used() -> None:
+    # Counted until a hold after its start, each grant costs the window hold / period of its rate (98% with a
+    # 20 ms hold). Five stages begin a grant's items in waves, and its last one well before the hold ends:
+    # told when that was (Lease.begin, then Unused.started_within_s), the window counts the grant only that
+    # long, and no sliding second has more than the limit.
+    rates = {}
+    for through_leases in (False, True):
+        scheduler = TestScheduler()
+        window = InProcessWindow(400, 1.0, 0.02, clock=scheduler, burst=20)
+        starts, _ = _shared_limit_with_slow_stages(
+            window, scheduler, (0.010, 0.011, 0.012, 0.013), begin_through_leases=through_leases
+        )
+        assert len(starts) == 3000
+        assert max_in_window([(t, 1) for t in starts], 1.0) <= 400
+        in_steady = [t for t in starts if t >= starts[0] + 1.0]
+        rates[through_leases] = (len(in_steady) - 1) / (in_steady[-1] - in_steady[0])
+    assert rates[True] >= 0.985 * 400
+    assert rates[True] > rates[False]
+
+
+def test_a_lease_tells_when_its_last_item_began() -> None:
+    now = [0.0]
+    grant = Grant(3, 0.0, 1.0)
+    lease = Lease(grant, 11.0, lambda: now[0], lambda _lease, _item: None, begins_at=10.0)
+    lease.released = 3
+    now[0] = 10.2
+    assert lease.begin()
+    now[0] = 10.5
+    assert lease.begin()
+    assert not lease.settled()  # the third is still on its way
+    now[0] = 11.5
+    assert not lease.begin()  # after the hold: refused, and counted
+    assert lease.settled()
+    assert lease.close() == pytest.approx(0.5)
+    # A consumer that does not begin every item through the lease tells nothing: its starts are not known.
+    other = Lease(grant, 11.0, lambda: now[0], lambda _lease, _item: None, begins_at=10.0)
+    other.released = 2
+    now[0] = 10.1
+    assert other.begin()
+    assert other.close() is None
+    now[0] = 10.2
+    assert not other.begin()  # closed: nothing begins under it any more
+
+
+def test_a_grant_shortened_to_its_starts_frees_its_tokens_sooner() -> None:
+    now = [0.0]
+    window = InProcessWindow(3, 10.0, 5.0, clock=lambda: now[0])
+    first = window.grant(3, 3)
+    now[0] = 6.0
+    window.give_back(Unused(first, 0, started_within_s=1.0))
+    assert window.grant(3, 3).delay_s == pytest.approx(11.0 - 6.0)  # g + 1 + period, not g + 5 + period
+    # Shortened once, and never longer than its hold nor before its start.
+    second = window.grant(3, 3)
+    assert second.delay_s == pytest.approx(16.0 + 10.0 - 6.0)  # after the grant at 11 (not shortened)
+    window.give_back(Unused(second, 0, started_within_s=-3.0))
+    window.give_back(Unused(second, 0, started_within_s=4.0))
+    now[0] = 30.0
+    assert window.grant(3, 3).delay_s == pytest.approx(36.0 - 30.0)  # 26 + 0 + 10
+
+
 @pytest.mark.parametrize(("lag_s", "released"), [(0.0, ["a", "b", "c"]), (2.0, ["a", "b"]), (9.0, ["a"])])
 def test_items_are_released_a_lag_before_the_hold_ends(lag_s: float, released: list[str]) -> None:
     # A start may follow its release by up to lag_s (a thread switch to the stage): released no later than
@@ -574,6 +654,7 @@ def _begin_after_release(
     waits: list[float],
     job_s: float,
     hand_back_late: bool,
+    begin_through_lease: bool = False,
 ) -> tuple[list[tuple[float, int]], list[int]]:
     """A consumer whose items begin ``waits[...]`` after their release (a thread that wakes late, a starved
     process): ``stages`` at once, each running ``job_s``. With ``hand_back_late`` it looks at the item's lease
@@ -587,7 +668,8 @@ def _begin_after_release(
         demand.request(1)
 
     def begin(item: int, lease: Lease) -> None:
-        if hand_back_late and lease.late():
+        refused = not lease.begin() if begin_through_lease else lease.late()
+        if hand_back_late and refused:
             late.append(item)
             lease.hand_back(item)
             free_stage()
@@ -621,6 +703,7 @@ def _begin_after_release(
     stages=st.integers(1, 6),
     waits=st.lists(st.sampled_from([0.0, 0.05, 0.3, 0.6, 1.5]), min_size=1, max_size=8),
     job_s=st.sampled_from([0.0, 0.2, 1.0]),
+    through_lease=st.booleans(),
 )
 def test_items_handed_back_when_late_begin_within_the_limit_once_each(
     allowed: int,
@@ -630,13 +713,17 @@ def test_items_handed_back_when_late_begin_within_the_limit_once_each(
     stages: int,
     waits: list[float],
     job_s: float,
+    through_lease: bool,
 ) -> None:
     # Released in time, an item may still begin after its grant's hold; the window counted the hold only.
     # Looked at where it begins, a late item goes back: it begins once, with a later grant, and every
-    # period still holds at most `allowed` begins (the tokens it gave back never started).
+    # period still holds at most `allowed` begins (the tokens it gave back never started). Begun through its
+    # lease, a grant also tells the window when its last item began, and is counted only until then.
     scheduler = TestScheduler()
     window = InProcessWindow(allowed, period, hold, clock=scheduler)
-    begun, _ = _begin_after_release(window, scheduler, items, stages, waits, job_s, hand_back_late=True)
+    begun, _ = _begin_after_release(
+        window, scheduler, items, stages, waits, job_s, hand_back_late=True, begin_through_lease=through_lease
+    )
 
     assert sorted(item for _, item in begun) == list(range(items))
     assert max_in_window([(at, 1) for at, _ in begun], period) <= allowed
