@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -43,39 +44,36 @@ def test_a_candidate_not_faster_by_the_margin_leaves_every_thread() -> None:
     assert count.active == count.chosen == 10
 
 
-def test_a_candidate_that_keeps_losing_is_tried_less_and_less_often() -> None:
-    count = ThreadCount(10)
-    count.estimate(1)
-    ended = _trial(count, all_rate=5_000, candidate_rate=500)
-    gaps = []
-    for _ in range(8):
-        waited = 0.25
+def _until_next_trial(count: ThreadCount, ended: float) -> float:
+    """Move time on from ``ended`` in quarter seconds while the choice is kept; how long until a trial began."""
+    waited = 0.25
+    count.update(ended + waited, 0)
+    while not count.trying:
+        waited += 0.25
         count.update(ended + waited, 0)
-        while not count.trying:  # kept, until the next trial begins
-            waited += 0.25
-            count.update(ended + waited, 0)
-        gaps.append(waited)
-        ended = _trial(count, all_rate=5_000, candidate_rate=500, now=ended + waited, begun=True)
-    assert gaps == sorted(gaps) and gaps[-1] >= 16 * gaps[0]
-    assert gaps[-1] <= thread_count.KEEP_MOST_S + 0.25
+    return waited
 
 
-def test_a_candidate_that_keeps_winning_is_tried_less_and_less_often() -> None:
+@pytest.mark.parametrize(
+    ("candidate_rate", "chosen", "first_gap"),
+    [(500, 10, 2 * thread_count.KEEP_S), (9_000, 1, thread_count.KEEP_S)],
+    ids=["keeps-losing", "keeps-winning"],
+)
+def test_a_choice_each_trial_confirms_is_tried_less_and_less_often(
+    candidate_rate: float, chosen: int, first_gap: float
+) -> None:
+    # A trial costs a window with every thread: a choice each trial confirms (every thread when the candidate
+    # keeps losing, the candidate when it keeps winning) is tried half as often each time.
     count = ThreadCount(10)
     count.estimate(1)
-    ended = _trial(count, all_rate=5_000, candidate_rate=9_000)
+    ended = _trial(count, all_rate=5_000, candidate_rate=candidate_rate)
     gaps = []
     for _ in range(8):
-        waited = 0.25
-        count.update(ended + waited, 0)
-        while not count.trying:
-            waited += 0.25
-            count.update(ended + waited, 0)
+        waited = _until_next_trial(count, ended)
         gaps.append(waited)
-        ended = _trial(count, all_rate=5_000, candidate_rate=9_000, now=ended + waited, begun=True)
-        assert count.active == count.chosen == 1
-    # A trial costs a window with every thread: a choice each trial confirms is tried half as often each time.
-    assert gaps[0] == thread_count.KEEP_S
+        ended = _trial(count, all_rate=5_000, candidate_rate=candidate_rate, now=ended + waited, begun=True)
+        assert count.active == count.chosen == chosen
+    assert gaps[0] == first_gap
     assert gaps == sorted(gaps) and gaps[-1] >= 16 * gaps[0]
     assert gaps[-1] <= thread_count.KEEP_MOST_S + 0.25
 
@@ -85,11 +83,7 @@ def test_a_new_choice_is_tried_again_after_keep_s() -> None:
     count.estimate(1)
     ended = _trial(count, all_rate=5_000, candidate_rate=500)  # lost: every thread, kept twice as long
     count.estimate(2)
-    waited = 0.25
-    count.update(ended + waited, 0)
-    while not count.trying:
-        waited += 0.25
-        count.update(ended + waited, 0)
+    waited = _until_next_trial(count, ended)
     ended = _trial(count, all_rate=5_000, candidate_rate=9_000, now=ended + waited, begun=True)
     assert count.chosen == 2
     count.update(ended + thread_count.KEEP_S, 0)
