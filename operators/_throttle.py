@@ -619,12 +619,8 @@ def throttle(
                         phase = _IDLE
                     if lapsed:
                         if active is not None:
-                            # Past the deadline (or dropped above), so none of them can start any more:
-                            # a next take gives them back, with when the rest began if its lease is open.
-                            if open_grants and open_grants[-1].lease.grant is active:
-                                open_grants[-1].lapsed += lapsed
-                            else:
-                                give_backs.add(active, lapsed)
+                            # Past the deadline (or dropped above), so none of them can start any more.
+                            never_start(active, lapsed)
                         return lambda: event("lapsed", tokens=lapsed)
                 if phase == _IDLE and held and demand.pending > 0:
                     cap = max(1, min(allowed, math.floor(window.current_rate())))
@@ -705,6 +701,15 @@ def throttle(
                             open_grants.append(_OpenGrant(lease))
                 drain()
 
+            def never_start(grant: Grant, unused: int) -> None:
+                # Called with the lock held: tokens of `grant` that will never start go back with a next take,
+                # told with when the rest began while its lease is still open.
+                record = next((r for r in reversed(open_grants) if r.lease.grant is grant), None)
+                if record is not None:
+                    record.lapsed += unused
+                else:
+                    give_backs.add(grant, unused)
+
             def close_settled(now: float) -> None:
                 # Called with the lock held. A grant closes once it releases nothing more and every item it
                 # released has begun or gone back (Lease.begin), or once its hold is over; what it tells the
@@ -736,11 +741,7 @@ def throttle(
                     if end.stopped:
                         return  # disposed or ended: whoever handed it out takes back what never began
                     held.appendleft((item, item_cost))
-                    record = next((r for r in open_grants if r.lease is lease), None)
-                    if record is not None:
-                        record.lapsed += min(item_cost, cap)  # told with the rest of its grant
-                    else:
-                        give_backs.add(lease.grant, min(item_cost, cap))
+                    never_start(lease.grant, min(item_cost, cap))
                 event("late", tokens=min(item_cost, cap))
                 drain()
 
