@@ -76,6 +76,11 @@ class Unused:
     a whole hold after, since none of it starts later (``tokens`` may then be 0). Known only once no item of
     the grant can start any more."""
 
+    @property
+    def tells_nothing(self) -> bool:
+        """No token to give back and no span: a window has nothing to do with it."""
+        return self.tokens < 1 and self.started_within_s is None
+
 
 class Lease:
     """What a released item holds of its grant: the item must begin by :attr:`start_by`, or go back.
@@ -396,9 +401,9 @@ class InProcessWindow:
 
     def _give_back(self, unused: Unused) -> None:
         # Called with the lock held.
-        within = unused.started_within_s
-        if len(unused.grant.ref) != 1 or (unused.tokens < 1 and within is None):
+        if len(unused.grant.ref) != 1 or unused.tells_nothing:
             return
+        within = unused.started_within_s
         index = unused.grant.ref[0] - self._first_seq
         if not 0 <= index < len(self._grants):
             return  # expired already: it counts no more

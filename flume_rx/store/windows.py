@@ -125,11 +125,7 @@ class RedisTokenWindow:
             await self.store.load_scripts(("penalize",))
             self._penalize_loaded = True
         give_back = None
-        if (
-            unused is not None
-            and (unused.tokens >= 1 or unused.started_within_s is not None)
-            and len(unused.grant.ref) == 3
-        ):
+        if unused is not None and not unused.tells_nothing and len(unused.grant.ref) == 3:
             seq, start_us, granted = unused.grant.ref
             within = unused.started_within_s
             # The grant's entry counts what is left after earlier give-backs; take_tokens.lua finds it by that.
