@@ -21,9 +21,20 @@ from ._keyed_throttle import InProcessKeyedWindow, KeyedWindow, throttle_by_key
 from ._process import Outcome, Queued, from_async, in_thread, process
 from ._request_n import Credits, Fetch, HandBack, PullSource, from_iterable, last_batch, request_n
 from ._retry import backoff_delay, retry_with_backoff
-from ._throttle import EventHook, Grant, InProcessWindow, Lease, TokenWindow, Unused, throttle
+from ._throttle import (
+    MOST_SLICES,
+    EventHook,
+    Grant,
+    InProcessWindow,
+    Lease,
+    TokenWindow,
+    Unused,
+    given_back,
+    throttle,
+)
 
 __all__ = [
+    "MOST_SLICES",
     "UNBOUNDED",
     "AdaptiveTuning",
     "Credits",
@@ -51,6 +62,7 @@ __all__ = [
     "from_coroutine",
     "from_iterable",
     "from_result",
+    "given_back",
     "in_thread",
     "is_prompt",
     "last_batch",

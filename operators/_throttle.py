@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -53,6 +53,10 @@ class Grant:
     ref: tuple[int, ...] = field(default=(), compare=False, repr=False)
     """Which grant of its window this is, so a later take can give back the tokens it left unused; empty when
     the window takes nothing back."""
+    later: tuple[Grant, ...] = field(default=(), compare=False, repr=False)
+    """Grants of the same take that start after this one, in order, each at least a hold after the one before
+    (asked for with ``slice_tokens``): each has its own ``delay_s`` from the same asking, its own hold and
+    ``ref``, and counts in the window as a grant of its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,14 +194,25 @@ class TokenWindow(Protocol):
         """The length of the sliding window, in seconds."""
         ...
 
-    def take(self, tokens: int, min_tokens: int, unused: Unused | None = None) -> Grant | Awaitable[Grant]:
+    def take(
+        self,
+        tokens: int,
+        min_tokens: int,
+        unused: Unused | Sequence[Unused] | None = None,
+        slice_tokens: int = 0,
+    ) -> Grant | Awaitable[Grant]:
         """Ask for up to ``tokens``: one Grant of at least ``min(tokens, min_tokens)``, or an awaitable of it
         (a window shared through Redis answers after a round trip). Never a stream: the throttle makes that
         (:func:`~flume_rx.operators.from_result`).
 
-        ``unused`` gives back, in the same call, tokens of an earlier grant (one with a ``ref``) that will
-        never start; a window that cannot find that grant any more ignores it. Callers pass it only for grants
-        whose ``ref`` is set, so a window whose grants have none need not accept it.
+        ``unused`` gives back, in the same call, tokens of earlier grants (ones with a ``ref``) that will
+        never start; a window that cannot find such a grant any more ignores it. Callers pass it only for
+        grants whose ``ref`` is set, so a window whose grants have none need not accept it.
+
+        ``slice_tokens`` (when >= 1) lets the window answer with at most that many tokens in the grant and the
+        rest in :attr:`Grant.later`, each a hold after the one before: one call for what a consumer starts in
+        several holds. Callers pass it only when they ask for more than that, so a window that never slices
+        need not accept it.
         """
         ...
 
@@ -210,6 +225,21 @@ class TokenWindow(Protocol):
     def current_rate(self) -> float:
         """The last known effective tokens per period."""
         ...
+
+
+MOST_SLICES = 3
+"""The most grants one take is answered with (:attr:`Grant.later`): enough that a consumer whose stages start
+only a few items a hold takes tokens for several holds in one call, few enough that what it reserves ahead
+(and gives back, if its items run out) stays small."""
+
+
+def given_back(unused: Unused | Sequence[Unused] | None) -> tuple[Unused, ...]:
+    """What a take gives back, as a tuple: ``unused`` may be one :class:`Unused`, several, or None."""
+    if unused is None:
+        return ()
+    if isinstance(unused, Unused):
+        return (unused,)
+    return tuple(unused)
 
 
 def _refusal_reports(window: TokenWindow) -> int:
@@ -340,52 +370,83 @@ class InProcessWindow:
         with self._lock:
             return self._rate_at(self._clock())
 
-    def grant(self, tokens: int, min_tokens: int, unused: Unused | None = None) -> Grant:
+    def grant(
+        self,
+        tokens: int,
+        min_tokens: int,
+        unused: Unused | Sequence[Unused] | None = None,
+        slice_tokens: int = 0,
+    ) -> Grant:
         """The synchronous core of :meth:`take`: up to ``tokens``, at least ``min(tokens, min_tokens)``,
-        after giving back ``unused`` (see :meth:`give_back`).
+        after giving back ``unused`` (see :meth:`give_back`); with ``slice_tokens``, in at most
+        :data:`MOST_SLICES` grants of at most that many (or ``min_tokens``, if more), each a hold after the one
+        before.
 
         Raises:
-            ValueError: when ``tokens`` or ``min_tokens`` is below 1.
+            ValueError: when ``tokens`` or ``min_tokens`` is below 1, or ``slice_tokens`` below 0.
         """
         if tokens < 1:
             raise ValueError(f"tokens must be >= 1 (got {tokens})")
         if min_tokens < 1:
             raise ValueError(f"min_tokens must be >= 1 (got {min_tokens})")
+        if slice_tokens < 0:
+            raise ValueError(f"slice_tokens must be >= 0 (got {slice_tokens}); 0 asks for one grant")
         with self._lock:
             now = self._clock()
             grants = self._grants
             while grants and grants[0][0] <= now:
                 grants.popleft()
                 self._first_seq += 1
-            if unused is not None:
-                self._give_back(unused)
+            for each in given_back(unused):
+                self._give_back(each)
             wanted = min(tokens, self._allowed)
             capacity = max(1, math.floor(self._rate_at(now, wanted)))
-            need = min(wanted, min_tokens, capacity)
-            start = max(now, self._last_start)
-            used = sum(count for expires_at, count, _g in grants if expires_at > start)
-            at = start
-            if capacity - used < need:
-                for expires_at, count, _g in sorted(grants):
-                    if expires_at <= start:
-                        continue
-                    used -= count
-                    at = expires_at
-                    if capacity - used >= need:
-                        break
-            # Grants expiring at the same instant as `at` are free too: include them all.
-            used = sum(count for expires_at, count, _g in grants if expires_at > at)
-            granted = min(wanted, capacity - used)
-            if self.burst is not None:
-                # Pacing only ever moves a start later, which the sliding window always allows.
-                most = max(self.burst, need)
-                granted = min(granted, most)
-                interval = self._period_s / capacity
-                at = max(at, self._paced_until + (granted - most) * interval)
-                self._paced_until = max(self._paced_until, at) + granted * interval
-            grants.append((at + self.hold_s + self._period_s, granted, at))
-            self._last_start = at
-            return Grant(granted, at - now, self.hold_s, (self._first_seq + len(grants) - 1,))
+            wanted = min(wanted, capacity)
+            least = min(min_tokens, wanted)
+            # A slice is never smaller than the take's least: its first item may need that many.
+            per_slice = max(slice_tokens, least) if slice_tokens else wanted
+            first = self._grant_one(now, max(now, self._last_start), min(wanted, per_slice), least, capacity)
+            later: list[Grant] = []
+            left = wanted - first.tokens
+            while slice_tokens and left > 0 and len(later) + 1 < MOST_SLICES:
+                size = min(left, per_slice)
+                if size < least:
+                    break  # a remainder smaller than a take would ask for: not worth reserving a hold for
+                # A hold after the slice before: the consumer has started that one by then.
+                grant = self._grant_one(now, self._last_start + self.hold_s, size, least, capacity)
+                later.append(grant)
+                left -= grant.tokens
+            if not later:
+                return first
+            return Grant(first.tokens, first.delay_s, first.hold_s, first.ref, tuple(later))
+
+    def _grant_one(self, now: float, start: float, wanted: int, min_tokens: int, capacity: int) -> Grant:
+        # Called with the lock held: one grant of up to `wanted` tokens starting no earlier than `start`.
+        grants = self._grants
+        need = min(wanted, min_tokens, capacity)
+        used = sum(count for expires_at, count, _g in grants if expires_at > start)
+        at = start
+        if capacity - used < need:
+            for expires_at, count, _g in sorted(grants):
+                if expires_at <= start:
+                    continue
+                used -= count
+                at = expires_at
+                if capacity - used >= need:
+                    break
+        # Grants expiring at the same instant as `at` are free too: include them all.
+        used = sum(count for expires_at, count, _g in grants if expires_at > at)
+        granted = max(1, min(wanted, capacity - used))
+        if self.burst is not None:
+            # Pacing only ever moves a start later, which the sliding window always allows.
+            most = max(self.burst, need)
+            granted = min(granted, most)
+            interval = self._period_s / capacity
+            at = max(at, self._paced_until + (granted - most) * interval)
+            self._paced_until = max(self._paced_until, at) + granted * interval
+        grants.append((at + self.hold_s + self._period_s, granted, at))
+        self._last_start = at
+        return Grant(granted, at - now, self.hold_s, (self._first_seq + len(grants) - 1,))
 
     def give_back(self, unused: Unused) -> None:
         """Stop counting ``unused.tokens`` of ``unused.grant``, which its caller will never start, and count
@@ -420,9 +481,15 @@ class InProcessWindow:
             capacity = max(1, math.floor(self._rate_at(self._clock())))
             self._paced_until -= back * self._period_s / capacity
 
-    def take(self, tokens: int, min_tokens: int, unused: Unused | None = None) -> Grant:
+    def take(
+        self,
+        tokens: int,
+        min_tokens: int,
+        unused: Unused | Sequence[Unused] | None = None,
+        slice_tokens: int = 0,
+    ) -> Grant:
         """:meth:`grant`, under the name :class:`TokenWindow` gives it."""
-        return self.grant(tokens, min_tokens, unused)
+        return self.grant(tokens, min_tokens, unused, slice_tokens)
 
     def refuse(self, refused: int = 1, age_s: float = 0.0) -> float:
         """The synchronous core of :meth:`penalize`: record ``refused`` refusals, the first of them of a call
@@ -481,6 +548,7 @@ def throttle(
     scheduler: abc.SchedulerBase | None = None,
     on_event: EventHook | None = None,
     on_release: Callable[[_T, Lease], None] | None = None,
+    slices: int = 1,
 ) -> Callable[[Observable[_T]], Flowable[_T]]:
     """Emit items only as tokens of ``window`` allow: never more than ``window.allowed`` per sliding period.
 
@@ -521,6 +589,10 @@ def throttle(
         on_release: told each item with its grant's :class:`Lease` just before the item goes downstream, so
             the consumer can check at the item's real start that it is not late, and hand it back if it is
             (without it, a start later than ``lag_s`` after its release may fall outside the hold).
+        slices: with ``prefetch``, how many holds' worth of items one take may ask tokens for (at most
+            :data:`MOST_SLICES`): the window answers with one grant per hold (:attr:`Grant.later`), each
+            counted as its own, so a consumer that starts few items a hold makes one take for several holds
+            and the window counts each slice only until its own last start. 1 asks for one grant a take.
 
     Returns:
         An operator from an Observable to a Flowable of the same items.
@@ -547,6 +619,8 @@ def throttle(
         raise ValueError(f"lag_s must be a finite number of seconds >= 0 (got {lag_s})")
     if prefetch < 0:
         raise ValueError(f"prefetch must be >= 0 items (got {prefetch}); 0 holds only what was requested")
+    if not 1 <= slices <= MOST_SLICES:
+        raise ValueError(f"slices must be from 1 to {MOST_SLICES} grants a take (got {slices})")
     allowed = window.allowed
     if allowed < 1:
         raise ValueError(f"window.allowed must be >= 1 (got {allowed})")
@@ -584,6 +658,11 @@ def throttle(
             # Leases not closed yet, oldest first: each grant tells the window when its items began (and what
             # lapsed) once it releases no more and they have all begun or gone back, or its hold is over.
             open_grants: deque[_OpenGrant] = deque()
+            # The later grants of the last take (Grant.later), each activated in turn once the one before ends;
+            # when that take was sent and when its answer came (their delays count from the window's decision,
+            # which lies between the two).
+            later: deque[Grant] = deque()
+            later_sent_at = later_answered_at = 0.0
 
             def event(name: str, **fields: Any) -> None:
                 if on_event is not None:
@@ -627,9 +706,23 @@ def throttle(
                             # Past the deadline (or dropped above), so none of them can start any more.
                             never_start(active, lapsed)
                         return lambda: event("lapsed", tokens=lapsed)
-                if phase == _IDLE and held and demand.pending > 0:
+                if phase == _IDLE and later:
+                    now = _now_s(clock)
+                    refused = _refusal_reports(window) != reports_at_take
+                    while later and (
+                        refused or now > later_sent_at + later[0].delay_s + later[0].hold_s - lag_of(later[0])
+                    ):
+                        # Its time went by while nothing was held to start, or the downstream refused calls
+                        # since it was asked for (see above): none of it will start.
+                        stale = later.popleft()
+                        give_backs.add(stale, stale.tokens)
+                    if later and held and demand.pending > 0:
+                        phase = _TAKING  # waits for the grant a take already brought
+                        upcoming = later.popleft()
+                        return functools.partial(await_slice, upcoming, later_sent_at, later_answered_at)
+                if phase == _IDLE and held and demand.pending > 0 and not later:
                     cap = max(1, min(allowed, math.floor(window.current_rate())))
-                    covered = max(demand.pending, starts.goal) if prefetch else demand.pending
+                    covered = max(demand.pending, starts.goal * slices) if prefetch else demand.pending
                     wanted = 0
                     for index, (_item, item_cost) in enumerate(held):
                         if index >= covered or wanted >= allowed:
@@ -637,33 +730,48 @@ def throttle(
                         wanted += min(item_cost, cap)
                     first = min(held[0][1], cap)
                     least = min(wanted, max(first, min_tokens or first))
+                    # Sliced by what the consumer starts in a hold, when it asks for more than that.
+                    # (Never smaller than the take's least, so a slice always fits the first item held.)
+                    per_slice = max(starts.goal, least)
+                    per_slice = per_slice if prefetch and slices > 1 and wanted > per_slice else 0
                     phase = _TAKING
                     cost_cap = cap
                     sent_at = _now_s(clock)
                     reports_at_take = _refusal_reports(window)
                     close_settled(sent_at)
-                    back = give_backs.next()
-                    return lambda: send_take(wanted, least, sent_at, back)
+                    back = give_backs.take_all()
+                    return lambda: send_take(wanted, least, sent_at, back, per_slice)
                 if upstream_done and not held and phase != _TAKING:
                     end.stopped = True
                     return observer.on_completed
                 return None
 
-            def send_take(wanted: int, least: int, sent_at: float, back: Unused | None) -> None:
+            def send_take(
+                wanted: int, least: int, sent_at: float, back: tuple[Unused, ...], per_slice: int
+            ) -> None:
                 got: list[Grant] = []
 
                 def on_grant(grant: Grant) -> None:
+                    nonlocal later_sent_at, later_answered_at
                     got.append(grant)
+                    if grant.later:
+                        with lock:
+                            later.extend(grant.later)
+                            later_sent_at, later_answered_at = sent_at, _now_s(clock)
+                        for upcoming in grant.later:
+                            event("granted", tokens=upcoming.tokens, wait_ms=upcoming.delay_s * 1000.0)
                     granted(grant, sent_at)
 
                 def on_take_completed() -> None:
                     if not got:
                         on_error(RuntimeError("the token window completed a take without granting tokens"))
 
-                # Passed only when there is something to give back: a window whose grants carry no ref need
-                # not know the argument.
+                # Passed only when there is something to give back, or to slice: a window whose grants carry
+                # no ref, or a throttle that asks for one grant a take, need not know the arguments.
                 def take() -> Grant | Awaitable[Grant]:
-                    return window.take(wanted, least) if back is None else window.take(wanted, least, back)
+                    if per_slice:
+                        return window.take(wanted, least, back, slice_tokens=per_slice)
+                    return window.take(wanted, least, back) if back else window.take(wanted, least)
 
                 take_subscription.disposable = from_result(take).subscribe(
                     on_grant, on_error, on_take_completed, scheduler=scheduler_
@@ -676,6 +784,23 @@ def throttle(
                     event("waited", tokens=grant.tokens, wait_ms=wait_ms)
                     delay_timer.disposable = clock.schedule_relative(
                         grant.delay_s, lambda _s, _st: activate(grant, sent_at)
+                    )
+                else:
+                    activate(grant, sent_at)
+
+            def lag_of(grant: Grant) -> float:
+                return min(lag_s, grant.hold_s / 2)
+
+            def await_slice(grant: Grant, sent_at: float, answered_at: float) -> None:
+                # A later grant of the last take, active from its delay after the answer came, as the first one
+                # is (granted): the window decided it between the sending and the answer, so no item of it is
+                # released before its start (a start just before it, where a full window placed the grant,
+                # counts in a second the window did not count it for). Its hold ends a hold after its delay
+                # from the sending (activate), so no item is released after that either.
+                wait = answered_at + grant.delay_s - _now_s(clock)
+                if wait > 0:
+                    delay_timer.disposable = clock.schedule_relative(
+                        wait, lambda _s, _st: activate(grant, sent_at)
                     )
                 else:
                     activate(grant, sent_at)
@@ -693,7 +818,7 @@ def throttle(
                     # delay_s: an item that begins by then begins within what the window counted.
                     start_by = sent_at + grant.delay_s + grant.hold_s
                     # Released by then, an item still starts within the hold if it takes at most lag_s.
-                    deadline = start_by - min(lag_s, grant.hold_s / 2)
+                    deadline = start_by - lag_of(grant)
                     if on_release is not None:
                         lease = Lease(
                             grant,
@@ -810,9 +935,9 @@ _IDLE, _TAKING, _ACTIVE = "idle", "taking", "active"
 
 
 class _GiveBacks:
-    """Tokens of past grants that will never start, given back one grant per take (a take carries one
-    :class:`Unused`), and how many of each grant went back before, since a grant gives back again when an item
-    released under it comes back late after the rest of it lapsed."""
+    """Tokens of past grants that will never start, and when their starts came, given back with the next take
+    (a take carries an :class:`Unused` per grant), and how many of each grant went back before, since a grant
+    gives back again when an item released under it comes back late after the rest of it lapsed."""
 
     __slots__ = ("_pending", "_sent")
 
@@ -838,17 +963,18 @@ class _GiveBacks:
         if len(self._pending) > _GIVE_BACKS_KEPT:
             del self._pending[next(iter(self._pending))]  # the oldest: long expired from the window
 
-    def next(self) -> Unused | None:
-        """The oldest grant's report to send with the take about to be sent, if any."""
-        if not self._pending:
-            return None
-        ref = next(iter(self._pending))
-        grant, tokens, within = self._pending.pop(ref)
-        already = self._sent.pop(ref, 0)
-        self._sent[ref] = already + tokens
-        if len(self._sent) > _GIVE_BACKS_KEPT:
-            del self._sent[next(iter(self._sent))]  # the oldest: long expired from the window
-        return Unused(grant, tokens, already, within)
+    def take_all(self) -> tuple[Unused, ...]:
+        """The reports to send with the take about to be sent, oldest first, at most :data:`_SENT_AT_ONCE`."""
+        reports: list[Unused] = []
+        while self._pending and len(reports) < _SENT_AT_ONCE:
+            ref = next(iter(self._pending))
+            grant, tokens, within = self._pending.pop(ref)
+            already = self._sent.pop(ref, 0)
+            self._sent[ref] = already + tokens
+            if len(self._sent) > _GIVE_BACKS_KEPT:
+                del self._sent[next(iter(self._sent))]  # the oldest: long expired from the window
+            reports.append(Unused(grant, tokens, already, within))
+        return tuple(reports)
 
 
 @dataclass(slots=True)
@@ -860,6 +986,10 @@ class _OpenGrant:
 
 
 _GIVE_BACKS_KEPT = 64
+
+_SENT_AT_ONCE = 2 * MOST_SLICES
+"""The most reports one take carries: a take brings up to MOST_SLICES grants, each closing with a report, and a
+late hand-back may add one more per grant."""
 
 
 class _StartsPerHold:

@@ -115,6 +115,9 @@ def assemble(
                 # Holds fetched jobs while it waits, so a take can cover more than the free stages: with
                 # few stages, one take per free stage cost the limiter a call every few jobs.
                 prefetch=config.max_demand,
+                # And covers several holds: five stages start only a few jobs in one, and a take for each
+                # hold cost the limiter 0.12 calls a job (docs/performance.md).
+                slices=fo.MOST_SLICES,
                 # A job released at the end of a grant's hold runs its first line a thread switch later:
                 # release within the first three quarters, so its start still falls in the hold.
                 lag_s=config.rate_limiter.hold_s / 4,

@@ -1,11 +1,11 @@
 -- take_tokens(KEYS[1]=log, KEYS[2]=meta, ARGV[1]=allowed, ARGV[2]=period_ms, ARGV[3]=hold_ms, ARGV[4]=want,
 --             ARGV[5]=min_tokens, ARGV[6]=adaptive (0/1), ARGV[7]=margin, ARGV[8]=probe,
---             ARGV[9]=burst (0: no pacing), ARGV[10]=headroom, ARGV[11..15]=give back: seq, g_us, tokens
---             its entry counts now (granted less what went back before) of an earlier grant, how many of
---             them will never start, and within how many us after g every one of them that started did
---             ('' for none; ARGV[15] '' when not known))
+--             ARGV[9]=burst (0: no pacing), ARGV[10]=headroom, ARGV[11]=slice_tokens (0: one grant),
+--             ARGV[12..] give backs, five each: seq, g_us, tokens its entry counts now (granted less what went
+--             back before) of an earlier grant, how many of them will never start, and within how many us
+--             after g every one of them that started did ('' when not known))
 --   -> {tokens, delay_us, hold_us, effective allowed (string), g_us, seq, cut_at_us (of the latest refusal the
---       adaptive rate follows, 0 for none)}
+--       adaptive rate follows, 0 for none), then per later slice: tokens, delay_us, g_us, seq}
 -- An exact sliding-window limit. Each grant is recorded at its start time g (unix us, Redis TIME), handed out
 -- in non-decreasing g, and counted until g + hold + period: the log is a zset of "seq:tokens" scored g + hold,
 -- and an entry stops counting once its score is <= g' - period for the grant g' being decided. meta keeps the
@@ -14,15 +14,19 @@
 -- the effective allowed is the cubic probe of operators/_adaptive.py, computed by the same formula here).
 -- When fewer than min(want, min_tokens) tokens are free now, the grant is a reservation at the earliest g at
 -- which that many are free; so a grant always has at least one token.
+-- With slice_tokens S > 0, the take is answered with at most max(S, min_tokens) tokens a grant, in up to
+-- MOST_SLICES grants, each starting at least a hold after the one before (a remainder smaller than min_tokens
+-- is not granted): each is recorded as a grant of its own, exactly as if taken by a call of its own at its g.
 -- With a burst B > 0, grants are also paced (GCRA, one token every period/allowed, at most B at once), so the
 -- window fills smoothly instead of in one burst a period: pacing only moves g later, which the window allows.
--- A take may give back tokens of the caller's previous grant that will never start (they lapsed): that grant's
+-- A take may give back tokens of the caller's earlier grants that will never start (they lapsed): each such
 -- entry then counts only the rest, and pacing gets them back. Callers give back only once they can no longer
 -- start them, so every grant decided later sees at least the tokens that really start (DEVELOPERS.md, "The token
--- window"). A take may also say that the starts of that grant all came within s of g (s < hold): its entry is
+-- window"). A take may also say that the starts of such a grant all came within s of g (s < hold): its entry is
 -- then counted until g + s + period, not g + hold + period, since no start of it lies later. A grant's entry
 -- is shortened once (while scored g + hold). An entry expired already, or not matching seq, g and tokens, is
 -- left alone.
+local MOST_SLICES = 3  -- operators/_throttle.py MOST_SLICES
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local allowed = tonumber(ARGV[1])
@@ -39,37 +43,39 @@ local headroom = tonumber(ARGV[10])  -- nil: no cap (AdaptiveTuning.headroom Non
 local meta = redis.call('HMGET', KEYS[2], 'sum', 'last_g', 'seq', 'ceiling', 'cut_at', 'tat')
 local sum = window_sum(KEYS[1], meta[1])
 local given_back = 0
-local back_seq = tonumber(ARGV[11])
-if back_seq then
-  local back_g, back_tokens, unused = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
-  local within = tonumber(ARGV[15])
+-- g came back to the caller in whole microseconds (Redis truncates a reply's number), and a paced g may have a
+-- fraction: the entry is the grant's if its score lies within the microsecond after back_g + hold, or after
+-- back_g once shortened. Only while it still counts for the next grant (its score above max(now, last_g) -
+-- period), as InProcessWindow does: once it no longer counts, there is nothing to give back or shorten, pacing
+-- included.
+local counts_from = math.max(now, tonumber(meta[2]) or 0) - period
+for i = 12, #ARGV - 4, 5 do
+  local back_seq, back_g, back_tokens = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local unused, within = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   local member = back_seq .. ':' .. back_tokens
   local score = tonumber(redis.call('ZSCORE', KEYS[1], member))
-  -- g came back to the caller in whole microseconds (Redis truncates a reply's number), and a paced g may have
-  -- a fraction: the entry is the grant's if its score lies within the microsecond after back_g + hold, or
-  -- after back_g once shortened. Only while it still counts for the next grant (its score above
-  -- max(now, last_g) - period), as InProcessWindow does: once it no longer counts, there is nothing to give
-  -- back or shorten, pacing included.
-  local counts_from = math.max(now, tonumber(meta[2]) or 0) - period
   if score and score >= back_g and score < back_g + hold + 1 and score > counts_from then
-    given_back = math.min(unused, back_tokens)
+    local back = math.min(unused, back_tokens)
     local kept_score = score
     if within and score >= back_g + hold then
       -- The entry's own g (score - hold) keeps a paced start's fraction.
       kept_score = score - hold + math.max(0, math.min(hold, within))
     end
-    if given_back >= 1 or kept_score < score then
+    if back >= 1 or kept_score < score then
       -- The removal first: it never grows memory, so a full Redis still runs the script (see _window.lua).
       redis.call('ZREM', KEYS[1], member)
-      if given_back < back_tokens then
-        redis.call('ZADD', KEYS[1], kept_score, back_seq .. ':' .. (back_tokens - given_back))
+      if back < back_tokens then
+        redis.call('ZADD', KEYS[1], kept_score, back_seq .. ':' .. (back_tokens - back))
       end
     end
-    if given_back >= 1 then
-      sum = sum - given_back
-      redis.call('HINCRBY', KEYS[2], 'returned', given_back)
+    if back >= 1 then
+      sum = sum - back
+      given_back = given_back + back
     end
   end
+end
+if given_back >= 1 then
+  redis.call('HINCRBY', KEYS[2], 'returned', given_back)
 end
 local last_g = tonumber(meta[2]) or 0
 local seq = tonumber(meta[3]) or 0
@@ -97,33 +103,71 @@ local cap = math.max(1, math.floor(effective))
 want = math.max(1, math.min(want, cap))
 min_tokens = math.max(1, math.min(min_tokens, want))
 
-local g
-g, sum = window_walk(KEYS[1], sum, math.max(now, last_g), cap, min_tokens, period)
-local tokens = math.min(want, cap - sum)
-if tokens < 1 then
-  tokens = 1
-end
-if burst > 0 then
-  local most = math.max(burst, min_tokens)
-  if tokens > most then
-    tokens = most
+local slice_tokens = tonumber(ARGV[11]) or 0
+-- Pacing: the theoretical arrival time of the next token, given back what was given back above.
+local interval = period / cap
+local tat = (tonumber(meta[6]) or 0) - given_back * interval
+local waits = 0
+
+-- One grant of up to `size` tokens starting no earlier than `from`: recorded in the log, and its g and tokens.
+local function grant_one(from, size, least)
+  local g
+  g, sum = window_walk(KEYS[1], sum, from, cap, least, period)
+  local tokens = math.min(size, cap - sum)
+  if tokens < 1 then
+    tokens = 1
   end
-  -- Paced at allowed per period: a grant shortened to its starts (ARGV[15]) lets the window sustain more than
-  -- allowed per (period + hold), and the window itself still reserves a later g when it is full.
-  local interval = period / cap
-  local tat = (tonumber(meta[6]) or 0) - given_back * interval
-  g = math.max(g, tat + (tokens - most) * interval)
-  redis.call('HSET', KEYS[2], 'tat', math.max(tat, g) + tokens * interval)
+  if burst > 0 then
+    local most = math.max(burst, least)
+    if tokens > most then
+      tokens = most
+    end
+    -- Paced at allowed per period: a grant shortened to its starts (see above) lets the window sustain more
+    -- than allowed per (period + hold), and the window itself still reserves a later g when it is full.
+    g = math.max(g, tat + (tokens - most) * interval)
+    tat = math.max(tat, g) + tokens * interval
+  end
+  seq = seq + 1
+  redis.call('ZADD', KEYS[1], g + hold, seq .. ':' .. tokens)
+  sum = sum + tokens
+  if g > now then
+    waits = waits + 1
+  end
+  return g, tokens
 end
 
-seq = seq + 1
-redis.call('ZADD', KEYS[1], g + hold, seq .. ':' .. tokens)
-sum = sum + tokens
+-- A slice is never smaller than the take's least: its first item may need that many.
+local per_slice = want
+if slice_tokens > 0 then
+  per_slice = math.max(slice_tokens, min_tokens)
+end
+local g, tokens = grant_one(math.max(now, last_g), math.min(want, per_slice), min_tokens)
+local reply = {tokens, g - now, hold, tostring(effective), g, seq, (adaptive and cut_at) or 0}
+local left = want - tokens
+local slices = 1
+while slice_tokens > 0 and left > 0 and slices < MOST_SLICES do
+  local size = math.min(left, per_slice)
+  if size < min_tokens then
+    break  -- a remainder smaller than a take would ask for: not worth reserving a hold for
+  end
+  local later_g, later_tokens = grant_one(g + hold, size, min_tokens)
+  g = later_g
+  left = left - later_tokens
+  slices = slices + 1
+  table.insert(reply, later_tokens)
+  table.insert(reply, later_g - now)
+  table.insert(reply, later_g)
+  table.insert(reply, seq)
+end
+
+if burst > 0 then
+  redis.call('HSET', KEYS[2], 'tat', tat)
+end
 -- allowed and rate are for readers (stats, the dashboard): the window's limit and its rate at this grant.
 redis.call('HSET', KEYS[2], 'sum', sum, 'last_g', g, 'seq', seq, 'allowed', allowed, 'rate', tostring(effective))
-if g > now then
-  -- A reservation: the caller waits. Counted for the operators' views (flume-rx demo, stats).
-  redis.call('HINCRBY', KEYS[2], 'waits', 1)
+if waits > 0 then
+  -- Reservations: the caller waits. Counted for the operators' views (flume-rx demo, stats).
+  redis.call('HINCRBY', KEYS[2], 'waits', waits)
 end
 
 -- Quiet windows vanish; a lowered adaptive rate is kept until the probe is back at allowed (recovery_s of
@@ -136,4 +180,4 @@ if adaptive and ceiling and cut_at then
   meta_ttl_ms = math.max(ttl_ms, math.ceil((cut_at - now) / 1000 + back_s * 1000) + 1000)
 end
 redis.call('PEXPIRE', KEYS[2], math.max(meta_ttl_ms, redis.call('PTTL', KEYS[2])))
-return {tokens, g - now, hold, tostring(effective), g, seq, (adaptive and cut_at) or 0}
+return reply

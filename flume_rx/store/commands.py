@@ -108,6 +108,10 @@ class UniqueEnqueue:
     """Unix seconds when the call's mode is ``at``, seconds from Redis TIME when ``in``; unused for ``now``."""
 
 
+GiveBack = tuple[int, int, int, int, int | None]
+"""What a take gives back of one earlier grant: ``(seq, start_us, tokens, unused, started_within_us)``."""
+
+
 class TokenReply(NamedTuple):
     """The raw reply of ``take_tokens.lua``: a grant plus where it sits on the Redis clock."""
 
@@ -123,6 +127,17 @@ class TokenReply(NamedTuple):
     cut_at_us: int = 0
     """When (Redis TIME, unix us) the latest refusal of an adaptive window cut the rate this grant was decided
     at; 0 when none did."""
+    later: tuple[LaterSlice, ...] = ()
+    """The take's later grants (asked for with ``slice_tokens``), in order."""
+
+
+class LaterSlice(NamedTuple):
+    """A later grant of one take (``take_tokens.lua``'s slices): a grant of its own in the window."""
+
+    tokens: int
+    delay_us: int
+    start_us: int
+    seq: int
 
 
 class RefusalReply(NamedTuple):
@@ -415,7 +430,8 @@ def _redis_ms(time_reply: Any) -> int:
 
 
 def _parse_token_reply(reply: Sequence[Any]) -> TokenReply:
-    tokens, delay_us, hold_us, effective, start_us, seq, cut_at_us = reply
+    tokens, delay_us, hold_us, effective, start_us, seq, cut_at_us = reply[:7]
+    rest = reply[7:]
     return TokenReply(
         int(tokens),
         int(delay_us),
@@ -424,4 +440,5 @@ def _parse_token_reply(reply: Sequence[Any]) -> TokenReply:
         int(start_us),
         int(seq),
         int(cut_at_us),
+        tuple(LaterSlice(*(int(field) for field in rest[i : i + 4])) for i in range(0, len(rest) - 3, 4)),
     )

@@ -26,6 +26,7 @@ from flume_rx.store.commands import (
     DEAD_RETRY_CHUNK,
     DEFAULT_DEAD_MAX,
     DEFAULT_DEAD_TTL_MS,
+    GiveBack,
     RefusalReply,
     Settlement,
     TokenReply,
@@ -533,15 +534,17 @@ class RedisStore:
         adaptive: bool = False,
         tuning: AdaptiveTuning = _DEFAULT_TUNING,
         burst: int = 0,
-        give_back: tuple[int, int, int, int, int | None] | None = None,
+        give_back: Sequence[GiveBack] = (),
+        slice_tokens: int = 0,
     ) -> TokenReply:
-        """One grant from the shared sliding window ``key`` (see DEVELOPERS.md, "The token window").
+        """One grant from the shared sliding window ``key`` (see DEVELOPERS.md, "The token window"); with
+        ``slice_tokens``, up to three of at most that many each, a hold apart (:attr:`TokenReply.later`).
 
-        ``give_back`` is ``(seq, start_us, tokens, unused, started_within_us)`` of an earlier grant of this
-        window (its reply's fields), how many of its tokens will never start, and within how many microseconds
-        of its start every one that started did (None: not known): the window stops counting the unused
-        first, and counts the rest only until then (plus a period). Give back only once no item of the grant
-        can start any more.
+        Each of ``give_back`` is ``(seq, start_us, tokens, unused, started_within_us)`` of an earlier grant of
+        this window (its reply's fields), how many of its tokens will never start, and within how many
+        microseconds of its start every one that started did (None: not known): the window stops counting the
+        unused first, and counts the rest only until then (plus a period). Give back only once no item of the
+        grant can start any more.
         """
         log_key, meta_key = self.keys.rate(key)
         args: tuple[Arg, ...] = (
@@ -555,6 +558,7 @@ class RedisStore:
             repr(float(tuning.probe)),
             burst,
             "" if tuning.headroom is None else repr(float(tuning.headroom)),
+            max(0, int(slice_tokens)),
             *_give_back_args(give_back),
         )
         return _parse_token_reply(await self._run.one(_Eval("take_tokens", (log_key, meta_key), args)))
@@ -627,9 +631,9 @@ class RedisStore:
         )
 
 
-def _give_back_args(give_back: tuple[int, int, int, int, int | None] | None) -> tuple[Arg, ...]:
-    """take_tokens.lua's ARGV[11..15]: '' for what is not given."""
-    if give_back is None:
-        return ("", "", "", "", "")
-    *fields, within = give_back
-    return (*fields, "" if within is None else within)
+def _give_back_args(give_back: Sequence[GiveBack]) -> tuple[Arg, ...]:
+    """take_tokens.lua's ARGV[12..], five a grant: '' for a span not known."""
+    args: list[Arg] = []
+    for *fields, within in give_back:
+        args += [*fields, "" if within is None else within]
+    return tuple(args)

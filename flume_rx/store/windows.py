@@ -9,8 +9,8 @@ import threading
 from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
-from flume_rx.operators import AdaptiveTuning, Grant, Unused
-from flume_rx.store.commands import RefusalReply, TokenReply
+from flume_rx.operators import AdaptiveTuning, Grant, Unused, given_back
+from flume_rx.store.commands import GiveBack, RefusalReply, TokenReply
 from flume_rx.store.outage import through_outage
 from flume_rx.store.redis_store import RedisStore
 
@@ -94,25 +94,43 @@ class RedisTokenWindow:
         self._latest_cut_us = 0  # the newest cut this window knows of, from a reply or a message
         self._penalize_loaded = False
 
-    async def take_async(self, tokens: int, min_tokens: int = 1, unused: Unused | None = None) -> Grant:
+    async def take_async(
+        self,
+        tokens: int,
+        min_tokens: int = 1,
+        unused: Unused | Sequence[Unused] | None = None,
+        slice_tokens: int = 0,
+    ) -> Grant:
         """One grant of between ``min(tokens, min_tokens)`` and ``tokens`` tokens (clamped to the rate), after
-        giving back ``unused`` tokens of an earlier grant in the same call.
+        giving back ``unused`` tokens of earlier grants in the same call; with ``slice_tokens``, in up to three
+        grants of at most that many, a hold apart (:attr:`~flume_rx.operators.Grant.later`).
 
         While Redis is unreachable it waits with backoff, as fetch and settle do: an outage must not end the
         pipeline the throttle sits in.
         """
         reply = await through_outage(
-            f"rate limiter {self.key!r}", lambda: self.take_reply(tokens, min_tokens, unused)
+            f"rate limiter {self.key!r}", lambda: self.take_reply(tokens, min_tokens, unused, slice_tokens)
         )
         assert reply is not None  # without a stop event it returns only once the call worked
+        hold_s = reply.hold_us / 1e6
         return Grant(
             tokens=reply.tokens,
             delay_s=reply.delay_us / 1e6,
-            hold_s=reply.hold_us / 1e6,
+            hold_s=hold_s,
             ref=(reply.seq, reply.start_us, reply.tokens),
+            later=tuple(
+                Grant(part.tokens, part.delay_us / 1e6, hold_s, (part.seq, part.start_us, part.tokens))
+                for part in reply.later
+            ),
         )
 
-    async def take_reply(self, tokens: int, min_tokens: int = 1, unused: Unused | None = None) -> TokenReply:
+    async def take_reply(
+        self,
+        tokens: int,
+        min_tokens: int = 1,
+        unused: Unused | Sequence[Unused] | None = None,
+        slice_tokens: int = 0,
+    ) -> TokenReply:
         """Like :meth:`take_async`, with the grant's place on the Redis clock (for tests and telemetry)."""
         if tokens < 1:
             raise ValueError(f"tokens must be >= 1 (got {tokens})")
@@ -124,18 +142,24 @@ class RedisTokenWindow:
             # the rate the downstream refuses.
             await self.store.load_scripts(("penalize",))
             self._penalize_loaded = True
-        give_back = None
-        if unused is not None and not unused.tells_nothing and len(unused.grant.ref) == 3:
-            seq, start_us, granted = unused.grant.ref
-            within = unused.started_within_s
+        if slice_tokens < 0:
+            raise ValueError(f"slice_tokens must be >= 0 (got {slice_tokens}); 0 asks for one grant")
+        give_back: list[GiveBack] = []
+        for each in given_back(unused):
+            if each.tells_nothing or len(each.grant.ref) != 3:
+                continue
+            seq, start_us, granted = each.grant.ref
+            within = each.started_within_s
             # The grant's entry counts what is left after earlier give-backs; take_tokens.lua finds it by that.
             # The span is rounded up: the window then counts the grant no shorter than its starts came.
-            give_back = (
-                seq,
-                start_us,
-                granted - unused.already,
-                max(0, unused.tokens),
-                None if within is None else math.ceil(within * 1e6),
+            give_back.append(
+                (
+                    seq,
+                    start_us,
+                    granted - each.already,
+                    max(0, each.tokens),
+                    None if within is None else math.ceil(within * 1e6),
+                )
             )
         reply = await self.store.take_tokens(
             self.key,
@@ -148,6 +172,7 @@ class RedisTokenWindow:
             tuning=self.tuning,
             burst=self.burst,
             give_back=give_back,
+            slice_tokens=slice_tokens,
         )
         with self._lock:
             self._effective = reply.effective_allowed
@@ -158,10 +183,16 @@ class RedisTokenWindow:
                 self._latest_cut_us = reply.cut_at_us
         return reply
 
-    def take(self, tokens: int, min_tokens: int = 1, unused: Unused | None = None) -> Awaitable[Grant]:
+    def take(
+        self,
+        tokens: int,
+        min_tokens: int = 1,
+        unused: Unused | Sequence[Unused] | None = None,
+        slice_tokens: int = 0,
+    ) -> Awaitable[Grant]:
         """:meth:`take_async`, under the name :class:`~flume_rx.operators.TokenWindow` gives it (giving back
         ``unused`` in the same call); the throttle makes the stream."""
-        return self.take_async(tokens, min_tokens, unused)
+        return self.take_async(tokens, min_tokens, unused, slice_tokens)
 
     async def penalize_async(self, refused: int = 1, age_s: float = 0.0) -> float:
         """Report ``refused`` refusals by the downstream, the first of a call started ``age_s`` ago; returns the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 import uuid
@@ -112,6 +113,21 @@ async def test_tokens_given_back_are_free_for_the_next_take(make_window: WindowF
     assert (grant.tokens, grant.delay_s) == (3, 0.0)
     # The window is full again (two started, three granted now): the next take waits for a period.
     assert (await taken(window, 1, 1)).delay_s > 30.0
+
+
+async def test_a_sliced_take_answers_grants_a_hold_apart_and_each_gives_back_alone(
+    make_window: WindowFactory,
+) -> None:
+    window = make_window(20, 60.0, 0.05)
+    grant: Grant = await first(from_result(lambda: window.take(20, 2, slice_tokens=6)))
+    grants = [grant, *grant.later]
+    assert [g.tokens for g in grants] == [6, 6, 6]
+    # Each a hold after the one before (the delays count from the same asking).
+    assert [round(b.delay_s - a.delay_s, 3) for a, b in itertools.pairwise(grants)] == [0.05, 0.05]
+    assert len({g.ref for g in grants}) == 3
+    # Two of them give back in one take: all of the first slice and half of the last.
+    again = await first(from_result(lambda: window.take(20, 1, [Unused(grants[0], 6), Unused(grants[2], 3)])))
+    assert again.tokens == 20 - 18 + 9
 
 
 async def test_a_grant_is_given_back_once_and_only_while_it_counts(make_window: WindowFactory) -> None:

@@ -31,10 +31,19 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 takes = st.lists(
-    st.tuples(st.integers(1, 12), st.integers(1, 12), st.sampled_from([0.0, 0.0, 0.0005, 0.002, 0.006])),
+    st.tuples(
+        st.integers(1, 12),
+        st.integers(1, 12),
+        st.sampled_from([0.0, 0.0, 0.0005, 0.002, 0.006]),
+        st.sampled_from([0, 0, 1, 2, 3, 5]),
+    ),
     min_size=1,
     max_size=25,
 )
+
+
+def _grants_of(grant: Grant) -> list[Grant]:
+    return [grant, *grant.later]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -51,38 +60,51 @@ def test_the_lua_and_the_python_window_grant_alike(
     period_ms: int,
     hold_ms: int,
     burst: int,
-    trace: list[tuple[int, int, float]],
+    trace: list[tuple[int, int, float, int]],
 ) -> None:
     script = client.script_load(lua_source("take_tokens"))
     log_key, meta_key = Keys("parity").rate(uuid.uuid4().hex)
     now_us = [0.0]
     period_us, hold_us = period_ms * 1000.0, hold_ms * 1000.0
     python = InProcessWindow(allowed, period_us, hold_us, clock=lambda: now_us[0], burst=burst or None)
-    last: tuple[Grant, tuple[int, int, int]] | None = None  # the previous grant, in Python and in Redis
-    for want, least, pause_s in trace:
+    # The grants of the previous take (more than one when sliced), in Python and their names in Redis.
+    last: list[tuple[Grant, tuple[int, int, int]]] = []
+    for want, least, pause_s, slice_tokens in trace:
         if pause_s:
             time.sleep(pause_s)
-        # Every third take gives back half the tokens of the one before (rounded up), as a lapse does; every
-        # other take says the one before began all it started within least / 12 of its hold (a shortening).
-        back: tuple[Unused, tuple[int, int, int, int, int | str]] | None = None
-        if last is not None and (want % 3 == 0 or least % 2 == 0):
-            unused = (last[0].tokens + 1) // 2 if want % 3 == 0 else 0
-            within_us = round(hold_us * least / 12) if least % 2 == 0 else None
-            back = (
-                Unused(last[0], unused, started_within_s=within_us),
-                (*last[1], unused, "" if within_us is None else within_us),
-            )
+        # Each grant of the take before gives back half its tokens (rounded up) when its place and the take
+        # make a multiple of three, as a lapse does, and says it began all it started within least / 12 of
+        # its hold when they make an even number (a shortening).
+        backs: list[Unused] = []
+        back_args: list[int | str] = []
+        for place, (grant, name) in enumerate(last):
+            if (want + place) % 3 and (least + place) % 2:
+                continue
+            unused = (grant.tokens + 1) // 2 if (want + place) % 3 == 0 else 0
+            within_us = round(hold_us * least / 12) if (least + place) % 2 == 0 else None
+            backs.append(Unused(grant, unused, started_within_s=within_us))
+            back_args += [*name, unused, "" if within_us is None else within_us]
         # Not adaptive: margin and probe are unused but must be numbers; headroom '' is none.
         args = (allowed, repr(period_ms * 1.0), repr(hold_ms * 1.0), want, least, 0, "0.03", "0.4", burst, "")
-        args += back[1] if back is not None else ("", "", "", "", "")
+        args += (slice_tokens, *back_args)
         reply = client.evalsha(script, 2, log_key, meta_key, *args)  # type: ignore[misc]
-        tokens, delay_us, _, _, start_us, seq, _ = reply
-        now_us[0] = float(int(start_us) - int(delay_us))
-        grant = python.grant(want, least, None if back is None else back[0])
-        last = grant, (int(seq), int(start_us), int(tokens))
-        assert grant.tokens == int(tokens), (want, least, grant, tokens, delay_us)
-        # The script replies in whole microseconds (a paced start can fall between two).
-        assert abs(grant.delay_s - int(delay_us)) <= (2 if burst else 0), (want, least, grant, delay_us)
+        tokens, delay_us, start_us, seq = (int(reply[i]) for i in (0, 1, 4, 5))
+        now_us[0] = float(start_us - delay_us)
+        names = [(seq, start_us, tokens)]
+        answered = [(tokens, delay_us)]
+        for i in range(7, len(reply), 4):
+            later_tokens, later_delay_us, later_start_us, later_seq = (
+                int(field) for field in reply[i : i + 4]
+            )
+            names.append((later_seq, later_start_us, later_tokens))
+            answered.append((later_tokens, later_delay_us))
+        grants = _grants_of(python.grant(want, least, backs, slice_tokens))
+        case = (want, least, slice_tokens, grants, answered)
+        assert [grant.tokens for grant in grants] == [tokens for tokens, _ in answered], case
+        last = list(zip(grants, names, strict=True))
+        for grant, (_, delay) in zip(grants, answered, strict=True):
+            # The script replies in whole microseconds (a paced start can fall between two).
+            assert abs(grant.delay_s - delay) <= (2 if burst else 0), case
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
