@@ -3,7 +3,8 @@
 Two modes, one script:
 - ``exact``: SES allows 450/s, the window 400/s. Reports the most calls SES saw in any sliding second
   (goal <= 404), utilization of the limit (goal >= 97%), SES rejections (must be 0) and rate-limiter Redis
-  calls per job (goal <= 0.1), counted from MONITOR by script SHA.
+  calls per job (goal <= 0.1), counted from MONITOR by script SHA, and from the window itself its grants per
+  job (a take answered with several slices makes several) and the tokens given back unstarted per job.
 - ``adaptive``: the window allows 400/s and is adaptive; the fake SES allows 300/s, then is raised to 380/s
   mid-run (2 worker processes, 5 stages each, a backlog). Every "Throttling" answer goes back to the shared
   window, which aims its rate at what SES accepted. Per phase: the share of SES's rate accepted from 3 s after
@@ -48,6 +49,7 @@ import redis
 
 from benchmarks.saved import commit_of, save_report
 from flume_rx.store import SyncStore, _sha
+from flume_rx.store.keys import Keys
 from flume_rx.surfaces.client import Flume
 from flume_rx.surfaces.demo import (
     DEMO_QUEUE,
@@ -162,6 +164,9 @@ def run_once(
             while time.monotonic() < deadline and len(fake.accepted) < jobs:
                 time.sleep(0.2)
             load_during = os.getloadavg()[0]
+            # Read while the window lives (it expires about a period after its last grant): how many grants
+            # it made (a take of several slices makes several) and how many tokens came back unstarted.
+            window = redis.Redis.from_url(server.url).hgetall(Keys(namespace).rate(DEMO_QUEUE)[1])
         counter.stop()
         stats = flume.stats([DEMO_QUEUE])[DEMO_QUEUE]
         flume.close()
@@ -189,6 +194,8 @@ def run_once(
         # Mean count over every sliding second that lies wholly inside the run, as a share of the limit.
         "utilization": statistics.fmean(span) / allowed if span else 0.0,
         "limiter_calls_per_job": counter.count / max(1, len(accepted)),
+        "grants_per_job": int(window.get(b"seq", 0)) / max(1, len(accepted)),
+        "tokens_given_back_per_job": int(window.get(b"returned", 0)) / max(1, len(accepted)),
         "failed_attempts": stats["failed"],
         "dead": stats["dead"],
         "elapsed_s": accepted[-1] - accepted[0] if len(accepted) > 1 else 0.0,
