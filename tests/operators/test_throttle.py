@@ -439,7 +439,10 @@ def test_a_steady_backlog_gets_the_promised_utilization(allowed: int, period: fl
 class CountingWindow(InProcessWindow):
     """An InProcessWindow that counts its takes and keeps what they gave back."""
 
-    takes = 0
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.takes = 0
+        self.given_back: list[Unused] = []
 
     def take(
         self,
@@ -449,7 +452,7 @@ class CountingWindow(InProcessWindow):
         slice_tokens: int = 0,
     ) -> Grant:
         self.takes += 1
-        self.given_back = [*getattr(self, "given_back", []), *given_back(unused)]
+        self.given_back += given_back(unused)
         return super().take(tokens, min_tokens, unused, slice_tokens)
 
 
@@ -687,24 +690,34 @@ def test_a_sliced_take_grants_a_hold_apart_each_counted_as_its_own() -> None:
     assert (grant.tokens, [g.tokens for g in grant.later]) == (6, [6])
 
 
+def _one_stage(
+    window: InProcessWindow, scheduler: TestScheduler, call_s: float, items: int, **options: Any
+) -> list[float]:
+    """One stage whose calls take ``call_s``, behind a throttle of ``window`` with ``options`` and every slice
+    a take may ask for; returns the list the start of each of ``items`` items goes to as the caller advances the
+    clock."""
+    demand = Demand()
+    starts: list[float] = []
+
+    def start(_item: int) -> None:
+        starts.append(float(scheduler.clock))
+        scheduler.schedule_relative(call_s, lambda _s, _st: demand.request(1))
+
+    limited = throttle(window, scheduler=scheduler, slices=MOST_SLICES, **options)
+    TimedSource(scheduler, [0.0] * items).pipe(limited).subscribe_with_demand(
+        reactivex.Observer(start), demand, scheduler
+    )
+    scheduler.schedule_absolute(0.0, lambda _s, _st: demand.request(1))
+    return starts
+
+
 def test_slices_whose_time_went_by_unused_are_given_back() -> None:
     # One stage and a long call: the take brought three slices, the stage starts an item of the first and
     # is busy through the others' holds, so they lapse without ever being active, and the next take gives their
     # tokens back to the window.
     scheduler = TestScheduler()
     window = CountingWindow(100, 1.0, 0.02, clock=scheduler, burst=20)
-    demand = Demand()
-    starts: list[float] = []
-
-    def start(_item: int) -> None:
-        starts.append(float(scheduler.clock))
-        scheduler.schedule_relative(0.2, lambda _s, _st: demand.request(1))
-
-    limited = throttle(window, min_tokens=1, prefetch=40, scheduler=scheduler, slices=MOST_SLICES)
-    TimedSource(scheduler, [0.0] * 40).pipe(limited).subscribe_with_demand(
-        reactivex.Observer(start), demand, scheduler
-    )
-    scheduler.schedule_absolute(0.0, lambda _s, _st: demand.request(1))
+    starts = _one_stage(window, scheduler, 0.2, 40, min_tokens=1, prefetch=40)
     scheduler.advance_to(0.5)
     assert starts == pytest.approx([0.0, 0.2, 0.4])
     backs = [(unused.grant.ref, unused.grant.tokens, unused.tokens) for unused in window.given_back]
@@ -718,18 +731,7 @@ def test_a_slice_always_fits_the_first_item_held() -> None:
     # starts in a hold would be 1 token each, which no item fits. A slice is never less than the take's least.
     scheduler = TestScheduler()
     window = InProcessWindow(30, 1.0, 0.02, clock=scheduler, burst=6)
-    demand = Demand()
-    starts: list[float] = []
-
-    def start(_item: int) -> None:
-        starts.append(float(scheduler.clock))
-        scheduler.schedule_relative(0.01, lambda _s, _st: demand.request(1))
-
-    limited = throttle(window, cost=lambda _i: 3, prefetch=20, scheduler=scheduler, slices=MOST_SLICES)
-    TimedSource(scheduler, [0.0] * 20).pipe(limited).subscribe_with_demand(
-        reactivex.Observer(start), demand, scheduler
-    )
-    scheduler.schedule_absolute(0.0, lambda _s, _st: demand.request(2))
+    starts = _one_stage(window, scheduler, 0.01, 20, cost=lambda _i: 3, prefetch=20)
     scheduler.advance_to(5.0)
     assert len(starts) == 20
     assert max_in_window([(t, 3) for t in starts], 1.0) <= 30
