@@ -380,7 +380,8 @@ class InProcessWindow:
         """The synchronous core of :meth:`take`: up to ``tokens``, at least ``min(tokens, min_tokens)``,
         after giving back ``unused`` (see :meth:`give_back`); with ``slice_tokens``, in at most
         :data:`MOST_SLICES` grants of at most that many (or ``min_tokens``, if more), each a hold after the one
-        before.
+        before, and later ones only when a slice's tokens take at least a hold to pace out (DEVELOPERS.md, "The
+        token window", slices).
 
         Raises:
             ValueError: when ``tokens`` or ``min_tokens`` is below 1, or ``slice_tokens`` below 0.
@@ -408,7 +409,11 @@ class InProcessWindow:
             first = self._grant_one(now, max(now, self._last_start), min(wanted, per_slice), least, capacity)
             later: list[Grant] = []
             left = wanted - first.tokens
-            while slice_tokens and left > 0 and len(later) + 1 < MOST_SLICES:
+            # Later slices only when a slice's tokens take at least a hold to pace out: grants start in order,
+            # so a slice a hold after the one before holds every other caller's grants back that long, and
+            # smaller slices would hand out the window's time faster than its tokens.
+            keeps_pace = per_slice * self._period_s / capacity >= self.hold_s
+            while slice_tokens and keeps_pace and left > 0 and len(later) + 1 < MOST_SLICES:
                 size = min(left, per_slice)
                 if size < least:
                     break  # a remainder smaller than a take would ask for: not worth reserving a hold for

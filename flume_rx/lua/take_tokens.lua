@@ -16,7 +16,8 @@
 -- which that many are free; so a grant always has at least one token.
 -- With slice_tokens S > 0, the take is answered with at most max(S, min_tokens) tokens a grant, in up to
 -- MOST_SLICES grants, each starting at least a hold after the one before (a remainder smaller than min_tokens
--- is not granted): each is recorded as a grant of its own, exactly as if taken by a call of its own at its g.
+-- is not granted, nor any later slice when a slice's tokens pace out in less than a hold): each is recorded
+-- as a grant of its own, exactly as if taken by a call of its own at its g.
 -- With a burst B > 0, grants are also paced (GCRA, one token every period/allowed, at most B at once), so the
 -- window fills smoothly instead of in one burst a period: pacing only moves g later, which the window allows.
 -- A take may give back tokens of the caller's earlier grants that will never start (they lapsed): each such
@@ -145,7 +146,11 @@ local g, tokens = grant_one(math.max(now, last_g), math.min(want, per_slice), mi
 local reply = {tokens, g - now, hold, tostring(effective), g, seq, (adaptive and cut_at) or 0}
 local left = want - tokens
 local slices = 1
-while slice_tokens > 0 and left > 0 and slices < MOST_SLICES do
+-- Later slices only when a slice's tokens take at least a hold to pace out: grants start in order, so a slice a
+-- hold after the one before holds every other caller's grants back that long, and smaller slices would hand out
+-- the window's time faster than its tokens.
+local keeps_pace = per_slice * period / cap >= hold
+while slice_tokens > 0 and keeps_pace and left > 0 and slices < MOST_SLICES do
   local size = math.min(left, per_slice)
   if size < min_tokens then
     break  -- a remainder smaller than a take would ask for: not worth reserving a hold for
