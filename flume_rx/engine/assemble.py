@@ -15,7 +15,7 @@ from flume_rx.engine.build import pacing_of
 from flume_rx.engine.keyed import key_of
 from flume_rx.engine.processor import lease_to, run_workers
 from flume_rx.engine.source import Delivery, JobSource
-from flume_rx.model.config import PipelineConfig, pacing_burst
+from flume_rx.model.config import PipelineConfig, RateLimiterConfig, pacing_burst
 from flume_rx.model.job import Job
 from flume_rx.model.registry import load_callable
 from flume_rx.store.windows import RedisKeyedWindow
@@ -44,6 +44,18 @@ def _own_cost(job: Job) -> int:
 
 def _cost_from_args(fn: Callable[..., int], job: Job) -> int:
     return max(0, int(fn(*job.args)))
+
+
+def slices_per_take(limiter: RateLimiterConfig) -> int:
+    """How many holds one take of the shared limiter may cover (the throttle's ``slices``).
+
+    Several: five stages start only a few jobs in a hold, and a take for each hold cost the limiter 0.12 calls
+    a job (docs/performance.md, "Ninth round"). One when the rate follows the downstream's refusals: holds
+    reserved ahead at a rate being cut send calls into a downstream that refuses them (with several,
+    ``benchmarks.rate_limit --mode adaptive`` saw up to 46 refusals after a change and 88.6% of the
+    downstream's rate used, against 24 and 92.8% with one).
+    """
+    return 1 if limiter.adaptive else fo.MOST_SLICES
 
 
 def grant_batch(allowed: int, stages: int, burst: int | None) -> int:
@@ -115,9 +127,7 @@ def assemble(
                 # Holds fetched jobs while it waits, so a take can cover more than the free stages: with
                 # few stages, one take per free stage cost the limiter a call every few jobs.
                 prefetch=config.max_demand,
-                # And covers several holds: five stages start only a few jobs in one, and a take for each
-                # hold cost the limiter 0.12 calls a job (docs/performance.md).
-                slices=fo.MOST_SLICES,
+                slices=slices_per_take(config.rate_limiter),
                 # A job released at the end of a grant's hold runs its first line a thread switch later:
                 # release within the first three quarters, so its start still falls in the hold.
                 lag_s=config.rate_limiter.hold_s / 4,
