@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from reactivex import Observable, abc
@@ -421,9 +421,7 @@ class InProcessWindow:
                 grant = self._grant_one(now, self._last_start + self.hold_s, size, least, capacity)
                 later.append(grant)
                 left -= grant.tokens
-            if not later:
-                return first
-            return Grant(first.tokens, first.delay_s, first.hold_s, first.ref, tuple(later))
+            return replace(first, later=tuple(later)) if later else first
 
     def _grant_one(self, now: float, start: float, wanted: int, min_tokens: int, capacity: int) -> Grant:
         # Called with the lock held: one grant of up to `wanted` tokens starting no earlier than `start`.
@@ -714,9 +712,7 @@ def throttle(
                 if phase == _IDLE and later:
                     now = _now_s(clock)
                     refused = _refusal_reports(window) != reports_at_take
-                    while later and (
-                        refused or now > later_sent_at + later[0].delay_s + later[0].hold_s - lag_of(later[0])
-                    ):
+                    while later and (refused or now > release_by(later[0], later_sent_at)):
                         # Its time went by while nothing was held to start, or the downstream refused calls
                         # since it was asked for (see above): none of it will start.
                         stale = later.popleft()
@@ -793,8 +789,10 @@ def throttle(
                 else:
                     activate(grant, sent_at)
 
-            def lag_of(grant: Grant) -> float:
-                return min(lag_s, grant.hold_s / 2)
+            def release_by(grant: Grant, sent_at: float) -> float:
+                # The last moment an item of `grant` (of a take sent at `sent_at`) may be released: the end of
+                # its hold as measured from the sending, less the lag an item may take to begin (at most half).
+                return sent_at + grant.delay_s + grant.hold_s - min(lag_s, grant.hold_s / 2)
 
             def await_slice(grant: Grant, sent_at: float, answered_at: float) -> None:
                 # A later grant of the last take, active from its delay after the answer came, as the first one
@@ -823,7 +821,7 @@ def throttle(
                     # delay_s: an item that begins by then begins within what the window counted.
                     start_by = sent_at + grant.delay_s + grant.hold_s
                     # Released by then, an item still starts within the hold if it takes at most lag_s.
-                    deadline = start_by - lag_of(grant)
+                    deadline = release_by(grant, sent_at)
                     if on_release is not None:
                         lease = Lease(
                             grant,

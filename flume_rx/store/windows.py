@@ -136,14 +136,14 @@ class RedisTokenWindow:
             raise ValueError(f"tokens must be >= 1 (got {tokens})")
         if min_tokens < 1:
             raise ValueError(f"min_tokens must be >= 1 (got {min_tokens})")
+        if slice_tokens < 0:
+            raise ValueError(f"slice_tokens must be >= 0 (got {slice_tokens}); 0 asks for one grant")
         if self.adaptive and not self._penalize_loaded:
             # The first refusal is the one that must land at once: while penalize.lua is unknown to Redis, the
             # report costs two more round trips (NOSCRIPT, SCRIPT LOAD), and every take meanwhile is granted at
             # the rate the downstream refuses.
             await self.store.load_scripts(("penalize",))
             self._penalize_loaded = True
-        if slice_tokens < 0:
-            raise ValueError(f"slice_tokens must be >= 0 (got {slice_tokens}); 0 asks for one grant")
         give_back: list[GiveBack] = []
         for each in given_back(unused):
             if each.tells_nothing or len(each.grant.ref) != 3:
