@@ -130,6 +130,13 @@ async def test_a_sliced_take_answers_grants_a_hold_apart_and_each_gives_back_alo
     assert again.tokens == 20 - 18 + 9
 
 
+async def test_a_negative_slice_is_refused_before_anything_is_granted(make_window: WindowFactory) -> None:
+    window = make_window(5, 60.0, 0.02)
+    with pytest.raises(ValueError, match="slice_tokens must be >= 0"):
+        await first(from_result(lambda: window.take(3, 1, slice_tokens=-1)))
+    assert (await first(from_result(lambda: window.take(5, 5)))).tokens == 5
+
+
 async def test_a_grant_is_given_back_once_and_only_while_it_counts(make_window: WindowFactory) -> None:
     window = make_window(5, 60.0, 0.02)
     granted = await taken(window, 5, 5)

@@ -228,7 +228,12 @@ def test_requests_upstream_only_what_downstream_requested() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"min_tokens": 0}, "min_tokens"), ({"min_tokens": -3}, "-3")],
+    [
+        ({"min_tokens": 0}, "min_tokens"),
+        ({"min_tokens": -3}, "-3"),
+        ({"slices": 0}, "slices must be from 1 to 3"),
+        ({"slices": MOST_SLICES + 1}, "got 4"),
+    ],
 )
 def test_throttle_validates_eagerly(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -247,6 +252,13 @@ def test_throttle_validates_eagerly(kwargs: dict[str, Any], message: str) -> Non
 def test_window_validates_eagerly(args: tuple[Any, ...], kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         InProcessWindow(*args, **kwargs)
+
+
+def test_a_take_for_a_negative_slice_is_refused_and_changes_nothing() -> None:
+    window = InProcessWindow(5, 1.0, 0.02, clock=lambda: 0.0)
+    with pytest.raises(ValueError, match="slice_tokens must be >= 0 \\(got -1\\)"):
+        window.take(3, 1, slice_tokens=-1)
+    assert window.take(5, 5).tokens == 5  # nothing was granted by the refused take
 
 
 def test_window_reserves_instead_of_refusing() -> None:
