@@ -226,13 +226,13 @@ class WorkerRuntime:
                         self._start(pipeline_config, store, window, executor, scheduler, settler)
                     )
             tasks = [
-                loop.create_task(self._promote_forever(store, queues)),
-                loop.create_task(self._recover_forever(store, queues)),
-                loop.create_task(self._tick_forever()),
-                loop.create_task(self._abort_forever(store)),
+                loop.create_task(self._promote_forever(store, queues), name="promote"),
+                loop.create_task(self._recover_forever(store, queues), name="recover"),
+                loop.create_task(self._tick_forever(), name="loop tick"),
+                loop.create_task(self._abort_forever(store), name="abort listener"),
             ]
             if adaptive:
-                tasks.append(loop.create_task(hear_cuts_forever(store, adaptive)))
+                tasks.append(loop.create_task(hear_cuts_forever(store, adaptive), name="cut listener"))
             if config.schedules:
                 ticker = CronTicker(
                     store,
@@ -240,7 +240,7 @@ class WorkerRuntime:
                     telemetry=self.telemetry,
                     max_payload_bytes=config.max_payload_bytes,
                 )
-                tasks.append(loop.create_task(ticker.run()))
+                tasks.append(loop.create_task(ticker.run(), name="cron"))
             try:
                 await self._until_stopped(self._stop_event)
             except asyncio.CancelledError:
@@ -250,8 +250,9 @@ class WorkerRuntime:
                 raise
             await self._shutdown(store, settler, heartbeat)
         finally:
-            for task in tasks:
-                task.cancel()
+            # A cancelled task ends only at its next step: closing the store before that pulled the connection
+            # from under a call in flight, and the task died on the closed socket instead of the cancellation.
+            await _ended(tasks)
             heartbeat.stop()
             for executor in executors:
                 executor.shutdown(wait=False, cancel_futures=True)
@@ -451,6 +452,39 @@ def _allowed_from_ses(limiter: RateLimiterConfig) -> int:
 
 HEARTBEAT_JOIN_S = 5.0
 """How long a stopping worker waits for a heartbeat under way (its call times out on its own later)."""
+
+
+TASKS_END_S = 2.0
+"""How long a stopping worker waits for its background tasks to end before it closes their connections."""
+
+
+async def _ended(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until they have ended; one that failed instead is logged, never left unretrieved.
+
+    A single ``cancel()`` is not enough on Python 3.11: ``asyncio.wait_for``, which redis-py wraps around its
+    socket writes, drops a cancellation that arrives as the write completes (fixed in 3.12), and the task goes
+    on to its next loop. So the cancel is repeated until the task is over.
+    """
+    for task in tasks:
+        task.add_done_callback(_log_failure)
+    pending = {task for task in tasks if not task.done()}
+    deadline = time.monotonic() + TASKS_END_S
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.05)
+        if pending and time.monotonic() > deadline:
+            logger.warning(
+                "background task(s) %s did not end within %.0f s of being cancelled; stopping without them",
+                ", ".join(sorted(task.get_name() for task in pending)),
+                TASKS_END_S,
+            )
+            return
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (failure := task.exception()) is not None:
+        logger.warning("background task %r failed: %s", task.get_name(), failure)
 
 
 class _Heartbeat(threading.Thread):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from pathlib import Path
 from typing import Any
@@ -143,3 +144,71 @@ def test_sigterm_with_redis_gone_still_stops_within_shutdown_timeout(
         worker.kill()
     assert "come back as orphans" in worker.log()
     record.close()
+
+
+def test_the_store_closes_only_after_the_background_tasks_have_ended(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI saw a stop log a Traceback: promotion was mid-call when the store closed under it. A cancelled task
+    only ends at its next step, so closing right after ``cancel()`` raced it, and on 3.11 ``wait_for`` can
+    hand the closed connection's AttributeError out instead of the cancellation. Every background task must
+    be over before the connections go."""
+    from flume_rx.model import config as config_module
+    from flume_rx.store import RedisStore
+    from flume_rx.surfaces.runtime import WorkerRuntime
+
+    config = config_module.parse(
+        {"redis_url": redis_url, "namespace": "t", "pipelines": {"main": {"queue": QUEUE}}}
+    )
+    runtime = WorkerRuntime(config, block_s=0.05)
+    still_running: list[str] = []
+    close = RedisStore.aclose
+
+    async def close_and_record(self: RedisStore) -> None:
+        current = asyncio.current_task()
+        still_running.extend(
+            t.get_coro().__qualname__  # type: ignore[union-attr]
+            for t in asyncio.all_tasks()
+            if t is not current and not t.done()
+        )
+        await close(self)
+
+    monkeypatch.setattr(RedisStore, "aclose", close_and_record)
+
+    async def run_then_stop() -> None:
+        task = asyncio.create_task(runtime.run())
+        await asyncio.sleep(0.5)
+        runtime.stop()
+        await task
+
+    asyncio.run(run_then_stop())
+    assert [name for name in still_running if "forever" in name] == []
+
+
+def test_a_background_task_that_drops_one_cancellation_still_ends_before_the_store_closes() -> None:
+    """On 3.11, redis-py's ``wait_for`` around a socket write drops a cancel that lands as the write
+    completes; the stop then waited forever on a task that had gone on looping (the SIGTERM-at-start test
+    hung). The cancel is repeated until the task is over."""
+    from flume_rx.surfaces.runtime import _ended
+
+    loops: list[int] = []
+
+    async def drops_the_first_cancel() -> None:
+        dropped = False
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                if dropped:
+                    raise
+                dropped = True  # as wait_for does when its inner call has just completed
+            loops.append(1)
+
+    async def main() -> bool:
+        task = asyncio.create_task(drops_the_first_cancel())
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(_ended([task]), timeout=5)
+        return task.cancelled()
+
+    assert asyncio.run(main())
+    assert loops  # it did run, and went on after the first cancel
