@@ -21,8 +21,9 @@ took the job only after that wait (the woken thread wants the interpreter lock t
 Each variant runs in its own worker process, the variants alternated for ``--rounds`` rounds, so a loaded
 machine weighs on them alike: ``base`` (the engine as it is), or ``NAME=VALUE,...`` environment variables for
 the worker: ``TRACE_WAKE_SWITCH_S`` (``engine.threads.WAKE_SWITCH_INTERVAL_S``; 0 turns it off),
-``TRACE_SWITCH_S`` (the process's switch interval for good), ``TRACE_DEFER=1`` (calls handed to the threads
-at the end of the loop's turn instead of at once). Prints the medians and percentiles of each step, and writes
+``TRACE_SWITCH_S`` (the process's switch interval for good), ``TRACE_WAKE_YIELD=0`` (no yield of the
+interpreter lock after waking an idle thread, ``engine.threads.YIELD_ON_WAKE``), ``TRACE_DEFER=1`` (calls
+handed to the threads at the end of the loop's turn instead of at once). Prints the medians and percentiles of each step, and writes
 them as JSON (``--out``). On a loaded shared machine, run it under ``chrt -f 1`` (every process it starts
 inherits the real-time priority), so the other processes' queue stays out of its wake-ups.
 """
@@ -151,6 +152,8 @@ def worker_main(config_path: str, out_path: str) -> int:
     _install()
     if os.environ.get("TRACE_WAKE_SWITCH_S"):  # a variant: the switch interval while an idle thread wakes
         threads.WAKE_SWITCH_INTERVAL_S = float(os.environ["TRACE_WAKE_SWITCH_S"])
+    if os.environ.get("TRACE_WAKE_YIELD"):  # a variant: 0 hands a call to an idle thread without yielding
+        threads.YIELD_ON_WAKE = os.environ["TRACE_WAKE_YIELD"] == "1"
     if os.environ.get("TRACE_SWITCH_S"):  # a variant: the interpreter's switch interval
         sys.setswitchinterval(float(os.environ["TRACE_SWITCH_S"]))
     exit_if_stages_hang = processes._exit_if_stages_hang

@@ -236,6 +236,50 @@ def test_a_pool_idle_only_for_a_moment_keeps_the_switch_interval(monkeypatch: py
     assert set_to == []
 
 
+def test_a_call_waking_an_idle_pool_lets_go_of_the_interpreter_once_the_call_is_queued(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    queued_at_yield: list[int] = []
+    pool = StageThreads(1, "test-stage")
+    monkeypatch.setattr(threads.os, "sched_yield", lambda: queued_at_yield.append(pool._calls.qsize()))
+    monkeypatch.setattr(threads, "IDLE_BEFORE_WAKE_S", 0.0)
+    # A long interval: the woken thread cannot take the call before the yield.
+    monkeypatch.setattr(threads, "WAKE_SWITCH_INTERVAL_S", 1.0)
+
+    async def main() -> list[int]:
+        await pool.run_soon(lambda: None)  # starts the thread: a start needs no yield
+        outcomes = []
+        for n in range(3):
+            while len(pool._idle) < 1:
+                await asyncio.sleep(0.001)
+            outcomes.append(await pool.run_soon(lambda n=n: n))  # type: ignore[misc]
+        pool.shutdown()
+        return outcomes
+
+    assert asyncio.run(main()) == [0, 1, 2]
+    # One yield per wake of the idle thread, each with the call already waiting for it.
+    assert queued_at_yield == [1, 1, 1]
+
+
+@pytest.mark.parametrize("idle_before_wake_s, yield_on_wake", [(3600.0, True), (0.0, False)])
+def test_a_backlog_or_the_yield_turned_off_never_lets_go_of_the_interpreter(
+    monkeypatch: pytest.MonkeyPatch, idle_before_wake_s: float, yield_on_wake: bool
+) -> None:
+    yields: list[None] = []
+    monkeypatch.setattr(threads.os, "sched_yield", lambda: yields.append(None))
+    monkeypatch.setattr(threads, "IDLE_BEFORE_WAKE_S", idle_before_wake_s)
+    monkeypatch.setattr(threads, "YIELD_ON_WAKE", yield_on_wake)
+
+    async def main() -> None:
+        pool = StageThreads(2, "test-stage")
+        for _ in range(20):
+            await asyncio.gather(pool.run_soon(lambda: None), pool.run_soon(lambda: None))
+        pool.shutdown()
+
+    asyncio.run(main())
+    assert yields == []
+
+
 def _take_nothing() -> Callable[[], None]:
     return lambda: None
 
