@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from flume_rx.model import codec
 from flume_rx.model.errors import DecodeError, EncodeError
-from flume_rx.model.job import MAX_ATTEMPT, UNIQUE_UNTIL, Job, JobError
+from flume_rx.model.job import MAX_ATTEMPT, UNIQUE_UNTIL, Job, JobError, build_job, new_job_id
 
 scalars = (
     st.none()
@@ -167,3 +168,22 @@ def test_counting_attempts_stops_at_the_largest_a_record_holds() -> None:
     failed = job.next_attempt(JobError("E", "m"))
     assert failed.attempt == MAX_ATTEMPT
     assert codec.decode(codec.encode(failed)).attempt == MAX_ATTEMPT
+
+
+@given(st.data())
+def test_job_ids_are_uuid4_hex_and_built_jobs_equal_the_dataclass_built_ones(data: st.DataObject) -> None:
+    job = build_job(
+        data.draw(st.text(min_size=1, max_size=20).filter(lambda q: "{" not in q and "}" not in q)),
+        data.draw(st.text(min_size=1, max_size=20)),
+        data.draw(st.lists(scalars, max_size=4)),
+        data.draw(st.integers(0, 10)),
+    )
+    parsed = uuid.UUID(hex=job.id)
+    assert (parsed.hex, parsed.version, parsed.variant) == (job.id, 4, uuid.RFC_4122)
+    assert job == Job(job.id, job.queue, job.worker, job.args, 0, job.created_at, job.enqueued_at, job.cost)
+    assert codec.decode(codec.encode(job)) == job
+
+
+def test_job_ids_do_not_repeat() -> None:
+    ids = {new_job_id() for _ in range(100_000)}
+    assert len(ids) == 100_000

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
 from flume_rx.model.errors import DecodeError, EncodeError
-from flume_rx.model.job import UNIQUE_UNTIL, Job, JobError, UniqueUntil
+from flume_rx.model.job import UNIQUE_UNTIL, Job, JobError, make_job
 
 FORMAT_VERSION = 1
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
@@ -129,7 +128,7 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Job:
         raise DecodeError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})") from exc
     if type(record) is list and _well_formed(record):
         # The common case, checked in one expression; anything else takes the path below, which names the fault.
-        return _new_job(
+        return make_job(
             record[1],
             record[2],
             record[3],
@@ -195,68 +194,6 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Job:
 
 _NUMBER_TYPES = (int, float)
 _INF = float("inf")
-_JOB_FIELDS = (
-    "id",
-    "queue",
-    "worker",
-    "args",
-    "attempt",
-    "created_at",
-    "enqueued_at",
-    "cost",
-    "error",
-    "unique_key",
-    "unique_until",
-    "meta",
-)
-
-
-def _job_maker() -> Callable[..., Job]:
-    """A constructor of Job from all its fields in order, for decode, which makes one per fetched job.
-
-    Job is frozen, so its generated ``__init__`` sets each field through ``object.__setattr__``, which took
-    half of decode's time; setting the slots directly does the same in half the time. Should Job's fields
-    ever change, this falls back to the class itself.
-    """
-    if tuple(f.name for f in dataclasses.fields(Job)) != _JOB_FIELDS:
-        return Job
-    new = object.__new__
-    slots: list[Any] = [getattr(Job, name) for name in _JOB_FIELDS]
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11 = (slot.__set__ for slot in slots)
-
-    def make(
-        job_id: str,
-        queue: str,
-        worker: str,
-        args: list[Any],
-        attempt: int,
-        created_at: float,
-        enqueued_at: float,
-        cost: int,
-        error: JobError | None,
-        unique_key: str | None,
-        unique_until: UniqueUntil,
-        meta: dict[str, Any] | None = None,
-    ) -> Job:
-        job: Job = new(Job)
-        s0(job, job_id)
-        s1(job, queue)
-        s2(job, worker)
-        s3(job, args)
-        s4(job, attempt)
-        s5(job, created_at)
-        s6(job, enqueued_at)
-        s7(job, cost)
-        s8(job, error)
-        s9(job, unique_key)
-        s10(job, unique_until)
-        s11(job, meta)
-        return job
-
-    return make
-
-
-_new_job = _job_maker()
 
 
 def _well_formed(record: list[Any]) -> bool:
