@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -187,3 +189,41 @@ def test_job_ids_are_uuid4_hex_and_built_jobs_equal_the_dataclass_built_ones(dat
 def test_job_ids_do_not_repeat() -> None:
     ids = {new_job_id() for _ in range(100_000)}
     assert len(ids) == 100_000
+
+
+def test_a_failed_encode_leaves_nothing_behind_for_the_next_one() -> None:
+    good = build_job("q", "w", [1, "a"])
+    with pytest.raises(EncodeError):
+        codec.encode(build_job("q", "w", [1, object()]))
+    with pytest.raises(EncodeError):
+        codec.encode(build_job("q", "w", [2**70]))
+    assert codec.encode(good) == msgpack.packb(
+        [codec.FORMAT_VERSION, good.id, "q", "w", [1, "a"], 0, good.created_at, good.enqueued_at, 1, None],
+        use_bin_type=True,
+    )
+
+
+class _Items(dict[str, Any]):
+    """A dict subclass: msgpack walks it through its ``items``, Python code where another thread may cut in
+    (here it lets go of the interpreter on purpose)."""
+
+    def items(self) -> Any:
+        time.sleep(0)
+        return super().items()
+
+
+def test_threads_encoding_at_once_each_get_their_own_record() -> None:
+    jobs = [build_job("q", "w", [n, _Items({"n": n, "pad": "x" * (n % 50)})]) for n in range(400)]
+    expected = [codec.encode(job) for job in jobs]
+    got: list[list[bytes]] = [[] for _ in range(4)]
+
+    def encode_all(slot: list[bytes]) -> None:
+        for _ in range(5):
+            slot[:] = [codec.encode(job) for job in jobs]
+
+    threads = [threading.Thread(target=encode_all, args=(slot,)) for slot in got]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert got == [expected] * 4
