@@ -25,10 +25,23 @@ def load_if_present(path: str | Path) -> dict[str, Any] | None:
     return load(path) if Path(path).is_file() else None
 
 
-def latest(results_dir: str | Path, prefix: str) -> Path | None:
-    """The newest ``<prefix>-*.json`` in ``results_dir`` (names sort by time)."""
-    found = sorted(Path(results_dir).glob(f"{prefix}-*.json"))
-    return found[-1] if found else None
+def latest(results_dir: str | Path, *prefixes: str, scenario: str | None = None) -> Path | None:
+    """The newest suite run among ``<prefix>-*.json`` in ``results_dir``, by the time it started (names do not
+    sort by time: ``shapes-quiet-20261202`` sorts after ``shapes-20k-20261203``); with ``scenario``, the newest
+    that measured it for at least one peer. Files that are not a suite run (no ``started``) are left out."""
+    runs: list[tuple[str, Path]] = []
+    for prefix in prefixes:
+        for path in Path(results_dir).glob(f"{prefix}-*.json"):
+            try:
+                data = load(path)
+            except (OSError, ValueError):
+                continue
+            if not isinstance(data, dict) or not isinstance(data.get("started"), str):
+                continue
+            if scenario is not None and not _ok(data, scenario):
+                continue
+            runs.append((data["started"], path))
+    return max(runs)[1] if runs else None
 
 
 def _ok(data: dict[str, Any], scenario: str) -> dict[str, Any]:
