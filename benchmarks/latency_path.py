@@ -23,9 +23,9 @@ machine weighs on them alike: ``base`` (the engine as it is), or ``NAME=VALUE,..
 the worker: ``TRACE_WAKE_SWITCH_S`` (``engine.threads.WAKE_SWITCH_INTERVAL_S``; 0 turns it off),
 ``TRACE_SWITCH_S`` (the process's switch interval for good), ``TRACE_WAKE_YIELD=0`` (no yield of the
 interpreter lock after waking an idle thread, ``engine.threads.YIELD_ON_WAKE``), ``TRACE_DEFER=1`` (calls
-handed to the threads at the end of the loop's turn instead of at once). Prints the medians and percentiles of each step, and writes
-them as JSON (``--out``). On a loaded shared machine, run it under ``chrt -f 1`` (every process it starts
-inherits the real-time priority), so the other processes' queue stays out of its wake-ups.
+handed to the threads at the end of the loop's turn instead of at once). Prints the medians and percentiles of
+each step, and writes them as JSON (``--out``). On a loaded shared machine, run it under ``chrt -f 1`` (every
+process it starts inherits the real-time priority), so the other processes' queue stays out of its wake-ups.
 """
 
 from __future__ import annotations

@@ -262,7 +262,7 @@ def test_a_call_waking_an_idle_pool_lets_go_of_the_interpreter_once_the_call_is_
 
 
 @pytest.mark.parametrize("idle_before_wake_s, yield_on_wake", [(3600.0, True), (0.0, False)])
-def test_a_backlog_or_the_yield_turned_off_never_lets_go_of_the_interpreter(
+def test_a_pool_idle_only_for_a_moment_or_the_yield_turned_off_never_lets_go_of_the_interpreter(
     monkeypatch: pytest.MonkeyPatch, idle_before_wake_s: float, yield_on_wake: bool
 ) -> None:
     yields: list[None] = []

@@ -21,8 +21,16 @@ MAX_DEMAND = 50
 ORPHAN_TIMEOUT_MS = 2000
 
 
+CONSUMERS = Keys("t").of(QUEUE).consumers
+
+
+def _consumer_of(pid: int) -> str:
+    """How every consumer id of the worker process ``pid`` begins (``new_consumer_id``)."""
+    return f"{socket.gethostname()}:{pid}:"
+
+
 def _inflight_keys_of(client: redis.Redis, pid: int) -> list[bytes]:
-    marker = f":inflight:{socket.gethostname()}:{pid}:"
+    marker = f":inflight:{_consumer_of(pid)}"
     return [k for k in client.scan_iter(match="{t:*", count=1000) if marker in k.decode()]
 
 
@@ -30,9 +38,10 @@ def _recovered(client: redis.Redis, pid: int) -> bool:
     """Whether the killed worker ``pid`` has been recovered: its in-flight lists are gone and it is out of the
     consumers set. Its lists alone can empty without recovery (a settle it wrote just before the kill still
     runs), and a consumer left in the set when every worker stops stays there until the next one starts."""
-    consumer = f"{socket.gethostname()}:{pid}:"
-    members = client.zrange(Keys("t").of(QUEUE).consumers, 0, -1)
-    return not _inflight_keys_of(client, pid) and not any(m.decode().startswith(consumer) for m in members)
+    members = client.zrange(CONSUMERS, 0, -1)
+    return not _inflight_keys_of(client, pid) and not any(
+        m.decode().startswith(_consumer_of(pid)) for m in members
+    )
 
 
 @pytest.mark.slow
@@ -80,5 +89,5 @@ def test_repeated_sigkill_loses_nothing_and_duplicates_stay_within_what_was_in_f
     assert 0 <= duplicates <= KILLS * MAX_DEMAND
     stats = Flume(redis_url, "t").stats([QUEUE])[QUEUE]
     assert stats["queued"] == 0 and stats["in_flight"] == 0
-    consumers = client.zrange(Keys("t").of(QUEUE).consumers, 0, -1)
+    consumers = client.zrange(CONSUMERS, 0, -1)
     assert leftover_keys(client) == [], f"consumers left: {consumers!r}; killed: {killed}"
