@@ -15,8 +15,10 @@ from flume_rx.store import Keys
 
 from .harness import QUEUE, ROOT, runs, write_config
 
-# The retry of the failed job is due 300 ms after its failure: long after an empty queue is first seen.
-RETRY = {"max_retries": 3, "backoff_initial": 300, "backoff_max": 300}
+# The retry of the failed job is due 500 to 1,000 ms after its failure (half the delay is jitter): long after
+# an empty queue is first seen, and after SCHEDULED_SOON_S has passed however fast the worker starts.
+RETRY = {"max_retries": 3, "backoff_initial": 1000, "backoff_max": 1000}
+SCHEDULED_SOON_S = 0.4
 JOBS_KEYS = Keys("t").of("jobs")
 
 
@@ -32,13 +34,13 @@ def _burst(redis_url: str, config_file: Path, *flags: str) -> subprocess.Complet
 
 
 def test_burst_runs_until_the_retries_not_yet_due_have_run(redis_url: str, tmp_path: Path) -> None:
-    """Before: the worker exited while the failed job waited in the retry set, due 300 ms later."""
+    """Before: the worker exited while the failed job waited in the retry set, due later."""
     client = redis.Redis.from_url(redis_url)
     config_file = write_config(tmp_path / "flume.toml", redis_url, {"retry": RETRY})
     with Flume(redis_url, "t") as flume:
         flume.enqueue(QUEUE, "FailOnceWorker", ["flaky"])
         flume.bulk_enqueue(QUEUE, [("RecordWorker", [f"ok{i}"]) for i in range(20)])
-        flume.enqueue_in(QUEUE, 0.4, "RecordWorker", ["scheduled-soon"])
+        flume.enqueue_in(QUEUE, SCHEDULED_SOON_S, "RecordWorker", ["scheduled-soon"])
         flume.enqueue_in(QUEUE, 3600, "RecordWorker", ["scheduled-later"])
 
         done = _burst(redis_url, config_file, "--burst")
