@@ -385,6 +385,29 @@ def latency_sync(data: dict[str, Any]) -> Figure | None:
     return fig
 
 
+def sync_ceiling(data: dict[str, Any]) -> Figure | None:
+    """A sync job of one ``INCR``: bare threads, the least a consumer on flume_rx's scripts spends, flume_rx and
+    huey, alternated in one run (``benchmarks.sync_ceiling``); the dashed line is five times huey's median."""
+    runs: dict[str, list[dict[str, Any]]] = data.get("runs", {})
+    if not runs:
+        return None
+    names = list(runs)
+    rates = [[r["jobs_per_s"] for r in runs[name]] for name in names]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    bars = ax.bar(names, [statistics.median(r) for r in rates], color="#9ecae1")
+    ax.bar_label(bars, fmt="{:,.0f}", fontsize=7, padding=2)
+    for x, rep_rates in enumerate(rates):
+        ax.plot([x] * len(rep_rates), rep_rates, "k.", markersize=4)
+    if "huey" in runs:
+        goal = 5 * statistics.median(r["jobs_per_s"] for r in runs["huey"])
+        ax.axhline(goal, color="red", linestyle="--", linewidth=1, label="5 x huey (median)")
+        ax.legend(fontsize=7)
+    ax.set_ylabel("jobs (or calls) per second, 1 process; dots: repetitions")
+    ax.set_title("One redis-py INCR per job: how much room a queue leaves")
+    fig.tight_layout()
+    return fig
+
+
 FIGURES = {
     "throughput": throughput,
     "rate_limit": rate_limit,
@@ -402,6 +425,7 @@ STANDALONE = {
     "priorities": priorities,
     "per_key_limits": per_key_limits,
     "adaptive_rate": adaptive_rate,
+    "sync_ceiling": sync_ceiling,
 }
 
 

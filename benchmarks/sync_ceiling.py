@@ -1,0 +1,164 @@
+"""How fast sync jobs of one redis-py ``INCR`` could drain in one process, against what flume_rx drains.
+
+    python -m benchmarks.sync_ceiling [--jobs 20000] [--reps 5] [--batch 50]
+
+Goal (a) of issue 15 asks five times the fastest peer on this job. This measures the room there is, in one run
+and alternated repetition by repetition (this machine's speed changes from minute to minute):
+
+- ``bare-1``, ``bare-2``: one and two threads calling ``INCR`` in a loop, no queue at all;
+- ``pull-1``, ``pull-2``: a queue consumer with nothing but flume_rx's own Redis side: each thread fetches
+  ``--batch`` jobs with the fetch script, decodes them, runs the job, and acks the batch with one settle
+  script call. No event loop, no operators, no telemetry, no retries: the least a worker on these scripts
+  can spend per job;
+- ``flume_rx`` at its defaults and ``huey`` (the fastest peer on this job in the every-peer runs), each one
+  worker process drained exactly as the suite's ``shapes`` scenario drains it (``runner.drain_once``: the
+  probe's timestamps, first job's start to last job's end, start-up left out).
+
+Every variant drains ``--jobs`` jobs (or calls). The queue's Redis and the counter's are the suite's private
+servers, flushed before each drain. Writes ``benchmarks/results/sync_ceiling.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from benchmarks.peers import PEERS
+from benchmarks.redis_server import private_redis
+from benchmarks.runner import Bench, Settings, drain_once
+from benchmarks.saved import commit_of, save_report
+from flume_rx import Flume
+from flume_rx.model import codec
+from flume_rx.store import Keys, Settlement
+from flume_rx.store.commands import _ops_fetch, _ops_settle
+from flume_rx.store.scripts import SyncRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+QUEUE = "ceiling"
+NAMESPACE = "sc"
+
+
+def _in_threads(threads: int, work: Callable[[int], int]) -> float:
+    """Runs ``work(index)`` in ``threads`` threads at once; jobs (or calls) per second over them all."""
+    done = [0] * threads
+
+    def run(index: int) -> None:
+        done[index] = work(index)
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(done) / (time.perf_counter() - started)
+
+
+def bare(bench: Bench, threads: int, calls: int) -> dict[str, Any]:
+    bench.reset()
+    client = redis.Redis.from_url(bench.work_url)
+
+    def work(_index: int) -> int:
+        for _ in range(calls // threads):
+            client.incr("hits")
+        return calls // threads
+
+    rate = _in_threads(threads, work)
+    client.close()
+    return {"jobs_per_s": rate}
+
+
+def pull(bench: Bench, threads: int, jobs: int, batch: int) -> dict[str, Any]:
+    bench.reset()
+    with Flume(bench.url, NAMESPACE) as flume:
+        for first in range(0, jobs, 10_000):
+            flume.bulk_enqueue(QUEUE, [("SyncIncr", [])] * min(10_000, jobs - first))
+    queue_client = redis.Redis.from_url(bench.url)
+    work_client = redis.Redis.from_url(bench.work_url)
+    keys = Keys(NAMESPACE)
+
+    def work(index: int) -> int:
+        runner = SyncRunner(queue_client)
+        consumer = f"ceiling:{index}"
+        ran = 0
+        while True:
+            reply = runner.one(_ops_fetch(keys, QUEUE, consumer, batch))
+            payloads = reply[2:]
+            if not payloads:
+                return ran
+            settlements = []
+            for payload in payloads:
+                job = codec.decode(payload, codec.DEFAULT_MAX_PAYLOAD_BYTES)
+                work_client.incr("hits")
+                latency_ms = (time.time() - job.enqueued_at) * 1000 if job.enqueued_at else None
+                settlements.append(Settlement(payload, "ack", latency_ms=latency_ms))
+            runner.one(_ops_settle(keys, QUEUE, consumer, settlements, 10_000, 86_400_000))
+            ran += len(payloads)
+
+    rate = _in_threads(threads, work)
+    raw: Any = work_client.get("hits")
+    hits = int(raw or 0)
+    queue_client.close()
+    work_client.close()
+    if hits != jobs:
+        raise RuntimeError(f"pull-{threads}: {hits} of {jobs} jobs ran")
+    return {"jobs_per_s": rate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=50, help="jobs per fetch of the pull consumer")
+    parser.add_argument("--out", type=Path, default=RESULTS / "sync_ceiling.json")
+    args = parser.parse_args()
+    report: dict[str, Any] = {
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+        "commit": commit_of(ROOT),
+        "config": {"jobs": args.jobs, "reps": args.reps, "batch": args.batch, "body": "one redis-py INCR"},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_average_at_start": os.getloadavg(),
+        "runs": {},
+    }
+    peers = {spec.name: spec for spec in PEERS}
+    incr = {"BENCH_SHAPE": "incr"}
+    with private_redis() as url, private_redis() as probe_url, private_redis() as work_url:
+        bench = Bench(url, probe_url, Settings.for_mode(quick=False), lambda _line: None, work_url)
+        variants: dict[str, Callable[[], dict[str, Any]]] = {
+            "bare-1": lambda: bare(bench, 1, args.jobs),
+            "bare-2": lambda: bare(bench, 2, args.jobs),
+            "pull-1": lambda: pull(bench, 1, args.jobs, args.batch),
+            "pull-2": lambda: pull(bench, 2, args.jobs, args.batch),
+            "flume_rx": lambda: drain_once(
+                bench, peers["flume_rx"], args.jobs, 1, variant="defaults:sync", env=incr
+            ),
+            "huey": lambda: drain_once(bench, peers["huey"], args.jobs, 1, env=incr),
+        }
+        for _ in range(args.reps):
+            for name, run in variants.items():  # alternated
+                result = run()
+                report["runs"].setdefault(name, []).append(result)
+                print(name, f"{result['jobs_per_s']:,.0f}/s", flush=True)
+    report["load_average_at_end"] = os.getloadavg()
+    report["medians"] = {
+        name: statistics.median(run["jobs_per_s"] for run in runs) for name, runs in report["runs"].items()
+    }
+    print(json.dumps(report["medians"], indent=2))
+    save_report(args.out, report)
+
+
+if __name__ == "__main__":
+    main()
