@@ -10,6 +10,10 @@ and alternated repetition by repetition (this machine's speed changes from minut
   ``--batch`` jobs with the fetch script, decodes them, runs the job, and acks the batch with one settle
   script call. No event loop, no operators, no telemetry, no retries: the least a worker on these scripts
   can spend per job;
+- ``loop-2``: the same Redis side driven from an asyncio loop, as a worker built on flume_rx's async store
+  would drive it: the loop fetches ``--batch`` jobs whenever it holds that many or fewer, decodes them, and
+  settles each batch of outcomes with one script call; two threads take the jobs from a local queue, run
+  them, and hand the outcomes back in batches, waking the loop once per batch rather than once per job;
 - ``flume_rx`` at its defaults and ``huey`` (the fastest peer on this job in the every-peer runs), each one
   worker process drained exactly as the suite's ``shapes`` scenario drains it (``runner.drain_once``: the
   probe's timestamps, first job's start to last job's end, start-up left out).
@@ -21,9 +25,11 @@ servers, flushed before each drain. Writes ``benchmarks/results/sync_ceiling.jso
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
+import queue
 import statistics
 import threading
 import time
@@ -39,7 +45,7 @@ from benchmarks.runner import Bench, Settings, drain_once
 from benchmarks.saved import commit_of, save_report
 from flume_rx import Flume
 from flume_rx.model import codec
-from flume_rx.store import Keys, Settlement
+from flume_rx.store import Keys, RedisStore, Settlement
 from flume_rx.store.commands import _ops_fetch, _ops_settle
 from flume_rx.store.scripts import SyncRunner
 
@@ -116,6 +122,87 @@ def pull(bench: Bench, threads: int, jobs: int, batch: int) -> dict[str, Any]:
     return {"jobs_per_s": rate}
 
 
+def loop_threads(bench: Bench, threads: int, jobs: int, batch: int) -> dict[str, Any]:
+    bench.reset()
+    with Flume(bench.url, NAMESPACE) as flume:
+        for first in range(0, jobs, 10_000):
+            flume.bulk_enqueue(QUEUE, [("SyncIncr", [])] * min(10_000, jobs - first))
+    work_client = redis.Redis.from_url(bench.work_url)
+    rate = asyncio.run(_loop_drain(bench.url, work_client, threads, jobs, batch))
+    raw: Any = work_client.get("hits")
+    hits = int(raw or 0)
+    work_client.close()
+    if hits != jobs:
+        raise RuntimeError(f"loop-{threads}: {hits} of {jobs} jobs ran")
+    return {"jobs_per_s": rate}
+
+
+async def _loop_drain(url: str, work_client: redis.Redis, threads: int, jobs: int, batch: int) -> float:
+    loop = asyncio.get_running_loop()
+    store = RedisStore.from_url(url, NAMESPACE)
+    consumer = "ceiling:loop"
+    calls: queue.SimpleQueue[tuple[bytes, float] | None] = queue.SimpleQueue()
+    finished: list[tuple[bytes, float | None]] = []  # appended by the threads, taken by the loop
+    lock = threading.Lock()
+    woken = asyncio.Event()
+    waking = False
+
+    def wake() -> None:
+        nonlocal waking
+        waking = False
+        woken.set()
+
+    def run_jobs() -> None:
+        nonlocal waking
+        while True:
+            call = calls.get()
+            if call is None:
+                return
+            payload, enqueued_at = call
+            work_client.incr("hits")
+            latency_ms = (time.time() - enqueued_at) * 1000 if enqueued_at else None
+            with lock:
+                finished.append((payload, latency_ms))
+                # One wake-up per batch, or when the threads are about to run dry.
+                tell = not waking and (len(finished) >= batch or calls.empty())
+                if tell:
+                    waking = True
+            if tell:
+                loop.call_soon_threadsafe(wake)
+
+    workers = [threading.Thread(target=run_jobs) for _ in range(threads)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    held = settled = 0
+    exhausted = False
+    while settled < jobs:
+        if not exhausted and held <= batch:
+            payloads = await store.fetch(QUEUE, consumer, batch, 0.0)
+            exhausted = not payloads
+            for payload in payloads:  # decoded on the loop, as a worker's source decodes
+                calls.put((payload, codec.decode(payload, codec.DEFAULT_MAX_PAYLOAD_BYTES).enqueued_at))
+            held += len(payloads)
+        await woken.wait()
+        woken.clear()
+        with lock:
+            done = finished[:]
+            finished.clear()
+        if done:
+            await store.settle(
+                QUEUE, consumer, [Settlement(p, "ack", latency_ms=latency) for p, latency in done]
+            )
+            held -= len(done)
+            settled += len(done)
+    elapsed = time.perf_counter() - started
+    for _ in workers:
+        calls.put(None)
+    for worker in workers:
+        worker.join()
+    await store.aclose()
+    return jobs / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -142,6 +229,7 @@ def main() -> None:
             "bare-2": lambda: bare(bench, 2, args.jobs),
             "pull-1": lambda: pull(bench, 1, args.jobs, args.batch),
             "pull-2": lambda: pull(bench, 2, args.jobs, args.batch),
+            "loop-2": lambda: loop_threads(bench, 2, args.jobs, args.batch),
             "flume_rx": lambda: drain_once(
                 bench, peers["flume_rx"], args.jobs, 1, variant="defaults:sync", env=incr
             ),
