@@ -46,7 +46,7 @@ from benchmarks.saved import commit_of, save_report
 from flume_rx import Flume
 from flume_rx.model import codec
 from flume_rx.store import Keys, RedisStore, Settlement
-from flume_rx.store.commands import _ops_fetch, _ops_settle
+from flume_rx.store.commands import DEFAULT_DEAD_MAX, DEFAULT_DEAD_TTL_MS, _ops_fetch, _ops_settle
 from flume_rx.store.scripts import SyncRunner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +71,22 @@ def _in_threads(threads: int, work: Callable[[int], int]) -> float:
     return sum(done) / (time.perf_counter() - started)
 
 
+def _backlog(bench: Bench, jobs: int) -> redis.Redis:
+    """Empties the servers, enqueues ``jobs`` INCR jobs, and returns a client of the counter's Redis."""
+    bench.reset()
+    with Flume(bench.url, NAMESPACE) as flume:
+        for first in range(0, jobs, 10_000):
+            flume.bulk_enqueue(QUEUE, [("SyncIncr", [])] * min(10_000, jobs - first))
+    return redis.Redis.from_url(bench.work_url)
+
+
+def _check_every_job_ran(work_client: redis.Redis, jobs: int, variant: str) -> None:
+    raw: Any = work_client.get("hits")
+    work_client.close()
+    if int(raw or 0) != jobs:
+        raise RuntimeError(f"{variant}: {int(raw or 0)} of {jobs} jobs ran")
+
+
 def bare(bench: Bench, threads: int, calls: int) -> dict[str, Any]:
     bench.reset()
     client = redis.Redis.from_url(bench.work_url)
@@ -86,12 +102,8 @@ def bare(bench: Bench, threads: int, calls: int) -> dict[str, Any]:
 
 
 def pull(bench: Bench, threads: int, jobs: int, batch: int) -> dict[str, Any]:
-    bench.reset()
-    with Flume(bench.url, NAMESPACE) as flume:
-        for first in range(0, jobs, 10_000):
-            flume.bulk_enqueue(QUEUE, [("SyncIncr", [])] * min(10_000, jobs - first))
+    work_client = _backlog(bench, jobs)
     queue_client = redis.Redis.from_url(bench.url)
-    work_client = redis.Redis.from_url(bench.work_url)
     keys = Keys(NAMESPACE)
 
     def work(index: int) -> int:
@@ -109,31 +121,19 @@ def pull(bench: Bench, threads: int, jobs: int, batch: int) -> dict[str, Any]:
                 work_client.incr("hits")
                 latency_ms = (time.time() - job.enqueued_at) * 1000 if job.enqueued_at else None
                 settlements.append(Settlement(payload, "ack", latency_ms=latency_ms))
-            runner.one(_ops_settle(keys, QUEUE, consumer, settlements, 10_000, 86_400_000))
+            runner.one(_ops_settle(keys, QUEUE, consumer, settlements, DEFAULT_DEAD_MAX, DEFAULT_DEAD_TTL_MS))
             ran += len(payloads)
 
     rate = _in_threads(threads, work)
-    raw: Any = work_client.get("hits")
-    hits = int(raw or 0)
     queue_client.close()
-    work_client.close()
-    if hits != jobs:
-        raise RuntimeError(f"pull-{threads}: {hits} of {jobs} jobs ran")
+    _check_every_job_ran(work_client, jobs, f"pull-{threads}")
     return {"jobs_per_s": rate}
 
 
 def loop_threads(bench: Bench, threads: int, jobs: int, batch: int) -> dict[str, Any]:
-    bench.reset()
-    with Flume(bench.url, NAMESPACE) as flume:
-        for first in range(0, jobs, 10_000):
-            flume.bulk_enqueue(QUEUE, [("SyncIncr", [])] * min(10_000, jobs - first))
-    work_client = redis.Redis.from_url(bench.work_url)
+    work_client = _backlog(bench, jobs)
     rate = asyncio.run(_loop_drain(bench.url, work_client, threads, jobs, batch))
-    raw: Any = work_client.get("hits")
-    hits = int(raw or 0)
-    work_client.close()
-    if hits != jobs:
-        raise RuntimeError(f"loop-{threads}: {hits} of {jobs} jobs ran")
+    _check_every_job_ran(work_client, jobs, f"loop-{threads}")
     return {"jobs_per_s": rate}
 
 
@@ -209,7 +209,7 @@ def main() -> None:
     )
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=50, help="jobs per fetch of the pull consumer")
+    parser.add_argument("--batch", type=int, default=50, help="jobs per fetch of the pull and loop consumers")
     parser.add_argument("--out", type=Path, default=RESULTS / "sync_ceiling.json")
     args = parser.parse_args()
     report: dict[str, Any] = {
