@@ -18,7 +18,7 @@ from ._async_bridge import from_coroutine, from_result, to_async_iterable, to_as
 from ._batch import FlushHook, buffer_with_time_or_count
 from ._flow import UNBOUNDED, Demand, Flowable, is_prompt, subscribe_upstream
 from ._keyed_throttle import InProcessKeyedWindow, KeyedWindow, throttle_by_key
-from ._process import Outcome, Queued, from_async, in_thread, process
+from ._process import Outcome, Queued, from_async, in_thread, process, report_queued
 from ._request_n import Credits, Fetch, HandBack, PullSource, from_iterable, last_batch, request_n
 from ._retry import backoff_delay, retry_with_backoff
 from ._throttle import (
@@ -69,6 +69,7 @@ __all__ = [
     "probed_rate",
     "process",
     "recovery_s",
+    "report_queued",
     "request_n",
     "retry_with_backoff",
     "subscribe_upstream",

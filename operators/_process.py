@@ -78,19 +78,69 @@ class Queued(Generic[_U]):
     finds its next call waiting instead of waiting for the loop. The call's clock (``Outcome.started_at``)
     and its timeout start when the queue calls :meth:`begin`, on the loop, once a thread has taken it: time
     spent waiting in the queue is not the call's.
+
+    Its outcome comes one of two ways: through ``future``, when the queue sets one before ``fn`` returns,
+    or through :func:`report_queued`, which the queue calls on the loop with the outcomes of many calls at
+    once, so that a process takes a whole batch of them in one round (no future, no callback per call).
+    A stopped call is cancelled (:meth:`cancelled`): the queue then neither runs it nor reports it.
     """
 
-    __slots__ = ("_on_begin", "future")
+    __slots__ = ("_cancelled", "_entry", "_finish_many", "_on_begin", "future")
 
     def __init__(self) -> None:
         self.future: asyncio.Future[_U] | None = None
         self._on_begin: Callable[[float | None], None] | None = None
+        self._cancelled = False
+        # Set by the process that started the call: what its outcome finishes, and how, in a batch.
+        self._entry: _Running[Any] | None = None
+        self._finish_many: _FinishMany | None = None
 
     def begin(self, at: float | None = None) -> None:
         """The call has begun, at ``at`` on process's clock (now when None); called on the loop, before its
         outcome, and possibly a little after the call began (``at`` keeps its clock exact)."""
         if self._on_begin is not None:
             self._on_begin(at)
+
+    def cancel(self) -> None:
+        """Stop the call if it has not begun: the queue skips it, and an outcome that comes is dropped."""
+        self._cancelled = True
+        if self.future is not None:
+            self.future.cancel()
+
+    def cancelled(self) -> bool:
+        """Whether the call was stopped (see :meth:`cancel`)."""
+        return self._cancelled
+
+    def dispose(self) -> None:
+        """The same as :meth:`cancel`: what a process does to a call it stops."""
+        self.cancel()
+
+
+_FinishMany = Callable[[list[tuple["Queued[Any]", Any, BaseException | None]]], None]
+"""A process's way of finishing many of its queued calls in one round."""
+
+
+def report_queued(outcomes: list[tuple[Queued[Any], Any, BaseException | None]]) -> None:
+    """The outcomes of queued calls ``(call, value, error)``, on the loop of the processes that started them.
+
+    Each process takes the run of its own calls in one round (one lock, one drain), so a thread pool that
+    hands outcomes back in batches costs the loop little per call. Calls that were cancelled, or never
+    started by a process, are passed over.
+    """
+    run: list[tuple[Queued[Any], Any, BaseException | None]] = []
+    owner: _FinishMany | None = None
+    for outcome in outcomes:
+        finish_many = outcome[0]._finish_many
+        if finish_many is None:
+            continue
+        if finish_many is not owner:
+            if owner is not None:
+                owner(run)
+                run = []
+            owner = finish_many
+        run.append(outcome)
+    if owner is not None:
+        owner(run)
 
 
 def process(
@@ -315,10 +365,13 @@ def process(
                     return
                 if isinstance(call, Queued):
                     # Its clock and timeout start when a thread takes it, not while it waits in the queue.
-                    entry.handle = call.future
+                    entry.handle = call
                     call._on_begin = functools.partial(begin_queued, entry)
                     if call.future is not None:
                         call.future.add_done_callback(functools.partial(finish_future, entry))
+                    else:
+                        call._entry = entry
+                        call._finish_many = finish_queued
                     if stopped:
                         entry.cancel()
                     return
@@ -387,6 +440,28 @@ def process(
                     outcomes.append(Outcome(entry.item, value, error, entry.started_at, now()))
                     picked = claim()
                 entry.cancel()
+                if picked is not None:
+                    send(picked)
+
+            def finish_queued(reports: list[tuple[Queued[Any], Any, BaseException | None]]) -> None:
+                # finish() for a batch of queued calls: one lock and one drain for them all.
+                nonlocal plain
+                timers: list[abc.DisposableBase] = []
+                with lock:
+                    finished_at = now()
+                    for call, value, error in reports:
+                        entry = call._entry
+                        if entry is None or entry not in running:
+                            continue  # already finished (timed out) or stopped
+                        running.remove(entry)
+                        if queues is not None and not entry.queued:
+                            plain -= 1
+                        outcomes.append(Outcome(entry.item, value, error, entry.started_at, finished_at))
+                        if entry.timer is not None:
+                            timers.append(entry.timer)
+                    picked = claim()
+                for timer in timers:
+                    timer.dispose()
                 if picked is not None:
                     send(picked)
 
@@ -472,7 +547,7 @@ class _Running(Generic[_T]):
         self.item = item
         self.started_at = started_at
         self.queued = queued
-        self.handle: asyncio.Future[Any] | abc.DisposableBase | None = None
+        self.handle: asyncio.Future[Any] | abc.DisposableBase | Queued[Any] | None = None
         self.timer: abc.DisposableBase | None = None
 
     def cancel(self) -> None:

@@ -10,11 +10,13 @@ import time
 from collections.abc import Callable
 
 import pytest
+import reactivex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flume_rx.engine import threads
 from flume_rx.engine.threads import StageThreads
+from flume_rx.operators import Outcome, Queued, process
 
 
 def _fails(n: int) -> int:
@@ -432,3 +434,62 @@ def test_shutdown_reaches_parked_threads() -> None:
     stopper.start()
     stopper.join(10)
     assert not stopper.is_alive()
+
+
+@settings(max_examples=20, deadline=None)
+@given(calls=st.integers(0, 120), threads=st.integers(1, 4))
+def test_handed_calls_reach_their_process_through_batched_reports(calls: int, threads: int) -> None:
+    """A process's queued calls handed with ``hand``: every outcome reaches it on the loop, errors as
+    exceptions (a KeyboardInterrupt wrapped), with no future per call."""
+
+    def body(n: int) -> int:
+        if n % 5 == 1:
+            raise KeyboardInterrupt
+        return _fails(n)
+
+    async def main() -> list[Outcome[int, int]]:
+        pool = StageThreads(threads, "test-stage")
+        done = asyncio.get_running_loop().create_future()
+
+        def fn(n: int) -> Queued[int]:
+            call: Queued[int] = Queued()
+            pool.hand(call, body, n)
+            return call
+
+        outcomes: list[Outcome[int, int]] = []
+        reactivex.from_iterable(range(calls)).pipe(
+            process(fn, threads, ahead=threads, queues=lambda _n: True)
+        ).subscribe(outcomes.append, done.set_exception, lambda: done.set_result(None))
+        await asyncio.wait_for(done, 30)
+        pool.shutdown()
+        return outcomes
+
+    outcomes = asyncio.run(main())
+    assert sorted(o.item for o in outcomes) == list(range(calls))
+    for outcome in outcomes:
+        n = outcome.item
+        if n % 5 == 1:
+            assert isinstance(outcome.error, RuntimeError) and "KeyboardInterrupt" in str(outcome.error)
+        elif n % 3 == 0:
+            assert isinstance(outcome.error, ValueError)
+        else:
+            assert outcome.value == n * n
+
+
+def test_a_handed_call_cancelled_before_a_thread_takes_it_never_runs() -> None:
+    async def main() -> list[str]:
+        pool = StageThreads(1, "test-stage")
+        ran: list[str] = []
+        gate = threading.Event()
+        busy = pool.run_soon(gate.wait, 30)  # the one thread is busy while the next two are handed
+        stopped: Queued[None] = Queued()
+        pool.hand(stopped, ran.append, "stopped")
+        after = pool.run_soon(ran.append, "after")
+        stopped.cancel()
+        gate.set()
+        await busy
+        await after
+        pool.shutdown()
+        return ran
+
+    assert asyncio.run(main()) == ["after"]

@@ -159,8 +159,8 @@ def _hand_to_thread(item: Delivery, executor: StageThreads) -> fo.Queued[Any]:
     item.source.running.add(item)
     queued: fo.Queued[Any] = fo.Queued()
     loop = asyncio.get_running_loop()
-    queued.future = executor.run_soon(
-        run_as_job, item, loop, spec.fn, args, on_take=functools.partial(_take, item, queued)
+    executor.hand(
+        queued, run_as_job, item, loop, spec.fn, args, on_take=functools.partial(_take, item, queued)
     )
     return queued
 

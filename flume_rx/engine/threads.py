@@ -43,6 +43,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from flume_rx import operators as fo
 from flume_rx.engine.thread_count import ThreadCount, threads_needed
 
 _T = TypeVar("_T")
@@ -130,8 +131,10 @@ _switch_interval = _SwitchInterval()
 class StageThreads(concurrent.futures.Executor):
     """``threads`` daemon threads named ``<prefix>_<n>``, one started with each of the first calls.
 
-    :meth:`run_soon` is the fast path of the loop's own calls: it returns an asyncio future of the loop it is
-    called on, completed from the threads' outcomes in batches. :meth:`submit` returns an ordinary
+    :meth:`hand` is the fast path of a process's sync jobs: their outcomes reach the process in batches
+    (:func:`flume_rx.operators.report_queued`), one round of the process for every outcome that finished
+    meanwhile, with no future or callback per job. :meth:`run_soon` returns an asyncio future of the loop it
+    is called on, completed from the threads' outcomes in batches. :meth:`submit` returns an ordinary
     ``concurrent.futures.Future`` for everything else.
 
     >>> async def main():
@@ -175,17 +178,39 @@ class StageThreads(concurrent.futures.Executor):
         call's result is set.
         """
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+        self._hand_from(loop, future, fn, args, on_take)
+        return future
+
+    def hand(
+        self,
+        call: fo.Queued[_T],
+        fn: Callable[..., _T],
+        *args: Any,
+        on_take: Callable[[], Callable[[], None]] | None = None,
+    ) -> None:
+        """Run ``fn(*args)`` on a stage thread for a process's queued ``call``: as :meth:`run_soon`, but the
+        outcome goes to :func:`flume_rx.operators.report_queued` with the others of its batch, which costs
+        the loop no future and no callback per call. A cancelled call is not run."""
+        self._hand_from(asyncio.get_running_loop(), call, fn, args, on_take)
+
+    def _hand_from(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        target: asyncio.Future[Any] | fo.Queued[Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        on_take: Callable[[], Callable[[], None]] | None,
+    ) -> None:
         mail = self._mail.get(loop)
         if mail is None:
             mail = self._mail[loop] = _Mail(loop)
-        future: asyncio.Future[_T] = loop.create_future()
-        self._put((mail, future, fn, args, on_take))
+        self._put((mail, target, fn, args, on_take))
         if on_take is not None:
             mail.unnoted += 1
             if not mail.looking:
                 mail.looking = True
                 loop.call_later(NOTE_AFTER_S, self._look, mail)
-        return future
 
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[_T]:
         """Run ``fn(*args, **kwargs)`` on a stage thread; an ordinary concurrent future of its result."""
@@ -309,10 +334,10 @@ class StageThreads(concurrent.futures.Executor):
 
     def _run(self, call: tuple[Any, ...]) -> bool:
         """Run one call; whether its function ran (not a cancelled call, nor one its on_take refused)."""
-        mail, future, fn, args, on_take = call
+        mail, target, fn, args, on_take = call
         if mail is None:
-            return self._run_submitted(future, fn, *args)
-        if future.cancelled():  # racy but harmless: a cancelled future ignores its outcome anyway
+            return self._run_submitted(target, fn, *args)
+        if target.cancelled():  # racy but harmless: a cancelled call's outcome is dropped anyway
             if on_take is not None:
                 mail.taken.append(None)
             return False
@@ -329,7 +354,7 @@ class StageThreads(concurrent.futures.Executor):
             outcome: tuple[Any, Any] = (fn(*args), None)
         except BaseException as error:  # handed to the loop; KeyboardInterrupt/SystemExit too, as a result
             outcome = (None, error)
-        self._hand_over(mail, (future, *outcome))
+        self._hand_over(mail, (target, *outcome))
         return ran
 
     def _look(self, mail: _Mail) -> None:
@@ -346,7 +371,7 @@ class StageThreads(concurrent.futures.Executor):
             mail.looking = True
             mail.loop.call_soon(self._look, mail)
 
-    def _hand_over(self, mail: _Mail, outcome: tuple[asyncio.Future[Any], Any, Any]) -> None:
+    def _hand_over(self, mail: _Mail, outcome: tuple[asyncio.Future[Any] | fo.Queued[Any], Any, Any]) -> None:
         mail.finished.append(outcome)
         # The loop's own look takes this within NOTE_AFTER_S, unless no call is left to keep the threads
         # busy meanwhile (see the module's docstring). Two threads may both wake it: the second finds nothing.
@@ -364,19 +389,20 @@ class StageThreads(concurrent.futures.Executor):
         ready = len(mail.finished)
         self._collect_notes(mail)
         finished = mail.finished
+        reports: list[tuple[fo.Queued[Any], Any, BaseException | None]] = []
         for _ in range(ready):
-            future, value, error = finished.popleft()
-            if future.cancelled():
+            target, value, error = finished.popleft()
+            if isinstance(target, fo.Queued):
+                # Taken by their processes all at once, after the loop, in the order they finished.
+                reports.append((target, value, error if error is None else _as_exception(error)))
+            elif target.cancelled():
                 continue
-            if error is None:
-                future.set_result(value)
-            elif isinstance(error, Exception):
-                future.set_exception(error)
+            elif error is None:
+                target.set_result(value)
             else:
-                # asyncio futures refuse BaseExceptions other than Exception: wrap, keeping the cause.
-                wrapped = RuntimeError(f"the call ended with {type(error).__name__}")
-                wrapped.__cause__ = error
-                future.set_exception(wrapped)
+                target.set_exception(_as_exception(error))
+        if reports:
+            fo.report_queued(reports)
 
     @staticmethod
     def _collect_notes(mail: _Mail) -> None:
@@ -409,6 +435,16 @@ class StageThreads(concurrent.futures.Executor):
         return True
 
 
+def _as_exception(error: BaseException) -> Exception:
+    """An outcome's error as an Exception: asyncio futures and the settler refuse KeyboardInterrupt and
+    SystemExit, which a job's thread hands over as its outcome. They are wrapped, keeping the cause."""
+    if isinstance(error, Exception):
+        return error
+    wrapped = RuntimeError(f"the call ended with {type(error).__name__}")
+    wrapped.__cause__ = error
+    return wrapped
+
+
 class _Mail:
     """What the threads hand one loop: notes of calls taken, outcomes finished, and whether it is told.
 
@@ -422,7 +458,7 @@ class _Mail:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.taken: deque[Callable[[], None] | None] = deque()
-        self.finished: deque[tuple[asyncio.Future[Any], Any, Any]] = deque()
+        self.finished: deque[tuple[asyncio.Future[Any] | fo.Queued[Any], Any, Any]] = deque()
         self.unnoted = 0  # calls with an on_take whose note is not collected (the loop's own count)
         self.looking = False  # the loop's look is scheduled
         self.waking = False  # a wake-up (a _deliver) is on its way

@@ -15,6 +15,7 @@ from flume_rx import Flume, worker
 from flume_rx.engine.threads import StageThreads
 from flume_rx.model import config as config_module
 from flume_rx.model.registry import unregister
+from flume_rx.operators import Queued
 from flume_rx.surfaces.runtime import WorkerRuntime
 
 QUEUE = "late"
@@ -73,11 +74,11 @@ def test_a_job_whose_first_line_comes_after_its_hold_goes_back_for_a_new_token(
     if kind == "sync":
         worker("LateSync")(record)
 
-        original = StageThreads.run_soon
+        original = StageThreads.hand
 
         def slow_first_takes(
-            self: StageThreads, fn: Callable[..., Any], *args: Any, on_take: Any = None
-        ) -> asyncio.Future[Any]:
+            self: StageThreads, call: Queued[Any], fn: Callable[..., Any], *args: Any, on_take: Any = None
+        ) -> None:
             delivery = args[0]
             if on_take is not None and stall_once(delivery.job.args[0]):
                 take = on_take
@@ -86,9 +87,9 @@ def test_a_job_whose_first_line_comes_after_its_hold_goes_back_for_a_new_token(
                     time.sleep(STALL_S)  # the thread wakes late, before its first line
                     return take()
 
-            return original(self, fn, *args, on_take=on_take)
+            original(self, call, fn, *args, on_take=on_take)
 
-        monkeypatch.setattr(StageThreads, "run_soon", slow_first_takes)
+        monkeypatch.setattr(StageThreads, "hand", slow_first_takes)
     else:
 
         async def record_async(n: int) -> None:

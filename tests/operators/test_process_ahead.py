@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reactivex.testing import TestScheduler
 
-from flume_rx.operators import Outcome, Queued, process
+from flume_rx.operators import Outcome, Queued, process, report_queued
 
 
 @dataclass
@@ -26,9 +26,11 @@ class Pool:
     """
 
     threads: int
-    calls: asyncio.Queue[tuple[Queued[int], asyncio.Future[int], int, int]] = field(
+    reported: bool = False  # outcomes go to report_queued in batches, not through each call's future
+    calls: asyncio.Queue[tuple[Queued[int], asyncio.Future[int] | None, int, int]] = field(
         default_factory=asyncio.Queue
     )
+    finished: list[tuple[Queued[Any], Any, BaseException | None]] = field(default_factory=list)
     running: int = 0
     most_running: int = 0
     handed: int = 0
@@ -42,7 +44,7 @@ class Pool:
     async def worker(self) -> None:
         while True:
             queued, future, index, turns = await self.calls.get()
-            if future.cancelled():
+            if queued.cancelled():
                 continue
             self.run(+1)
             self.began_at[index] = time.time()
@@ -50,7 +52,18 @@ class Pool:
             for _ in range(turns):
                 await asyncio.sleep(0)
             self.run(-1)
-            future.set_result(index)
+            if future is None:
+                self.finished.append((queued, index, None))
+            else:
+                future.set_result(index)
+
+    async def reporter(self) -> None:
+        """Hands the finished calls' outcomes over in batches, as the stage threads do."""
+        while True:
+            await asyncio.sleep(0)
+            if self.finished:
+                batch, self.finished = self.finished, []
+                report_queued(batch)
 
 
 @settings(max_examples=80, deadline=None)
@@ -59,16 +72,19 @@ class Pool:
     stages=st.integers(1, 4),
     ahead=st.integers(0, 5),
     max_demand=st.integers(1, 12),
+    reported=st.booleans(),
 )
 def test_never_more_than_stages_run_nor_more_than_stages_plus_ahead_are_handed(
-    items: list[tuple[bool, int]], stages: int, ahead: int, max_demand: int
+    items: list[tuple[bool, int]], stages: int, ahead: int, max_demand: int, reported: bool
 ) -> None:
-    """Mixed calls: the queueing ones (a pool of ``stages`` workers) and async ones running on the loop."""
+    """Mixed calls: the queueing ones (a pool of ``stages`` workers) and async ones running on the loop; the
+    pool hands outcomes back through each call's future, or in batches through report_queued."""
 
     async def main() -> tuple[Pool, list[Outcome[int, int]]]:
         loop = asyncio.get_running_loop()
-        pool = Pool(stages)
+        pool = Pool(stages, reported)
         workers = [loop.create_task(pool.worker()) for _ in range(stages)]
+        workers.append(loop.create_task(pool.reporter()))
         done = loop.create_future()
         outcomes: list[Outcome[int, int]] = []
 
@@ -78,7 +94,8 @@ def test_never_more_than_stages_run_nor_more_than_stages_plus_ahead_are_handed(
             pool.most_handed = max(pool.most_handed, pool.handed)
             if queues:
                 queued: Queued[int] = Queued()
-                queued.future = loop.create_future()
+                if not reported:
+                    queued.future = loop.create_future()
                 pool.calls.put_nowait((queued, queued.future, index, turns))
                 return queued
 
@@ -161,3 +178,69 @@ def test_a_queued_calls_timeout_counts_from_its_begin_not_from_when_it_was_hande
 def test_ahead_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="ahead must be >= 0"):
         process(lambda x: reactivex.just(x), 1, ahead=-1)
+
+
+def test_reported_outcomes_reach_each_process_and_skip_the_calls_it_stopped_or_timed_out() -> None:
+    """report_queued takes the outcomes of two processes' calls, interleaved, in one list: each process
+    emits its own; a call that timed out meanwhile keeps its timeout, and a stopped process emits nothing."""
+
+    async def main() -> tuple[list[Outcome[str, str]], list[Outcome[str, str]], list[Queued[str]]]:
+        scheduler = TestScheduler()
+        handed: list[Queued[str]] = []
+
+        def fn(_item: str) -> Queued[str]:
+            queued: Queued[str] = Queued()
+            handed.append(queued)
+            return queued
+
+        first: list[Outcome[str, str]] = []
+        second: list[Outcome[str, str]] = []
+        reactivex.from_iterable(["a", "b"]).pipe(
+            process(fn, 2, queues=lambda _item: True, timeout_s=5.0, scheduler=scheduler)
+        ).subscribe(first.append)
+        stopped = (
+            reactivex.from_iterable(["x"])
+            .pipe(process(fn, 1, queues=lambda _item: True, scheduler=scheduler))
+            .subscribe(second.append)
+        )
+        a, b, x = handed
+        a.begin()
+        scheduler.advance_by(3.0)
+        b.begin()
+        scheduler.advance_by(3.0)  # a has run 6 s and timed out; b has run 3 s
+        stopped.dispose()
+        report_queued([(a, "A", None), (x, "X", None), (b, "B", None)])
+        return first, second, handed
+
+    first, second, handed = asyncio.run(main())
+    assert [o.item for o in first] == ["a", "b"]
+    a, b = first
+    assert isinstance(a.error, TimeoutError) and a.value is None  # its late value is dropped
+    assert b.ok and b.value == "B" and b.started_at == pytest.approx(3.0)
+    assert second == []
+    assert handed[2].cancelled()  # stopping the process cancelled its call: a pool does not run it
+
+
+def test_reported_outcomes_are_emitted_in_the_order_they_finished() -> None:
+    async def main() -> list[Outcome[int, int]]:
+        handed: list[Queued[int]] = []
+
+        def fn(_item: int) -> Queued[int]:
+            queued: Queued[int] = Queued()
+            handed.append(queued)
+            return queued
+
+        outcomes: list[Outcome[int, int]] = []
+        reactivex.from_iterable(range(4)).pipe(process(fn, 4, queues=lambda _item: True)).subscribe(
+            outcomes.append
+        )
+        for queued in handed:
+            queued.begin()
+        failure = ValueError("three")
+        report_queued([(handed[2], 20, None), (handed[0], 0, None), (handed[3], None, failure)])
+        report_queued([(handed[1], 10, None), (handed[1], 11, None)])  # a second outcome is dropped
+        return outcomes
+
+    outcomes = asyncio.run(main())
+    assert [(o.item, o.value) for o in outcomes] == [(2, 20), (0, 0), (3, None), (1, 10)]
+    assert isinstance(outcomes[2].error, ValueError)
