@@ -125,7 +125,9 @@ def report_queued(outcomes: list[tuple[Queued[Any], Any, BaseException | None]])
 
     Each process takes the run of its own calls in one round (one lock, one drain), so a thread pool that
     hands outcomes back in batches costs the loop little per call. Calls that were cancelled, or never
-    started by a process, are passed over.
+    started by a process, are passed over. An error that is no ``Exception`` (a ``KeyboardInterrupt`` or
+    ``SystemExit`` raised in a pool's thread) becomes a ``RuntimeError`` caused by it: it is the call's
+    outcome, not the loop's.
     """
     run: list[tuple[Queued[Any], Any, BaseException | None]] = []
     owner: _FinishMany | None = None
@@ -138,7 +140,8 @@ def report_queued(outcomes: list[tuple[Queued[Any], Any, BaseException | None]])
                 owner(run)
                 run = []
             owner = finish_many
-        run.append(outcome)
+        call, value, error = outcome
+        run.append((call, value, error if error is None else _as_exception(error)))
     if owner is not None:
         owner(run)
 

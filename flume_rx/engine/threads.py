@@ -393,14 +393,19 @@ class StageThreads(concurrent.futures.Executor):
         for _ in range(ready):
             target, value, error = finished.popleft()
             if isinstance(target, fo.Queued):
-                # Taken by their processes all at once, after the loop, in the order they finished.
-                reports.append((target, value, error if error is None else _as_exception(error)))
-            elif target.cancelled():
+                reports.append((target, value, error))  # taken by their processes at once, after the loop
                 continue
-            elif error is None:
+            if target.cancelled():
+                continue
+            if error is None:
                 target.set_result(value)
+            elif isinstance(error, Exception):
+                target.set_exception(error)
             else:
-                target.set_exception(_as_exception(error))
+                # asyncio futures refuse BaseExceptions other than Exception: wrap, keeping the cause.
+                wrapped = RuntimeError(f"the call ended with {type(error).__name__}")
+                wrapped.__cause__ = error
+                target.set_exception(wrapped)
         if reports:
             fo.report_queued(reports)
 
@@ -433,16 +438,6 @@ class StageThreads(concurrent.futures.Executor):
         else:
             future.set_result(result)
         return True
-
-
-def _as_exception(error: BaseException) -> Exception:
-    """An outcome's error as an Exception: asyncio futures and the settler refuse KeyboardInterrupt and
-    SystemExit, which a job's thread hands over as its outcome. They are wrapped, keeping the cause."""
-    if isinstance(error, Exception):
-        return error
-    wrapped = RuntimeError(f"the call ended with {type(error).__name__}")
-    wrapped.__cause__ = error
-    return wrapped
 
 
 class _Mail:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,12 +187,7 @@ def test_reported_outcomes_reach_each_process_and_skip_the_calls_it_stopped_or_t
     async def main() -> tuple[list[Outcome[str, str]], list[Outcome[str, str]], list[Queued[str]]]:
         scheduler = TestScheduler()
         handed: list[Queued[str]] = []
-
-        def fn(_item: str) -> Queued[str]:
-            queued: Queued[str] = Queued()
-            handed.append(queued)
-            return queued
-
+        fn = _handing_to(handed)
         first: list[Outcome[str, str]] = []
         second: list[Outcome[str, str]] = []
         reactivex.from_iterable(["a", "b"]).pipe(
@@ -224,23 +219,32 @@ def test_reported_outcomes_reach_each_process_and_skip_the_calls_it_stopped_or_t
 def test_reported_outcomes_are_emitted_in_the_order_they_finished() -> None:
     async def main() -> list[Outcome[int, int]]:
         handed: list[Queued[int]] = []
-
-        def fn(_item: int) -> Queued[int]:
-            queued: Queued[int] = Queued()
-            handed.append(queued)
-            return queued
-
         outcomes: list[Outcome[int, int]] = []
-        reactivex.from_iterable(range(4)).pipe(process(fn, 4, queues=lambda _item: True)).subscribe(
-            outcomes.append
-        )
+        reactivex.from_iterable(range(5)).pipe(
+            process(_handing_to(handed), 5, queues=lambda _item: True)
+        ).subscribe(outcomes.append)
         for queued in handed:
             queued.begin()
         failure = ValueError("three")
         report_queued([(handed[2], 20, None), (handed[0], 0, None), (handed[3], None, failure)])
         report_queued([(handed[1], 10, None), (handed[1], 11, None)])  # a second outcome is dropped
+        report_queued([(handed[4], None, KeyboardInterrupt())])  # raised in a pool's thread
         return outcomes
 
     outcomes = asyncio.run(main())
-    assert [(o.item, o.value) for o in outcomes] == [(2, 20), (0, 0), (3, None), (1, 10)]
+    assert [(o.item, o.value) for o in outcomes] == [(2, 20), (0, 0), (3, None), (1, 10), (4, None)]
     assert isinstance(outcomes[2].error, ValueError)
+    interrupted = outcomes[4].error
+    assert isinstance(interrupted, RuntimeError) and isinstance(interrupted.__cause__, KeyboardInterrupt)
+
+
+def _handing_to(handed: list[Queued[Any]]) -> Callable[[Any], Queued[Any]]:
+    """A process's ``fn`` whose calls wait in a queue: each call's Queued is kept in ``handed``, for the test
+    to begin and report."""
+
+    def fn(_item: Any) -> Queued[Any]:
+        queued: Queued[Any] = Queued()
+        handed.append(queued)
+        return queued
+
+    return fn
