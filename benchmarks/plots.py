@@ -402,6 +402,7 @@ def sync_ceiling(data: dict[str, Any]) -> Figure | None:
         goal = 5 * statistics.median(r["jobs_per_s"] for r in runs["huey"])
         ax.axhline(goal, color="red", linestyle="--", linewidth=1, label="5 x huey (median)")
         ax.legend(fontsize=7)
+    ax.tick_params(axis="x", labelrotation=30, labelsize=7)
     ax.set_ylabel("jobs (or calls) per second, 1 process; dots: repetitions")
     ax.set_title("One redis-py INCR per job: how much room a queue leaves")
     fig.tight_layout()

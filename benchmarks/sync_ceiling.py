@@ -1,6 +1,7 @@
 """How fast sync jobs of one redis-py ``INCR`` could drain in one process, against what flume_rx drains.
 
-    python -m benchmarks.sync_ceiling [--jobs 20000] [--reps 5] [--batch 50]
+    python -m benchmarks.sync_ceiling [--jobs 20000] [--reps 5] [--batch 50] [--loop-work-us 10,20,30]
+        [--thread-work-us 10,20,30]
 
 Goal (a) of issue 15 asks five times the fastest peer on this job. This measures the room there is, in one run
 and alternated repetition by repetition (this machine's speed changes from minute to minute):
@@ -14,6 +15,12 @@ and alternated repetition by repetition (this machine's speed changes from minut
   would drive it: the loop fetches ``--batch`` jobs whenever it holds that many or fewer, decodes them, and
   settles each batch of outcomes with one script call; two threads take the jobs from a local queue, run
   them, and hand the outcomes back in batches, waking the loop once per batch rather than once per job;
+- ``loop-2+<N>us`` (with ``--loop-work-us N,...``): ``loop-2`` with N microseconds more of the loop's own work
+  per job (a busy wait after each decode): what a leaner or a heavier loop would drain, so how much of the
+  loop's Python per job a worker can afford;
+- ``loop-2+<N>us-threads`` (with ``--thread-work-us N,...``): the same N microseconds per job spent by the thread
+  that runs the job instead (after the job): the same interpreter time, in the stage that runs in parallel
+  rather than in the one that every job passes through in series;
 - ``flume_rx`` at its defaults and ``huey`` (the fastest peer on this job in the every-peer runs), each one
   worker process drained exactly as the suite's ``shapes`` scenario drains it (``runner.drain_once``: the
   probe's timestamps, first job's start to last job's end, start-up left out).
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -130,14 +138,26 @@ def pull(bench: Bench, threads: int, jobs: int, batch: int) -> dict[str, Any]:
     return {"jobs_per_s": rate}
 
 
-def loop_threads(bench: Bench, threads: int, jobs: int, batch: int) -> dict[str, Any]:
+def loop_threads(
+    bench: Bench, threads: int, jobs: int, batch: int, loop_work_us: float = 0.0, thread_work_us: float = 0.0
+) -> dict[str, Any]:
     work_client = _backlog(bench, jobs)
-    rate = asyncio.run(_loop_drain(bench.url, work_client, threads, jobs, batch))
+    rate = asyncio.run(
+        _loop_drain(bench.url, work_client, threads, jobs, batch, loop_work_us / 1e6, thread_work_us / 1e6)
+    )
     _check_every_job_ran(work_client, jobs, f"loop-{threads}")
     return {"jobs_per_s": rate}
 
 
-async def _loop_drain(url: str, work_client: redis.Redis, threads: int, jobs: int, batch: int) -> float:
+async def _loop_drain(
+    url: str,
+    work_client: redis.Redis,
+    threads: int,
+    jobs: int,
+    batch: int,
+    loop_work_s: float,
+    thread_work_s: float,
+) -> float:
     loop = asyncio.get_running_loop()
     store = RedisStore.from_url(url, NAMESPACE)
     consumer = "ceiling:loop"
@@ -160,6 +180,8 @@ async def _loop_drain(url: str, work_client: redis.Redis, threads: int, jobs: in
                 return
             payload, enqueued_at = call
             work_client.incr("hits")
+            if thread_work_s:
+                _busy(thread_work_s)
             latency_ms = (time.time() - enqueued_at) * 1000 if enqueued_at else None
             with lock:
                 finished.append((payload, latency_ms))
@@ -182,6 +204,8 @@ async def _loop_drain(url: str, work_client: redis.Redis, threads: int, jobs: in
             exhausted = not payloads
             for payload in payloads:  # decoded on the loop, as a worker's source decodes
                 calls.put((payload, codec.decode(payload, codec.DEFAULT_MAX_PAYLOAD_BYTES).enqueued_at))
+                if loop_work_s:
+                    _busy(loop_work_s)
             held += len(payloads)
         await woken.wait()
         woken.clear()
@@ -203,6 +227,14 @@ async def _loop_drain(url: str, work_client: redis.Redis, threads: int, jobs: in
     return jobs / elapsed
 
 
+def _busy(seconds: float) -> None:
+    """Keeps the interpreter busy for ``seconds``, as the loop's own Python per job does (no sleep: it holds
+    the interpreter lock the job threads also need)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -210,12 +242,31 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=50, help="jobs per fetch of the pull and loop consumers")
+    parser.add_argument(
+        "--loop-work-us",
+        default="",
+        help="comma-separated microseconds of extra loop work per job, each a loop-2 variant (e.g. 10,20,30)",
+    )
+    parser.add_argument(
+        "--thread-work-us",
+        default="",
+        help="comma-separated microseconds of extra work per job in the job's thread, each a loop-2 variant",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "sync_ceiling.json")
     args = parser.parse_args()
+    loop_work_us = [float(us) for us in args.loop_work_us.split(",") if us.strip()]
+    thread_work_us = [float(us) for us in args.thread_work_us.split(",") if us.strip()]
     report: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
         "commit": commit_of(ROOT),
-        "config": {"jobs": args.jobs, "reps": args.reps, "batch": args.batch, "body": "one redis-py INCR"},
+        "config": {
+            "jobs": args.jobs,
+            "reps": args.reps,
+            "batch": args.batch,
+            "body": "one redis-py INCR",
+            "loop_work_us": loop_work_us,
+            "thread_work_us": thread_work_us,
+        },
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "load_average_at_start": os.getloadavg(),
         "runs": {},
@@ -230,6 +281,16 @@ def main() -> None:
             "pull-1": lambda: pull(bench, 1, args.jobs, args.batch),
             "pull-2": lambda: pull(bench, 2, args.jobs, args.batch),
             "loop-2": lambda: loop_threads(bench, 2, args.jobs, args.batch),
+            **{
+                f"loop-2+{us:g}us": functools.partial(loop_threads, bench, 2, args.jobs, args.batch, us)
+                for us in loop_work_us
+            },
+            **{
+                f"loop-2+{us:g}us-threads": functools.partial(
+                    loop_threads, bench, 2, args.jobs, args.batch, thread_work_us=us
+                )
+                for us in thread_work_us
+            },
             "flume_rx": lambda: drain_once(
                 bench, peers["flume_rx"], args.jobs, 1, variant="defaults:sync", env=incr
             ),
