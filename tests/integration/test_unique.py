@@ -66,7 +66,9 @@ def _drain(redis_url: str, max_retries: int = 0) -> None:
             "pipelines": {
                 "main": {
                     "queue": QUEUE,
-                    "retry": {"max_retries": max_retries, "backoff_initial": 1, "backoff_max": 1},
+                    # A retry falls due 0.5 to 1 s after the failure: long after a "ready" burst has seen the
+                    # queue empty, even on a loaded machine (with 1 ms the same drain could promote and run it).
+                    "retry": {"max_retries": max_retries, "backoff_initial": 1000, "backoff_max": 1000},
                 }
             },
         }
@@ -108,8 +110,7 @@ def test_a_retried_job_keeps_the_key_and_a_dead_one_releases_it(
     assert flume.stats([QUEUE])[QUEUE]["retry"] == 1
     assert client.get(KEY) == first.encode()
     assert flume.enqueue(QUEUE, "UFails", unique_key="welcome:42") == first
-    time.sleep(0.05)  # the 1 ms backoff passes, so the next drain promotes and runs the last attempt
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 15  # the drains go on until the retry falls due and its last attempt runs
     while flume.stats([QUEUE])[QUEUE]["dead"] == 0 and time.monotonic() < deadline:
         _drain(redis_url, max_retries=1)
     assert flume.stats([QUEUE])[QUEUE]["dead"] == 1
