@@ -109,7 +109,10 @@ def test_a_worker_blocking_the_event_loop_is_reported_and_not_taken_for_dead(
     _run_until(WorkerRuntime(_config(redis_url)), lambda: flume.stats([QUEUE])[QUEUE]["processed"] == 1)
 
     warnings = [r.getMessage() for r in caplog.records if "event loop has been blocked" in r.getMessage()]
-    assert len(warnings) == 1, caplog.text  # once per stall, not once per heartbeat
+    # Once per stall, not once per heartbeat: the 2 s stall spans about five beats past the 1 s threshold, each
+    # of which would warn again. Two are allowed: a loop starved of CPU on a loaded machine (seen with eight
+    # busy processes) stalls a second time, and that stall is reported too.
+    assert 1 <= len(warnings) <= 2, caplog.text
     assert "plain `def`" in warnings[0]
     # The heartbeat thread kept beating through the stall, so nobody recovered the job and ran it twice.
     assert runs == [1]
