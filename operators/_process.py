@@ -431,16 +431,25 @@ def process(
             def finish_value(entry: _Running[_T], value: _U) -> None:
                 finish(entry, value, None)
 
-            def finish(entry: _Running[_T], value: _U | None, error: BaseException | None) -> None:
+            def record(
+                entry: _Running[_T], value: Any, error: BaseException | None, finished_at: float
+            ) -> bool:
+                # Called with the lock held: the call's outcome, unless it finished already (a value after a
+                # timeout, or the reverse, or a call stopped meanwhile).
                 nonlocal plain
+                try:
+                    running.remove(entry)
+                except KeyError:
+                    return False
+                if queues is not None and not entry.queued:
+                    plain -= 1
+                outcomes.append(Outcome(entry.item, value, error, entry.started_at, finished_at))
+                return True
+
+            def finish(entry: _Running[_T], value: _U | None, error: BaseException | None) -> None:
                 with lock:
-                    try:
-                        running.remove(entry)
-                    except KeyError:
-                        return  # already finished: a value after a timeout, or the reverse
-                    if queues is not None and not entry.queued:
-                        plain -= 1
-                    outcomes.append(Outcome(entry.item, value, error, entry.started_at, now()))
+                    if not record(entry, value, error, now()):
+                        return
                     picked = claim()
                 entry.cancel()
                 if picked is not None:
@@ -448,18 +457,13 @@ def process(
 
             def finish_queued(reports: list[tuple[Queued[Any], Any, BaseException | None]]) -> None:
                 # finish() for a batch of queued calls: one lock and one drain for them all.
-                nonlocal plain
                 timers: list[abc.DisposableBase] = []
                 with lock:
                     finished_at = now()
                     for call, value, error in reports:
                         entry = call._entry
-                        if entry is None or entry not in running:
-                            continue  # already finished (timed out) or stopped
-                        running.remove(entry)
-                        if queues is not None and not entry.queued:
-                            plain -= 1
-                        outcomes.append(Outcome(entry.item, value, error, entry.started_at, finished_at))
+                        if entry is None or not record(entry, value, error, finished_at):
+                            continue
                         if entry.timer is not None:
                             timers.append(entry.timer)
                     picked = claim()
