@@ -235,6 +235,11 @@ def _busy(seconds: float) -> None:
         pass
 
 
+def _microseconds(text: str) -> list[float]:
+    """``--loop-work-us`` and ``--thread-work-us``: comma-separated microseconds, one variant each."""
+    return [float(us) for us in text.split(",") if us.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -244,18 +249,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50, help="jobs per fetch of the pull and loop consumers")
     parser.add_argument(
         "--loop-work-us",
-        default="",
+        type=_microseconds,
+        default=[],
         help="comma-separated microseconds of extra loop work per job, each a loop-2 variant (e.g. 10,20,30)",
     )
     parser.add_argument(
         "--thread-work-us",
-        default="",
+        type=_microseconds,
+        default=[],
         help="comma-separated microseconds of extra work per job in the job's thread, each a loop-2 variant",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "sync_ceiling.json")
     args = parser.parse_args()
-    loop_work_us = [float(us) for us in args.loop_work_us.split(",") if us.strip()]
-    thread_work_us = [float(us) for us in args.thread_work_us.split(",") if us.strip()]
+    loop_work_us: list[float] = args.loop_work_us
+    thread_work_us: list[float] = args.thread_work_us
     report: dict[str, Any] = {
         "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
         "commit": commit_of(ROOT),
