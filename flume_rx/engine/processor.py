@@ -20,6 +20,7 @@ from flume_rx.integrations.otel import is_traced, start_run_span
 from flume_rx.model import registry
 from flume_rx.model.errors import (
     BatchFailed,
+    JobAborted,
     Throttled,
     UnknownWorker,
 )
@@ -106,6 +107,8 @@ def _call(
     source = item.source
     if source.stopping:
         return reactivex.throw(NotStarted())
+    if item.aborted:
+        return reactivex.throw(_aborted_before_it_began(item))
     if item.queued and isinstance(executor, StageThreads):
         return _hand_to_thread(item, executor)
     if item.lease is not None:
@@ -171,10 +174,18 @@ def _take(item: Delivery, queued: fo.Queued[Any]) -> Callable[[], None]:
     lease = item.lease
     if lease is not None and not lease.begin():
         raise StartedLate()
+    if item.aborted:
+        raise _aborted_before_it_began(item)
     at = time.time()
     if not item.source.take(item):
         raise NotStarted()
     return functools.partial(_begun, item, queued, at)
+
+
+def _aborted_before_it_began(item: Delivery) -> JobAborted:
+    """The outcome of a job ``Flume.cancel`` aborted before its worker began it: it never runs, and is
+    recorded as cancelled as an abort while it ran is."""
+    return JobAborted(f"job {item.job.id} was aborted by Flume.cancel before it began")
 
 
 async def _begin_unless_late(item: Delivery, spec: WorkerSpec) -> Any:

@@ -212,10 +212,10 @@ class Settler:
         return settlement
 
     def _aborted(self, delivery: Delivery) -> Settlement:
-        """A job ``Flume.cancel`` aborted while it ran: whatever it ended with, it is done with and recorded
-        as cancelled (no retry)."""
+        """A job ``Flume.cancel`` aborted (while it ran, or before it began): whatever it ended with, it is
+        done with and recorded as cancelled (no retry)."""
         job = delivery.job
-        logger.warning("job %s (%s) of %r was aborted while it ran", job.id, job.worker, job.queue)
+        logger.warning("job %s (%s) of %r was aborted by Flume.cancel", job.id, job.worker, job.queue)
         self.telemetry.emit_job("job.cancelled", job)
         keep_ms = round(CANCELLED_KEPT_S * 1000)
         unique = None if job.unique_key is None or job.unique_until == "expiry" else (job.unique_key, job.id)

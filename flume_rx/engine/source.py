@@ -41,6 +41,9 @@ is ready to run now (the queue is empty); jobs waiting to retry and scheduled on
 BURST_POLL_S = 0.02
 """How often a draining burst run looks again while jobs it holds are still running."""
 
+ABORTS_WAITING_MAX = 10_000
+"""The most aborts a source keeps for jobs it does not hold (yet); past it the lapsed go, then the oldest."""
+
 
 def burst_mode(burst: bool | BurstMode) -> BurstMode | None:
     """``burst`` as given to a run (True means ``"drained"``); None when it is not a burst run.
@@ -128,6 +131,9 @@ class JobSource:
         self._handing_back: set[asyncio.Task[None]] = set()
         # A fetch cancelled while its Lua call was under way may have moved jobs we never saw.
         self._reply_lost = False
+        # Aborts asked for jobs not held here: job id -> when the ask lapses (epoch s). A fetch that brings one
+        # marks it aborted, so it never begins.
+        self._aborts_waiting: dict[str, float] = {}
         self.flowable = fo.request_n(
             self._fetch,
             self.max_demand,
@@ -317,9 +323,37 @@ class JobSource:
                 )
             logger.error("%d undecodable payload(s) from %r went to the dead letters", len(bad), self.queue)
         self.outstanding.update(deliveries)
+        if self._aborts_waiting:
+            self._mark_aborted(deliveries)
         if deliveries:
             self.telemetry.emit("job.fetched", queue=self.queue, count=len(deliveries))
         return deliveries
+
+    def abort_asked(self, job_id: str, until_s: float) -> list[Delivery]:
+        """``Flume.cancel`` asked to abort job ``job_id`` until ``until_s`` (epoch s): the deliveries of it held
+        here, for the caller to abort. When none is held, the ask is kept until then, and a fetch that brings
+        the job marks it aborted: it may be on its way here (a fetch whose reply is not in yet), or come back
+        from a dead worker through orphan recovery."""
+        found = [d for d in self.outstanding if d.job.id == job_id]
+        if found or until_s <= time.time():
+            return found
+        waiting = self._aborts_waiting
+        waiting.pop(job_id, None)  # re-inserted: the oldest ask is the first to go
+        waiting[job_id] = until_s
+        if len(waiting) > ABORTS_WAITING_MAX:
+            now = time.time()
+            for lapsed in [i for i, until in waiting.items() if until <= now]:
+                del waiting[lapsed]
+            while len(waiting) > ABORTS_WAITING_MAX:
+                del waiting[next(iter(waiting))]
+        return found
+
+    def _mark_aborted(self, deliveries: Sequence[Delivery]) -> None:
+        waiting, now = self._aborts_waiting, time.time()
+        for delivery in deliveries:
+            until = waiting.pop(delivery.job.id, None)
+            if until is not None and until > now:
+                delivery.aborted = True
 
     def _undecodable_record(self, payload: bytes, error: DecodeError) -> bytes:
         digest = hashlib.sha1(payload).hexdigest()[:16]

@@ -15,6 +15,11 @@ UniqueUntil = Literal["finish", "start", "expiry"]
 UNIQUE_UNTIL: tuple[UniqueUntil, ...] = ("finish", "start", "expiry")
 CANCELLED_KEPT_S = 24 * 3600.0
 """How long the record of a cancelled or aborted job says so (``Flume.job``)."""
+ABORT_KEPT_S = 600.0
+"""How long an abort of a running job waits for it. ``Flume.cancel`` records the abort in Redis for this long,
+besides telling the listening workers: a worker that was not listening yet, or whose link was down, still
+learns of it, and a job whose worker died is aborted where it is fetched next (orphan recovery returns it after
+``orphan_timeout``, by default 15 s)."""
 MAX_ATTEMPT = 2**64 - 1
 """The largest attempt count a record can hold (msgpack's largest integer); counting stops there."""
 

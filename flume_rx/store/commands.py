@@ -245,6 +245,25 @@ def _ops_cancel(
     return _Eval("cancel", (*base, *extra), (payload, keep_ms, blob, to_come))
 
 
+def _ops_abort(keys: Keys, job_id: str, keep_ms: int, now_ms: int) -> list[_Op]:
+    """Record the abort of ``job_id`` until ``keep_ms`` from now (dropping lapsed ones), then tell the workers
+    listening; the last reply is how many worker processes heard it."""
+    return [
+        _Cmd(("ZADD", keys.aborts, now_ms + keep_ms, job_id)),
+        _Cmd(("ZREMRANGEBYSCORE", keys.aborts, "-inf", now_ms)),
+        _Cmd(("PUBLISH", keys.abort_channel, job_id)),
+    ]
+
+
+def _ops_aborts_asked(keys: Keys, now_ms: int) -> _Op:
+    return _Cmd(("ZRANGEBYSCORE", keys.aborts, f"({now_ms}", "+inf", "WITHSCORES"))
+
+
+def _parse_aborts_asked(reply: Any) -> list[tuple[str, float]]:
+    """The aborts asked and not lapsed: (job id, when the ask lapses in epoch seconds)."""
+    return [(member.decode("utf-8", errors="replace"), score / 1000) for member, score in _pairs(reply)]
+
+
 def _ops_settle(
     keys: Keys, queue: str, consumer: str, settlements: Sequence[Settlement], dead_max: int, dead_ttl_ms: int
 ) -> _Eval:

@@ -97,6 +97,12 @@ class Keys:
         """The pub/sub channel on which ``Flume.cancel`` asks the workers to abort a running job (by id)."""
         return f"{self.namespace}:abort"
 
+    @property
+    def aborts(self) -> str:
+        """The ZSET of aborts asked (``Flume.cancel`` of a running job): job id, scored by when the ask lapses
+        (ms), so a worker that missed the message on :attr:`abort_channel` finds it here."""
+        return f"{self.namespace}:aborts"
+
     def of(self, queue: str) -> QueueKeys:
         """The keys of ``queue``.
 

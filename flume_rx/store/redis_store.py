@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, Literal, cast
 
@@ -32,6 +33,8 @@ from flume_rx.store.commands import (
     TokenReply,
     UniqueEnqueue,
     _hash,
+    _ops_abort,
+    _ops_aborts_asked,
     _ops_cron_tick,
     _ops_dead_retry,
     _ops_dead_retry_oldest,
@@ -45,6 +48,7 @@ from flume_rx.store.commands import (
     _ops_schedule,
     _ops_settle,
     _pairs,
+    _parse_aborts_asked,
     _parse_token_reply,
     _parse_unique,
     _redis_ms,
@@ -505,9 +509,18 @@ class RedisStore:
             _Eval("progress", (k.record(job_id), k.progress), (job_id, repr(fraction), message, keep_ms))
         )
 
-    async def abort(self, job_id: str) -> int:
-        """Ask whichever worker runs job ``job_id`` to abort it; the number of worker processes told."""
-        return int(await self._run.one(_Cmd(("PUBLISH", self.keys.abort_channel, job_id))))
+    async def abort(self, job_id: str, keep_ms: int) -> int:
+        """Ask whichever worker runs job ``job_id`` to abort it; the number of worker processes told now.
+
+        The ask is recorded for ``keep_ms`` as well (:meth:`aborts_asked`): a worker that was not listening
+        finds it when it subscribes, and one that fetches the job later aborts it before it begins."""
+        ops = _ops_abort(self.keys, job_id, keep_ms, round(time.time() * 1000))
+        return int((await self._run.run(ops, transaction=True))[-1])
+
+    async def aborts_asked(self) -> list[tuple[str, float]]:
+        """The aborts asked and not lapsed: (job id, when the ask lapses in epoch seconds)."""
+        reply = await self._run.one(_ops_aborts_asked(self.keys, round(time.time() * 1000)))
+        return _parse_aborts_asked(reply)
 
     async def job_record(self, queue: str, job_id: str) -> dict[str, bytes]:
         """Like :meth:`SyncStore.job_record`."""

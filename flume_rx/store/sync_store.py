@@ -17,6 +17,7 @@ from flume_rx.store.commands import (
     Handoff,
     UniqueEnqueue,
     _hash,
+    _ops_abort,
     _ops_cancel,
     _ops_dead_retry,
     _ops_dead_retry_oldest,
@@ -331,9 +332,12 @@ class SyncStore:
             found.append((job_id, float(fraction), _text(message or b""), int(at_ms) / 1000))
         return found
 
-    def abort(self, job_id: str) -> int:
+    def abort(self, job_id: str, keep_ms: int) -> int:
         """Like :meth:`RedisStore.abort`."""
-        return int(self._run.one(_Cmd(("PUBLISH", self.keys.abort_channel, job_id))))
+        replies = self._run.run(
+            _ops_abort(self.keys, job_id, keep_ms, round(time.time() * 1000)), transaction=True
+        )
+        return int(replies[-1])
 
     def cancel(
         self, queue: str, job_id: str, payload: bytes, keep_ms: int, handoffs: Sequence[Handoff] = ()

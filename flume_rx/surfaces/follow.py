@@ -25,7 +25,7 @@ from flume_rx.model.errors import (
     ResultTimeout,
     ResultUnavailable,
 )
-from flume_rx.model.job import CANCELLED_KEPT_S, Flow, Job, JobError, Step
+from flume_rx.model.job import ABORT_KEPT_S, CANCELLED_KEPT_S, Flow, Job, JobError, Step
 from flume_rx.store import Handoff, PeekWhere, RedisStore, SyncStore
 
 JobState = Literal[
@@ -157,8 +157,9 @@ def cancel_job(
             continue  # enqueued meanwhile: look again
         if info.state == "running":
             # Its worker aborts it (an async job's task is cancelled; a sync job sees current_job().aborted)
-            # and records it as cancelled when it stops.
-            store.abort(job_id)
+            # and records it as cancelled when it stops. Recorded, not only told: a worker not listening
+            # yet finds it when it subscribes, and a job of a dead worker is aborted where it runs next.
+            store.abort(job_id, round(ABORT_KEPT_S * 1000))
             return info
         if info.state not in ("queued", "scheduled", "retry") or info.queue is None or payload is None:
             return info

@@ -44,6 +44,7 @@ from flume_rx.model.config import (
     check_one_pipeline_per_queue,
 )
 from flume_rx.model.errors import ConfigError, FlumeError, StoreError, WorkerModuleFailed
+from flume_rx.model.job import ABORT_KEPT_S
 from flume_rx.model.telemetry import Telemetry
 from flume_rx.store import Outage, RedisStore, RedisTokenWindow, SyncStore, through_outage
 
@@ -54,6 +55,8 @@ logger = logging.getLogger("flume_rx.runtime")
 _jitter = random.Random()
 
 PROMOTE_INTERVAL_S = 0.2
+ABORTS_POLL_S = 1.0
+"""How often a worker reads the aborts asked when its client has no pub/sub to hear them (Redis Cluster)."""
 LOOP_BLOCKED_WARNING_S = 1.0
 
 
@@ -409,26 +412,41 @@ class WorkerRuntime:
                     self.telemetry.emit("consumer.recovered", queue=queue, consumer="", jobs=recovered)
 
     async def _abort_forever(self, store: RedisStore) -> None:
-        """Abort the running jobs that ``Flume.cancel`` names on the abort channel."""
-        if not hasattr(store.client, "pubsub"):
-            logger.info("this Redis client has no pub/sub (Redis Cluster): running jobs cannot be aborted")
-            return
+        """Abort the jobs that ``Flume.cancel`` names: heard on the abort channel, and read from the aborts it
+        records at each (re)subscription, so an abort asked before this process listened (or while its link
+        was down) is not lost. Where the client has no pub/sub (Redis Cluster), the record is read every
+        ``ABORTS_POLL_S``."""
         outage = Outage("abort listener")
+        if not hasattr(store.client, "pubsub"):
+            while True:
+                try:
+                    self._abort_asked(await store.aborts_asked())
+                    outage.ok()
+                    await asyncio.sleep(ABORTS_POLL_S)
+                except StoreError as exc:
+                    await asyncio.sleep(outage.failed(exc))
         while True:
             pubsub = store.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(store.keys.abort_channel)
+                self._abort_asked(await store.aborts_asked())  # after subscribing: nothing falls between
                 outage.ok()
                 async for message in pubsub.listen():
                     job_id = message["data"].decode("utf-8", errors="replace")
-                    found = [d for r in self.running for d in r.source.running if d.job.id == job_id]
-                    if found:
-                        logger.info("aborting job %s, as Flume.cancel asked", job_id)
-                        abort(found)
-            except (RedisError, OSError) as exc:
+                    self._abort_asked([(job_id, time.time() + ABORT_KEPT_S)])
+            except (RedisError, OSError, StoreError) as exc:
                 await asyncio.sleep(outage.failed(exc))
             finally:
                 await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
+
+    def _abort_asked(self, asked: Sequence[tuple[str, float]]) -> None:
+        """Abort the jobs of ``asked`` (job id, until when in epoch s) held here; each source keeps the others
+        in case a fetch brings them."""
+        for job_id, until_s in asked:
+            found = [d for r in self.running for d in r.source.abort_asked(job_id, until_s)]
+            if found:
+                logger.info("aborting job %s, as Flume.cancel asked", job_id)
+                abort(found)
 
     async def _tick_forever(self) -> None:
         while True:

@@ -39,27 +39,36 @@ def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> 
         time.sleep(0.05)
 
 
-@pytest.fixture
-def worker_process(redis_url: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _start_worker(redis_url: str, tmp_path: Path, orphan_timeout_ms: int = 15_000) -> subprocess.Popen[bytes]:
     config = tmp_path / "flume.toml"
     config.write_text(
         f'redis_url = "{redis_url}"\nnamespace = "{NS}"\nimports = ["tests.integration.sample_workers"]\n'
+        f"orphan_timeout = {orphan_timeout_ms}\n"
         f'[pipelines.main]\nqueue = "{SERVED}"\n'
         # A long first backoff keeps a failed job waiting in the retry set while the test looks at it.
         "[pipelines.main.retry]\nmax_retries = 3\nbackoff_initial = 600000\n"
     )
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "flume_rx", "worker", "--config", str(config)],
         env=_env(redis_url),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    yield process
-    redis.Redis.from_url(redis_url).lpush("test:release:running", "go")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr.decode()
+
+
+@pytest.fixture
+def worker_process(redis_url: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    process = _start_worker(redis_url, tmp_path)
+    yield process
+    redis.Redis.from_url(redis_url).lpush("test:release:running", "go")
+    _stop(process)
 
 
 @pytest.fixture
@@ -209,6 +218,37 @@ def test_a_running_job_reports_progress_and_is_aborted(
         assert client.hget("test:runs", "abort-me") is None  # it stopped where it was
         assert client.zcard(served.retry) == 0 and client.zcard(served.dead) == 0  # no retry, no dead letter
     finally:
+        client.close()
+
+
+@pytest.mark.parametrize("worker_name", ["WaitWorker", "AbortableAsyncWorker"])
+def test_an_abort_no_worker_heard_stops_the_job_where_it_is_fetched_next(
+    flume: Flume, redis_url: str, tmp_path: Path, worker_name: str
+) -> None:
+    """The job's worker was killed, so the abort reached no one (Flume.cancel's message was all there was).
+    Before: orphan recovery gave the job to the next worker, which ran it to the end."""
+    token = "abort-unheard"
+    client = redis.Redis.from_url(redis_url)
+    first = _start_worker(redis_url, tmp_path, orphan_timeout_ms=1000)
+    try:
+        job_id = flume.enqueue(SERVED, worker_name, [token])
+        _wait(lambda: flume.job(job_id).state == "running", "the job to start")
+    finally:
+        first.kill()
+        first.communicate(timeout=60)
+    info = flume.cancel(job_id)
+    assert info.state == "running"  # still in the dead worker's in-flight list
+    client.lpush(f"test:release:{token}", "go")  # a run of WaitWorker would now end at once
+    second = _start_worker(redis_url, tmp_path, orphan_timeout_ms=1000)
+    try:
+        _wait(lambda: flume.job(job_id).state == "cancelled", "the recovered job to be recorded as cancelled")
+        assert client.hget("test:runs", token) is None  # it never ran to its end
+        if worker_name == "WaitWorker":
+            assert client.llen(f"test:release:{token}") == 1  # nor began: nobody took the release
+        served = Keys(NS).of(SERVED)
+        assert client.zcard(served.retry) == 0 and client.zcard(served.dead) == 0
+    finally:
+        _stop(second)
         client.close()
 
 
