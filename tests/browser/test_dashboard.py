@@ -56,10 +56,18 @@ def _chromium() -> str:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     executable = _chromium()
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-        yield launched
-        launched.close()
+    # What the page shows comes from the server's polls (every 2 s), which a loaded machine answers slowly:
+    # expect() waits for it up to 30 s instead of 5.
+    expect.set_options(timeout=30_000)
+    try:
+        with sync_playwright() as playwright:
+            launched = playwright.chromium.launch(
+                executable_path=executable, args=CHROMIUM_ARGS, headless=True
+            )
+            yield launched
+            launched.close()
+    finally:
+        expect.set_options(timeout=None)
 
 
 def _free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -42,6 +43,26 @@ def debug_server() -> Iterator[RedisServer]:
 def url(debug_server: RedisServer) -> str:
     redis.Redis.from_url(debug_server.url).flushall()
     return debug_server.url
+
+
+@contextlib.contextmanager
+def _redis_asleep(url: str, seconds: float) -> Iterator[None]:
+    """Redis asleep (DEBUG SLEEP) before the body sends anything; on leaving, waits until it is awake again.
+
+    The sleeper's connection is open and has answered a PING first, and the DEBUG SLEEP is written before the
+    body starts: the server reads it ahead of the body's commands, however slowly this machine runs threads.
+    """
+    pool = redis.ConnectionPool.from_url(url)
+    connection = pool.make_connection()
+    try:
+        connection.send_command("PING")
+        connection.read_response()
+        connection.send_command("DEBUG", "SLEEP", seconds)
+        yield
+        connection.read_response()  # its OK comes once the sleep is over
+    finally:
+        connection.disconnect()
+        pool.disconnect()
 
 
 def _payloads(n: int) -> list[bytes]:
@@ -95,14 +116,8 @@ def test_a_fetch_whose_reply_was_lost_gives_its_jobs_back(url: str) -> None:
             source = JobSource(
                 store, QUEUE, "c-lost", max_demand=5, telemetry=Telemetry(), burst_mode="drained"
             )
-            sleeper = threading.Thread(
-                target=lambda: redis.Redis.from_url(url).execute_command("DEBUG", "SLEEP", 2.5)
-            )
-            sleeper.start()
-            await asyncio.sleep(0.2)  # the sleep has begun: the next command waits behind it
-            got = await _fetch_all(source, 5)
-            sleeper.join()
-            return got
+            with _redis_asleep(url, 2.5):
+                return await _fetch_all(source, 5)
 
     got = asyncio.run(main())
     assert sorted(got) == [0, 1, 2, 3, 4]
@@ -149,14 +164,8 @@ def test_every_source_gives_back_the_jobs_of_a_fetch_whose_reply_was_lost(url: s
 def test_a_blocked_store_call_times_out_instead_of_hanging(url: str) -> None:
     async def main() -> None:
         async with RedisStore.from_url(url, "t", socket_timeout_s=1.0) as store:
-            sleeper = threading.Thread(
-                target=lambda: redis.Redis.from_url(url).execute_command("DEBUG", "SLEEP", 3)
-            )
-            sleeper.start()
-            await asyncio.sleep(0.2)
-            with pytest.raises(StoreError, match="cannot reach Redis"):
+            with _redis_asleep(url, 3), pytest.raises(StoreError, match="cannot reach Redis"):
                 await asyncio.wait_for(store.stats([QUEUE]), 20)
-            sleeper.join()
             await store.stats([QUEUE])  # and the same store works again afterwards
 
     asyncio.run(main())

@@ -19,14 +19,14 @@ from flume_rx.surfaces.runtime import WorkerRuntime
 from .harness import QUEUE
 
 
-def _config(redis_url: str, **pipeline: Any) -> config_module.FlumeConfig:
+def _config(redis_url: str, orphan_timeout_ms: int = 600, **pipeline: Any) -> config_module.FlumeConfig:
     table: dict[str, Any] = {"queue": QUEUE, "max_demand": 10, "processor": {"stages": 4}}
     table.update(pipeline)
     return config_module.parse(
         {
             "redis_url": redis_url,
             "namespace": "t",
-            "orphan_timeout": 600,  # heartbeats every 200 ms, so the loop-lag check runs often
+            "orphan_timeout": orphan_timeout_ms,  # heartbeats every third of it
             "shutdown_timeout": 1000,
             "pipelines": {"main": table},
         }
@@ -95,9 +95,18 @@ def test_a_worker_blocking_the_event_loop_is_reported_and_not_taken_for_dead(
     redis_url: str, names: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     runs: list[int] = []
+    # The block outlasts the orphan timeout, so only the heartbeat thread keeps the worker alive through it.
+    # Beats come every second; the worker's own recovery, which runs as the loop comes back, takes it for dead
+    # only if a beat is 2 s late (with a 600 ms timeout, a beat 400 ms late on a loaded machine was enough).
+    orphan_timeout_s = 3.0
+    block_s = 5.0
+
+    beat_ages: list[float] = []
 
     async def blocks_the_loop(n: int) -> None:
-        time.sleep(2.0)  # the mistake being reported: blocking work in an async worker
+        time.sleep(block_s)  # the mistake being reported: blocking work in an async worker
+        # The loop is still blocked: only the heartbeat thread can have kept the beat fresh.
+        beat_ages.extend(consumer["age_s"] for consumer in flume.consumers([QUEUE]))
         runs.append(n)
 
     worker("BlocksLoop")(blocks_the_loop)
@@ -106,14 +115,18 @@ def test_a_worker_blocking_the_event_loop_is_reported_and_not_taken_for_dead(
     flume.enqueue(QUEUE, "BlocksLoop", [1])
     caplog.set_level(logging.WARNING, logger="flume_rx")
 
-    _run_until(WorkerRuntime(_config(redis_url)), lambda: flume.stats([QUEUE])[QUEUE]["processed"] == 1)
+    _run_until(
+        WorkerRuntime(_config(redis_url, orphan_timeout_ms=int(orphan_timeout_s * 1000))),
+        lambda: flume.stats([QUEUE])[QUEUE]["processed"] == 1,
+    )
 
     warnings = [r.getMessage() for r in caplog.records if "event loop has been blocked" in r.getMessage()]
-    # Once per stall, not once per heartbeat: the 2 s stall spans about five beats past the 1 s threshold, each
+    # Once per stall, not once per heartbeat: the 5 s stall spans about four beats past the 1 s threshold, each
     # of which would warn again. Two are allowed: a loop starved of CPU on a loaded machine (seen with eight
     # busy processes) stalls a second time, and that stall is reported too.
     assert 1 <= len(warnings) <= 2, caplog.text
     assert "plain `def`" in warnings[0]
     # The heartbeat thread kept beating through the stall, so nobody recovered the job and ran it twice.
+    assert beat_ages and max(beat_ages) < orphan_timeout_s, beat_ages
     assert runs == [1]
     assert not [r for r in caplog.records if "recovered" in r.getMessage()]

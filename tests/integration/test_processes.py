@@ -155,14 +155,15 @@ def test_three_processes_share_one_400_per_second_window(
         redis_url,
         "max_demand = 100\nprocessor = { stages = 20 }\nrate_limiter = { allowed = 400, period = 1000 }",
     )
-    procs.extend(_worker(config, redis_url) for _ in range(3))
+    processes = 3
+    procs.extend(_worker(config, redis_url) for _ in range(processes))
     assert _wait_for(lambda: client.hlen("test:runs") == jobs, 120)
 
     starts = sorted(float(s) for s in client.lrange("test:starts", 0, -1))
     assert len(starts) == jobs
     most_in_any_second = max(bisect.bisect_left(starts, t + 1.0) - i for i, t in enumerate(starts))
-    # The window lets at most 400 jobs go per sliding second across the three processes; the stamps are
-    # taken in the jobs' first line, which the OS may run a little later on a loaded two-core machine, so
-    # the bound checked is the project's stated goal of 400 x 1.01 (the benchmark reports the exact figure).
-    assert most_in_any_second <= 404, most_in_any_second
+    # The window lets at most 400 jobs begin in any sliding second across the processes. A job stamps its start
+    # in its first line, in the same step of its process's loop as the begin the window counted: the stamp lags
+    # only while that loop is held up, so per process at most one job begun before a second is stamped in it.
+    assert most_in_any_second <= 400 + processes, most_in_any_second
     assert most_in_any_second >= 300  # and the limit is used, not merely respected
