@@ -16,7 +16,7 @@ that checks it.
 from ._adaptive import AdaptiveTuning, accepted_per_period, ceiling_after_refusal, probed_rate, recovery_s
 from ._async_bridge import from_coroutine, from_result, to_async_iterable, to_async_observable
 from ._batch import FlushHook, buffer_with_time_or_count
-from ._flow import UNBOUNDED, Demand, Flowable, is_prompt, subscribe_upstream
+from ._flow import UNBOUNDED, Demand, Flowable, ManyObserver, is_prompt, subscribe_upstream
 from ._keyed_throttle import InProcessKeyedWindow, KeyedWindow, throttle_by_key
 from ._process import Outcome, Queued, from_async, in_thread, process, report_queued
 from ._request_n import Credits, Fetch, HandBack, PullSource, from_iterable, last_batch, request_n
@@ -49,6 +49,7 @@ __all__ = [
     "InProcessWindow",
     "KeyedWindow",
     "Lease",
+    "ManyObserver",
     "Outcome",
     "PullSource",
     "Queued",

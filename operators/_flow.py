@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
+from reactivex.observer import Observer
 from reactivex.observer.autodetachobserver import AutoDetachObserver
 
 _T = TypeVar("_T")
@@ -298,6 +299,32 @@ class Flowable(Observable[_T]):
         return result
 
 
+class ManyObserver(Observer[_T]):
+    """An Observer that also takes several items in one call: ``on_next_all(items)`` is ``on_next`` of each
+    item, in order, in one signal.
+
+    A producer of this package that has several items ready at once (``request_n``, a fetch's batch) hands
+    them to such a subscriber in one call, so each layer between the two is crossed once per batch instead of
+    once per item; any other subscriber gets them one ``on_next`` at a time. The rules of ``on_next`` hold for
+    the call as a whole: never more items than requested, in series with every other signal, and a subscriber
+    that raises is cancelled (the items count as delivered).
+    """
+
+    def __init__(
+        self,
+        on_next: Callable[[_T], None],
+        on_error: Callable[[Exception], None],
+        on_completed: Callable[[], None],
+        on_next_all: Callable[[list[_T]], None],
+    ) -> None:
+        super().__init__(on_next, on_error, on_completed)
+        self._on_next_all = on_next_all
+
+    def on_next_all(self, items: list[_T]) -> None:
+        if not self.is_stopped:
+            self._on_next_all(items)
+
+
 class _Subscriber(AutoDetachObserver[_T]):
     """The observer a Flowable's producer signals: it delivers an invalid request's error in series with
     ``on_next`` (rule 1.3), and treats a subscriber that raises as one that cancelled (rule 2.13).
@@ -310,6 +337,11 @@ class _Subscriber(AutoDetachObserver[_T]):
 
     def __init__(self, observer: abc.ObserverBase[_T]) -> None:
         super().__init__(observer.on_next, observer.on_error, observer.on_completed)
+        # A producer hands several items in one call only where this is set: the observer takes them so.
+        self._many = observer.on_next_all if isinstance(observer, ManyObserver) else None
+        self.on_next_all: Callable[[list[_T]], None] | None = (
+            None if self._many is None else self._on_next_all
+        )
         self._depth = 0
         self._invalid: ValueError | None = None
         self._once = threading.Lock()
@@ -322,6 +354,22 @@ class _Subscriber(AutoDetachObserver[_T]):
         try:
             if self._invalid is None:
                 self._on_next(value)
+        except BaseException:
+            self.dispose()
+            raise
+        finally:
+            self._depth -= 1
+        if self._invalid is not None and self._depth == 0:
+            self._signal_invalid()
+
+    def _on_next_all(self, values: list[_T]) -> None:
+        # on_next for several items at once; only for a ManyObserver (see on_next_all).
+        if self.is_stopped or self._many is None:
+            return
+        self._depth += 1
+        try:
+            if self._invalid is None:
+                self._many(values)
         except BaseException:
             self.dispose()
             raise

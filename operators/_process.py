@@ -21,10 +21,9 @@ from typing import Any, Generic, TypeVar
 
 from reactivex import Observable, abc
 from reactivex.disposable import CompositeDisposable, Disposable
-from reactivex.observer import Observer
 from reactivex.scheduler import TimeoutScheduler, VirtualTimeScheduler
 
-from ._flow import Demand, Flowable, is_prompt, subscribe_upstream
+from ._flow import Demand, Flowable, ManyObserver, is_prompt, subscribe_upstream
 
 _T = TypeVar("_T")
 _U = TypeVar("_U")
@@ -89,7 +88,7 @@ class Queued(Generic[_U]):
 
     def __init__(self) -> None:
         self.future: asyncio.Future[_U] | None = None
-        self._on_begin: Callable[[float | None], None] | None = None
+        self._on_begin: Callable[[_Running[Any], float | None], None] | None = None
         self._cancelled = False
         # Set by the process that started the call: what its outcome finishes, and how, in a batch.
         self._entry: _Running[Any] | None = None
@@ -98,8 +97,8 @@ class Queued(Generic[_U]):
     def begin(self, at: float | None = None) -> None:
         """The call has begun, at ``at`` on process's clock (now when None); called on the loop, before its
         outcome, and possibly a little after the call began (``at`` keeps its clock exact)."""
-        if self._on_begin is not None:
-            self._on_begin(at)
+        if self._on_begin is not None and self._entry is not None:
+            self._on_begin(self._entry, at)
 
     def cancel(self) -> None:
         """Stop the call if it has not begun: the queue skips it, and an outcome that comes is dropped."""
@@ -147,7 +146,7 @@ def report_queued(outcomes: list[tuple[Queued[Any], Any, BaseException | None]])
 
 
 def process(
-    fn: Callable[[_T], Observable[_U] | asyncio.Future[_U] | Coroutine[Any, Any, _U] | Queued[_U]],
+    fn: Callable[[_T], _Call[_U]],
     stages: int,
     *,
     max_demand: int | None = None,
@@ -156,6 +155,7 @@ def process(
     timeout_s: float | None = None,
     ahead: int = 0,
     queues: Callable[[_T], bool] | None = None,
+    fn_all: Callable[[list[_T]], list[_Call[_U]]] | None = None,
 ) -> Callable[[Observable[_T]], Flowable[Outcome[_T, _U]]]:
     """Call ``fn(item)`` for each item, at most ``stages`` at once, and emit an :class:`Outcome` for each.
 
@@ -195,6 +195,9 @@ def process(
         ahead: how many calls beyond ``stages`` may wait in their queue (0: none).
         queues: whether the call for an item waits in such a queue (decided when the item is taken to
             start, so it may note the answer on the item for ``fn``).
+        fn_all: makes the calls of several items at once, one per item in order, as ``fn`` would; called
+            instead of ``fn`` when a round starts more than one item (a fetch's batch arriving at once), so a
+            pool can take them in one hand-over. An exception it raises is every item's outcome.
 
     Returns:
         An operator from an Observable of items to a Flowable of Outcomes.
@@ -240,6 +243,10 @@ def process(
             # Items a prompt source emits must start at once: hold no more than the stages can start.
             most, least = (min(high, stages), min(high, stages) - 1) if is_prompt(source) else (high, low)
             lock = threading.Lock()
+            # A subscriber that takes several outcomes in one call gets a round's so (see ManyObserver).
+            all_at_once: Callable[[list[Outcome[_T, _U]]], None] | None = getattr(
+                observer, "on_next_all", None
+            )
             upstream = Demand()
             waiting: deque[_T] = deque()
             running: set[_Running[_T]] = set()  # from the moment an item is taken to start, until it finishes
@@ -341,12 +348,20 @@ def process(
                 while True:
                     if wanted > 0:
                         upstream.request(wanted)
-                    for outcome in emit:
+                    if all_at_once is not None and len(emit) > 1:
                         if stopped:
                             return
-                        observer.on_next(outcome)
-                    for entry in begin:
-                        start(entry)
+                        all_at_once(emit)
+                    else:
+                        for outcome in emit:
+                            if stopped:
+                                return
+                            observer.on_next(outcome)
+                    if fn_all is not None and len(begin) > 1:
+                        start_all(fn_all, begin)
+                    else:
+                        for entry in begin:
+                            start(entry)
                     if end is not None:
                         end()
                         return
@@ -366,14 +381,29 @@ def process(
                 except Exception as error:
                     finish(entry, None, error)
                     return
+                start_call(entry, call)
+
+            def start_all(make: Callable[[list[_T]], list[_Call[_U]]], entries: list[_Running[_T]]) -> None:
+                if stopped:
+                    return
+                try:
+                    calls = make([entry.item for entry in entries])
+                except Exception as error:
+                    for entry in entries:
+                        finish(entry, None, error)
+                    return
+                for entry, call in zip(entries, calls, strict=True):
+                    start_call(entry, call)
+
+            def start_call(entry: _Running[_T], call: _Call[_U]) -> None:
                 if isinstance(call, Queued):
                     # Its clock and timeout start when a thread takes it, not while it waits in the queue.
                     entry.handle = call
-                    call._on_begin = functools.partial(begin_queued, entry)
+                    call._entry = entry
+                    call._on_begin = begin_queued
                     if call.future is not None:
                         call.future.add_done_callback(functools.partial(finish_future, entry))
                     else:
-                        call._entry = entry
                         call._finish_many = finish_queued
                     if stopped:
                         entry.cancel()
@@ -482,6 +512,16 @@ def process(
                 if picked is not None:
                     send(picked)
 
+            def on_next_all(items: list[_T]) -> None:
+                # on_next of each, in one round: a fetch's batch starts with one lock and one drain.
+                nonlocal requested
+                with lock:
+                    waiting.extend(items)
+                    requested = max(0, requested - len(items))
+                    picked = claim()
+                if picked is not None:
+                    send(picked)
+
             def on_error(error: Exception) -> None:
                 with lock:
                     failure.append(error)
@@ -507,7 +547,9 @@ def process(
             subscription = CompositeDisposable(Disposable(stop))
             subscription.add(demand.on_request(drain))
             subscription.add(
-                subscribe_upstream(source, Observer(on_next, on_error, on_completed), upstream, scheduler_)
+                subscribe_upstream(
+                    source, ManyObserver(on_next, on_error, on_completed, on_next_all), upstream, scheduler_
+                )
             )
             drain()
             return subscription
@@ -540,6 +582,9 @@ async def _report(
     entry.handle = None
     outer.run(finish, entry, value, None)
 
+
+_Call = Observable[_U] | asyncio.Future[_U] | Coroutine[Any, Any, _U] | Queued[_U]
+"""What ``fn`` of :func:`process` makes for an item: the call whose first value is its outcome."""
 
 _Round = tuple[list[Outcome[_T, _U]], list["_Running[_T]"], int, Callable[[], None] | None]
 """What one round of a drain sends: outcomes, calls to start, items to request upstream, and the end."""

@@ -130,6 +130,8 @@ class PullSource(Flowable[_T]):
     ) -> abc.DisposableBase:
         credits = self.credits
         lock = threading.Lock()
+        # A subscriber that takes several items in one call gets a batch so (see ManyObserver).
+        all_at_once: Callable[[list[_T]], None] | None = getattr(observer, "on_next_all", None)
         # Fetched, not yet requested: a batch bigger than the demand left once it arrives (a withdraw came
         # while it was fetched). They keep their credits until they go downstream or are handed back.
         held: deque[_T] = deque()
@@ -175,6 +177,12 @@ class PullSource(Flowable[_T]):
             return None
 
         def emit(batch: list[_T]) -> None:
+            if all_at_once is not None and len(batch) > 1:
+                if stopped:
+                    give_back(batch, len(batch))
+                    return
+                all_at_once(batch)  # a subscriber that raises has them all (see ManyObserver)
+                return
             for index, item in enumerate(batch):
                 if stopped:
                     # Cancelled during an earlier on_next of this batch: the rest was never delivered.

@@ -12,9 +12,20 @@ import pytest
 import reactivex
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reactivex import Observable
 from reactivex.testing import TestScheduler
 
-from flume_rx.operators import Outcome, Queued, process, report_queued
+from flume_rx.operators import (
+    Demand,
+    ManyObserver,
+    Outcome,
+    PullSource,
+    Queued,
+    from_iterable,
+    process,
+    report_queued,
+    subscribe_upstream,
+)
 
 
 @dataclass
@@ -73,12 +84,15 @@ class Pool:
     ahead=st.integers(0, 5),
     max_demand=st.integers(1, 12),
     reported=st.booleans(),
+    several=st.booleans(),
 )
 def test_never_more_than_stages_run_nor_more_than_stages_plus_ahead_are_handed(
-    items: list[tuple[bool, int]], stages: int, ahead: int, max_demand: int, reported: bool
+    items: list[tuple[bool, int]], stages: int, ahead: int, max_demand: int, reported: bool, several: bool
 ) -> None:
     """Mixed calls: the queueing ones (a pool of ``stages`` workers) and async ones running on the loop; the
-    pool hands outcomes back through each call's future, or in batches through report_queued."""
+    pool hands outcomes back through each call's future, or in batches through report_queued. With
+    ``several``, items come a fetch's batch per call (a request_n source), the calls of a round are made at
+    once (``fn_all``), and outcomes leave several per call (a ManyObserver)."""
 
     async def main() -> tuple[Pool, list[Outcome[int, int]]]:
         loop = asyncio.get_running_loop()
@@ -108,14 +122,43 @@ def test_never_more_than_stages_run_nor_more_than_stages_plus_ahead_are_handed(
 
             return plain()
 
+        rounds: list[int] = []  # items per fn_all call
+
+        def fn_all(indices: list[int]) -> list[Queued[int] | Coroutine[Any, Any, int]]:
+            rounds.append(len(indices))
+            return [fn(index) for index in indices]
+
+        if not several:
+            source: Observable[int] = reactivex.from_iterable(range(len(items)))
+        else:
+            source = from_iterable(range(len(items)), max_in_flight=max_demand)
+
         def seen(outcome: Outcome[int, int]) -> None:
             pool.handed -= 1
             outcomes.append(outcome)
+            if isinstance(source, PullSource):
+                source.release()
 
-        reactivex.from_iterable(range(len(items))).pipe(
-            process(fn, stages, max_demand=max_demand, ahead=ahead, queues=lambda i: items[i][0])
-        ).subscribe(seen, done.set_exception, lambda: done.set_result(None))
+        def seen_all(many: list[Outcome[int, int]]) -> None:
+            for outcome in many:
+                seen(outcome)
+
+        queues: Callable[[int], bool] = lambda i: items[i][0]  # noqa: E731
+        graph = source.pipe(
+            process(
+                fn,
+                stages,
+                max_demand=max_demand,
+                ahead=ahead,
+                queues=queues,
+                fn_all=fn_all if several else None,
+            )
+        )
+        observer = ManyObserver(seen, done.set_exception, lambda: done.set_result(None), seen_all)
+        subscribe_upstream(graph, observer, Demand.unlimited(), None)
         await done
+        if several and len(items) >= 2 and min(stages, max_demand) >= 2:
+            assert max(rounds) > 1  # a round started several items with one fn_all call
         for worker in workers:
             worker.cancel()
         return pool, outcomes

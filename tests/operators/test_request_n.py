@@ -18,6 +18,7 @@ from flume_rx.operators import (
     Credits,
     Demand,
     InProcessWindow,
+    ManyObserver,
     Outcome,
     buffer_with_time_or_count,
     from_iterable,
@@ -289,14 +290,28 @@ def test_a_withdraw_during_a_fetch_is_honoured() -> None:
     assert calls == [3]
 
 
+def _observer(seen: list[int], many: bool, calls: list[int] | None = None) -> abc.ObserverBase[int]:
+    """A subscriber recording what it is given: one item per on_next, or several per call when ``many``."""
+    if not many:
+        return reactivex.Observer(seen.append)
+
+    def on_next_all(items: list[int]) -> None:
+        if calls is not None:
+            calls.append(len(items))
+        seen.extend(items)
+
+    return ManyObserver(seen.append, lambda _: None, lambda: None, on_next_all)
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     n_items=st.integers(0, 30),
     batch=st.integers(1, 6),
     actions=st.lists(st.tuples(st.sampled_from(["request", "withdraw", "answer"]), st.integers(1, 5))),
 )
+@pytest.mark.parametrize("many", [False, True], ids=["one by one", "several per call"])
 def test_never_more_delivered_than_requested_and_not_withdrawn(
-    n_items: int, batch: int, actions: list[tuple[str, int]]
+    n_items: int, batch: int, actions: list[tuple[str, int]], many: bool
 ) -> None:
     # Rule 1.1 with asynchronous fetches and withdraws in any order.
     items = iter(range(n_items))
@@ -309,7 +324,7 @@ def test_never_more_delivered_than_requested_and_not_withdrawn(
     source = request_n(fetch, max_in_flight=100)
     demand = Demand()
     seen: list[int] = []
-    source.subscribe_with_demand(reactivex.Observer(seen.append), demand)
+    source.subscribe_with_demand(_observer(seen, many), demand)
     net = 0
     for action, n in actions:
         if action == "request":
@@ -389,6 +404,55 @@ def test_a_subscriber_that_raises_mid_batch_gets_the_rest_handed_back() -> None:
         demand.request(3)
     assert handed_back == [1, 2]
     assert source.credits.in_flight == 1
+
+
+def test_a_subscriber_taking_several_items_per_call_gets_each_batch_in_one() -> None:
+    calls: list[int] = []
+    seen: list[int] = []
+    source = request_n(lambda n: reactivex.of([0, 1, 2, 3][:n]), 10)
+    demand = Demand()
+    source.subscribe_with_demand(_observer(seen, True, calls), demand)
+    demand.request(3)
+    assert (seen, calls) == ([0, 1, 2], [3])  # the batch in one call, within the demand
+    demand.request(1)
+    assert seen == [0, 1, 2, 0]  # a single item goes by on_next
+
+
+def test_a_subscriber_that_raises_taking_several_items_has_them_all() -> None:
+    # Rule 2.13 for a call with several items: the subscription is cancelled, and the items were delivered
+    # (the subscriber holds them; nothing is handed back to be fetched twice).
+    handed_back: list[int] = []
+    source = request_n(lambda n: reactivex.of([0, 1, 2][:n]), 5, hand_back=handed_back.extend)
+
+    def on_next_all(items: list[int]) -> None:
+        raise RuntimeError(f"subscriber bug at {items}")
+
+    demand = Demand()
+    observer = ManyObserver(lambda _: None, lambda _: None, lambda: None, on_next_all)
+    source.subscribe_with_demand(observer, demand)
+    with pytest.raises(RuntimeError, match=r"at \[0, 1, 2\]"):
+        demand.request(3)
+    assert handed_back == []
+    assert source.credits.in_flight == 3
+    demand.request(2)  # cancelled: nothing more comes
+    assert source.credits.in_flight == 3
+
+
+def test_cancelling_from_inside_a_call_of_several_items_hands_nothing_back() -> None:
+    handed_back: list[int] = []
+    source = request_n(lambda n: reactivex.of(list(range(n))), 8, hand_back=handed_back.extend)
+    seen: list[int] = []
+    subscription: list[abc.DisposableBase] = []
+
+    def on_next_all(items: list[int]) -> None:
+        seen.extend(items)
+        subscription[0].dispose()
+
+    demand = Demand()
+    observer = ManyObserver(seen.append, lambda _: None, lambda: None, on_next_all)
+    subscription.append(source.subscribe_with_demand(observer, demand))
+    demand.request(4)
+    assert (seen, handed_back, source.credits.in_flight) == ([0, 1, 2, 3], [], 4)
 
 
 def test_min_fetch_gathers_released_credits_into_one_fetch() -> None:
