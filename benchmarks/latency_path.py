@@ -111,17 +111,18 @@ def _install() -> None:
 
     source.JobSource._decode = _decode  # type: ignore[method-assign]
 
-    put = threads.StageThreads._put
+    put_all = threads.StageThreads._put_all
 
-    def _put(self: Any, call: tuple[Any, ...]) -> None:
-        args = call[3]
-        if call[0] is not None and args and isinstance(args[0], source.Delivery):
-            stamps = _stamps.setdefault(args[0].job.args[0], {})
-            stamps["handed"] = time.time()
-            awaiting_wait.append(stamps)
-        put(self, call)
+    def _put_all(self: Any, calls: list[tuple[Any, ...]]) -> None:
+        for call in calls:
+            args = call[3]
+            if call[0] is not None and args and isinstance(args[0], source.Delivery):
+                stamps = _stamps.setdefault(args[0].job.args[0], {})
+                stamps["handed"] = time.time()
+                awaiting_wait.append(stamps)
+        put_all(self, calls)
 
-    threads.StageThreads._put = _put  # type: ignore[method-assign]
+    threads.StageThreads._put_all = _put_all  # type: ignore[method-assign]
 
     if os.environ.get("TRACE_DEFER"):  # a variant: hand calls over as the loop's turn ends, not at once
 

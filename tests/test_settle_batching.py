@@ -69,10 +69,13 @@ def finished(delivery: Delivery) -> fo.Outcome[Any, Any]:
     flush_count=st.integers(1, 64),
     refill=st.integers(1, 80),
     riding=st.booleans(),
+    at_once=st.booleans(),
 )
 def test_every_outcome_is_settled_once_and_released_after_its_call(
-    rounds: list[int], keep_running: int, flush_count: int, refill: int, riding: bool
+    rounds: list[int], keep_running: int, flush_count: int, refill: int, riding: bool, at_once: bool
 ) -> None:
+    """``at_once``: each round's outcomes come in one ``on_next_all``, as a processor's round sends them."""
+
     async def main() -> tuple[RecordingSource, int]:
         source = RecordingSource(refill=refill)
         # A long wait: only the count, or a source with nothing left running, may send a call early; riding,
@@ -82,10 +85,16 @@ def test_every_outcome_is_settled_once_and_released_after_its_call(
         busy = [source.start(-i - 1) for i in range(keep_running)]
         n = 0
         for size in rounds:
+            outcomes = []
             for _ in range(size):
                 delivery = source.start(n)
                 n += 1
-                settler.on_next(finished(delivery))
+                outcomes.append(finished(delivery))
+            if at_once:
+                settler.on_next_all(outcomes)
+            else:
+                for outcome in outcomes:
+                    settler.on_next(outcome)
             await asyncio.sleep(0)
         for delivery in busy:  # the last running jobs finish: nothing runs, so the rest goes at once
             settler.on_next(finished(delivery))

@@ -10,13 +10,12 @@ import time
 from collections.abc import Callable
 
 import pytest
-import reactivex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flume_rx.engine import threads
-from flume_rx.engine.threads import StageThreads
-from flume_rx.operators import Outcome, Queued, process
+from flume_rx.engine.threads import Handed, StageThreads
+from flume_rx.operators import Outcome, Queued, from_iterable, process
 
 
 def _fails(n: int) -> int:
@@ -437,10 +436,13 @@ def test_shutdown_reaches_parked_threads() -> None:
 
 
 @settings(max_examples=20, deadline=None)
-@given(calls=st.integers(0, 120), threads=st.integers(1, 4))
-def test_handed_calls_reach_their_process_through_batched_reports(calls: int, threads: int) -> None:
-    """A process's queued calls handed with ``hand``: every outcome reaches it on the loop, errors as
-    exceptions (a KeyboardInterrupt wrapped), with no future per call."""
+@given(calls=st.integers(0, 120), threads=st.integers(1, 4), at_once=st.booleans())
+def test_handed_calls_reach_their_process_through_batched_reports(
+    calls: int, threads: int, at_once: bool
+) -> None:
+    """A process's queued calls handed with ``hand`` (or, ``at_once``, a round's calls with one ``hand_all``):
+    every outcome reaches it on the loop, errors as exceptions (a KeyboardInterrupt wrapped), with no future
+    per call."""
 
     def body(n: int) -> int:
         if n % 5 == 1:
@@ -456,10 +458,21 @@ def test_handed_calls_reach_their_process_through_batched_reports(calls: int, th
             pool.hand(call, body, n)
             return call
 
+        def fn_all(ns: list[int]) -> list[Queued[int]]:
+            handed: list[Handed] = [(Queued(), body, (n,), None) for n in ns]
+            pool.hand_all(handed)
+            return [call for call, *_ in handed]
+
         outcomes: list[Outcome[int, int]] = []
-        reactivex.from_iterable(range(calls)).pipe(
-            process(fn, threads, ahead=threads, queues=lambda _n: True)
-        ).subscribe(outcomes.append, done.set_exception, lambda: done.set_result(None))
+        source = from_iterable(range(calls), max_in_flight=2 * threads)
+
+        def seen(outcome: Outcome[int, int]) -> None:
+            outcomes.append(outcome)
+            source.release()
+
+        source.pipe(
+            process(fn, threads, ahead=threads, queues=lambda _n: True, fn_all=fn_all if at_once else None)
+        ).subscribe(seen, done.set_exception, lambda: done.set_result(None))
         await asyncio.wait_for(done, 30)
         pool.shutdown()
         return outcomes
@@ -474,6 +487,33 @@ def test_handed_calls_reach_their_process_through_batched_reports(calls: int, th
             assert isinstance(outcome.error, ValueError)
         else:
             assert outcome.value == n * n
+
+
+def test_calls_handed_at_once_start_a_thread_each_up_to_the_size() -> None:
+    async def main() -> tuple[list[int], int]:
+        pool = StageThreads(3, "test-stage")
+        gate = threading.Event()
+        ran: list[int] = []
+        lock = threading.Lock()
+
+        def body(n: int) -> None:
+            if n < 3:
+                gate.wait(30)  # the first three hold their threads until all seven are handed
+            with lock:
+                ran.append(n)
+
+        calls: list[Queued[None]] = [Queued() for _ in range(7)]
+        pool.hand_all([(call, body, (n,), None) for n, call in enumerate(calls)])
+        threads = len(pool._threads)
+        gate.set()
+        while len(ran) < 7:
+            await asyncio.sleep(0.01)
+        pool.shutdown()
+        return ran, threads
+
+    ran, threads = asyncio.run(main())
+    assert threads == 3
+    assert sorted(ran) == list(range(7))
 
 
 def test_a_handed_call_cancelled_before_a_thread_takes_it_never_runs() -> None:

@@ -15,7 +15,7 @@ from reactivex import Observable, abc
 from flume_rx import operators as fo
 from flume_rx.engine.current import ASYNC_JOB, in_span_async, run_as_job
 from flume_rx.engine.source import Delivery, NotStarted, StartedLate
-from flume_rx.engine.threads import StageThreads
+from flume_rx.engine.threads import Handed, StageThreads
 from flume_rx.integrations.otel import is_traced, start_run_span
 from flume_rx.model import registry
 from flume_rx.model.errors import (
@@ -66,6 +66,9 @@ def run_workers(
         scheduler=scheduler,
         ahead=ahead,
         queues=_queues if ahead else None,
+        fn_all=functools.partial(_call_all, executor=executor)
+        if isinstance(executor, StageThreads)
+        else None,
     )
 
 
@@ -131,6 +134,28 @@ def _call(
     return loop.run_in_executor(executor, functools.partial(run_as_job, item, loop, spec.fn, args))
 
 
+def _call_all(items: list[Delivery | list[Delivery]], *, executor: StageThreads) -> list[Any]:
+    """:func:`_call` for the items a round of the processor starts at once: the sync jobs among them go to
+    the stage threads in one hand-over."""
+    loop = asyncio.get_running_loop()
+    calls: list[Any] = []
+    handed: list[Handed] = []
+    for item in items:
+        try:
+            if isinstance(item, list) or not item.queued or item.source.stopping or item.aborted:
+                calls.append(_call(item, executor=executor))
+                continue
+            call = _to_hand(item, loop)
+        except Exception as error:  # this item's outcome, not the round's
+            calls.append(reactivex.throw(error))
+            continue
+        handed.append(call)
+        calls.append(call[0])
+    if handed:
+        executor.hand_all(handed)
+    return calls
+
+
 def _start(item: Delivery, spec: WorkerSpec | None = None) -> tuple[WorkerSpec, tuple[Any, ...] | list[Any]]:
     """Begin ``item`` on the loop (counted started, ``job.started``, its span if traced); returns its worker's
     spec and the args to call it with. The caller builds the call: where the current job is set differs
@@ -154,6 +179,13 @@ def _start(item: Delivery, spec: WorkerSpec | None = None) -> tuple[WorkerSpec, 
 
 def _hand_to_thread(item: Delivery, executor: StageThreads) -> fo.Queued[Any]:
     """Hand a sync job to the stage threads; it begins when one takes it (see :func:`_take`)."""
+    call = _to_hand(item, asyncio.get_running_loop())
+    executor.hand_all([call])
+    return call[0]
+
+
+def _to_hand(item: Delivery, loop: asyncio.AbstractEventLoop) -> Handed:
+    """The stage threads' call for a sync job (see :meth:`StageThreads.hand_all`)."""
     spec = get_worker(item.job.worker)
     job = item.job
     args = ([list(job.args)],) if spec.batch else job.args
@@ -161,11 +193,7 @@ def _hand_to_thread(item: Delivery, executor: StageThreads) -> fo.Queued[Any]:
     # hand_back_unstarted still hands it back until a thread has taken it.
     item.source.running.add(item)
     queued: fo.Queued[Any] = fo.Queued()
-    loop = asyncio.get_running_loop()
-    executor.hand(
-        queued, run_as_job, item, loop, spec.fn, args, on_take=functools.partial(_take, item, queued)
-    )
-    return queued
+    return queued, run_as_job, (item, loop, spec.fn, args), functools.partial(_take, item, queued)
 
 
 def _take(item: Delivery, queued: fo.Queued[Any]) -> Callable[[], None]:

@@ -158,6 +158,24 @@ class Settler:
             self._count += 1
             self._schedule_flush(item.source)
 
+    def on_next_all(self, outcomes: list[fo.Outcome[Any, Any]]) -> None:
+        """:meth:`on_next` of each outcome, with one look at the flush per source rather than per outcome."""
+        source: JobSource | None = None
+        for outcome in outcomes:
+            item = outcome.item
+            if isinstance(item, list) or isinstance(outcome.error, NotStarted):
+                self.on_next(outcome)
+                continue
+            if source is not item.source:
+                if source is not None:
+                    self._schedule_flush(source)
+                source = item.source
+            duration_ms = (outcome.finished_at - outcome.started_at) * 1000
+            self._settle_one(item, outcome.error, duration_ms, outcome.value)
+            self._count += 1
+        if source is not None:
+            self._schedule_flush(source)
+
     def on_error(self, error: Exception) -> None:
         logger.error("pipeline failed: %s", error, exc_info=error)
 

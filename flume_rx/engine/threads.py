@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from flume_rx import operators as fo
@@ -179,7 +179,7 @@ class StageThreads(concurrent.futures.Executor):
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
-        self._hand_from(loop, future, fn, args, on_take)
+        self._hand(loop, [(future, fn, args, on_take)])
         return future
 
     def hand(
@@ -192,22 +192,26 @@ class StageThreads(concurrent.futures.Executor):
         """Run ``fn(*args)`` on a stage thread for a process's queued ``call``: as :meth:`run_soon`, but the
         outcome goes to :func:`flume_rx.operators.report_queued` with the others of its batch, which costs
         the loop no future and no callback per call. A cancelled call is not run."""
-        self._hand_from(asyncio.get_running_loop(), call, fn, args, on_take)
+        self.hand_all([(call, fn, args, on_take)])
 
-    def _hand_from(
+    def hand_all(self, calls: Sequence[Handed]) -> None:
+        """:meth:`hand` for several calls at once, in order, with one look at the pool for them all."""
+        self._hand(asyncio.get_running_loop(), calls)
+
+    def _hand(
         self,
         loop: asyncio.AbstractEventLoop,
-        target: asyncio.Future[Any] | fo.Queued[Any],
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        on_take: Callable[[], Callable[[], None]] | None,
+        calls: Sequence[
+            tuple[asyncio.Future[Any] | fo.Queued[Any], Callable[..., Any], tuple[Any, ...], Any]
+        ],
     ) -> None:
         mail = self._mail.get(loop)
         if mail is None:
             mail = self._mail[loop] = _Mail(loop)
-        self._put((mail, target, fn, args, on_take))
-        if on_take is not None:
-            mail.unnoted += 1
+        self._put_all([(mail, target, fn, args, on_take) for target, fn, args, on_take in calls])
+        noted = sum(1 for *_, on_take in calls if on_take is not None)
+        if noted:
+            mail.unnoted += noted
             if not mail.looking:
                 mail.looking = True
                 loop.call_later(NOTE_AFTER_S, self._look, mail)
@@ -215,7 +219,7 @@ class StageThreads(concurrent.futures.Executor):
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[_T]:
         """Run ``fn(*args, **kwargs)`` on a stage thread; an ordinary concurrent future of its result."""
         future: concurrent.futures.Future[_T] = concurrent.futures.Future()
-        self._put((None, future, fn, (args, kwargs), None))
+        self._put_all([(None, future, fn, (args, kwargs), None)])
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -239,18 +243,19 @@ class StageThreads(concurrent.futures.Executor):
             for thread in threads:
                 thread.join()
 
-    def _put(self, call: tuple[Any, ...]) -> None:
+    def _put_all(self, calls: list[tuple[Any, ...]]) -> None:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot run a call after shutdown of the stage threads")
             # One thread per call until all are started: a stage each, as the processor's stages fill.
-            start = len(self._threads) < self._size
-            if start:
+            starting: list[threading.Thread] = []
+            while len(self._threads) < self._size and len(starting) < len(calls):
                 index = len(self._threads)
                 thread = threading.Thread(
                     target=self._work, args=(index,), name=f"{self._prefix}_{index}", daemon=True
                 )
                 self._threads.append(thread)
+                starting.append(thread)
         waking_idle = (
             self._idle
             and len(self._idle) >= min(len(self._threads), self._count.active)
@@ -260,10 +265,12 @@ class StageThreads(concurrent.futures.Executor):
             # The pool is idle, waiting for work: the thread this wakes gets the interpreter soon (see the
             # constant). In a backlog, threads idle for a moment between calls keep the interval as it was.
             _switch_interval.lower()
-        self._calls.put(call)
-        if start:
+        put = self._calls.put
+        for call in calls:
+            put(call)
+        for thread in starting:
             thread.start()
-        elif waking_idle and YIELD_ON_WAKE:
+        if waking_idle and not starting and YIELD_ON_WAKE:
             os.sched_yield()  # releases the interpreter lock: see YIELD_ON_WAKE
 
     def _work(self, index: int) -> None:
@@ -438,6 +445,11 @@ class StageThreads(concurrent.futures.Executor):
         else:
             future.set_result(result)
         return True
+
+
+Handed = tuple["fo.Queued[Any]", Callable[..., Any], tuple[Any, ...], Callable[[], Callable[[], None]] | None]
+"""A call :meth:`StageThreads.hand_all` takes: the process's queued call, the function, its arguments, and its
+``on_take`` (see :meth:`StageThreads.run_soon`)."""
 
 
 class _Mail:

@@ -339,7 +339,9 @@ class WorkerRuntime:
             completed.set()
             self.stop()
 
-        subscription = graph.subscribe(settler.on_next, on_error, completed.set, scheduler=scheduler)
+        # Outcomes that finish together reach the settler in one call where the graph can pass them so.
+        observer = fo.ManyObserver(settler.on_next, on_error, completed.set, settler.on_next_all)
+        subscription = fo.subscribe_upstream(graph, observer, fo.Demand.unlimited(), scheduler)
         return _Running(config, source, subscription, completed)
 
     async def _shutdown(self, store: RedisStore, settler: Settler, heartbeat: _Heartbeat) -> None:
