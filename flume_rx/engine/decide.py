@@ -74,11 +74,9 @@ def decide(
     Raises:
         EncodeError: the job's record does not fit ``policy.max_payload_bytes`` even with its error cut.
     """
-    unique = _unique_of(job)
     if error is None:
-        # Enqueue-to-done latency for the cluster-wide p50/p99 (stats and dashboard); clocks of two hosts.
-        latency_ms = (now_s - job.enqueued_at) * 1000 if job.enqueued_at else None
-        return Verdict("succeeded", Settlement(payload, "ack", latency_ms=latency_ms, unique=unique))
+        return Verdict("succeeded", acked(job, payload, now_s))
+    unique = _unique_of(job)
     if isinstance(error, Throttled):
         return Verdict("throttled", Settlement(payload, "requeue", unique=unique))
     if isinstance(error, TimeoutError):
@@ -98,6 +96,13 @@ def decide(
     delay_s = fo.backoff_delay(job.attempt, retry.backoff_initial_s, retry.backoff_max_s, rng)
     settlement = Settlement(payload, "retry", record, int(delay_s * 1000), unique=unique)
     return Verdict("retried", settlement, job_error, failed, delay_s=delay_s)
+
+
+def acked(job: Job, payload: bytes, now_s: float) -> Settlement:
+    """The settlement of ``job`` (fetched as ``payload``) that succeeded: its ack, and its enqueue-to-done
+    latency for the cluster-wide p50/p99 (stats and dashboard; clocks of two hosts)."""
+    latency_ms = (now_s - job.enqueued_at) * 1000 if job.enqueued_at else None
+    return Settlement(payload, "ack", latency_ms=latency_ms, unique=_unique_of(job))
 
 
 def _unique_of(job: Job) -> tuple[str, str] | None:

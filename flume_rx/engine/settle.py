@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from flume_rx import operators as fo
 from flume_rx.engine.current import PROGRESS_KEPT_S
-from flume_rx.engine.decide import Verdict, decide
+from flume_rx.engine.decide import Verdict, acked, decide
 from flume_rx.engine.rate_watch import RateWatch
 from flume_rx.engine.source import Delivery, JobSource, NotStarted, StartedLate
 from flume_rx.engine.workflows import (
@@ -200,6 +200,17 @@ class Settler:
         self, delivery: Delivery, error: BaseException | None, duration_ms: float, value: Any
     ) -> Settlement:
         source, job = delivery.source, delivery.job
+        if (
+            error is None
+            and delivery.span is None
+            and delivery.hop is None
+            and job.meta is None
+            and not delivery.reported
+            and not registry.results_kept
+            and not self.telemetry.active
+        ):
+            # The common case, a plain success: its ack, with nothing to keep, hand on, end or report.
+            return acked(job, delivery.payload, time.time())
         if isinstance(error, TypeError):
             error = _unbound_arguments(job, error)
         verdict = decide(job, delivery.payload, error, source.settle_policy, now_s=time.time(), rng=self._rng)
