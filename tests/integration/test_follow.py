@@ -39,28 +39,41 @@ def _wait(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> 
         time.sleep(0.05)
 
 
-def _start_worker(redis_url: str, tmp_path: Path, orphan_timeout_ms: int = 15_000) -> subprocess.Popen[bytes]:
+def _start_worker(
+    redis_url: str, tmp_path: Path, orphan_timeout_ms: int = 15_000, stages: int = 10, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """A worker process serving SERVED; its log goes to ``log`` when given (else the test reads it at stop)."""
     config = tmp_path / "flume.toml"
     config.write_text(
         f'redis_url = "{redis_url}"\nnamespace = "{NS}"\nimports = ["tests.integration.sample_workers"]\n'
         f"orphan_timeout = {orphan_timeout_ms}\n"
         f'[pipelines.main]\nqueue = "{SERVED}"\n'
+        f"[pipelines.main.processor]\nstages = {stages}\n"
         # A long first backoff keeps a failed job waiting in the retry set while the test looks at it.
         "[pipelines.main.retry]\nmax_retries = 3\nbackoff_initial = 600000\n"
     )
-    return subprocess.Popen(
-        [sys.executable, "-m", "flume_rx", "worker", "--config", str(config)],
-        env=_env(redis_url),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    if log is None:
+        return subprocess.Popen(
+            _worker_command(config),
+            env=_env(redis_url),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+    with log.open("wb") as stderr:  # the child keeps its own copy
+        return subprocess.Popen(
+            _worker_command(config), env=_env(redis_url), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+
+
+def _worker_command(config: Path) -> list[str]:
+    return [sys.executable, "-m", "flume_rx", "worker", "--config", str(config)]
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 0, stderr.decode()
+    assert process.returncode == 0, (stderr or b"").decode()
 
 
 @pytest.fixture
@@ -249,6 +262,30 @@ def test_an_abort_no_worker_heard_stops_the_job_where_it_is_fetched_next(
         assert client.zcard(served.retry) == 0 and client.zcard(served.dead) == 0
     finally:
         _stop(second)
+        client.close()
+
+
+def test_a_job_aborted_while_it_waits_for_a_stage_never_begins(
+    flume: Flume, redis_url: str, tmp_path: Path
+) -> None:
+    """One stage, held by a running job; the next job is fetched and waits for the stage (handed ahead to
+    the stage thread's queue): it counts as running, and the abort reaches it before it begins."""
+    client = redis.Redis.from_url(redis_url)
+    log = tmp_path / "worker.log"
+    process = _start_worker(redis_url, tmp_path, stages=1, log=log)
+    try:
+        first = flume.enqueue(SERVED, "WaitWorker", ["holds-the-stage"])
+        _wait(lambda: flume.job(first).state == "running", "the first job to start")
+        second = flume.enqueue(SERVED, "RecordWorker", ["aborted-before-it-began"])
+        _wait(lambda: flume.job(second).state == "running", "the second job to be fetched")
+        assert flume.cancel(second).state == "running"
+        _wait(lambda: f"aborting job {second}" in log.read_text(), "the worker to take the abort")
+        client.lpush("test:release:holds-the-stage", "go")
+        _wait(lambda: flume.job(second).state == "cancelled", "the waiting job to be recorded as cancelled")
+        _wait(lambda: client.hget("test:runs", "holds-the-stage") == b"1", "the first job to finish")
+        assert client.hget("test:runs", "aborted-before-it-began") is None
+    finally:
+        _stop(process)
         client.close()
 
 
