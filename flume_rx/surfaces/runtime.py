@@ -445,7 +445,9 @@ class WorkerRuntime:
         """Abort the jobs of ``asked`` (job id, until when in epoch s) held here; each source keeps the others
         in case a fetch brings them."""
         for job_id, until_s in asked:
-            found = [d for r in self.running for d in r.source.abort_asked(job_id, until_s)]
+            # Not again for one aborted already: the record is read again at each subscription (each second
+            # on Redis Cluster), and a sync job may run on long after it was told.
+            found = [d for r in self.running for d in r.source.abort_asked(job_id, until_s) if not d.aborted]
             if found:
                 logger.info("aborting job %s, as Flume.cancel asked", job_id)
                 abort(found)

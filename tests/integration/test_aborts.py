@@ -137,6 +137,11 @@ def test_a_worker_applies_the_aborts_asked_before_it_listened(
             await store.abort("held", KEEP_MS)  # asked while no listener is subscribed
             await store.abort("to-come", KEEP_MS)
             runtime = WorkerRuntime(config)
+            told: list[str] = []
+            abort = runtime_module.abort
+            monkeypatch.setattr(
+                runtime_module, "abort", lambda found: (told.extend(d.job.id for d in found), abort(found))
+            )
             runtime.running.append(_Running(config.pipelines[0], source, Disposable(), asyncio.Event()))
             if not pubsub:
                 monkeypatch.setattr(store, "client", _NoPubSub(store.client))
@@ -144,6 +149,9 @@ def test_a_worker_applies_the_aborts_asked_before_it_listened(
             try:
                 await _until(lambda: held.aborted)
                 assert not later.aborted
+                if not pubsub:  # read again each poll, told once
+                    await asyncio.sleep(0.2)
+                    assert told.count("held") == 1
                 (to_come,) = await _fetched(store, ["to-come"], _source(store))
                 assert not to_come.aborted  # another source: only the listener's sources keep asks
                 (to_come,) = await _fetched(store, ["to-come"], source)
