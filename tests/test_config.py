@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,17 @@ def test_every_place_that_takes_a_queue_name_refuses_a_brace_the_same_way(name: 
 def test_a_queue_name_that_is_no_string_is_refused(name: object) -> None:
     with pytest.raises(ConfigError, match="got"):
         check_name(name, "queue")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("spread", "spread"), ("off", "off"), ([1], (1,)), ([2, 0], (2, 0))]
+)
+def test_cpu_affinity_is_spread_off_or_cpu_numbers(value: Any, expected: Any) -> None:
+    assert parse({"cpu_affinity": value}).cpu_affinity == expected
+    assert parse({}).cpu_affinity == "spread"
+
+
+@pytest.mark.parametrize("value", ["all", [], [-1], [True], ["0"], 3])
+def test_a_wrong_cpu_affinity_is_refused_naming_the_key_and_value(value: Any) -> None:
+    with pytest.raises(ConfigError, match=r"cpu_affinity must be .*\(got " + re.escape(repr(value))):
+        parse({"cpu_affinity": value})

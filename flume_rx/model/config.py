@@ -10,7 +10,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from flume_rx.model.codec import DEFAULT_MAX_PAYLOAD_BYTES
 from flume_rx.model.errors import ConfigError
@@ -97,6 +97,7 @@ class FlumeConfig:
     dead_ttl_s: float = 7 * 24 * 3600.0
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     schedules: tuple[ScheduleConfig, ...] = ()
+    cpu_affinity: CpuAffinity = "spread"
 
     def pipeline(self, name: str) -> PipelineConfig:
         for pipeline in self.pipelines:
@@ -108,7 +109,13 @@ class FlumeConfig:
         )
 
 
+CpuAffinity = Literal["spread", "off"] | tuple[int, ...]
+"""Where worker processes run (``cpu_affinity``): ``"spread"``, the N processes of ``flume-rx worker --processes
+N`` one per CPU in turn (a lone process where the OS puts it); ``"off"``, where the OS puts them; or CPU
+numbers, process i on the i-th of them in turn (a lone process on the first)."""
+
 _TOP_KEYS = {
+    "cpu_affinity",
     "redis_url",
     "namespace",
     "imports",
@@ -233,6 +240,22 @@ def parse(raw: Mapping[str, Any]) -> FlumeConfig:
         dead_ttl_s=_ms(dead, "ttl", "dead_letters.", default=7 * 24 * 3600 * 1000),
         max_payload_bytes=_positive_int(raw, "max_payload_bytes", "", default=DEFAULT_MAX_PAYLOAD_BYTES),
         schedules=parse_schedules(raw.get("schedules", {})),
+        cpu_affinity=_cpu_affinity(raw.get("cpu_affinity", "spread")),
+    )
+
+
+def _cpu_affinity(value: Any) -> CpuAffinity:
+    if value == "spread" or value == "off":
+        return cast(CpuAffinity, value)
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(cpu, int) and not isinstance(cpu, bool) and cpu >= 0 for cpu in value)
+    ):
+        return tuple(value)
+    raise ConfigError(
+        f'cpu_affinity must be "spread", "off" or a non-empty list of CPU numbers (got {value!r}); '
+        "e.g. cpu_affinity = [0, 1]"
     )
 
 

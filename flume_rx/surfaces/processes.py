@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from flume_rx.engine.loop import new_event_loop
 from flume_rx.engine.source import BurstMode
 from flume_rx.engine.threads import STAGE_THREAD_PREFIX
-from flume_rx.model.config import FlumeConfig, load, select_pipelines
+from flume_rx.model.config import CpuAffinity, FlumeConfig, load, select_pipelines
+from flume_rx.model.errors import ConfigError
 from flume_rx.model.logs import LogFormat, configure_logging
 from flume_rx.surfaces.early_stop import catch_sigterm, take_sigterm
 from flume_rx.surfaces.runtime import WorkerRuntime, import_worker_modules
@@ -30,14 +31,21 @@ logger = logging.getLogger("flume_rx.runtime")
 
 
 def run_worker_process(
-    config: FlumeConfig, *, burst: bool | BurstMode = False, metrics_port: int | None = None
+    config: FlumeConfig,
+    *,
+    burst: bool | BurstMode = False,
+    metrics_port: int | None = None,
+    index: int = 0,
+    processes: int = 1,
 ) -> int:
     """Run a worker in this process until SIGTERM/SIGINT (or drained, in burst mode); returns the exit code.
 
     With ``metrics_port``, Prometheus metrics of this process are served on it at ``/metrics``. A SIGTERM that
-    comes while it starts stops it as soon as it runs (see :mod:`~flume_rx.surfaces.early_stop`).
+    comes while it starts stops it as soon as it runs (see :mod:`~flume_rx.surfaces.early_stop`). It is
+    process ``index`` of ``processes`` for ``config.cpu_affinity`` (see :func:`cpus_for`).
     """
     catch_sigterm()
+    _keep_to_cpus(config.cpu_affinity, index, processes)
     import_worker_modules(config.imports)
     runtime = WorkerRuntime(config, burst=burst)
     if metrics_port is not None:
@@ -67,6 +75,41 @@ def run_worker_process(
         runner.run(main())
     _exit_if_stages_hang()
     return 0
+
+
+def cpus_for(setting: CpuAffinity, index: int, processes: int, allowed: Sequence[int]) -> set[int] | None:
+    """The CPU worker process ``index`` of ``processes`` keeps to, of the ``allowed`` ones; None leaves it to
+    the OS.
+
+    One CPU per process: its loop and stage threads share one interpreter lock, and spread over two cores they
+    passed it back and forth with 1.8 to 9 voluntary context switches per job where one CPU took 1.2. One
+    redis-py INCR per job drained about twice as fast on one CPU, with less CPU per job; no-op and sleeping
+    jobs no slower (docs/performance.md, "Thirteenth round"). A lone process is left where the OS puts it:
+    separate ones would all land on the same first CPU.
+
+    Raises:
+        ConfigError: ``setting`` names a CPU this process may not use.
+    """
+    if setting == "off" or (setting == "spread" and processes <= 1) or not allowed:
+        return None
+    cpus = sorted(allowed) if setting == "spread" else list(setting)
+    cpu = cpus[index % len(cpus)]
+    if cpu not in allowed:
+        raise ConfigError(
+            f"cpu_affinity lists CPU {cpu}, which this process may not use (it may use "
+            f'{", ".join(map(str, sorted(allowed)))}); list those, or set cpu_affinity = "spread"'
+        )
+    return {cpu}
+
+
+def _keep_to_cpus(setting: CpuAffinity, index: int, processes: int) -> None:
+    if not hasattr(os, "sched_setaffinity"):  # not on macOS or Windows: the OS places the process
+        return
+    cpus = cpus_for(setting, index, processes, sorted(os.sched_getaffinity(0)))
+    if cpus is not None:
+        # Before any thread starts: the loop's and the stage threads inherit it.
+        os.sched_setaffinity(0, cpus)
+        logger.info("worker process %d of %d keeps to CPU %s (cpu_affinity)", index, processes, min(cpus))
 
 
 def _exit_if_stages_hang() -> None:
@@ -102,13 +145,17 @@ def child_main(
     log_level: str = "INFO",
     log_format: LogFormat = "text",
     queues: Sequence[str] | None = None,
+    index: int = 0,
+    processes: int = 1,
 ) -> None:
     catch_sigterm()
     configure_logging(log_level, log_format)
     config = load(config_path, redis_url=redis_url)
     if queues:
         config = select_pipelines(config, queues)
-    raise SystemExit(run_worker_process(config, burst=burst, metrics_port=metrics_port))
+    raise SystemExit(
+        run_worker_process(config, burst=burst, metrics_port=metrics_port, index=index, processes=processes)
+    )
 
 
 def supervise(
@@ -140,6 +187,8 @@ def supervise(
                 log_level,
                 log_format,
                 queues,
+                index,
+                processes,
             ),
             name=f"flume-worker-{index}",
             daemon=False,

@@ -159,3 +159,10 @@ def abortable_sync(token: str) -> None:
         time.sleep(0.01)
     job.check_aborted()
     _redis().hincrby("test:runs", token, 1)
+
+
+@worker("AffinityWorker")
+def record_affinity(sleep_s: float) -> None:
+    """Records, by process, the CPUs the stage thread running it may use (the process's cpu_affinity)."""
+    time.sleep(sleep_s)
+    _redis().hset("test:affinity", str(os.getpid()), ",".join(map(str, sorted(os.sched_getaffinity(0)))))
