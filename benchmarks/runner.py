@@ -586,7 +586,9 @@ def _shape_configs(spec: PeerSpec, kind: str) -> dict[str, str | None]:
     """The configurations a peer runs a shape in: flume_rx its defaults and the seed's; a peer its own."""
     if spec.name != "flume_rx":
         return {"defaults": None}
-    return {config: f"{config}:{kind}" for config in ("defaults", "seed")}  # peers.flume's variants
+    return {
+        config: f"{config}:{kind}" for config in ("defaults", "seed", "one_cpu")
+    }  # peers.flume's variants
 
 
 SHAPE_KINDS = {"noop": "sync", "incr": "sync", "sleep1": "sync", "await1": "async"}

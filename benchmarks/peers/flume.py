@@ -9,6 +9,7 @@ A ``:limit`` suffix adds the 400/s limiter to a shape.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,9 @@ async def bench_batch(batch: list[list[Any]]) -> None:
         await probe.run_async(*args)
 
 
-SHAPE_CONFIGS = ("defaults", "seed")
+SHAPE_CONFIGS = ("defaults", "seed", "one_cpu")
+"""flume_rx's configs in the users' shapes: its defaults, the seed's 5 stages, and its defaults kept to one
+CPU (``cpu_affinity``, what ``--processes N`` does per process by default; a lone process must ask)."""
 SEED_STAGES = 5
 
 
@@ -99,6 +102,8 @@ def config_toml(url: str, variant: str) -> str:
         lines += [f"max_demand = {MAX_DEMAND}", f"processor = {{ stages = {STAGES} }}"]
     elif shape[0] == "seed":
         lines.append(f"processor = {{ stages = {SEED_STAGES} }}")
+    elif shape[0] == "one_cpu":
+        lines.insert(3, f"cpu_affinity = [{min(os.sched_getaffinity(0))}]")
     if variant == "rate_limit" or variant.endswith(":limit"):
         lines.append(f"rate_limiter = {{ allowed = {LIMIT}, period = 1000 }}")
     if variant.startswith("batch:"):
