@@ -82,7 +82,7 @@ def cpus_for(setting: CpuAffinity, index: int, processes: int, allowed: Sequence
     the OS.
 
     One CPU per process: its loop and stage threads share one interpreter lock, and spread over two cores they
-    passed it back and forth with 1.8 to 9 voluntary context switches per job where one CPU took 1.2. One
+    passed it back and forth with 2.8 to 9 voluntary context switches per job where one CPU took 1.2. One
     redis-py INCR per job drained about twice as fast on one CPU, with less CPU per job; no-op and sleeping
     jobs no slower (docs/performance.md, "Thirteenth round"). A lone process is left where the OS puts it:
     separate ones would all land on the same first CPU.
