@@ -345,7 +345,9 @@ def shapes(data: dict[str, Any]) -> Figure | None:
     fig, ax = plt.subplots(figsize=(11, 4.8))
     _grouped_bars(ax, names, series, ",.0f")
     ax.set_ylabel("jobs/s (median), 1 process")
-    ax.set_title("Jobs in users' shapes: flume_rx at its defaults and the seed's 5 stages, peers at theirs")
+    ax.set_title(
+        "Jobs in users' shapes: flume_rx at its defaults, the seed's 5 stages and one CPU; peers at theirs"
+    )
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     return fig
