@@ -35,6 +35,21 @@ def test_a_listed_cpu_the_process_may_not_use_is_refused_naming_it() -> None:
         cpus_for((7,), 0, 1, [0, 1])
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux")
+def test_the_worker_command_refuses_a_cpu_it_may_not_use_before_any_process_starts(
+    redis_url: str, tmp_path: Path
+) -> None:
+    beyond = max(os.sched_getaffinity(0)) + 1
+    config = tmp_path / "flume.toml"
+    config.write_text(
+        f'redis_url = "{redis_url}"\ncpu_affinity = [{beyond}]\n[pipelines.main]\nqueue = "cpus"\n'
+    )
+    command = [sys.executable, "-m", "flume_rx", "worker", "--config", str(config), "--processes", "2"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, timeout=60)
+    assert done.returncode != 0
+    assert f"cpu_affinity lists CPU {beyond}" in done.stderr.decode()
+
+
 @pytest.mark.skipif(
     not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs (Linux)"
 )

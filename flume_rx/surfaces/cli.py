@@ -377,6 +377,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         runtime.add_import_paths(args.path or ["."])
         runtime.import_worker_modules(config.imports)
         _check_reachable(config)
+        processes.check_cpus(config.cpu_affinity, args.processes)
         if args.processes == 1:
             return processes.run_worker_process(
                 config, burst=args.burst or False, metrics_port=args.metrics_port

@@ -102,6 +102,19 @@ def cpus_for(setting: CpuAffinity, index: int, processes: int, allowed: Sequence
     return {cpu}
 
 
+def check_cpus(setting: CpuAffinity, processes: int) -> None:
+    """Refuse, before any worker process starts, a ``cpu_affinity`` one of ``processes`` could not keep to (a
+    child refused at its start would be restarted again and again).
+
+    Raises:
+        ConfigError: as :func:`cpus_for`.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        allowed = sorted(os.sched_getaffinity(0))
+        for index in range(processes):
+            cpus_for(setting, index, processes, allowed)
+
+
 def _keep_to_cpus(setting: CpuAffinity, index: int, processes: int) -> None:
     if not hasattr(os, "sched_setaffinity"):  # not on macOS or Windows: the OS places the process
         return
