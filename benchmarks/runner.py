@@ -583,7 +583,7 @@ def count_commands(
 
 
 def _shape_configs(spec: PeerSpec, kind: str) -> dict[str, str | None]:
-    """The configurations a peer runs a shape in: flume_rx its defaults and the seed's; a peer its own."""
+    """The configurations a peer runs a shape in: flume_rx its defaults, the seed's and one CPU; a peer its own."""
     if spec.name != "flume_rx":
         return {"defaults": None}
     return {
@@ -620,7 +620,7 @@ def scenario_shapes(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
 
 
 def scenario_latency_sync(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
-    """Enqueue-to-start at a steady 200 jobs/s, for flume_rx with a sync worker (defaults and the seed's)."""
+    """Enqueue-to-start at a steady 200 jobs/s, for flume_rx with a sync worker (defaults, the seed's, one CPU)."""
     configs = _shape_configs(spec, "sync")
     samples: dict[str, list[dict[str, Any]]] = {config: [] for config in configs}
     # The configs alternate rep by rep: the first reps of a run came out about 0.1 ms slower than the later
