@@ -348,28 +348,22 @@ class _Subscriber(AutoDetachObserver[_T]):
         self._signalled = False
 
     def on_next(self, value: _T) -> None:
+        self._deliver(self._on_next, value)
+
+    def _on_next_all(self, values: list[_T]) -> None:
+        # on_next for several items at once; only for a ManyObserver (see on_next_all).
+        if self._many is not None:
+            self._deliver(self._many, values)
+
+    def _deliver(self, handler: Callable[[Any], None], value: Any) -> None:
+        """One on_next signal (of one item or several): held back behind an invalid request's error, and a
+        handler that raises cancels the subscription (rule 2.13)."""
         if self.is_stopped:
             return
         self._depth += 1
         try:
             if self._invalid is None:
-                self._on_next(value)
-        except BaseException:
-            self.dispose()
-            raise
-        finally:
-            self._depth -= 1
-        if self._invalid is not None and self._depth == 0:
-            self._signal_invalid()
-
-    def _on_next_all(self, values: list[_T]) -> None:
-        # on_next for several items at once; only for a ManyObserver (see on_next_all).
-        if self.is_stopped or self._many is None:
-            return
-        self._depth += 1
-        try:
-            if self._invalid is None:
-                self._many(values)
+                handler(value)
         except BaseException:
             self.dispose()
             raise
