@@ -107,11 +107,9 @@ def _call(
     if isinstance(item, list):
         return _call_many(item, executor)
     # The per-job hot path: the worker's coroutine, which process runs as a task, or an executor future.
-    source = item.source
-    if source.stopping:
-        return reactivex.throw(NotStarted())
-    if item.aborted:
-        return reactivex.throw(_aborted_before_it_began(item))
+    refused = _refused(item)
+    if refused is not None:
+        return refused
     if item.queued and isinstance(executor, StageThreads):
         return _hand_to_thread(item, executor)
     if item.lease is not None:
@@ -134,6 +132,16 @@ def _call(
     return loop.run_in_executor(executor, functools.partial(run_as_job, item, loop, spec.fn, args))
 
 
+def _refused(item: Delivery) -> Observable[Any] | None:
+    """The outcome of a job that must not begin (its source is stopping, or it was aborted); None when it
+    may. The one place both ways of starting a job look."""
+    if item.source.stopping:
+        return reactivex.throw(NotStarted())
+    if item.aborted:
+        return reactivex.throw(_aborted_before_it_began(item))
+    return None
+
+
 def _call_all(items: list[Delivery | list[Delivery]], *, executor: StageThreads) -> list[Any]:
     """:func:`_call` for the items a round of the processor starts at once: the sync jobs among them go to
     the stage threads in one hand-over."""
@@ -142,8 +150,12 @@ def _call_all(items: list[Delivery | list[Delivery]], *, executor: StageThreads)
     handed: list[Handed] = []
     for item in items:
         try:
-            if isinstance(item, list) or not item.queued or item.source.stopping or item.aborted:
+            if isinstance(item, list) or not item.queued:
                 calls.append(_call(item, executor=executor))
+                continue
+            refused = _refused(item)
+            if refused is not None:
+                calls.append(refused)
                 continue
             call = _to_hand(item, loop)
         except Exception as error:  # this item's outcome, not the round's
