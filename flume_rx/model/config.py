@@ -110,9 +110,9 @@ class FlumeConfig:
 
 
 CpuAffinity = Literal["spread", "off"] | tuple[int, ...]
-"""Where worker processes run (``cpu_affinity``): ``"spread"``, the N processes of ``flume-rx worker --processes
-N`` one per CPU in turn (a lone process where the OS puts it); ``"off"``, where the OS puts them; or CPU
-numbers, process i on the i-th of them in turn (a lone process on the first)."""
+"""Where worker processes run (``cpu_affinity``): ``"spread"``, each worker process, while it is busy, on one CPU
+no other worker process of the host holds (see :mod:`~flume_rx.surfaces.cpu_keeper`); ``"off"``, where the OS
+puts them; or CPU numbers, process i on the i-th of them in turn (a lone process on the first)."""
 
 _TOP_KEYS = {
     "cpu_affinity",

@@ -24,6 +24,7 @@ from flume_rx.engine.threads import STAGE_THREAD_PREFIX
 from flume_rx.model.config import CpuAffinity, FlumeConfig, load, select_pipelines
 from flume_rx.model.errors import ConfigError
 from flume_rx.model.logs import LogFormat, configure_logging
+from flume_rx.surfaces.cpu_keeper import CpuKeeper
 from flume_rx.surfaces.early_stop import catch_sigterm, take_sigterm
 from flume_rx.surfaces.runtime import WorkerRuntime, import_worker_modules
 
@@ -36,16 +37,15 @@ def run_worker_process(
     burst: bool | BurstMode = False,
     metrics_port: int | None = None,
     index: int = 0,
-    processes: int = 1,
 ) -> int:
     """Run a worker in this process until SIGTERM/SIGINT (or drained, in burst mode); returns the exit code.
 
     With ``metrics_port``, Prometheus metrics of this process are served on it at ``/metrics``. A SIGTERM that
     comes while it starts stops it as soon as it runs (see :mod:`~flume_rx.surfaces.early_stop`). It is
-    process ``index`` of ``processes`` for ``config.cpu_affinity`` (see :func:`cpus_for`).
+    process ``index`` for a list of CPUs in ``config.cpu_affinity`` (see :func:`cpus_for`).
     """
     catch_sigterm()
-    _keep_to_cpus(config.cpu_affinity, index, processes)
+    keeper = _keep_to_cpus(config.cpu_affinity, index)
     import_worker_modules(config.imports)
     runtime = WorkerRuntime(config, burst=burst)
     if metrics_port is not None:
@@ -71,29 +71,27 @@ def run_worker_process(
 
     # A loop whose short timer waits end on time: an async job's `await asyncio.sleep(0.001)` otherwise waits
     # up to a millisecond longer whenever a Redis reply woke the loop in between (see engine/loop.py).
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(main())
+    try:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(main())
+    finally:
+        if keeper is not None:
+            keeper.stop()
     _exit_if_stages_hang()
     return 0
 
 
-def cpus_for(setting: CpuAffinity, index: int, processes: int, allowed: Sequence[int]) -> set[int] | None:
-    """The CPU worker process ``index`` of ``processes`` keeps to, of the ``allowed`` ones; None leaves it to
-    the OS.
-
-    One CPU per process: its loop and stage threads share one interpreter lock, and spread over two cores they
-    passed it back and forth with 2.8 to 9 voluntary context switches per job where one CPU took 1.2. One
-    redis-py INCR per job drained about twice as fast on one CPU, with less CPU per job; no-op and sleeping
-    jobs no slower (docs/performance.md, "Thirteenth round"). A lone process is left where the OS puts it:
-    separate ones would all land on the same first CPU.
+def cpus_for(setting: CpuAffinity, index: int, allowed: Sequence[int]) -> set[int] | None:
+    """The CPU worker process ``index`` keeps to from its start, of the ``allowed`` ones: with a list of CPUs,
+    the ``index``-th of them in turn; with ``"spread"`` or ``"off"``, None (``"spread"`` leaves it to the
+    :class:`~flume_rx.surfaces.cpu_keeper.CpuKeeper`).
 
     Raises:
         ConfigError: ``setting`` names a CPU this process may not use.
     """
-    if setting == "off" or (setting == "spread" and processes <= 1) or not allowed:
+    if isinstance(setting, str) or not allowed:
         return None
-    cpus = sorted(allowed) if setting == "spread" else list(setting)
-    cpu = cpus[index % len(cpus)]
+    cpu = setting[index % len(setting)]
     if cpu not in allowed:
         raise ConfigError(
             f"cpu_affinity lists CPU {cpu}, which this process may not use (it may use "
@@ -112,17 +110,25 @@ def check_cpus(setting: CpuAffinity, processes: int) -> None:
     if hasattr(os, "sched_getaffinity"):
         allowed = sorted(os.sched_getaffinity(0))
         for index in range(processes):
-            cpus_for(setting, index, processes, allowed)
+            cpus_for(setting, index, allowed)
 
 
-def _keep_to_cpus(setting: CpuAffinity, index: int, processes: int) -> None:
-    if not hasattr(os, "sched_setaffinity"):  # not on macOS or Windows: the OS places the process
-        return
-    cpus = cpus_for(setting, index, processes, sorted(os.sched_getaffinity(0)))
+def _keep_to_cpus(setting: CpuAffinity, index: int) -> CpuKeeper | None:
+    """Keep this process where ``cpu_affinity`` says, before any thread starts (they inherit it); with
+    ``"spread"``, the started keeper, which the caller stops."""
+    if setting == "spread":
+        if not CpuKeeper.can_run():  # macOS, Windows, one CPU: the OS places the process
+            return None
+        keeper = CpuKeeper()
+        keeper.start()
+        return keeper
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = cpus_for(setting, index, sorted(os.sched_getaffinity(0)))
     if cpus is not None:
-        # Before any thread starts: the loop's and the stage threads inherit it.
         os.sched_setaffinity(0, cpus)
-        logger.info("worker process %d of %d keeps to CPU %s (cpu_affinity)", index, processes, min(cpus))
+        logger.info("worker process %d keeps to CPU %s (cpu_affinity)", index, min(cpus))
+    return None
 
 
 def _exit_if_stages_hang() -> None:
@@ -159,16 +165,13 @@ def child_main(
     log_format: LogFormat = "text",
     queues: Sequence[str] | None = None,
     index: int = 0,
-    processes: int = 1,
 ) -> None:
     catch_sigterm()
     configure_logging(log_level, log_format)
     config = load(config_path, redis_url=redis_url)
     if queues:
         config = select_pipelines(config, queues)
-    raise SystemExit(
-        run_worker_process(config, burst=burst, metrics_port=metrics_port, index=index, processes=processes)
-    )
+    raise SystemExit(run_worker_process(config, burst=burst, metrics_port=metrics_port, index=index))
 
 
 def supervise(
@@ -201,7 +204,6 @@ def supervise(
                 log_format,
                 queues,
                 index,
-                processes,
             ),
             name=f"flume-worker-{index}",
             daemon=False,

@@ -162,7 +162,9 @@ def abortable_sync(token: str) -> None:
 
 
 @worker("AffinityWorker")
-def record_affinity(sleep_s: float) -> None:
-    """Records, by process, the CPUs the stage thread running it may use (the process's cpu_affinity)."""
-    time.sleep(sleep_s)
+def record_affinity(busy_s: float) -> None:
+    """Keeps its stage thread busy for ``busy_s``, then records, by process, the CPUs the thread may use."""
+    until = time.monotonic() + busy_s
+    while time.monotonic() < until:
+        sum(range(1000))
     _redis().hset("test:affinity", str(os.getpid()), ",".join(map(str, sorted(os.sched_getaffinity(0)))))
