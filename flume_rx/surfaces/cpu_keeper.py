@@ -39,7 +39,7 @@ from pathlib import Path
 
 logger = logging.getLogger("flume_rx.runtime")
 
-CHECK_S = 0.25
+CHECK_S = 0.1
 """How often the keeper looks: a backlog is kept to one CPU within about this long."""
 BUSY_SHARE = 0.5
 """Take a CPU when the process used at least half a CPU since the last check."""
