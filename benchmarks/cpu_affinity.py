@@ -4,9 +4,10 @@
 
 Variants, each two separate ``flume-rx worker --burst`` processes on the same backlog of one redis-py ``INCR``
 per job (to a second private Redis): ``free`` (``cpu_affinity = "off"``, where the OS puts them), ``same_cpu``
-(both kept to the first allowed CPU: what two lone processes would do if a lone process kept to the first CPU
-by default) and ``spread`` (one CPU each, what ``--processes 2`` does). jobs/s from the workers' start to the
-last one's exit, start-up included. Writes ``benchmarks/results/cpu_affinity.json``.
+(both kept to the first allowed CPU from their start: what two lone processes would do if a lone process kept
+to the first CPU by default), ``one_each`` (kept to one CPU each from their start) and ``keeper`` (the default,
+``"spread"``: each claims a CPU of its own once busy; its claims in a folder of this run's). jobs/s from the
+workers' start to the last one's exit, start-up included. Writes ``benchmarks/results/cpu_affinity.json``.
 """
 
 from __future__ import annotations
@@ -50,14 +51,21 @@ def _variants() -> dict[str, tuple[str, str]]:
     return {
         "free": ('"off"', '"off"'),
         "same_cpu": (f"[{first}]", f"[{first}]"),
-        "spread": (f"[{first}]", f"[{second}]"),
+        "one_each": (f"[{first}]", f"[{second}]"),
+        "keeper": ('"spread"', '"spread"'),
     }
 
 
 def _drain(url: str, work_url: str, affinities: tuple[str, str], jobs: int, folder: Path) -> float:
     with Flume(redis_url=url, namespace="affinity") as flume:
         flume.bulk_enqueue("affinity", [("AffinityIncr", [n]) for n in range(jobs)])
-    env = {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{ROOT}", "BENCH_WORK_URL": work_url}
+    # TMPDIR: the keeper's claims stay among this run's processes.
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{folder}{os.pathsep}{ROOT}",
+        "BENCH_WORK_URL": work_url,
+        "TMPDIR": str(folder),
+    }
     started = time.monotonic()
     processes = []
     for index, affinity in enumerate(affinities):

@@ -44,7 +44,7 @@ async def bench_batch(batch: list[list[Any]]) -> None:
 
 SHAPE_CONFIGS = ("defaults", "seed", "one_cpu")
 """flume_rx's configs in the users' shapes: its defaults, the seed's 5 stages, and its defaults kept to one
-CPU (``cpu_affinity``, what ``--processes N`` does per process by default; a lone process must ask)."""
+CPU from the start (``cpu_affinity = [N]``; by default a process keeps to one once it is busy)."""
 SEED_STAGES = 5
 
 
