@@ -169,7 +169,7 @@ class StageThreads(concurrent.futures.Executor):
         return self._size
 
     def run_soon(
-        self, fn: Callable[..., _T], *args: Any, on_take: Callable[[], Callable[[], None]] | None = None
+        self, fn: Callable[..., _T], *args: Any, on_take: OnTake | None = None
     ) -> asyncio.Future[_T]:
         """Run ``fn(*args)`` on a stage thread; the result comes back on the running loop, batched.
 
@@ -187,7 +187,7 @@ class StageThreads(concurrent.futures.Executor):
         call: fo.Queued[_T],
         fn: Callable[..., _T],
         *args: Any,
-        on_take: Callable[[], Callable[[], None]] | None = None,
+        on_take: OnTake | None = None,
     ) -> None:
         """Run ``fn(*args)`` on a stage thread for a process's queued ``call``: as :meth:`run_soon`, but the
         outcome goes to :func:`flume_rx.operators.report_queued` with the others of its batch, which costs
@@ -201,9 +201,7 @@ class StageThreads(concurrent.futures.Executor):
     def _hand(
         self,
         loop: asyncio.AbstractEventLoop,
-        calls: Sequence[
-            tuple[asyncio.Future[Any] | fo.Queued[Any], Callable[..., Any], tuple[Any, ...], Any]
-        ],
+        calls: Sequence[_LoopCall],
     ) -> None:
         mail = self._mail.get(loop)
         if mail is None:
@@ -453,9 +451,15 @@ class StageThreads(concurrent.futures.Executor):
         return True
 
 
-Handed = tuple["fo.Queued[Any]", Callable[..., Any], tuple[Any, ...], Callable[[], Callable[[], None]] | None]
+OnTake = Callable[[], Callable[[], None]]
+"""What a thread calls when it takes a call, before the call runs; it returns the start's note for the loop."""
+
+Handed = tuple["fo.Queued[Any]", Callable[..., Any], tuple[Any, ...], OnTake | None]
 """A call :meth:`StageThreads.hand_all` takes: the process's queued call, the function, its arguments, and its
 ``on_take`` (see :meth:`StageThreads.run_soon`)."""
+
+_LoopCall = tuple["asyncio.Future[Any] | fo.Queued[Any]", Callable[..., Any], tuple[Any, ...], OnTake | None]
+"""A call handed from a loop: a :data:`Handed` one, or one of :meth:`StageThreads.run_soon` with its future."""
 
 
 class _Mail:
