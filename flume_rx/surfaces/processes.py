@@ -46,6 +46,16 @@ def run_worker_process(
     """
     catch_sigterm()
     keeper = _keep_to_cpus(config.cpu_affinity, index)
+    try:
+        _run_runtime(config, burst, metrics_port)
+    finally:  # whatever ends it, the CPU's claim goes (a dying process's goes with it anyway)
+        if keeper is not None:
+            keeper.stop()
+    _exit_if_stages_hang()
+    return 0
+
+
+def _run_runtime(config: FlumeConfig, burst: bool | BurstMode, metrics_port: int | None) -> None:
     import_worker_modules(config.imports)
     runtime = WorkerRuntime(config, burst=burst)
     if metrics_port is not None:
@@ -71,14 +81,8 @@ def run_worker_process(
 
     # A loop whose short timer waits end on time: an async job's `await asyncio.sleep(0.001)` otherwise waits
     # up to a millisecond longer whenever a Redis reply woke the loop in between (see engine/loop.py).
-    try:
-        with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(main())
-    finally:
-        if keeper is not None:
-            keeper.stop()
-    _exit_if_stages_hang()
-    return 0
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(main())
 
 
 def cpus_for(setting: CpuAffinity, index: int, allowed: Sequence[int]) -> set[int] | None:
