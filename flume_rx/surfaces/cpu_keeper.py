@@ -26,16 +26,21 @@ looks, claims and moves the process's threads.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import random
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+if (
+    sys.platform != "win32"
+):  # the keeper never runs there (see CpuKeeper.can_run), but processes.py imports it
+    import fcntl
 
 logger = logging.getLogger("flume_rx.runtime")
 
