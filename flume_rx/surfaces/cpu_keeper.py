@@ -37,9 +37,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-if (
-    sys.platform != "win32"
-):  # the keeper never runs there (see CpuKeeper.can_run), but processes.py imports it
+# Not on Windows: the keeper never runs there (see CpuKeeper.can_run), but processes.py imports this module.
+if sys.platform != "win32":
     import fcntl
 
 logger = logging.getLogger("flume_rx.runtime")
@@ -201,6 +200,8 @@ class CpuKeeper:
                 _move_threads({self._keeping.cpu})
 
     def _take(self, candidates: Sequence[int]) -> None:
+        if not _claims_folder(self._claims_dir):
+            return
         for cpu in candidates:
             fd = _claim(self._claims_dir, cpu)
             if fd is not None:
@@ -220,13 +221,23 @@ class CpuKeeper:
             self._claim_fd = None
 
 
-def _claim(claims_dir: Path, cpu: int) -> int | None:
-    """An open descriptor holding ``cpu``'s claim, or None when another process holds it or claims cannot be
-    made here (then the process is left to the OS)."""
+def _claims_folder(claims_dir: Path) -> bool:
+    """Whether ``claims_dir`` is there to claim in, made if need be, open to every user (sticky, like /tmp
+    itself); made again should something clean the temporary folder while the worker runs."""
     try:
         claims_dir.mkdir(mode=0o1777, exist_ok=True)
         with contextlib.suppress(PermissionError):  # made by another user: theirs to set
             claims_dir.chmod(0o1777)  # the mode given to mkdir is cut by the umask
+    except OSError as exc:
+        logger.debug("cannot make %s for CPU claims (%s); left to the OS", claims_dir, exc)
+        return False
+    return True
+
+
+def _claim(claims_dir: Path, cpu: int) -> int | None:
+    """An open descriptor holding ``cpu``'s claim, or None when another process holds it or claims cannot be
+    made here (then the process is left to the OS)."""
+    try:
         # Read-only is enough for flock; no symlink followed in a folder every user can write to.
         fd = os.open(claims_dir / f"cpu{cpu}", os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
     except OSError as exc:
