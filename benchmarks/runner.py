@@ -32,6 +32,7 @@ import redis
 from benchmarks import probe, stats
 from benchmarks.commands import MonitorCounter
 from benchmarks.peers import PEERS, PeerModule, PeerSpec
+from benchmarks.peers.flume import SHAPE_CONFIGS
 from benchmarks.redis_server import OWNER_KEY, given_database, private_redis, redacted
 from flume_rx.store.scripts import lua_source
 
@@ -586,9 +587,7 @@ def _shape_configs(spec: PeerSpec, kind: str) -> dict[str, str | None]:
     """The configurations a peer runs a shape in: flume_rx its defaults, the seed's and one CPU; a peer its own."""
     if spec.name != "flume_rx":
         return {"defaults": None}
-    return {
-        config: f"{config}:{kind}" for config in ("defaults", "seed", "one_cpu")
-    }  # peers.flume's variants
+    return {config: f"{config}:{kind}" for config in SHAPE_CONFIGS}  # the variants peers.flume reads
 
 
 SHAPE_KINDS = {"noop": "sync", "incr": "sync", "sleep1": "sync", "await1": "async"}
