@@ -84,6 +84,37 @@ def test_a_kept_process_stays_when_the_cpu_is_its_own() -> None:
         assert plan(keeping, sample(0.95, {0: 0.3, 1: 0.97 if i % 2 else 0.93}), now=10 + i) is None
 
 
+def test_a_process_that_finds_every_cpu_claimed_tries_again_only_after_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tried: list[int] = []
+    moved: list[set[int] | frozenset[int]] = []
+    claim = cpu_keeper._claim
+    monkeypatch.setattr(cpu_keeper, "_claim", lambda folder, cpu: tried.append(cpu) or claim(folder, cpu))
+    monkeypatch.setattr(cpu_keeper, "_move_threads", moved.append)  # this test's own threads stay put
+    held = {}
+    for cpu in (0, 1):
+        held[cpu] = os.open(tmp_path / f"cpu{cpu}", os.O_RDONLY | os.O_CREAT, 0o444)
+        fcntl.flock(held[cpu], fcntl.LOCK_EX | fcntl.LOCK_NB)
+    keeper = cpu_keeper.CpuKeeper(claims_dir=tmp_path)
+    busy = sample(0.9, {0: 0.95, 1: 0.2})
+    try:
+        keeper._check(busy, at=10.0)
+        assert (tried, keeper.cpu) == ([1, 0], None)
+        for at in (10.1, 10.5, 10.9):
+            keeper._check(busy, at=at)
+        assert tried == [1, 0]  # not at every check
+        keeper._check(busy, at=10.0 + cpu_keeper.TAKE_RETRY_S)
+        assert tried == [1, 0, 1, 0]
+        os.close(held.pop(1))  # the process that held CPU 1 is gone
+        keeper._check(busy, at=12.5)
+        assert (keeper.cpu, moved) == (1, [{1}])
+    finally:
+        keeper.stop()
+        for fd in held.values():
+            os.close(fd)
+
+
 @given(
     st.lists(
         st.tuples(

@@ -61,6 +61,10 @@ CROWDED_WINDOW_S = 1.0
 CROWDED_PAUSE_S = 60.0
 """After leaving a crowded CPU, take none for about this long (a half to one and a half times, at random, so
 that two processes that left one CPU do not come back to it together)."""
+TAKE_RETRY_S = 1.0
+"""After an attempt to take a CPU found every CPU claimed (or no claim could be made), how long before the next:
+on a host with more busy worker processes than CPUs, each would otherwise open and try to lock every CPU's
+claim at every check."""
 CLAIMS_DIR = Path(tempfile.gettempdir()) / "flume_rx-cpus"
 KEEPER_THREAD = "flume-cpu-keeper"
 
@@ -187,21 +191,27 @@ class CpuKeeper:
                 busy={cpu: busy[cpu] - last_busy.get(cpu, busy[cpu]) for cpu in busy},
             )
             last_at, last_used, last_busy = at, used, busy
-            decision = plan(self._keeping, sample, at)
-            if isinstance(decision, Take):
-                self._take(decision.candidates)
-            elif isinstance(decision, Leave):
-                logger.info("worker process leaves CPU %s: %s", self._keeping.cpu, decision.why)
-                self._leave()
-                self._keeping.paused_until = at + decision.pause_s * random.uniform(0.5, 1.5)
-            elif self._keeping.cpu is not None:
-                # Threads started since the last check by a thread not yet moved (the stage threads inherit
-                # from the loop's), and any the move missed.
-                _move_threads({self._keeping.cpu})
+            self._check(sample, at)
 
-    def _take(self, candidates: Sequence[int]) -> None:
+    def _check(self, sample: Sample, at: float) -> None:
+        """Act on what one check saw at ``at`` (the keeper's clock)."""
+        decision = plan(self._keeping, sample, at)
+        if isinstance(decision, Take):
+            if not self._take(decision.candidates):
+                self._keeping.paused_until = at + TAKE_RETRY_S
+        elif isinstance(decision, Leave):
+            logger.info("worker process leaves CPU %s: %s", self._keeping.cpu, decision.why)
+            self._leave()
+            self._keeping.paused_until = at + decision.pause_s * random.uniform(0.5, 1.5)
+        elif self._keeping.cpu is not None:
+            # Threads started since the last check by a thread not yet moved (the stage threads inherit
+            # from the loop's), and any the move missed.
+            _move_threads({self._keeping.cpu})
+
+    def _take(self, candidates: Sequence[int]) -> bool:
+        """Claim the first of ``candidates`` another process does not hold and keep to it; whether one was."""
         if not _claims_folder(self._claims_dir):
-            return
+            return False
         for cpu in candidates:
             fd = _claim(self._claims_dir, cpu)
             if fd is not None:
@@ -209,7 +219,8 @@ class CpuKeeper:
                 self._keeping = Keeping(cpu=cpu, paused_until=self._keeping.paused_until)
                 _move_threads({cpu})
                 logger.info('worker process keeps to CPU %d while it is busy (cpu_affinity = "spread")', cpu)
-                return
+                return True
+        return False
 
     def _leave(self) -> None:
         if self._keeping.cpu is None:
