@@ -13,6 +13,7 @@ import redis
 
 from flume_rx import Flume
 from flume_rx.model.errors import ConfigError
+from flume_rx.surfaces.cpu_keeper import KEEPER_NEEDS, CpuKeeper
 from flume_rx.surfaces.processes import cpus_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,9 +50,7 @@ def test_the_worker_command_refuses_a_cpu_it_may_not_use_before_any_process_star
     assert f"cpu_affinity lists CPU {beyond}" in done.stderr.decode()
 
 
-needs_two_cpus = pytest.mark.skipif(
-    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs (Linux)"
-)
+needs_two_cpus = pytest.mark.skipif(not CpuKeeper.can_run(), reason=KEEPER_NEEDS)
 
 
 def _run_workers(redis_url: str, tmp_path: Path, processes: int, jobs: int) -> dict[str, str]:

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flume_rx.surfaces import cpu_keeper
-from flume_rx.surfaces.cpu_keeper import Keeping, Leave, Sample, Take, plan
+from flume_rx.surfaces.cpu_keeper import KEEPER_NEEDS, CpuKeeper, Keeping, Leave, Sample, Take, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,12 +146,7 @@ def test_what_a_plan_may_decide(checks: list[tuple[float, float, list[float]]]) 
 
 
 # -- a real process -------------------------------------------------------------------------------------
-needs_two_cpus = pytest.mark.skipif(
-    not hasattr(os, "sched_getaffinity")
-    or len(os.sched_getaffinity(0)) < 2
-    or not Path("/proc/stat").exists(),
-    reason="needs Linux and two CPUs",
-)
+needs_two_cpus = pytest.mark.skipif(not CpuKeeper.can_run(), reason=KEEPER_NEEDS)
 
 
 @pytest.fixture

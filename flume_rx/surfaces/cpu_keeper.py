@@ -67,6 +67,8 @@ on a host with more busy worker processes than CPUs, each would otherwise open a
 claim at every check."""
 CLAIMS_DIR = Path(tempfile.gettempdir()) / "flume_rx-cpus"
 KEEPER_THREAD = "flume-cpu-keeper"
+KEEPER_NEEDS = "the CPU keeper needs Linux (sched_setaffinity and /proc/stat) and two CPUs or more"
+"""Where :meth:`CpuKeeper.can_run` is false, why: for logs and skipped tests."""
 
 
 @dataclass(frozen=True)

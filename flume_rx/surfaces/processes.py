@@ -24,7 +24,7 @@ from flume_rx.engine.threads import STAGE_THREAD_PREFIX
 from flume_rx.model.config import CpuAffinity, FlumeConfig, load, select_pipelines
 from flume_rx.model.errors import ConfigError
 from flume_rx.model.logs import LogFormat, configure_logging
-from flume_rx.surfaces.cpu_keeper import CpuKeeper
+from flume_rx.surfaces.cpu_keeper import KEEPER_NEEDS, CpuKeeper
 from flume_rx.surfaces.early_stop import catch_sigterm, take_sigterm
 from flume_rx.surfaces.runtime import WorkerRuntime, import_worker_modules
 
@@ -122,6 +122,7 @@ def _keep_to_cpus(setting: CpuAffinity, index: int) -> CpuKeeper | None:
     ``"spread"``, the started keeper, which the caller stops."""
     if setting == "spread":
         if not CpuKeeper.can_run():  # macOS, Windows, one CPU: the OS places the process
+            logger.debug('cpu_affinity = "spread" leaves this process to the OS: %s', KEEPER_NEEDS)
             return None
         keeper = CpuKeeper()
         keeper.start()
