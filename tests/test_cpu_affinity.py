@@ -50,7 +50,7 @@ def test_the_worker_command_refuses_a_cpu_it_may_not_use_before_any_process_star
     assert f"cpu_affinity lists CPU {beyond}" in done.stderr.decode()
 
 
-needs_two_cpus = pytest.mark.skipif(not CpuKeeper.can_run(), reason=KEEPER_NEEDS)
+needs_the_keeper = pytest.mark.skipif(not CpuKeeper.can_run(), reason=KEEPER_NEEDS)
 
 
 def _run_workers(redis_url: str, tmp_path: Path, processes: int, jobs: int) -> dict[str, str]:
@@ -86,7 +86,7 @@ def _run_workers(redis_url: str, tmp_path: Path, processes: int, jobs: int) -> d
         client.close()
 
 
-@needs_two_cpus
+@needs_the_keeper
 def test_a_busy_lone_worker_process_keeps_its_stage_threads_to_one_cpu(
     redis_url: str, tmp_path: Path
 ) -> None:
@@ -96,7 +96,7 @@ def test_a_busy_lone_worker_process_keeps_its_stage_threads_to_one_cpu(
     assert next(iter(seen.values())) in allowed, seen
 
 
-@needs_two_cpus
+@needs_the_keeper
 def test_busy_supervised_worker_processes_keep_to_one_cpu_each_of_their_own(
     redis_url: str, tmp_path: Path
 ) -> None:

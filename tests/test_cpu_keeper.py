@@ -90,7 +90,12 @@ def test_a_process_that_finds_every_cpu_claimed_tries_again_only_after_a_while(
     tried: list[int] = []
     moved: list[set[int] | frozenset[int]] = []
     claim = cpu_keeper._claim
-    monkeypatch.setattr(cpu_keeper, "_claim", lambda folder, cpu: tried.append(cpu) or claim(folder, cpu))
+
+    def counted_claim(folder: Path, cpu: int) -> int | None:
+        tried.append(cpu)
+        return claim(folder, cpu)
+
+    monkeypatch.setattr(cpu_keeper, "_claim", counted_claim)
     monkeypatch.setattr(cpu_keeper, "_move_threads", moved.append)  # this test's own threads stay put
     held = {}
     for cpu in (0, 1):
@@ -146,7 +151,7 @@ def test_what_a_plan_may_decide(checks: list[tuple[float, float, list[float]]]) 
 
 
 # -- a real process -------------------------------------------------------------------------------------
-needs_two_cpus = pytest.mark.skipif(not CpuKeeper.can_run(), reason=KEEPER_NEEDS)
+needs_the_keeper = pytest.mark.skipif(not CpuKeeper.can_run(), reason=KEEPER_NEEDS)
 
 
 @pytest.fixture
@@ -184,7 +189,7 @@ def _spin_on(processes: list[subprocess.Popen[Any]], cpu: int) -> None:
     processes.append(subprocess.Popen([sys.executable, "-c", code]))
 
 
-@needs_two_cpus
+@needs_the_keeper
 def test_a_busy_process_keeps_every_thread_to_one_cpu_and_lets_them_go_when_idle(
     tmp_path: Path, processes: list[subprocess.Popen[Any]]
 ) -> None:
@@ -208,7 +213,7 @@ def test_a_busy_process_keeps_every_thread_to_one_cpu_and_lets_them_go_when_idle
         os.close(fd)
 
 
-@needs_two_cpus
+@needs_the_keeper
 def test_two_busy_processes_on_one_host_keep_to_different_cpus(
     tmp_path: Path, processes: list[subprocess.Popen[Any]]
 ) -> None:
@@ -225,7 +230,7 @@ def test_two_busy_processes_on_one_host_keep_to_different_cpus(
     assert both and all(a != b for a, b in both), both
 
 
-@needs_two_cpus
+@needs_the_keeper
 def test_a_process_leaves_a_cpu_another_process_crowds_and_stays_away_a_while(
     tmp_path: Path, processes: list[subprocess.Popen[Any]]
 ) -> None:
@@ -242,7 +247,7 @@ def test_a_process_leaves_a_cpu_another_process_crowds_and_stays_away_a_while(
     assert all(line["cpu"] is None for line in after[left[0] :])
 
 
-@needs_two_cpus
+@needs_the_keeper
 def test_the_claim_of_a_killed_process_is_free_at_once(
     tmp_path: Path, processes: list[subprocess.Popen[Any]]
 ) -> None:
@@ -267,7 +272,7 @@ def test_the_claim_of_a_killed_process_is_free_at_once(
             os.close(fd)
 
 
-@needs_two_cpus
+@needs_the_keeper
 def test_no_cpu_is_taken_where_claims_cannot_be_made(
     tmp_path: Path, processes: list[subprocess.Popen[Any]]
 ) -> None:

@@ -11,7 +11,8 @@ How it stays safe on a shared host:
 - A process keeps only to a CPU it has *claimed*: an exclusive ``flock`` on a file per CPU in one directory
   of the host's temporary folder, held while it keeps to that CPU and released by the kernel when the process
   dies. Worker processes of this host, whoever started them (``--processes N``, systemd units, shells), so
-  never share one; when every CPU is claimed, the process is left where the OS puts it.
+  never share one; when every CPU is claimed, the process is left where the OS puts it, and looks again
+  ``TAKE_RETRY_S`` later.
 - It takes the CPU that was least busy over the last check (``/proc/stat``, which counts every process of the
   host, including those no claim reaches, like other containers').
 - It leaves its CPU, and stays away a while, when others use much of it while another CPU stands idle: they
