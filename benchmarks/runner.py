@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -596,26 +597,117 @@ SHAPE_KINDS = {"noop": "sync", "incr": "sync", "sleep1": "sync", "await1": "asyn
 
 def scenario_shapes(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
     """Jobs in the shapes users run, one process: throughput, Redis commands, and client commands per job."""
-    out: dict[str, Any] = {}
+    entry = shapes_interleaved(bench, [spec])[spec.name]
+    if entry["status"] != "ok":
+        raise PeerFailed(entry["error"])
+    result: dict[str, Any] = entry["result"]
+    return result
+
+
+PEER_ERRORS = (PeerFailed, redis.RedisError, OSError, ValueError, KeyError)
+"""What fails one peer's scenario (recorded as its error) without stopping the suite."""
+
+
+def shapes_interleaved(
+    bench: Bench, specs: Sequence[PeerSpec], after_rep: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """:func:`scenario_shapes` for several peers at once, one repetition of every row after another.
+
+    A row is a shape in one configuration of one peer. Every repetition drains each row once, shape by shape
+    and, within a shape, peer after peer, so the rows a ratio compares are measured minutes apart, three
+    times over the run. Run peer after peer, all of a peer's reps at once, a row and the one it was compared
+    with were up to forty minutes apart, and this machine's CPU speed changes within that (flume_rx, bound by
+    CPU, moved with it; the peers, waiting on round trips, did not; docs/performance.md, "Fifteenth
+    round"). The command counts (a MONITOR pass per row) come after the reps.
+
+    Returns the scenario's entry per peer, as :func:`run` records it: ``{"status": "ok", "result": ...}``,
+    or ``{"status": "failed", "error": ...}`` for a peer whose drain failed (its later rows are skipped).
+    ``after_rep`` gets the entries so far after each repetition, so a stopped run keeps what it measured.
+    """
     s = bench.settings
-    for shape, kind in SHAPE_KINDS.items():
-        env = {"BENCH_SHAPE": shape}
-        for config, variant in _shape_configs(spec, kind).items():
+    rows = [
+        (shape, spec, config, variant, kind)
+        for shape, kind in SHAPE_KINDS.items()
+        for spec in specs
+        for config, variant in _shape_configs(spec, kind).items()
+    ]
+    samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    failed: dict[str, str] = {}
+    seconds = dict.fromkeys((spec.name for spec in specs), 0.0)
+
+    def attempt(spec: PeerSpec, measure: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        if spec.name in failed:
+            return None
+        began = time.time()
+        try:
+            return measure()
+        except PEER_ERRORS as exc:
+            failed[spec.name] = f"{type(exc).__name__}: {exc}"
+            return None
+        finally:
+            seconds[spec.name] += time.time() - began
+
+    def entries(counted: dict[tuple[str, str], dict[str, Any]] | None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for spec in specs:
+            if spec.name in failed:
+                out[spec.name] = {"status": "failed", "error": failed[spec.name]}
+            else:
+                result = {
+                    f"{shape}/{config}": _shape_row(
+                        spec,
+                        shape,
+                        config,
+                        kind,
+                        samples.get((spec.name, f"{shape}/{config}"), []),
+                        None if counted is None else counted[(spec.name, f"{shape}/{config}")],
+                    )
+                    for shape, row_spec, config, _variant, kind in rows
+                    if row_spec is spec
+                }
+                out[spec.name] = {"status": "ok", "result": result}
+            out[spec.name]["seconds"] = round(seconds[spec.name], 1)
+        return out
+
+    for rep in range(s.reps):
+        for shape, spec, config, variant, _kind in rows:
             n = max(100, int(s.shape_jobs * spec.jobs_scale))
-            samples = [drain_once(bench, spec, n, 1, variant=variant, env=env) for _ in range(s.reps)]
-            counted = count_commands(
-                bench, spec, max(100, int(s.shape_count_jobs * spec.jobs_scale)), variant=variant, env=env
-            )
-            out[f"{shape}/{config}"] = {
-                "shape": shape,
-                "config": config,
-                "worker_kind": kind if spec.name == "flume_rx" else spec.variant or "default",
-                "samples": samples,
-                "median_jobs_per_s": stats.median([x["jobs_per_s"] for x in samples if x["jobs_per_s"]]),
-                "median_redis_calls_per_job": stats.median([x["redis_calls_per_job"] for x in samples]),
-                "commands": counted,
-            }
-    return out
+            env = {"BENCH_SHAPE": shape}
+            sample = attempt(spec, functools.partial(drain_once, bench, spec, n, 1, variant=variant, env=env))
+            if sample is not None:
+                samples.setdefault((spec.name, f"{shape}/{config}"), []).append(sample)
+        bench.log(f"    rep {rep + 1} of {s.reps} done")
+        if after_rep is not None:
+            after_rep(entries(None))
+    counted: dict[tuple[str, str], dict[str, Any]] = {}
+    for shape, spec, config, variant, _kind in rows:
+        n = max(100, int(s.shape_count_jobs * spec.jobs_scale))
+        env = {"BENCH_SHAPE": shape}
+        commands = attempt(spec, functools.partial(count_commands, bench, spec, n, variant=variant, env=env))
+        counted[(spec.name, f"{shape}/{config}")] = commands or {}
+    return entries(counted)
+
+
+def _shape_row(
+    spec: PeerSpec,
+    shape: str,
+    config: str,
+    kind: str,
+    samples: list[dict[str, Any]],
+    commands: dict[str, Any] | None,
+) -> dict[str, Any]:
+    rates = [x["jobs_per_s"] for x in samples if x["jobs_per_s"]]
+    row: dict[str, Any] = {
+        "shape": shape,
+        "config": config,
+        "worker_kind": kind if spec.name == "flume_rx" else spec.variant or "default",
+        "samples": samples,
+        "median_jobs_per_s": stats.median(rates),
+        "median_redis_calls_per_job": stats.median([x["redis_calls_per_job"] for x in samples]),
+    }
+    if commands is not None:
+        row["commands"] = commands
+    return row
 
 
 def scenario_latency_sync(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
@@ -800,6 +892,12 @@ def run(
         }
         results["scenarios"] = {}
         checked: dict[str, str | None] = {}
+
+        def keep(scenario: str, so_far: dict[str, Any]) -> None:
+            # What is measured so far is kept: a run stopped in its last hour loses one peer, not all.
+            results["scenarios"][scenario].update(so_far)
+            _write(path, results, partial=True)
+
         for scenario in wanted:
             if scenario == "redis_ceiling":
                 log("redis_ceiling ...")
@@ -809,6 +907,7 @@ def run(
                     results["scenarios"][scenario] = {"status": "failed", "error": str(exc)}
                 continue
             per_peer: dict[str, Any] = {}
+            ready: list[PeerSpec] = []
             for spec in PEERS:
                 if scenario not in spec.scenarios or (peers and spec.name not in peers):
                     continue
@@ -825,23 +924,43 @@ def run(
                 if checked[spec.name] is not None:
                     per_peer[spec.name] = {"status": "failed", "error": checked[spec.name]}
                     continue
-                log(f"{scenario} / {spec.name} ...")
-                t0 = time.time()
-                try:
-                    per_peer[spec.name] = {"status": "ok", "result": SCENARIO_FUNCS[scenario](bench, spec)}
-                except (PeerFailed, redis.RedisError, OSError, ValueError, KeyError) as exc:
-                    per_peer[spec.name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-                per_peer[spec.name]["seconds"] = round(time.time() - t0, 1)
-                log(f"    {_brief(scenario, per_peer[spec.name])}")
-                results["scenarios"][scenario] = per_peer
-                # What is measured so far is kept: a run stopped in its last hour loses one peer, not all.
-                _write(path, results, partial=True)
-            results["scenarios"][scenario] = per_peer
+                ready.append(spec)
+            results["scenarios"][scenario] = dict(per_peer)
+            if scenario == "shapes":
+                # Every peer's rows rep by rep, not peer after peer: see shapes_interleaved.
+                log(f"{scenario} / {', '.join(spec.name for spec in ready)}, rep by rep ...")
+                per_peer.update(shapes_interleaved(bench, ready, functools.partial(keep, scenario)))
+                for name, entry in per_peer.items():
+                    log(f"    {name}: {_brief(scenario, entry)}")
+            else:
+                per_peer.update(_peer_after_peer(bench, scenario, ready, functools.partial(keep, scenario)))
+            results["scenarios"][scenario] = {
+                spec.name: per_peer[spec.name] for spec in PEERS if spec.name in per_peer
+            }
     results["seconds"] = round(time.time() - began, 1)
     results["summary"] = summarize(results)
     _write(path, results, partial=False)
     log(f"wrote {path} in {results['seconds']} s")
     return path
+
+
+def _peer_after_peer(
+    bench: Bench, scenario: str, specs: Sequence[PeerSpec], after_peer: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """The scenario's entry per peer, all of one peer's runs before the next's; ``after_peer`` gets each."""
+    per_peer: dict[str, Any] = {}
+    for spec in specs:
+        bench.log(f"{scenario} / {spec.name} ...")
+        began = time.time()
+        try:
+            entry = {"status": "ok", "result": SCENARIO_FUNCS[scenario](bench, spec)}
+        except PEER_ERRORS as exc:
+            entry = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        entry["seconds"] = round(time.time() - began, 1)
+        bench.log(f"    {_brief(scenario, entry)}")
+        per_peer[spec.name] = entry
+        after_peer({spec.name: entry})
+    return per_peer
 
 
 def _write(path: Path, results: dict[str, Any], *, partial: bool) -> None:
@@ -910,7 +1029,7 @@ def _brief(scenario: str, entry: dict[str, Any]) -> str:
     if scenario == "shapes":
         return ", ".join(
             f"{k}: {v['median_jobs_per_s'] or 0:,.0f} jobs/s "
-            f"{v['commands']['client_commands_per_job'] or 0:.3f} client cmds/job"
+            f"{v.get('commands', {}).get('client_commands_per_job') or 0:.3f} client cmds/job"
             for k, v in r.items()
         )
     if scenario == "latency_sync":
