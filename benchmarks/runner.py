@@ -301,6 +301,26 @@ def _backlog(spec: PeerSpec, url: str) -> int:
 
 
 # -- scenarios -------------------------------------------------------------------------------------------
+CPU_PROBE_LOOPS = 300_000
+
+
+def cpu_probe_ms() -> float:
+    """How long a fixed piece of pure-Python work takes on this machine at this moment (ms, best of 3).
+
+    flume_rx's drains are bound by CPU and the peers' mostly by round trips, so when this machine's CPU speed
+    changes within an hour, flume_rx's rates move with it and the peers' do not (docs/performance.md,
+    "Fifteenth round"). Recorded beside each drain, it shows which hour a sample came from.
+    """
+    best = float("inf")
+    for _ in range(3):
+        began = time.perf_counter()
+        total = 0
+        for i in range(CPU_PROBE_LOOPS):
+            total += i & 7
+        best = min(best, time.perf_counter() - began)
+    return best * 1000
+
+
 def drain_once(
     bench: Bench,
     spec: PeerSpec,
@@ -311,6 +331,7 @@ def drain_once(
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Enqueue ``n`` jobs (no-ops unless ``env`` gives them a shape), start the workers, time until all are done."""
+    probe_ms = cpu_probe_ms()
     bench.reset()
     bench.agent(spec, "bulk", str(n), variant=variant)
     calls_before = bench.commands()
@@ -321,6 +342,7 @@ def drain_once(
     return {
         "jobs": n,
         "loadavg_1m": os.getloadavg()[0],
+        "cpu_probe_ms": probe_ms,
         "jobs_per_s": (n - 1) / (last - first) if last > first else None,
         "wall_s": drained_at - workers.started,
         "startup_s": first - workers.started,
