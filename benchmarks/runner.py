@@ -1066,6 +1066,10 @@ def _brief(scenario: str, entry: dict[str, Any]) -> str:
     return "ok"
 
 
+def _exit_on_term(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1104,6 +1108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     only = [name for item in args.only for name in item.split(",")]
     peers = [name for item in args.peer for name in item.split(",")]
+    # A run stopped with SIGTERM (kill, a CI timeout) unwinds as Ctrl-C does: the workers and the private
+    # redis-servers it started are stopped by their context managers, instead of outliving it.
+    signal.signal(signal.SIGTERM, _exit_on_term)
     run(
         quick=args.quick,
         only=only,
