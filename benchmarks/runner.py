@@ -307,9 +307,10 @@ CPU_PROBE_LOOPS = 300_000
 def cpu_probe_ms() -> float:
     """How long a fixed piece of pure-Python work takes on this machine at this moment (ms, best of 3).
 
-    flume_rx's drains are bound by CPU and the peers' mostly by round trips, so when this machine's CPU speed
-    changes within an hour, flume_rx's rates move with it and the peers' do not (docs/performance.md,
-    "Fifteenth round"). Recorded beside each drain, it shows which hour a sample came from.
+    flume_rx's drains are bound by CPU and the peers' more by round trips, so when this machine's CPU speed
+    changes, flume_rx's rates move with it more than the peers' do (docs/performance.md, "Fifteenth round").
+    Recorded beside each drain, it is a rough reading of that moment: a few ms of Python catch a busy moment
+    more than the speed a whole drain meets ("Sixteenth round").
     """
     best = float("inf")
     for _ in range(3):
@@ -639,7 +640,7 @@ def shapes_interleaved(
     and, within a shape, peer after peer, so the rows a ratio compares are measured minutes apart, three
     times over the run. Run peer after peer, all of a peer's reps at once, a row and the one it was compared
     with were up to forty minutes apart, and this machine's CPU speed changes within that (flume_rx, bound by
-    CPU, moved with it; the peers, waiting on round trips, did not; docs/performance.md, "Fifteenth
+    CPU, moved with it more than the peers, which wait on round trips; docs/performance.md, "Fifteenth
     round"). The command counts (a MONITOR pass per row) come after the reps.
 
     Returns the scenario's entry per peer, as :func:`run` records it: ``{"status": "ok", "result": ...}``,
