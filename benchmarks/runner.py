@@ -618,15 +618,6 @@ SHAPE_KINDS = {"noop": "sync", "incr": "sync", "sleep1": "sync", "await1": "asyn
 """Which flume_rx worker runs each shape: the issue's (a) and (c) are sync jobs, (b) an async one."""
 
 
-def scenario_shapes(bench: Bench, spec: PeerSpec) -> dict[str, Any]:
-    """Jobs in the shapes users run, one process: throughput, Redis commands, and client commands per job."""
-    entry = shapes_interleaved(bench, [spec])[spec.name]
-    if entry["status"] != "ok":
-        raise PeerFailed(entry["error"])
-    result: dict[str, Any] = entry["result"]
-    return result
-
-
 PEER_ERRORS = (PeerFailed, redis.RedisError, OSError, ValueError, KeyError)
 """What fails one peer's scenario (recorded as its error) without stopping the suite."""
 
@@ -634,11 +625,11 @@ PEER_ERRORS = (PeerFailed, redis.RedisError, OSError, ValueError, KeyError)
 def shapes_interleaved(
     bench: Bench, specs: Sequence[PeerSpec], after_rep: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
-    """:func:`scenario_shapes` for several peers at once, one repetition of every row after another.
+    """Jobs in the shapes users run, one process: throughput, Redis commands, and client commands per job.
 
-    A row is a shape in one configuration of one peer. Every repetition drains each row once, shape by shape
-    and, within a shape, peer after peer, so the rows a ratio compares are measured minutes apart, three
-    times over the run. Run peer after peer, all of a peer's reps at once, a row and the one it was compared
+    Every peer of ``specs`` at once: a row is a shape in one configuration of one peer, and every repetition
+    drains each row once, shape by shape and, within a shape, peer after peer, so the rows a ratio compares
+    are measured minutes apart, three times over the run. Run peer after peer, all of a peer's reps at once, a row and the one it was compared
     with were up to forty minutes apart, and this machine's CPU speed changes within that (flume_rx, bound by
     CPU, moved with it more than the peers, which wait on round trips; docs/performance.md, "Fifteenth
     round"). The command counts (a MONITOR pass per row) come after the reps.
@@ -783,6 +774,7 @@ def redis_ceiling(bench: Bench, quick: bool) -> dict[str, Any]:
     return {"clients": 50, "requests": requests, "results": out}
 
 
+# Measured one peer after another; `shapes` measures every peer at once (shapes_interleaved).
 SCENARIO_FUNCS: dict[str, Callable[[Bench, PeerSpec], dict[str, Any]]] = {
     "throughput": scenario_throughput,
     "enqueue": scenario_enqueue,
@@ -791,7 +783,6 @@ SCENARIO_FUNCS: dict[str, Callable[[Bench, PeerSpec], dict[str, Any]]] = {
     "memory": scenario_memory,
     "slow_downstream": scenario_slow_downstream,
     "batching": scenario_batching,
-    "shapes": scenario_shapes,
     "latency_sync": scenario_latency_sync,
 }
 
@@ -1052,7 +1043,7 @@ def _brief(scenario: str, entry: dict[str, Any]) -> str:
     if scenario == "shapes":
         return ", ".join(
             f"{k}: {v['median_jobs_per_s'] or 0:,.0f} jobs/s "
-            f"{v.get('commands', {}).get('client_commands_per_job') or 0:.3f} client cmds/job"
+            f"{v['commands']['client_commands_per_job'] or 0:.3f} client cmds/job"
             for k, v in r.items()
         )
     if scenario == "latency_sync":
