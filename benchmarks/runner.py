@@ -623,20 +623,30 @@ PEER_ERRORS = (PeerFailed, redis.RedisError, OSError, ValueError, KeyError)
 
 
 def shapes_interleaved(
-    bench: Bench, specs: Sequence[PeerSpec], after_rep: Callable[[dict[str, Any]], None] | None = None
-) -> dict[str, Any]:
-    """Jobs in the shapes users run, one process: throughput, Redis commands, and client commands per job.
+    bench: Bench,
+    specs: Sequence[PeerSpec],
+    after_rep: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+    *,
+    latency_specs: Sequence[PeerSpec] = (),
+) -> dict[str, dict[str, Any]]:
+    """Jobs in the shapes users run, one process: throughput, Redis commands, and client commands per job;
+    with ``latency_specs``, enqueue-to-start at 200 jobs/s too (``latency_sync``), in the same repetitions.
 
     Every peer of ``specs`` at once: a row is a shape in one configuration of one peer, and every repetition
     drains each row once, shape by shape and, within a shape, peer after peer, so the rows a ratio compares
-    are measured minutes apart, three times over the run. Run peer after peer, all of a peer's reps at once, a row and the one it was compared
-    with were up to forty minutes apart, and this machine's CPU speed changes within that (flume_rx, bound by
-    CPU, moved with it more than the peers, which wait on round trips; docs/performance.md, "Fifteenth
-    round"). The command counts (a MONITOR pass per row) come after the reps.
+    are measured minutes apart, three times over the run. Run peer after peer, all of a peer's reps at once,
+    a row and the one it was compared with were up to forty minutes apart, and this machine's CPU speed
+    changes within that (flume_rx, bound by CPU, moved with it more than the peers, which wait on round trips;
+    docs/performance.md, "Fifteenth round"). Each repetition then takes one latency sample of every config of
+    every peer of ``latency_specs``: run as a scenario of its own after the shapes, enqueue-to-start came from
+    another hour than the throughput it is quoted beside, and the floor under it moved 0.09 to 0.53 ms
+    between hours (docs/performance.md, "Sixteenth round"). The command counts (a MONITOR pass per row) come
+    after the reps.
 
-    Returns the scenario's entry per peer, as :func:`run` records it: ``{"status": "ok", "result": ...}``,
-    or ``{"status": "failed", "error": ...}`` for a peer whose drain failed (its later rows are skipped).
-    ``after_rep`` gets the entries so far after each repetition, so a stopped run keeps what it measured.
+    Returns the entries by scenario (``shapes``, and ``latency_sync`` when asked) and peer, as :func:`run`
+    records them: ``{"status": "ok", "result": ...}``, or ``{"status": "failed", "error": ...}`` for a peer
+    whose drain or sample failed (its later rows of that scenario are skipped). ``after_rep`` gets the entries
+    so far after each repetition, so a stopped run keeps what it measured.
     """
     s = bench.settings
     rows = [
@@ -645,51 +655,84 @@ def shapes_interleaved(
         for spec in specs
         for config, variant in _shape_configs(spec, kind).items()
     ]
+    latency_rows = [
+        (spec, config, variant)
+        for spec in latency_specs
+        for config, variant in _shape_configs(spec, "sync").items()
+    ]
     samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    failed: dict[str, str] = {}
-    seconds = dict.fromkeys((spec.name for spec in specs), 0.0)
+    waits: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    failed: dict[tuple[str, str], str] = {}  # (scenario, peer) -> error
+    seconds: dict[tuple[str, str], float] = {}
 
-    def attempt(spec: PeerSpec, measure: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
-        if spec.name in failed:
+    def attempt(
+        scenario: str, spec: PeerSpec, measure: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        if (scenario, spec.name) in failed:
             return None
         began = time.time()
         try:
             return measure()
         except PEER_ERRORS as exc:
-            failed[spec.name] = f"{type(exc).__name__}: {exc}"
+            failed[(scenario, spec.name)] = f"{type(exc).__name__}: {exc}"
             return None
         finally:
-            seconds[spec.name] += time.time() - began
+            seconds[(scenario, spec.name)] = seconds.get((scenario, spec.name), 0.0) + time.time() - began
 
-    def entries(counted: dict[tuple[str, str], dict[str, Any]] | None) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for spec in specs:
-            if spec.name in failed:
-                out[spec.name] = {"status": "failed", "error": failed[spec.name]}
-            else:
-                result = {
-                    f"{shape}/{config}": _shape_row(
-                        spec,
-                        shape,
-                        config,
-                        kind,
-                        samples.get((spec.name, f"{shape}/{config}"), []),
-                        None if counted is None else counted[(spec.name, f"{shape}/{config}")],
-                    )
-                    for shape, row_spec, config, _variant, kind in rows
-                    if row_spec is spec
-                }
-                out[spec.name] = {"status": "ok", "result": result}
-            out[spec.name]["seconds"] = round(seconds[spec.name], 1)
+    def shape_result(spec: PeerSpec, counted: dict[tuple[str, str], dict[str, Any]] | None) -> dict[str, Any]:
+        return {
+            f"{shape}/{config}": _shape_row(
+                spec,
+                shape,
+                config,
+                kind,
+                samples.get((spec.name, f"{shape}/{config}"), []),
+                None if counted is None else counted[(spec.name, f"{shape}/{config}")],
+            )
+            for shape, row_spec, config, _variant, kind in rows
+            if row_spec is spec
+        }
+
+    def latency_result(spec: PeerSpec) -> dict[str, Any]:
+        return {
+            config: _latency_result(waits[(spec.name, config)])
+            for row_spec, config, _variant in latency_rows
+            if row_spec is spec and (spec.name, config) in waits
+        }
+
+    def entry(scenario: str, spec: PeerSpec, result: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        error = failed.get((scenario, spec.name))
+        out = {"status": "failed", "error": error} if error else {"status": "ok", "result": result()}
+        out["seconds"] = round(seconds.get((scenario, spec.name), 0.0), 1)
+        return out
+
+    def entries(counted: dict[tuple[str, str], dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+        out = {
+            "shapes": {
+                spec.name: entry("shapes", spec, functools.partial(shape_result, spec, counted))
+                for spec in specs
+            }
+        }
+        if latency_specs:
+            out["latency_sync"] = {
+                spec.name: entry("latency_sync", spec, functools.partial(latency_result, spec))
+                for spec in latency_specs
+            }
         return out
 
     for rep in range(s.reps):
         for shape, spec, config, variant, _kind in rows:
             n = max(100, int(s.shape_jobs * spec.jobs_scale))
             env = {"BENCH_SHAPE": shape}
-            sample = attempt(spec, functools.partial(drain_once, bench, spec, n, 1, variant=variant, env=env))
+            drain = functools.partial(drain_once, bench, spec, n, 1, variant=variant, env=env)
+            sample = attempt("shapes", spec, drain)
             if sample is not None:
                 samples.setdefault((spec.name, f"{shape}/{config}"), []).append(sample)
+        for spec, config, variant in latency_rows:
+            paced = functools.partial(_latency_sample, bench, spec, s.shape_latency_rate, variant)
+            sample = attempt("latency_sync", spec, paced)
+            if sample is not None:
+                waits.setdefault((spec.name, config), []).append(sample)
         bench.log(f"    rep {rep + 1} of {s.reps} done")
         if after_rep is not None:
             after_rep(entries(None))
@@ -697,8 +740,8 @@ def shapes_interleaved(
     for shape, spec, config, variant, _kind in rows:
         n = max(100, int(s.shape_count_jobs * spec.jobs_scale))
         env = {"BENCH_SHAPE": shape}
-        commands = attempt(spec, functools.partial(count_commands, bench, spec, n, variant=variant, env=env))
-        counted[(spec.name, f"{shape}/{config}")] = commands or {}
+        count = functools.partial(count_commands, bench, spec, n, variant=variant, env=env)
+        counted[(spec.name, f"{shape}/{config}")] = attempt("shapes", spec, count) or {}
     return entries(counted)
 
 
@@ -912,15 +955,14 @@ def run(
             results["scenarios"][scenario].update(so_far)
             _write(path, results, partial=True)
 
-        for scenario in wanted:
-            if scenario == "redis_ceiling":
-                log("redis_ceiling ...")
-                try:
-                    results["scenarios"][scenario] = {"status": "ok", "result": redis_ceiling(bench, quick)}
-                except (OSError, subprocess.SubprocessError) as exc:
-                    results["scenarios"][scenario] = {"status": "failed", "error": str(exc)}
-                continue
-            per_peer: dict[str, Any] = {}
+        def keep_each(so_far: dict[str, dict[str, Any]]) -> None:
+            for scenario, entries in so_far.items():
+                keep(scenario, entries)
+
+        def ready_for(scenario: str) -> tuple[dict[str, Any], list[PeerSpec]]:
+            """The peers that run ``scenario``: those that answered their check, and the entries of those that
+            did not (recorded as failed)."""
+            refused: dict[str, Any] = {}
             ready: list[PeerSpec] = []
             for spec in PEERS:
                 if scenario not in spec.scenarios or (peers and spec.name not in peers):
@@ -936,21 +978,50 @@ def run(
                     except PeerFailed as exc:
                         checked[spec.name] = str(exc)
                 if checked[spec.name] is not None:
-                    per_peer[spec.name] = {"status": "failed", "error": checked[spec.name]}
+                    refused[spec.name] = {"status": "failed", "error": checked[spec.name]}
                     continue
                 ready.append(spec)
-            results["scenarios"][scenario] = dict(per_peer)
+            return refused, ready
+
+        def in_peer_order(per_peer: dict[str, Any]) -> dict[str, Any]:
+            return {spec.name: per_peer[spec.name] for spec in PEERS if spec.name in per_peer}
+
+        for scenario in wanted:
+            if scenario == "redis_ceiling":
+                log("redis_ceiling ...")
+                try:
+                    results["scenarios"][scenario] = {"status": "ok", "result": redis_ceiling(bench, quick)}
+                except (OSError, subprocess.SubprocessError) as exc:
+                    results["scenarios"][scenario] = {"status": "failed", "error": str(exc)}
+                continue
+            if scenario == "latency_sync" and "shapes" in wanted:
+                continue  # measured in the shapes' repetitions, below
             if scenario == "shapes":
-                # Every peer's rows rep by rep, not peer after peer: see shapes_interleaved.
-                log(f"{scenario} / {', '.join(spec.name for spec in ready)}, rep by rep ...")
-                per_peer.update(shapes_interleaved(bench, ready, functools.partial(keep, scenario)))
-                for name, entry in per_peer.items():
-                    log(f"    {name}: {_brief(scenario, entry)}")
-            else:
-                per_peer.update(_peer_after_peer(bench, scenario, ready, functools.partial(keep, scenario)))
-            results["scenarios"][scenario] = {
-                spec.name: per_peer[spec.name] for spec in PEERS if spec.name in per_peer
-            }
+                # Every peer's rows rep by rep, not peer after peer, and enqueue-to-start in the same
+                # repetitions when asked: see shapes_interleaved.
+                together = ["shapes", *(["latency_sync"] if "latency_sync" in wanted else [])]
+                refused: dict[str, dict[str, Any]] = {}
+                ready: dict[str, list[PeerSpec]] = {}
+                for name in together:
+                    refused[name], ready[name] = ready_for(name)
+                    results["scenarios"][name] = dict(refused[name])
+                log(
+                    f"{' and '.join(together)} / {', '.join(spec.name for spec in ready['shapes'])}, rep by rep ..."
+                )
+                measured = shapes_interleaved(
+                    bench, ready["shapes"], keep_each, latency_specs=ready.get("latency_sync", ())
+                )
+                for name in together:
+                    per_peer = {**refused[name], **measured.get(name, {})}
+                    for peer, entry in per_peer.items():
+                        log(f"    {name} / {peer}: {_brief(name, entry)}")
+                    results["scenarios"][name] = in_peer_order(per_peer)
+                continue
+            refused_peers, ready_peers = ready_for(scenario)
+            results["scenarios"][scenario] = dict(refused_peers)
+            per_peer = dict(refused_peers)
+            per_peer.update(_peer_after_peer(bench, scenario, ready_peers, functools.partial(keep, scenario)))
+            results["scenarios"][scenario] = in_peer_order(per_peer)
     results["seconds"] = round(time.time() - began, 1)
     results["summary"] = summarize(results)
     _write(path, results, partial=False)
