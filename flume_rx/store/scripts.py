@@ -138,13 +138,22 @@ def _plan(ops: Sequence[_Op], transaction: bool) -> Generator[_Step, list[Any], 
 
 
 class AsyncRunner:
-    """Carries out :func:`_plan` on an asyncio client."""
+    """Carries out :func:`_plan` on an asyncio client.
+
+    A script call on one Redis (the fetch and settle of every batch) goes on a connection this runner keeps
+    between calls, not one taken from the client's pool and given back each time. redis-py's pool checks a
+    connection it hands out by reading it with a zero timeout, which cancels a task, and sends each command
+    under ``wait_for``, a task of its own: about 30 us of the loop per call of 95 here, and three more
+    turns of the loop (docs/performance.md, "Seventeenth round"). A kept connection is checked instead by
+    whether its stream has seen the server close it, as after a Redis restart; one that fails is dropped.
+    """
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
         # redis.asyncio leaves execute_command untyped; replies are checked by the parsers anyway.
         self._untyped: Any = client
         self._skip_replies: bool | None = None  # whether Redis takes CLIENT REPLY SKIP (None: not asked yet)
+        self._kept: list[Any] = []  # connections taken from the pool for script calls, idle between them
 
     async def one(self, op: _Op) -> Any:
         return (await self.run([op]))[0]
@@ -240,8 +249,11 @@ class AsyncRunner:
     async def _send(self, step: _Send) -> list[Any]:
         if len(step.ops) == 1 and not step.transaction:
             # One command needs no pipeline object (the common fetch and settle path).
+            op = step.ops[0]
             try:
-                return [await self._untyped.execute_command(*step.ops[0].command())]
+                if isinstance(op, _Eval) and not is_cluster(self.client):
+                    return [await self._script_call(op)]
+                return [await self._untyped.execute_command(*op.command())]
             except _TRANSPORT_ERRORS as exc:
                 if isinstance(exc, NoScriptError):
                     return [exc]
@@ -257,6 +269,45 @@ class AsyncRunner:
         for op in step.ops:
             pipe.pipeline_execute_command(*op.command())
         return list(await pipe.execute(raise_on_error=False))
+
+    async def _script_call(self, op: _Eval) -> Any:
+        """One script call on a kept connection (see the class); as ``execute_command`` would make it."""
+        kept = self._kept
+        connection = None
+        while kept:
+            candidate = kept.pop()
+            if _still_open(candidate):
+                connection = candidate
+                break
+            await self._drop(candidate)
+        if connection is None:
+            connection = await self.client.connection_pool.get_connection()
+        clean = False
+        try:
+            await connection.send_packed_command(connection.pack_command(*op.command()), check_health=False)
+            try:
+                reply = await connection.read_response()
+            except ResponseError:
+                clean = True  # the error was the reply
+                raise
+            clean = True
+            return reply
+        finally:
+            if clean:
+                kept.append(connection)
+            else:  # a reply may still be on its way, or the link is gone: this connection serves no other call
+                await self._drop(connection)
+
+    async def _drop(self, connection: Any) -> None:
+        await connection.disconnect()
+        await self.client.connection_pool.release(connection)
+
+
+def _still_open(connection: Any) -> bool:
+    """Whether a kept connection may carry a call: connected, and its stream has not seen the server close
+    it (a restarted Redis closes every connection; the loop reads that end while the connection idles)."""
+    reader = getattr(connection, "_reader", None)
+    return bool(connection.is_connected) and reader is not None and not reader.at_eof()
 
 
 class SyncRunner:

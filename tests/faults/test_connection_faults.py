@@ -259,3 +259,90 @@ def test_debug_sleep_mid_drain(url: str, recorder: _Recorder) -> None:
             admin.execute_command("DEBUG", "SLEEP", 1.0)
 
     _check(_drain_under(url, 2000, fault, recorder), recorder, 2000)
+
+
+# Script calls ride a connection the store keeps between them: never one the server closed, never one whose
+# reply to a cancelled call may still come.
+
+
+def _our_clients(url: str) -> int:
+    """Connections to the server besides the one asking."""
+    client = redis.Redis.from_url(url)
+    try:
+        return len(client.client_list()) - 1
+    finally:
+        client.close()
+
+
+def test_script_calls_keep_their_connection_between_them(url: str) -> None:
+    async def main() -> None:
+        async with RedisStore.from_url(url, "t") as store:
+            await store.enqueue(QUEUE, _payloads(41))
+            assert len(await store.fetch(QUEUE, "c1", 1, 0.0)) == 1
+            connections = _our_clients(url)
+            for _ in range(40):
+                assert len(await store.fetch(QUEUE, "c1", 1, 0.0)) == 1
+            assert _our_clients(url) == connections, "each call took the connection the one before kept"
+
+    asyncio.run(main())
+
+
+def test_a_connection_the_server_closed_is_not_used_again(url: str) -> None:
+    async def main() -> None:
+        async with RedisStore.from_url(url, "t") as store:
+            await store.enqueue(QUEUE, _payloads(3))
+            assert len(await store.fetch(QUEUE, "c1", 1, 0.0)) == 1
+            killer = redis.Redis.from_url(url)
+            assert killer.client_kill_filter(_type="normal", skipme=True) == 1
+            killer.close()
+            await asyncio.sleep(0.1)  # the loop reads the close while the connection idles
+            assert len(await store.fetch(QUEUE, "c1", 2, 0.0)) == 2, (
+                "no error: a new connection took the call"
+            )
+
+    asyncio.run(main())
+
+
+def test_a_restarted_redis_costs_the_next_call_nothing(fresh_redis_server: RedisServer) -> None:
+    async def main() -> None:
+        async with RedisStore.from_url(fresh_redis_server.url, "t") as store:
+            await store.enqueue(QUEUE, _payloads(3))
+            assert len(await store.fetch(QUEUE, "c1", 1, 0.0)) == 1
+            fresh_redis_server.restart()
+            await asyncio.sleep(0.1)
+            assert len(await store.fetch(QUEUE, "c1", 2, 0.0)) == 2
+
+    asyncio.run(main())
+
+
+def test_a_call_cancelled_while_redis_sleeps_leaves_no_reply_for_the_next(url: str) -> None:
+    keys = Keys("t").of(QUEUE)
+
+    async def main() -> None:
+        payloads = _payloads(3)
+        async with RedisStore.from_url(url, "t") as store:
+            await store.enqueue(QUEUE, payloads)
+            assert (
+                await store.fetch(QUEUE, "c0", 1, 0.0) == payloads[:1]
+            )  # a connection kept before the sleep
+            with _redis_asleep(url, 0.4):
+                cancelled = asyncio.ensure_future(store.fetch(QUEUE, "c1", 1, 0.0))
+                await asyncio.sleep(0.1)  # sent, waiting for its reply
+                cancelled.cancel()
+                await asyncio.gather(cancelled, return_exceptions=True)
+            got = await store.fetch(QUEUE, "c2", 5, 0.0)
+        # The cancelled fetch may or may not have run once Redis woke; either way the next call read its own
+        # reply (the payloads it moved), not the cancelled call's.
+        check = redis.Redis.from_url(url)
+        try:
+            moved_by_cancelled = check.lrange(keys.inflight("c1"), 0, -1)
+            assert sorted(got) == sorted(check.lrange(keys.inflight("c2"), 0, -1)), (
+                "the reply is what it moved"
+            )
+            assert set(got) | set(moved_by_cancelled) == set(payloads[1:])
+            assert payloads[2] in got
+            assert check.llen(keys.queue) == 0
+        finally:
+            check.close()
+
+    asyncio.run(main())
