@@ -22,8 +22,7 @@ Each variant runs in its own worker process, the variants alternated for ``--rou
 machine weighs on them alike: ``base`` (the engine as it is), or ``NAME=VALUE,...`` environment variables for
 the worker: ``TRACE_WAKE_SWITCH_S`` (``engine.threads.WAKE_SWITCH_INTERVAL_S``; 0 turns it off),
 ``TRACE_SWITCH_S`` (the process's switch interval for good), ``TRACE_WAKE_YIELD=0`` (no yield of the
-interpreter lock after waking an idle thread, ``engine.threads.YIELD_ON_WAKE``), ``TRACE_DEFER=1`` (calls
-handed to the threads at the end of the loop's turn instead of at once). Prints the medians and percentiles of
+interpreter lock after waking an idle thread, ``engine.threads.YIELD_ON_WAKE``). Prints the medians and percentiles of
 each step, and writes them as JSON (``--out``). On a loaded shared machine, run it under ``chrt -f 1`` (every
 process it starts inherits the real-time priority), so the other processes' queue stays out of its wake-ups.
 """
@@ -31,7 +30,6 @@ process it starts inherits the real-time priority), so the other processes' queu
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -123,21 +121,6 @@ def _install() -> None:
         put_all(self, calls)
 
     threads.StageThreads._put_all = _put_all  # type: ignore[method-assign]
-
-    if os.environ.get("TRACE_DEFER"):  # a variant: hand calls over as the loop's turn ends, not at once
-
-        def run_soon(self: Any, fn: Any, *args: Any, on_take: Any = None) -> Any:
-            loop = asyncio.get_running_loop()
-            future = loop.create_future()
-            loop.call_soon(self._put, (loop, future, fn, args, on_take))
-            if on_take is not None:
-                self._unnoted[loop] = self._unnoted.get(loop, 0) + 1
-                if loop not in self._looking:
-                    self._looking.add(loop)
-                    loop.call_later(threads.NOTE_AFTER_S, self._look, loop)
-            return future
-
-        threads.StageThreads.run_soon = run_soon  # type: ignore[method-assign]
 
     take = processor._take
 
