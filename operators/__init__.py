@@ -18,7 +18,7 @@ from ._async_bridge import from_coroutine, from_result, to_async_iterable, to_as
 from ._batch import FlushHook, buffer_with_time_or_count
 from ._flow import UNBOUNDED, Demand, Flowable, ManyObserver, is_prompt, subscribe_upstream
 from ._keyed_throttle import InProcessKeyedWindow, KeyedWindow, throttle_by_key
-from ._process import Outcome, Queued, from_async, in_thread, process, report_queued
+from ._process import Outcome, Queued, begin_queued, from_async, in_thread, process, report_queued
 from ._request_n import Credits, Fetch, HandBack, PullSource, from_iterable, last_batch, request_n
 from ._retry import backoff_delay, retry_with_backoff
 from ._throttle import (
@@ -57,6 +57,7 @@ __all__ = [
     "Unused",
     "accepted_per_period",
     "backoff_delay",
+    "begin_queued",
     "buffer_with_time_or_count",
     "ceiling_after_refusal",
     "from_async",

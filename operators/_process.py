@@ -84,21 +84,23 @@ class Queued(Generic[_U]):
     A stopped call is cancelled (:meth:`cancelled`): the queue then neither runs it nor reports it.
     """
 
-    __slots__ = ("_cancelled", "_entry", "_finish_many", "_on_begin", "future")
+    __slots__ = ("_begin_many", "_cancelled", "_entry", "_finish_many", "future")
 
     def __init__(self) -> None:
         self.future: asyncio.Future[_U] | None = None
-        self._on_begin: Callable[[_Running[Any], float | None], None] | None = None
         self._cancelled = False
-        # Set by the process that started the call: what its outcome finishes, and how, in a batch.
+        # Set by the process that started the call: what its outcome finishes, and how its begin and its
+        # outcome are taken in a batch.
         self._entry: _Running[Any] | None = None
+        self._begin_many: _BeginMany | None = None
         self._finish_many: _FinishMany | None = None
 
     def begin(self, at: float | None = None) -> None:
         """The call has begun, at ``at`` on process's clock (now when None); called on the loop, before its
-        outcome, and possibly a little after the call began (``at`` keeps its clock exact)."""
-        if self._on_begin is not None and self._entry is not None:
-            self._on_begin(self._entry, at)
+        outcome, and possibly a little after the call began (``at`` keeps its clock exact). Several at once:
+        :func:`begin_queued`."""
+        if self._begin_many is not None and self._entry is not None:
+            self._begin_many([(self._entry, at)])
 
     def cancel(self) -> None:
         """Stop the call if it has not begun: the queue skips it, and an outcome that comes is dropped."""
@@ -117,6 +119,29 @@ class Queued(Generic[_U]):
 
 _FinishMany = Callable[[list[tuple["Queued[Any]", Any, BaseException | None]]], None]
 """A process's way of finishing many of its queued calls in one round."""
+
+_BeginMany = Callable[[list[tuple["_Running[Any]", float | None]]], None]
+"""A process's way of noting that many of its queued calls began, with one look at its state."""
+
+
+def begin_queued(begins: list[tuple[Queued[Any], float | None]]) -> None:
+    """:meth:`Queued.begin` for many calls ``(call, at)``, on the loop of the processes that started them:
+    each process notes the run of its own calls with one lock, as :func:`report_queued` does for outcomes.
+    Calls never started by a process are passed over."""
+    run: list[tuple[_Running[Any], float | None]] = []
+    owner: _BeginMany | None = None
+    for call, at in begins:
+        begin_many, entry = call._begin_many, call._entry
+        if begin_many is None or entry is None:
+            continue
+        if begin_many is not owner:
+            if owner is not None:
+                owner(run)
+                run = []
+            owner = begin_many
+        run.append((entry, at))
+    if owner is not None:
+        owner(run)
 
 
 def report_queued(outcomes: list[tuple[Queued[Any], Any, BaseException | None]]) -> None:
@@ -400,7 +425,7 @@ def process(
                     # Its clock and timeout start when a thread takes it, not while it waits in the queue.
                     entry.handle = call
                     call._entry = entry
-                    call._on_begin = begin_queued
+                    call._begin_many = begin_queued_all
                     if call.future is not None:
                         call.future.add_done_callback(functools.partial(finish_future, entry))
                     else:
@@ -438,14 +463,18 @@ def process(
 
                 entry.timer = clock.schedule_relative(max(0.0, timeout_s - elapsed), expire)
 
-            def begin_queued(entry: _Running[_T], at: float | None) -> None:
+            def begin_queued_all(begins: list[tuple[_Running[_T], float | None]]) -> None:
+                arming: list[tuple[_Running[_T], float]] = []
                 with lock:
-                    if entry not in running:
-                        return  # finished or stopped before the news of its begin came
                     current = now()
-                    entry.started_at = current if at is None else min(at, current)
-                if timeout_s is not None:
-                    arm(entry, current - entry.started_at)
+                    for entry, at in begins:
+                        if entry not in running:
+                            continue  # finished or stopped before the news of its begin came
+                        entry.started_at = current if at is None else min(at, current)
+                        if timeout_s is not None:
+                            arming.append((entry, current - entry.started_at))
+                for entry, elapsed in arming:
+                    arm(entry, elapsed)
 
             def run_coroutine(entry: _Running[_T], call: Coroutine[Any, Any, _U]) -> None:
                 loop = _running_loop()

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -138,6 +139,72 @@ def test_a_take_is_noted_on_the_loop_before_its_outcome(calls: int, threads: int
     assert noted_on == {threading.get_ident()}
     for n in range(calls):
         assert events.index(f"began {n}") < events.index(f"done {n}")
+
+
+@settings(max_examples=30, deadline=None)
+@given(kinds=st.lists(st.sampled_from(["first", "second", "plain", "none"]), min_size=1, max_size=60))
+def test_notes_of_one_note_all_reach_the_loop_together_and_in_order(kinds: list[str]) -> None:
+    """A take's note may be ``(note_all, value)``: the loop passes the values of consecutive notes of one
+    ``note_all`` in one call, keeps every note in the order the calls were taken (one thread takes them in
+    the order handed), and notes each before its call's outcome."""
+
+    async def main() -> tuple[list[str], list[list[str]]]:
+        pool = StageThreads(1)
+        events: list[str] = []
+        calls: list[list[str]] = []
+
+        def note_all(name: str, values: list[str]) -> None:
+            calls.append(values)
+            events.extend(f"began {value}" for value in values)
+
+        first = functools.partial(note_all, "first")
+        second = functools.partial(note_all, "second")
+
+        def on_take(n: int, kind: str) -> Any:
+            if kind == "plain":
+                return functools.partial(events.append, f"began {n}")
+            if kind == "none":
+                return lambda: None
+            return (first if kind == "first" else second), str(n)
+
+        futures = [
+            pool.run_soon(str, n, on_take=functools.partial(on_take, n, kind)) for n, kind in enumerate(kinds)
+        ]
+        for n, future in enumerate(futures):
+            future.add_done_callback(functools.partial(lambda n, _f: events.append(f"done {n}"), n))
+        await asyncio.gather(*futures)
+        pool.shutdown()
+        return events, calls
+
+    events, calls = asyncio.run(main())
+    noted = [n for n, kind in enumerate(kinds) if kind != "none"]
+    assert [e for e in events if e.startswith("began")] == [f"began {n}" for n in noted]
+    for n in noted:
+        assert events.index(f"began {n}") < events.index(f"done {n}")
+    # A call of note_all never spans another kind's note: its values were taken one after another.
+    for values in calls:
+        ns = [int(v) for v in values]
+        assert ns == sorted(ns)
+        kind = kinds[ns[0]]
+        assert all(k == kind for k in kinds[ns[0] : ns[-1] + 1])
+
+
+def test_a_failing_note_all_loses_no_outcome(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(_values: list[int]) -> None:
+        raise ValueError("bookkeeping")
+
+    async def main() -> list[int]:
+        pool = StageThreads(2)
+        futures = [
+            pool.run_soon(abs, -n, on_take=functools.partial(lambda n: (broken, n), n)) for n in range(5)
+        ]
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            pool.shutdown()
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+    assert "noting the start of a call failed" in caplog.text
 
 
 def test_a_refused_take_is_the_outcome_and_the_call_never_runs() -> None:

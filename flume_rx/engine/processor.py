@@ -208,9 +208,10 @@ def _to_hand(item: Delivery, loop: asyncio.AbstractEventLoop) -> Handed:
     return queued, run_as_job, (item, loop, spec.fn, args), functools.partial(_take, item, queued)
 
 
-def _take(item: Delivery, queued: fo.Queued[Any]) -> Callable[[], None]:
+def _take(item: Delivery, queued: fo.Queued[Any]) -> tuple[Callable[[list[_Begun]], None], _Begun]:
     """In the stage thread taking ``item``: it begins now, unless its source is stopping (then NotStarted) or
-    its grant's hold is over (then StartedLate: a start now would fall outside what the window counted)."""
+    its grant's hold is over (then StartedLate: a start now would fall outside what the window counted).
+    Returns the start's note, which the loop takes with the others of its batch (:func:`_begun_all`)."""
     lease = item.lease
     if lease is not None and not lease.begin():
         raise StartedLate()
@@ -219,7 +220,11 @@ def _take(item: Delivery, queued: fo.Queued[Any]) -> Callable[[], None]:
     at = time.time()
     if not item.source.take(item):
         raise NotStarted()
-    return functools.partial(_begun, item, queued, at)
+    return _begun_all, (item, queued, at)
+
+
+_Begun = tuple[Delivery, "fo.Queued[Any]", float]
+"""A sync job a thread took: the job, its queued call, and when it began."""
 
 
 def _aborted_before_it_began(item: Delivery) -> JobAborted:
@@ -250,13 +255,16 @@ def lease_to(item: Delivery | list[Delivery], lease: fo.Lease) -> None:
         item.lease = lease
 
 
-def _begun(item: Delivery, queued: fo.Queued[Any], at: float) -> None:
-    """On the loop, once a thread took ``item`` at ``at``: what the start of a job does, in the batch."""
-    source = item.source
-    source.started(item)
-    if source.telemetry.active:
-        _emit_started(source.telemetry, item.job, at)
-    queued.begin(at)
+def _begun_all(begun: list[_Begun]) -> None:
+    """On the loop, once threads took these jobs: what the start of a job does, for a batch of starts."""
+    begins: list[tuple[fo.Queued[Any], float | None]] = []
+    for item, queued, at in begun:
+        source = item.source
+        source.started(item)
+        if source.telemetry.active:
+            _emit_started(source.telemetry, item.job, at)
+        begins.append((queued, at))
+    fo.begin_queued(begins)
 
 
 def _call_many(deliveries: list[Delivery], executor: Executor) -> Observable[Any] | asyncio.Future[Any]:

@@ -423,15 +423,27 @@ class StageThreads(concurrent.futures.Executor):
     @staticmethod
     def _collect_notes(mail: _Mail) -> None:
         taken = mail.taken
+        run: list[Any] = []  # the values of consecutive notes of one note_all (see OnTake)
+        note_all: Callable[[list[Any]], None] | None = None
         while taken:
             note = taken.popleft()
             mail.unnoted -= 1
             if note is None:
                 continue
-            try:
-                note()
-            except Exception:  # one start's bookkeeping failing must not lose the outcomes after it
-                logger.exception("noting the start of a call failed")
+            if type(note) is tuple:
+                if note[0] is not note_all:
+                    if note_all is not None:
+                        _note(note_all, run)
+                        run = []
+                    note_all = note[0]
+                run.append(note[1])
+                continue
+            if note_all is not None:  # notes keep their order
+                _note(note_all, run)
+                run, note_all = [], None
+            _note(note)
+        if note_all is not None:
+            _note(note_all, run)
 
     @staticmethod
     def _run_submitted(
@@ -451,8 +463,18 @@ class StageThreads(concurrent.futures.Executor):
         return True
 
 
-OnTake = Callable[[], Callable[[], None]]
-"""What a thread calls when it takes a call, before the call runs; it returns the start's note for the loop."""
+OnTake = Callable[[], "Callable[[], None] | tuple[Callable[[list[Any]], None], Any]"]
+"""What a thread calls when it takes a call, before the call runs; it returns the start's note for the loop:
+a function the loop calls, or ``(note_all, value)``, whose values the loop passes ``note_all`` in one list
+with those of the notes of the same ``note_all`` taken meanwhile (one call for a batch of starts)."""
+
+
+def _note(note: Callable[..., None], *args: Any) -> None:
+    try:
+        note(*args)
+    except Exception:  # one start's bookkeeping failing must not lose the outcomes after it
+        logger.exception("noting the start of a call failed")
+
 
 Handed = tuple["fo.Queued[Any]", Callable[..., Any], tuple[Any, ...], OnTake | None]
 """A call :meth:`StageThreads.hand_all` takes: the process's queued call, the function, its arguments, and its
@@ -474,7 +496,7 @@ class _Mail:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.taken: deque[Callable[[], None] | None] = deque()
+        self.taken: deque[Any] = deque()  # notes (see OnTake), None for a call not begun
         self.finished: deque[tuple[asyncio.Future[Any] | fo.Queued[Any], Any, Any]] = deque()
         self.unnoted = 0  # calls with an on_take whose note is not collected (the loop's own count)
         self.looking = False  # the loop's look is scheduled

@@ -21,6 +21,7 @@ from flume_rx.operators import (
     Outcome,
     PullSource,
     Queued,
+    begin_queued,
     from_iterable,
     process,
     report_queued,
@@ -257,6 +258,39 @@ def test_reported_outcomes_reach_each_process_and_skip_the_calls_it_stopped_or_t
     assert b.ok and b.value == "B" and b.started_at == pytest.approx(3.0)
     assert second == []
     assert handed[2].cancelled()  # stopping the process cancelled its call: a pool does not run it
+
+
+def test_begins_of_two_processes_noted_in_one_list_each_start_their_calls_clock_at_their_moment() -> None:
+    """begin_queued takes the begins of two processes' calls, interleaved, in one list: each call's clock and
+    timeout start at its own moment (never later than now), a call that finished or a stopped process is
+    passed over, and a call no process started is skipped."""
+
+    async def main() -> tuple[list[Outcome[str, str]], list[Outcome[str, str]]]:
+        scheduler = TestScheduler()
+        handed: list[Queued[str]] = []
+        fn = _handing_to(handed)
+        first: list[Outcome[str, str]] = []
+        second: list[Outcome[str, str]] = []
+        reactivex.from_iterable(["a", "b", "c"]).pipe(
+            process(fn, 3, queues=lambda _item: True, timeout_s=5.0, scheduler=scheduler)
+        ).subscribe(first.append)
+        reactivex.from_iterable(["x"]).pipe(
+            process(fn, 1, queues=lambda _item: True, scheduler=scheduler)
+        ).subscribe(second.append)
+        a, b, c, x = handed
+        scheduler.advance_by(4.0)
+        report_queued([(c, "C", None)])  # c finished before the news of its begin came
+        begin_queued([(a, 1.0), (x, 2.0), (b, 9.0), (Queued(), 3.0), (c, 3.5)])
+        scheduler.advance_by(2.5)  # a has run 5.5 s since its begin at 1.0: past its timeout; b only 2.5 s
+        report_queued([(b, "B", None), (x, "X", None)])
+        return first, second
+
+    first, second = asyncio.run(main())
+    by_item = {o.item: o for o in first}
+    assert isinstance(by_item["a"].error, TimeoutError) and by_item["a"].started_at == pytest.approx(1.0)
+    assert by_item["b"].ok and by_item["b"].started_at == pytest.approx(4.0), "a moment ahead of now is now"
+    assert by_item["c"].value == "C" and by_item["c"].started_at == pytest.approx(0.0)
+    assert [(o.item, o.value, o.started_at) for o in second] == [("x", "X", pytest.approx(2.0))]
 
 
 def test_reported_outcomes_are_emitted_in_the_order_they_finished() -> None:
