@@ -207,7 +207,7 @@ class StageThreads(concurrent.futures.Executor):
         if mail is None:
             mail = self._mail[loop] = _Mail(loop)
         self._put_all([(mail, target, fn, args, on_take) for target, fn, args, on_take in calls])
-        noted = sum(1 for *_, on_take in calls if on_take is not None)
+        noted = sum(1 for call in calls if call[3] is not None)
         if noted:
             mail.unnoted += noted
             if not mail.looking:

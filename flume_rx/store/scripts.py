@@ -284,7 +284,7 @@ class AsyncRunner:
             connection = await self.client.connection_pool.get_connection()
         clean = False
         try:
-            await connection.send_packed_command(connection.pack_command(*op.command()), check_health=False)
+            await _send(connection, connection.pack_command(*op.command()))
             try:
                 reply = await connection.read_response()
             except ResponseError:
@@ -301,6 +301,26 @@ class AsyncRunner:
     async def _drop(self, connection: Any) -> None:
         await connection.disconnect()
         await self.client.connection_pool.release(connection)
+
+
+async def _send(connection: Any, packed: list[bytes]) -> None:
+    """Write a call on a connection without redis-py's send, which runs every write under ``wait_for``: a
+    task and a timer per call for a write the socket almost always takes at once. When it takes less than the
+    whole call (a large settle, a Redis slow to read), the rest waits for room within the socket timeout, as
+    redis-py's send would."""
+    writer = getattr(connection, "_writer", None)
+    if writer is None:
+        await connection.send_packed_command(packed, check_health=False)
+        return
+    writer.writelines(packed)
+    if not writer.transport.get_write_buffer_size():
+        return
+    try:
+        await asyncio.wait_for(writer.drain(), connection.socket_timeout)
+    except TimeoutError as exc:
+        raise RedisTimeoutError("timed out writing a call to Redis") from exc
+    except OSError as exc:
+        raise RedisConnectionError(f"error writing a call to Redis: {exc}") from exc
 
 
 def _still_open(connection: Any) -> bool:

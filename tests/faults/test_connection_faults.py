@@ -346,3 +346,38 @@ def test_a_call_cancelled_while_redis_sleeps_leaves_no_reply_for_the_next(url: s
             check.close()
 
     asyncio.run(main())
+
+
+def _big_payloads(n: int, size: int = 60_000) -> list[bytes]:
+    return [codec.encode(Job(id=f"big{i}", queue=QUEUE, worker="W", args=["x" * size])) for i in range(n)]
+
+
+def test_a_settle_bigger_than_the_socket_takes_at_once_waits_for_room_and_lands(url: str) -> None:
+    """A settle of 20 MB of payloads while Redis sleeps: the socket takes part of it, the rest waits for room
+    within the socket timeout, and the whole call lands once Redis reads again."""
+    keys = Keys("t").of(QUEUE)
+
+    async def main() -> None:
+        async with RedisStore.from_url(url, "t", socket_timeout_s=10.0) as store:
+            await store.enqueue(QUEUE, _big_payloads(340))
+            fetched = await store.fetch(QUEUE, "c1", 340, 0.0)
+            assert len(fetched) == 340
+            with _redis_asleep(url, 1.0):
+                stale = await store.settle(QUEUE, "c1", [Settlement(p, "ack") for p in fetched])
+            assert stale == 0
+
+    asyncio.run(main())
+    assert redis.Redis.from_url(url).llen(keys.inflight("c1")) == 0
+
+
+def test_a_settle_that_cannot_be_written_times_out_instead_of_hanging(url: str) -> None:
+    async def main() -> None:
+        async with RedisStore.from_url(url, "t", socket_timeout_s=1.0) as store:
+            await store.enqueue(QUEUE, _big_payloads(340))
+            fetched = await store.fetch(QUEUE, "c1", 340, 0.0)
+            settlements = [Settlement(p, "ack") for p in fetched]
+            with _redis_asleep(url, 4), pytest.raises(StoreError, match="cannot reach Redis"):
+                await asyncio.wait_for(store.settle(QUEUE, "c1", settlements), 20)
+            assert await store.settle(QUEUE, "c1", settlements) >= 0  # the store works again afterwards
+
+    asyncio.run(main())
