@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
-from redis.asyncio.connection import AbstractConnection
 
 from flume_rx.model.errors import ConfigError, StoreError
 from flume_rx.store import SCRIPTS, Keys, RedisStore, Settlement, SyncStore, redact_url, sync_store
@@ -34,17 +33,18 @@ def jobs(n: int, prefix: str = "job") -> list[bytes]:
 
 
 class SendCounter:
-    """Counts writes to Redis sockets: one per round trip (a pipeline is sent in one write)."""
+    """Counts writes to Redis sockets: one per round trip (a pipeline is sent in one write, and so is a call
+    on a connection the store keeps, which bypasses redis-py's send)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sends = 0
-        original = AbstractConnection.send_packed_command
+        original = asyncio.StreamWriter.writelines
 
-        async def counting(conn: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        def counting(writer: asyncio.StreamWriter, data: Any) -> None:
             self.sends += 1
-            await original(conn, command, check_health)
+            original(writer, data)
 
-        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+        monkeypatch.setattr(asyncio.StreamWriter, "writelines", counting)
 
 
 async def test_enqueue_fetch_settle_round_trip(store: RedisStore) -> None:
