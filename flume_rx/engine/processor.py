@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
@@ -27,6 +28,8 @@ from flume_rx.model.errors import (
 from flume_rx.model.job import Job
 from flume_rx.model.registry import WorkerSpec, get_worker
 from flume_rx.model.telemetry import Telemetry
+
+logger = logging.getLogger("flume_rx.pipeline")
 
 
 def run_workers(
@@ -259,11 +262,14 @@ def _begun_all(begun: list[_Begun]) -> None:
     """On the loop, once threads took these jobs: what the start of a job does, for a batch of starts."""
     begins: list[tuple[fo.Queued[Any], float | None]] = []
     for item, queued, at in begun:
-        source = item.source
-        source.started(item)
-        if source.telemetry.active:
-            _emit_started(source.telemetry, item.job, at)
-        begins.append((queued, at))
+        begins.append((queued, at))  # it began, whatever its bookkeeping below does
+        try:
+            source = item.source
+            source.started(item)
+            if source.telemetry.active:
+                _emit_started(source.telemetry, item.job, at)
+        except Exception:  # one job's bookkeeping failing must not cost the others of the batch their clocks
+            logger.exception("noting the start of job %s failed", item.job.id)
     fo.begin_queued(begins)
 
 
