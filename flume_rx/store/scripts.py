@@ -281,7 +281,8 @@ class AsyncRunner:
                 break
             await self._drop(candidate)
         if connection is None:
-            connection = await self.client.connection_pool.get_connection()
+            pool: Any = self.client.connection_pool  # typed in some redis-py releases, not in others
+            connection = await pool.get_connection()
         clean = False
         try:
             await _send(connection, connection.pack_command(*op.command()))
