@@ -189,24 +189,6 @@ def test_notes_of_one_note_all_reach_the_loop_together_and_in_order(kinds: list[
         assert all(k == kind for k in kinds[ns[0] : ns[-1] + 1])
 
 
-def test_a_failing_note_all_loses_no_outcome(caplog: pytest.LogCaptureFixture) -> None:
-    def broken(_values: list[int]) -> None:
-        raise ValueError("bookkeeping")
-
-    async def main() -> list[int]:
-        pool = StageThreads(2)
-        futures = [
-            pool.run_soon(abs, -n, on_take=functools.partial(lambda n: (broken, n), n)) for n in range(5)
-        ]
-        try:
-            return list(await asyncio.gather(*futures))
-        finally:
-            pool.shutdown()
-
-    assert asyncio.run(main()) == [0, 1, 2, 3, 4]
-    assert "noting the start of a call failed" in caplog.text
-
-
 def test_a_refused_take_is_the_outcome_and_the_call_never_runs() -> None:
     ran: list[int] = []
 
@@ -227,13 +209,21 @@ def test_a_refused_take_is_the_outcome_and_the_call_never_runs() -> None:
     assert ran == []
 
 
-def test_a_failing_note_of_a_start_loses_no_outcome(caplog: pytest.LogCaptureFixture) -> None:
-    def broken() -> None:
-        raise ValueError("bookkeeping")
+def _broken(*_values: Any) -> None:
+    raise ValueError("bookkeeping")
 
+
+@pytest.mark.parametrize(
+    "on_take",
+    [lambda: _broken, lambda: (_broken, 0)],
+    ids=["a note the loop calls", "a note of a note_all"],
+)
+def test_a_failing_note_of_a_start_loses_no_outcome(
+    on_take: threads.OnTake, caplog: pytest.LogCaptureFixture
+) -> None:
     async def main() -> list[int]:
         pool = StageThreads(2)
-        futures = [pool.run_soon(abs, -n, on_take=lambda: broken) for n in range(5)]
+        futures = [pool.run_soon(abs, -n, on_take=on_take) for n in range(5)]
         try:
             return list(await asyncio.gather(*futures))
         finally:
