@@ -12,7 +12,7 @@ import asyncio
 import functools
 import hashlib
 import importlib.resources
-from collections.abc import Generator, Sequence
+from collections.abc import Awaitable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,19 +229,11 @@ class AsyncRunner:
             pool: Any = self.client.connection_pool
             connection = await pool.get_connection()
             release = pool.release
-        clean = False
         try:
-            await connection.send_packed_command(connection.pack_commands(commands))
-            try:
-                reply = await connection.read_response()
-            except ResponseError:
-                clean = True  # the error was the reply
-                raise
-            clean = True
-            return reply
+            return await _reply_to(
+                connection, connection.send_packed_command(connection.pack_commands(commands))
+            )
         finally:
-            if not clean:  # a reply may still be on its way: this connection cannot serve another command
-                await connection.disconnect()
             released = release(connection)
             if asyncio.iscoroutine(released):
                 await released
@@ -283,25 +275,36 @@ class AsyncRunner:
         if connection is None:
             pool: Any = self.client.connection_pool  # typed in some redis-py releases, not in others
             connection = await pool.get_connection()
-        clean = False
         try:
-            await _send(connection, connection.pack_command(*op.command()))
-            try:
-                reply = await connection.read_response()
-            except ResponseError:
-                clean = True  # the error was the reply
-                raise
-            clean = True
-            return reply
-        finally:
-            if clean:
-                kept.append(connection)
-            else:  # a reply may still be on its way, or the link is gone: this connection serves no other call
-                await self._drop(connection)
+            reply = await _reply_to(connection, _send(connection, connection.pack_command(*op.command())))
+        except ResponseError:
+            kept.append(connection)  # the error was the reply
+            raise
+        except BaseException:
+            # Not kept: disconnected by _reply_to when the call may have reached Redis, clean when it failed
+            # before (its packing); either way it goes back to the pool.
+            await self.client.connection_pool.release(connection)
+            raise
+        kept.append(connection)
+        return reply
 
     async def _drop(self, connection: Any) -> None:
         await connection.disconnect()
         await self.client.connection_pool.release(connection)
+
+
+async def _reply_to(connection: Any, sending: Awaitable[None]) -> Any:
+    """Send a call (``sending``) and read its one reply. If anything but a reply Redis answered with an error
+    goes wrong, the reply may still be on its way, so the connection is disconnected: it serves no other call.
+    """
+    try:
+        await sending
+        return await connection.read_response()
+    except ResponseError:
+        raise  # the error was the reply: the connection is clean
+    except BaseException:
+        await connection.disconnect()
+        raise
 
 
 async def _send(connection: Any, packed: list[bytes]) -> None:
