@@ -500,6 +500,12 @@ def process(
                     running.remove(entry)
                 except KeyError:
                     return False
+                handle = entry.handle
+                if isinstance(handle, Queued):
+                    # The call and its entry point at each other: without this, every finished call (and its
+                    # item) would wait in a cycle for the garbage collector. A later begin or outcome of this
+                    # call finds no entry and is passed over, as it would be for a call no longer running.
+                    handle._entry = None
                 if queues is not None and not entry.queued:
                     plain -= 1
                 outcomes.append(Outcome(entry.item, value, error, entry.started_at, finished_at))
