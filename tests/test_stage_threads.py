@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import reactivex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -590,3 +593,46 @@ def test_a_handed_call_cancelled_before_a_thread_takes_it_never_runs() -> None:
         return ran
 
     assert asyncio.run(main()) == ["after"]
+
+
+class _Argument:
+    """A call's argument a weak reference can watch."""
+
+
+def test_a_failed_calls_error_and_arguments_are_freed_at_once_not_by_the_garbage_collector() -> None:
+    """An error keeps the frames of its traceback, the thread's among them: if that frame held the error too,
+    each failed sync job (its error, its frames, their arguments) would wait in a cycle for a collection."""
+
+    def body(_argument: _Argument) -> None:
+        raise ValueError("the job failed")
+
+    async def main() -> tuple[list[str], list[weakref.ref[_Argument]]]:
+        pool = StageThreads(2, "test-stage")
+        done = asyncio.get_running_loop().create_future()
+        arguments = [_Argument() for _ in range(4)]
+        watched = [weakref.ref(argument) for argument in arguments]
+
+        def fn(argument: _Argument) -> Queued[None]:
+            call: Queued[None] = Queued()
+            pool.hand(call, body, argument)
+            return call
+
+        errors: list[str] = []
+        process_ = process(fn, 2, ahead=2, queues=lambda _argument: True)
+        reactivex.from_iterable(arguments).pipe(process_).subscribe(
+            lambda outcome: errors.append(type(outcome.error).__name__),
+            done.set_exception,
+            lambda: done.set_result(None),
+        )
+        del arguments
+        await asyncio.wait_for(done, 30)
+        pool.shutdown()
+        return errors, watched
+
+    gc.disable()
+    try:
+        errors, watched = asyncio.run(main())
+        assert errors == ["ValueError"] * 4
+        assert [ref() for ref in watched] == [None] * 4
+    finally:
+        gc.enable()

@@ -362,10 +362,13 @@ class StageThreads(concurrent.futures.Executor):
                     raise
                 mail.taken.append(note)
             ran = True
-            outcome: tuple[Any, Any] = (fn(*args), None)
+            value = fn(*args)
         except BaseException as error:  # handed to the loop; KeyboardInterrupt/SystemExit too, as a result
-            outcome = (None, error)
-        self._hand_over(mail, (target, *outcome))
+            # Never kept in a local of this frame: the error's traceback holds the frame, and the pair would
+            # wait in a cycle (with the job's frames and arguments) for the garbage collector.
+            self._hand_over(mail, (target, None, error))
+            return ran
+        self._hand_over(mail, (target, value, None))
         return ran
 
     def _look(self, mail: _Mail) -> None:
