@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 
 import pytest
@@ -48,3 +49,14 @@ def fresh_redis_server() -> Iterator[RedisServer]:
     """A server of the test's own, with an fsynced append-only file, for tests that kill or restart it."""
     with RedisServer(appendonly=True) as server:
         yield server
+
+
+@pytest.fixture
+def collector_off() -> Iterator[None]:
+    """The garbage collector off for the test: whatever is freed meanwhile, reference counting alone freed
+    (what a cycle holds stays)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

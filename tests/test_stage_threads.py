@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import sys
 import threading
 import time
@@ -599,7 +598,9 @@ class _Argument:
     """A call's argument a weak reference can watch."""
 
 
-def test_a_failed_calls_error_and_arguments_are_freed_at_once_not_by_the_garbage_collector() -> None:
+def test_a_failed_calls_error_and_arguments_are_freed_at_once_not_by_the_garbage_collector(
+    collector_off: None,
+) -> None:
     """An error keeps the frames of its traceback, the thread's among them: if that frame held the error too,
     each failed sync job (its error, its frames, their arguments) would wait in a cycle for a collection."""
 
@@ -629,10 +630,6 @@ def test_a_failed_calls_error_and_arguments_are_freed_at_once_not_by_the_garbage
         pool.shutdown()
         return errors, watched
 
-    gc.disable()
-    try:
-        errors, watched = asyncio.run(main())
-        assert errors == ["ValueError"] * 4
-        assert [ref() for ref in watched] == [None] * 4
-    finally:
-        gc.enable()
+    errors, watched = asyncio.run(main())
+    assert errors == ["ValueError"] * 4
+    assert [ref() for ref in watched] == [None] * 4

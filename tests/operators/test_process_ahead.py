@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 import weakref
 from collections.abc import Callable, Coroutine
@@ -337,7 +336,9 @@ class _Item:
 
 
 @pytest.mark.parametrize("reported", [True, False], ids=["reported", "through-future"])
-def test_a_finished_queued_call_is_freed_at_once_not_by_the_garbage_collector(reported: bool) -> None:
+def test_a_finished_queued_call_is_freed_at_once_not_by_the_garbage_collector(
+    reported: bool, collector_off: None
+) -> None:
     """A running call and its Queued point at each other while it runs; once it finishes nothing may hold the
     pair in a cycle, or every job of a worker lives on until a collection (a worker draining a backlog of sync
     jobs collected about five objects per job that way, and a collection took up to 25 ms of its loop)."""
@@ -370,9 +371,5 @@ def test_a_finished_queued_call_is_freed_at_once_not_by_the_garbage_collector(re
         assert values == [0, 1, 2]
         return watched
 
-    gc.disable()
-    try:
-        watched = asyncio.run(main())
-        assert [ref() for ref in watched] == [None, None, None]
-    finally:
-        gc.enable()
+    watched = asyncio.run(main())
+    assert [ref() for ref in watched] == [None, None, None]
