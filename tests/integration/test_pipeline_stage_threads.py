@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -115,3 +116,39 @@ def test_code_pipelines_each_get_their_own_threads_and_close_joins_them(
     for thread in [t for t in threading.enumerate() if t.name in names]:
         thread.join(max(0.0, deadline - time.monotonic()))
     assert not [t for t in threading.enumerate() if t.name in names]
+
+
+def test_a_drain_of_sync_jobs_leaves_nothing_per_job_to_the_garbage_collector(
+    redis_url: str, collector_off: None
+) -> None:
+    """Each job, done or failed, is freed when it is settled: a worker that left a few objects per job in a
+    cycle spent 4 to 25 ms of its loop on each young collection, one every 2,000 jobs or so."""
+    done, failed = 2000, 1000
+    worker("Tidy_done")(lambda n: n)
+
+    def fail(n: int) -> None:
+        raise ValueError(f"job {n} fails")
+
+    worker("Tidy_failed")(fail)
+    try:
+        config = config_module.parse(
+            {
+                "redis_url": redis_url,
+                "namespace": "tidy",
+                "pipelines": {"tidy": {"queue": "tidy", "retry": {"max_retries": 0}}},
+            }
+        )
+        flume = Flume(redis_url, "tidy")
+        flume.bulk_enqueue("tidy", [("Tidy_done", [n]) for n in range(done)])
+        flume.bulk_enqueue("tidy", [("Tidy_failed", [n]) for n in range(failed)])
+        gc.collect()
+        asyncio.run(WorkerRuntime(config, burst=True).run())
+        left = gc.collect()
+        stats = flume.stats(["tidy"])["tidy"]
+        assert (stats["processed"], stats["dead"]) == (done, failed)
+    finally:
+        unregister("Tidy_done")
+        unregister("Tidy_failed")
+    # Starting and stopping a worker leaves the same few hundred objects (757 here) however many jobs ran;
+    # the cycles this guards against left 5 per job done and 15 per job failed (11,807 for 600 and 400).
+    assert left < (done + failed) // 2, f"{left} objects left to the collector"
