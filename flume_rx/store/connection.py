@@ -29,9 +29,19 @@ def cluster_url(url: str) -> str | None:
     return f"{plain}://{rest}" if plain and sep else None
 
 
+_CLUSTER_CLIENTS = (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster)
+_is_cluster_class: dict[type, bool] = {}
+"""Answers by the client's class: isinstance against the cluster clients runs their metaclass's check (a
+typing protocol's) in Python, microseconds a call, and the runners ask at every fetch and settle."""
+
+
 def is_cluster(client: Any) -> bool:
     """Whether ``client`` is a redis-py cluster client (sync or asyncio)."""
-    return isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster)
+    cls = client.__class__  # what isinstance looks at too (a mock with a spec answers its spec's class)
+    known = _is_cluster_class.get(cls)
+    if known is None:
+        known = _is_cluster_class[cls] = isinstance(client, _CLUSTER_CLIENTS)
+    return known
 
 
 def _connection_kwargs(client: Any) -> dict[str, Any]:

@@ -150,8 +150,6 @@ class AsyncRunner:
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
-        # Looked at once: isinstance against the cluster clients (a protocol's check) costs microseconds.
-        self._cluster = is_cluster(client)
         # redis.asyncio leaves execute_command untyped; replies are checked by the parsers anyway.
         self._untyped: Any = client
         self._skip_replies: bool | None = None  # whether Redis takes CLIENT REPLY SKIP (None: not asked yet)
@@ -171,7 +169,7 @@ class AsyncRunner:
     async def run(self, ops: Sequence[_Op], *, transaction: bool = False) -> list[Any]:
         if not ops:
             return []
-        if transaction and len(ops) > 1 and self._cluster:
+        if transaction and len(ops) > 1 and is_cluster(self.client):
             # A cluster has no MULTI across slots: the steps go one by one and the first refused one stops
             # the rest, so nothing lands after a step that failed.
             return [(await self.run([op]))[0] for op in ops]
@@ -221,7 +219,7 @@ class AsyncRunner:
         """Send ``commands`` in one write on one connection of ``key``'s node and read the one reply they
         give (every command but the last has its reply skipped)."""
         release: Any
-        if self._cluster:
+        if is_cluster(self.client):
             node: Any = self._untyped.get_node_from_key(key)
             connection: Any = node.acquire_connection()
             # redis-py 6 has ClusterNode.release; 5.x (which our range allows) puts a connection back on
@@ -245,14 +243,14 @@ class AsyncRunner:
             # One command needs no pipeline object (the common fetch and settle path).
             op = step.ops[0]
             try:
-                if isinstance(op, _Eval) and not self._cluster:
+                if isinstance(op, _Eval) and not is_cluster(self.client):
                     return [await self._script_call(op)]
                 return [await self._untyped.execute_command(*op.command())]
             except _TRANSPORT_ERRORS as exc:
                 if isinstance(exc, NoScriptError):
                     return [exc]
                 raise
-        if self._cluster:
+        if is_cluster(self.client):
             # A cluster pipeline routes each command to its slot's node (run() split up the transactions of
             # several steps).
             cluster: Any = self.client.pipeline()
