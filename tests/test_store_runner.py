@@ -9,7 +9,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from flume_rx.store.scripts import _Cmd, _Eval, _Load, _plan, _Send
 
-OPS = (_Eval("enqueue", ("q", "s"), ("now", b"a")), _Cmd(("TIME",)), _Eval("fetch", ("q",), ("c", 1)))
+OPS = (_Eval("schedule", ("s",), ("in", 0, b"a")), _Cmd(("TIME",)), _Eval("fetch", ("q",), ("c", 1)))
 
 
 def test_a_round_trip_that_works_is_one_send() -> None:
@@ -24,7 +24,7 @@ def test_only_the_scripts_redis_lost_are_loaded_and_only_their_operations_run_ag
     plan = _plan(OPS, True)
     next(plan)
     load = plan.send([NoScriptError("NOSCRIPT"), 2, 3])
-    assert load == _Load(frozenset({"enqueue"}))
+    assert load == _Load(frozenset({"schedule"}))
     assert plan.send([]) == _Send([OPS[0]], True)
     with pytest.raises(StopIteration) as done:
         plan.send([1])

@@ -27,7 +27,7 @@ from flume_rx.store.connection import _store_error, is_cluster
 Arg = bytes | str | int | float
 
 SCRIPTS = (
-    "enqueue",
+    "schedule",
     "fetch",
     "settle",
     "promote",

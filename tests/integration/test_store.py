@@ -134,21 +134,27 @@ async def test_settle_of_a_batch_is_one_round_trip(
 
 async def test_scripts_are_reloaded_after_a_script_flush(store: RedisStore, raw: redis.Redis) -> None:
     await store.enqueue(Q, jobs(2))
+    await store.schedule_in(Q, [(b"later", 3600.0)])
     raw.script_flush()
-    await store.enqueue(Q, jobs(3000, "big"))  # the pipelined path
+    await store.schedule_in(Q, [(b"later-2", 3600.0)])  # the pipelined path (with the registration)
     raw.script_flush()
     assert await store.fetch(Q, "c1", 1, 0) == [b"job-0"]  # the single-call path
-    assert (await store.stats([Q]))[Q]["queued"] == 3001
+    stats = (await store.stats([Q]))[Q]
+    assert (stats["queued"], stats["scheduled"]) == (1, 2)
 
 
 def test_the_sync_store_reloads_scripts_after_a_script_flush(redis_url: str, raw: redis.Redis) -> None:
     with SyncStore.from_url(redis_url) as sync:
         sync.enqueue(Q, jobs(2))
+        sync.schedule_in(Q, [(b"later", 3600.0)])
         raw.script_flush()
-        sync.enqueue(Q, jobs(3000, "big"))  # enqueue.lua alone: the first enqueue registered the queue
+        sync.schedule_in(
+            Q, [(b"later-2", 3600.0)]
+        )  # schedule.lua alone: the first enqueue registered the queue
         raw.script_flush()
         assert sync.dead_retry(Q) == 0  # dead_retry.lua alone
-        assert sync.stats([Q])[Q]["queued"] == 3002
+        stats = sync.stats([Q])[Q]
+        assert (stats["queued"], stats["scheduled"]) == (2, 2)
 
 
 def _calls(raw: redis.Redis, command: str) -> int:
@@ -160,11 +166,13 @@ def test_a_producer_registers_a_queue_once_then_enqueues_in_one_command(
     redis_url: str, raw: redis.Redis
 ) -> None:
     with SyncStore.from_url(redis_url) as sync:
-        sync.enqueue(Q, jobs(1))  # registers the queue and loads the script
+        sync.enqueue(Q, jobs(1))  # registers the queue
+        sync.schedule_in(Q, [(b"later", 60.0)])  # loads the script
         raw.config_resetstat()
         sync.enqueue(Q, jobs(1, "second"))
-        sync.schedule_in(Q, [(b"later", 60.0)])
-        assert (_calls(raw, "multi"), _calls(raw, "sadd"), _calls(raw, "evalsha")) == (0, 0, 2)
+        sync.schedule_in(Q, [(b"later-2", 60.0)])
+        calls = [_calls(raw, command) for command in ("multi", "sadd", "lpush", "evalsha")]
+        assert calls == [0, 0, 1, 1]
         assert sync.known_queues() == [Q]
 
 
