@@ -1,0 +1,95 @@
+"""One job per ``Flume.enqueue`` call, as a web request enqueues: calls per second and Redis's time per call.
+
+    python -m benchmarks.enqueue_one [--calls 20000] [--reps 3] [--base <worktree of an older commit>]
+
+Each tree (this one, and ``--base`` if given) runs in a fresh interpreter with its own ``flume_rx`` first on
+the path, against a private Redis, one tree after the other for each repetition, so a machine whose speed
+drifts slows them alike. A run makes 500 calls to warm up, then ``--calls`` calls in a loop; reported: calls
+per second (the producer's whole call, its round trip included) and the microseconds Redis spent per call
+(``INFO commandstats``, every command counted, over the calls made). Writes
+``benchmarks/results/enqueue_one.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.redis_server import private_redis
+from benchmarks.saved import commit_of, save_report
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+
+RUN = """
+import json, sys, time
+import redis
+from flume_rx import Flume
+url, calls = sys.argv[1], int(sys.argv[2])
+flume = Flume(redis_url=url, namespace="e1")
+for _ in range(500):
+    flume.enqueue("q", "Job", [1])
+redis.Redis.from_url(url).config_resetstat()
+began = time.perf_counter()
+for _ in range(calls):
+    flume.enqueue("q", "Job", [1])
+seconds = time.perf_counter() - began
+stats = redis.Redis.from_url(url).info("commandstats")
+redis_us = sum(v["usec"] for k, v in stats.items() if k != "cmdstat_config|resetstat")
+print(json.dumps({"calls_per_s": calls / seconds, "redis_us_per_call": redis_us / calls}))
+"""
+
+
+def run(tree: Path, calls: int) -> dict[str, Any]:
+    with private_redis() as url:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        done = subprocess.run(
+            [sys.executable, "-c", RUN, url, str(calls)], env=env, cwd=tree, capture_output=True, text=True
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"{tree}: the producer failed: {done.stderr[-500:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.enqueue_one", description=__doc__)
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--base", type=Path, default=None, help="a worktree of the commit to compare with")
+    parser.add_argument("--out", type=Path, default=RESULTS / "enqueue_one.json")
+    args = parser.parse_args(argv)
+    trees = {"this": ROOT}
+    if args.base is not None:
+        trees = {"base": args.base.resolve(), **trees}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    for _ in range(args.reps):
+        for name, tree in trees.items():
+            result = run(tree, args.calls)
+            runs[name].append(result)
+            print(name, json.dumps(result), flush=True)
+    medians = {
+        name: {key: statistics.median(r[key] for r in results) for key in results[0]}
+        for name, results in runs.items()
+    }
+    report = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "commits": {name: commit_of(tree) for name, tree in trees.items()},
+        "config": {"calls": args.calls, "reps": args.reps},
+        "runs": runs,
+        "medians": medians,
+    }
+    print(json.dumps(medians, indent=2))
+    save_report(args.out, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
