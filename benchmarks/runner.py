@@ -348,7 +348,19 @@ def drain_once(
         "wall_s": drained_at - workers.started,
         "startup_s": first - workers.started,
         "redis_calls_per_job": calls / n,
+        "cpu_keeper": keeper_decisions(workers.logs),
     }
+
+
+def keeper_decisions(logs: Path) -> list[str]:
+    """What flume_rx's CPU keeper did in a drain (took a CPU, left one, and why), from its workers' logs: a
+    drain's rate depends on it, so each sample keeps it."""
+    return [
+        line[line.index("worker process") :]
+        for path in sorted(logs.glob("*.log"))
+        for line in path.read_text(errors="replace").splitlines()
+        if "worker process" in line and " CPU" in line
+    ]
 
 
 def scenario_throughput(bench: Bench, spec: PeerSpec) -> dict[str, Any]:

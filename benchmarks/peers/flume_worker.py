@@ -11,8 +11,11 @@ import sys
 
 def main(argv: list[str]) -> int:
     from flume_rx.model.config import load
+    from flume_rx.model.logs import configure_logging
     from flume_rx.surfaces.processes import run_worker_process
 
+    # As `flume-rx worker` logs: the CPU keeper's decisions reach the run's samples (runner.keeper_decisions).
+    configure_logging("INFO")
     return run_worker_process(load(argv[0]))
 
 
