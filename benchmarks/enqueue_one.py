@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.redis_server import private_redis
+from benchmarks.runner import machine_info
 from benchmarks.saved import commit_of, save_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,12 +75,14 @@ def main(argv: list[str]) -> int:
             result = run(tree, args.calls)
             runs[name].append(result)
             print(name, json.dumps(result), flush=True)
+    with private_redis() as url:
+        machine = machine_info(url)
     medians = {
         name: {key: statistics.median(r[key] for r in results) for key in results[0]}
         for name, results in runs.items()
     }
     report = {
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "machine": machine,
         "commits": {name: commit_of(tree) for name, tree in trees.items()},
         "config": {"calls": args.calls, "reps": args.reps},
         "runs": runs,
