@@ -148,9 +148,8 @@ def test_the_sync_store_reloads_scripts_after_a_script_flush(redis_url: str, raw
         sync.enqueue(Q, jobs(2))
         sync.schedule_in(Q, [(b"later", 3600.0)])
         raw.script_flush()
-        sync.schedule_in(
-            Q, [(b"later-2", 3600.0)]
-        )  # schedule.lua alone: the first enqueue registered the queue
+        # schedule.lua alone: the first enqueue registered the queue
+        sync.schedule_in(Q, [(b"later-2", 3600.0)])
         raw.script_flush()
         assert sync.dead_retry(Q) == 0  # dead_retry.lua alone
         stats = sync.stats([Q])[Q]
