@@ -17,6 +17,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from benchmarks.peers import PEERS, PeerModule, PeerSpec
 from benchmarks.peers.flume import SHAPE_CONFIGS
 from benchmarks.redis_server import OWNER_KEY, given_database, private_redis, redacted
 from flume_rx.store.scripts import lua_source
+from flume_rx.surfaces.cpu_keeper import KEEPS_LOG, LEAVES_LOG
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -356,11 +358,19 @@ def keeper_decisions(logs: Path) -> list[str]:
     """What flume_rx's CPU keeper did in a drain (took a CPU, left one, and why), from its workers' logs: a
     drain's rate depends on it, so each sample keeps it."""
     return [
-        line[line.index("worker process") :]
+        found.group(0)
         for path in sorted(logs.glob("*.log"))
         for line in path.read_text(errors="replace").splitlines()
-        if "worker process" in line and " CPU" in line
+        if (found := _KEEPER_LINE.search(line))
     ]
+
+
+def _log_pattern(message: str) -> str:
+    """A regular expression matching what ``message`` (a %-format of the keeper's) logs, whatever its values."""
+    return ".*".join(re.escape(part) for part in re.split(r"%[sd]", message))
+
+
+_KEEPER_LINE = re.compile("|".join(f"(?:{_log_pattern(m)})" for m in (KEEPS_LOG, LEAVES_LOG)))
 
 
 def scenario_throughput(bench: Bench, spec: PeerSpec) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 It starts a :class:`CpuKeeper` (checks every 50 ms, idle leave after 0.5 s, crowding pause 10 s, so at least
 5), keeps one thread busy with pure-Python work for ``BUSY_S`` seconds, starting a second thread halfway, then
-idles for ``IDLE_S`` seconds. It prints one JSON line per 50 ms: the CPU kept and the CPUs each thread may use.
+idles for ``IDLE_S`` seconds. It prints one JSON line per 50 ms: the CPU kept and the CPUs each thread may use;
+it logs as a worker process does, to stderr.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from flume_rx.model.logs import configure_logging
 from flume_rx.surfaces import cpu_keeper
 
 
@@ -29,6 +31,7 @@ def _affinities() -> dict[str, list[int]]:
 
 def main() -> None:
     claims_dir, busy_s, idle_s = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+    configure_logging("INFO")  # as a worker process logs: the keeper's decisions go to stderr
     cpu_keeper.IDLE_LEAVE_S = 0.5
     cpu_keeper.CROWDED_WINDOW_S = 0.5
     cpu_keeper.CROWDED_PAUSE_S = 10.0

@@ -17,8 +17,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from benchmarks.runner import keeper_decisions
 from flume_rx.surfaces import cpu_keeper
-from flume_rx.surfaces.cpu_keeper import KEEPER_NEEDS, CpuKeeper, Keeping, Leave, Sample, Take, plan
+from flume_rx.surfaces.cpu_keeper import (
+    KEEPER_NEEDS,
+    KEEPS_LOG,
+    LEAVES_LOG,
+    CpuKeeper,
+    Keeping,
+    Leave,
+    Sample,
+    Take,
+    plan,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,14 +177,20 @@ def processes() -> Iterator[list[subprocess.Popen[Any]]]:
 
 
 def _child(
-    processes: list[subprocess.Popen[Any]], claims: Path, busy_s: float, idle_s: float
+    processes: list[subprocess.Popen[Any]],
+    claims: Path,
+    busy_s: float,
+    idle_s: float,
+    log: Path | None = None,
 ) -> subprocess.Popen[str]:
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.cpu_keeper_child", str(claims), str(busy_s), str(idle_s)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    with open(log or os.devnull, "wb") as stderr:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.cpu_keeper_child", str(claims), str(busy_s), str(idle_s)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     processes.append(child)
     return child
 
@@ -234,7 +251,9 @@ def test_two_busy_processes_on_one_host_keep_to_different_cpus(
 def test_a_process_leaves_a_cpu_another_process_crowds_and_stays_away_a_while(
     tmp_path: Path, processes: list[subprocess.Popen[Any]]
 ) -> None:
-    child = _child(processes, tmp_path, busy_s=3.0, idle_s=0.0)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    child = _child(processes, tmp_path, busy_s=3.0, idle_s=0.0, log=logs / "worker0.log")
     lines = _lines(child)
     cpu = next(line["cpu"] for line in lines if line["cpu"] is not None)
     _spin_on(processes, cpu)
@@ -245,6 +264,11 @@ def test_a_process_leaves_a_cpu_another_process_crowds_and_stays_away_a_while(
     # during the pause (at least 5 s here, longer than what was left of the busy time).
     assert left[0] < 40, left[0]
     assert all(line["cpu"] is None for line in after[left[0] :])
+    # The benchmarks read both decisions from the log, as they read a worker's.
+    child.wait(10)
+    took, gave_up = keeper_decisions(logs)
+    assert took == KEEPS_LOG % cpu
+    assert gave_up.startswith(LEAVES_LOG % (cpu, "other processes used ")), gave_up
 
 
 @needs_the_keeper

@@ -68,6 +68,9 @@ on a host with more busy worker processes than CPUs, each would otherwise open a
 claim at every check."""
 CLAIMS_DIR = Path(tempfile.gettempdir()) / "flume_rx-cpus"
 KEEPER_THREAD = "flume-cpu-keeper"
+KEEPS_LOG = 'worker process keeps to CPU %d while it is busy (cpu_affinity = "spread")'
+LEAVES_LOG = "worker process leaves CPU %s: %s"
+"""What the keeper logs when it takes and leaves a CPU (the benchmarks read a drain's decisions from them)."""
 KEEPER_NEEDS = "the CPU keeper needs Linux (sched_setaffinity and /proc/stat) and two CPUs or more"
 """Where :meth:`CpuKeeper.can_run` is false, why: for logs and skipped tests."""
 
@@ -203,7 +206,7 @@ class CpuKeeper:
             if not self._take(decision.candidates):
                 self._keeping.paused_until = at + TAKE_RETRY_S
         elif isinstance(decision, Leave):
-            logger.info("worker process leaves CPU %s: %s", self._keeping.cpu, decision.why)
+            logger.info(LEAVES_LOG, self._keeping.cpu, decision.why)
             self._leave()
             self._keeping.paused_until = at + decision.pause_s * random.uniform(0.5, 1.5)
         elif self._keeping.cpu is not None:
@@ -221,7 +224,7 @@ class CpuKeeper:
                 self._claim_fd = fd
                 self._keeping = Keeping(cpu=cpu, paused_until=self._keeping.paused_until)
                 _move_threads({cpu})
-                logger.info('worker process keeps to CPU %d while it is busy (cpu_affinity = "spread")', cpu)
+                logger.info(KEEPS_LOG, cpu)
                 return True
         return False
 
