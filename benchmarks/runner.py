@@ -35,6 +35,7 @@ from benchmarks import probe, stats
 from benchmarks.commands import MonitorCounter
 from benchmarks.peers import PEERS, PeerModule, PeerSpec
 from benchmarks.peers.flume import SHAPE_CONFIGS
+from benchmarks.placement import placement_of
 from benchmarks.redis_server import OWNER_KEY, given_database, private_redis, redacted
 from flume_rx.store.scripts import lua_source
 from flume_rx.surfaces.cpu_keeper import KEEPS_LOG, LEAVES_LOG
@@ -241,6 +242,10 @@ class Bench:
         values: list[bytes] = self.probe.lrange(key, 0, -1)  # type: ignore[assignment]
         return sorted(float(v) for v in values)
 
+    def server_urls(self) -> dict[str, str]:
+        """The run's Redis servers by role: the one under test, the incr shape's and the probe."""
+        return {"queue": self.url, "work": self.work_url, "probe": self.probe_url}
+
     def commands(self) -> int:
         info: dict[str, Any] = self.client.info("commandstats")  # type: ignore[assignment]
         return sum(int(v["calls"]) for v in info.values() if isinstance(v, dict))
@@ -339,7 +344,11 @@ def drain_once(
     bench.agent(spec, "bulk", str(n), variant=variant)
     calls_before = bench.commands()
     with bench.workers(spec, processes, variant=variant, env=env) as workers:
-        drained_at = bench.wait_done(n, workers)
+        # flume_rx's worker runs its jobs in the process started (a peer's may run them in children).
+        placed = spec.name == "flume_rx" and processes == 1
+        where = placement_of(bench.server_urls(), [p.pid for p in workers.procs]) if placed else None
+        sample = where.sample if where is not None else None
+        drained_at = bench.wait_done(n, workers, sample=sample, sample_every_s=PLACEMENT_EVERY_S)
         first, last = bench.done_times()
     calls = bench.commands() - calls_before
     return {
@@ -351,7 +360,12 @@ def drain_once(
         "startup_s": first - workers.started,
         "redis_calls_per_job": calls / n,
         "cpu_keeper": keeper_decisions(workers.logs),
+        **({"placement": where.summary()} if where is not None else {}),
     }
+
+
+PLACEMENT_EVERY_S = 0.05
+"""How often a one-process drain samples where its worker and Redis servers ran (see benchmarks.placement)."""
 
 
 def keeper_decisions(logs: Path) -> list[str]:

@@ -115,7 +115,7 @@ def config_toml(url: str, variant: str) -> str:
 def worker_commands(url: str, processes: int, variant: str) -> list[list[str]]:
     path = Path(tempfile.mkdtemp(prefix="flume-bench-")) / "flume.toml"
     path.write_text(config_toml(url, variant))
-    # What `flume-rx worker` runs per process, without its INFO logging, so past results stay comparable.
+    # What `flume-rx worker` runs per process, logging as it does (see flume_worker).
     return [[PY, "-m", "benchmarks.peers.flume_worker", str(path)] for _ in range(processes)]
 
 
