@@ -6,7 +6,9 @@ Each tree (this one, and ``--base`` if given) runs in a fresh interpreter with i
 the path, against a private Redis, one tree after the other for each repetition, so a machine whose speed
 drifts slows them alike. A run makes 500 calls to warm up, then ``--calls`` calls in a loop; reported: calls
 per second (the producer's whole call, its round trip included) and the microseconds Redis spent per call
-(``INFO commandstats``, every command counted, over the calls made). Writes
+(``INFO commandstats``, every command counted, over the calls made). For reference, in the same interpreter
+after it: a bare redis-py ``LPUSH`` of one payload of the same size, calls per second; and for both, how
+often each call reads its socket (``recv_into`` calls counted by cProfile over 2,000 more calls). Writes
 ``benchmarks/results/enqueue_one.json``.
 """
 
@@ -43,7 +45,30 @@ for _ in range(calls):
 seconds = time.perf_counter() - began
 stats = redis.Redis.from_url(url).info("commandstats")
 redis_us = sum(v["usec"] for k, v in stats.items() if k != "cmdstat_config|resetstat")
-print(json.dumps({"calls_per_s": calls / seconds, "redis_us_per_call": redis_us / calls}))
+bare = redis.Redis.from_url(url)
+queue_key = next(bare.scan_iter("*:queue"))
+payload = b"x" * len(bare.lindex(queue_key, 0))
+began = time.perf_counter()
+for _ in range(calls):
+    bare.lpush("bare", payload)
+lpush_seconds = time.perf_counter() - began
+
+
+def reads_per_call(call):
+    import cProfile, pstats
+    profile = cProfile.Profile()
+    profile.runcall(lambda: [call() for _ in range(2000)])
+    found = [v[1] for k, v in pstats.Stats(profile).stats.items() if "'recv_into' of '_socket.socket'" in k[2]]
+    return sum(found) / 2000
+
+
+print(json.dumps({
+    "calls_per_s": calls / seconds,
+    "redis_us_per_call": redis_us / calls,
+    "bare_lpush_calls_per_s": calls / lpush_seconds,
+    "socket_reads_per_enqueue": reads_per_call(lambda: flume.enqueue("q", "Job", [1])),
+    "socket_reads_per_bare_lpush": reads_per_call(lambda: bare.lpush("bare", payload)),
+}))
 """
 
 
