@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -183,7 +184,8 @@ def _child(
     idle_s: float,
     log: Path | None = None,
 ) -> subprocess.Popen[str]:
-    with open(log or os.devnull, "wb") as stderr:
+    # Without a log file the child's stderr stays the test's, so pytest shows a crashing child's traceback.
+    with open(log, "wb") if log is not None else contextlib.nullcontext() as stderr:
         child = subprocess.Popen(
             [sys.executable, "-m", "tests.cpu_keeper_child", str(claims), str(busy_s), str(idle_s)],
             cwd=ROOT,
