@@ -36,16 +36,16 @@ import redis
 from flume_rx import Flume
 url, calls = sys.argv[1], int(sys.argv[2])
 flume = Flume(redis_url=url, namespace="e1")
+bare = redis.Redis.from_url(url)
 for _ in range(500):
     flume.enqueue("q", "Job", [1])
-redis.Redis.from_url(url).config_resetstat()
+bare.config_resetstat()
 began = time.perf_counter()
 for _ in range(calls):
     flume.enqueue("q", "Job", [1])
 seconds = time.perf_counter() - began
-stats = redis.Redis.from_url(url).info("commandstats")
+stats = bare.info("commandstats")
 redis_us = sum(v["usec"] for k, v in stats.items() if k != "cmdstat_config|resetstat")
-bare = redis.Redis.from_url(url)
 queue_key = next(bare.scan_iter("*:queue"))
 payload = b"x" * len(bare.lindex(queue_key, 0))
 began = time.perf_counter()
