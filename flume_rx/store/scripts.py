@@ -12,9 +12,11 @@ import asyncio
 import functools
 import hashlib
 import importlib.resources
-from collections.abc import Awaitable, Generator, Sequence
+import os
+import select
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio
@@ -334,13 +336,40 @@ def _still_open(connection: Any) -> bool:
     return bool(connection.is_connected) and reader is not None and not reader.at_eof()
 
 
+def _failure_step(client: redis.Redis) -> Callable[[Any, Exception], None] | None:
+    """What redis-py's ``execute_command`` does with a connection whose call failed, before its retry policy
+    tries again: redis-py 5 disconnects it and raises unless the error is one the connection retries on;
+    redis-py 6 disconnects it and leaves the choice to the policy. None for a redis-py that has neither."""
+    untyped: Any = client
+    disconnect_raise = getattr(untyped, "_disconnect_raise", None)
+    if disconnect_raise is not None:
+        return cast(Callable[[Any, Exception], None], disconnect_raise)
+    close_connection = getattr(untyped, "_close_connection", None)
+    if close_connection is not None:
+        return lambda connection, _error: close_connection(connection)
+    return None
+
+
 class SyncRunner:
-    """Carries out :func:`_plan` on a blocking client."""
+    """Carries out :func:`_plan` on a blocking client.
+
+    A single command (a producer's enqueue, most admin calls) goes on a connection this runner keeps between
+    calls, as :class:`AsyncRunner` keeps its script calls' ones. redis-py's pool checks each connection it hands
+    out by reading it with a zero timeout (three system calls) and asks the process id twice a call; a
+    producer that wakes to enqueue one job paid 20 to 35 us of its cold start for that (docs/performance.md,
+    "Twenty-first round"). A kept connection is checked instead with one ``poll``: anything to read on an idle
+    connection (a reply left over, or the server's close after a Redis restart) and it is disconnected, so the
+    call reconnects. After a fork the child keeps none of its parent's connections. The call itself runs as
+    redis-py's ``execute_command`` runs it: the client's retry policy, its reply callbacks.
+    """
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         # redis-py leaves execute_command untyped; replies are checked by the parsers anyway.
         self._untyped: Any = client
+        self._kept: list[Any] = []  # connections taken from the pool for single commands, idle between them
+        self._kept_pid = os.getpid()
+        self._on_failure = _failure_step(client)
 
     def one(self, op: _Op) -> Any:
         return self.run([op])[0]
@@ -370,10 +399,55 @@ class SyncRunner:
         if len(step.ops) == 1:
             # One command needs no pipeline object, nor a MULTI around it (a producer's enqueue).
             try:
-                return [self._untyped.execute_command(*step.ops[0].command())]
+                return [self._call(step.ops[0].command())]
             except NoScriptError as exc:
                 return [exc]
         pipe = self.client.pipeline(transaction=None if is_cluster(self.client) else step.transaction)
         for op in step.ops:
             pipe.pipeline_execute_command(*op.command())
         return list(pipe.execute(raise_on_error=False))
+
+    def _call(self, command: tuple[Arg, ...]) -> Any:
+        """One command on a kept connection, or through ``execute_command`` where none can be kept (a cluster,
+        a single-connection client, a redis-py without the failure step named above)."""
+        if self._on_failure is None or is_cluster(self.client) or self._untyped.connection is not None:
+            return self._untyped.execute_command(*command)
+        connection = self._take_kept()
+        try:
+            reply = connection.retry.call_with_retry(
+                lambda: self._send_and_parse(connection, command),
+                lambda error: self._on_failure(connection, error),
+            )
+        except ResponseError:
+            self._kept.append(connection)  # the error was the reply: the connection is clean
+            raise
+        except BaseException:
+            # Redis may still send the reply of a call cut short (a timeout, an interrupt): that connection
+            # serves no other call.
+            connection.disconnect()
+            self.client.connection_pool.release(connection)
+            raise
+        self._kept.append(connection)
+        return reply
+
+    def _send_and_parse(self, connection: Any, command: tuple[Arg, ...]) -> Any:
+        connection.send_command(*command)
+        return self._untyped.parse_response(connection, command[0])
+
+    def _take_kept(self) -> Any:
+        """A kept connection with nothing to read, or a new one from the pool."""
+        if self._kept_pid != os.getpid():
+            # A forked child: its parent's sockets are not its own to talk on (redis-py's pool resets too).
+            self._kept = []
+            self._kept_pid = os.getpid()
+        try:
+            connection = self._kept.pop()
+        except IndexError:  # none kept, or other threads hold them all
+            return self.client.connection_pool.get_connection()
+        sock = connection._sock
+        if sock is not None:
+            idle = select.poll()
+            idle.register(sock, select.POLLIN)
+            if idle.poll(0):
+                connection.disconnect()  # a leftover reply or the server's close: the call reconnects
+        return connection

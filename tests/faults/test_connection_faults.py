@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import threading
 import time
 from collections import Counter
@@ -24,6 +25,8 @@ from flume_rx.model.registry import unregister
 from flume_rx.model.telemetry import Telemetry
 from flume_rx.store import RedisStore, Settlement
 from flume_rx.store.keys import Keys
+from flume_rx.store.scripts import SyncRunner, _Cmd
+from flume_rx.store.sync_store import SyncStore
 from flume_rx.surfaces.embedded import RedisServer
 from flume_rx.surfaces.runtime import WorkerRuntime
 
@@ -313,6 +316,97 @@ def test_a_restarted_redis_costs_the_next_call_nothing(fresh_redis_server: Redis
             assert len(await store.fetch(QUEUE, "c1", 2, 0.0)) == 2
 
     asyncio.run(main())
+
+
+def _connection_id(runner: SyncRunner) -> int:
+    """The server's id of the connection a single command of ``runner`` goes on."""
+    return int(runner.one(_Cmd(("CLIENT", "ID"))))
+
+
+def test_a_producers_single_commands_keep_their_connection(url: str) -> None:
+    with SyncStore.from_url(url, "t") as store:
+        store.enqueue(QUEUE, _payloads(1))  # the first registers the queue, in a MULTI of its own
+        first = _connection_id(store._run)
+        connections = _our_clients(url)
+        for payload in _payloads(40):
+            store.enqueue(QUEUE, [payload])
+        assert _our_clients(url) == connections, "each call took the connection the one before kept"
+        assert _connection_id(store._run) == first
+
+
+def test_an_error_reply_leaves_the_producers_connection_kept(url: str) -> None:
+    with SyncStore.from_url(url, "t") as store:
+        first = _connection_id(store._run)
+        store.client.set("a-string", "x")
+        with pytest.raises(StoreError, match="WRONGTYPE"):
+            store._run.one(_Cmd(("LPUSH", "a-string", b"p")))
+        assert _connection_id(store._run) == first
+
+
+def test_a_producer_connection_the_server_closed_is_not_used_again(url: str) -> None:
+    with SyncStore.from_url(url, "t") as store:
+        store.enqueue(QUEUE, _payloads(1))
+        kept = _connection_id(store._run)
+        killer = redis.Redis.from_url(url)
+        assert killer.client_kill_filter(_id=kept) == 1
+        killer.close()
+        time.sleep(0.1)  # the close reaches the idle connection
+        store.enqueue(QUEUE, _payloads(2)[1:])  # no error: the close was seen and the call reconnected
+        assert store.client.llen(Keys("t").of(QUEUE).queue) == 2
+        assert _connection_id(store._run) != kept
+
+
+def test_a_restarted_redis_costs_a_producers_next_call_nothing(fresh_redis_server: RedisServer) -> None:
+    with SyncStore.from_url(fresh_redis_server.url, "t") as store:
+        store.enqueue(QUEUE, _payloads(1))
+        _connection_id(store._run)  # a connection kept from before the restart
+        fresh_redis_server.restart()
+        store.enqueue(QUEUE, _payloads(2)[1:])
+        assert store.client.llen(Keys("t").of(QUEUE).queue) == 2
+
+
+def test_a_producer_call_cut_short_by_its_timeout_leaves_no_reply_for_the_next(url: str) -> None:
+    with SyncStore.from_url(url, "t", socket_timeout_s=0.3) as store:
+        store.enqueue(QUEUE, _payloads(1))  # registers the queue: the next enqueue is a single LPUSH
+        with _redis_asleep(url, 1.0), pytest.raises(StoreError):
+            store.enqueue(QUEUE, _payloads(2)[1:])
+        # Redis ran the LPUSH when it woke and answered it: that reply must not be read as this call's.
+        assert store.known_queues() == [QUEUE]
+
+
+def test_producer_threads_each_read_their_own_replies(url: str) -> None:
+    with SyncStore.from_url(url, "t") as store:
+        crossed: list[tuple[bytes, bytes]] = []
+
+        def echo(thread: int) -> None:
+            for call in range(200):
+                sent = f"{thread}:{call}".encode()
+                got = store._run.one(_Cmd(("ECHO", sent)))
+                if got != sent:
+                    crossed.append((sent, got))
+
+        threads = [threading.Thread(target=echo, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert crossed == []
+
+
+def test_a_forked_producer_talks_on_a_connection_of_its_own(url: str) -> None:
+    with SyncStore.from_url(url, "t") as store:
+        parent = _connection_id(store._run)
+        ids = multiprocessing.get_context("fork").SimpleQueue()
+        child = multiprocessing.get_context("fork").Process(
+            target=lambda: ids.put(_connection_id(store._run))
+        )
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+        assert ids.get() != parent, "the child asked on its parent's socket"
+        assert _connection_id(store._run) == parent, (
+            "the parent's kept connection still reads its own replies"
+        )
 
 
 def test_a_call_cancelled_while_redis_sleeps_leaves_no_reply_for_the_next(url: str) -> None:
