@@ -157,41 +157,43 @@ class JobSource:
         observer: abc.ObserverBase[Sequence[Delivery]],
         _scheduler: abc.SchedulerBase | None = None,
     ) -> abc.DisposableBase:
-        """Run one fetch as a task; disposing it cancels the task, and hands back whatever jobs it brought."""
-        brought: list[list[Delivery]] = []  # set in the task's last step, so a cancel racing its end sees it
+        """Run one fetch as a task; disposing it cancels the task, and hands back whatever jobs it brought.
+
+        The task emits its jobs itself, in the step that decoded them: a done-callback would wait a turn of
+        the loop (its callbacks are scheduled, not run), and every job of the fetch with it."""
+        brought: list[list[Delivery]] = []  # set before the emission, so a cancel racing it sees them
+        disposed = False
         emitted = False
 
-        async def fetch() -> list[Delivery]:
-            deliveries = await self._fetch_async(n)
-            brought.append(deliveries)
-            return deliveries
-
-        def done(task: asyncio.Task[list[Delivery]]) -> None:
+        async def fetch() -> None:
             nonlocal emitted
-            if task.cancelled():
+            try:
+                deliveries = await self._fetch_async(n)
+            except Exception as error:
+                if not disposed:
+                    observer.on_error(error)
                 return
-            error = task.exception()
-            if isinstance(error, Exception):
-                observer.on_error(error)
-                return
+            brought.append(deliveries)
+            if disposed:
+                return  # cancelled as the reply was read: after_cancel gives them back
             emitted = True
-            if deliveries := task.result():
+            if deliveries:
                 observer.on_next(deliveries)
             observer.on_completed()
 
-        def after_cancel(_task: asyncio.Task[list[Delivery]]) -> None:
+        def after_cancel(_task: asyncio.Task[None]) -> None:
             if brought and not emitted:
                 self._hand_back(brought[0])
 
         task = asyncio.ensure_future(fetch())
-        task.add_done_callback(done)
 
         def cancel() -> None:
-            task.remove_done_callback(done)
+            nonlocal disposed
+            disposed = True
             if task.done():
-                after_cancel(task)  # fetched, but the subscriber left before they were emitted
+                after_cancel(task)  # (nothing to give back once emitted)
             else:
-                task.add_done_callback(after_cancel)  # a task cancelled as it returns loses its result
+                task.add_done_callback(after_cancel)
                 task.cancel()
 
         return Disposable(cancel)
