@@ -22,9 +22,11 @@ Each variant runs in its own worker process, the variants alternated for ``--rou
 machine weighs on them alike: ``base`` (the engine as it is), or ``NAME=VALUE,...`` environment variables for
 the worker: ``TRACE_WAKE_SWITCH_S`` (``engine.threads.WAKE_SWITCH_INTERVAL_S``; 0 turns it off),
 ``TRACE_SWITCH_S`` (the process's switch interval for good), ``TRACE_WAKE_YIELD=0`` (no yield of the
-interpreter lock after waking an idle thread, ``engine.threads.YIELD_ON_WAKE``). Prints the medians and percentiles of
-each step, and writes them as JSON (``--out``). On a loaded shared machine, run it under ``chrt -f 1`` (every
-process it starts inherits the real-time priority), so the other processes' queue stays out of its wake-ups.
+interpreter lock after waking an idle thread, ``engine.threads.YIELD_ON_WAKE``), ``TRACE_TREE=<checkout>``
+(the worker process from another checkout, a worktree of an older commit: the producer stays this one). Prints
+the medians and percentiles of each step, and writes them as JSON (``--out``). On a loaded shared machine, run
+it under ``chrt -f 1`` (every process it starts inherits the real-time priority), so the other processes' queue
+stays out of its wake-ups.
 """
 
 from __future__ import annotations
@@ -187,8 +189,11 @@ def run_once(
     config.write_text(_config(url, stages))
     out = workdir / "stamps.json"
     env = {**os.environ, **_variant_env(variant)}
+    tree = env.pop("TRACE_TREE", None)
+    if tree is not None:  # the worker (its engine and this module) from another checkout
+        env["PYTHONPATH"] = tree
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.latency_path", "worker", str(config), str(out)], env=env
+        [sys.executable, "-m", "benchmarks.latency_path", "worker", str(config), str(out)], env=env, cwd=tree
     )
     flume = Flume(redis_url=url, namespace="trace")
     sent: dict[float, float] = {}
