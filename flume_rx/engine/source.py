@@ -177,9 +177,15 @@ class JobSource:
             if disposed:
                 return  # cancelled as the reply was read: after_cancel gives them back
             emitted = True
-            if deliveries:
-                observer.on_next(deliveries)
-            observer.on_completed()
+            try:
+                if deliveries:
+                    observer.on_next(deliveries)
+                observer.on_completed()
+            except Exception as error:
+                # A fault downstream: reported now, as a done-callback's would be, not when the task is freed.
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": f"a fetch's subscriber on {self.queue!r} failed", "exception": error}
+                )
 
         def after_cancel(_task: asyncio.Task[None]) -> None:
             if brought and not emitted:
@@ -191,7 +197,7 @@ class JobSource:
             nonlocal disposed
             disposed = True
             if task.done():
-                after_cancel(task)  # (nothing to give back once emitted)
+                after_cancel(task)  # over: its jobs were emitted, or it saw the dispose and left them here
             else:
                 task.add_done_callback(after_cancel)
                 task.cancel()

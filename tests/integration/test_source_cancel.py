@@ -114,3 +114,26 @@ def test_a_fetch_cancelled_with_its_jobs_in_hand_gives_them_back_or_hands_them_o
                 assert source.flowable.credits.in_flight == 2
 
     asyncio.run(main())
+
+
+def test_a_subscriber_that_raises_is_reported_naming_its_queue(redis_url: str) -> None:
+    """The fetch emits from its own task: a fault downstream reaches the loop's exception handler as it happens,
+    naming the queue, not as a task's exception nobody retrieved."""
+
+    async def main() -> None:
+        async with RedisStore.from_url(redis_url, "t") as store:
+            await store.enqueue(QUEUE, _payloads(1))
+            source = JobSource(store, QUEUE, "c1", max_demand=5, telemetry=Telemetry(), burst_mode="drained")
+            reported: list[dict[str, Any]] = []
+            asyncio.get_running_loop().set_exception_handler(lambda _loop, context: reported.append(context))
+
+            def fails(_delivery: Delivery) -> None:
+                raise RuntimeError("the subscriber failed")
+
+            subscription = source.flowable.subscribe_with_demand(reactivex.Observer(fails), Demand(1))
+            await _until(lambda: bool(reported))
+            assert isinstance(reported[0]["exception"], RuntimeError)
+            assert QUEUE in reported[0]["message"]
+            subscription.dispose()
+
+    asyncio.run(main())
