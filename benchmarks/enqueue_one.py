@@ -1,6 +1,7 @@
 """One job per ``Flume.enqueue`` call, as a web request enqueues: calls per second and Redis's time per call.
 
-    python -m benchmarks.enqueue_one [--calls 20000] [--spaced 1000] [--reps 3] [--base <worktree of an older commit>]
+    python -m benchmarks.enqueue_one [--calls 20000] [--spaced 1000] [--reps 3]
+        [--base <worktree of an older commit>]
 
 Each tree (this one, and ``--base`` if given) runs in a fresh interpreter with its own ``flume_rx`` first on
 the path, against a private Redis, one tree after the other for each repetition, so a machine whose speed

@@ -354,13 +354,14 @@ class SyncRunner:
     """Carries out :func:`_plan` on a blocking client.
 
     A single command (a producer's enqueue, most admin calls) goes on a connection this runner keeps between
-    calls, as :class:`AsyncRunner` keeps its script calls' ones. redis-py's pool checks each connection it hands
-    out by reading it with a zero timeout (three system calls) and asks the process id twice a call: a
+    calls, as :class:`AsyncRunner` keeps its script calls' ones. redis-py's pool checks each connection it
+    hands out by reading it with a zero timeout (three system calls) and asks the process id twice a call: a
     producer that wakes to enqueue one job spent a median 181 us before its write, against 118 on a kept
-    connection (docs/performance.md, "Twenty-first round"). A kept connection is checked instead with one ``poll``: anything to read on an idle
-    connection (a reply left over, or the server's close after a Redis restart) and it is disconnected, so the
-    call reconnects. After a fork the child keeps none of its parent's connections. The call itself runs as
-    redis-py's ``execute_command`` runs it: the client's retry policy, its reply callbacks.
+    connection (docs/performance.md, "Twenty-first round"). A kept connection is checked instead with one
+    ``poll``: anything to read on an idle connection (a reply left over, or the server's close after a Redis
+    restart) and it is disconnected, so the call reconnects. After a fork the child keeps none of its parent's
+    connections. The call itself runs as redis-py's ``execute_command`` runs it: the client's retry policy,
+    its reply callbacks.
     """
 
     def __init__(self, client: redis.Redis) -> None:
