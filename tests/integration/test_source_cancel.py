@@ -71,8 +71,9 @@ def test_cancelling_returns_the_jobs_fetched_beyond_the_demand_left(redis_url: s
 def test_a_fetch_cancelled_with_its_jobs_in_hand_gives_them_back_or_hands_them_on(
     redis_url: str, when: str
 ) -> None:
-    """Cancelled as its reply is read, a fetch gives its jobs back; cancelled once it finished, it had handed
-    them to the subscriber in the step that decoded them (no turn of the loop between), and they stay there."""
+    """Cancelled as its reply is read, a fetch gives its jobs back; cancelled once it finished, it had
+    handed them to the subscriber in the step that decoded them (no turn of the loop between), and they stay
+    there."""
 
     async def main() -> None:
         async with RedisStore.from_url(redis_url, "t") as store:
@@ -117,8 +118,8 @@ def test_a_fetch_cancelled_with_its_jobs_in_hand_gives_them_back_or_hands_them_o
 
 
 def test_a_subscriber_that_raises_is_reported_naming_its_queue(redis_url: str) -> None:
-    """The fetch emits from its own task: a fault downstream reaches the loop's exception handler as it happens,
-    naming the queue, not as a task's exception nobody retrieved."""
+    """The fetch emits from its own task: a fault downstream reaches the loop's exception handler as it
+    happens, naming the queue, not as a task's exception nobody retrieved."""
 
     async def main() -> None:
         async with RedisStore.from_url(redis_url, "t") as store:
