@@ -370,7 +370,13 @@ class SyncRunner:
         self._untyped: Any = client
         self._kept: list[Any] = []  # connections taken from the pool for single commands, idle between them
         self._kept_pid = os.getpid()
-        self._on_failure = _failure_step(client)
+        # None where no connection can be kept: a cluster, a single-connection client, a redis-py without
+        # the failure step. None of these changes for the client's life, so it is decided here, not per call.
+        self._on_failure = (
+            None
+            if is_cluster(client) or getattr(client, "connection", None) is not None
+            else _failure_step(client)
+        )
 
     def one(self, op: _Op) -> Any:
         return self.run([op])[0]
@@ -409,9 +415,8 @@ class SyncRunner:
         return list(pipe.execute(raise_on_error=False))
 
     def _call(self, command: tuple[Arg, ...]) -> Any:
-        """One command on a kept connection, or through ``execute_command`` where none can be kept (a cluster,
-        a single-connection client, a redis-py without the failure step named above)."""
-        if self._on_failure is None or is_cluster(self.client) or self._untyped.connection is not None:
+        """One command on a kept connection, or through ``execute_command`` where none can be kept."""
+        if self._on_failure is None:
             return self._untyped.execute_command(*command)
         connection = self._take_kept()
         try:
