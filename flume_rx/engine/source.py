@@ -161,22 +161,20 @@ class JobSource:
 
         The task emits its jobs itself, in the step that decoded them: a done-callback would wait a turn of
         the loop (its callbacks are scheduled, not run), and every job of the fetch with it."""
-        brought: list[list[Delivery]] = []  # set before the emission, so a cancel racing it sees them
         disposed = False
-        emitted = False
 
         async def fetch() -> None:
-            nonlocal emitted
             try:
                 deliveries = await self._fetch_async(n)
             except Exception as error:
                 if not disposed:
                     observer.on_error(error)
                 return
-            brought.append(deliveries)
             if disposed:
-                return  # cancelled as the reply was read: after_cancel gives them back
-            emitted = True
+                # Disposed while the reply was read (a dispose while the task waits cancels the wait, and the
+                # fetch's own give-back covers a reply lost to it): nobody will receive these jobs.
+                self._hand_back(deliveries)
+                return
             try:
                 if deliveries:
                     observer.on_next(deliveries)
@@ -187,20 +185,12 @@ class JobSource:
                     {"message": f"a fetch's subscriber on {self.queue!r} failed", "exception": error}
                 )
 
-        def after_cancel(_task: asyncio.Task[None]) -> None:
-            if brought and not emitted:
-                self._hand_back(brought[0])
-
         task = asyncio.ensure_future(fetch())
 
         def cancel() -> None:
             nonlocal disposed
             disposed = True
-            if task.done():
-                after_cancel(task)  # over: its jobs were emitted, or it saw the dispose and left them here
-            else:
-                task.add_done_callback(after_cancel)
-                task.cancel()
+            task.cancel()  # a finished fetch emitted its jobs or gave them back: nothing is left to cancel
 
         return Disposable(cancel)
 
