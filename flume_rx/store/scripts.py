@@ -14,7 +14,7 @@ import hashlib
 import importlib.resources
 import os
 import select
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -25,6 +25,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flume_rx.store.connection import _store_error, is_cluster
+from flume_rx.store.replies import read_reply
 
 Arg = bytes | str | int | float
 
@@ -232,9 +233,7 @@ class AsyncRunner:
             connection = await pool.get_connection()
             release = pool.release
         try:
-            return await _reply_to(
-                connection, connection.send_packed_command(connection.pack_commands(commands))
-            )
+            return await _reply_to(connection, connection.pack_commands(commands))
         finally:
             released = release(connection)
             if asyncio.iscoroutine(released):
@@ -278,7 +277,7 @@ class AsyncRunner:
             pool: Any = self.client.connection_pool  # typed in some redis-py releases, not in others
             connection = await pool.get_connection()
         try:
-            reply = await _reply_to(connection, _send(connection, connection.pack_command(*op.command())))
+            reply = await _reply_to(connection, connection.pack_command(*op.command()))
         except ResponseError:
             kept.append(connection)  # the error was the reply
             raise
@@ -295,38 +294,17 @@ class AsyncRunner:
         await self.client.connection_pool.release(connection)
 
 
-async def _reply_to(connection: Any, sending: Awaitable[None]) -> Any:
-    """Send a call (``sending``) and read its one reply. If anything but a reply Redis answered with an error
-    goes wrong, the reply may still be on its way, so the connection is disconnected: it serves no other call.
-    """
+async def _reply_to(connection: Any, packed: list[bytes]) -> Any:
+    """Send a packed call and read its one reply (:func:`read_reply`). If anything but a reply Redis answered
+    with an error goes wrong, the reply may still be on its way, so the connection is disconnected: it serves
+    no other call."""
     try:
-        await sending
-        return await connection.read_response()
+        return await read_reply(connection, packed)
     except ResponseError:
         raise  # the error was the reply: the connection is clean
     except BaseException:
         await connection.disconnect()
         raise
-
-
-async def _send(connection: Any, packed: list[bytes]) -> None:
-    """Write a call on a connection without redis-py's send, which runs every write under ``wait_for``: a
-    task and a timer per call for a write the socket almost always takes at once. When it takes less than the
-    whole call (a large settle, a Redis slow to read), the rest waits for room within the socket timeout, as
-    redis-py's send would."""
-    writer = getattr(connection, "_writer", None)
-    if writer is None:
-        await connection.send_packed_command(packed, check_health=False)
-        return
-    writer.writelines(packed)
-    if not writer.transport.get_write_buffer_size():
-        return
-    try:
-        await asyncio.wait_for(writer.drain(), connection.socket_timeout)
-    except TimeoutError as exc:
-        raise RedisTimeoutError("timed out writing a call to Redis") from exc
-    except OSError as exc:
-        raise RedisConnectionError(f"error writing a call to Redis: {exc}") from exc
 
 
 def _still_open(connection: Any) -> bool:
