@@ -143,8 +143,9 @@ def _plan(ops: Sequence[_Op], transaction: bool) -> Generator[_Step, list[Any], 
 class AsyncRunner:
     """Carries out :func:`_plan` on an asyncio client.
 
-    A script call on one Redis (the fetch and settle of every batch) goes on a connection this runner keeps
-    between calls, not one taken from the client's pool and given back each time. redis-py's pool checks a
+    A script call on one Redis (the fetch and settle of every batch, and the blocking wait for a job with the
+    fetch after it) goes on a connection this runner keeps between calls, not one taken from the client's
+    pool and given back each time. redis-py's pool checks a
     connection it hands out by reading it with a zero timeout, which cancels a task, and sends each command
     under ``wait_for``, a task of its own: about 30 us of the loop per call of 95 here, and three more
     turns of the loop (docs/performance.md, "Seventeenth round"). A kept connection is checked instead by
@@ -221,17 +222,13 @@ class AsyncRunner:
     async def _last_reply(self, key: str, commands: Sequence[tuple[Arg, ...]]) -> Any:
         """Send ``commands`` in one write on one connection of ``key``'s node and read the one reply they
         give (every command but the last has its reply skipped)."""
-        release: Any
-        if is_cluster(self.client):
-            node: Any = self._untyped.get_node_from_key(key)
-            connection: Any = node.acquire_connection()
-            # redis-py 6 has ClusterNode.release; 5.x (which our range allows) puts a connection back on
-            # its free list itself, as its own execute_command does.
-            release = getattr(node, "release", None) or node._free.append
-        else:
-            pool: Any = self.client.connection_pool
-            connection = await pool.get_connection()
-            release = pool.release
+        if not is_cluster(self.client):
+            return await self._kept_call(commands)
+        node: Any = self._untyped.get_node_from_key(key)
+        connection: Any = node.acquire_connection()
+        # redis-py 6 has ClusterNode.release; 5.x (which our range allows) puts a connection back on its free
+        # list itself, as its own execute_command does.
+        release: Any = getattr(node, "release", None) or node._free.append
         try:
             return await _reply_to(connection, connection.pack_commands(commands))
         finally:
@@ -265,6 +262,10 @@ class AsyncRunner:
 
     async def _script_call(self, op: _Eval) -> Any:
         """One script call on a kept connection (see the class); as ``execute_command`` would make it."""
+        return await self._kept_call([op.command()])
+
+    async def _kept_call(self, commands: Sequence[tuple[Arg, ...]]) -> Any:
+        """``commands`` in one write on a kept connection (see the class), and the one reply they give."""
         kept = self._kept
         connection = None
         while kept:
@@ -277,7 +278,11 @@ class AsyncRunner:
             pool: Any = self.client.connection_pool  # typed in some redis-py releases, not in others
             connection = await pool.get_connection()
         try:
-            reply = await _reply_to(connection, connection.pack_command(*op.command()))
+            if len(commands) == 1:
+                packed = connection.pack_command(*commands[0])
+            else:
+                packed = connection.pack_commands(commands)
+            reply = await _reply_to(connection, packed)
         except ResponseError:
             kept.append(connection)  # the error was the reply
             raise

@@ -290,6 +290,26 @@ def test_script_calls_keep_their_connection_between_them(url: str) -> None:
     asyncio.run(main())
 
 
+def test_the_blocking_wait_rides_the_kept_connection_too(url: str) -> None:
+    """The wait and the fetch script after it take the connection the calls before kept, and leave it kept
+    (a connection of the pool is read with a zero timeout when handed out, and released with an event)."""
+
+    async def main() -> None:
+        async with RedisStore.from_url(url, "t") as store:
+            pusher = redis.Redis.from_url(url)
+            kept = store._run._kept
+            for round_ in range(3):
+                waiting = asyncio.ensure_future(store.fetch(QUEUE, "c1", 1, 5.0))
+                await asyncio.sleep(0.1)  # the non-blocking fetch found nothing; the wait is on
+                assert kept == [], "the wait holds the connection the fetch before it kept"
+                pusher.lpush(Keys("t").of(QUEUE).queue, _payloads(round_ + 1)[-1])
+                assert len(await asyncio.wait_for(waiting, 5)) == 1
+                assert len(kept) == 1
+            pusher.close()
+
+    asyncio.run(main())
+
+
 def test_a_connection_the_server_closed_is_not_used_again(url: str) -> None:
     async def main() -> None:
         async with RedisStore.from_url(url, "t") as store:
