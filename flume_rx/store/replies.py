@@ -1,10 +1,10 @@
 """Parsing a call's one reply in the callback that receives it, not through a stream.
 
-redis-py's asyncio connection reads a reply through an ``asyncio.StreamReader``: the bytes reach the
-reader's buffer in the transport's callback, the reading task wakes a turn of the loop later, copies them
-out, hands them to the parser and unwinds redis-py's read layers (a timeout context among them); here the
-task wakes to the parsed reply. Every script call of a pipeline (its fetches, its settles, the blocking wait for its next job)
-paid that: a sync no-op drain spent 24.1 us of CPU per job with it, 20.8 us with the reply parsed in the
+redis-py's asyncio connection reads a reply through an ``asyncio.StreamReader``: the bytes reach the reader's
+buffer in the transport's callback, the reading task wakes a turn of the loop later, copies them out, hands
+them to the parser and unwinds redis-py's read layers (a timeout context among them); here the task wakes to
+the parsed reply. Every script call of a pipeline (its fetches, its settles, the blocking wait for its next
+job) paid that: a sync no-op drain spent 24.1 us of CPU per job with it, 20.8 us with the reply parsed in the
 callback that receives it, and the wait's reply reached the source 0.045 ms after the loop woke instead of
 0.055 (docs/performance.md, "Twenty-second round").
 
