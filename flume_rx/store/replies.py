@@ -130,6 +130,7 @@ async def read_reply(connection: Any, packed: list[bytes]) -> Any:
             timeout_s, catcher._fail, RedisTimeoutError(f"no reply from Redis within {timeout_s} s")
         )
     try:
+        # No drain: the reply cannot come before the whole call is written, and the timer above bounds both.
         connection._writer.writelines(packed)
         response = await reply
     finally:

@@ -144,12 +144,12 @@ class AsyncRunner:
     """Carries out :func:`_plan` on an asyncio client.
 
     A script call on one Redis (the fetch and settle of every batch, and the blocking wait for a job with the
-    fetch after it) goes on a connection this runner keeps between calls, not one taken from the client's
-    pool and given back each time. redis-py's pool checks a
-    connection it hands out by reading it with a zero timeout, which cancels a task, and sends each command
-    under ``wait_for``, a task of its own: about 30 us of the loop per call of 95 here, and three more
-    turns of the loop (docs/performance.md, "Seventeenth round"). A kept connection is checked instead by
-    whether its stream has seen the server close it, as after a Redis restart; one that fails is dropped.
+    fetch after it) goes on a connection this runner keeps between calls, not one taken from the client's pool
+    and given back each time. redis-py's pool checks a connection it hands out by reading it with a zero
+    timeout, which cancels a task, and sends each command under ``wait_for``, a task of its own: about 30 us
+    of the loop per call of 95 here, and three more turns of the loop (docs/performance.md, "Seventeenth
+    round"). A kept connection is checked instead by whether its stream has seen the server close it, as after
+    a Redis restart; one that fails is dropped.
     """
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
