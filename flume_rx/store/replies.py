@@ -137,8 +137,8 @@ async def read_reply(connection: Any, packed: list[bytes]) -> Any:
         catcher.give_back()
         if timer is not None:
             timer.cancel()
-    if isinstance(response, RedisConnectionError):
-        raise response
-    if isinstance(response, ResponseError):
+    # hiredis hands an error reply back as a value, built by redis-py's parser: a ResponseError, or for some
+    # replies (LOADING) a ConnectionError; redis-py's own read raises both, and so does this one.
+    if isinstance(response, (RedisConnectionError, ResponseError)):
         raise response
     return response
